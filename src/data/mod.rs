@@ -1,0 +1,425 @@
+//! Dataset formats and their validation on upload: GLUE TSV (with a task's column layout or as a
+//! plain consistent table), JSONL (`text`, optional `text_pair`, optional `label`), and SQuAD v1.1
+//! JSON. Plain Rust; the service calls [`validate`] and stores the [`Summary`].
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Format {
+    GlueTsv,
+    Jsonl,
+    SquadJson,
+}
+
+impl Format {
+    pub fn parse(s: &str) -> Option<Format> {
+        serde_json::from_value(serde_json::Value::String(s.into())).ok()
+    }
+    pub fn name(self) -> &'static str {
+        match self {
+            Format::GlueTsv => "glue_tsv",
+            Format::Jsonl => "jsonl",
+            Format::SquadJson => "squad_json",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Task {
+    Cola,
+    Sst2,
+    Mrpc,
+    Qqp,
+    Stsb,
+    Mnli,
+    MnliMismatched,
+    Qnli,
+    Rte,
+    Wnli,
+    Squad,
+}
+
+pub const TASK_NAMES: &str = "cola, sst2, mrpc, qqp, stsb, mnli, mnli_mismatched, qnli, rte, wnli, squad";
+
+enum Col {
+    Name(&'static str),
+    Index(usize),
+}
+
+enum Labels {
+    /// Class names in GLUE / Hugging Face order (index = class id).
+    Classes(&'static [&'static str]),
+    Regression,
+}
+
+struct Layout {
+    has_header: bool,
+    columns: Option<usize>,
+    text: &'static [Col],
+    label: Col,
+    labels: Labels,
+}
+
+impl Task {
+    pub fn parse(s: &str) -> Option<Task> {
+        serde_json::from_value(serde_json::Value::String(s.into())).ok()
+    }
+    pub fn name(self) -> String {
+        serde_json::to_value(self).unwrap().as_str().unwrap().to_string()
+    }
+
+    /// Label names in the GLUE / Hugging Face order, or `None` for regression and SQuAD.
+    pub fn label_names(self) -> Option<&'static [&'static str]> {
+        match self.layout()?.labels {
+            Labels::Classes(c) => Some(c),
+            Labels::Regression => None,
+        }
+    }
+
+    fn layout(self) -> Option<Layout> {
+        const BIN: Labels = Labels::Classes(&["0", "1"]);
+        const NLI2: Labels = Labels::Classes(&["entailment", "not_entailment"]);
+        let pair = |text: &'static [Col], label, labels| Layout { has_header: true, columns: None, text, label: Col::Name(label), labels };
+        Some(match self {
+            Task::Cola => Layout { has_header: false, columns: Some(4), text: &[Col::Index(3)], label: Col::Index(1), labels: BIN },
+            Task::Sst2 => Layout { has_header: true, columns: None, text: &[Col::Name("sentence")], label: Col::Name("label"), labels: BIN },
+            Task::Mrpc => pair(&[Col::Name("#1 String"), Col::Name("#2 String")], "Quality", BIN),
+            Task::Qqp => pair(&[Col::Name("question1"), Col::Name("question2")], "is_duplicate", BIN),
+            Task::Stsb => pair(&[Col::Name("sentence1"), Col::Name("sentence2")], "score", Labels::Regression),
+            Task::Mnli | Task::MnliMismatched => pair(&[Col::Name("sentence1"), Col::Name("sentence2")], "gold_label", Labels::Classes(&["entailment", "neutral", "contradiction"])),
+            Task::Qnli => pair(&[Col::Name("question"), Col::Name("sentence")], "label", NLI2),
+            Task::Rte => pair(&[Col::Name("sentence1"), Col::Name("sentence2")], "label", NLI2),
+            Task::Wnli => pair(&[Col::Name("sentence1"), Col::Name("sentence2")], "label", BIN),
+            Task::Squad => return None,
+        })
+    }
+}
+
+/// What an upload held.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
+pub struct Summary {
+    /// Examples (TSV/JSONL rows, SQuAD questions).
+    pub rows: u64,
+    /// Column names (from the header, or the task's layout), or JSON keys seen.
+    pub columns: Vec<String>,
+    /// Count of each label value seen (classification).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, u64>,
+    /// Smallest and largest label (regression).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub label_range: Option<[f64; 2]>,
+    /// SQuAD: articles, paragraphs and gold answers.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub counts: BTreeMap<String, u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{}{message}", line.map(|l| format!("line {l}: ")).unwrap_or_default())]
+pub struct DataError {
+    pub line: Option<u64>,
+    pub message: String,
+}
+
+fn err<T>(line: impl Into<Option<u64>>, message: impl Into<String>) -> Result<T, DataError> {
+    Err(DataError { line: line.into(), message: message.into() })
+}
+
+/// Validate a dataset file. `task` checks its layout and labels.
+pub fn validate(format: Format, task: Option<Task>, bytes: &[u8]) -> Result<Summary, DataError> {
+    if task == Some(Task::Squad) && format != Format::SquadJson {
+        return err(None, "task squad needs format squad_json");
+    }
+    if format == Format::SquadJson && task.is_some_and(|t| t != Task::Squad) {
+        return err(None, "format squad_json holds the squad task only");
+    }
+    let text = std::str::from_utf8(bytes).map_err(|e| {
+        let line = bytes[..e.valid_up_to()].iter().filter(|&&b| b == b'\n').count() as u64 + 1;
+        DataError { line: Some(line), message: "not valid UTF-8".into() }
+    })?;
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+    match format {
+        Format::GlueTsv => validate_tsv(text, task),
+        Format::Jsonl => validate_jsonl(text, task),
+        Format::SquadJson => validate_squad(text),
+    }
+}
+
+/// Lines with their 1-based numbers; a final empty line (trailing newline) is dropped.
+fn lines(text: &str) -> impl Iterator<Item = (u64, &str)> {
+    let body = text.strip_suffix('\n').unwrap_or(text);
+    body.split('\n').enumerate().map(|(i, l)| (i as u64 + 1, l.strip_suffix('\r').unwrap_or(l))).filter(|_| !body.is_empty())
+}
+
+fn validate_tsv(text: &str, task: Option<Task>) -> Result<Summary, DataError> {
+    let mut it = lines(text).peekable();
+    let Some(&(_, first)) = it.peek() else { return err(None, "the file is empty") };
+    let layout = task.map(|t| t.layout().expect("non-squad task"));
+    let header: Option<Vec<&str>> = match &layout {
+        Some(l) if !l.has_header => None,
+        Some(_) => Some(first.split('\t').collect()),
+        None => None,
+    };
+    let ncols = match (&layout, &header) {
+        (_, Some(h)) => h.len(),
+        (Some(l), None) => l.columns.unwrap_or(0),
+        (None, None) => first.split('\t').count(),
+    };
+    if header.is_some() {
+        it.next();
+    }
+    let resolve = |c: &Col| -> Result<usize, DataError> {
+        match c {
+            Col::Index(i) => Ok(*i),
+            Col::Name(n) => header
+                .as_ref()
+                .and_then(|h| h.iter().position(|x| x == n))
+                .ok_or_else(|| DataError { line: Some(1), message: format!("the header has no column {n:?} (task {})", task.unwrap().name()) }),
+        }
+    };
+    let (label_col, text_cols) = match &layout {
+        Some(l) => (Some(resolve(&l.label)?), l.text.iter().map(resolve).collect::<Result<Vec<_>, _>>()?),
+        None => (None, vec![]),
+    };
+    let columns: Vec<String> = match &header {
+        Some(h) => h.iter().map(|s| s.to_string()).collect(),
+        None => (0..ncols).map(|i| format!("column_{i}")).collect(),
+    };
+    let mut s = Summary { columns, ..Default::default() };
+    for (ln, line) in it {
+        let cols: Vec<&str> = line.split('\t').collect();
+        if cols.len() != ncols {
+            return err(ln, format!("expected {ncols} tab-separated columns, found {}", cols.len()));
+        }
+        for &c in &text_cols {
+            if cols[c].trim().is_empty() {
+                return err(ln, format!("text column {} is empty", s.columns[c]));
+            }
+        }
+        if let (Some(lc), Some(l)) = (label_col, &layout) {
+            record_label(&mut s, &l.labels, cols[lc].trim(), ln)?;
+        }
+        s.rows += 1;
+    }
+    if s.rows == 0 {
+        return err(None, "the file holds no rows");
+    }
+    Ok(s)
+}
+
+fn record_label(s: &mut Summary, labels: &Labels, v: &str, ln: u64) -> Result<(), DataError> {
+    match labels {
+        Labels::Classes(c) => {
+            if !c.contains(&v) {
+                return err(ln, format!("label {v:?} is not one of {}", c.join(", ")));
+            }
+            *s.labels.entry(v.to_string()).or_default() += 1;
+        }
+        Labels::Regression => {
+            let x: f64 = v.parse().ok().filter(|x: &f64| x.is_finite()).ok_or_else(|| DataError { line: Some(ln), message: format!("label {v:?} is not a number") })?;
+            let r = s.label_range.get_or_insert([x, x]);
+            r[0] = r[0].min(x);
+            r[1] = r[1].max(x);
+        }
+    }
+    Ok(())
+}
+
+fn validate_jsonl(text: &str, task: Option<Task>) -> Result<Summary, DataError> {
+    let layout = task.and_then(|t| t.layout());
+    let mut s = Summary::default();
+    let mut keys = std::collections::BTreeSet::new();
+    for (ln, line) in lines(text) {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let v: serde_json::Value = serde_json::from_str(line).map_err(|e| DataError { line: Some(ln), message: format!("not valid JSON: {e}") })?;
+        let o = v.as_object().ok_or_else(|| DataError { line: Some(ln), message: "not a JSON object".into() })?;
+        match o.get("text") {
+            Some(serde_json::Value::String(t)) if !t.trim().is_empty() => {}
+            Some(serde_json::Value::String(_)) => return err(ln, "text is empty"),
+            Some(_) => return err(ln, "text must be a string"),
+            None => return err(ln, "missing text"),
+        }
+        if let Some(p) = o.get("text_pair") {
+            if !p.is_string() {
+                return err(ln, "text_pair must be a string");
+            }
+        }
+        match (o.get("label"), &layout) {
+            (None, Some(_)) => return err(ln, format!("missing label (task {})", task.unwrap().name())),
+            (None, None) => {}
+            (Some(l), Some(layout)) => {
+                let as_text = match (l, &layout.labels) {
+                    (serde_json::Value::Number(n), Labels::Classes(c)) => {
+                        let i = n.as_u64().filter(|&i| (i as usize) < c.len()).ok_or_else(|| DataError { line: Some(ln), message: format!("label {n} is not a class index below {}", c.len()) })?;
+                        c[i as usize].to_string()
+                    }
+                    (serde_json::Value::Number(n), Labels::Regression) => n.to_string(),
+                    (serde_json::Value::String(t), _) => t.clone(),
+                    _ => return err(ln, "label must be a number or a string"),
+                };
+                record_label(&mut s, &layout.labels, &as_text, ln)?;
+            }
+            (Some(l), None) => {
+                let key = match l {
+                    serde_json::Value::String(t) => t.clone(),
+                    serde_json::Value::Number(n) => n.to_string(),
+                    _ => return err(ln, "label must be a number or a string"),
+                };
+                *s.labels.entry(key).or_default() += 1;
+            }
+        }
+        keys.extend(o.keys().cloned());
+        s.rows += 1;
+    }
+    if s.rows == 0 {
+        return err(None, "the file holds no rows");
+    }
+    s.columns = keys.into_iter().collect();
+    Ok(s)
+}
+
+#[derive(Deserialize)]
+struct SquadFile {
+    data: Vec<SquadArticle>,
+}
+#[derive(Deserialize)]
+struct SquadArticle {
+    #[serde(default)]
+    title: String,
+    paragraphs: Vec<SquadParagraph>,
+}
+#[derive(Deserialize)]
+struct SquadParagraph {
+    context: String,
+    qas: Vec<SquadQa>,
+}
+#[derive(Deserialize)]
+struct SquadQa {
+    id: String,
+    question: String,
+    #[serde(default)]
+    answers: Vec<SquadAnswer>,
+}
+#[derive(Deserialize)]
+struct SquadAnswer {
+    answer_start: i64,
+    text: String,
+}
+
+fn validate_squad(text: &str) -> Result<Summary, DataError> {
+    let f: SquadFile = serde_json::from_str(text).map_err(|e| DataError { line: Some(e.line() as u64), message: format!("not a SQuAD v1.1 file: {e}") })?;
+    let mut s = Summary { columns: vec!["id".into(), "question".into(), "context".into(), "answers".into()], ..Default::default() };
+    let mut ids = std::collections::HashSet::new();
+    let (mut paragraphs, mut answers) = (0u64, 0u64);
+    for a in &f.data {
+        for p in &a.paragraphs {
+            paragraphs += 1;
+            let chars: Vec<char> = p.context.chars().collect();
+            for q in &p.qas {
+                if !ids.insert(q.id.as_str()) {
+                    return err(None, format!("question id {:?} appears twice", q.id));
+                }
+                if q.question.trim().is_empty() {
+                    return err(None, format!("question {:?} (article {:?}) is empty", q.id, a.title));
+                }
+                for ans in &q.answers {
+                    // answer_start counts characters (code points), not bytes.
+                    let n = ans.text.chars().count();
+                    let ok = ans.answer_start >= 0
+                        && (ans.answer_start as usize + n) <= chars.len()
+                        && chars[ans.answer_start as usize..ans.answer_start as usize + n].iter().copied().eq(ans.text.chars());
+                    if !ok {
+                        return err(None, format!("question {:?}: answer {:?} is not found at character {} of its context", q.id, ans.text, ans.answer_start));
+                    }
+                    answers += 1;
+                }
+                s.rows += 1;
+            }
+        }
+    }
+    if s.rows == 0 {
+        return err(None, "the file holds no questions");
+    }
+    s.counts.insert("articles".into(), f.data.len() as u64);
+    s.counts.insert("paragraphs".into(), paragraphs);
+    s.counts.insert("answers".into(), answers);
+    Ok(s)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::PathBuf;
+
+    fn shared(p: &str) -> Vec<u8> {
+        let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/data").join(p);
+        std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+    }
+
+    #[test]
+    fn real_glue_files_validate_with_published_counts() {
+        let cases = [
+            ("glue/SST-2/dev.tsv", Task::Sst2, 872, vec![("0", 428), ("1", 444)]),
+            ("glue/CoLA/dev.tsv", Task::Cola, 1043, vec![("0", 322), ("1", 721)]),
+            ("glue/CoLA/train.tsv", Task::Cola, 8551, vec![("0", 2528), ("1", 6023)]),
+            ("glue/MRPC/dev.tsv", Task::Mrpc, 408, vec![("0", 129), ("1", 279)]),
+            ("glue/MRPC/train.tsv", Task::Mrpc, 3668, vec![("0", 1194), ("1", 2474)]),
+        ];
+        for (file, task, rows, labels) in cases {
+            let s = validate(Format::GlueTsv, Some(task), &shared(file)).unwrap();
+            assert_eq!(s.rows, rows, "{file}");
+            let want: BTreeMap<String, u64> = labels.into_iter().map(|(k, v)| (k.to_string(), v)).collect();
+            assert_eq!(s.labels, want, "{file}");
+        }
+        let s = validate(Format::GlueTsv, Some(Task::Stsb), &shared("glue/STS-B/dev.tsv")).unwrap();
+        assert_eq!(s.rows, 1500);
+        assert_eq!(s.label_range, Some([0.0, 5.0]));
+        // Without a task: a consistent table; the first line counts as a row.
+        let s = validate(Format::GlueTsv, None, &shared("glue/SST-2/dev.tsv")).unwrap();
+        assert_eq!((s.rows, s.columns.len()), (873, 2));
+    }
+
+    #[test]
+    fn real_squad_dev_validates() {
+        let s = validate(Format::SquadJson, Some(Task::Squad), &shared("squad/dev-v1.1.json")).unwrap();
+        assert_eq!(s.rows, 10570);
+        assert_eq!(s.counts["articles"], 48);
+        assert_eq!(s.counts["paragraphs"], 2067);
+        assert_eq!(s.counts["answers"], 34726);
+    }
+
+    #[test]
+    fn bad_rows_are_reported_with_their_line() {
+        let e = validate(Format::GlueTsv, Some(Task::Sst2), b"sentence\tlabel\ngood film\t1\nbad\t2\n").unwrap_err();
+        assert_eq!(e.line, Some(3));
+        assert!(e.message.contains("not one of"), "{e}");
+        let e = validate(Format::GlueTsv, None, b"a\tb\nc\td\te\n").unwrap_err();
+        assert_eq!(e.line, Some(2));
+        let e = validate(Format::GlueTsv, Some(Task::Rte), b"index\tsentence1\tlabel\n").unwrap_err();
+        assert!(e.message.contains("sentence2"));
+        let e = validate(Format::Jsonl, None, b"{\"text\":\"a\"}\n{\"txt\":\"b\"}\n").unwrap_err();
+        assert_eq!((e.line, e.message.as_str()), (Some(2), "missing text"));
+        let e = validate(Format::Jsonl, Some(Task::Rte), b"{\"text\":\"a\",\"text_pair\":\"b\",\"label\":5}\n").unwrap_err();
+        assert!(e.message.contains("class index"));
+        let e = validate(Format::Jsonl, None, b"{\"text\":\"a\"}\nnot json\n").unwrap_err();
+        assert_eq!(e.line, Some(2));
+        let e = validate(Format::SquadJson, None, br#"{"data":[{"title":"t","paragraphs":[{"context":"caf\u00e9 au lait","qas":[{"id":"q","question":"?","answers":[{"answer_start":4,"text":"au"}]}]}]}]}"#);
+        assert!(e.is_err(), "byte offsets are not character offsets");
+        let ok = validate(Format::SquadJson, None, br#"{"data":[{"title":"t","paragraphs":[{"context":"caf\u00e9 au lait","qas":[{"id":"q","question":"?","answers":[{"answer_start":5,"text":"au"}]}]}]}]}"#).unwrap();
+        assert_eq!(ok.rows, 1);
+        assert!(validate(Format::GlueTsv, None, b"").is_err());
+        assert!(validate(Format::GlueTsv, None, b"\xff\xfe").is_err());
+    }
+
+    #[test]
+    fn jsonl_counts_labels() {
+        let s = validate(Format::Jsonl, Some(Task::Rte), b"{\"text\":\"a\",\"text_pair\":\"b\",\"label\":0}\n{\"text\":\"c\",\"text_pair\":\"d\",\"label\":\"not_entailment\"}\n").unwrap();
+        assert_eq!(s.rows, 2);
+        assert_eq!(s.labels.len(), 2);
+        assert_eq!(s.columns, vec!["label", "text", "text_pair"]);
+    }
+}

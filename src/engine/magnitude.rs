@@ -1,0 +1,329 @@
+//! Unstructured magnitude pruning, global or local, working in place on a safetensors file's
+//! bytes: the header is untouched (same names, dtypes, shapes), pruned weights become zero in
+//! their own dtype, and every other byte stays as it was.
+
+use super::arch::{is_encoder_linear_weight, Family};
+use super::st::{Dtype, Header, TensorInfo};
+use regex::Regex;
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Scope {
+    /// One threshold over all prunable tensors.
+    Global,
+    /// The requested sparsity in every prunable tensor.
+    Local,
+}
+
+/// Which tensors are pruned: with no `include` pattern, the encoder's linear weights; with
+/// `include`, every floating-point tensor whose name matches one of them. `exclude` removes
+/// matches from either set. Patterns are searched anywhere in the name (anchor them with
+/// `^`/`$` when needed).
+pub fn select_targets(family: Family, header: &Header, include: &[Regex], exclude: &[Regex]) -> Vec<String> {
+    header
+        .tensors
+        .iter()
+        .filter(|(_, t)| t.dtype.is_float())
+        .map(|(n, _)| n)
+        .filter(|n| if include.is_empty() { is_encoder_linear_weight(family, n) } else { include.iter().any(|r| r.is_match(n)) })
+        .filter(|n| !exclude.iter().any(|r| r.is_match(n)))
+        .cloned()
+        .collect()
+}
+
+fn check_prunable_dtype(name: &str, d: Dtype) -> Result<(), String> {
+    match d {
+        Dtype::F32 | Dtype::F16 | Dtype::BF16 | Dtype::F64 => Ok(()),
+        _ => Err(format!("tensor {name}: dtype {} cannot be pruned (supported: F32, F16, BF16, F64)", d.name())),
+    }
+}
+
+/// |w| of every element, as f32 (ordering is all that matters).
+pub fn magnitudes(data: &[u8], dtype: Dtype) -> Vec<f32> {
+    match dtype {
+        Dtype::F32 => data.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap()).abs()).collect(),
+        Dtype::F16 => data.chunks_exact(2).map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32().abs()).collect(),
+        Dtype::BF16 => data.chunks_exact(2).map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32().abs()).collect(),
+        Dtype::F64 => data.chunks_exact(8).map(|c| f64::from_le_bytes(c.try_into().unwrap()).abs() as f32).collect(),
+        _ => unreachable!("checked by check_prunable_dtype"),
+    }
+}
+
+/// Number of non-zero elements (±0 both count as zero).
+pub fn count_nonzeros(data: &[u8], dtype: Dtype) -> u64 {
+    let s = dtype.size() as usize;
+    match dtype {
+        Dtype::F32 => data.chunks_exact(4).filter(|c| f32::from_le_bytes((*c).try_into().unwrap()) != 0.0).count() as u64,
+        Dtype::F64 => data.chunks_exact(8).filter(|c| f64::from_le_bytes((*c).try_into().unwrap()) != 0.0).count() as u64,
+        // f16/bf16: zero iff all bits but the sign are zero.
+        Dtype::F16 | Dtype::BF16 => data.chunks_exact(2).filter(|c| (u16::from_le_bytes([c[0], c[1]]) & 0x7fff) != 0).count() as u64,
+        _ => data.chunks_exact(s).filter(|c| c.iter().any(|&b| b != 0)).count() as u64,
+    }
+}
+
+/// The k-th smallest value (0-based) of `v` under total order; `v` is reordered.
+fn kth_smallest(v: &mut [f32], k: usize) -> f32 {
+    *v.select_nth_unstable_by(k, |a, b| a.total_cmp(b)).1
+}
+
+/// Zero the elements of `data` whose magnitude is below `threshold`, then up to `ties` of those
+/// equal to it (in element order). Returns how many ties were used.
+fn apply(data: &mut [u8], dtype: Dtype, mags: &[f32], threshold: f32, mut ties: u64) -> u64 {
+    let s = dtype.size() as usize;
+    let start = ties;
+    for (i, m) in mags.iter().enumerate() {
+        let prune = match m.total_cmp(&threshold) {
+            std::cmp::Ordering::Less => true,
+            std::cmp::Ordering::Equal if ties > 0 => {
+                ties -= 1;
+                true
+            }
+            _ => false,
+        };
+        if prune {
+            data[i * s..(i + 1) * s].fill(0);
+        }
+    }
+    start - ties
+}
+
+fn count_below(mags: &[f32], t: f32) -> u64 {
+    mags.iter().filter(|m| m.total_cmp(&t).is_lt()).count() as u64
+}
+
+fn tensor_bytes<'a>(file: &'a mut [u8], header: &Header, t: &TensorInfo) -> &'a mut [u8] {
+    let a = (header.data_start + t.begin) as usize;
+    let b = (header.data_start + t.end) as usize;
+    &mut file[a..b]
+}
+
+/// Prune `targets` in place. Exactly `round(sparsity × n)` elements are zeroed: over all
+/// targets together (global) or in each target (local); elements that are already zero are
+/// the smallest and so count towards it. `step(done, total)` is called after each tensor and
+/// may abort by returning an error.
+pub fn prune_in_place<E>(
+    file: &mut [u8],
+    header: &Header,
+    targets: &[String],
+    scope: Scope,
+    sparsity: f64,
+    mut step: impl FnMut(usize, usize) -> Result<(), E>,
+) -> Result<Result<(), E>, String> {
+    assert!((0.0..1.0).contains(&sparsity));
+    let infos: Vec<&TensorInfo> = targets
+        .iter()
+        .map(|n| header.tensors.get(n).ok_or_else(|| format!("no tensor named {n}")))
+        .collect::<Result<_, _>>()?;
+    for (n, t) in targets.iter().zip(&infos) {
+        check_prunable_dtype(n, t.dtype)?;
+    }
+    let total_steps = infos.len();
+    match scope {
+        Scope::Local => {
+            for (i, t) in infos.iter().enumerate() {
+                let data = tensor_bytes(file, header, t);
+                let mags = magnitudes(data, t.dtype);
+                let k = (sparsity * mags.len() as f64).round() as u64;
+                if k > 0 {
+                    let mut scratch = mags.clone();
+                    let th = kth_smallest(&mut scratch, (k - 1) as usize);
+                    let below = count_below(&mags, th);
+                    apply(data, t.dtype, &mags, th, k - below);
+                }
+                if let Err(e) = step(i + 1, total_steps) {
+                    return Ok(Err(e));
+                }
+            }
+        }
+        Scope::Global => {
+            let all: Vec<Vec<f32>> = infos.iter().map(|t| magnitudes(tensor_bytes(file, header, t), t.dtype)).collect();
+            let n: usize = all.iter().map(Vec::len).sum();
+            let k = (sparsity * n as f64).round() as u64;
+            if k > 0 {
+                let mut flat: Vec<f32> = Vec::with_capacity(n);
+                for m in &all {
+                    flat.extend_from_slice(m);
+                }
+                let th = kth_smallest(&mut flat, (k - 1) as usize);
+                drop(flat);
+                let below: u64 = all.iter().map(|m| count_below(m, th)).sum();
+                let mut ties = k - below;
+                for (i, (t, mags)) in infos.iter().zip(&all).enumerate() {
+                    ties -= apply(tensor_bytes(file, header, t), t.dtype, mags, th, ties);
+                    if let Err(e) = step(i + 1, total_steps) {
+                        return Ok(Err(e));
+                    }
+                }
+            }
+        }
+    }
+    Ok(Ok(()))
+}
+
+/// Per-tensor line of `report.json`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct TensorReport {
+    pub name: String,
+    pub dtype: String,
+    pub shape: Vec<u64>,
+    pub numel: u64,
+    pub nonzeros: u64,
+    pub sparsity: f64,
+    /// Whether the tensor was a pruning target.
+    pub pruned: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Totals {
+    pub parameters: u64,
+    pub nonzeros: u64,
+    pub sparsity: f64,
+    pub target_parameters: u64,
+    pub target_nonzeros: u64,
+    pub target_sparsity: f64,
+    /// Size of the written checkpoint.
+    pub bytes: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Report {
+    pub method: String,
+    pub scope: Scope,
+    pub requested_sparsity: f64,
+    pub include: Vec<String>,
+    pub exclude: Vec<String>,
+    pub tensors: Vec<TensorReport>,
+    pub totals: Totals,
+}
+
+fn ratio(zeros: u64, n: u64) -> f64 {
+    if n == 0 {
+        0.0
+    } else {
+        zeros as f64 / n as f64
+    }
+}
+
+/// Per-tensor and total counts, recomputed from the written file.
+pub fn measure(file: &[u8], header: &Header, targets: &[String]) -> (Vec<TensorReport>, Totals) {
+    let mut tensors = Vec::new();
+    let mut totals = Totals { parameters: 0, nonzeros: 0, sparsity: 0.0, target_parameters: 0, target_nonzeros: 0, target_sparsity: 0.0, bytes: file.len() as u64 };
+    for (name, t) in &header.tensors {
+        if !t.dtype.is_float() {
+            continue;
+        }
+        let a = (header.data_start + t.begin) as usize;
+        let b = (header.data_start + t.end) as usize;
+        let nz = count_nonzeros(&file[a..b], t.dtype);
+        let n = t.numel();
+        let pruned = targets.contains(name);
+        totals.parameters += n;
+        totals.nonzeros += nz;
+        if pruned {
+            totals.target_parameters += n;
+            totals.target_nonzeros += nz;
+        }
+        tensors.push(TensorReport { name: name.clone(), dtype: t.dtype.name().into(), shape: t.shape.clone(), numel: n, nonzeros: nz, sparsity: ratio(n - nz, n), pruned });
+    }
+    totals.sparsity = ratio(totals.parameters - totals.nonzeros, totals.parameters);
+    totals.target_sparsity = ratio(totals.target_parameters - totals.target_nonzeros, totals.target_parameters);
+    (tensors, totals)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::{st, testing::TinyModel};
+
+    fn prune(m: &TinyModel, scope: Scope, s: f64) -> (Vec<u8>, Vec<u8>, Header, Vec<String>) {
+        let orig = m.safetensors();
+        let header = st::parse(&orig).unwrap();
+        let family = Family::parse(m.model_type).unwrap();
+        let targets = select_targets(family, &header, &[], &[]);
+        let mut out = orig.clone();
+        prune_in_place(&mut out, &header, &targets, scope, s, |_, _| Ok::<(), ()>(())).unwrap().unwrap();
+        (orig, out, header, targets)
+    }
+
+    #[test]
+    fn local_gives_every_target_the_sparsity_and_leaves_the_rest() {
+        for dtype in [Dtype::F32, Dtype::F16, Dtype::BF16] {
+            let m = TinyModel { dtype, ..Default::default() };
+            let (orig, out, header, targets) = prune(&m, Scope::Local, 0.6);
+            assert_eq!(targets.len(), 12);
+            let (tensors, _) = measure(&out, &header, &targets);
+            for t in &tensors {
+                let info = &header.tensors[&t.name];
+                let range = (header.data_start + info.begin) as usize..(header.data_start + info.end) as usize;
+                if t.pruned {
+                    let want = (0.6 * t.numel as f64).round() as u64;
+                    assert_eq!(t.numel - t.nonzeros, want, "{} ({dtype:?})", t.name);
+                } else {
+                    assert_eq!(&orig[range.clone()], &out[range], "{} changed", t.name);
+                }
+            }
+            assert_eq!(&orig[..header.data_start as usize], &out[..header.data_start as usize]);
+        }
+    }
+
+    #[test]
+    fn global_hits_the_total_and_prunes_the_smallest() {
+        let m = TinyModel::default();
+        let (orig, out, header, targets) = prune(&m, Scope::Global, 0.5);
+        let (_, totals) = measure(&out, &header, &targets);
+        let want = (0.5 * totals.target_parameters as f64).round() as u64;
+        assert_eq!(totals.target_parameters - totals.target_nonzeros, want);
+        // Every kept weight is at least as large as every pruned one.
+        let (mut max_pruned, mut min_kept) = (0f32, f32::MAX);
+        for n in &targets {
+            let t = &header.tensors[n];
+            let r = (header.data_start + t.begin) as usize..(header.data_start + t.end) as usize;
+            let before = magnitudes(&orig[r.clone()], t.dtype);
+            let after = magnitudes(&out[r], t.dtype);
+            for (b, a) in before.iter().zip(&after) {
+                if *a == 0.0 {
+                    max_pruned = max_pruned.max(*b);
+                } else {
+                    min_kept = min_kept.min(*b);
+                }
+            }
+        }
+        assert!(max_pruned <= min_kept, "{max_pruned} > {min_kept}");
+        // Tensors differ in sparsity under a global threshold only by chance; here all are random.
+    }
+
+    #[test]
+    fn ties_are_broken_to_hit_the_exact_count() {
+        let values = vec![1.0f32; 10];
+        let file = st::serialize(&[("w".into(), Dtype::F32, vec![10], crate::engine::testing::encode(&values, Dtype::F32))], None);
+        let header = st::parse(&file).unwrap();
+        let mut out = file.clone();
+        prune_in_place(&mut out, &header, &["w".to_string()], Scope::Global, 0.3, |_, _| Ok::<(), ()>(())).unwrap().unwrap();
+        let (t, _) = measure(&out, &header, &["w".to_string()]);
+        assert_eq!(t[0].nonzeros, 7);
+    }
+
+    #[test]
+    fn include_and_exclude_override_the_default() {
+        let m = TinyModel { with_prefix_and_head: true, ..Default::default() };
+        let header = st::parse(&m.safetensors()).unwrap();
+        let inc = vec![Regex::new(r"classifier\.weight$").unwrap(), Regex::new(r"pooler").unwrap()];
+        let t = select_targets(Family::Bert, &header, &inc, &[Regex::new("bias").unwrap()]);
+        assert_eq!(t, vec!["bert.pooler.dense.weight".to_string(), "classifier.weight".to_string()]);
+        let t = select_targets(Family::Bert, &header, &[], &[Regex::new(r"layer\.1\.").unwrap()]);
+        assert_eq!(t.len(), 6);
+        assert!(t.iter().all(|n| n.contains("layer.0.")));
+    }
+
+    #[test]
+    fn cancellation_stops_between_tensors() {
+        let m = TinyModel::default();
+        let orig = m.safetensors();
+        let header = st::parse(&orig).unwrap();
+        let targets = select_targets(Family::Bert, &header, &[], &[]);
+        let mut out = orig.clone();
+        let r = prune_in_place(&mut out, &header, &targets, Scope::Local, 0.5, |done, _| if done == 3 { Err("stop") } else { Ok(()) }).unwrap();
+        assert_eq!(r, Err("stop"));
+    }
+}

@@ -1,0 +1,7 @@
+//! The model engine: checkpoint container validation, architecture checks, pruning.
+//! Plain Rust, no HTTP and no database.
+
+pub mod arch;
+pub mod magnitude;
+pub mod st;
+pub mod testing;

@@ -1,0 +1,146 @@
+//! Tiny random BERT-family checkpoints built in code, for tests, benchmarks and demos.
+//! Nothing here downloads anything.
+
+use super::st::{serialize, Dtype};
+use rand::{rngs::StdRng, Rng, SeedableRng};
+
+#[derive(Debug, Clone)]
+pub struct TinyModel {
+    pub model_type: &'static str,
+    pub layers: u64,
+    pub hidden: u64,
+    pub heads: u64,
+    pub ffn: u64,
+    pub vocab: u64,
+    pub dtype: Dtype,
+    /// Prefix tensor names with `bert.` (as task checkpoints do) and add a classifier head.
+    pub with_prefix_and_head: bool,
+    pub seed: u64,
+}
+
+impl Default for TinyModel {
+    fn default() -> Self {
+        TinyModel { model_type: "bert", layers: 2, hidden: 32, heads: 4, ffn: 64, vocab: 64, dtype: Dtype::F32, with_prefix_and_head: false, seed: 7 }
+    }
+}
+
+pub fn encode(values: &[f32], dtype: Dtype) -> Vec<u8> {
+    match dtype {
+        Dtype::F32 => values.iter().flat_map(|v| v.to_le_bytes()).collect(),
+        Dtype::F16 => values.iter().flat_map(|v| half::f16::from_f32(*v).to_le_bytes()).collect(),
+        Dtype::BF16 => values.iter().flat_map(|v| half::bf16::from_f32(*v).to_le_bytes()).collect(),
+        Dtype::F64 => values.iter().flat_map(|v| (*v as f64).to_le_bytes()).collect(),
+        other => panic!("encode: unsupported dtype {other:?}"),
+    }
+}
+
+impl TinyModel {
+    pub fn config_json(&self) -> String {
+        let v = if self.model_type == "distilbert" {
+            serde_json::json!({
+                "model_type": "distilbert", "architectures": ["DistilBertModel"],
+                "dim": self.hidden, "n_layers": self.layers, "n_heads": self.heads, "hidden_dim": self.ffn,
+                "vocab_size": self.vocab, "max_position_embeddings": 64, "activation": "gelu",
+            })
+        } else {
+            serde_json::json!({
+                "model_type": self.model_type, "architectures": ["BertModel"],
+                "hidden_size": self.hidden, "num_hidden_layers": self.layers, "num_attention_heads": self.heads,
+                "intermediate_size": self.ffn, "vocab_size": self.vocab, "max_position_embeddings": 64,
+                "type_vocab_size": 2, "hidden_act": "gelu", "layer_norm_eps": 1e-12,
+            })
+        };
+        serde_json::to_string_pretty(&v).unwrap()
+    }
+
+    /// (name, shape) of every tensor, in file order.
+    pub fn tensor_shapes(&self) -> Vec<(String, Vec<u64>)> {
+        let (h, f) = (self.hidden, self.ffn);
+        let mut t: Vec<(String, Vec<u64>)> = Vec::new();
+        let distil = self.model_type == "distilbert";
+        let pre = match (self.with_prefix_and_head, self.model_type) {
+            (false, _) => "",
+            (true, "roberta") => "roberta.",
+            (true, "distilbert") => "distilbert.",
+            (true, _) => "bert.",
+        };
+        t.push((format!("{pre}embeddings.word_embeddings.weight"), vec![self.vocab, h]));
+        t.push((format!("{pre}embeddings.position_embeddings.weight"), vec![64, h]));
+        if !distil {
+            t.push((format!("{pre}embeddings.token_type_embeddings.weight"), vec![2, h]));
+        }
+        t.push((format!("{pre}embeddings.LayerNorm.weight"), vec![h]));
+        t.push((format!("{pre}embeddings.LayerNorm.bias"), vec![h]));
+        for i in 0..self.layers {
+            let linears: Vec<(&str, [u64; 2])> = if distil {
+                vec![("attention.q_lin", [h, h]), ("attention.k_lin", [h, h]), ("attention.v_lin", [h, h]), ("attention.out_lin", [h, h]), ("ffn.lin1", [f, h]), ("ffn.lin2", [h, f])]
+            } else {
+                vec![
+                    ("attention.self.query", [h, h]),
+                    ("attention.self.key", [h, h]),
+                    ("attention.self.value", [h, h]),
+                    ("attention.output.dense", [h, h]),
+                    ("intermediate.dense", [f, h]),
+                    ("output.dense", [h, f]),
+                ]
+            };
+            let root = if distil { "transformer.layer" } else { "encoder.layer" };
+            for (m, s) in linears {
+                t.push((format!("{pre}{root}.{i}.{m}.weight"), s.to_vec()));
+                t.push((format!("{pre}{root}.{i}.{m}.bias"), vec![s[0]]));
+            }
+            let norms: &[&str] = if distil { &["sa_layer_norm", "output_layer_norm"] } else { &["attention.output.LayerNorm", "output.LayerNorm"] };
+            for n in norms {
+                t.push((format!("{pre}{root}.{i}.{n}.weight"), vec![h]));
+                t.push((format!("{pre}{root}.{i}.{n}.bias"), vec![h]));
+            }
+        }
+        if !distil {
+            t.push((format!("{pre}pooler.dense.weight"), vec![h, h]));
+            t.push((format!("{pre}pooler.dense.bias"), vec![h]));
+        }
+        if self.with_prefix_and_head {
+            t.push(("classifier.weight".into(), vec![2, h]));
+            t.push(("classifier.bias".into(), vec![2]));
+        }
+        t
+    }
+
+    pub fn safetensors(&self) -> Vec<u8> {
+        let mut rng = StdRng::seed_from_u64(self.seed);
+        let tensors: Vec<(String, Dtype, Vec<u64>, Vec<u8>)> = self
+            .tensor_shapes()
+            .into_iter()
+            .map(|(name, shape)| {
+                let n: u64 = shape.iter().product();
+                let values: Vec<f32> = if name.contains("LayerNorm") || name.contains("layer_norm") {
+                    (0..n).map(|_| if name.ends_with("weight") { 1.0 } else { 0.0 }).collect()
+                } else {
+                    (0..n).map(|_| rng.gen_range(-0.2f32..0.2)).collect()
+                };
+                let data = encode(&values, self.dtype);
+                (name, self.dtype, shape, data)
+            })
+            .collect();
+        serialize(&tensors, None)
+    }
+
+    /// A small WordPiece `tokenizer.json` over the model's vocabulary size.
+    pub fn tokenizer_json(&self) -> String {
+        let mut vocab = serde_json::Map::new();
+        let specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"];
+        for (i, s) in specials.iter().enumerate() {
+            vocab.insert(s.to_string(), i.into());
+        }
+        for i in specials.len() as u64..self.vocab {
+            vocab.insert(format!("w{i}"), i.into());
+        }
+        serde_json::to_string(&serde_json::json!({
+            "version": "1.0", "truncation": null, "padding": null, "added_tokens": [],
+            "normalizer": {"type": "BertNormalizer", "clean_text": true, "handle_chinese_chars": true, "strip_accents": null, "lowercase": true},
+            "pre_tokenizer": {"type": "BertPreTokenizer"}, "post_processor": null, "decoder": null,
+            "model": {"type": "WordPiece", "unk_token": "[UNK]", "continuing_subword_prefix": "##", "max_input_chars_per_word": 100, "vocab": vocab},
+        }))
+        .unwrap()
+    }
+}

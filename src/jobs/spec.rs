@@ -1,0 +1,154 @@
+//! Job specs: what `POST /v1/jobs` accepts. Unknown fields are rejected and every field is
+//! validated with a message that names it.
+
+use crate::api::problem::FieldError;
+use crate::engine::magnitude::Scope;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum JobKind {
+    /// Prune a model and export it.
+    #[default]
+    Prune,
+}
+
+impl JobKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            JobKind::Prune => "prune",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Method {
+    /// |w|: the smallest weights are removed.
+    Magnitude,
+}
+
+fn default_scope() -> Scope {
+    Scope::Global
+}
+
+/// How to prune.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PruningSpec {
+    pub method: Method,
+    /// `global`: one threshold across all prunable tensors; `local`: the sparsity in each.
+    #[serde(default = "default_scope")]
+    pub scope: Scope,
+    /// Fraction of the prunable weights set to zero, in [0, 1).
+    pub sparsity: f64,
+    /// Regular expressions on tensor names; when given, they choose the prunable tensors
+    /// instead of the default (the encoder's linear weights).
+    #[serde(default)]
+    pub include: Vec<String>,
+    /// Regular expressions on tensor names removed from the prunable set.
+    #[serde(default)]
+    pub exclude: Vec<String>,
+}
+
+/// The body of `POST /v1/jobs`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(example = json!({"model_id": "0192f7a0-0000-7000-8000-000000000000", "pruning": {"method": "magnitude", "scope": "global", "sparsity": 0.5}}))]
+pub struct JobRequest {
+    #[serde(default)]
+    pub kind: JobKind,
+    /// The model to prune (an id from `POST /v1/models`).
+    pub model_id: String,
+    pub pruning: PruningSpec,
+}
+
+/// Parse a request body, turning serde's complaint into a field error.
+pub fn parse_request(body: &[u8]) -> Result<JobRequest, FieldError> {
+    let de = &mut serde_json::Deserializer::from_slice(body);
+    let req: JobRequest = serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        let msg = inner.to_string();
+        // serde reports a missing field at its parent: name the field itself.
+        let named = msg.split('`').nth(1).filter(|_| msg.starts_with("missing field"));
+        let field = match (named, path.as_str()) {
+            _ if inner.is_syntax() || inner.is_eof() => "body".to_string(),
+            (Some(n), ".") => n.to_string(),
+            (Some(n), p) => format!("{p}.{n}"),
+            (None, ".") => "body".to_string(),
+            (None, p) => p.to_string(),
+        };
+        let msg = msg.split(" at line ").next().unwrap_or(&msg).to_string();
+        FieldError::new(field, msg)
+    })?;
+    let errors = req.validate();
+    match errors.into_iter().next() {
+        Some(e) => Err(e),
+        None => Ok(req),
+    }
+}
+
+impl JobRequest {
+    pub fn validate(&self) -> Vec<FieldError> {
+        let mut errs = Vec::new();
+        if uuid::Uuid::parse_str(&self.model_id).is_err() {
+            errs.push(FieldError::new("model_id", "model_id must be a model id (a UUID)"));
+        }
+        let p = &self.pruning;
+        if !(p.sparsity.is_finite() && (0.0..1.0).contains(&p.sparsity)) {
+            errs.push(FieldError::new("pruning.sparsity", "pruning.sparsity must be in [0, 1)"));
+        }
+        for (list, name) in [(&p.include, "include"), (&p.exclude, "exclude")] {
+            for (i, pat) in list.iter().enumerate() {
+                if let Err(e) = regex::Regex::new(pat) {
+                    let first = e.to_string().lines().last().unwrap_or_default().trim().to_string();
+                    errs.push(FieldError::new(format!("pruning.{name}[{i}]"), format!("not a valid regular expression: {first}")));
+                }
+            }
+        }
+        errs
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn field_of(body: &str) -> (String, String) {
+        let e = parse_request(body.as_bytes()).unwrap_err();
+        (e.field, e.message)
+    }
+
+    #[test]
+    fn valid_spec_parses_with_defaults() {
+        let r = parse_request(br#"{"model_id":"0192f7a0-0000-7000-8000-000000000000","pruning":{"method":"magnitude","sparsity":0.5}}"#).unwrap();
+        assert_eq!(r.kind, JobKind::Prune);
+        assert_eq!(r.pruning.scope, Scope::Global);
+        assert!(r.pruning.include.is_empty());
+    }
+
+    #[test]
+    fn every_fault_names_its_field() {
+        let id = "0192f7a0-0000-7000-8000-000000000000";
+        let cases = [
+            (format!(r#"{{"model_id":"{id}","pruning":{{"method":"magnitude","sparsity":1.0}}}}"#), "pruning.sparsity", "must be in [0, 1)"),
+            (format!(r#"{{"model_id":"{id}","pruning":{{"method":"magnitude","sparsity":-0.1}}}}"#), "pruning.sparsity", "must be in [0, 1)"),
+            (format!(r#"{{"model_id":"{id}","pruning":{{"method":"magnitude","sparsity":"half"}}}}"#), "pruning.sparsity", "invalid type"),
+            (format!(r#"{{"model_id":"{id}","pruning":{{"method":"wanda2","sparsity":0.5}}}}"#), "pruning.method", "unknown variant"),
+            (format!(r#"{{"model_id":"{id}","pruning":{{"method":"magnitude","scope":"world","sparsity":0.5}}}}"#), "pruning.scope", "unknown variant"),
+            (format!(r#"{{"model_id":"{id}","pruning":{{"method":"magnitude","sparsity":0.5,"bogus":1}}}}"#), "pruning.bogus", "unknown field"),
+            (format!(r#"{{"model_id":"{id}","pruning":{{"method":"magnitude"}}}}"#), "pruning.sparsity", "missing field"),
+            (format!(r#"{{"model_id":"{id}","extra":true,"pruning":{{"method":"magnitude","sparsity":0.5}}}}"#), "extra", "unknown field"),
+            (format!(r#"{{"model_id":"{id}","pruning":{{"method":"magnitude","sparsity":0.5,"include":["ok","(unclosed"]}}}}"#), "pruning.include[1]", "regular expression"),
+            (r#"{"model_id":"nope","pruning":{"method":"magnitude","sparsity":0.5}}"#.to_string(), "model_id", "UUID"),
+            ("{\"model_id\":".to_string(), "body", "EOF"),
+        ];
+        for (body, field, msg) in cases {
+            let (f, m) = field_of(&body);
+            assert_eq!(f, field, "{body}: {m}");
+            assert!(m.contains(msg), "{body}: {m}");
+        }
+    }
+}

@@ -1,0 +1,13 @@
+//! Secateur: pruning-as-a-service for BERT-family transformer models.
+//!
+//! See `docs/architecture.md` for the modules and how a job flows through them.
+
+pub mod api;
+pub mod app;
+pub mod artifacts;
+pub mod config;
+pub mod data;
+pub mod engine;
+pub mod jobs;
+pub mod queue;
+pub mod store;

@@ -1,0 +1,212 @@
+//! The worker loop: claim a job with a lease, run its executor on a blocking thread, renew the
+//! lease by heartbeats (which also carry cancel requests), and record the outcome with
+//! lease-guarded updates. On shutdown: stop claiming, let running jobs finish within the grace
+//! period, then put the rest back in the queue.
+
+use crate::artifacts::Artifacts;
+use crate::config::WorkerArgs;
+use crate::jobs::{executor_for, JobContext, JobError, Progress};
+use crate::store::{Heartbeat, JobRow, Store};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::{watch, Semaphore};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+pub struct Worker {
+    pub store: Store,
+    pub artifacts: Artifacts,
+    pub args: WorkerArgs,
+    /// Unique name of this worker process (the lease owner).
+    pub owner: String,
+}
+
+pub fn worker_name() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_else(|_| "host".into());
+    let suffix = uuid::Uuid::new_v4().simple().to_string();
+    format!("{}-{}-{}", host.trim(), std::process::id(), &suffix[..8])
+}
+
+/// Why a running job stopped early.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum StopReason {
+    Cancelled,
+    LeaseLost,
+    Shutdown,
+}
+
+impl Worker {
+    /// Run until `shutdown` fires, then drain (see module docs). Returns when every job slot is
+    /// free.
+    pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
+        let slots = Arc::new(Semaphore::new(self.args.workers.max(1)));
+        let release = CancellationToken::new();
+        let mut running = JoinSet::new();
+        tracing::info!(worker = %self.owner, slots = self.args.workers, "worker started");
+        loop {
+            while running.try_join_next().is_some() {}
+            let permit = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                p = slots.clone().acquire_owned() => p.expect("semaphore closed"),
+            };
+            match self.store.claim_job(&self.owner, self.args.lease().as_millis() as i64).await {
+                Ok(Some(job)) => {
+                    let me = self.clone();
+                    let release = release.clone();
+                    running.spawn(async move {
+                        me.run_job(job, release).await;
+                        drop(permit);
+                    });
+                }
+                Ok(None) => {
+                    drop(permit);
+                    tokio::select! {
+                        _ = shutdown.cancelled() => break,
+                        _ = tokio::time::sleep(Duration::from_millis(self.args.poll_ms)) => {}
+                    }
+                }
+                Err(e) => {
+                    drop(permit);
+                    tracing::warn!(error = %format!("{e:#}"), "claiming a job failed; retrying");
+                    tokio::select! {
+                        _ = shutdown.cancelled() => break,
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    }
+                }
+            }
+        }
+        let grace = Duration::from_secs(self.args.shutdown_grace_seconds);
+        if !running.is_empty() {
+            tracing::info!(jobs = running.len(), grace_s = grace.as_secs(), "shutting down: waiting for running jobs");
+        }
+        let drained = tokio::time::timeout(grace, async { while running.join_next().await.is_some() {} }).await;
+        if drained.is_err() {
+            tracing::info!(jobs = running.len(), "grace period over: putting running jobs back in the queue");
+            release.cancel();
+            while running.join_next().await.is_some() {}
+        }
+        tracing::info!(worker = %self.owner, "worker stopped");
+    }
+
+    async fn run_job(&self, job: JobRow, release: CancellationToken) {
+        let started = Instant::now();
+        let span = tracing::info_span!("job", job_id = %job.id, kind = %job.kind, attempt = job.attempts);
+        let _e = span.enter();
+        drop(_e);
+        tracing::info!(parent: &span, "job claimed");
+        let outcome = self.execute(&job, &release).await;
+        let (status, error) = match outcome {
+            Outcome::Succeeded(artifacts) => match self.store.finish_succeeded(&job.id, &self.owner, &artifacts).await {
+                Ok(true) => ("succeeded", None),
+                Ok(false) => ("lease_lost", None),
+                Err(e) => {
+                    tracing::error!(parent: &span, error = %format!("{e:#}"), "recording success failed");
+                    ("error", None)
+                }
+            },
+            Outcome::Failed(msg) => ("failed", Some(msg)),
+            Outcome::Stopped(StopReason::Cancelled) => ("cancelled", None),
+            Outcome::Stopped(StopReason::LeaseLost) => ("lease_lost", None),
+            Outcome::Stopped(StopReason::Shutdown) => ("released", None),
+        };
+        let recorded = match status {
+            "failed" | "cancelled" => self.store.finish_unsuccessful(&job.id, &self.owner, status, error.as_deref()).await,
+            "released" => self.store.release_job(&job.id, &self.owner).await,
+            _ => Ok(true),
+        };
+        if let Err(e) = recorded {
+            tracing::error!(parent: &span, error = %format!("{e:#}"), "recording the job's outcome failed; its lease will expire");
+        }
+        let secs = started.elapsed().as_secs_f64();
+        metrics::counter!("secateur_jobs_finished_total", "kind" => job.kind.clone(), "outcome" => status).increment(1);
+        metrics::histogram!("secateur_job_duration_seconds", "kind" => job.kind.clone(), "outcome" => status).record(secs);
+        tracing::info!(parent: &span, outcome = status, error = error.as_deref().unwrap_or(""), seconds = secs, "job ended");
+    }
+
+    async fn execute(&self, job: &JobRow, release: &CancellationToken) -> Outcome {
+        let Some(executor) = executor_for(&job.kind) else {
+            return Outcome::Failed(format!("unknown job kind {:?}", job.kind));
+        };
+        let model = match self.store.get_model(&job.tenant_id, &job.model_id).await {
+            Ok(Some(m)) => m,
+            Ok(None) => return Outcome::Failed("the job's model no longer exists".into()),
+            Err(e) => {
+                tracing::error!(error = %format!("{e:#}"), "loading the job's model failed");
+                return Outcome::Failed("internal error while loading the model (see the worker log)".into());
+            }
+        };
+        let files: Vec<crate::api::models::ModelFile> = serde_json::from_str(&model.files).unwrap_or_default();
+        let stop = CancellationToken::new();
+        let (ptx, mut prx) = watch::channel(Progress { stage: "starting".into(), fraction: 0.0 });
+        let ctx = JobContext {
+            job: job.clone(),
+            model_files: files.into_iter().map(|f| f.name).collect(),
+            artifacts: self.artifacts.clone(),
+            rt: tokio::runtime::Handle::current(),
+            progress: ptx,
+            stop: stop.clone(),
+            step_delay: Duration::from_millis(self.args.job_step_delay_ms),
+            produced: Mutex::new(Vec::new()),
+        };
+        let mut handle = tokio::task::spawn_blocking(move || {
+            let r = executor.run(&ctx);
+            r.map(|()| ctx.produced())
+        });
+        let lease_ms = self.args.lease().as_millis() as i64;
+        let mut beat = tokio::time::interval(self.args.heartbeat());
+        beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut reason: Option<StopReason> = None;
+        let mut progress_open = true;
+        let result = loop {
+            tokio::select! {
+                r = &mut handle => break r,
+                _ = beat.tick() => {
+                    match self.store.heartbeat(&job.id, &self.owner, lease_ms).await {
+                        Ok(Heartbeat::Renewed { cancel_requested: true }) => {
+                            reason.get_or_insert(StopReason::Cancelled);
+                            stop.cancel();
+                        }
+                        Ok(Heartbeat::Renewed { .. }) => {}
+                        Ok(Heartbeat::Lost) => {
+                            tracing::warn!("lease lost; abandoning the job");
+                            stop.cancel();
+                            // Do not wait for the executor: another worker owns the job now.
+                            return Outcome::Stopped(StopReason::LeaseLost);
+                        }
+                        Err(e) => tracing::warn!(error = %format!("{e:#}"), "heartbeat failed"),
+                    }
+                }
+                changed = prx.changed(), if progress_open => {
+                    if changed.is_err() { progress_open = false; continue; }
+                    let p = prx.borrow_and_update().clone();
+                    if let Err(e) = self.store.set_progress(&job.id, &self.owner, &p.stage, p.fraction).await {
+                        tracing::warn!(error = %format!("{e:#}"), "recording progress failed");
+                    }
+                }
+                _ = release.cancelled(), if reason.is_none() => {
+                    reason = Some(StopReason::Shutdown);
+                    stop.cancel();
+                }
+            }
+        };
+        match result {
+            Ok(Ok(artifacts)) => Outcome::Succeeded(artifacts),
+            Ok(Err(JobError::Stopped)) => Outcome::Stopped(reason.unwrap_or(StopReason::Cancelled)),
+            Ok(Err(JobError::Failed(msg))) => Outcome::Failed(msg),
+            Ok(Err(JobError::Internal(e))) => {
+                tracing::error!(error = %format!("{e:#}"), "job failed with an internal error");
+                Outcome::Failed("internal error (see the worker log)".into())
+            }
+            Err(join) => {
+                tracing::error!(error = %join, "job panicked");
+                Outcome::Failed("internal error: the job's executor panicked (see the worker log)".into())
+            }
+        }
+    }
+}
+
+enum Outcome {
+    Succeeded(Vec<crate::store::ArtifactRow>),
+    Failed(String),
+    Stopped(StopReason),
+}

@@ -1,0 +1,376 @@
+//! Jobs: creation with idempotency keys, the leased queue (claim, heartbeat, guarded state
+//! changes) and job artifacts. Every state change a worker makes is guarded by
+//! `status = 'running' AND lease_owner = $me`, so a worker that lost its lease (or a job that
+//! was cancelled meanwhile) cannot overwrite the outcome.
+
+use super::{is_unique_violation, now_ms, Backend, Store};
+use sqlx::Row;
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct JobRow {
+    pub id: String,
+    pub tenant_id: String,
+    pub kind: String,
+    pub model_id: String,
+    pub spec: String,
+    pub status: String,
+    pub stage: Option<String>,
+    pub progress: f64,
+    pub attempts: i64,
+    pub max_attempts: i64,
+    pub error: Option<String>,
+    pub cancel_requested: i64,
+    pub lease_owner: Option<String>,
+    pub lease_expires_at: Option<i64>,
+    pub idempotency_key: Option<String>,
+    pub request_hash: Option<String>,
+    pub created_at: i64,
+    pub started_at: Option<i64>,
+    pub finished_at: Option<i64>,
+    pub updated_at: i64,
+}
+
+impl JobRow {
+    pub fn is_terminal(&self) -> bool {
+        matches!(self.status.as_str(), "succeeded" | "failed" | "cancelled")
+    }
+}
+
+const JOB_COLS: &str = "id, tenant_id, kind, model_id, spec, status, stage, progress, attempts, max_attempts, error, \
+    cancel_requested, lease_owner, lease_expires_at, idempotency_key, request_hash, created_at, started_at, finished_at, updated_at";
+
+#[derive(Debug)]
+pub enum CreateOutcome {
+    Created(JobRow),
+    /// The same idempotency key with the same request: the job created the first time.
+    Existing(JobRow),
+    /// The same idempotency key with another request.
+    KeyConflict,
+}
+
+#[derive(Debug)]
+pub enum CancelOutcome {
+    /// A queued job, cancelled at once.
+    Cancelled(JobRow),
+    /// A running job, asked to stop at its next check.
+    Requested(JobRow),
+    /// Already finished.
+    Finished(JobRow),
+    NotFound,
+}
+
+#[derive(Debug, Clone)]
+pub struct ArtifactRow {
+    pub name: String,
+    pub bytes: i64,
+    pub sha256: String,
+}
+
+/// What a heartbeat learned.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Heartbeat {
+    Renewed { cancel_requested: bool },
+    /// The lease is no longer ours (expired and re-claimed, or the job was finished elsewhere).
+    Lost,
+}
+
+pub struct NewJob<'a> {
+    pub tenant_id: &'a str,
+    pub kind: &'a str,
+    pub model_id: &'a str,
+    pub spec: &'a str,
+    pub inputs: &'a [String],
+    pub max_attempts: i64,
+    pub idempotency_key: Option<&'a str>,
+    pub request_hash: &'a str,
+}
+
+impl Store {
+    async fn job_by_key(&self, tenant_id: &str, key: &str) -> anyhow::Result<Option<JobRow>> {
+        Ok(sqlx::query_as::<_, JobRow>(&format!("SELECT {JOB_COLS} FROM jobs WHERE tenant_id = $1 AND idempotency_key = $2"))
+            .bind(tenant_id)
+            .bind(key)
+            .fetch_optional(&self.pool)
+            .await?)
+    }
+
+    pub async fn create_job(&self, new: NewJob<'_>) -> anyhow::Result<CreateOutcome> {
+        let same = |row: JobRow| {
+            if row.request_hash.as_deref() == Some(new.request_hash) {
+                CreateOutcome::Existing(row)
+            } else {
+                CreateOutcome::KeyConflict
+            }
+        };
+        if let Some(key) = new.idempotency_key {
+            if let Some(row) = self.job_by_key(new.tenant_id, key).await? {
+                return Ok(same(row));
+            }
+        }
+        let id = uuid::Uuid::now_v7().to_string();
+        let now = now_ms();
+        let mut tx = self.pool.begin().await?;
+        let inserted = sqlx::query(
+            "INSERT INTO jobs (id, tenant_id, kind, model_id, spec, status, stage, progress, attempts, max_attempts, \
+             idempotency_key, request_hash, created_at, updated_at) \
+             VALUES ($1, $2, $3, $4, $5, 'queued', 'queued', 0, 0, $6, $7, $8, $9, $9)",
+        )
+        .bind(&id)
+        .bind(new.tenant_id)
+        .bind(new.kind)
+        .bind(new.model_id)
+        .bind(new.spec)
+        .bind(new.max_attempts)
+        .bind(new.idempotency_key)
+        .bind(new.request_hash)
+        .bind(now)
+        .execute(&mut *tx)
+        .await;
+        match inserted {
+            Err(e) if is_unique_violation(&e) => {
+                // A concurrent request with the same key won the race.
+                drop(tx);
+                let key = new.idempotency_key.unwrap_or_default();
+                return match self.job_by_key(new.tenant_id, key).await? {
+                    Some(row) => Ok(same(row)),
+                    None => Err(e.into()),
+                };
+            }
+            Err(e) => return Err(e.into()),
+            Ok(_) => {}
+        }
+        for input in new.inputs {
+            sqlx::query("INSERT INTO job_inputs (job_id, resource_id) VALUES ($1, $2) ON CONFLICT DO NOTHING")
+                .bind(&id)
+                .bind(input)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        let row = self.get_job_any(&id).await?.ok_or_else(|| anyhow::anyhow!("job vanished after insert"))?;
+        Ok(CreateOutcome::Created(row))
+    }
+
+    pub async fn get_job(&self, tenant_id: &str, id: &str) -> anyhow::Result<Option<JobRow>> {
+        Ok(sqlx::query_as::<_, JobRow>(&format!("SELECT {JOB_COLS} FROM jobs WHERE tenant_id = $1 AND id = $2"))
+            .bind(tenant_id)
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?)
+    }
+
+    /// A job by id regardless of tenant (for workers).
+    pub async fn get_job_any(&self, id: &str) -> anyhow::Result<Option<JobRow>> {
+        Ok(sqlx::query_as::<_, JobRow>(&format!("SELECT {JOB_COLS} FROM jobs WHERE id = $1"))
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?)
+    }
+
+    pub async fn list_jobs(&self, tenant_id: &str, status: Option<&str>, before: Option<&str>, limit: i64) -> anyhow::Result<Vec<JobRow>> {
+        Ok(sqlx::query_as::<_, JobRow>(&format!(
+            "SELECT {JOB_COLS} FROM jobs WHERE tenant_id = $1 AND ($2 = '' OR status = $2) AND ($3 = '' OR id < $3) \
+             ORDER BY id DESC LIMIT $4"
+        ))
+        .bind(tenant_id)
+        .bind(status.unwrap_or(""))
+        .bind(before.unwrap_or(""))
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    pub async fn cancel_job(&self, tenant_id: &str, id: &str) -> anyhow::Result<CancelOutcome> {
+        let now = now_ms();
+        let done = sqlx::query(
+            "UPDATE jobs SET status = 'cancelled', stage = 'cancelled', finished_at = $3, updated_at = $3 \
+             WHERE tenant_id = $1 AND id = $2 AND status = 'queued'",
+        )
+        .bind(tenant_id)
+        .bind(id)
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
+        if done.rows_affected() == 1 {
+            let row = self.get_job(tenant_id, id).await?.ok_or_else(|| anyhow::anyhow!("job vanished"))?;
+            return Ok(CancelOutcome::Cancelled(row));
+        }
+        let asked = sqlx::query(
+            "UPDATE jobs SET cancel_requested = 1, updated_at = $3 WHERE tenant_id = $1 AND id = $2 AND status = 'running'",
+        )
+        .bind(tenant_id)
+        .bind(id)
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
+        let row = self.get_job(tenant_id, id).await?;
+        Ok(match row {
+            None => CancelOutcome::NotFound,
+            Some(row) if asked.rows_affected() == 1 => CancelOutcome::Requested(row),
+            // Between the two updates the job may have been claimed (then finished): report
+            // what it is now.
+            Some(row) if row.is_terminal() => CancelOutcome::Finished(row),
+            Some(row) if row.status == "running" => {
+                // It was queued at the first update and claimed before the second: ask again.
+                Box::pin(self.cancel_job(tenant_id, id)).await?
+            }
+            Some(row) => CancelOutcome::Finished(row),
+        })
+    }
+
+    /// Jobs whose lease expired with no attempts left end `failed` (or `cancelled`, when a
+    /// cancel was asked for).
+    pub async fn fail_exhausted(&self) -> anyhow::Result<u64> {
+        let now = now_ms();
+        let r = sqlx::query(
+            "UPDATE jobs SET \
+               status = CASE WHEN cancel_requested = 1 THEN 'cancelled' ELSE 'failed' END, \
+               stage = CASE WHEN cancel_requested = 1 THEN 'cancelled' ELSE 'failed' END, \
+               error = CASE WHEN cancel_requested = 1 THEN error \
+                       ELSE 'the worker running this job stopped responding (lease expired) on each of ' || attempts || ' attempts' END, \
+               finished_at = $1, updated_at = $1, lease_owner = NULL, lease_expires_at = NULL \
+             WHERE status = 'running' AND lease_expires_at < $1 AND (attempts >= max_attempts OR cancel_requested = 1)",
+        )
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
+        Ok(r.rows_affected())
+    }
+
+    /// Claim the oldest queued job, or a running one whose lease expired, for `owner`.
+    pub async fn claim_job(&self, owner: &str, lease_ms: i64) -> anyhow::Result<Option<JobRow>> {
+        self.fail_exhausted().await?;
+        let now = now_ms();
+        let lock = match self.backend {
+            Backend::Postgres => "FOR UPDATE SKIP LOCKED",
+            // SQLite runs one writer at a time: the UPDATE below is atomic on its own.
+            Backend::Sqlite => "",
+        };
+        let sql = format!(
+            "UPDATE jobs SET status = 'running', lease_owner = $1, lease_expires_at = $2, attempts = attempts + 1, \
+               started_at = COALESCE(started_at, $3), updated_at = $3, stage = 'starting' \
+             WHERE id = (SELECT id FROM jobs WHERE status = 'queued' \
+                           OR (status = 'running' AND lease_expires_at < $3 AND attempts < max_attempts AND cancel_requested = 0) \
+                         ORDER BY created_at, id LIMIT 1 {lock}) \
+             RETURNING {JOB_COLS}"
+        );
+        Ok(sqlx::query_as::<_, JobRow>(&sql)
+            .bind(owner)
+            .bind(now + lease_ms)
+            .bind(now)
+            .fetch_optional(&self.pool)
+            .await?)
+    }
+
+    pub async fn heartbeat(&self, id: &str, owner: &str, lease_ms: i64) -> anyhow::Result<Heartbeat> {
+        let now = now_ms();
+        let row = sqlx::query(
+            "UPDATE jobs SET lease_expires_at = $1, updated_at = $2 \
+             WHERE id = $3 AND status = 'running' AND lease_owner = $4 RETURNING cancel_requested",
+        )
+        .bind(now + lease_ms)
+        .bind(now)
+        .bind(id)
+        .bind(owner)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(match row {
+            None => Heartbeat::Lost,
+            Some(r) => Heartbeat::Renewed { cancel_requested: r.try_get::<i64, _>("cancel_requested")? != 0 },
+        })
+    }
+
+    pub async fn set_progress(&self, id: &str, owner: &str, stage: &str, progress: f64) -> anyhow::Result<bool> {
+        let r = sqlx::query(
+            "UPDATE jobs SET stage = $1, progress = $2, updated_at = $3 WHERE id = $4 AND status = 'running' AND lease_owner = $5",
+        )
+        .bind(stage)
+        .bind(progress.clamp(0.0, 1.0))
+        .bind(now_ms())
+        .bind(id)
+        .bind(owner)
+        .execute(&self.pool)
+        .await?;
+        Ok(r.rows_affected() == 1)
+    }
+
+    /// Record the artifacts and mark the job succeeded, only if the lease is still ours.
+    pub async fn finish_succeeded(&self, id: &str, owner: &str, artifacts: &[ArtifactRow]) -> anyhow::Result<bool> {
+        let mut tx = self.pool.begin().await?;
+        let now = now_ms();
+        let r = sqlx::query(
+            "UPDATE jobs SET status = 'succeeded', stage = 'done', progress = 1, finished_at = $1, updated_at = $1, \
+               lease_owner = NULL, lease_expires_at = NULL, error = NULL \
+             WHERE id = $2 AND status = 'running' AND lease_owner = $3",
+        )
+        .bind(now)
+        .bind(id)
+        .bind(owner)
+        .execute(&mut *tx)
+        .await?;
+        if r.rows_affected() != 1 {
+            return Ok(false);
+        }
+        sqlx::query("DELETE FROM job_artifacts WHERE job_id = $1").bind(id).execute(&mut *tx).await?;
+        for a in artifacts {
+            sqlx::query("INSERT INTO job_artifacts (job_id, name, bytes, sha256) VALUES ($1, $2, $3, $4)")
+                .bind(id)
+                .bind(&a.name)
+                .bind(a.bytes)
+                .bind(&a.sha256)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    /// End a running job `failed` or `cancelled` (guarded by the lease).
+    pub async fn finish_unsuccessful(&self, id: &str, owner: &str, status: &str, error: Option<&str>) -> anyhow::Result<bool> {
+        let now = now_ms();
+        let r = sqlx::query(
+            "UPDATE jobs SET status = $1, stage = $1, error = $2, finished_at = $3, updated_at = $3, \
+               lease_owner = NULL, lease_expires_at = NULL \
+             WHERE id = $4 AND status = 'running' AND lease_owner = $5",
+        )
+        .bind(status)
+        .bind(error)
+        .bind(now)
+        .bind(id)
+        .bind(owner)
+        .execute(&self.pool)
+        .await?;
+        Ok(r.rows_affected() == 1)
+    }
+
+    /// Put a running job back in the queue (graceful shutdown); the attempt does not count.
+    pub async fn release_job(&self, id: &str, owner: &str) -> anyhow::Result<bool> {
+        let r = sqlx::query(
+            "UPDATE jobs SET status = 'queued', stage = 'queued', progress = 0, attempts = attempts - 1, \
+               lease_owner = NULL, lease_expires_at = NULL, updated_at = $1 \
+             WHERE id = $2 AND status = 'running' AND lease_owner = $3",
+        )
+        .bind(now_ms())
+        .bind(id)
+        .bind(owner)
+        .execute(&self.pool)
+        .await?;
+        Ok(r.rows_affected() == 1)
+    }
+
+    pub async fn list_artifacts(&self, job_id: &str) -> anyhow::Result<Vec<ArtifactRow>> {
+        let rows = sqlx::query("SELECT name, bytes, sha256 FROM job_artifacts WHERE job_id = $1 ORDER BY name")
+            .bind(job_id)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.into_iter()
+            .map(|r| Ok(ArtifactRow { name: r.try_get("name")?, bytes: r.try_get("bytes")?, sha256: r.try_get("sha256")? }))
+            .collect()
+    }
+
+    /// Number of jobs in each status (all tenants), for metrics.
+    pub async fn job_counts(&self) -> anyhow::Result<Vec<(String, i64)>> {
+        let rows = sqlx::query("SELECT status, COUNT(*) AS n FROM jobs GROUP BY status").fetch_all(&self.pool).await?;
+        rows.into_iter().map(|r| Ok((r.try_get("status")?, r.try_get("n")?))).collect()
+    }
+}
