@@ -129,7 +129,12 @@ impl IntoResponse for ApiError {
             }
             ApiError::BadRequest(d) => problem_response(StatusCode::BAD_REQUEST, Some(d), vec![]),
             ApiError::Conflict(d) => problem_response(StatusCode::CONFLICT, Some(d), vec![]),
-            ApiError::PayloadTooLarge(d) => problem_response(StatusCode::PAYLOAD_TOO_LARGE, Some(d), vec![]),
+            ApiError::PayloadTooLarge(d) => {
+                // The rest of the body is not read: tell the client not to reuse the connection.
+                let mut r = problem_response(StatusCode::PAYLOAD_TOO_LARGE, Some(d), vec![]);
+                r.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+                r
+            }
             ApiError::UnsupportedMediaType(d) => problem_response(StatusCode::UNSUPPORTED_MEDIA_TYPE, Some(d), vec![]),
             ApiError::Internal(e) => {
                 tracing::error!(error = %format!("{e:#}"), "internal error");

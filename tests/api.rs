@@ -1,0 +1,477 @@
+//! The HTTP API against a real server on port 0, on SQLite and on PostgreSQL.
+
+mod common;
+
+use common::{model_files, problem, Db, TestApp, TestOptions};
+use reqwest::StatusCode;
+use secateur::engine::magnitude::count_nonzeros;
+use secateur::engine::st::{self, Dtype};
+use secateur::engine::testing::TinyModel;
+use serde_json::{json, Value};
+use std::time::Duration;
+
+const WAIT: Duration = Duration::from_secs(30);
+
+fn shared(p: &str) -> Vec<u8> {
+    std::fs::read(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data").join(p)).unwrap()
+}
+
+async fn auth_is_required_and_errors_are_problems(db: Db) {
+    let app = TestApp::spawn(db).await;
+    let c = &app.client;
+    // Public operational routes.
+    assert_eq!(c.get(app.url("/healthz")).send().await.unwrap().status(), StatusCode::OK);
+    assert_eq!(c.get(app.url("/readyz")).send().await.unwrap().status(), StatusCode::OK);
+    // No key, a malformed header, an unknown key.
+    for r in [
+        c.get(app.url("/v1/models")).send().await.unwrap(),
+        c.get(app.url("/v1/jobs")).header("authorization", "Basic abc").send().await.unwrap(),
+        c.get(app.url("/v1/datasets")).bearer_auth("sk_not_a_real_key").send().await.unwrap(),
+        c.post(app.url("/v1/jobs")).json(&json!({})).send().await.unwrap(),
+    ] {
+        let (s, body) = problem(r).await;
+        assert_eq!(s, StatusCode::UNAUTHORIZED, "{body}");
+    }
+    // Unknown route, wrong method, wrong content type.
+    let (s, _) = problem(app.get("/v1/nothing-here").send().await.unwrap()).await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    let r = app.client.put(app.url("/v1/models")).bearer_auth(&app.key).send().await.unwrap();
+    let (s, body) = problem(r).await;
+    assert_eq!(s, StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(body["type"], "urn:secateur:problem:method-not-allowed");
+    let r = app.post("/v1/models").header("content-type", "application/json").body("{}").send().await.unwrap();
+    assert_eq!(problem(r).await.0, StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    let r = app.post("/v1/jobs").header("content-type", "text/plain").body("{}").send().await.unwrap();
+    assert_eq!(problem(r).await.0, StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    // A request id comes back on every response.
+    let r = app.get("/v1/models").send().await.unwrap();
+    assert!(r.headers().contains_key("x-request-id"));
+}
+
+async fn model_upload_get_list_download_delete(db: Db) {
+    let app = TestApp::spawn(db).await;
+    let m = TinyModel::default();
+    let files = model_files(&m);
+    let r = app.upload_model(files.clone()).await;
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let created: Value = r.json().await.unwrap();
+    let id = created["id"].as_str().unwrap().to_string();
+    assert_eq!(created["model_type"], "bert");
+    assert_eq!(created["num_layers"], 2);
+    assert_eq!(created["hidden_size"], 32);
+    assert_eq!(created["num_heads"], 4);
+    assert_eq!(created["intermediate_size"], 64);
+    assert_eq!(created["dtype"], "F32");
+    let weights = &files[1].1;
+    let header = st::parse(weights).unwrap();
+    let params: u64 = header.tensors.values().map(|t| t.numel()).sum();
+    assert_eq!(created["parameters"], params);
+    assert_eq!(created["sha256"].as_str().unwrap(), secateur_sha(weights));
+    assert_eq!(created["bytes"], files.iter().map(|f| f.1.len()).sum::<usize>());
+    let got: Value = app.get(&format!("/v1/models/{id}")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(got, created);
+    // Downloads return the uploaded bytes.
+    for (name, bytes) in &files {
+        let r = app.get(&format!("/v1/models/{id}/files/{name}")).send().await.unwrap();
+        assert_eq!(r.status(), StatusCode::OK);
+        assert_eq!(&r.bytes().await.unwrap()[..], &bytes[..], "{name}");
+    }
+    assert_eq!(problem(app.get(&format!("/v1/models/{id}/files/vocab.txt")).send().await.unwrap()).await.0, StatusCode::NOT_FOUND);
+    // Pagination.
+    let id2 = app.create_model(&TinyModel { seed: 2, ..Default::default() }).await;
+    let id3 = app.create_model(&TinyModel { seed: 3, ..Default::default() }).await;
+    let p1: Value = app.get("/v1/models?limit=2").send().await.unwrap().json().await.unwrap();
+    let ids: Vec<&str> = p1["items"].as_array().unwrap().iter().map(|m| m["id"].as_str().unwrap()).collect();
+    assert_eq!(ids, vec![id3.as_str(), id2.as_str()]);
+    let cursor = p1["next_cursor"].as_str().unwrap();
+    let p2: Value = app.get(&format!("/v1/models?limit=2&cursor={cursor}")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(p2["items"].as_array().unwrap().len(), 1);
+    assert_eq!(p2["items"][0]["id"], id);
+    assert!(p2["next_cursor"].is_null());
+    for bad in ["limit=0", "limit=201", "limit=x", "cursor=nope"] {
+        let (s, body) = problem(app.get(&format!("/v1/models?{bad}")).send().await.unwrap()).await;
+        assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{bad}");
+        assert_eq!(body["errors"][0]["field"], bad.split('=').next().unwrap());
+    }
+    // Delete.
+    assert_eq!(app.delete(&format!("/v1/models/{id}")).send().await.unwrap().status(), StatusCode::NO_CONTENT);
+    assert_eq!(problem(app.get(&format!("/v1/models/{id}")).send().await.unwrap()).await.0, StatusCode::NOT_FOUND);
+    assert_eq!(problem(app.delete(&format!("/v1/models/{id}")).send().await.unwrap()).await.0, StatusCode::NOT_FOUND);
+    assert!(app.stored_files().iter().all(|f| !f.contains(&id)), "files of a deleted model remain");
+}
+
+fn secateur_sha(b: &[u8]) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(b))
+}
+
+async fn bad_model_uploads_are_rejected_and_leave_nothing(db: Db) {
+    let app = TestApp::spawn_with(db, TestOptions { max_upload_bytes: 2 * 1024 * 1024, ..Default::default() }).await;
+    let m = TinyModel::default();
+    let good = model_files(&m);
+    let with = |name: &str, bytes: Vec<u8>| -> Vec<(&'static str, Vec<u8>)> {
+        good.iter().map(|(n, b)| (*n, if *n == name { bytes.clone() } else { b.clone() })).collect()
+    };
+    let mut truncated = good[1].1.clone();
+    truncated.truncate(truncated.len() - 4);
+    let mut bad_dtype = good[1].1.clone();
+    let pos = bad_dtype.windows(5).position(|w| w == b"\"F32\"").unwrap();
+    bad_dtype[pos + 1..pos + 4].copy_from_slice(b"X32");
+    let mut huge_header = good[1].1.clone();
+    huge_header[..8].copy_from_slice(&(1u64 << 40).to_le_bytes());
+    let wrong_layers = TinyModel { layers: 3, ..m.clone() }.config_json().into_bytes();
+    let roberta_cfg = m.config_json().replace("\"bert\"", "\"gpt2\"").into_bytes();
+    let cases: Vec<(Vec<(&str, Vec<u8>)>, &str, &str)> = vec![
+        (with("model.safetensors", truncated), "model.safetensors", "data buffer"),
+        (with("model.safetensors", bad_dtype), "model.safetensors", "unknown dtype"),
+        (with("model.safetensors", huge_header), "model.safetensors", "exceeds the limit"),
+        (with("model.safetensors", b"short".to_vec()), "model.safetensors", "8-byte"),
+        (with("config.json", wrong_layers), "config.json", "3 layers"),
+        (with("config.json", roberta_cfg), "config.json", "not supported"),
+        (with("config.json", b"{".to_vec()), "config.json", "not valid JSON"),
+        (with("tokenizer.json", b"[1,2]".to_vec()), "tokenizer.json", "not a JSON object"),
+        (good[1..].to_vec(), "config.json", "missing"),
+        (vec![good[0].clone(), good[1].clone()], "tokenizer.json", "tokenizer is required"),
+        ({ let mut v = good.clone(); v.push(("pytorch_model.bin", vec![0u8; 10])); v }, "pytorch_model.bin", "unexpected part"),
+        ({ let mut v = good.clone(); v.push(("config.json", good[0].1.clone())); v }, "config.json", "twice"),
+    ];
+    for (files, field, msg) in cases {
+        let r = app.upload_model(files).await;
+        let (s, body) = problem(r).await;
+        assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+        assert_eq!(body["errors"][0]["field"], field, "{body}");
+        assert!(body["errors"][0]["message"].as_str().unwrap().contains(msg), "{msg}: {body}");
+    }
+    // Over the upload limit.
+    let big = TinyModel { vocab: 20_000, hidden: 32, ..Default::default() };
+    let r = app.upload_model(model_files(&big)).await;
+    assert_eq!(problem(r).await.0, StatusCode::PAYLOAD_TOO_LARGE);
+    let list: Value = app.get("/v1/models").send().await.unwrap().json().await.unwrap();
+    assert_eq!(list["items"].as_array().unwrap().len(), 0);
+    assert_eq!(app.stored_files(), Vec::<String>::new(), "a rejected upload left files behind");
+}
+
+async fn datasets_are_validated_on_upload(db: Db) {
+    let app = TestApp::spawn(db).await;
+    let r = app.upload_dataset(shared("glue/SST-2/dev.tsv"), "glue_tsv", Some("sst2")).await;
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let d: Value = r.json().await.unwrap();
+    assert_eq!(d["rows"], 872);
+    assert_eq!(d["task"], "sst2");
+    assert_eq!(d["format"], "glue_tsv");
+    assert_eq!(d["summary"]["labels"], json!({"0": 428, "1": 444}));
+    assert_eq!(d["summary"]["columns"], json!(["sentence", "label"]));
+    let id = d["id"].as_str().unwrap();
+    let got: Value = app.get(&format!("/v1/datasets/{id}")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(got, d);
+    let r = app.upload_dataset(shared("squad/dev-v1.1.json"), "squad_json", None).await;
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let sq: Value = r.json().await.unwrap();
+    assert_eq!(sq["rows"], 10570);
+    let r = app.upload_dataset(b"{\"text\":\"a\",\"label\":1}\n{\"text\":\"b\",\"label\":0}\n".to_vec(), "jsonl", None).await;
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let list: Value = app.get("/v1/datasets").send().await.unwrap().json().await.unwrap();
+    assert_eq!(list["items"].as_array().unwrap().len(), 3);
+    // Faults name the line.
+    let (s, body) = problem(app.upload_dataset(b"sentence\tlabel\nfine\t1\nbroken row\n".to_vec(), "glue_tsv", Some("sst2")).await).await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(body["errors"][0]["field"], "file");
+    assert!(body["errors"][0]["message"].as_str().unwrap().starts_with("line 3:"), "{body}");
+    let (_, body) = problem(app.upload_dataset(b"x".to_vec(), "csv", None).await).await;
+    assert_eq!(body["errors"][0]["field"], "format");
+    let (_, body) = problem(app.upload_dataset(b"x".to_vec(), "glue_tsv", Some("imdb")).await).await;
+    assert_eq!(body["errors"][0]["field"], "task");
+    let form = reqwest::multipart::Form::new().text("format", "jsonl");
+    let (_, body) = problem(app.post("/v1/datasets").multipart(form).send().await.unwrap()).await;
+    assert_eq!(body["errors"][0]["field"], "file");
+    let list: Value = app.get("/v1/datasets").send().await.unwrap().json().await.unwrap();
+    assert_eq!(list["items"].as_array().unwrap().len(), 3);
+    assert_eq!(app.delete(&format!("/v1/datasets/{id}")).send().await.unwrap().status(), StatusCode::NO_CONTENT);
+    assert_eq!(problem(app.get(&format!("/v1/datasets/{id}")).send().await.unwrap()).await.0, StatusCode::NOT_FOUND);
+}
+
+/// Check a pruned checkpoint against its original: same header, untouched tensors
+/// byte-identical, and the requested sparsity.
+fn check_pruned(orig: &[u8], pruned: &[u8], scope: &str, sparsity: f64) {
+    let h = st::parse(orig).unwrap();
+    let h2 = st::parse(pruned).unwrap();
+    assert_eq!(h.tensors, h2.tensors, "names, dtypes, shapes and offsets are kept");
+    assert_eq!(orig[..h.data_start as usize], pruned[..h.data_start as usize]);
+    let fam = secateur::engine::arch::Family::Bert;
+    let (mut zeros, mut total, mut count) = (0u64, 0u64, 0u64);
+    for (name, t) in &h.tensors {
+        let r = (h.data_start + t.begin) as usize..(h.data_start + t.end) as usize;
+        if secateur::engine::arch::is_encoder_linear_weight(fam, name) {
+            let z = t.numel() - count_nonzeros(&pruned[r], t.dtype);
+            count += 1;
+            if scope == "local" {
+                assert_eq!(z, (sparsity * t.numel() as f64).round() as u64, "{name}");
+            }
+            zeros += z;
+            total += t.numel();
+        } else {
+            assert_eq!(orig[r.clone()], pruned[r], "{name} changed");
+        }
+    }
+    let want = sparsity * total as f64;
+    assert!((zeros as f64 - want).abs() <= count as f64, "{zeros} zeros, wanted {want}");
+}
+
+async fn magnitude_jobs_prune_as_requested(db: Db) {
+    let app = TestApp::spawn(db).await;
+    for (dtype, scope, sparsity) in [(Dtype::F32, "global", 0.5), (Dtype::F16, "local", 0.7), (Dtype::BF16, "global", 0.3), (Dtype::F32, "local", 0.9)] {
+        let m = TinyModel { dtype, ..Default::default() };
+        let files = model_files(&m);
+        let model = app.create_model(&m).await;
+        let job = app.submit_ok(&json!({"model_id": model, "pruning": {"method": "magnitude", "scope": scope, "sparsity": sparsity}})).await;
+        let done = app.wait_for(&job, &["succeeded", "failed"], WAIT).await;
+        assert_eq!(done["status"], "succeeded", "{done}");
+        assert_eq!(done["progress"], 1.0);
+        assert_eq!(done["attempts"], 1);
+        assert!(done["started_at"].is_string() && done["finished_at"].is_string());
+        let list: Vec<Value> = app.get(&format!("/v1/jobs/{job}/artifacts")).send().await.unwrap().json().await.unwrap();
+        let names: Vec<&str> = list.iter().map(|a| a["name"].as_str().unwrap()).collect();
+        assert_eq!(names, vec!["config.json", "model.safetensors", "report.json", "tokenizer.json"]);
+        let pruned = app.artifact(&job, "model.safetensors").await;
+        check_pruned(&files[1].1, &pruned, scope, sparsity);
+        assert_eq!(app.artifact(&job, "config.json").await, files[0].1);
+        assert_eq!(app.artifact(&job, "tokenizer.json").await, files[2].1);
+        let report: Value = serde_json::from_slice(&app.artifact(&job, "report.json").await).unwrap();
+        assert_eq!(report["scope"], scope);
+        let t = &report["totals"];
+        let target_sparsity = t["target_sparsity"].as_f64().unwrap();
+        assert!((target_sparsity - sparsity).abs() < 1e-3, "{t}");
+        assert_eq!(report["tensors"].as_array().unwrap().iter().filter(|t| t["pruned"] == true).count(), 12);
+        assert_eq!(t["bytes"], pruned.len());
+    }
+}
+
+async fn include_and_exclude_choose_tensors(db: Db) {
+    let app = TestApp::spawn(db).await;
+    let m = TinyModel { with_prefix_and_head: true, ..Default::default() };
+    let model = app.create_model(&m).await;
+    let job = app
+        .submit_ok(&json!({"model_id": model, "pruning": {"method": "magnitude", "scope": "local", "sparsity": 0.5,
+            "include": ["^bert\\.encoder\\.layer\\.\\d+\\..*\\.weight$"], "exclude": ["LayerNorm", "attention"]}}))
+        .await;
+    let done = app.wait_for(&job, &["succeeded", "failed"], WAIT).await;
+    assert_eq!(done["status"], "succeeded", "{done}");
+    let report: Value = serde_json::from_slice(&app.artifact(&job, "report.json").await).unwrap();
+    let pruned: Vec<&str> = report["tensors"].as_array().unwrap().iter().filter(|t| t["pruned"] == true).map(|t| t["name"].as_str().unwrap()).collect();
+    assert_eq!(pruned, vec![
+        "bert.encoder.layer.0.intermediate.dense.weight",
+        "bert.encoder.layer.0.output.dense.weight",
+        "bert.encoder.layer.1.intermediate.dense.weight",
+        "bert.encoder.layer.1.output.dense.weight",
+    ]);
+    // A pattern set that leaves nothing fails the job with a clear reason.
+    let job = app.submit_ok(&json!({"model_id": model, "pruning": {"method": "magnitude", "sparsity": 0.5, "include": ["no-such-tensor"]}})).await;
+    let done = app.wait_for(&job, &["succeeded", "failed"], WAIT).await;
+    assert_eq!(done["status"], "failed");
+    assert!(done["error"].as_str().unwrap().contains("no tensor"), "{done}");
+}
+
+async fn job_specs_are_validated(db: Db) {
+    let app = TestApp::spawn_with(db, TestOptions { workers: 0, ..Default::default() }).await;
+    let model = app.create_model(&TinyModel::default()).await;
+    let cases = [
+        (json!({"model_id": model, "pruning": {"method": "magnitude", "sparsity": 1.5}}), "pruning.sparsity", "pruning.sparsity must be in [0, 1)"),
+        (json!({"model_id": model, "pruning": {"method": "magnitude", "sparsity": 0.5, "colour": "red"}}), "pruning.colour", "unknown field"),
+        (json!({"model_id": model, "pruning": {"method": "magnitude"}}), "pruning.sparsity", "missing field"),
+        (json!({"model_id": model, "pruning": {"method": "random", "sparsity": 0.5}}), "pruning.method", "unknown variant"),
+        (json!({"model_id": model, "pruning": {"method": "magnitude", "sparsity": 0.5, "exclude": ["("]}}), "pruning.exclude[0]", "regular expression"),
+        (json!({"model_id": uuid::Uuid::now_v7().to_string(), "pruning": {"method": "magnitude", "sparsity": 0.5}}), "model_id", "no model"),
+        (json!({"pruning": {"method": "magnitude", "sparsity": 0.5}}), "model_id", "missing field"),
+    ];
+    for (spec, field, msg) in cases {
+        let (s, body) = problem(app.submit(&spec).await).await;
+        assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{spec}");
+        assert_eq!(body["errors"][0]["field"], field, "{body}");
+        assert!(body["errors"][0]["message"].as_str().unwrap().contains(msg), "{body}");
+    }
+    let r = app.post("/v1/jobs").header("content-type", "application/json").body("{not json").send().await.unwrap();
+    let (s, body) = problem(r).await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(body["errors"][0]["field"], "body");
+    let jobs: Value = app.get("/v1/jobs").send().await.unwrap().json().await.unwrap();
+    assert_eq!(jobs["items"].as_array().unwrap().len(), 0);
+    let (s, body) = problem(app.get("/v1/jobs?status=done").send().await.unwrap()).await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(body["errors"][0]["field"], "status");
+}
+
+async fn idempotency_keys_make_retries_safe(db: Db) {
+    let app = TestApp::spawn_with(db, TestOptions { workers: 0, ..Default::default() }).await;
+    let model = app.create_model(&TinyModel::default()).await;
+    let spec = json!({"model_id": model, "pruning": {"method": "magnitude", "sparsity": 0.5}});
+    let send = |spec: Value, key: &'static str| {
+        let req = app.post("/v1/jobs").header("Idempotency-Key", key).json(&spec);
+        async move { req.send().await.unwrap() }
+    };
+    let a: Value = send(spec.clone(), "k-1").await.json().await.unwrap();
+    let r = send(spec.clone(), "k-1").await;
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
+    let b: Value = r.json().await.unwrap();
+    assert_eq!(a["id"], b["id"]);
+    // Same meaning, different spelling (defaults written out) is the same request.
+    let explicit = json!({"kind": "prune", "model_id": model, "pruning": {"method": "magnitude", "scope": "global", "sparsity": 0.5, "include": [], "exclude": []}});
+    let c: Value = send(explicit, "k-1").await.json().await.unwrap();
+    assert_eq!(a["id"], c["id"]);
+    let other = json!({"model_id": model, "pruning": {"method": "magnitude", "sparsity": 0.6}});
+    assert_eq!(problem(send(other.clone(), "k-1").await).await.0, StatusCode::CONFLICT);
+    let d: Value = send(other, "k-2").await.json().await.unwrap();
+    assert_ne!(a["id"], d["id"]);
+    // Concurrent retries create one job.
+    let rs = futures::future::join_all((0..8).map(|_| send(spec.clone(), "k-3"))).await;
+    let mut ids = std::collections::HashSet::new();
+    for r in rs {
+        assert_eq!(r.status(), StatusCode::ACCEPTED);
+        ids.insert(r.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_string());
+    }
+    assert_eq!(ids.len(), 1);
+    let jobs: Value = app.get("/v1/jobs").send().await.unwrap().json().await.unwrap();
+    assert_eq!(jobs["items"].as_array().unwrap().len(), 3);
+}
+
+async fn cancel_queued_running_and_finished_jobs(db: Db) {
+    // No workers: jobs stay queued.
+    let app = TestApp::spawn_with(db, TestOptions { workers: 0, ..Default::default() }).await;
+    let model = app.create_model(&TinyModel::default()).await;
+    let spec = json!({"model_id": model, "pruning": {"method": "magnitude", "sparsity": 0.5}});
+    let job = app.submit_ok(&spec).await;
+    // A model used by a queued job cannot be deleted.
+    assert_eq!(problem(app.delete(&format!("/v1/models/{model}")).send().await.unwrap()).await.0, StatusCode::CONFLICT);
+    let r = app.post(&format!("/v1/jobs/{job}/cancel")).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let j: Value = r.json().await.unwrap();
+    assert_eq!(j["status"], "cancelled");
+    assert!(j["finished_at"].is_string());
+    assert_eq!(problem(app.post(&format!("/v1/jobs/{job}/cancel")).send().await.unwrap()).await.0, StatusCode::CONFLICT);
+    let listed: Value = app.get("/v1/jobs?status=cancelled").send().await.unwrap().json().await.unwrap();
+    assert_eq!(listed["items"][0]["id"], job);
+    let listed: Value = app.get("/v1/jobs?status=queued").send().await.unwrap().json().await.unwrap();
+    assert_eq!(listed["items"].as_array().unwrap().len(), 0);
+    // Running: a slow worker (each progress step sleeps) stops at its next check.
+    let app = TestApp::spawn_with(db, TestOptions { workers: 1, step_delay_ms: 400, ..Default::default() }).await;
+    let model = app.create_model(&TinyModel::default()).await;
+    let job = app.submit_ok(&json!({"model_id": model, "pruning": {"method": "magnitude", "scope": "local", "sparsity": 0.5}})).await;
+    app.wait_for(&job, &["running"], WAIT).await;
+    let r = app.post(&format!("/v1/jobs/{job}/cancel")).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
+    let asked = tokio::time::Instant::now();
+    let done = app.wait_for(&job, &["cancelled", "succeeded", "failed"], WAIT).await;
+    assert_eq!(done["status"], "cancelled", "{done}");
+    assert!(asked.elapsed() < Duration::from_secs(3), "cancel took {:?}", asked.elapsed());
+    let arts: Vec<Value> = app.get(&format!("/v1/jobs/{job}/artifacts")).send().await.unwrap().json().await.unwrap();
+    assert!(arts.is_empty());
+    // Finished: 409.
+    let job = app.submit_ok(&json!({"model_id": model, "pruning": {"method": "magnitude", "sparsity": 0.1}})).await;
+    app.wait_for(&job, &["succeeded"], WAIT).await;
+    let (s, body) = problem(app.post(&format!("/v1/jobs/{job}/cancel")).send().await.unwrap()).await;
+    assert_eq!(s, StatusCode::CONFLICT);
+    assert!(body["detail"].as_str().unwrap().contains("succeeded"));
+    // Once no job uses the model, it can be deleted.
+    assert_eq!(app.delete(&format!("/v1/models/{model}")).send().await.unwrap().status(), StatusCode::NO_CONTENT);
+}
+
+async fn events_stream_until_the_job_ends(db: Db) {
+    let app = TestApp::spawn_with(db, TestOptions { workers: 1, step_delay_ms: 30, ..Default::default() }).await;
+    let model = app.create_model(&TinyModel::default()).await;
+    let job = app.submit_ok(&json!({"model_id": model, "pruning": {"method": "magnitude", "scope": "local", "sparsity": 0.5}})).await;
+    let r = app.get(&format!("/v1/jobs/{job}/events")).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    assert!(r.headers()["content-type"].to_str().unwrap().starts_with("text/event-stream"));
+    // The stream ends by itself when the job ends.
+    let body = tokio::time::timeout(WAIT, r.text()).await.expect("the event stream did not end").unwrap();
+    let events: Vec<Value> = body.lines().filter_map(|l| l.strip_prefix("data: ")).map(|d| serde_json::from_str(d).unwrap()).collect();
+    assert!(body.lines().any(|l| l == "event: job"));
+    assert!(events.len() >= 3, "{body}");
+    assert_eq!(events.last().unwrap()["status"], "succeeded");
+    assert!(events.iter().any(|e| e["status"] == "running"));
+    let progress: Vec<f64> = events.iter().map(|e| e["progress"].as_f64().unwrap()).collect();
+    assert!(progress.windows(2).all(|w| w[0] <= w[1]), "{progress:?}");
+}
+
+async fn tenants_are_isolated_on_every_route(db: Db) {
+    let app = TestApp::spawn(db).await;
+    let model = app.create_model(&TinyModel::default()).await;
+    let ds: Value = app.upload_dataset(b"{\"text\":\"a\"}\n".to_vec(), "jsonl", None).await.json().await.unwrap();
+    let ds = ds["id"].as_str().unwrap().to_string();
+    let job = app.submit_ok(&json!({"model_id": model, "pruning": {"method": "magnitude", "sparsity": 0.5}})).await;
+    app.wait_for(&job, &["succeeded"], WAIT).await;
+    let other = app.new_key("tenant-b").await;
+    let unknown = uuid::Uuid::now_v7().to_string();
+    let c = &app.client;
+    for id_set in [(&model, &ds, &job), (&unknown, &unknown, &unknown)] {
+        let (m, d, j) = id_set;
+        let reqs = vec![
+            c.get(app.url(&format!("/v1/models/{m}"))),
+            c.get(app.url(&format!("/v1/models/{m}/files/config.json"))),
+            c.delete(app.url(&format!("/v1/models/{m}"))),
+            c.get(app.url(&format!("/v1/datasets/{d}"))),
+            c.delete(app.url(&format!("/v1/datasets/{d}"))),
+            c.get(app.url(&format!("/v1/jobs/{j}"))),
+            c.post(app.url(&format!("/v1/jobs/{j}/cancel"))),
+            c.get(app.url(&format!("/v1/jobs/{j}/events"))),
+            c.get(app.url(&format!("/v1/jobs/{j}/artifacts"))),
+            c.get(app.url(&format!("/v1/jobs/{j}/artifacts/model.safetensors"))),
+        ];
+        let mut bodies = Vec::new();
+        for r in reqs {
+            let (s, body) = problem(r.bearer_auth(&other).send().await.unwrap()).await;
+            assert_eq!(s, StatusCode::NOT_FOUND, "{body}");
+            bodies.push((body["type"].clone(), body["title"].clone()));
+        }
+        assert!(bodies.iter().all(|b| b == &bodies[0]));
+    }
+    // Submitting a job on another tenant's model is the same as on an unknown one.
+    let r = c.post(app.url("/v1/jobs")).bearer_auth(&other).json(&json!({"model_id": model, "pruning": {"method": "magnitude", "sparsity": 0.5}})).send().await.unwrap();
+    let (s, body) = problem(r).await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(body["errors"][0]["message"], "no model with this id");
+    for list in ["/v1/models", "/v1/datasets", "/v1/jobs"] {
+        let v: Value = c.get(app.url(list)).bearer_auth(&other).send().await.unwrap().json().await.unwrap();
+        assert_eq!(v["items"].as_array().unwrap().len(), 0, "{list}");
+        let mine: Value = app.get(list).send().await.unwrap().json().await.unwrap();
+        assert_eq!(mine["items"].as_array().unwrap().len(), 1, "{list}");
+    }
+    // Everything is still there for its owner.
+    assert_eq!(app.get(&format!("/v1/models/{model}")).send().await.unwrap().status(), StatusCode::OK);
+    assert_eq!(app.get(&format!("/v1/datasets/{ds}")).send().await.unwrap().status(), StatusCode::OK);
+}
+
+async fn metrics_and_docs_are_served(db: Db) {
+    let app = TestApp::spawn(db).await;
+    let model = app.create_model(&TinyModel::default()).await;
+    let job = app.submit_ok(&json!({"model_id": model, "pruning": {"method": "magnitude", "sparsity": 0.5}})).await;
+    app.wait_for(&job, &["succeeded"], WAIT).await;
+    let text = app.client.get(app.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    assert!(text.contains("secateur_http_requests_total{method=\"POST\",route=\"/v1/models\",status=\"201\"}"), "{text}");
+    assert!(text.contains("secateur_jobs{status=\"succeeded\"} 1"), "{text}");
+    assert!(text.contains("secateur_queue_depth 0"), "{text}");
+    assert!(text.contains("secateur_job_duration_seconds_bucket"), "{text}");
+    let spec: Value = app.client.get(app.url("/openapi.json")).send().await.unwrap().json().await.unwrap();
+    assert!(spec["paths"]["/v1/jobs/{id}/cancel"]["post"].is_object());
+    let docs = app.client.get(app.url("/docs/")).send().await.unwrap();
+    assert_eq!(docs.status(), StatusCode::OK);
+    let html = docs.text().await.unwrap();
+    assert!(html.contains("swagger-ui"), "{html}");
+    assert!(!html.contains("https://"), "the docs page must not load anything from the internet");
+    let js = app.client.get(app.url("/docs/swagger-ui-bundle.js")).send().await.unwrap();
+    assert_eq!(js.status(), StatusCode::OK);
+}
+
+backend_tests!(
+    auth_is_required_and_errors_are_problems,
+    model_upload_get_list_download_delete,
+    bad_model_uploads_are_rejected_and_leave_nothing,
+    datasets_are_validated_on_upload,
+    magnitude_jobs_prune_as_requested,
+    include_and_exclude_choose_tensors,
+    job_specs_are_validated,
+    idempotency_keys_make_retries_safe,
+    cancel_queued_running_and_finished_jobs,
+    events_stream_until_the_job_ends,
+    tenants_are_isolated_on_every_route,
+    metrics_and_docs_are_served,
+);
