@@ -1,13 +1,12 @@
 //! `/v1/datasets`: upload (parsed and validated before it is accepted), list, get, delete.
 
 use super::auth::Auth;
-use super::models::{check_upload_headers, multipart_error};
 use super::problem::{ApiError, ApiResult};
-use super::{path_id, AppState, List, PageQuery};
+use super::{path_id, upload, AppState, List, PageQuery};
 use crate::artifacts::dataset_path;
 use crate::data::{self, Format, Summary, Task};
 use crate::store::{now_ms, rfc3339, DatasetRow, DeleteOutcome, ResourceTable};
-use axum::extract::multipart::{Multipart, MultipartRejection};
+use axum::body::Body;
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::Json;
@@ -80,12 +79,12 @@ async fn create_dataset(
     State(st): State<AppState>,
     Auth(p): Auth,
     headers: HeaderMap,
-    mp: Result<Multipart, MultipartRejection>,
+    body: Body,
 ) -> ApiResult<(StatusCode, Json<Dataset>)> {
     let limit = st.max_upload_bytes.min(st.max_dataset_bytes);
-    let mut mp = check_upload_headers(&headers, mp, limit)?;
+    let mut mp = upload::open(&headers, body, limit)?;
     let (mut file, mut format, mut task, mut name) = (None::<Vec<u8>>, None::<String>, None::<String>, None::<String>);
-    while let Some(mut field) = mp.next_field().await.map_err(|e| multipart_error(e, limit))? {
+    while let Some(mut field) = mp.next_field().await.map_err(upload::malformed)? {
         let part = field.name().unwrap_or("").to_string();
         let slot = match part.as_str() {
             "format" => &mut format,
@@ -96,7 +95,7 @@ async fn create_dataset(
                     return Err(ApiError::invalid("file", "only one file per dataset"));
                 }
                 let mut buf = Vec::new();
-                while let Some(chunk) = field.chunk().await.map_err(|e| multipart_error(e, limit))? {
+                while let Some(chunk) = field.chunk().await.map_err(upload::malformed)? {
                     if (buf.len() + chunk.len()) as u64 > limit {
                         return Err(ApiError::PayloadTooLarge(format!("the dataset exceeds the limit of {limit} bytes")));
                     }
@@ -107,10 +106,14 @@ async fn create_dataset(
             }
             other => return Err(ApiError::invalid(if other.is_empty() { "(unnamed part)" } else { other }, "unexpected part; expected file, format, task, name")),
         };
-        let text = field.text().await.map_err(|e| multipart_error(e, limit))?;
-        if text.len() > 1024 {
-            return Err(ApiError::invalid(part, "too long"));
+        let mut text = Vec::new();
+        while let Some(chunk) = field.chunk().await.map_err(upload::malformed)? {
+            text.extend_from_slice(&chunk);
+            if text.len() > 1024 {
+                return Err(ApiError::invalid(part, "too long"));
+            }
         }
+        let text = String::from_utf8(text).map_err(|_| ApiError::invalid(&part, "not valid UTF-8"))?;
         *slot = Some(text.trim().to_string());
     }
     let file = file.ok_or_else(|| ApiError::invalid("file", "the part `file` is required"))?;

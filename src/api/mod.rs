@@ -8,6 +8,7 @@ pub mod jobs;
 pub mod models;
 pub mod ops;
 pub mod problem;
+pub mod upload;
 
 use crate::artifacts::Artifacts;
 use crate::store::Store;

@@ -3,11 +3,11 @@
 
 use super::auth::Auth;
 use super::problem::{ApiError, ApiResult, FieldError};
-use super::{download, path_id, AppState, List, PageQuery};
+use super::{download, path_id, upload, AppState, List, PageQuery};
 use crate::artifacts::{model_path, Writer};
 use crate::engine::{arch, st};
 use crate::store::{now_ms, rfc3339, DeleteOutcome, ModelRow, ResourceTable};
-use axum::extract::multipart::{Multipart, MultipartError, MultipartRejection};
+use axum::body::Body;
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
@@ -107,32 +107,6 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(get_model_file))
 }
 
-/// Map a multipart stream error to the right problem.
-pub fn multipart_error(e: MultipartError, limit: u64) -> ApiError {
-    if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-        ApiError::PayloadTooLarge(format!("the upload exceeds the limit of {limit} bytes"))
-    } else {
-        ApiError::BadRequest(format!("malformed multipart body: {}", e.body_text()))
-    }
-}
-
-/// Refuse non-multipart bodies (415) and bodies announced as too large (413) up front.
-pub fn check_upload_headers(headers: &HeaderMap, mp: Result<Multipart, MultipartRejection>, limit: u64) -> ApiResult<Multipart> {
-    if let Some(len) = headers.get(axum::http::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok()) {
-        if len > limit {
-            return Err(ApiError::PayloadTooLarge(format!("the upload ({len} bytes) exceeds the limit of {limit} bytes")));
-        }
-    }
-    mp.map_err(|r| {
-        let ctype = headers.get(axum::http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
-        if ctype.starts_with("multipart/form-data") {
-            ApiError::BadRequest(r.body_text())
-        } else {
-            ApiError::UnsupportedMediaType("expected multipart/form-data".into())
-        }
-    })
-}
-
 enum Probe {
     Weights(st::StreamProbe),
     Small(Vec<u8>),
@@ -157,9 +131,9 @@ async fn create_model(
     Auth(p): Auth,
     Query(q): Query<UploadQuery>,
     headers: HeaderMap,
-    mp: Result<Multipart, MultipartRejection>,
+    body: Body,
 ) -> ApiResult<(StatusCode, Json<Model>)> {
-    let mut mp = check_upload_headers(&headers, mp, st.max_upload_bytes)?;
+    let mut mp = upload::open(&headers, body, st.max_upload_bytes)?;
     let id = uuid::Uuid::now_v7().to_string();
     let result = receive_model(&st, &id, &mut mp).await;
     let row = match result.and_then(|files| validate_model(&id, &p.tenant_id, q.name, files)) {
@@ -179,11 +153,11 @@ async fn create_model(
     Ok((StatusCode::CREATED, Json(row.into())))
 }
 
-async fn receive_model(st: &AppState, id: &str, mp: &mut Multipart) -> ApiResult<Vec<Received>> {
+async fn receive_model(st: &AppState, id: &str, mp: &mut multer::Multipart<'static>) -> ApiResult<Vec<Received>> {
     let limit = st.max_upload_bytes;
     let mut received: Vec<Received> = Vec::new();
     let mut total = 0u64;
-    while let Some(mut field) = mp.next_field().await.map_err(|e| multipart_error(e, limit))? {
+    while let Some(mut field) = mp.next_field().await.map_err(upload::malformed)? {
         let name = field.name().unwrap_or("").to_string();
         if !MODEL_FILES.contains(&name.as_str()) {
             return Err(ApiError::invalid(if name.is_empty() { "(unnamed part)".to_string() } else { name.clone() }, format!("unexpected part; a model upload holds the files {}", MODEL_FILES.join(", "))));
@@ -194,7 +168,7 @@ async fn receive_model(st: &AppState, id: &str, mp: &mut Multipart) -> ApiResult
         let mut writer: Writer = st.artifacts.writer(&model_path(id, &name)).await?;
         let mut probe = if name == "model.safetensors" { Probe::Weights(st::StreamProbe::default()) } else { Probe::Small(Vec::new()) };
         let outcome: ApiResult<()> = async {
-            while let Some(chunk) = field.chunk().await.map_err(|e| multipart_error(e, limit))? {
+            while let Some(chunk) = field.chunk().await.map_err(upload::malformed)? {
                 total += chunk.len() as u64;
                 if total > limit {
                     return Err(ApiError::PayloadTooLarge(format!("the upload exceeds the limit of {limit} bytes")));
@@ -253,13 +227,7 @@ fn validate_model(id: &str, tenant_id: &str, name: Option<String>, mut received:
     let summary = arch::summarize(small("config.json").unwrap(), &header).map_err(|e| ApiError::invalid("config.json", e))?;
     for n in ["tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"] {
         if let Some(bytes) = small(n) {
-            let v: serde_json::Value = serde_json::from_slice(bytes).map_err(|e| ApiError::invalid(n, format!("not valid JSON: {e}")))?;
-            if !v.is_object() {
-                return Err(ApiError::invalid(n, "not a JSON object"));
-            }
-            if n == "tokenizer.json" && v.get("model").and_then(|m| m.get("type")).is_none() {
-                return Err(ApiError::invalid(n, "not a tokenizers file (no model.type)"));
-            }
+            check_json_file(n, bytes)?;
         }
     }
     if let Some(v) = small("vocab.txt") {
@@ -284,6 +252,31 @@ fn validate_model(id: &str, tenant_id: &str, name: Option<String>, mut received:
         sha256: weights_sha,
         files: serde_json::to_string(&files).map_err(ApiError::internal)?,
         created_at: now_ms(),
+    })
+}
+
+/// Check a JSON side file without building it in memory (a tokenizer.json with a large
+/// vocabulary would take several times its size as a `serde_json::Value`).
+fn check_json_file(name: &str, bytes: &[u8]) -> ApiResult<()> {
+    use serde::de::IgnoredAny;
+    #[derive(Deserialize)]
+    struct TokenizerFile {
+        #[serde(rename = "model")]
+        _model: TokenizerModel,
+    }
+    #[derive(Deserialize)]
+    struct TokenizerModel {
+        #[serde(rename = "type")]
+        _kind: Option<IgnoredAny>,
+    }
+    let r = if name == "tokenizer.json" {
+        serde_json::from_slice::<TokenizerFile>(bytes).map(drop)
+    } else {
+        serde_json::from_slice::<std::collections::HashMap<String, IgnoredAny>>(bytes).map(drop)
+    };
+    r.map_err(|e| {
+        let msg = if e.is_data() { format!("not a {name} file: {e}") } else { format!("not valid JSON: {e}") };
+        ApiError::invalid(name, msg)
     })
 }
 

@@ -91,9 +91,7 @@ impl Worker {
     async fn run_job(&self, job: JobRow, release: CancellationToken) {
         let started = Instant::now();
         let span = tracing::info_span!("job", job_id = %job.id, kind = %job.kind, attempt = job.attempts);
-        let _e = span.enter();
-        drop(_e);
-        tracing::info!(parent: &span, "job claimed");
+        tracing::info!(parent: &span, job_id = %job.id, worker = %self.owner, "job claimed");
         let outcome = self.execute(&job, &release).await;
         let (status, error) = match outcome {
             Outcome::Succeeded(artifacts) => match self.store.finish_succeeded(&job.id, &self.owner, &artifacts).await {
@@ -120,7 +118,7 @@ impl Worker {
         let secs = started.elapsed().as_secs_f64();
         metrics::counter!("secateur_jobs_finished_total", "kind" => job.kind.clone(), "outcome" => status).increment(1);
         metrics::histogram!("secateur_job_duration_seconds", "kind" => job.kind.clone(), "outcome" => status).record(secs);
-        tracing::info!(parent: &span, outcome = status, error = error.as_deref().unwrap_or(""), seconds = secs, "job ended");
+        tracing::info!(parent: &span, job_id = %job.id, worker = %self.owner, outcome = status, error = error.as_deref().unwrap_or(""), seconds = secs, "job ended");
     }
 
     async fn execute(&self, job: &JobRow, release: &CancellationToken) -> Outcome {

@@ -1,0 +1,305 @@
+//! Real processes: `secateur serve` and `secateur worker` binaries sharing one database and
+//! artifact store. Worker death (SIGKILL), two workers on one PostgreSQL, graceful SIGTERM,
+//! and the memory bound of streamed uploads.
+
+mod common;
+
+use common::{fresh_database, model_files, Db};
+use secateur::engine::testing::TinyModel;
+use serde_json::{json, Value};
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+struct Proc {
+    child: Child,
+    lines: Arc<Mutex<Vec<String>>>,
+}
+
+impl Proc {
+    fn start(args: &[&str]) -> Proc {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_secateur"))
+            .args(args)
+            .args(["--log-format", "json"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let l = lines.clone();
+        let stderr = child.stderr.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                l.lock().unwrap().push(line);
+            }
+        });
+        Proc { child, lines }
+    }
+
+    fn logs(&self) -> Vec<Value> {
+        self.lines.lock().unwrap().iter().filter_map(|l| serde_json::from_str(l).ok()).collect()
+    }
+
+    fn wait_log(&self, message: &str, timeout: Duration) -> Value {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(v) = self.logs().into_iter().find(|v| v["message"] == message) {
+                return v;
+            }
+            assert!(Instant::now() < deadline, "no log {message:?}: {:?}", self.lines.lock().unwrap());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn signal(&self, sig: i32) {
+        unsafe { libc::kill(self.child.id() as i32, sig) };
+    }
+
+    fn wait_exit(&mut self, timeout: Duration) -> std::process::ExitStatus {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                return s;
+            }
+            assert!(Instant::now() < deadline, "process did not exit: {:?}", self.lines.lock().unwrap());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Peak and current resident memory (kB).
+    fn memory_kb(&self) -> (u64, u64) {
+        let s = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
+        let get = |k: &str| s.lines().find(|l| l.starts_with(k)).unwrap().split_whitespace().nth(1).unwrap().parse().unwrap();
+        (get("VmHWM:"), get("VmRSS:"))
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A data dir, a database, an API process (no workers), its key and a client.
+struct Cluster {
+    dir: tempfile::TempDir,
+    db_url: String,
+    api: Proc,
+    base: String,
+    key: String,
+    client: reqwest::Client,
+}
+
+impl Cluster {
+    async fn start(db: Db) -> Cluster {
+        let dir = tempfile::tempdir().unwrap();
+        let db_url = fresh_database(db, dir.path()).await;
+        let data = dir.path().to_str().unwrap().to_string();
+        let api = Proc::start(&["--data-dir", &data, "--database-url", &db_url, "serve", "--listen", "127.0.0.1:0", "--workers", "0"]);
+        let listening = api.wait_log("listening", Duration::from_secs(30));
+        let base = format!("http://{}", listening["addr"].as_str().unwrap());
+        let key_path = dir.path().join("admin.key");
+        let key = std::fs::read_to_string(&key_path).unwrap().trim().to_string();
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(std::fs::metadata(&key_path).unwrap().permissions().mode() & 0o777, 0o600);
+        assert!(!api.lines.lock().unwrap().iter().any(|l| l.contains(&key)), "the admin key was logged");
+        Cluster { dir, db_url, api, base, key, client: reqwest::Client::new() }
+    }
+
+    fn worker(&self, extra: &[&str]) -> Proc {
+        let data = self.dir.path().to_str().unwrap();
+        let mut args = vec!["--data-dir", data, "--database-url", &self.db_url, "worker", "--lease-seconds", "2", "--heartbeat-ms", "200", "--poll-ms", "100"];
+        args.extend_from_slice(extra);
+        Proc::start(&args)
+    }
+
+    async fn upload(&self, m: &TinyModel) -> String {
+        self.upload_files(model_files(m)).await
+    }
+
+    async fn upload_files(&self, files: Vec<(&'static str, Vec<u8>)>) -> String {
+        let mut form = reqwest::multipart::Form::new();
+        for (name, bytes) in files {
+            form = form.part(name, reqwest::multipart::Part::bytes(bytes).file_name(name));
+        }
+        let r = self.client.post(format!("{}/v1/models", self.base)).bearer_auth(&self.key).multipart(form).send().await.unwrap();
+        assert_eq!(r.status(), 201);
+        r.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_string()
+    }
+
+    async fn submit(&self, model: &str, sparsity: f64) -> String {
+        let spec = json!({"model_id": model, "pruning": {"method": "magnitude", "scope": "local", "sparsity": sparsity}});
+        let r = self.client.post(format!("{}/v1/jobs", self.base)).bearer_auth(&self.key).json(&spec).send().await.unwrap();
+        assert_eq!(r.status(), 202);
+        r.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_string()
+    }
+
+    async fn job(&self, id: &str) -> Value {
+        self.client.get(format!("{}/v1/jobs/{id}", self.base)).bearer_auth(&self.key).send().await.unwrap().json().await.unwrap()
+    }
+
+    async fn wait_until(&self, id: &str, pred: impl Fn(&Value) -> bool, timeout: Duration) -> Value {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let j = self.job(id).await;
+            if pred(&j) {
+                return j;
+            }
+            assert!(Instant::now() < deadline, "job {id} stuck: {j}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    async fn artifacts(&self, id: &str) -> Vec<Value> {
+        self.client.get(format!("{}/v1/jobs/{id}/artifacts", self.base)).bearer_auth(&self.key).send().await.unwrap().json().await.unwrap()
+    }
+
+    async fn report(&self, id: &str) -> Value {
+        self.client.get(format!("{}/v1/jobs/{id}/artifacts/report.json", self.base)).bearer_auth(&self.key).send().await.unwrap().json().await.unwrap()
+    }
+}
+
+async fn killed_worker_job_is_finished_by_another(db: Db) {
+    let c = Cluster::start(db).await;
+    let model = c.upload(&TinyModel::default()).await;
+    let job = c.submit(&model, 0.5).await;
+    // Worker A is slow (each of the ~15 progress steps sleeps 300 ms).
+    let a = c.worker(&["--job-step-delay-ms", "300"]);
+    c.wait_until(&job, |j| j["status"] == "running" && j["progress"].as_f64().unwrap() > 0.2, Duration::from_secs(30)).await;
+    a.signal(libc::SIGKILL);
+    drop(a);
+    let mid = c.job(&job).await;
+    assert_eq!(mid["status"], "running", "{mid}");
+    assert_eq!(mid["attempts"], 1);
+    let b = c.worker(&[]);
+    let done = c.wait_until(&job, |j| j["status"] != "running" && j["status"] != "queued", Duration::from_secs(30)).await;
+    assert_eq!(done["status"], "succeeded", "{done}");
+    assert_eq!(done["attempts"], 2, "claimed once by each worker");
+    let names: Vec<String> = c.artifacts(&job).await.iter().map(|a| a["name"].as_str().unwrap().to_string()).collect();
+    assert_eq!(names, vec!["config.json", "model.safetensors", "report.json", "tokenizer.json"], "nothing lost or duplicated");
+    let report = c.report(&job).await;
+    assert!((report["totals"]["target_sparsity"].as_f64().unwrap() - 0.5).abs() < 1e-3);
+    let claims: Vec<Value> = b.logs().into_iter().filter(|l| l["message"] == "job claimed").collect();
+    assert_eq!(claims.len(), 1);
+    let list: Value = c.client.get(format!("{}/v1/jobs", c.base)).bearer_auth(&c.key).send().await.unwrap().json().await.unwrap();
+    assert_eq!(list["items"].as_array().unwrap().len(), 1);
+}
+
+async fn sigterm_releases_running_jobs_and_exits_zero(db: Db) {
+    let c = Cluster::start(db).await;
+    let model = c.upload(&TinyModel::default()).await;
+    let job = c.submit(&model, 0.5).await;
+    let mut a = c.worker(&["--job-step-delay-ms", "500", "--shutdown-grace-seconds", "1"]);
+    c.wait_until(&job, |j| j["status"] == "running", Duration::from_secs(30)).await;
+    let queued_later = c.submit(&model, 0.3).await;
+    a.signal(libc::SIGTERM);
+    let status = a.wait_exit(Duration::from_secs(15));
+    assert_eq!(status.code(), Some(0), "{:?}", a.lines.lock().unwrap());
+    // Put back, and the attempt does not count; the other job was never claimed.
+    let j = c.job(&job).await;
+    assert_eq!(j["status"], "queued", "{j}");
+    assert_eq!(j["attempts"], 0);
+    assert_eq!(c.job(&queued_later).await["status"], "queued");
+    let _b = c.worker(&[]);
+    for id in [&job, &queued_later] {
+        let done = c.wait_until(id, |j| j["status"] == "succeeded" || j["status"] == "failed", Duration::from_secs(30)).await;
+        assert_eq!(done["status"], "succeeded", "{done}");
+        assert_eq!(done["attempts"], 1);
+    }
+}
+
+async fn sigterm_lets_a_short_job_finish_within_the_grace_period(db: Db) {
+    let c = Cluster::start(db).await;
+    let model = c.upload(&TinyModel::default()).await;
+    let job = c.submit(&model, 0.5).await;
+    let mut a = c.worker(&["--job-step-delay-ms", "100", "--shutdown-grace-seconds", "30"]);
+    c.wait_until(&job, |j| j["status"] == "running", Duration::from_secs(30)).await;
+    a.signal(libc::SIGTERM);
+    assert_eq!(a.wait_exit(Duration::from_secs(30)).code(), Some(0));
+    let j = c.job(&job).await;
+    assert_eq!(j["status"], "succeeded", "{j}");
+}
+
+mod sqlite {
+    use super::*;
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn killed_worker_job_is_finished_by_another() {
+        super::killed_worker_job_is_finished_by_another(Db::Sqlite).await
+    }
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn sigterm_releases_running_jobs_and_exits_zero() {
+        super::sigterm_releases_running_jobs_and_exits_zero(Db::Sqlite).await
+    }
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn sigterm_lets_a_short_job_finish_within_the_grace_period() {
+        super::sigterm_lets_a_short_job_finish_within_the_grace_period(Db::Sqlite).await
+    }
+
+    /// A ≥ 200 MB upload raises the server's peak RSS by less than 64 MB.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn large_uploads_stream_in_bounded_memory() {
+        let c = Cluster::start(Db::Sqlite).await;
+        // Warm up: one small upload, so that start-up allocations are behind us.
+        let mut c = c;
+        c.client = reqwest::Client::new();
+        let big = TinyModel { vocab: 800_000, hidden: 64, heads: 4, ffn: 128, layers: 1, ..Default::default() };
+        let files = model_files(&big);
+        let size: usize = files.iter().map(|f| f.1.len()).sum();
+        assert!(size >= 200_000_000, "{size}");
+        let (peak_before, rss_before) = c.api.memory_kb();
+        let id = c.upload_files(files).await;
+        let (peak_after, _) = c.api.memory_kb();
+        let grew_mb = peak_after.saturating_sub(peak_before.min(rss_before)) as f64 / 1024.0;
+        eprintln!("peak RSS grew by {grew_mb:.1} MB for a {size}-byte upload");
+        assert!(grew_mb < 64.0, "peak RSS grew by {grew_mb:.1} MB for a {size}-byte upload");
+        let m: Value = c.client.get(format!("{}/v1/models/{id}", c.base)).bearer_auth(&c.key).send().await.unwrap().json().await.unwrap();
+        assert_eq!(m["bytes"], size);
+    }
+}
+
+mod postgres {
+    use super::*;
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn killed_worker_job_is_finished_by_another() {
+        super::killed_worker_job_is_finished_by_another(Db::Postgres).await
+    }
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn sigterm_releases_running_jobs_and_exits_zero() {
+        super::sigterm_releases_running_jobs_and_exits_zero(Db::Postgres).await
+    }
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn sigterm_lets_a_short_job_finish_within_the_grace_period() {
+        super::sigterm_lets_a_short_job_finish_within_the_grace_period(Db::Postgres).await
+    }
+
+    /// Two worker processes on one PostgreSQL never run the same job at once: every job is
+    /// claimed exactly once, and both workers take part.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn two_workers_never_run_the_same_job() {
+        let c = Cluster::start(Db::Postgres).await;
+        let model = c.upload(&TinyModel::default()).await;
+        let mut jobs = Vec::new();
+        for i in 0..16 {
+            jobs.push(c.submit(&model, 0.05 * (i % 10) as f64).await);
+        }
+        let a = c.worker(&["--job-step-delay-ms", "20"]);
+        let b = c.worker(&["--job-step-delay-ms", "20"]);
+        for id in &jobs {
+            let done = c.wait_until(id, |j| j["status"] == "succeeded" || j["status"] == "failed", Duration::from_secs(60)).await;
+            assert_eq!(done["status"], "succeeded", "{done}");
+            assert_eq!(done["attempts"], 1, "{done}");
+        }
+        let claimed = |p: &Proc| -> Vec<String> {
+            p.logs().into_iter().filter(|l| l["message"] == "job claimed").map(|l| l["job_id"].as_str().unwrap().to_string()).collect()
+        };
+        let (ca, cb) = (claimed(&a), claimed(&b));
+        assert!(!ca.is_empty() && !cb.is_empty(), "both workers should have claimed jobs: {} / {}", ca.len(), cb.len());
+        let mut all: Vec<String> = ca.into_iter().chain(cb).collect();
+        all.sort();
+        let mut want = jobs.clone();
+        want.sort();
+        assert_eq!(all, want, "every job claimed exactly once");
+    }
+}
