@@ -105,7 +105,16 @@ impl Cluster {
         use std::os::unix::fs::PermissionsExt;
         assert_eq!(std::fs::metadata(&key_path).unwrap().permissions().mode() & 0o777, 0o600);
         assert!(!api.lines.lock().unwrap().iter().any(|l| l.contains(&key)), "the admin key was logged");
-        Cluster { dir, db_url, api, base, key, client: reqwest::Client::new() }
+        // Every request is logged with its request id.
+        let client = reqwest::Client::new();
+        let r = client.get(format!("{base}/v1/models")).bearer_auth(&key).send().await.unwrap();
+        let rid = r.headers()["x-request-id"].to_str().unwrap().to_string();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !api.logs().iter().any(|l| l["span"]["request_id"] == rid.as_str() && l["status"] == 200) {
+            assert!(Instant::now() < deadline, "no log line carries request id {rid}: {:?}", api.lines.lock().unwrap());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Cluster { dir, db_url, api, base, key, client }
     }
 
     fn worker(&self, extra: &[&str]) -> Proc {
