@@ -231,8 +231,33 @@ async fn sigterm_lets_a_short_job_finish_within_the_grace_period(db: Db) {
     assert_eq!(j["status"], "succeeded", "{j}");
 }
 
+/// `secateur migrate` and `secateur apikey create` work on the same store as the server; the new
+/// key authenticates as its own tenant.
+async fn cli_creates_keys_for_new_tenants(db: Db) {
+    let c = Cluster::start(db).await;
+    c.upload(&TinyModel::default()).await;
+    let data = c.dir.path().to_str().unwrap();
+    let run = |args: &[&str]| Command::new(env!("CARGO_BIN_EXE_secateur")).args(["--data-dir", data, "--database-url", &c.db_url]).args(args).output().unwrap();
+    let out = run(&["migrate"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = run(&["apikey", "create", "--tenant", "acme"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let key = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    assert!(key.starts_with("sk_") && key.len() >= 40, "{key}");
+    assert!(!String::from_utf8_lossy(&out.stderr).contains(&key), "the key was logged");
+    let r = c.client.get(format!("{}/v1/models", c.base)).bearer_auth(&key).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.json::<Value>().await.unwrap()["items"].as_array().unwrap().len(), 0, "acme sees nothing of the default tenant");
+    let out = run(&["apikey", "create", "--tenant", " "]);
+    assert!(!out.status.success());
+}
+
 mod sqlite {
     use super::*;
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn cli_creates_keys_for_new_tenants() {
+        super::cli_creates_keys_for_new_tenants(Db::Sqlite).await
+    }
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn killed_worker_job_is_finished_by_another() {
         super::killed_worker_job_is_finished_by_another(Db::Sqlite).await
@@ -270,6 +295,10 @@ mod sqlite {
 
 mod postgres {
     use super::*;
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn cli_creates_keys_for_new_tenants() {
+        super::cli_creates_keys_for_new_tenants(Db::Postgres).await
+    }
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn killed_worker_job_is_finished_by_another() {
         super::killed_worker_job_is_finished_by_another(Db::Postgres).await
