@@ -252,92 +252,58 @@ async fn cli_creates_keys_for_new_tenants(db: Db) {
     assert!(!out.status.success());
 }
 
-mod sqlite {
-    use super::*;
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn cli_creates_keys_for_new_tenants() {
-        super::cli_creates_keys_for_new_tenants(Db::Sqlite).await
-    }
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn killed_worker_job_is_finished_by_another() {
-        super::killed_worker_job_is_finished_by_another(Db::Sqlite).await
-    }
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn sigterm_releases_running_jobs_and_exits_zero() {
-        super::sigterm_releases_running_jobs_and_exits_zero(Db::Sqlite).await
-    }
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn sigterm_lets_a_short_job_finish_within_the_grace_period() {
-        super::sigterm_lets_a_short_job_finish_within_the_grace_period(Db::Sqlite).await
-    }
+backend_tests!(
+    cli_creates_keys_for_new_tenants,
+    killed_worker_job_is_finished_by_another,
+    sigterm_releases_running_jobs_and_exits_zero,
+    sigterm_lets_a_short_job_finish_within_the_grace_period,
+);
 
-    /// A ≥ 200 MB upload raises the server's peak RSS by less than 64 MB.
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn large_uploads_stream_in_bounded_memory() {
-        let c = Cluster::start(Db::Sqlite).await;
-        // Warm up: one small upload, so that start-up allocations are behind us.
-        let mut c = c;
-        c.client = reqwest::Client::new();
-        let big = TinyModel { vocab: 800_000, hidden: 64, heads: 4, ffn: 128, layers: 1, ..Default::default() };
-        let files = model_files(&big);
-        let size: usize = files.iter().map(|f| f.1.len()).sum();
-        assert!(size >= 200_000_000, "{size}");
-        let (peak_before, rss_before) = c.api.memory_kb();
-        let id = c.upload_files(files).await;
-        let (peak_after, _) = c.api.memory_kb();
-        let grew_mb = peak_after.saturating_sub(peak_before.min(rss_before)) as f64 / 1024.0;
-        eprintln!("peak RSS grew by {grew_mb:.1} MB for a {size}-byte upload");
-        assert!(grew_mb < 64.0, "peak RSS grew by {grew_mb:.1} MB for a {size}-byte upload");
-        let m: Value = c.client.get(format!("{}/v1/models/{id}", c.base)).bearer_auth(&c.key).send().await.unwrap().json().await.unwrap();
-        assert_eq!(m["bytes"], size);
-    }
+/// A ≥ 200 MB upload raises the server's peak RSS by less than 64 MB.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_uploads_stream_in_bounded_memory_sqlite() {
+    let c = Cluster::start(Db::Sqlite).await;
+    // Warm up: one small upload, so that start-up allocations are behind us.
+    c.upload(&TinyModel::default()).await;
+    let big = TinyModel { vocab: 800_000, hidden: 64, heads: 4, ffn: 128, layers: 1, ..Default::default() };
+    let files = model_files(&big);
+    let size: usize = files.iter().map(|f| f.1.len()).sum();
+    assert!(size >= 200_000_000, "{size}");
+    let (peak_before, rss_before) = c.api.memory_kb();
+    let id = c.upload_files(files).await;
+    let (peak_after, _) = c.api.memory_kb();
+    let grew_mb = peak_after.saturating_sub(peak_before.min(rss_before)) as f64 / 1024.0;
+    eprintln!("peak RSS grew by {grew_mb:.1} MB for a {size}-byte upload");
+    assert!(grew_mb < 64.0, "peak RSS grew by {grew_mb:.1} MB for a {size}-byte upload");
+    let m: Value = c.client.get(format!("{}/v1/models/{id}", c.base)).bearer_auth(&c.key).send().await.unwrap().json().await.unwrap();
+    assert_eq!(m["bytes"], size);
 }
 
-mod postgres {
-    use super::*;
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn cli_creates_keys_for_new_tenants() {
-        super::cli_creates_keys_for_new_tenants(Db::Postgres).await
+/// Two worker processes on one PostgreSQL never run the same job at once: every job is
+/// claimed exactly once, and both workers take part.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_workers_never_run_the_same_job_postgres() {
+    let c = Cluster::start(Db::Postgres).await;
+    let model = c.upload(&TinyModel::default()).await;
+    let mut jobs = Vec::new();
+    for i in 0..16 {
+        jobs.push(c.submit(&model, 0.05 * (i % 10) as f64).await);
     }
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn killed_worker_job_is_finished_by_another() {
-        super::killed_worker_job_is_finished_by_another(Db::Postgres).await
+    let a = c.worker(&["--job-step-delay-ms", "20"]);
+    let b = c.worker(&["--job-step-delay-ms", "20"]);
+    for id in &jobs {
+        let done = c.wait_until(id, |j| j["status"] == "succeeded" || j["status"] == "failed", Duration::from_secs(60)).await;
+        assert_eq!(done["status"], "succeeded", "{done}");
+        assert_eq!(done["attempts"], 1, "{done}");
     }
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn sigterm_releases_running_jobs_and_exits_zero() {
-        super::sigterm_releases_running_jobs_and_exits_zero(Db::Postgres).await
-    }
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn sigterm_lets_a_short_job_finish_within_the_grace_period() {
-        super::sigterm_lets_a_short_job_finish_within_the_grace_period(Db::Postgres).await
-    }
-
-    /// Two worker processes on one PostgreSQL never run the same job at once: every job is
-    /// claimed exactly once, and both workers take part.
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn two_workers_never_run_the_same_job() {
-        let c = Cluster::start(Db::Postgres).await;
-        let model = c.upload(&TinyModel::default()).await;
-        let mut jobs = Vec::new();
-        for i in 0..16 {
-            jobs.push(c.submit(&model, 0.05 * (i % 10) as f64).await);
-        }
-        let a = c.worker(&["--job-step-delay-ms", "20"]);
-        let b = c.worker(&["--job-step-delay-ms", "20"]);
-        for id in &jobs {
-            let done = c.wait_until(id, |j| j["status"] == "succeeded" || j["status"] == "failed", Duration::from_secs(60)).await;
-            assert_eq!(done["status"], "succeeded", "{done}");
-            assert_eq!(done["attempts"], 1, "{done}");
-        }
-        let claimed = |p: &Proc| -> Vec<String> {
-            p.logs().into_iter().filter(|l| l["message"] == "job claimed").map(|l| l["job_id"].as_str().unwrap().to_string()).collect()
-        };
-        let (ca, cb) = (claimed(&a), claimed(&b));
-        assert!(!ca.is_empty() && !cb.is_empty(), "both workers should have claimed jobs: {} / {}", ca.len(), cb.len());
-        let mut all: Vec<String> = ca.into_iter().chain(cb).collect();
-        all.sort();
-        let mut want = jobs.clone();
-        want.sort();
-        assert_eq!(all, want, "every job claimed exactly once");
-    }
+    let claimed = |p: &Proc| -> Vec<String> {
+        p.logs().into_iter().filter(|l| l["message"] == "job claimed").map(|l| l["job_id"].as_str().unwrap().to_string()).collect()
+    };
+    let (ca, cb) = (claimed(&a), claimed(&b));
+    assert!(!ca.is_empty() && !cb.is_empty(), "both workers should have claimed jobs: {} / {}", ca.len(), cb.len());
+    let mut all: Vec<String> = ca.into_iter().chain(cb).collect();
+    all.sort();
+    let mut want = jobs.clone();
+    want.sort();
+    assert_eq!(all, want, "every job claimed exactly once");
 }
