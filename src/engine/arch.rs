@@ -45,18 +45,53 @@ impl Family {
     }
     /// Names (relative to a layer) of query, key, value, attention output, FFN in, FFN out.
     fn linear_names(self) -> [&'static str; 6] {
+        let n = self.layer_names();
+        [n.query, n.key, n.value, n.attn_out, n.ffn_in, n.ffn_out]
+    }
+
+    /// Module names inside one encoder layer.
+    pub fn layer_names(self) -> LayerNames {
         match self {
-            Family::Bert | Family::Roberta => [
-                "attention.self.query",
-                "attention.self.key",
-                "attention.self.value",
-                "attention.output.dense",
-                "intermediate.dense",
-                "output.dense",
-            ],
-            Family::DistilBert => ["attention.q_lin", "attention.k_lin", "attention.v_lin", "attention.out_lin", "ffn.lin1", "ffn.lin2"],
+            Family::Bert | Family::Roberta => LayerNames {
+                query: "attention.self.query",
+                key: "attention.self.key",
+                value: "attention.self.value",
+                attn_out: "attention.output.dense",
+                attn_norm: "attention.output.LayerNorm",
+                ffn_in: "intermediate.dense",
+                ffn_out: "output.dense",
+                out_norm: "output.LayerNorm",
+            },
+            Family::DistilBert => LayerNames {
+                query: "attention.q_lin",
+                key: "attention.k_lin",
+                value: "attention.v_lin",
+                attn_out: "attention.out_lin",
+                attn_norm: "sa_layer_norm",
+                ffn_in: "ffn.lin1",
+                ffn_out: "ffn.lin2",
+                out_norm: "output_layer_norm",
+            },
         }
     }
+
+    /// Prefix of layer `i`'s modules, e.g. `encoder.layer.3.`.
+    pub fn layer_prefix(self, i: usize) -> String {
+        format!("{}{i}.", self.layer_root())
+    }
+}
+
+/// Module names inside one encoder layer (post-LayerNorm BERT block).
+#[derive(Debug, Clone, Copy)]
+pub struct LayerNames {
+    pub query: &'static str,
+    pub key: &'static str,
+    pub value: &'static str,
+    pub attn_out: &'static str,
+    pub attn_norm: &'static str,
+    pub ffn_in: &'static str,
+    pub ffn_out: &'static str,
+    pub out_norm: &'static str,
 }
 
 /// The sizes of a model as config.json states them, checked against its tensors.

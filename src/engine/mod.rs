@@ -3,5 +3,6 @@
 
 pub mod arch;
 pub mod magnitude;
+pub mod model;
 pub mod st;
 pub mod testing;

@@ -48,6 +48,8 @@ impl TinyModel {
                 "hidden_size": self.hidden, "num_hidden_layers": self.layers, "num_attention_heads": self.heads,
                 "intermediate_size": self.ffn, "vocab_size": self.vocab, "max_position_embeddings": 64,
                 "type_vocab_size": 2, "hidden_act": "gelu", "layer_norm_eps": 1e-12,
+                "hidden_dropout_prob": 0.1, "attention_probs_dropout_prob": 0.1, "initializer_range": 0.02,
+                "pad_token_id": if self.model_type == "roberta" { 1 } else { 0 },
             })
         };
         serde_json::to_string_pretty(&v).unwrap()
@@ -114,7 +116,8 @@ impl TinyModel {
             .map(|(name, shape)| {
                 let n: u64 = shape.iter().product();
                 let values: Vec<f32> = if name.contains("LayerNorm") || name.contains("layer_norm") {
-                    (0..n).map(|_| if name.ends_with("weight") { 1.0 } else { 0.0 }).collect()
+                    let center = if name.ends_with("weight") { 1.0 } else { 0.0 };
+                    (0..n).map(|_| center + rng.gen_range(-0.1f32..0.1)).collect()
                 } else {
                     (0..n).map(|_| rng.gen_range(-0.2f32..0.2)).collect()
                 };

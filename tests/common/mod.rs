@@ -2,6 +2,8 @@
 //! PostgreSQL database per test), with helpers to call it. Zero-to-production style.
 #![allow(dead_code)]
 
+pub mod minilm;
+
 use reqwest::multipart::{Form, Part};
 use reqwest::StatusCode;
 use secateur::api::{self, AppState};

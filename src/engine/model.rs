@@ -1,0 +1,350 @@
+//! Our BERT-family encoder in candle. Unlike `candle_transformers::models::bert`, every layer
+//! has its own head count and FFN width (read from the tensor shapes), so a structurally pruned
+//! checkpoint loads. Post-LayerNorm blocks as in BERT, RoBERTa and DistilBERT; tensor names
+//! with or without the family prefix; f32/f16/bf16 checkpoints computed in f32.
+
+use super::arch::{canonical_name, Family, LayerNames};
+use candle_core::{DType, Device, Module, Tensor, D};
+use candle_nn::Linear;
+use serde_json::Value;
+use std::collections::HashMap;
+
+pub type Result<T> = std::result::Result<T, ModelError>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    #[error("{0}")]
+    Invalid(String),
+    #[error(transparent)]
+    Candle(#[from] candle_core::Error),
+}
+
+fn invalid<T>(msg: impl Into<String>) -> Result<T> {
+    Err(ModelError::Invalid(msg.into()))
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Activation {
+    /// Exact GELU (erf), Hugging Face's `gelu`.
+    Gelu,
+    /// Tanh approximation (`gelu_new`, `gelu_pytorch_tanh`).
+    GeluTanh,
+    Relu,
+}
+
+impl Activation {
+    fn parse(s: &str) -> Option<Activation> {
+        match s {
+            "gelu" => Some(Activation::Gelu),
+            "gelu_new" | "gelu_pytorch_tanh" | "gelu_fast" => Some(Activation::GeluTanh),
+            "relu" => Some(Activation::Relu),
+            _ => None,
+        }
+    }
+    fn apply(self, x: &Tensor) -> candle_core::Result<Tensor> {
+        match self {
+            Activation::Gelu => x.gelu_erf(),
+            Activation::GeluTanh => x.gelu(),
+            Activation::Relu => x.relu(),
+        }
+    }
+}
+
+/// Heads and FFN width of one layer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LayerShape {
+    pub heads: usize,
+    pub ffn: usize,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct EncoderConfig {
+    pub family: Family,
+    pub hidden: usize,
+    pub head_dim: usize,
+    pub vocab: usize,
+    pub max_positions: usize,
+    /// 0 for DistilBERT (no token type embeddings).
+    pub type_vocab: usize,
+    pub eps: f64,
+    pub pad_token_id: u32,
+    pub activation: Activation,
+    pub layers: Vec<LayerShape>,
+}
+
+fn uint(cfg: &serde_json::Map<String, Value>, key: &str) -> Result<usize> {
+    match cfg.get(key).and_then(Value::as_u64) {
+        Some(n) => Ok(n as usize),
+        None => invalid(format!("config.json: missing or bad {key}")),
+    }
+}
+
+impl EncoderConfig {
+    /// Read `config.json` and take each layer's head count and FFN width from the tensors
+    /// (`shapes` maps tensor names, with or without prefix, to shapes).
+    pub fn from_checkpoint(config_json: &[u8], shapes: &HashMap<String, Vec<usize>>) -> Result<EncoderConfig> {
+        let v: Value = serde_json::from_slice(config_json).map_err(|e| ModelError::Invalid(format!("config.json: {e}")))?;
+        let cfg = v.as_object().ok_or_else(|| ModelError::Invalid("config.json is not an object".into()))?;
+        let model_type = cfg.get("model_type").and_then(Value::as_str).unwrap_or("");
+        let family = Family::parse(model_type).ok_or_else(|| ModelError::Invalid(format!("unsupported model_type {model_type:?}")))?;
+        let distil = family == Family::DistilBert;
+        let (hidden, heads, layers, act_key) = if distil {
+            (uint(cfg, "dim")?, uint(cfg, "n_heads")?, uint(cfg, "n_layers")?, "activation")
+        } else {
+            (uint(cfg, "hidden_size")?, uint(cfg, "num_attention_heads")?, uint(cfg, "num_hidden_layers")?, "hidden_act")
+        };
+        if heads == 0 || hidden % heads != 0 {
+            return invalid(format!("hidden size {hidden} is not a multiple of the head count {heads}"));
+        }
+        let act_name = cfg.get(act_key).and_then(Value::as_str).unwrap_or("gelu");
+        let activation = Activation::parse(act_name).ok_or_else(|| ModelError::Invalid(format!("unsupported activation {act_name:?}")))?;
+        let canon: HashMap<&str, &Vec<usize>> = shapes.iter().map(|(k, s)| (canonical_name(family, k), s)).collect();
+        let names = family.layer_names();
+        let head_dim = hidden / heads;
+        let mut shapes_out = Vec::with_capacity(layers);
+        for i in 0..layers {
+            let p = family.layer_prefix(i);
+            let rows = |m: &str| canon.get(format!("{p}{m}.weight").as_str()).map(|s| s[0]);
+            let q = rows(names.query).ok_or_else(|| ModelError::Invalid(format!("missing {p}{}.weight", names.query)))?;
+            let ffn = rows(names.ffn_in).ok_or_else(|| ModelError::Invalid(format!("missing {p}{}.weight", names.ffn_in)))?;
+            if q % head_dim != 0 {
+                return invalid(format!("layer {i}: query has {q} rows, not a multiple of the head size {head_dim}"));
+            }
+            shapes_out.push(LayerShape { heads: q / head_dim, ffn });
+        }
+        Ok(EncoderConfig {
+            family,
+            hidden,
+            head_dim,
+            vocab: if distil { uint(cfg, "vocab_size")? } else { uint(cfg, "vocab_size")? },
+            max_positions: uint(cfg, "max_position_embeddings")?,
+            type_vocab: if distil { 0 } else { cfg.get("type_vocab_size").and_then(Value::as_u64).unwrap_or(2) as usize },
+            eps: if distil { 1e-12 } else { cfg.get("layer_norm_eps").and_then(Value::as_f64).unwrap_or(1e-12) },
+            pad_token_id: cfg.get("pad_token_id").and_then(Value::as_u64).unwrap_or(0) as u32,
+            activation,
+            layers: shapes_out,
+        })
+    }
+}
+
+/// Tensors by canonical name (family prefix stripped), converted to f32.
+pub struct Weights {
+    tensors: HashMap<String, Tensor>,
+}
+
+impl Weights {
+    /// Load a safetensors file's bytes.
+    pub fn from_safetensors(bytes: &[u8], family: Family, device: &Device) -> Result<Weights> {
+        let raw = candle_core::safetensors::load_buffer(bytes, device)?;
+        let mut tensors = HashMap::with_capacity(raw.len());
+        for (name, t) in raw {
+            let t = if t.dtype().is_float() && t.dtype() != DType::F32 { t.to_dtype(DType::F32)? } else { t };
+            tensors.insert(canonical_name(family, &name).to_string(), t);
+        }
+        Ok(Weights { tensors })
+    }
+
+    pub fn shapes(&self) -> HashMap<String, Vec<usize>> {
+        self.tensors.iter().map(|(k, t)| (k.clone(), t.dims().to_vec())).collect()
+    }
+
+    pub fn get(&self, name: &str) -> Result<Tensor> {
+        self.tensors.get(name).cloned().ok_or_else(|| ModelError::Invalid(format!("the checkpoint has no tensor {name}")))
+    }
+
+    fn linear(&self, prefix: &str) -> Result<Linear> {
+        Ok(Linear::new(self.get(&format!("{prefix}.weight"))?, Some(self.get(&format!("{prefix}.bias"))?)))
+    }
+
+    fn norm(&self, prefix: &str, eps: f64) -> Result<Norm> {
+        Ok(Norm { weight: self.get(&format!("{prefix}.weight"))?, bias: self.get(&format!("{prefix}.bias"))?, eps: eps as f32 })
+    }
+}
+
+struct Norm {
+    weight: Tensor,
+    bias: Tensor,
+    eps: f32,
+}
+
+impl Norm {
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        // The differentiable path: candle's fused layer_norm has no backward (DESIGN.md).
+        candle_nn::ops::layer_norm_slow(x, &self.weight, &self.bias, self.eps)
+    }
+}
+
+struct Layer {
+    shape: LayerShape,
+    q: Option<Linear>,
+    k: Option<Linear>,
+    v: Option<Linear>,
+    o: Linear,
+    attn_norm: Norm,
+    ffn_in: Linear,
+    ffn_out: Linear,
+    out_norm: Norm,
+}
+
+pub struct Encoder {
+    pub config: EncoderConfig,
+    word: Tensor,
+    position: Tensor,
+    token_type: Option<Tensor>,
+    emb_norm: Norm,
+    layers: Vec<Layer>,
+}
+
+impl Encoder {
+    pub fn load(config: EncoderConfig, w: &Weights) -> Result<Encoder> {
+        let family = config.family;
+        let names: LayerNames = family.layer_names();
+        let mut layers = Vec::with_capacity(config.layers.len());
+        for (i, shape) in config.layers.iter().enumerate() {
+            let p = family.layer_prefix(i);
+            let opt = |m: &str| -> Result<Option<Linear>> { if shape.heads == 0 { Ok(None) } else { w.linear(&format!("{p}{m}")).map(Some) } };
+            layers.push(Layer {
+                shape: *shape,
+                q: opt(names.query)?,
+                k: opt(names.key)?,
+                v: opt(names.value)?,
+                o: w.linear(&format!("{p}{}", names.attn_out))?,
+                attn_norm: w.norm(&format!("{p}{}", names.attn_norm), config.eps)?,
+                ffn_in: w.linear(&format!("{p}{}", names.ffn_in))?,
+                ffn_out: w.linear(&format!("{p}{}", names.ffn_out))?,
+                out_norm: w.norm(&format!("{p}{}", names.out_norm), config.eps)?,
+            });
+        }
+        Ok(Encoder {
+            word: w.get("embeddings.word_embeddings.weight")?,
+            position: w.get("embeddings.position_embeddings.weight")?,
+            token_type: if config.type_vocab > 0 { Some(w.get("embeddings.token_type_embeddings.weight")?) } else { None },
+            emb_norm: w.norm("embeddings.LayerNorm", config.eps)?,
+            layers,
+            config,
+        })
+    }
+
+    /// Load `config.json` + `model.safetensors` bytes.
+    pub fn from_files(config_json: &[u8], safetensors: &[u8], device: &Device) -> Result<Encoder> {
+        let family = {
+            let v: Value = serde_json::from_slice(config_json).map_err(|e| ModelError::Invalid(format!("config.json: {e}")))?;
+            let t = v.get("model_type").and_then(Value::as_str).unwrap_or("");
+            Family::parse(t).ok_or_else(|| ModelError::Invalid(format!("unsupported model_type {t:?}")))?
+        };
+        let w = Weights::from_safetensors(safetensors, family, device)?;
+        let config = EncoderConfig::from_checkpoint(config_json, &w.shapes())?;
+        Encoder::load(config, &w)
+    }
+
+    fn position_ids(&self, input_ids: &Tensor) -> Result<Tensor> {
+        let (b, t) = input_ids.dims2()?;
+        if t > self.config.max_positions {
+            return invalid(format!("sequence length {t} exceeds max_position_embeddings {}", self.config.max_positions));
+        }
+        match self.config.family {
+            Family::Roberta => {
+                // RoBERTa counts positions from pad+1 over real tokens; padding gets `pad`.
+                let pad = self.config.pad_token_id;
+                let ids = input_ids.to_vec2::<u32>()?;
+                let mut out = Vec::with_capacity(b * t);
+                for row in ids {
+                    let mut n = 0u32;
+                    for id in row {
+                        if id != pad {
+                            n += 1;
+                            out.push(pad + n);
+                        } else {
+                            out.push(pad);
+                        }
+                    }
+                }
+                Ok(Tensor::from_vec(out, (b, t), input_ids.device())?)
+            }
+            _ => Ok(Tensor::arange(0u32, t as u32, input_ids.device())?.unsqueeze(0)?.broadcast_as((b, t))?.contiguous()?),
+        }
+    }
+
+    /// Last hidden state `[batch, seq, hidden]`. `input_ids` u32 `[batch, seq]`;
+    /// `attention_mask` `[batch, seq]` with 1 for real tokens and 0 for padding.
+    pub fn forward(&self, input_ids: &Tensor, token_type_ids: Option<&Tensor>, attention_mask: &Tensor) -> Result<Tensor> {
+        let (b, t) = input_ids.dims2()?;
+        let h = self.config.hidden;
+        let lookup = |table: &Tensor, ids: &Tensor| -> candle_core::Result<Tensor> { table.embedding(&ids.flatten_all()?)?.reshape((b, t, h)) };
+        let mut x = (lookup(&self.word, input_ids)? + lookup(&self.position, &self.position_ids(input_ids)?)?)?;
+        if let Some(tt) = &self.token_type {
+            let ids = match token_type_ids {
+                Some(ids) => ids.clone(),
+                None => Tensor::zeros((b, t), DType::U32, input_ids.device())?,
+            };
+            x = (x + lookup(tt, &ids)?)?;
+        }
+        let mut x = self.emb_norm.forward(&x)?;
+        // Additive mask as Hugging Face builds it: (1 - mask) * finfo(f32).min.
+        let mask = attention_mask.to_dtype(DType::F32)?;
+        let bias = ((mask.ones_like()? - &mask)? * f64::from(f32::MIN))?.reshape((b, 1, 1, t))?;
+        for layer in &self.layers {
+            x = self.layer_forward(layer, &x, &bias)?;
+        }
+        Ok(x)
+    }
+
+    fn layer_forward(&self, l: &Layer, x: &Tensor, bias: &Tensor) -> Result<Tensor> {
+        let (b, t, h) = x.dims3()?;
+        let attn = match (&l.q, &l.k, &l.v) {
+            (Some(q), Some(k), Some(v)) => {
+                let (nh, hd) = (l.shape.heads, self.config.head_dim);
+                let split = |y: Tensor| -> candle_core::Result<Tensor> { y.reshape((b, t, nh, hd))?.transpose(1, 2)?.contiguous() };
+                let q = split(q.forward(x)?)?;
+                let k = split(k.forward(x)?)?;
+                let v = split(v.forward(x)?)?;
+                let scores = (q.matmul(&k.t()?)? / (hd as f64).sqrt())?.broadcast_add(bias)?;
+                let probs = candle_nn::ops::softmax(&scores, D::Minus1)?;
+                let ctx = probs.matmul(&v)?.transpose(1, 2)?.reshape((b, t, nh * hd))?;
+                l.o.forward(&ctx)?
+            }
+            // Every head removed: the block adds only the output projection's bias.
+            _ => l.o.bias().expect("built with a bias").reshape((1, 1, h))?.broadcast_as((b, t, h))?.contiguous()?,
+        };
+        let x = l.attn_norm.forward(&(attn + x)?)?;
+        let f = self.config.activation.apply(&l.ffn_in.forward(&x)?)?;
+        let f = l.ffn_out.forward(&f)?;
+        Ok(l.out_norm.forward(&(f + x)?)?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::st::Dtype;
+    use crate::engine::testing::TinyModel;
+
+    fn ids(b: usize, t: usize, vocab: u32, pad_last: usize) -> (Tensor, Tensor) {
+        let mut v = Vec::new();
+        let mut m = Vec::new();
+        for i in 0..b {
+            for j in 0..t {
+                let is_pad = i == b - 1 && j >= t - pad_last;
+                v.push(if is_pad { 0 } else { 5 + ((i * 7 + j * 3) as u32 % (vocab - 5)) });
+                m.push(if is_pad { 0u32 } else { 1 });
+            }
+        }
+        (Tensor::from_vec(v, (b, t), &Device::Cpu).unwrap(), Tensor::from_vec(m, (b, t), &Device::Cpu).unwrap())
+    }
+
+    #[test]
+    fn reads_per_layer_shapes_and_runs_every_family() {
+        for family in ["bert", "roberta", "distilbert"] {
+            for dtype in [Dtype::F32, Dtype::F16, Dtype::BF16] {
+                let m = TinyModel { model_type: family, dtype, with_prefix_and_head: dtype == Dtype::F16, ..Default::default() };
+                let enc = Encoder::from_files(m.config_json().as_bytes(), &m.safetensors(), &Device::Cpu).unwrap();
+                assert_eq!(enc.config.layers, vec![LayerShape { heads: 4, ffn: 64 }; 2]);
+                let (i, mask) = ids(2, 7, 64, 3);
+                let out = enc.forward(&i, None, &mask).unwrap();
+                assert_eq!(out.dims(), &[2, 7, 32]);
+                let v = out.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+                assert!(v.iter().all(|x| x.is_finite()), "{family} {dtype:?}");
+            }
+        }
+    }
+}
