@@ -5,4 +5,5 @@ pub mod arch;
 pub mod magnitude;
 pub mod model;
 pub mod st;
+pub mod structured;
 pub mod testing;

@@ -144,6 +144,19 @@ impl Weights {
         Ok(Weights { tensors })
     }
 
+    /// Tensors already keyed by canonical name.
+    pub fn from_map(tensors: HashMap<String, Tensor>) -> Weights {
+        Weights { tensors }
+    }
+
+    pub fn insert(&mut self, name: &str, t: Tensor) {
+        self.tensors.insert(name.to_string(), t);
+    }
+
+    pub fn names(&self) -> impl Iterator<Item = &String> {
+        self.tensors.keys()
+    }
+
     pub fn shapes(&self) -> HashMap<String, Vec<usize>> {
         self.tensors.iter().map(|(k, t)| (k.clone(), t.dims().to_vec())).collect()
     }

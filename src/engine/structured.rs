@@ -1,0 +1,215 @@
+//! Structured pruning: attention heads and FFN neurons, scored, selected, and then either
+//! physically removed (rows/columns sliced out, so tensors shrink) or zero-filled (shapes kept;
+//! zero query/key/value rows and biases of a head, or a zero FFN input row and bias of a neuron,
+//! give exactly the output of removing it).
+
+use super::arch::Family;
+use super::model::{EncoderConfig, LayerShape, Result, Weights};
+use candle_core::Tensor;
+
+/// Units removed from each layer (indices into the layer's current heads / neurons).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct UnitPlan {
+    pub heads: Vec<Vec<usize>>,
+    pub neurons: Vec<Vec<usize>>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Surgery {
+    /// Slice the units out: tensors shrink.
+    Remove,
+    /// Zero the units' weights: shapes stay.
+    Zero,
+}
+
+fn names(family: Family, i: usize) -> [String; 6] {
+    let n = family.layer_names();
+    let p = family.layer_prefix(i);
+    [n.query, n.key, n.value, n.attn_out, n.ffn_in, n.ffn_out].map(|m| format!("{p}{m}"))
+}
+
+/// Head scores: the L2 norm of each head's query, key, value rows and output columns together.
+pub fn head_norm_scores(w: &Weights, cfg: &EncoderConfig) -> Result<Vec<Vec<f32>>> {
+    let hd = cfg.head_dim;
+    let mut out = Vec::new();
+    for (i, shape) in cfg.layers.iter().enumerate() {
+        let [q, k, v, o, _, _] = names(cfg.family, i);
+        let mut scores = vec![0f32; shape.heads];
+        for m in [&q, &k, &v] {
+            let rows = w.get(&format!("{m}.weight"))?.sqr()?.sum(1)?; // [heads*hd]
+            let per = rows.reshape((shape.heads, hd))?.sum(1)?.to_vec1::<f32>()?;
+            scores.iter_mut().zip(per).for_each(|(s, p)| *s += p);
+        }
+        let cols = w.get(&format!("{o}.weight"))?.sqr()?.sum(0)?; // [heads*hd]
+        let per = cols.reshape((shape.heads, hd))?.sum(1)?.to_vec1::<f32>()?;
+        scores.iter_mut().zip(per).for_each(|(s, p)| *s = (*s + p).sqrt());
+        out.push(scores);
+    }
+    Ok(out)
+}
+
+/// Neuron scores: the L2 norm of each FFN neuron's input row and output column together.
+pub fn neuron_norm_scores(w: &Weights, cfg: &EncoderConfig) -> Result<Vec<Vec<f32>>> {
+    let mut out = Vec::new();
+    for i in 0..cfg.layers.len() {
+        let [_, _, _, _, fi, fo] = names(cfg.family, i);
+        let rows = w.get(&format!("{fi}.weight"))?.sqr()?.sum(1)?;
+        let cols = w.get(&format!("{fo}.weight"))?.sqr()?.sum(0)?;
+        out.push((rows + cols)?.sqrt()?.to_vec1::<f32>()?);
+    }
+    Ok(out)
+}
+
+/// Choose the lowest-scoring units: `count` of them across all layers (`global`), or `count`
+/// in each layer (`per_layer`). Ties go to the lower index. Returns sorted indices per layer.
+pub fn select_lowest(scores: &[Vec<f32>], count_global: Option<usize>, per_layer: Option<&[usize]>) -> Vec<Vec<usize>> {
+    match (count_global, per_layer) {
+        (Some(n), _) => {
+            let mut all: Vec<(f32, usize, usize)> = scores.iter().enumerate().flat_map(|(l, s)| s.iter().enumerate().map(move |(u, v)| (*v, l, u))).collect();
+            all.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)).then(a.2.cmp(&b.2)));
+            let mut out = vec![Vec::new(); scores.len()];
+            for (_, l, u) in all.into_iter().take(n) {
+                out[l].push(u);
+            }
+            out.iter_mut().for_each(|v| v.sort_unstable());
+            out
+        }
+        (None, Some(counts)) => scores
+            .iter()
+            .zip(counts)
+            .map(|(s, &n)| {
+                let mut idx: Vec<usize> = (0..s.len()).collect();
+                idx.sort_by(|&a, &b| s[a].total_cmp(&s[b]).then(a.cmp(&b)));
+                let mut v: Vec<usize> = idx.into_iter().take(n).collect();
+                v.sort_unstable();
+                v
+            })
+            .collect(),
+        (None, None) => vec![Vec::new(); scores.len()],
+    }
+}
+
+fn keep_index(total: usize, removed: &[usize], group: usize, device: &candle_core::Device) -> Result<Tensor> {
+    let keep: Vec<u32> = (0..total).filter(|u| !removed.contains(u)).flat_map(|u| (u * group..(u + 1) * group).map(|x| x as u32)).collect();
+    Ok(Tensor::from_vec(keep.clone(), keep.len(), device)?)
+}
+
+/// 1 for kept elements, 0 for removed ones, over `total * group` entries.
+fn keep_mask(total: usize, removed: &[usize], group: usize, device: &candle_core::Device) -> Result<Tensor> {
+    let m: Vec<f32> = (0..total * group).map(|x| if removed.contains(&(x / group)) { 0.0 } else { 1.0 }).collect();
+    Ok(Tensor::from_vec(m, total * group, device)?)
+}
+
+/// Apply a plan to the weights; returns the encoder config after it.
+pub fn apply(w: &mut Weights, cfg: &EncoderConfig, plan: &UnitPlan, how: Surgery) -> Result<EncoderConfig> {
+    let mut out = cfg.clone();
+    for (i, shape) in cfg.layers.iter().enumerate() {
+        let [q, k, v, o, fi, fo] = names(cfg.family, i);
+        let heads = plan.heads.get(i).map(Vec::as_slice).unwrap_or(&[]);
+        let neurons = plan.neurons.get(i).map(Vec::as_slice).unwrap_or(&[]);
+        let dev = w.get(&format!("{q}.weight"))?.device().clone();
+        // (module, unit count, unit size, removed, rows (true) or columns, bias too)
+        let edits: [(&String, usize, usize, &[usize], bool, bool); 6] = [
+            (&q, shape.heads, cfg.head_dim, heads, true, true),
+            (&k, shape.heads, cfg.head_dim, heads, true, true),
+            (&v, shape.heads, cfg.head_dim, heads, true, true),
+            (&o, shape.heads, cfg.head_dim, heads, false, false),
+            (&fi, shape.ffn, 1, neurons, true, true),
+            (&fo, shape.ffn, 1, neurons, false, false),
+        ];
+        for (m, total, group, removed, rows, bias) in edits {
+            if removed.is_empty() {
+                continue;
+            }
+            // A zero-filled head keeps its output columns: they now only ever see zeros.
+            if how == Surgery::Zero && !rows {
+                continue;
+            }
+            let wn = format!("{m}.weight");
+            let weight = w.get(&wn)?;
+            let dim = if rows { 0 } else { 1 };
+            let new = match how {
+                Surgery::Remove => weight.index_select(&keep_index(total, removed, group, &dev)?, dim)?,
+                Surgery::Zero => {
+                    let mask = keep_mask(total, removed, group, &dev)?.to_dtype(weight.dtype())?;
+                    weight.broadcast_mul(&mask.unsqueeze(1)?)?
+                }
+            };
+            w.insert(&wn, new);
+            if bias {
+                let bn = format!("{m}.bias");
+                let b = w.get(&bn)?;
+                let new = match how {
+                    Surgery::Remove => b.index_select(&keep_index(total, removed, group, &dev)?, 0)?,
+                    Surgery::Zero => b.mul(&keep_mask(total, removed, group, &dev)?.to_dtype(b.dtype())?)?,
+                };
+                w.insert(&bn, new);
+            }
+        }
+        if how == Surgery::Remove {
+            out.layers[i] = LayerShape { heads: shape.heads - heads.len(), ffn: shape.ffn - neurons.len() };
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::model::Encoder;
+    use crate::engine::testing::TinyModel;
+    use candle_core::Device;
+
+    fn setup(family: &'static str) -> (TinyModel, Weights, EncoderConfig) {
+        let m = TinyModel { model_type: family, layers: 3, ..Default::default() };
+        let fam = Family::parse(family).unwrap();
+        let w = Weights::from_safetensors(&m.safetensors(), fam, &Device::Cpu).unwrap();
+        let cfg = EncoderConfig::from_checkpoint(m.config_json().as_bytes(), &w.shapes()).unwrap();
+        (m, w, cfg)
+    }
+
+    fn run(w: &Weights, cfg: &EncoderConfig) -> Tensor {
+        let enc = Encoder::load(cfg.clone(), w).unwrap();
+        let ids = Tensor::from_vec((0..2 * 10).map(|i| 5 + (i * 7 % 50) as u32).collect::<Vec<_>>(), (2, 10), &Device::Cpu).unwrap();
+        let mask = Tensor::from_vec([vec![1u32; 10], [vec![1u32; 6], vec![0u32; 4]].concat()].concat(), (2, 10), &Device::Cpu).unwrap();
+        enc.forward(&ids, None, &mask).unwrap()
+    }
+
+    #[test]
+    fn removing_units_equals_zeroing_them() {
+        for family in ["bert", "roberta", "distilbert"] {
+            let (_, w, cfg) = setup(family);
+            // Layer 0: two heads and half the neurons; layer 1: every head; layer 2: nothing.
+            let plan = UnitPlan { heads: vec![vec![1, 3], vec![0, 1, 2, 3], vec![]], neurons: vec![(0..64).step_by(2).collect(), vec![5], vec![]] };
+            let mut removed = Weights::from_map(w.names().map(|n| (n.clone(), w.get(n).unwrap())).collect());
+            let cfg_removed = apply(&mut removed, &cfg, &plan, Surgery::Remove).unwrap();
+            assert_eq!(cfg_removed.layers, vec![LayerShape { heads: 2, ffn: 32 }, LayerShape { heads: 0, ffn: 63 }, LayerShape { heads: 4, ffn: 64 }]);
+            let mut zeroed = Weights::from_map(w.names().map(|n| (n.clone(), w.get(n).unwrap())).collect());
+            let cfg_zeroed = apply(&mut zeroed, &cfg, &plan, Surgery::Zero).unwrap();
+            assert_eq!(cfg_zeroed, cfg);
+            // The compact checkpoint's shapes are what a fresh load reads back.
+            assert_eq!(EncoderConfig::from_checkpoint(TinyModel { model_type: family, layers: 3, ..Default::default() }.config_json().as_bytes(), &removed.shapes()).unwrap(), cfg_removed);
+            let a = run(&removed, &cfg_removed);
+            let b = run(&zeroed, &cfg_zeroed);
+            let d = (a - &b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap();
+            assert!(d < 1e-5, "{family}: {d}");
+            let dense = run(&w, &cfg);
+            let changed = (dense - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap();
+            assert!(changed > 1e-3, "{family}: pruning should change the output");
+        }
+    }
+
+    #[test]
+    fn scores_and_selection() {
+        let (_, w, cfg) = setup("bert");
+        let hs = head_norm_scores(&w, &cfg).unwrap();
+        assert_eq!(hs.len(), 3);
+        assert!(hs.iter().all(|l| l.len() == 4 && l.iter().all(|s| *s > 0.0)));
+        let ns = neuron_norm_scores(&w, &cfg).unwrap();
+        assert!(ns.iter().all(|l| l.len() == 64));
+        let scores = vec![vec![3.0, 1.0, 2.0], vec![0.5, 4.0, 1.0]];
+        assert_eq!(select_lowest(&scores, Some(3), None), vec![vec![1], vec![0, 2]]);
+        assert_eq!(select_lowest(&scores, None, Some(&[1, 2])), vec![vec![1], vec![0, 2]]);
+        assert_eq!(select_lowest(&[vec![1.0, 1.0, 1.0]], Some(2), None), vec![vec![0, 1]]);
+    }
+}
