@@ -2,6 +2,7 @@
 //! Plain Rust, no HTTP and no database.
 
 pub mod arch;
+pub mod export;
 pub mod magnitude;
 pub mod model;
 pub mod st;
