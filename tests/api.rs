@@ -247,6 +247,77 @@ async fn magnitude_jobs_prune_as_requested(db: Db) {
     }
 }
 
+/// Structured pruning: the `hf` export keeps transformers-compatible shapes (heads zero-filled,
+/// a uniform FFN cut removed), the `compact` export physically removes every unit, and both
+/// compute the same outputs in our encoder.
+async fn structured_jobs_export_hf_and_compact_layouts(db: Db) {
+    use candle_core::{Device, Tensor};
+    use secateur::engine::model::{Encoder, LayerShape};
+    let app = TestApp::spawn(db).await;
+    for dtype in [Dtype::F32, Dtype::BF16] {
+        let m = TinyModel { dtype, layers: 3, ..Default::default() };
+        let model = app.create_model(&m).await;
+        for (granularity, scope) in [("heads", "local"), ("neurons", "local"), ("heads", "global"), ("neurons", "global")] {
+            let job = app
+                .submit_ok(&json!({"model_id": model, "pruning": {"method": "magnitude", "granularity": granularity, "scope": scope, "sparsity": 0.5}, "export": {"compact": true}}))
+                .await;
+            let done = app.wait_for(&job, &["succeeded", "failed"], WAIT).await;
+            assert_eq!(done["status"], "succeeded", "{done}");
+            let list: Vec<Value> = app.get(&format!("/v1/jobs/{job}/artifacts")).send().await.unwrap().json().await.unwrap();
+            let names: Vec<&str> = list.iter().map(|a| a["name"].as_str().unwrap()).collect();
+            for n in ["model.safetensors", "config.json", "tokenizer.json", "report.json", "compact/model.safetensors", "compact/config.json", "compact/tokenizer.json"] {
+                assert!(names.contains(&n), "{n} missing from {names:?}");
+            }
+            let hf_w = app.artifact(&job, "model.safetensors").await;
+            let hf_c = app.artifact(&job, "config.json").await;
+            // A folder artifact is addressed with its slash percent-encoded.
+            let c_w = app.artifact(&job, "compact%2Fmodel.safetensors").await;
+            let c_c = app.artifact(&job, "compact%2Fconfig.json").await;
+            let hf = Encoder::from_files(&hf_c, &hf_w, &Device::Cpu).unwrap();
+            let compact = Encoder::from_files(&c_c, &c_w, &Device::Cpu).unwrap();
+            let report: Value = serde_json::from_slice(&app.artifact(&job, "report.json").await).unwrap();
+            let removed = &report["removed"][granularity];
+            let removed_total: usize = removed.as_array().unwrap().iter().map(|l| l.as_array().unwrap().len()).sum();
+            let (units, per_layer) = if granularity == "heads" { (4usize, 2usize) } else { (64, 32) };
+            assert_eq!(removed_total, 3 * per_layer, "{report}");
+            if scope == "local" {
+                assert!(removed.as_array().unwrap().iter().all(|l| l.as_array().unwrap().len() == per_layer));
+            }
+            // Compact: every unit gone.
+            let kept: Vec<LayerShape> = removed
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|l| {
+                    let r = l.as_array().unwrap().len();
+                    if granularity == "heads" { LayerShape { heads: units - r, ffn: 64 } } else { LayerShape { heads: 4, ffn: units - r } }
+                })
+                .collect();
+            assert_eq!(compact.config.layers, kept);
+            assert!(c_w.len() < hf_w.len() || (granularity == "neurons" && scope == "local"), "compact should be smaller");
+            // hf: heads keep their shapes; a uniform neuron cut is physically removed.
+            let hf_cfg: Value = serde_json::from_slice(&hf_c).unwrap();
+            if granularity == "heads" {
+                assert_eq!(hf.config.layers, vec![LayerShape { heads: 4, ffn: 64 }; 3]);
+                assert_eq!(hf_w.len(), m.safetensors().len());
+            } else if scope == "local" {
+                assert_eq!(hf_cfg["intermediate_size"], 32);
+                assert_eq!(hf.config.layers, vec![LayerShape { heads: 4, ffn: 32 }; 3]);
+            }
+            let ids = Tensor::from_vec((0..16u32).map(|i| 5 + i * 3 % 50).collect::<Vec<_>>(), (2, 8), &Device::Cpu).unwrap();
+            let mask = Tensor::ones((2, 8), candle_core::DType::U32, &Device::Cpu).unwrap();
+            let a = hf.forward(&ids, None, &mask).unwrap();
+            let b = compact.forward(&ids, None, &mask).unwrap();
+            let d = (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap();
+            assert!(d < 1e-5, "{granularity}/{scope}/{dtype:?}: hf and compact differ by {d}");
+            let t = report["tensors"].as_array().unwrap();
+            let reshaped = t.iter().any(|t| t["shape_before"] != t["shape"]);
+            assert_eq!(reshaped, granularity == "neurons" && scope == "local", "only a uniform neuron cut changes hf shapes");
+            assert!(report["compact"]["parameters"].as_u64().unwrap() < report["totals"]["parameters"].as_u64().unwrap() || granularity == "neurons" && scope == "local");
+        }
+    }
+}
+
 async fn include_and_exclude_choose_tensors(db: Db) {
     let app = TestApp::spawn(db).await;
     let m = TinyModel { with_prefix_and_head: true, ..Default::default() };
@@ -469,6 +540,7 @@ backend_tests!(
     datasets_are_validated_on_upload,
     magnitude_jobs_prune_as_requested,
     include_and_exclude_choose_tensors,
+    structured_jobs_export_hf_and_compact_layouts,
     job_specs_are_validated,
     idempotency_keys_make_retries_safe,
     cancel_queued_running_and_finished_jobs,

@@ -166,6 +166,7 @@ pub fn prune_in_place<E>(
 pub struct TensorReport {
     pub name: String,
     pub dtype: String,
+    pub shape_before: Vec<u64>,
     pub shape: Vec<u64>,
     pub numel: u64,
     pub nonzeros: u64,
@@ -189,12 +190,25 @@ pub struct Totals {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Report {
     pub method: String,
+    pub granularity: String,
     pub scope: Scope,
     pub requested_sparsity: f64,
     pub include: Vec<String>,
     pub exclude: Vec<String>,
+    /// Units removed per layer (structured granularities).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub removed: Option<RemovedUnits>,
     pub tensors: Vec<TensorReport>,
     pub totals: Totals,
+    /// Totals of the `compact` export, when one was written.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compact: Option<Totals>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct RemovedUnits {
+    pub heads: Vec<Vec<usize>>,
+    pub neurons: Vec<Vec<usize>>,
 }
 
 fn ratio(zeros: u64, n: u64) -> f64 {
@@ -205,8 +219,13 @@ fn ratio(zeros: u64, n: u64) -> f64 {
     }
 }
 
-/// Per-tensor and total counts, recomputed from the written file.
+/// Per-tensor and total counts, recomputed from the written file. `before` gives each
+/// tensor's shape before pruning (the written shape when absent).
 pub fn measure(file: &[u8], header: &Header, targets: &[String]) -> (Vec<TensorReport>, Totals) {
+    measure_against(file, header, targets, header)
+}
+
+pub fn measure_against(file: &[u8], header: &Header, targets: &[String], before: &Header) -> (Vec<TensorReport>, Totals) {
     let mut tensors = Vec::new();
     let mut totals = Totals { parameters: 0, nonzeros: 0, sparsity: 0.0, target_parameters: 0, target_nonzeros: 0, target_sparsity: 0.0, bytes: file.len() as u64 };
     for (name, t) in &header.tensors {
@@ -224,7 +243,8 @@ pub fn measure(file: &[u8], header: &Header, targets: &[String]) -> (Vec<TensorR
             totals.target_parameters += n;
             totals.target_nonzeros += nz;
         }
-        tensors.push(TensorReport { name: name.clone(), dtype: t.dtype.name().into(), shape: t.shape.clone(), numel: n, nonzeros: nz, sparsity: ratio(n - nz, n), pruned });
+        let shape_before = before.tensors.get(name).map_or_else(|| t.shape.clone(), |b| b.shape.clone());
+        tensors.push(TensorReport { name: name.clone(), dtype: t.dtype.name().into(), shape_before, shape: t.shape.clone(), numel: n, nonzeros: nz, sparsity: ratio(n - nz, n), pruned });
     }
     totals.sparsity = ratio(totals.parameters - totals.nonzeros, totals.parameters);
     totals.target_sparsity = ratio(totals.target_parameters - totals.target_nonzeros, totals.target_parameters);

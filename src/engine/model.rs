@@ -127,7 +127,9 @@ impl EncoderConfig {
     }
 }
 
-/// Tensors by canonical name (family prefix stripped), converted to f32.
+/// Tensors by canonical name (family prefix stripped), converted to f32. Cloning is cheap
+/// (tensors share their storage).
+#[derive(Clone)]
 pub struct Weights {
     tensors: HashMap<String, Tensor>,
 }

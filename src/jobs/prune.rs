@@ -1,15 +1,33 @@
-//! The `prune` job: magnitude pruning of a stored model, exported in the Hugging Face layout.
+//! The `prune` job: magnitude pruning of a stored model, unstructured (weights zeroed in place)
+//! or structured (attention heads, FFN neurons), exported in the Hugging Face layout and, on
+//! request, in the `compact` layout under `compact/`.
 
-use super::spec::{JobRequest, Method};
+use super::spec::{Granularity, JobRequest, Method};
 use super::{Executor, JobContext, JobError};
-use crate::engine::{arch, magnitude, st};
+use crate::engine::arch::{self, Family};
+use crate::engine::magnitude::{self, RemovedUnits, Report};
+use crate::engine::model::{EncoderConfig, ModelError, Weights};
+use crate::engine::st::{self, Header};
+use crate::engine::{export, structured};
 use bytes::Bytes;
+use candle_core::Device;
 
 pub struct PruneExecutor;
 
-/// Files copied unchanged from the model (everything but the weights).
-fn passthrough(files: &[String]) -> impl Iterator<Item = &String> {
-    files.iter().filter(|f| f.as_str() != "model.safetensors")
+/// Files copied unchanged from the model (everything but the weights and config).
+fn side_files(files: &[String]) -> impl Iterator<Item = &String> {
+    files.iter().filter(|f| f.as_str() != "model.safetensors" && f.as_str() != "config.json")
+}
+
+fn model_err(e: ModelError) -> JobError {
+    match e {
+        ModelError::Invalid(m) => JobError::Failed(m),
+        ModelError::Candle(e) => JobError::Internal(e.into()),
+    }
+}
+
+fn json(report: &Report) -> Result<Bytes, JobError> {
+    serde_json::to_vec_pretty(report).map(Bytes::from).map_err(|e| JobError::Internal(e.into()))
 }
 
 impl Executor for PruneExecutor {
@@ -20,39 +38,158 @@ impl Executor for PruneExecutor {
         let weights = ctx.read_model_file("model.safetensors")?;
         let header = st::parse(&weights).map_err(|e| JobError::Failed(format!("model.safetensors: {e}")))?;
         let summary = arch::summarize(&config, &header).map_err(|e| JobError::Failed(format!("config.json: {e}")))?;
-        let compile = |v: &[String]| v.iter().map(|p| regex::Regex::new(p)).collect::<Result<Vec<_>, _>>();
-        let include = compile(&req.pruning.include).map_err(|e| JobError::Failed(e.to_string()))?;
-        let exclude = compile(&req.pruning.exclude).map_err(|e| JobError::Failed(e.to_string()))?;
-        let targets = magnitude::select_targets(summary.family, &header, &include, &exclude);
-        if targets.is_empty() {
-            return Err(JobError::Failed("no tensor is left to prune after applying include/exclude".into()));
-        }
-        ctx.progress("pruning", 0.1)?;
         let Method::Magnitude = req.pruning.method;
-        let mut out = weights.to_vec();
-        drop(weights);
-        let pruned = magnitude::prune_in_place(&mut out, &header, &targets, req.pruning.scope, req.pruning.sparsity, |done, total| {
-            ctx.progress("pruning", 0.1 + 0.7 * done as f64 / total as f64)
-        })
-        .map_err(JobError::Failed)?;
-        pruned?;
-        ctx.progress("writing", 0.85)?;
-        let (tensors, totals) = magnitude::measure(&out, &header, &targets);
-        let report = magnitude::Report {
-            method: "magnitude".into(),
-            scope: req.pruning.scope,
-            requested_sparsity: req.pruning.sparsity,
-            include: req.pruning.include.clone(),
-            exclude: req.pruning.exclude.clone(),
-            tensors,
-            totals,
-        };
-        ctx.write_artifact("model.safetensors", Bytes::from(out))?;
-        for f in passthrough(&ctx.model_files) {
-            ctx.copy_model_file(f)?;
+        match req.pruning.granularity {
+            Granularity::Unstructured => unstructured(ctx, &req, &config, weights, &header, summary.family)?,
+            Granularity::Heads | Granularity::Neurons => structured_job(ctx, &req, &config, &weights, &header, summary.family)?,
         }
-        let report = serde_json::to_vec_pretty(&report).map_err(|e| JobError::Internal(e.into()))?;
-        ctx.write_artifact("report.json", Bytes::from(report))?;
         ctx.progress("writing", 1.0)
     }
+}
+
+fn unstructured(ctx: &JobContext, req: &JobRequest, config: &Bytes, weights: Bytes, header: &Header, family: Family) -> Result<(), JobError> {
+    let compile = |v: &[String]| v.iter().map(|p| regex::Regex::new(p)).collect::<Result<Vec<_>, _>>();
+    let include = compile(&req.pruning.include).map_err(|e| JobError::Failed(e.to_string()))?;
+    let exclude = compile(&req.pruning.exclude).map_err(|e| JobError::Failed(e.to_string()))?;
+    let targets = magnitude::select_targets(family, header, &include, &exclude);
+    if targets.is_empty() {
+        return Err(JobError::Failed("no tensor is left to prune after applying include/exclude".into()));
+    }
+    ctx.progress("pruning", 0.1)?;
+    let mut out = weights.to_vec();
+    drop(weights);
+    magnitude::prune_in_place(&mut out, header, &targets, req.pruning.scope, req.pruning.sparsity, |done, total| {
+        ctx.progress("pruning", 0.1 + 0.7 * done as f64 / total as f64)
+    })
+    .map_err(JobError::Failed)??;
+    ctx.progress("writing", 0.85)?;
+    let (tensors, totals) = magnitude::measure(&out, header, &targets);
+    let report = Report {
+        method: "magnitude".into(),
+        granularity: "unstructured".into(),
+        scope: req.pruning.scope,
+        requested_sparsity: req.pruning.sparsity,
+        include: req.pruning.include.clone(),
+        exclude: req.pruning.exclude.clone(),
+        removed: None,
+        tensors,
+        totals,
+        compact: None,
+    };
+    // Unstructured pruning keeps every shape: the compact layout is the same file.
+    let out = Bytes::from(out);
+    ctx.write_artifact("model.safetensors", out.clone())?;
+    ctx.write_artifact("config.json", config.clone())?;
+    for f in side_files(&ctx.model_files) {
+        ctx.copy_model_file(f)?;
+    }
+    if req.export.compact {
+        ctx.write_artifact("compact/model.safetensors", out)?;
+        ctx.write_artifact("compact/config.json", config.clone())?;
+        for f in side_files(&ctx.model_files) {
+            ctx.write_artifact(&format!("compact/{f}"), ctx.read_model_file(f)?)?;
+        }
+    }
+    ctx.write_artifact("report.json", json(&report)?)
+}
+
+/// The names of the tensors a structured plan touches (for the report's `pruned` flag).
+fn touched(family: Family, header: &Header, plan: &structured::UnitPlan) -> Vec<String> {
+    let n = family.layer_names();
+    let mut out = Vec::new();
+    for name in header.tensors.keys() {
+        let c = arch::canonical_name(family, name);
+        for (i, (h, u)) in plan.heads.iter().zip(&plan.neurons).enumerate() {
+            let p = family.layer_prefix(i);
+            let mut mods: Vec<&str> = Vec::new();
+            if !h.is_empty() {
+                mods.extend([n.query, n.key, n.value, n.attn_out]);
+            }
+            if !u.is_empty() {
+                mods.extend([n.ffn_in, n.ffn_out]);
+            }
+            if mods.iter().any(|m| c == format!("{p}{m}.weight") || c == format!("{p}{m}.bias")) {
+                out.push(name.clone());
+            }
+        }
+    }
+    out
+}
+
+fn structured_job(ctx: &JobContext, req: &JobRequest, config: &Bytes, weights: &Bytes, header: &Header, family: Family) -> Result<(), JobError> {
+    let w = Weights::from_safetensors(weights, family, &Device::Cpu).map_err(model_err)?;
+    let cfg = EncoderConfig::from_checkpoint(config, &w.shapes()).map_err(model_err)?;
+    ctx.progress("scoring", 0.2)?;
+    let heads = req.pruning.granularity == Granularity::Heads;
+    let (scores, units): (Vec<Vec<f32>>, Vec<usize>) = if heads {
+        (structured::head_norm_scores(&w, &cfg).map_err(model_err)?, cfg.layers.iter().map(|l| l.heads).collect())
+    } else {
+        (structured::neuron_norm_scores(&w, &cfg).map_err(model_err)?, cfg.layers.iter().map(|l| l.ffn).collect())
+    };
+    let s = req.pruning.sparsity;
+    let removed = match req.pruning.scope {
+        magnitude::Scope::Global => structured::select_lowest(&scores, Some((s * units.iter().sum::<usize>() as f64).round() as usize), None),
+        magnitude::Scope::Local => {
+            let per: Vec<usize> = units.iter().map(|&n| (s * n as f64).round() as usize).collect();
+            structured::select_lowest(&scores, None, Some(&per))
+        }
+    };
+    let none = vec![Vec::new(); cfg.layers.len()];
+    let plan = if heads {
+        structured::UnitPlan { heads: removed, neurons: none }
+    } else {
+        structured::UnitPlan { heads: none, neurons: removed }
+    };
+    ctx.progress("pruning", 0.4)?;
+    // hf layout: loads unchanged in transformers. Heads are zero-filled; neurons are removed
+    // when every layer loses the same number (one intermediate_size), zero-filled otherwise.
+    let mut hf = w.clone();
+    let heads_only = structured::UnitPlan { heads: plan.heads.clone(), neurons: none_like(&plan.neurons) };
+    let mut hf_cfg = structured::apply(&mut hf, &cfg, &heads_only, structured::Surgery::Zero).map_err(model_err)?;
+    let counts: std::collections::BTreeSet<usize> = plan.neurons.iter().map(Vec::len).collect();
+    let neuron_surgery = if counts.len() == 1 { structured::Surgery::Remove } else { structured::Surgery::Zero };
+    let neurons_only = structured::UnitPlan { heads: none_like(&plan.heads), neurons: plan.neurons.clone() };
+    hf_cfg = structured::apply(&mut hf, &hf_cfg, &neurons_only, neuron_surgery).map_err(model_err)?;
+    let hf_bytes = export::write_like(header, family, &hf).map_err(model_err)?;
+    drop(hf);
+    ctx.progress("writing", 0.6)?;
+    let hf_header = st::parse(&hf_bytes).map_err(|e| JobError::Internal(anyhow::anyhow!(e)))?;
+    let targets = touched(family, header, &plan);
+    let (tensors, totals) = magnitude::measure_against(&hf_bytes, &hf_header, &targets, header);
+    ctx.write_artifact("model.safetensors", Bytes::from(hf_bytes))?;
+    ctx.write_artifact("config.json", Bytes::from(export::config_json(config, &hf_cfg, false).map_err(model_err)?))?;
+    for f in side_files(&ctx.model_files) {
+        ctx.copy_model_file(f)?;
+    }
+    let mut compact_totals = None;
+    if req.export.compact {
+        ctx.progress("writing", 0.8)?;
+        let mut c = w.clone();
+        let c_cfg = structured::apply(&mut c, &cfg, &plan, structured::Surgery::Remove).map_err(model_err)?;
+        let c_bytes = export::write_like(header, family, &c).map_err(model_err)?;
+        let c_header = st::parse(&c_bytes).map_err(|e| JobError::Internal(anyhow::anyhow!(e)))?;
+        compact_totals = Some(magnitude::measure_against(&c_bytes, &c_header, &targets, header).1);
+        ctx.write_artifact("compact/model.safetensors", Bytes::from(c_bytes))?;
+        ctx.write_artifact("compact/config.json", Bytes::from(export::config_json(config, &c_cfg, true).map_err(model_err)?))?;
+        for f in side_files(&ctx.model_files) {
+            ctx.write_artifact(&format!("compact/{f}"), ctx.read_model_file(f)?)?;
+        }
+    }
+    let report = Report {
+        method: "magnitude".into(),
+        granularity: if heads { "heads" } else { "neurons" }.into(),
+        scope: req.pruning.scope,
+        requested_sparsity: s,
+        include: vec![],
+        exclude: vec![],
+        removed: Some(RemovedUnits { heads: plan.heads, neurons: plan.neurons }),
+        tensors,
+        totals,
+        compact: compact_totals,
+    };
+    ctx.write_artifact("report.json", json(&report)?)
+}
+
+fn none_like(v: &[Vec<usize>]) -> Vec<Vec<usize>> {
+    vec![Vec::new(); v.len()]
 }

@@ -29,6 +29,29 @@ pub enum Method {
     Magnitude,
 }
 
+/// What is removed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Granularity {
+    /// Individual weights are set to zero.
+    #[default]
+    Unstructured,
+    /// Whole attention heads (scored by the norm of their query/key/value rows and output columns).
+    Heads,
+    /// Whole FFN neurons (scored by the norm of their input row and output column).
+    Neurons,
+}
+
+/// Extra export layouts.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ExportSpec {
+    /// Also write the `compact` layout under `compact/`: every removed unit physically gone,
+    /// per-layer shapes in `config.json` (loaded by Secateur's own runtime).
+    #[serde(default)]
+    pub compact: bool,
+}
+
 fn default_scope() -> Scope {
     Scope::Global
 }
@@ -38,10 +61,14 @@ fn default_scope() -> Scope {
 #[serde(deny_unknown_fields)]
 pub struct PruningSpec {
     pub method: Method,
+    #[serde(default)]
+    pub granularity: Granularity,
     /// `global`: one threshold across all prunable tensors; `local`: the sparsity in each.
     #[serde(default = "default_scope")]
     pub scope: Scope,
-    /// Fraction of the prunable weights set to zero, in [0, 1).
+    /// In [0, 1): for `unstructured`, the fraction of the prunable weights set to zero; for
+    /// `heads`/`neurons`, the fraction of units removed (in each layer with `local`, across the
+    /// model with `global`).
     pub sparsity: f64,
     /// Regular expressions on tensor names; when given, they choose the prunable tensors
     /// instead of the default (the encoder's linear weights).
@@ -62,6 +89,8 @@ pub struct JobRequest {
     /// The model to prune (an id from `POST /v1/models`).
     pub model_id: String,
     pub pruning: PruningSpec,
+    #[serde(default)]
+    pub export: ExportSpec,
 }
 
 /// Parse a request body, turning serde's complaint into a field error.
@@ -99,6 +128,13 @@ impl JobRequest {
         let p = &self.pruning;
         if !(p.sparsity.is_finite() && (0.0..1.0).contains(&p.sparsity)) {
             errs.push(FieldError::new("pruning.sparsity", "pruning.sparsity must be in [0, 1)"));
+        }
+        if p.granularity != Granularity::Unstructured {
+            for (list, name) in [(&p.include, "include"), (&p.exclude, "exclude")] {
+                if !list.is_empty() {
+                    errs.push(FieldError::new(format!("pruning.{name}"), format!("pruning.{name} applies to unstructured pruning only")));
+                }
+            }
         }
         for (list, name) in [(&p.include, "include"), (&p.exclude, "exclude")] {
             for (i, pat) in list.iter().enumerate() {
@@ -143,6 +179,10 @@ mod tests {
             (format!(r#"{{"model_id":"{id}","extra":true,"pruning":{{"method":"magnitude","sparsity":0.5}}}}"#), "extra", "unknown field"),
             (format!(r#"{{"model_id":"{id}","pruning":{{"method":"magnitude","sparsity":0.5,"include":["ok","(unclosed"]}}}}"#), "pruning.include[1]", "regular expression"),
             (r#"{"model_id":"nope","pruning":{"method":"magnitude","sparsity":0.5}}"#.to_string(), "model_id", "UUID"),
+            (format!(r#"{{"model_id":"{id}","pruning":{{"method":"magnitude","granularity":"rows","sparsity":0.5}}}}"#), "pruning.granularity", "unknown variant"),
+            (format!(r#"{{"model_id":"{id}","pruning":{{"method":"magnitude","granularity":"heads","sparsity":0.5,"include":["x"]}}}}"#), "pruning.include", "unstructured pruning only"),
+            (format!(r#"{{"model_id":"{id}","pruning":{{"method":"magnitude","sparsity":0.5}},"export":{{"compact":1}}}}"#), "export.compact", "invalid type"),
+            (format!(r#"{{"model_id":"{id}","pruning":{{"method":"magnitude","sparsity":0.5}},"export":{{"layout":"hf"}}}}"#), "export.layout", "unknown field"),
             ("{\"model_id\":".to_string(), "body", "EOF"),
         ];
         for (body, field, msg) in cases {
