@@ -318,6 +318,37 @@ async fn structured_jobs_export_hf_and_compact_layouts(db: Db) {
     }
 }
 
+async fn nm_jobs_hold_the_pattern_in_every_group(db: Db) {
+    use secateur::engine::magnitude::{satisfies_nm, NmPattern};
+    let app = TestApp::spawn(db).await;
+    for (dtype, pattern) in [(Dtype::F32, "2:4"), (Dtype::F16, "4:8"), (Dtype::BF16, "1:4")] {
+        let m = TinyModel { dtype, ..Default::default() };
+        let orig = m.safetensors();
+        let model = app.create_model(&m).await;
+        let job = app.submit_ok(&json!({"model_id": model, "pruning": {"method": "magnitude", "granularity": "n:m", "pattern": pattern}})).await;
+        let done = app.wait_for(&job, &["succeeded", "failed"], WAIT).await;
+        assert_eq!(done["status"], "succeeded", "{done}");
+        let out = app.artifact(&job, "model.safetensors").await;
+        let h = st::parse(&out).unwrap();
+        let p = NmPattern::parse(pattern).unwrap();
+        let mut checked = 0;
+        for (name, t) in &h.tensors {
+            let r = (h.data_start + t.begin) as usize..(h.data_start + t.end) as usize;
+            if secateur::engine::arch::is_encoder_linear_weight(secateur::engine::arch::Family::Bert, name) {
+                assert!(satisfies_nm(&out[r], t.dtype, p), "{name}");
+                checked += 1;
+            } else {
+                assert_eq!(out[r.clone()], orig[r], "{name} changed");
+            }
+        }
+        assert_eq!(checked, 12);
+        let report: Value = serde_json::from_slice(&app.artifact(&job, "report.json").await).unwrap();
+        assert_eq!(report["granularity"], "n:m");
+        assert_eq!(report["pattern"], pattern);
+        assert!((report["totals"]["target_sparsity"].as_f64().unwrap() - p.sparsity()).abs() < 1e-9);
+    }
+}
+
 async fn include_and_exclude_choose_tensors(db: Db) {
     let app = TestApp::spawn(db).await;
     let m = TinyModel { with_prefix_and_head: true, ..Default::default() };
@@ -349,7 +380,8 @@ async fn job_specs_are_validated(db: Db) {
     let cases = [
         (json!({"model_id": model, "pruning": {"method": "magnitude", "sparsity": 1.5}}), "pruning.sparsity", "pruning.sparsity must be in [0, 1)"),
         (json!({"model_id": model, "pruning": {"method": "magnitude", "sparsity": 0.5, "colour": "red"}}), "pruning.colour", "unknown field"),
-        (json!({"model_id": model, "pruning": {"method": "magnitude"}}), "pruning.sparsity", "missing field"),
+        (json!({"model_id": model, "pruning": {"method": "magnitude"}}), "pruning.sparsity", "is required"),
+        (json!({"model_id": model, "pruning": {"method": "magnitude", "granularity": "n:m", "pattern": "2:5"}}), "pruning.pattern", "multiple of M"),
         (json!({"model_id": model, "pruning": {"method": "random", "sparsity": 0.5}}), "pruning.method", "unknown variant"),
         (json!({"model_id": model, "pruning": {"method": "magnitude", "sparsity": 0.5, "exclude": ["("]}}), "pruning.exclude[0]", "regular expression"),
         (json!({"model_id": uuid::Uuid::now_v7().to_string(), "pruning": {"method": "magnitude", "sparsity": 0.5}}), "model_id", "no model"),
@@ -541,6 +573,7 @@ backend_tests!(
     magnitude_jobs_prune_as_requested,
     include_and_exclude_choose_tensors,
     structured_jobs_export_hf_and_compact_layouts,
+    nm_jobs_hold_the_pattern_in_every_group,
     job_specs_are_validated,
     idempotency_keys_make_retries_safe,
     cancel_queued_running_and_finished_jobs,

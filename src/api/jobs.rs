@@ -134,9 +134,10 @@ async fn create_job(State(st): State<AppState>, Auth(p): Auth, headers: HeaderMa
     };
     let req = parse_request(&body).map_err(|e| ApiError::Validation(vec![e]))?;
     let model_id = uuid::Uuid::parse_str(&req.model_id).map_err(ApiError::internal)?.to_string();
-    if st.store.get_model(&p.tenant_id, &model_id).await?.is_none() {
+    let Some(model) = st.store.get_model(&p.tenant_id, &model_id).await? else {
         return Err(ApiError::invalid("model_id", "no model with this id"));
-    }
+    };
+    check_against_model(&req, &model)?;
     let spec = serde_json::to_string(&JobRequest { model_id: model_id.clone(), ..req.clone() }).map_err(ApiError::internal)?;
     let hash = hex::encode(Sha256::digest(spec.as_bytes()));
     let outcome = st
@@ -162,6 +163,22 @@ async fn create_job(State(st): State<AppState>, Auth(p): Auth, headers: HeaderMa
     };
     let location = format!("/v1/jobs/{}", row.id);
     Ok((StatusCode::ACCEPTED, [(header::LOCATION, location)], Json(Job::from(row))).into_response())
+}
+
+/// Checks that need the model: an N:M group size must divide the input dimension of every
+/// default target (the hidden size and the FFN width).
+fn check_against_model(req: &JobRequest, model: &crate::store::ModelRow) -> ApiResult<()> {
+    use crate::jobs::spec::Granularity;
+    if let (Granularity::NM, Some(p), true) = (req.pruning.granularity, &req.pruning.pattern, req.pruning.include.is_empty()) {
+        if let Ok(pat) = crate::engine::magnitude::NmPattern::parse(p) {
+            for (what, n) in [("hidden size", model.hidden_size), ("FFN width", model.intermediate_size)] {
+                if n as usize % pat.m != 0 {
+                    return Err(ApiError::invalid("pruning.pattern", format!("M = {} must divide the input dimension of every pruned matrix, which is not a multiple of M here: the model's {what} is {n}", pat.m)));
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 /// List jobs, newest first.

@@ -161,6 +161,72 @@ pub fn prune_in_place<E>(
     Ok(Ok(()))
 }
 
+/// An N:M pattern: in every group of M consecutive weights along the input dimension (a row
+/// of the `[out, in]` weight), at most N are non-zero (as sparse tensor cores expect).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NmPattern {
+    pub n: usize,
+    pub m: usize,
+}
+
+impl NmPattern {
+    /// Parse `"2:4"`; requires 0 < N < M ≤ 64.
+    pub fn parse(s: &str) -> Result<NmPattern, String> {
+        let (a, b) = s.split_once(':').ok_or_else(|| format!("{s:?} is not of the form N:M (e.g. 2:4)"))?;
+        let n: usize = a.trim().parse().map_err(|_| format!("{s:?}: N is not a whole number"))?;
+        let m: usize = b.trim().parse().map_err(|_| format!("{s:?}: M is not a whole number"))?;
+        if n == 0 || n >= m || m > 64 {
+            return Err(format!("{s:?}: need 0 < N < M <= 64"));
+        }
+        Ok(NmPattern { n, m })
+    }
+    pub fn sparsity(self) -> f64 {
+        1.0 - self.n as f64 / self.m as f64
+    }
+}
+
+/// Prune every target to an N:M pattern in place: in each group of M consecutive weights of a
+/// row, the M−N smallest by magnitude become zero (ties: the earlier one goes first).
+pub fn prune_nm_in_place<E>(
+    file: &mut [u8],
+    header: &Header,
+    targets: &[String],
+    pattern: NmPattern,
+    mut step: impl FnMut(usize, usize) -> Result<(), E>,
+) -> Result<Result<(), E>, String> {
+    for (i, name) in targets.iter().enumerate() {
+        let t = header.tensors.get(name).ok_or_else(|| format!("no tensor named {name}"))?;
+        check_prunable_dtype(name, t.dtype)?;
+        let cols = *t.shape.last().ok_or_else(|| format!("tensor {name} is a scalar"))? as usize;
+        if t.shape.len() < 2 || cols % pattern.m != 0 {
+            return Err(format!("tensor {name} with shape {:?}: its input dimension is not a multiple of M = {}", t.shape, pattern.m));
+        }
+        let s = t.dtype.size() as usize;
+        let data = tensor_bytes(file, header, t);
+        let mags = magnitudes(data, t.dtype);
+        let mut order: Vec<usize> = Vec::with_capacity(pattern.m);
+        for (g, group) in mags.chunks_exact(pattern.m).enumerate() {
+            order.clear();
+            order.extend(0..pattern.m);
+            order.sort_by(|&a, &b| group[a].total_cmp(&group[b]).then(a.cmp(&b)));
+            for &j in &order[..pattern.m - pattern.n] {
+                let e = g * pattern.m + j;
+                data[e * s..(e + 1) * s].fill(0);
+            }
+        }
+        if let Err(e) = step(i + 1, targets.len()) {
+            return Ok(Err(e));
+        }
+    }
+    Ok(Ok(()))
+}
+
+/// Whether every group of M consecutive weights of every row holds at most N non-zeros.
+pub fn satisfies_nm(data: &[u8], dtype: Dtype, pattern: NmPattern) -> bool {
+    let s = dtype.size() as usize;
+    data.chunks_exact(s * pattern.m).all(|g| count_nonzeros(g, dtype) as usize <= pattern.n)
+}
+
 /// Per-tensor line of `report.json`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct TensorReport {
@@ -193,6 +259,9 @@ pub struct Report {
     pub granularity: String,
     pub scope: Scope,
     pub requested_sparsity: f64,
+    /// The N:M pattern, for `n:m`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pattern: Option<String>,
     pub include: Vec<String>,
     pub exclude: Vec<String>,
     /// Units removed per layer (structured granularities).
@@ -322,6 +391,47 @@ mod tests {
         prune_in_place(&mut out, &header, &["w".to_string()], Scope::Global, 0.3, |_, _| Ok::<(), ()>(())).unwrap().unwrap();
         let (t, _) = measure(&out, &header, &["w".to_string()]);
         assert_eq!(t[0].nonzeros, 7);
+    }
+
+    #[test]
+    fn nm_keeps_the_n_largest_of_every_group() {
+        for dtype in [Dtype::F32, Dtype::F16, Dtype::BF16] {
+            for pat in ["2:4", "4:8", "1:4"] {
+                let p = NmPattern::parse(pat).unwrap();
+                let m = TinyModel { dtype, ..Default::default() };
+                let orig = m.safetensors();
+                let header = st::parse(&orig).unwrap();
+                let targets = select_targets(Family::Bert, &header, &[], &[]);
+                let mut out = orig.clone();
+                prune_nm_in_place(&mut out, &header, &targets, p, |_, _| Ok::<(), ()>(())).unwrap().unwrap();
+                for n in &targets {
+                    let t = &header.tensors[n];
+                    let r = (header.data_start + t.begin) as usize..(header.data_start + t.end) as usize;
+                    assert!(satisfies_nm(&out[r.clone()], dtype, p), "{n} {pat}");
+                    let before = magnitudes(&orig[r.clone()], dtype);
+                    let after = magnitudes(&out[r], dtype);
+                    for (gb, ga) in before.chunks(p.m).zip(after.chunks(p.m)) {
+                        // Exactly N survive (random weights are non-zero) and they are the largest.
+                        assert_eq!(ga.iter().filter(|x| **x != 0.0).count(), p.n);
+                        let min_kept = gb.iter().zip(ga).filter(|(_, a)| **a != 0.0).map(|(b, _)| *b).fold(f32::MAX, f32::min);
+                        let max_cut = gb.iter().zip(ga).filter(|(_, a)| **a == 0.0).map(|(b, _)| *b).fold(0.0, f32::max);
+                        assert!(max_cut <= min_kept);
+                    }
+                }
+                let (_, totals) = measure(&out, &header, &targets);
+                assert!((totals.target_sparsity - p.sparsity()).abs() < 1e-9);
+            }
+        }
+        assert!(NmPattern::parse("4:2").is_err());
+        assert!(NmPattern::parse("0:4").is_err());
+        assert!(NmPattern::parse("2-4").is_err());
+        // Input dimension not a multiple of M.
+        let m = TinyModel::default();
+        let orig = m.safetensors();
+        let header = st::parse(&orig).unwrap();
+        let targets = select_targets(Family::Bert, &header, &[], &[]);
+        let err = prune_nm_in_place(&mut orig.clone(), &header, &targets, NmPattern { n: 2, m: 24 }, |_, _| Ok::<(), ()>(())).unwrap_err();
+        assert!(err.contains("multiple of M"), "{err}");
     }
 
     #[test]

@@ -40,7 +40,7 @@ impl Executor for PruneExecutor {
         let summary = arch::summarize(&config, &header).map_err(|e| JobError::Failed(format!("config.json: {e}")))?;
         let Method::Magnitude = req.pruning.method;
         match req.pruning.granularity {
-            Granularity::Unstructured => unstructured(ctx, &req, &config, weights, &header, summary.family)?,
+            Granularity::Unstructured | Granularity::NM => unstructured(ctx, &req, &config, weights, &header, summary.family)?,
             Granularity::Heads | Granularity::Neurons => structured_job(ctx, &req, &config, &weights, &header, summary.family)?,
         }
         ctx.progress("writing", 1.0)
@@ -58,17 +58,27 @@ fn unstructured(ctx: &JobContext, req: &JobRequest, config: &Bytes, weights: Byt
     ctx.progress("pruning", 0.1)?;
     let mut out = weights.to_vec();
     drop(weights);
-    magnitude::prune_in_place(&mut out, header, &targets, req.pruning.scope, req.pruning.sparsity, |done, total| {
-        ctx.progress("pruning", 0.1 + 0.7 * done as f64 / total as f64)
-    })
-    .map_err(JobError::Failed)??;
+    let step = |done: usize, total: usize| ctx.progress("pruning", 0.1 + 0.7 * done as f64 / total as f64);
+    let (requested, pattern) = match (req.pruning.granularity, &req.pruning.pattern) {
+        (Granularity::NM, Some(p)) => {
+            let pat = magnitude::NmPattern::parse(p).map_err(JobError::Failed)?;
+            magnitude::prune_nm_in_place(&mut out, header, &targets, pat, step).map_err(JobError::Failed)??;
+            (pat.sparsity(), Some(p.clone()))
+        }
+        _ => {
+            let s = sparsity(req)?;
+            magnitude::prune_in_place(&mut out, header, &targets, req.pruning.scope, s, step).map_err(JobError::Failed)??;
+            (s, None)
+        }
+    };
     ctx.progress("writing", 0.85)?;
     let (tensors, totals) = magnitude::measure(&out, header, &targets);
     let report = Report {
         method: "magnitude".into(),
-        granularity: "unstructured".into(),
+        granularity: if pattern.is_some() { "n:m" } else { "unstructured" }.into(),
         scope: req.pruning.scope,
-        requested_sparsity: req.pruning.sparsity,
+        requested_sparsity: requested,
+        pattern,
         include: req.pruning.include.clone(),
         exclude: req.pruning.exclude.clone(),
         removed: None,
@@ -126,7 +136,7 @@ fn structured_job(ctx: &JobContext, req: &JobRequest, config: &Bytes, weights: &
     } else {
         (structured::neuron_norm_scores(&w, &cfg).map_err(model_err)?, cfg.layers.iter().map(|l| l.ffn).collect())
     };
-    let s = req.pruning.sparsity;
+    let s = sparsity(req)?;
     let removed = match req.pruning.scope {
         magnitude::Scope::Global => structured::select_lowest(&scores, Some((s * units.iter().sum::<usize>() as f64).round() as usize), None),
         magnitude::Scope::Local => {
@@ -180,6 +190,7 @@ fn structured_job(ctx: &JobContext, req: &JobRequest, config: &Bytes, weights: &
         granularity: if heads { "heads" } else { "neurons" }.into(),
         scope: req.pruning.scope,
         requested_sparsity: s,
+        pattern: None,
         include: vec![],
         exclude: vec![],
         removed: Some(RemovedUnits { heads: plan.heads, neurons: plan.neurons }),
@@ -188,6 +199,11 @@ fn structured_job(ctx: &JobContext, req: &JobRequest, config: &Bytes, weights: &
         compact: compact_totals,
     };
     ctx.write_artifact("report.json", json(&report)?)
+}
+
+/// The validated sparsity (present for every granularity but n:m).
+fn sparsity(req: &JobRequest) -> Result<f64, JobError> {
+    req.pruning.sparsity.ok_or_else(|| JobError::Internal(anyhow::anyhow!("a validated spec lacks pruning.sparsity")))
 }
 
 fn none_like(v: &[Vec<usize>]) -> Vec<Vec<usize>> {

@@ -36,6 +36,10 @@ pub enum Granularity {
     /// Individual weights are set to zero.
     #[default]
     Unstructured,
+    /// Semi-structured N:M (`pattern`, e.g. "2:4"): at most N non-zeros in every group of M
+    /// consecutive weights along the input dimension.
+    #[serde(rename = "n:m")]
+    NM,
     /// Whole attention heads (scored by the norm of their query/key/value rows and output columns).
     Heads,
     /// Whole FFN neurons (scored by the norm of their input row and output column).
@@ -68,8 +72,12 @@ pub struct PruningSpec {
     pub scope: Scope,
     /// In [0, 1): for `unstructured`, the fraction of the prunable weights set to zero; for
     /// `heads`/`neurons`, the fraction of units removed (in each layer with `local`, across the
-    /// model with `global`).
-    pub sparsity: f64,
+    /// model with `global`). Required, except for `n:m`, where the pattern sets it.
+    #[serde(default)]
+    pub sparsity: Option<f64>,
+    /// `n:m` only: the pattern, e.g. "2:4" or "4:8".
+    #[serde(default)]
+    pub pattern: Option<String>,
     /// Regular expressions on tensor names; when given, they choose the prunable tensors
     /// instead of the default (the encoder's linear weights).
     #[serde(default)]
@@ -82,7 +90,7 @@ pub struct PruningSpec {
 /// The body of `POST /v1/jobs`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-#[schema(example = json!({"model_id": "0192f7a0-0000-7000-8000-000000000000", "pruning": {"method": "magnitude", "scope": "global", "sparsity": 0.5}}))]
+#[schema(example = json!({"model_id": "0192f7a0-0000-7000-8000-000000000000", "pruning": {"method": "magnitude", "granularity": "heads", "scope": "local", "sparsity": 0.5}, "export": {"compact": true}}))]
 pub struct JobRequest {
     #[serde(default)]
     pub kind: JobKind,
@@ -126,10 +134,34 @@ impl JobRequest {
             errs.push(FieldError::new("model_id", "model_id must be a model id (a UUID)"));
         }
         let p = &self.pruning;
-        if !(p.sparsity.is_finite() && (0.0..1.0).contains(&p.sparsity)) {
-            errs.push(FieldError::new("pruning.sparsity", "pruning.sparsity must be in [0, 1)"));
+        match (p.granularity, p.sparsity, &p.pattern) {
+            (Granularity::NM, sparsity, pattern) => {
+                if sparsity.is_some() {
+                    errs.push(FieldError::new("pruning.sparsity", "leave pruning.sparsity out for n:m: pruning.pattern sets it"));
+                }
+                match pattern {
+                    None => errs.push(FieldError::new("pruning.pattern", "pruning.pattern is required for n:m (e.g. \"2:4\")")),
+                    Some(pat) => {
+                        if let Err(e) = crate::engine::magnitude::NmPattern::parse(pat) {
+                            errs.push(FieldError::new("pruning.pattern", e));
+                        }
+                    }
+                }
+            }
+            (_, sparsity, pattern) => {
+                match sparsity {
+                    None => errs.push(FieldError::new("pruning.sparsity", "pruning.sparsity is required")),
+                    Some(s) if !(s.is_finite() && (0.0..1.0).contains(&s)) => {
+                        errs.push(FieldError::new("pruning.sparsity", "pruning.sparsity must be in [0, 1)"))
+                    }
+                    Some(_) => {}
+                }
+                if pattern.is_some() {
+                    errs.push(FieldError::new("pruning.pattern", "pruning.pattern applies to granularity n:m only"));
+                }
+            }
         }
-        if p.granularity != Granularity::Unstructured {
+        if matches!(p.granularity, Granularity::Heads | Granularity::Neurons) {
             for (list, name) in [(&p.include, "include"), (&p.exclude, "exclude")] {
                 if !list.is_empty() {
                     errs.push(FieldError::new(format!("pruning.{name}"), format!("pruning.{name} applies to unstructured pruning only")));
@@ -175,7 +207,11 @@ mod tests {
             (format!(r#"{{"model_id":"{id}","pruning":{{"method":"wanda2","sparsity":0.5}}}}"#), "pruning.method", "unknown variant"),
             (format!(r#"{{"model_id":"{id}","pruning":{{"method":"magnitude","scope":"world","sparsity":0.5}}}}"#), "pruning.scope", "unknown variant"),
             (format!(r#"{{"model_id":"{id}","pruning":{{"method":"magnitude","sparsity":0.5,"bogus":1}}}}"#), "pruning.bogus", "unknown field"),
-            (format!(r#"{{"model_id":"{id}","pruning":{{"method":"magnitude"}}}}"#), "pruning.sparsity", "missing field"),
+            (format!(r#"{{"model_id":"{id}","pruning":{{"method":"magnitude"}}}}"#), "pruning.sparsity", "is required"),
+            (format!(r#"{{"model_id":"{id}","pruning":{{"method":"magnitude","granularity":"n:m"}}}}"#), "pruning.pattern", "is required"),
+            (format!(r#"{{"model_id":"{id}","pruning":{{"method":"magnitude","granularity":"n:m","pattern":"4:2"}}}}"#), "pruning.pattern", "0 < N < M"),
+            (format!(r#"{{"model_id":"{id}","pruning":{{"method":"magnitude","granularity":"n:m","pattern":"2:4","sparsity":0.5}}}}"#), "pruning.sparsity", "leave pruning.sparsity out"),
+            (format!(r#"{{"model_id":"{id}","pruning":{{"method":"magnitude","sparsity":0.5,"pattern":"2:4"}}}}"#), "pruning.pattern", "n:m only"),
             (format!(r#"{{"model_id":"{id}","extra":true,"pruning":{{"method":"magnitude","sparsity":0.5}}}}"#), "extra", "unknown field"),
             (format!(r#"{{"model_id":"{id}","pruning":{{"method":"magnitude","sparsity":0.5,"include":["ok","(unclosed"]}}}}"#), "pruning.include[1]", "regular expression"),
             (r#"{"model_id":"nope","pruning":{"method":"magnitude","sparsity":0.5}}"#.to_string(), "model_id", "UUID"),
