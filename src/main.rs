@@ -33,6 +33,19 @@ enum Command {
     Migrate,
     /// Print the OpenAPI description (JSON).
     Openapi,
+    /// Run a job spec locally on a model directory: no server, no database. Writes the same
+    /// files a job would give as artifacts into --out.
+    Prune {
+        /// A Hugging Face model directory (config.json, model.safetensors, tokenizer files).
+        #[arg(long)]
+        model: std::path::PathBuf,
+        /// A job spec (JSON) without model_id, e.g. {"pruning": {"method": "magnitude", "sparsity": 0.5}}.
+        #[arg(long)]
+        spec: std::path::PathBuf,
+        /// Output directory (created if missing).
+        #[arg(long)]
+        out: std::path::PathBuf,
+    },
     /// Manage API keys.
     Apikey {
         #[command(subcommand)]
@@ -57,6 +70,9 @@ fn main() -> anyhow::Result<()> {
         println!("{}", secateur::api::openapi().to_pretty_json()?);
         return Ok(());
     }
+    if let Command::Prune { model, spec, out } = &cli.command {
+        return prune_locally(model, spec, out);
+    }
     secateur::app::init_logging(&cli.log);
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     rt.block_on(async move {
@@ -76,7 +92,28 @@ fn main() -> anyhow::Result<()> {
                 println!("{key}");
                 Ok(())
             }
-            Command::Openapi => unreachable!(),
+            Command::Openapi | Command::Prune { .. } => unreachable!("handled before the runtime starts"),
         }
     })
+}
+
+fn prune_locally(model: &std::path::Path, spec: &std::path::Path, out: &std::path::Path) -> anyhow::Result<()> {
+    use anyhow::Context;
+    let spec_bytes = std::fs::read(spec).with_context(|| format!("reading {}", spec.display()))?;
+    let bar = indicatif::ProgressBar::new(1000);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:40} {percent:>3}% {msg}")
+            .expect("valid template"),
+    );
+    let b = bar.clone();
+    let produced = secateur::jobs::run_local(&spec_bytes, model, out, move |p| {
+        b.set_position((p.fraction.clamp(0.0, 1.0) * 1000.0) as u64);
+        b.set_message(p.stage.clone());
+    });
+    bar.finish_and_clear();
+    let produced = produced?;
+    for a in &produced {
+        println!("{}\t{} bytes\tsha256 {}", out.join(&a.name).display(), a.bytes, a.sha256);
+    }
+    Ok(())
 }

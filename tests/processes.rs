@@ -259,6 +259,55 @@ backend_tests!(
     sigterm_lets_a_short_job_finish_within_the_grace_period,
 );
 
+/// `secateur prune` runs the job's code locally: the same spec gives the same files, byte for
+/// byte, as the job's artifacts; a bad spec exits non-zero with the field at fault.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn local_prune_cli_writes_what_the_job_writes_sqlite() {
+    let c = Cluster::start(Db::Sqlite).await;
+    let m = TinyModel { layers: 3, ..Default::default() };
+    let model = c.upload(&m).await;
+    let _w = c.worker(&[]);
+    let pruning = json!({"method": "magnitude", "granularity": "neurons", "scope": "global", "sparsity": 0.4});
+    let spec = json!({"model_id": model, "pruning": pruning, "export": {"compact": true}});
+    let r = c.client.post(format!("{}/v1/jobs", c.base)).bearer_auth(&c.key).json(&spec).send().await.unwrap();
+    let job = r.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_string();
+    let done = c.wait_until(&job, |j| j["status"] == "succeeded" || j["status"] == "failed", Duration::from_secs(30)).await;
+    assert_eq!(done["status"], "succeeded", "{done}");
+    let arts = c.artifacts(&job).await;
+    // The same spec, without model_id, against the same files on disk.
+    let dir = tempfile::tempdir().unwrap();
+    let model_dir = dir.path().join("model");
+    std::fs::create_dir_all(&model_dir).unwrap();
+    for (name, bytes) in model_files(&m) {
+        std::fs::write(model_dir.join(name), bytes).unwrap();
+    }
+    let spec_path = dir.path().join("spec.json");
+    std::fs::write(&spec_path, serde_json::to_vec(&json!({"pruning": pruning, "export": {"compact": true}})).unwrap()).unwrap();
+    let out = dir.path().join("out");
+    let run = Command::new(env!("CARGO_BIN_EXE_secateur"))
+        .args(["prune", "--model"])
+        .arg(&model_dir)
+        .arg("--spec")
+        .arg(&spec_path)
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    for a in &arts {
+        let name = a["name"].as_str().unwrap();
+        let bytes = std::fs::read(out.join(name)).unwrap_or_else(|e| panic!("{name}: {e}"));
+        use sha2::Digest;
+        assert_eq!(hex::encode(sha2::Sha256::digest(&bytes)), a["sha256"].as_str().unwrap(), "{name} differs");
+    }
+    let written = std::fs::read_dir(&out).unwrap().count() + std::fs::read_dir(out.join("compact")).unwrap().count() - 1;
+    assert_eq!(written, arts.len(), "no scratch files left behind");
+    std::fs::write(&spec_path, br#"{"pruning": {"method": "magnitude", "sparsity": 1.5}}"#).unwrap();
+    let bad = Command::new(env!("CARGO_BIN_EXE_secateur")).args(["prune", "--model"]).arg(&model_dir).arg("--spec").arg(&spec_path).arg("--out").arg(&out).output().unwrap();
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("pruning.sparsity"));
+}
+
 /// A ≥ 200 MB upload raises the server's peak RSS by less than 64 MB.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn large_uploads_stream_in_bounded_memory_sqlite() {

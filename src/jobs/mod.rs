@@ -99,6 +99,111 @@ impl JobContext {
     }
 }
 
+/// Run a job spec locally, without a server or database (`secateur prune`): the model files
+/// are read from `model_dir`, the artifacts are written into `out_dir` under the same names a
+/// job would give them. `on_progress` sees every progress report.
+pub fn run_local(
+    spec_json: &[u8],
+    model_dir: &std::path::Path,
+    out_dir: &std::path::Path,
+    on_progress: impl Fn(&Progress) + Send + 'static,
+) -> anyhow::Result<Vec<ArtifactRow>> {
+    use anyhow::Context;
+    let mut v: serde_json::Value = serde_json::from_slice(spec_json).context("the spec is not valid JSON")?;
+    let obj = v.as_object_mut().context("the spec must be a JSON object")?;
+    anyhow::ensure!(!obj.contains_key("model_id"), "the spec names a model_id; locally the model is --model");
+    let model_id = uuid::Uuid::nil().to_string();
+    obj.insert("model_id".into(), model_id.clone().into());
+    let req = spec::parse_request(&serde_json::to_vec(&v)?).map_err(|e| anyhow::anyhow!("{}: {}", e.field, e.message))?;
+    let executor = executor_for(req.kind.name()).context("unknown job kind")?;
+    // A private artifact store: the model's files linked in, the outputs written under jobs/.
+    let scratch = tempfile_dir(out_dir)?;
+    let model_files: Vec<String> = crate::api::models::MODEL_FILES.iter().filter(|f| model_dir.join(f).is_file()).map(|f| f.to_string()).collect();
+    anyhow::ensure!(model_files.iter().any(|f| f == "model.safetensors"), "{} has no model.safetensors", model_dir.display());
+    let models = scratch.join("models").join(&model_id);
+    std::fs::create_dir_all(&models)?;
+    for f in &model_files {
+        let src = std::fs::canonicalize(model_dir.join(f))?;
+        std::os::unix::fs::symlink(&src, models.join(f))?;
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
+    let artifacts = Artifacts::local(&scratch)?;
+    let now = crate::store::now_ms();
+    let job = JobRow {
+        id: "local".into(),
+        tenant_id: String::new(),
+        kind: req.kind.name().into(),
+        model_id,
+        spec: serde_json::to_string(&req)?,
+        status: "running".into(),
+        stage: None,
+        progress: 0.0,
+        attempts: 1,
+        max_attempts: 1,
+        error: None,
+        cancel_requested: 0,
+        lease_owner: None,
+        lease_expires_at: None,
+        idempotency_key: None,
+        request_hash: None,
+        created_at: now,
+        started_at: Some(now),
+        finished_at: None,
+        updated_at: now,
+    };
+    let (ptx, mut prx) = watch::channel(Progress { stage: "starting".into(), fraction: 0.0 });
+    let watcher = std::thread::spawn(move || {
+        while prx.has_changed().is_ok() {
+            if prx.has_changed().unwrap_or(false) {
+                on_progress(&prx.borrow_and_update());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    });
+    let ctx = JobContext {
+        job,
+        model_files,
+        artifacts,
+        rt: rt.handle().clone(),
+        progress: ptx,
+        stop: CancellationToken::new(),
+        step_delay: Duration::ZERO,
+        produced: Mutex::new(Vec::new()),
+    };
+    let result = executor.run(&ctx);
+    let produced = ctx.produced();
+    drop(ctx);
+    let _ = watcher.join();
+    let outcome = match result {
+        Ok(()) => {
+            for a in &produced {
+                let from = scratch.join("jobs/local").join(&a.name);
+                let to = out_dir.join(&a.name);
+                if let Some(parent) = to.parent() {
+                    std::fs::create_dir_all(parent)?;
+                }
+                if std::fs::rename(&from, &to).is_err() {
+                    std::fs::copy(&from, &to).with_context(|| format!("writing {}", to.display()))?;
+                }
+            }
+            Ok(produced)
+        }
+        Err(JobError::Failed(m)) => Err(anyhow::anyhow!(m)),
+        Err(JobError::Stopped) => Err(anyhow::anyhow!("stopped")),
+        Err(JobError::Internal(e)) => Err(e),
+    };
+    let _ = std::fs::remove_dir_all(&scratch);
+    outcome
+}
+
+/// A fresh scratch directory beside `out_dir` (same filesystem, so results are moved, not copied).
+fn tempfile_dir(out_dir: &std::path::Path) -> anyhow::Result<std::path::PathBuf> {
+    std::fs::create_dir_all(out_dir)?;
+    let dir = out_dir.join(format!(".secateur-scratch-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir)?;
+    Ok(dir)
+}
+
 pub trait Executor: Send + Sync {
     fn run(&self, ctx: &JobContext) -> Result<(), JobError>;
 }
