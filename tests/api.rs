@@ -318,6 +318,49 @@ async fn structured_jobs_export_hf_and_compact_layouts(db: Db) {
     }
 }
 
+async fn layer_jobs_drop_and_renumber_whole_layers(db: Db) {
+    let app = TestApp::spawn(db).await;
+    let m = TinyModel { layers: 4, with_prefix_and_head: true, dtype: Dtype::F16, ..Default::default() };
+    let orig = m.safetensors();
+    let model = app.create_model(&m).await;
+    let job = app.submit_ok(&json!({"model_id": model, "pruning": {"method": "magnitude", "granularity": "layers", "sparsity": 0.5}})).await;
+    let done = app.wait_for(&job, &["succeeded", "failed"], WAIT).await;
+    assert_eq!(done["status"], "succeeded", "{done}");
+    let report: Value = serde_json::from_slice(&app.artifact(&job, "report.json").await).unwrap();
+    let removed: Vec<usize> = report["removed"]["layers"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as usize).collect();
+    assert_eq!(removed.len(), 2, "{report}");
+    let cfg: Value = serde_json::from_slice(&app.artifact(&job, "config.json").await).unwrap();
+    assert_eq!(cfg["num_hidden_layers"], 2);
+    let out = app.artifact(&job, "model.safetensors").await;
+    let (h, h0) = (st::parse(&out).unwrap(), st::parse(&orig).unwrap());
+    // Every written tensor is an original one, byte for byte, under its renumbered name.
+    let fam = secateur::engine::arch::Family::Bert;
+    let mut kept = 0;
+    for (name, t0) in &h0.tensors {
+        let canonical = secateur::engine::arch::canonical_name(fam, name);
+        match secateur::engine::structured::renumbered(fam, &removed, canonical) {
+            None => {}
+            Some(new) => {
+                let t = &h.tensors[&format!("bert.{new}").replace("bert.classifier", "classifier")];
+                assert_eq!(t.dtype, t0.dtype);
+                let a = &out[(h.data_start + t.begin) as usize..(h.data_start + t.end) as usize];
+                let b = &orig[(h0.data_start + t0.begin) as usize..(h0.data_start + t0.end) as usize];
+                assert_eq!(a, b, "{name} -> {new}");
+                kept += 1;
+            }
+        }
+    }
+    assert_eq!(kept, h.tensors.len());
+    assert!(!h.tensors.keys().any(|n| n.contains("layer.2.") || n.contains("layer.3.")));
+    let enc = secateur::engine::model::Encoder::from_files(&serde_json::to_vec(&cfg).unwrap(), &out, &candle_core::Device::Cpu).unwrap();
+    assert_eq!(enc.config.layers.len(), 2);
+    // Removing every layer is refused.
+    let job = app.submit_ok(&json!({"model_id": model, "pruning": {"method": "magnitude", "granularity": "layers", "sparsity": 0.9}})).await;
+    let done = app.wait_for(&job, &["succeeded", "failed"], WAIT).await;
+    assert_eq!(done["status"], "failed");
+    assert!(done["error"].as_str().unwrap().contains("leave none"), "{done}");
+}
+
 async fn nm_jobs_hold_the_pattern_in_every_group(db: Db) {
     use secateur::engine::magnitude::{satisfies_nm, NmPattern};
     let app = TestApp::spawn(db).await;
@@ -574,6 +617,7 @@ backend_tests!(
     include_and_exclude_choose_tensors,
     structured_jobs_export_hf_and_compact_layouts,
     nm_jobs_hold_the_pattern_in_every_group,
+    layer_jobs_drop_and_renumber_whole_layers,
     job_specs_are_validated,
     idempotency_keys_make_retries_safe,
     cancel_queued_running_and_finished_jobs,

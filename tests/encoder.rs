@@ -4,15 +4,9 @@
 mod common;
 
 use candle_core::{DType, Device, Tensor};
+use common::minilm::max_diff_unpadded;
 use secateur::engine::model::Encoder;
 use secateur::engine::testing::TinyModel;
-
-/// Max |a - b| over positions where `mask` is 1.
-fn max_diff_unpadded(a: &Tensor, b: &Tensor, mask: &Tensor) -> f32 {
-    let m = mask.to_dtype(DType::F32).unwrap().unsqueeze(2).unwrap();
-    let d = (a - b).unwrap().abs().unwrap().broadcast_mul(&m).unwrap();
-    d.flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap()
-}
 
 fn reference(config_json: &str, weights: &[u8]) -> candle_transformers::models::bert::BertModel {
     let cfg: candle_transformers::models::bert::Config = serde_json::from_str(config_json).unwrap();
@@ -50,19 +44,8 @@ fn matches_candle_transformers_on_real_minilm() {
     let w = std::fs::read(dir.join("model.safetensors")).unwrap();
     let ours = Encoder::from_files(cfg.as_bytes(), &w, &Device::Cpu).unwrap();
     let theirs = reference(&cfg, &w);
-    let mut tok = tokenizers::Tokenizer::from_file(dir.join("tokenizer.json")).unwrap();
-    tok.with_padding(Some(tokenizers::PaddingParams { strategy: tokenizers::PaddingStrategy::BatchLongest, ..Default::default() }));
-    // Real sentences of different lengths (SST-2 dev), so the batch is padded.
-    let sst2 = std::fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data/glue/SST-2/dev.tsv")).unwrap();
-    let sentences: Vec<String> = sst2.lines().skip(1).take(8).map(|l| l.split('\t').next().unwrap().trim().to_string()).collect();
-    let enc = tok.encode_batch(sentences, true).unwrap();
-    let (b, t) = (enc.len(), enc[0].get_ids().len());
-    let flat = |f: &dyn Fn(&tokenizers::Encoding) -> Vec<u32>| Tensor::from_vec(enc.iter().flat_map(f).collect::<Vec<u32>>(), (b, t), &Device::Cpu).unwrap();
-    let ids = flat(&|e| e.get_ids().to_vec());
-    let mask = flat(&|e| e.get_attention_mask().to_vec());
-    let tt = flat(&|e| e.get_type_ids().to_vec());
-    let padded: u32 = mask.to_vec2::<u32>().unwrap().iter().flatten().filter(|&&m| m == 0).count() as u32;
-    assert!(padded > 0, "the batch should be padded");
+    let (ids, mask, tt) = common::minilm::sst2_batch(&dir, 8);
+    let (b, t) = ids.dims2().unwrap();
     let a = ours.forward(&ids, Some(&tt), &mask).unwrap();
     let bref = theirs.forward(&ids, &tt, Some(&mask)).unwrap();
     let d = max_diff_unpadded(&a, &bref, &mask);

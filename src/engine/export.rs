@@ -43,13 +43,22 @@ pub fn tensor_bytes(t: &Tensor, dtype: Dtype) -> Result<Vec<u8>> {
 /// Serialize `w` with the names, dtypes, order and metadata of the original file; shapes are
 /// those of `w` (smaller after physical removal).
 pub fn write_like(original: &Header, family: Family, w: &Weights) -> Result<Vec<u8>> {
+    write_renamed(original, family, w, &|n| Some(n.to_string()))
+}
+
+/// As [`write_like`], with `rename` mapping each original canonical name to its name in `w`
+/// (`None`: the tensor is dropped). The family prefix of the original name is kept.
+pub fn write_renamed(original: &Header, family: Family, w: &Weights, rename: &dyn Fn(&str) -> Option<String>) -> Result<Vec<u8>> {
     let mut order: Vec<(&String, &st::TensorInfo)> = original.tensors.iter().collect();
     order.sort_by_key(|(_, t)| t.begin);
     let mut out = Vec::with_capacity(order.len());
     for (name, info) in order {
-        let t = w.get(canonical_name(family, name))?;
+        let canonical = canonical_name(family, name);
+        let Some(new) = rename(canonical) else { continue };
+        let t = w.get(&new)?;
+        let prefix = &name[..name.len() - canonical.len()];
         let shape = t.dims().iter().map(|&d| d as u64).collect();
-        out.push((name.clone(), info.dtype, shape, tensor_bytes(&t, info.dtype)?));
+        out.push((format!("{prefix}{new}"), info.dtype, shape, tensor_bytes(&t, info.dtype)?));
     }
     let meta = if original.metadata.is_empty() { None } else { Some(&original.metadata) };
     Ok(st::serialize(&out, meta))

@@ -276,8 +276,12 @@ pub struct Report {
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct RemovedUnits {
+    /// Per layer (indices of the original model).
     pub heads: Vec<Vec<usize>>,
     pub neurons: Vec<Vec<usize>>,
+    /// Layers removed (indices of the original model).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub layers: Vec<usize>,
 }
 
 fn ratio(zeros: u64, n: u64) -> f64 {

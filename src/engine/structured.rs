@@ -60,6 +60,42 @@ pub fn neuron_norm_scores(w: &Weights, cfg: &EncoderConfig) -> Result<Vec<Vec<f3
     Ok(out)
 }
 
+/// Layer scores: the L2 norm of all of a layer's linear weights together.
+pub fn layer_norm_scores(w: &Weights, cfg: &EncoderConfig) -> Result<Vec<f32>> {
+    let mut out = Vec::new();
+    for i in 0..cfg.layers.len() {
+        let mut total = 0f32;
+        for m in names(cfg.family, i) {
+            total += w.get(&format!("{m}.weight"))?.sqr()?.sum_all()?.to_scalar::<f32>()?;
+        }
+        out.push(total.sqrt());
+    }
+    Ok(out)
+}
+
+/// Where a canonical tensor name goes when `removed` layers are dropped and the rest renumbered:
+/// `None` for a tensor of a dropped layer.
+pub fn renumbered(family: Family, removed: &[usize], name: &str) -> Option<String> {
+    let root = family.layer_prefix(0);
+    let root = &root[..root.len() - 2]; // "encoder.layer."
+    let Some(rest) = name.strip_prefix(root) else { return Some(name.to_string()) };
+    let Some((idx, tail)) = rest.split_once('.') else { return Some(name.to_string()) };
+    let Ok(i) = idx.parse::<usize>() else { return Some(name.to_string()) };
+    if removed.contains(&i) {
+        return None;
+    }
+    let shift = removed.iter().filter(|&&r| r < i).count();
+    Some(format!("{root}{}.{tail}", i - shift))
+}
+
+/// Drop whole layers; the remaining ones are renumbered from 0.
+pub fn remove_layers(w: &Weights, cfg: &EncoderConfig, removed: &[usize]) -> (Weights, EncoderConfig) {
+    let map = w.names().filter_map(|n| renumbered(cfg.family, removed, n).map(|to| (to, w.get(n).expect("listed")))).collect();
+    let mut out = cfg.clone();
+    out.layers = cfg.layers.iter().enumerate().filter(|(i, _)| !removed.contains(i)).map(|(_, l)| *l).collect();
+    (Weights::from_map(map), out)
+}
+
 /// Choose the lowest-scoring units: `count` of them across all layers (`global`), or `count`
 /// in each layer (`per_layer`). Ties go to the lower index. Returns sorted indices per layer.
 pub fn select_lowest(scores: &[Vec<f32>], count_global: Option<usize>, per_layer: Option<&[usize]>) -> Vec<Vec<usize>> {
@@ -196,6 +232,29 @@ mod tests {
             let dense = run(&w, &cfg);
             let changed = (dense - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap();
             assert!(changed > 1e-3, "{family}: pruning should change the output");
+        }
+    }
+
+    #[test]
+    fn dropping_layers_equals_running_the_rest() {
+        for family in ["bert", "distilbert"] {
+            let (_, w, cfg) = setup(family);
+            let fam = Family::parse(family).unwrap();
+            assert_eq!(renumbered(fam, &[1], &format!("{}attention.q_lin.weight", fam.layer_prefix(2))), Some(format!("{}attention.q_lin.weight", fam.layer_prefix(1))));
+            assert_eq!(renumbered(fam, &[1], &format!("{}x", fam.layer_prefix(1))), None);
+            assert_eq!(renumbered(fam, &[1], "embeddings.word_embeddings.weight"), Some("embeddings.word_embeddings.weight".into()));
+            let (w2, cfg2) = remove_layers(&w, &cfg, &[1]);
+            assert_eq!(cfg2.layers.len(), 2);
+            let again = EncoderConfig::from_checkpoint(TinyModel { model_type: family, layers: 2, ..Default::default() }.config_json().as_bytes(), &w2.shapes()).unwrap();
+            assert_eq!(again, cfg2, "the renumbered tensors read back as a 2-layer model");
+            // Dropping the last layer is running the first two of the original.
+            let (w3, cfg3) = remove_layers(&w, &cfg, &[2]);
+            let mut first_two = cfg.clone();
+            first_two.layers.truncate(2);
+            let d = (run(&w3, &cfg3) - run(&w, &first_two)).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap();
+            assert_eq!(d, 0.0);
+            let scores = layer_norm_scores(&w, &cfg).unwrap();
+            assert_eq!(scores.len(), 3);
         }
     }
 

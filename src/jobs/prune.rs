@@ -42,6 +42,7 @@ impl Executor for PruneExecutor {
         match req.pruning.granularity {
             Granularity::Unstructured | Granularity::NM => unstructured(ctx, &req, &config, weights, &header, summary.family)?,
             Granularity::Heads | Granularity::Neurons => structured_job(ctx, &req, &config, &weights, &header, summary.family)?,
+            Granularity::Layers => layers_job(ctx, &req, &config, &weights, &header, summary.family)?,
         }
         ctx.progress("writing", 1.0)
     }
@@ -193,10 +194,58 @@ fn structured_job(ctx: &JobContext, req: &JobRequest, config: &Bytes, weights: &
         pattern: None,
         include: vec![],
         exclude: vec![],
-        removed: Some(RemovedUnits { heads: plan.heads, neurons: plan.neurons }),
+        removed: Some(RemovedUnits { heads: plan.heads, neurons: plan.neurons, layers: vec![] }),
         tensors,
         totals,
         compact: compact_totals,
+    };
+    ctx.write_artifact("report.json", json(&report)?)
+}
+
+/// Whole layers: removed physically in every layout (transformers loads fewer layers), so the
+/// `hf` and `compact` files are the same.
+fn layers_job(ctx: &JobContext, req: &JobRequest, config: &Bytes, weights: &Bytes, header: &Header, family: Family) -> Result<(), JobError> {
+    let w = Weights::from_safetensors(weights, family, &Device::Cpu).map_err(model_err)?;
+    let cfg = EncoderConfig::from_checkpoint(config, &w.shapes()).map_err(model_err)?;
+    ctx.progress("scoring", 0.2)?;
+    let scores = structured::layer_norm_scores(&w, &cfg).map_err(model_err)?;
+    let n = (sparsity(req)? * cfg.layers.len() as f64).round() as usize;
+    if n >= cfg.layers.len() {
+        return Err(JobError::Failed(format!("removing {n} of {} layers would leave none", cfg.layers.len())));
+    }
+    let removed = structured::select_lowest(&[scores], Some(n), None).remove(0);
+    ctx.progress("pruning", 0.4)?;
+    let (pruned, new_cfg) = structured::remove_layers(&w, &cfg, &removed);
+    let bytes = export::write_renamed(header, family, &pruned, &|name| structured::renumbered(family, &removed, name)).map_err(model_err)?;
+    let out_header = st::parse(&bytes).map_err(|e| JobError::Internal(anyhow::anyhow!(e)))?;
+    ctx.progress("writing", 0.7)?;
+    let (tensors, totals) = magnitude::measure_against(&bytes, &out_header, &[], header);
+    let bytes = Bytes::from(bytes);
+    let config_out = Bytes::from(export::config_json(config, &new_cfg, false).map_err(model_err)?);
+    ctx.write_artifact("model.safetensors", bytes.clone())?;
+    ctx.write_artifact("config.json", config_out.clone())?;
+    for f in side_files(&ctx.model_files) {
+        ctx.copy_model_file(f)?;
+    }
+    if req.export.compact {
+        ctx.write_artifact("compact/model.safetensors", bytes)?;
+        ctx.write_artifact("compact/config.json", Bytes::from(export::config_json(config, &new_cfg, true).map_err(model_err)?))?;
+        for f in side_files(&ctx.model_files) {
+            ctx.write_artifact(&format!("compact/{f}"), ctx.read_model_file(f)?)?;
+        }
+    }
+    let report = Report {
+        method: "magnitude".into(),
+        granularity: "layers".into(),
+        scope: req.pruning.scope,
+        requested_sparsity: sparsity(req)?,
+        pattern: None,
+        include: vec![],
+        exclude: vec![],
+        removed: Some(RemovedUnits { heads: vec![], neurons: vec![], layers: removed }),
+        compact: req.export.compact.then(|| totals.clone()),
+        tensors,
+        totals,
     };
     ctx.write_artifact("report.json", json(&report)?)
 }

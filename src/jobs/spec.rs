@@ -44,6 +44,9 @@ pub enum Granularity {
     Heads,
     /// Whole FFN neurons (scored by the norm of their input row and output column).
     Neurons,
+    /// Whole encoder layers (scored by the norm of all their linear weights); `scope` must be
+    /// `global`.
+    Layers,
 }
 
 /// Extra export layouts.
@@ -161,7 +164,10 @@ impl JobRequest {
                 }
             }
         }
-        if matches!(p.granularity, Granularity::Heads | Granularity::Neurons) {
+        if p.granularity == Granularity::Layers && p.scope == Scope::Local {
+            errs.push(FieldError::new("pruning.scope", "layers are removed across the model: pruning.scope must be global"));
+        }
+        if matches!(p.granularity, Granularity::Heads | Granularity::Neurons | Granularity::Layers) {
             for (list, name) in [(&p.include, "include"), (&p.exclude, "exclude")] {
                 if !list.is_empty() {
                     errs.push(FieldError::new(format!("pruning.{name}"), format!("pruning.{name} applies to unstructured pruning only")));
@@ -218,6 +224,7 @@ mod tests {
             (format!(r#"{{"model_id":"{id}","pruning":{{"method":"magnitude","granularity":"rows","sparsity":0.5}}}}"#), "pruning.granularity", "unknown variant"),
             (format!(r#"{{"model_id":"{id}","pruning":{{"method":"magnitude","granularity":"heads","sparsity":0.5,"include":["x"]}}}}"#), "pruning.include", "unstructured pruning only"),
             (format!(r#"{{"model_id":"{id}","pruning":{{"method":"magnitude","sparsity":0.5}},"export":{{"compact":1}}}}"#), "export.compact", "invalid type"),
+            (format!(r#"{{"model_id":"{id}","pruning":{{"method":"magnitude","granularity":"layers","scope":"local","sparsity":0.5}}}}"#), "pruning.scope", "must be global"),
             (format!(r#"{{"model_id":"{id}","pruning":{{"method":"magnitude","sparsity":0.5}},"export":{{"layout":"hf"}}}}"#), "export.layout", "unknown field"),
             ("{\"model_id\":".to_string(), "body", "EOF"),
         ];

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod minilm;
+pub mod refenv;
 
 use reqwest::multipart::{Form, Part};
 use reqwest::StatusCode;

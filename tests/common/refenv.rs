@@ -1,0 +1,41 @@
+//! The reference Python environment (PyTorch + transformers from PyPI), created once by
+//! `scripts/reference-env.sh` outside the checkout. Tests that need it fail loudly when it
+//! cannot be created.
+
+use candle_core::{DType, Device, Tensor};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The environment's python interpreter.
+pub fn python() -> PathBuf {
+    let out = Command::new("bash").arg(root().join("scripts/reference-env.sh")).output().expect("running scripts/reference-env.sh");
+    assert!(out.status.success(), "the reference environment could not be created:\n{}", String::from_utf8_lossy(&out.stderr));
+    PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
+}
+
+/// Last hidden states of `transformers.AutoModel` for each model directory, on one batch.
+pub fn hf_last_hidden(models: &[&Path], ids: &Tensor, mask: &Tensor, token_types: &Tensor) -> Vec<Tensor> {
+    let dir = tempfile::tempdir().unwrap();
+    let inputs = dir.path().join("inputs.safetensors");
+    let mut m = HashMap::new();
+    m.insert("input_ids".to_string(), ids.to_dtype(DType::I64).unwrap());
+    m.insert("attention_mask".to_string(), mask.to_dtype(DType::I64).unwrap());
+    m.insert("token_type_ids".to_string(), token_types.to_dtype(DType::I64).unwrap());
+    candle_core::safetensors::save(&m, &inputs).unwrap();
+    let mut cmd = Command::new(python());
+    cmd.arg(root().join("tests/reference/hf_forward.py")).arg(&inputs);
+    let outs: Vec<PathBuf> = (0..models.len()).map(|i| dir.path().join(format!("out{i}.safetensors"))).collect();
+    for (model, out) in models.iter().zip(&outs) {
+        cmd.arg(model).arg(out);
+    }
+    let r = cmd.env("HF_HUB_OFFLINE", "1").env("TRANSFORMERS_OFFLINE", "1").output().unwrap();
+    assert!(r.status.success(), "transformers failed:\n{}", String::from_utf8_lossy(&r.stderr));
+    outs.iter()
+        .map(|o| candle_core::safetensors::load(o, &Device::Cpu).unwrap().remove("last_hidden_state").unwrap())
+        .collect()
+}
