@@ -100,9 +100,57 @@ fn tensor_bytes<'a>(file: &'a mut [u8], header: &Header, t: &TensorInfo) -> &'a 
 
 /// Prune `targets` in place. Exactly `round(sparsity × n)` elements are zeroed: over all
 /// targets together (global) or in each target (local); elements that are already zero are
-/// the smallest and so count towards it. `step(done, total)` is called after each tensor and
-/// may abort by returning an error.
+/// the smallest and so count towards it; among equal magnitudes the earlier (in target order,
+/// then element order) goes first. `step(done, total)` is called as work completes and may
+/// abort by returning an error.
+///
+/// F32/F16/BF16 targets use a two-pass radix select on the magnitude's f32 bits, in parallel
+/// (see [`radix`]); F64 targets use [`prune_by_sorting`].
 pub fn prune_in_place<E>(
+    file: &mut [u8],
+    header: &Header,
+    targets: &[String],
+    scope: Scope,
+    sparsity: f64,
+    mut step: impl FnMut(usize, usize) -> Result<(), E>,
+) -> Result<Result<(), E>, String> {
+    assert!((0.0..1.0).contains(&sparsity));
+    let infos: Vec<&TensorInfo> = targets
+        .iter()
+        .map(|n| header.tensors.get(n).ok_or_else(|| format!("no tensor named {n}")))
+        .collect::<Result<_, _>>()?;
+    for (n, t) in targets.iter().zip(&infos) {
+        check_prunable_dtype(n, t.dtype)?;
+    }
+    if infos.iter().any(|t| t.dtype == Dtype::F64) {
+        return prune_by_sorting(file, header, targets, scope, sparsity, step);
+    }
+    let base = header.data_start as usize;
+    match scope {
+        Scope::Global => {
+            let n: u64 = infos.iter().map(|t| t.numel()).sum();
+            let k = (sparsity * n as f64).round() as u64;
+            radix::prune_smallest(file, base, &infos, k);
+            if let Err(e) = step(infos.len(), infos.len()) {
+                return Ok(Err(e));
+            }
+        }
+        Scope::Local => {
+            for (i, t) in infos.iter().enumerate() {
+                let k = (sparsity * t.numel() as f64).round() as u64;
+                radix::prune_smallest(file, base, std::slice::from_ref(t), k);
+                if let Err(e) = step(i + 1, infos.len()) {
+                    return Ok(Err(e));
+                }
+            }
+        }
+    }
+    Ok(Ok(()))
+}
+
+/// The reference implementation: magnitudes as f32, `select_nth_unstable`, then a mask pass.
+/// Same result as [`prune_in_place`] (tested); used for F64 targets.
+pub fn prune_by_sorting<E>(
     file: &mut [u8],
     header: &Header,
     targets: &[String],
@@ -225,6 +273,192 @@ pub fn prune_nm_in_place<E>(
 pub fn satisfies_nm(data: &[u8], dtype: Dtype, pattern: NmPattern) -> bool {
     let s = dtype.size() as usize;
     data.chunks_exact(s * pattern.m).all(|g| count_nonzeros(g, dtype) as usize <= pattern.n)
+}
+
+/// Radix selection of the k smallest magnitudes over F32/F16/BF16 tensors, without sorting
+/// or copying: each element's magnitude maps to the bits of `|x|` as f32 (exact for f16 and
+/// bf16), whose integer order is the magnitude order. One histogram pass over the high 16 bits
+/// finds the bucket holding the k-th element, a second over the low 16 bits of that bucket
+/// finds the exact threshold, and a third zeroes what is below it (plus the ties needed, in
+/// order). Each pass runs in parallel over pieces of the tensors.
+pub mod radix {
+    use super::{Dtype, TensorInfo};
+    use rayon::prelude::*;
+
+    const PIECE: usize = 1 << 18;
+
+    struct Piece<'a> {
+        /// Order of the piece in (target, element) order, for tie-breaking.
+        rank: usize,
+        dtype: Dtype,
+        data: &'a mut [u8],
+    }
+
+    #[inline(always)]
+    fn for_each_key(data: &[u8], dtype: Dtype, mut f: impl FnMut(usize, u32)) {
+        match dtype {
+            Dtype::F32 => {
+                for (i, c) in data.chunks_exact(4).enumerate() {
+                    f(i, u32::from_le_bytes([c[0], c[1], c[2], c[3]]) & 0x7fff_ffff)
+                }
+            }
+            Dtype::BF16 => {
+                for (i, c) in data.chunks_exact(2).enumerate() {
+                    f(i, ((u16::from_le_bytes([c[0], c[1]]) as u32) << 16) & 0x7fff_ffff)
+                }
+            }
+            Dtype::F16 => {
+                for (i, c) in data.chunks_exact(2).enumerate() {
+                    f(i, half::f16::from_le_bytes([c[0], c[1]]).to_f32().to_bits() & 0x7fff_ffff)
+                }
+            }
+            _ => unreachable!("radix handles F32, F16 and BF16"),
+        }
+    }
+
+    /// Split the tensors' bytes into disjoint mutable pieces, ranked in target order.
+    fn pieces<'a>(file: &'a mut [u8], base: usize, infos: &[&TensorInfo]) -> Vec<Piece<'a>> {
+        // (start, end, dtype, target index, piece index within target)
+        let mut spans = Vec::new();
+        for (ti, t) in infos.iter().enumerate() {
+            let s = t.dtype.size() as usize;
+            let (a, b) = (base + t.begin as usize, base + t.end as usize);
+            let mut at = a;
+            let mut pi = 0;
+            while at < b {
+                let end = (at + PIECE * s).min(b);
+                spans.push((at, end, t.dtype, ti, pi));
+                at = end;
+                pi += 1;
+            }
+        }
+        let mut order: Vec<usize> = (0..spans.len()).collect();
+        order.sort_by_key(|&i| (spans[i].3, spans[i].4));
+        let mut rank = vec![0; spans.len()];
+        for (r, &i) in order.iter().enumerate() {
+            rank[i] = r;
+        }
+        let mut by_offset: Vec<usize> = (0..spans.len()).collect();
+        by_offset.sort_by_key(|&i| spans[i].0);
+        let mut out = Vec::with_capacity(spans.len());
+        let mut rest: &'a mut [u8] = file;
+        let mut consumed = 0;
+        for i in by_offset {
+            let (a, b, dtype, _, _) = spans[i];
+            let tail = std::mem::take(&mut rest);
+            let (_, tail) = tail.split_at_mut(a - consumed);
+            let (piece, tail) = tail.split_at_mut(b - a);
+            rest = tail;
+            consumed = b;
+            out.push(Piece { rank: rank[i], dtype, data: piece });
+        }
+        out.sort_by_key(|p| p.rank);
+        out
+    }
+
+    fn histogram(pieces: &[Piece], select: impl Fn(u32) -> Option<usize> + Sync) -> Vec<u64> {
+        // One table per thread (not per rayon split: a 512 KiB table per piece would cost more
+        // to clear and merge than the counting itself).
+        let per = pieces.len().div_ceil(rayon::current_num_threads()).max(1);
+        pieces
+            .par_chunks(per)
+            .map(|group| {
+                // Four interleaved tables: neighbouring weights often share a bucket, and one
+                // table would make each increment wait for the previous one.
+                let mut h = vec![0u64; 4 << 16];
+                for p in group {
+                    for_each_key(p.data, p.dtype, |i, k| {
+                        if let Some(b) = select(k) {
+                            h[((i & 3) << 16) | b] += 1;
+                        }
+                    });
+                }
+                let (a, rest) = h.split_at(1 << 16);
+                let (b, rest) = rest.split_at(1 << 16);
+                let (c, d) = rest.split_at(1 << 16);
+                (0..1 << 16).map(|j| a[j] + b[j] + c[j] + d[j]).collect::<Vec<u64>>()
+            })
+            .reduce(|| vec![0u64; 1 << 16], |mut a, b| {
+                a.iter_mut().zip(b).for_each(|(x, y)| *x += y);
+                a
+            })
+    }
+
+    /// The bucket holding the `k`-th smallest (0-based) and how many lie in lower buckets.
+    fn locate(h: &[u64], k: u64) -> (usize, u64) {
+        let mut below = 0;
+        for (b, &n) in h.iter().enumerate() {
+            if below + n > k {
+                return (b, below);
+            }
+            below += n;
+        }
+        unreachable!("k is below the element count")
+    }
+
+    /// Zero the elements whose key is below `t`; return how many equal it. Branch-free: the
+    /// comparison becomes a mask, so a 50% sparsity costs no mispredictions.
+    fn zero_below(data: &mut [u8], dtype: Dtype, t: u32) -> u64 {
+        let mut eq = 0u64;
+        match dtype {
+            Dtype::F32 => data.chunks_exact_mut(4).for_each(|c| {
+                let bits = u32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+                let key = bits & 0x7fff_ffff;
+                eq += (key == t) as u64;
+                c.copy_from_slice(&(bits & ((key >= t) as u32).wrapping_neg()).to_le_bytes());
+            }),
+            Dtype::BF16 => data.chunks_exact_mut(2).for_each(|c| {
+                let bits = u16::from_le_bytes([c[0], c[1]]);
+                let key = ((bits as u32) << 16) & 0x7fff_ffff;
+                eq += (key == t) as u64;
+                c.copy_from_slice(&(bits & ((key >= t) as u16).wrapping_neg()).to_le_bytes());
+            }),
+            Dtype::F16 => data.chunks_exact_mut(2).for_each(|c| {
+                let bits = u16::from_le_bytes([c[0], c[1]]);
+                let key = half::f16::from_bits(bits).to_f32().to_bits() & 0x7fff_ffff;
+                eq += (key == t) as u64;
+                c.copy_from_slice(&(bits & ((key >= t) as u16).wrapping_neg()).to_le_bytes());
+            }),
+            _ => unreachable!("radix handles F32, F16 and BF16"),
+        }
+        eq
+    }
+
+    /// Zero the `k` smallest magnitudes over `infos` (ties: earlier target, earlier element).
+    pub fn prune_smallest(file: &mut [u8], base: usize, infos: &[&TensorInfo], k: u64) {
+        if k == 0 {
+            return;
+        }
+        let mut pieces = pieces(file, base, infos);
+        let hi = histogram(&pieces, |key| Some((key >> 16) as usize));
+        let (bh, below_hi) = locate(&hi, k - 1);
+        let lo = histogram(&pieces, |key| ((key >> 16) as usize == bh).then_some((key & 0xffff) as usize));
+        let (bl, below_lo) = locate(&lo, k - 1 - below_hi);
+        let threshold = ((bh as u32) << 16) | bl as u32;
+        let mut ties = k - below_hi - below_lo;
+        // Zero everything below the threshold, counting the elements equal to it.
+        let equal: Vec<u64> = pieces.par_iter_mut().map(|p| zero_below(p.data, p.dtype, threshold)).collect();
+        // Then the ties, in order.
+        for (p, eq) in pieces.iter_mut().zip(equal) {
+            if ties == 0 {
+                break;
+            }
+            if eq == 0 {
+                continue;
+            }
+            let s = p.dtype.size() as usize;
+            let mut hits = Vec::new();
+            for_each_key(p.data, p.dtype, |i, key| {
+                if key == threshold && (hits.len() as u64) < ties {
+                    hits.push(i);
+                }
+            });
+            ties -= hits.len() as u64;
+            for i in hits {
+                p.data[i * s..(i + 1) * s].fill(0);
+            }
+        }
+    }
 }
 
 /// Per-tensor line of `report.json`.
@@ -384,6 +618,37 @@ mod tests {
         }
         assert!(max_pruned <= min_kept, "{max_pruned} > {min_kept}");
         // Tensors differ in sparsity under a global threshold only by chance; here all are random.
+    }
+
+    #[test]
+    fn radix_select_equals_sorting_exactly() {
+        for dtype in [Dtype::F32, Dtype::F16, Dtype::BF16] {
+            for scope in [Scope::Global, Scope::Local] {
+                for s in [0.0, 0.1, 0.5, 0.77, 0.99] {
+                    let m = TinyModel { dtype, hidden: 64, ffn: 256, layers: 2, seed: 3, ..Default::default() };
+                    let orig = m.safetensors();
+                    let header = st::parse(&orig).unwrap();
+                    let targets = select_targets(Family::Bert, &header, &[], &[]);
+                    let mut a = orig.clone();
+                    let mut b = orig.clone();
+                    prune_in_place(&mut a, &header, &targets, scope, s, |_, _| Ok::<(), ()>(())).unwrap().unwrap();
+                    prune_by_sorting(&mut b, &header, &targets, scope, s, |_, _| Ok::<(), ()>(())).unwrap().unwrap();
+                    assert!(a == b, "{dtype:?} {scope:?} {s}");
+                }
+            }
+        }
+        // Many ties (a half-zero tensor, rounded bf16 values) across pieces.
+        let values: Vec<f32> = (0..700_000).map(|i| if i % 2 == 0 { 0.0 } else { ((i % 7) as f32) * 0.25 }).collect();
+        for dtype in [Dtype::F32, Dtype::BF16] {
+            let file = st::serialize(&[("w".into(), dtype, vec![700, 1000], crate::engine::testing::encode(&values, dtype))], None);
+            let header = st::parse(&file).unwrap();
+            for s in [0.3, 0.55, 0.6] {
+                let (mut a, mut b) = (file.clone(), file.clone());
+                prune_in_place(&mut a, &header, &["w".to_string()], Scope::Global, s, |_, _| Ok::<(), ()>(())).unwrap().unwrap();
+                prune_by_sorting(&mut b, &header, &["w".to_string()], Scope::Global, s, |_, _| Ok::<(), ()>(())).unwrap().unwrap();
+                assert!(a == b, "ties {dtype:?} {s}");
+            }
+        }
     }
 
     #[test]
