@@ -39,6 +39,18 @@ fn check_prunable_dtype(name: &str, d: Dtype) -> Result<(), String> {
     }
 }
 
+/// The targets' tensor entries, checked to be of a prunable dtype.
+fn resolve_targets<'h>(header: &'h Header, targets: &[String]) -> Result<Vec<&'h TensorInfo>, String> {
+    targets
+        .iter()
+        .map(|n| {
+            let t = header.tensors.get(n).ok_or_else(|| format!("no tensor named {n}"))?;
+            check_prunable_dtype(n, t.dtype)?;
+            Ok(t)
+        })
+        .collect()
+}
+
 /// |w| of every element, as f32 (ordering is all that matters).
 pub fn magnitudes(data: &[u8], dtype: Dtype) -> Vec<f32> {
     match dtype {
@@ -115,13 +127,7 @@ pub fn prune_in_place<E>(
     mut step: impl FnMut(usize, usize) -> Result<(), E>,
 ) -> Result<Result<(), E>, String> {
     assert!((0.0..1.0).contains(&sparsity));
-    let infos: Vec<&TensorInfo> = targets
-        .iter()
-        .map(|n| header.tensors.get(n).ok_or_else(|| format!("no tensor named {n}")))
-        .collect::<Result<_, _>>()?;
-    for (n, t) in targets.iter().zip(&infos) {
-        check_prunable_dtype(n, t.dtype)?;
-    }
+    let infos = resolve_targets(header, targets)?;
     if infos.iter().any(|t| t.dtype == Dtype::F64) {
         return prune_by_sorting(file, header, targets, scope, sparsity, step);
     }
@@ -159,13 +165,7 @@ pub fn prune_by_sorting<E>(
     mut step: impl FnMut(usize, usize) -> Result<(), E>,
 ) -> Result<Result<(), E>, String> {
     assert!((0.0..1.0).contains(&sparsity));
-    let infos: Vec<&TensorInfo> = targets
-        .iter()
-        .map(|n| header.tensors.get(n).ok_or_else(|| format!("no tensor named {n}")))
-        .collect::<Result<_, _>>()?;
-    for (n, t) in targets.iter().zip(&infos) {
-        check_prunable_dtype(n, t.dtype)?;
-    }
+    let infos = resolve_targets(header, targets)?;
     let total_steps = infos.len();
     match scope {
         Scope::Local => {

@@ -82,12 +82,6 @@ impl JobContext {
         Ok(())
     }
 
-    /// Copy one of the model's files into the job's artifacts unchanged.
-    pub fn copy_model_file(&self, name: &str) -> Result<(), JobError> {
-        let data = self.read_model_file(name)?;
-        self.write_artifact(name, data)
-    }
-
     fn record(&self, name: &str, stored: crate::artifacts::Stored) {
         let mut p = self.produced.lock().unwrap();
         p.retain(|a| a.name != name);

@@ -19,6 +19,17 @@ fn side_files(files: &[String]) -> impl Iterator<Item = &String> {
     files.iter().filter(|f| f.as_str() != "model.safetensors" && f.as_str() != "config.json")
 }
 
+/// Write a model directory among the artifacts: `model.safetensors`, `config.json` and the
+/// model's other files unchanged, under `prefix` (`""` or `"compact/"`).
+fn write_model(ctx: &JobContext, prefix: &str, weights: Bytes, config: Bytes) -> Result<(), JobError> {
+    ctx.write_artifact(&format!("{prefix}model.safetensors"), weights)?;
+    ctx.write_artifact(&format!("{prefix}config.json"), config)?;
+    for f in side_files(&ctx.model_files) {
+        ctx.write_artifact(&format!("{prefix}{f}"), ctx.read_model_file(f)?)?;
+    }
+    Ok(())
+}
+
 fn model_err(e: ModelError) -> JobError {
     match e {
         ModelError::Invalid(m) => JobError::Failed(m),
@@ -89,17 +100,9 @@ fn unstructured(ctx: &JobContext, req: &JobRequest, config: &Bytes, weights: Byt
     };
     // Unstructured pruning keeps every shape: the compact layout is the same file.
     let out = Bytes::from(out);
-    ctx.write_artifact("model.safetensors", out.clone())?;
-    ctx.write_artifact("config.json", config.clone())?;
-    for f in side_files(&ctx.model_files) {
-        ctx.copy_model_file(f)?;
-    }
+    write_model(ctx, "", out.clone(), config.clone())?;
     if req.export.compact {
-        ctx.write_artifact("compact/model.safetensors", out)?;
-        ctx.write_artifact("compact/config.json", config.clone())?;
-        for f in side_files(&ctx.model_files) {
-            ctx.write_artifact(&format!("compact/{f}"), ctx.read_model_file(f)?)?;
-        }
+        write_model(ctx, "compact/", out, config.clone())?;
     }
     ctx.write_artifact("report.json", json(&report)?)
 }
@@ -167,11 +170,7 @@ fn structured_job(ctx: &JobContext, req: &JobRequest, config: &Bytes, weights: &
     let hf_header = st::parse(&hf_bytes).map_err(|e| JobError::Internal(anyhow::anyhow!(e)))?;
     let targets = touched(family, header, &plan);
     let (tensors, totals) = magnitude::measure_against(&hf_bytes, &hf_header, &targets, header);
-    ctx.write_artifact("model.safetensors", Bytes::from(hf_bytes))?;
-    ctx.write_artifact("config.json", Bytes::from(export::config_json(config, &hf_cfg, false).map_err(model_err)?))?;
-    for f in side_files(&ctx.model_files) {
-        ctx.copy_model_file(f)?;
-    }
+    write_model(ctx, "", Bytes::from(hf_bytes), Bytes::from(export::config_json(config, &hf_cfg, false).map_err(model_err)?))?;
     let mut compact_totals = None;
     if req.export.compact {
         ctx.progress("writing", 0.8)?;
@@ -180,11 +179,7 @@ fn structured_job(ctx: &JobContext, req: &JobRequest, config: &Bytes, weights: &
         let c_bytes = export::write_like(header, family, &c).map_err(model_err)?;
         let c_header = st::parse(&c_bytes).map_err(|e| JobError::Internal(anyhow::anyhow!(e)))?;
         compact_totals = Some(magnitude::measure_against(&c_bytes, &c_header, &targets, header).1);
-        ctx.write_artifact("compact/model.safetensors", Bytes::from(c_bytes))?;
-        ctx.write_artifact("compact/config.json", Bytes::from(export::config_json(config, &c_cfg, true).map_err(model_err)?))?;
-        for f in side_files(&ctx.model_files) {
-            ctx.write_artifact(&format!("compact/{f}"), ctx.read_model_file(f)?)?;
-        }
+        write_model(ctx, "compact/", Bytes::from(c_bytes), Bytes::from(export::config_json(config, &c_cfg, true).map_err(model_err)?))?;
     }
     let report = Report {
         method: "magnitude".into(),
@@ -221,18 +216,9 @@ fn layers_job(ctx: &JobContext, req: &JobRequest, config: &Bytes, weights: &Byte
     ctx.progress("writing", 0.7)?;
     let (tensors, totals) = magnitude::measure_against(&bytes, &out_header, &[], header);
     let bytes = Bytes::from(bytes);
-    let config_out = Bytes::from(export::config_json(config, &new_cfg, false).map_err(model_err)?);
-    ctx.write_artifact("model.safetensors", bytes.clone())?;
-    ctx.write_artifact("config.json", config_out.clone())?;
-    for f in side_files(&ctx.model_files) {
-        ctx.copy_model_file(f)?;
-    }
+    write_model(ctx, "", bytes.clone(), Bytes::from(export::config_json(config, &new_cfg, false).map_err(model_err)?))?;
     if req.export.compact {
-        ctx.write_artifact("compact/model.safetensors", bytes)?;
-        ctx.write_artifact("compact/config.json", Bytes::from(export::config_json(config, &new_cfg, true).map_err(model_err)?))?;
-        for f in side_files(&ctx.model_files) {
-            ctx.write_artifact(&format!("compact/{f}"), ctx.read_model_file(f)?)?;
-        }
+        write_model(ctx, "compact/", bytes, Bytes::from(export::config_json(config, &new_cfg, true).map_err(model_err)?))?;
     }
     let report = Report {
         method: "magnitude".into(),
