@@ -52,3 +52,52 @@ fn minilm_and_its_hf_exports_match_transformers() {
         assert!(d < 1e-5, "{name}: compact vs hf {d}");
     }
 }
+
+/// Our Wanda mask equals the paper's rule computed directly in PyTorch on the real MiniLM, with
+/// activations taken from real sentences: every encoder linear map, bit for bit.
+#[test]
+fn wanda_mask_equals_the_paper_rule_in_pytorch() {
+    use secateur::engine::wanda::{input_norms, mask, Rule};
+    let model = common::minilm::dir();
+    let tok = tokenizers::Tokenizer::from_file(model.join("tokenizer.json")).unwrap();
+    let sst2 = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data/glue/SST-2/dev.tsv")).unwrap();
+    let seqs: Vec<Vec<u32>> = sst2.lines().skip(1).take(16).map(|l| tok.encode(l.split('\t').next().unwrap().trim(), true).unwrap().get_ids().to_vec()).collect();
+    // One sentence per batch: no padding, as in the paper's calibration.
+    let batches: Vec<_> = seqs
+        .iter()
+        .map(|ids| {
+            let t = candle_core::Tensor::from_vec(ids.clone(), (1, ids.len()), &Device::Cpu).unwrap();
+            (t.clone(), t.ones_like().unwrap(), t.zeros_like().unwrap())
+        })
+        .collect();
+    let cfg = std::fs::read(model.join("config.json")).unwrap();
+    let bytes = std::fs::read(model.join("model.safetensors")).unwrap();
+    let enc = Encoder::from_files(&cfg, &bytes, &Device::Cpu).unwrap();
+    let norms = input_norms(&enc, &batches).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let tokens = dir.path().join("tokens.json");
+    std::fs::write(&tokens, serde_json::to_vec(&seqs).unwrap()).unwrap();
+    let out = dir.path().join("masks.safetensors");
+    let r = std::process::Command::new(common::refenv::python())
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/reference/wanda_mask.py"))
+        .arg(&model)
+        .arg(&tokens)
+        .arg("0.5")
+        .arg(&out)
+        .env("HF_HUB_OFFLINE", "1")
+        .output()
+        .unwrap();
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    let theirs = candle_core::safetensors::load(&out, &Device::Cpu).unwrap();
+    assert_eq!(theirs.len(), 36);
+    let weights = candle_core::safetensors::load_buffer(&bytes, &Device::Cpu).unwrap();
+    for (name, their_mask) in &theirs {
+        let w = &weights[name];
+        let (rows, cols) = w.dims2().unwrap();
+        let ours = mask(&w.flatten_all().unwrap().to_vec1::<f32>().unwrap(), cols, &norms[name], Rule::Unstructured(0.5));
+        let theirs: Vec<bool> = their_mask.flatten_all().unwrap().to_vec1::<u8>().unwrap().into_iter().map(|b| b == 1).collect();
+        assert_eq!(ours.len(), rows * cols);
+        let differ = ours.iter().zip(&theirs).filter(|(a, b)| a != b).count();
+        assert_eq!(differ, 0, "{name}: {differ} of {} mask entries differ", rows * cols);
+    }
+}

@@ -8,3 +8,4 @@ pub mod model;
 pub mod st;
 pub mod structured;
 pub mod testing;
+pub mod wanda;

@@ -50,6 +50,32 @@ impl Activation {
     }
 }
 
+/// Where a linear map's input is observed inside a layer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Site {
+    /// The layer input: read by the query, key and value maps.
+    Attention,
+    /// The attention context: read by the attention output map.
+    AttentionOutput,
+    /// After the attention LayerNorm: read by the FFN input map.
+    FfnIn,
+    /// After the activation: read by the FFN output map.
+    FfnOut,
+}
+
+impl Site {
+    /// The modules (relative to the layer) reading this input.
+    pub fn modules(self, family: Family) -> Vec<&'static str> {
+        let n = family.layer_names();
+        match self {
+            Site::Attention => vec![n.query, n.key, n.value],
+            Site::AttentionOutput => vec![n.attn_out],
+            Site::FfnIn => vec![n.ffn_in],
+            Site::FfnOut => vec![n.ffn_out],
+        }
+    }
+}
+
 /// Heads and FFN width of one layer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LayerShape {
@@ -283,6 +309,18 @@ impl Encoder {
     /// Last hidden state `[batch, seq, hidden]`. `input_ids` u32 `[batch, seq]`;
     /// `attention_mask` `[batch, seq]` with 1 for real tokens and 0 for padding.
     pub fn forward(&self, input_ids: &Tensor, token_type_ids: Option<&Tensor>, attention_mask: &Tensor) -> Result<Tensor> {
+        self.forward_observed(input_ids, token_type_ids, attention_mask, &mut |_, _, _| Ok(()))
+    }
+
+    /// As [`Encoder::forward`], showing `observe(layer, site, input)` the input of every linear
+    /// map (`[batch, seq, features]`): calibration-based pruning reads its statistics here.
+    pub fn forward_observed(
+        &self,
+        input_ids: &Tensor,
+        token_type_ids: Option<&Tensor>,
+        attention_mask: &Tensor,
+        observe: &mut dyn FnMut(usize, Site, &Tensor) -> Result<()>,
+    ) -> Result<Tensor> {
         let (b, t) = input_ids.dims2()?;
         let h = self.config.hidden;
         let lookup = |table: &Tensor, ids: &Tensor| -> candle_core::Result<Tensor> { table.embedding(&ids.flatten_all()?)?.reshape((b, t, h)) };
@@ -298,14 +336,15 @@ impl Encoder {
         // Additive mask as Hugging Face builds it: (1 - mask) * finfo(f32).min.
         let mask = attention_mask.to_dtype(DType::F32)?;
         let bias = ((mask.ones_like()? - &mask)? * f64::from(f32::MIN))?.reshape((b, 1, 1, t))?;
-        for layer in &self.layers {
-            x = self.layer_forward(layer, &x, &bias)?;
+        for (i, layer) in self.layers.iter().enumerate() {
+            x = self.layer_forward(layer, &x, &bias, &mut |site, input| observe(i, site, input))?;
         }
         Ok(x)
     }
 
-    fn layer_forward(&self, l: &Layer, x: &Tensor, bias: &Tensor) -> Result<Tensor> {
+    fn layer_forward(&self, l: &Layer, x: &Tensor, bias: &Tensor, observe: &mut dyn FnMut(Site, &Tensor) -> Result<()>) -> Result<Tensor> {
         let (b, t, h) = x.dims3()?;
+        observe(Site::Attention, x)?;
         let attn = match (&l.q, &l.k, &l.v) {
             (Some(q), Some(k), Some(v)) => {
                 let (nh, hd) = (l.shape.heads, self.config.head_dim);
@@ -316,13 +355,16 @@ impl Encoder {
                 let scores = (q.matmul(&k.t()?)? / (hd as f64).sqrt())?.broadcast_add(bias)?;
                 let probs = candle_nn::ops::softmax(&scores, D::Minus1)?;
                 let ctx = probs.matmul(&v)?.transpose(1, 2)?.reshape((b, t, nh * hd))?;
+                observe(Site::AttentionOutput, &ctx)?;
                 l.o.forward(&ctx)?
             }
             // Every head removed: the block adds only the output projection's bias.
             _ => l.o.bias().expect("built with a bias").reshape((1, 1, h))?.broadcast_as((b, t, h))?.contiguous()?,
         };
         let x = l.attn_norm.forward(&(attn + x)?)?;
+        observe(Site::FfnIn, &x)?;
         let f = self.config.activation.apply(&l.ffn_in.forward(&x)?)?;
+        observe(Site::FfnOut, &f)?;
         let f = l.ffn_out.forward(&f)?;
         Ok(l.out_norm.forward(&(f + x)?)?)
     }
