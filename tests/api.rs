@@ -361,6 +361,67 @@ async fn layer_jobs_drop_and_renumber_whole_layers(db: Db) {
     assert!(done["error"].as_str().unwrap().contains("leave none"), "{done}");
 }
 
+async fn wanda_jobs_prune_each_row_with_calibration_text(db: Db) {
+    use secateur::engine::magnitude::{count_nonzeros, satisfies_nm, NmPattern};
+    let app = TestApp::spawn(db).await;
+    let m = TinyModel::default();
+    let orig = m.safetensors();
+    let model = app.create_model(&m).await;
+    let lines: String = (0..40).map(|i| format!("{{\"text\": \"w{} w{} w{} w{}\"}}\n", 5 + i % 50, 7 + i % 40, 9 + i % 30, 11 + i % 20)).collect();
+    let ds: Value = app.upload_dataset(lines.into_bytes(), "jsonl", None).await.json().await.unwrap();
+    let ds = ds["id"].as_str().unwrap().to_string();
+    let unknown = uuid::Uuid::now_v7().to_string();
+    let (s, body) = problem(app.submit(&json!({"model_id": model, "pruning": {"method": "wanda", "sparsity": 0.5}, "calibration": {"dataset_id": unknown}})).await).await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(body["errors"][0]["field"], "calibration.dataset_id");
+    let job = app.submit_ok(&json!({"model_id": model, "pruning": {"method": "wanda", "sparsity": 0.5}, "calibration": {"dataset_id": ds, "samples": 32}})).await;
+    // The dataset is in use while the job may run.
+    let done = app.wait_for(&job, &["succeeded", "failed"], WAIT).await;
+    assert_eq!(done["status"], "succeeded", "{done}");
+    let out = app.artifact(&job, "model.safetensors").await;
+    let h = st::parse(&out).unwrap();
+    let fam = secateur::engine::arch::Family::Bert;
+    let mut differs_from_magnitude = false;
+    for (name, t) in &h.tensors {
+        let r = (h.data_start + t.begin) as usize..(h.data_start + t.end) as usize;
+        if !secateur::engine::arch::is_encoder_linear_weight(fam, name) {
+            assert_eq!(out[r.clone()], orig[r], "{name} changed");
+            continue;
+        }
+        let cols = t.shape[1] as usize;
+        let row_bytes = cols * 4;
+        for (row, orig_row) in out[r.clone()].chunks(row_bytes).zip(orig[r.clone()].chunks(row_bytes)) {
+            // Every output row loses exactly half its weights...
+            assert_eq!(count_nonzeros(row, t.dtype), (cols - cols / 2) as u64, "{name}");
+            // ...and not always the smallest ones: the input norms weigh in.
+            let mags = secateur::engine::magnitude::magnitudes(orig_row, t.dtype);
+            let kept = secateur::engine::magnitude::magnitudes(row, t.dtype);
+            let max_cut = mags.iter().zip(&kept).filter(|(_, k)| **k == 0.0).map(|(m, _)| *m).fold(0.0, f32::max);
+            let min_kept = mags.iter().zip(&kept).filter(|(_, k)| **k != 0.0).map(|(m, _)| *m).fold(f32::MAX, f32::min);
+            differs_from_magnitude |= max_cut > min_kept;
+        }
+    }
+    assert!(differs_from_magnitude, "wanda chose exactly the magnitude mask everywhere");
+    let report: Value = serde_json::from_slice(&app.artifact(&job, "report.json").await).unwrap();
+    assert_eq!(report["method"], "wanda");
+    assert_eq!(report["scope"], "local");
+    // N:M.
+    let job = app.submit_ok(&json!({"model_id": model, "pruning": {"method": "wanda", "granularity": "n:m", "pattern": "2:4"}, "calibration": {"dataset_id": ds}})).await;
+    let done = app.wait_for(&job, &["succeeded", "failed"], WAIT).await;
+    assert_eq!(done["status"], "succeeded", "{done}");
+    let out = app.artifact(&job, "model.safetensors").await;
+    let h = st::parse(&out).unwrap();
+    for (name, t) in &h.tensors {
+        if secateur::engine::arch::is_encoder_linear_weight(fam, name) {
+            let r = (h.data_start + t.begin) as usize..(h.data_start + t.end) as usize;
+            assert!(satisfies_nm(&out[r.clone()], t.dtype, NmPattern { n: 2, m: 4 }), "{name}");
+            assert_eq!(count_nonzeros(&out[r], t.dtype) * 2, t.numel());
+        }
+    }
+    // Finished jobs release the dataset.
+    assert_eq!(app.delete(&format!("/v1/datasets/{ds}")).send().await.unwrap().status(), StatusCode::NO_CONTENT);
+}
+
 async fn nm_jobs_hold_the_pattern_in_every_group(db: Db) {
     use secateur::engine::magnitude::{satisfies_nm, NmPattern};
     let app = TestApp::spawn(db).await;
@@ -618,6 +679,7 @@ backend_tests!(
     structured_jobs_export_hf_and_compact_layouts,
     nm_jobs_hold_the_pattern_in_every_group,
     layer_jobs_drop_and_renumber_whole_layers,
+    wanda_jobs_prune_each_row_with_calibration_text,
     job_specs_are_validated,
     idempotency_keys_make_retries_safe,
     cancel_queued_running_and_finished_jobs,

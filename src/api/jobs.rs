@@ -138,6 +138,14 @@ async fn create_job(State(st): State<AppState>, Auth(p): Auth, headers: HeaderMa
         return Err(ApiError::invalid("model_id", "no model with this id"));
     };
     check_against_model(&req, &model)?;
+    let mut inputs = vec![model_id.clone()];
+    if let Some(c) = &req.calibration {
+        let id = uuid::Uuid::parse_str(&c.dataset_id).map_err(ApiError::internal)?.to_string();
+        if st.store.get_dataset(&p.tenant_id, &id).await?.is_none() {
+            return Err(ApiError::invalid("calibration.dataset_id", "no dataset with this id"));
+        }
+        inputs.push(id);
+    }
     let spec = serde_json::to_string(&JobRequest { model_id: model_id.clone(), ..req.clone() }).map_err(ApiError::internal)?;
     let hash = hex::encode(Sha256::digest(spec.as_bytes()));
     let outcome = st
@@ -147,7 +155,7 @@ async fn create_job(State(st): State<AppState>, Auth(p): Auth, headers: HeaderMa
             kind: req.kind.name(),
             model_id: &model_id,
             spec: &spec,
-            inputs: std::slice::from_ref(&model_id),
+            inputs: &inputs,
             max_attempts: st.max_attempts as i64,
             idempotency_key: key.as_deref(),
             request_hash: &hash,

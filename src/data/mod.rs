@@ -350,6 +350,61 @@ fn validate_squad(text: &str) -> Result<Summary, DataError> {
     Ok(s)
 }
 
+/// One example's text: a sentence, or a pair.
+pub type Text = (String, Option<String>);
+
+/// Up to `limit` texts of a dataset, in file order (for calibration). A `glue_tsv` file needs
+/// its task, which says which columns hold text.
+pub fn texts(format: Format, task: Option<Task>, bytes: &[u8], limit: usize) -> Result<Vec<Text>, DataError> {
+    let text = std::str::from_utf8(bytes).map_err(|_| DataError { line: None, message: "not valid UTF-8".into() })?;
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+    let mut out = Vec::new();
+    match format {
+        Format::GlueTsv => {
+            let Some(layout) = task.and_then(Task::layout) else {
+                return err(None, "a glue_tsv dataset needs its task (upload it with `task`) to know its text columns");
+            };
+            let mut it = lines(text);
+            let header: Option<Vec<&str>> = if layout.has_header { it.next().map(|(_, l)| l.split('\t').collect()) } else { None };
+            let cols: Vec<usize> = layout
+                .text
+                .iter()
+                .map(|c| match c {
+                    Col::Index(i) => Some(*i),
+                    Col::Name(n) => header.as_ref().and_then(|h| h.iter().position(|x| x == n)),
+                })
+                .collect::<Option<_>>()
+                .ok_or_else(|| DataError { line: Some(1), message: "the header lacks a text column of the task".into() })?;
+            for (ln, line) in it.take(limit) {
+                let f: Vec<&str> = line.split('\t').collect();
+                let get = |i: usize| f.get(i).map(|s| s.trim().to_string()).ok_or_else(|| DataError { line: Some(ln), message: "missing text column".into() });
+                out.push((get(cols[0])?, cols.get(1).map(|&c| get(c)).transpose()?));
+            }
+        }
+        Format::Jsonl => {
+            for (ln, line) in lines(text).filter(|(_, l)| !l.trim().is_empty()).take(limit) {
+                let v: serde_json::Value = serde_json::from_str(line).map_err(|e| DataError { line: Some(ln), message: e.to_string() })?;
+                let t = v.get("text").and_then(|t| t.as_str()).ok_or_else(|| DataError { line: Some(ln), message: "missing text".into() })?;
+                out.push((t.to_string(), v.get("text_pair").and_then(|t| t.as_str()).map(str::to_string)));
+            }
+        }
+        Format::SquadJson => {
+            let f: SquadFile = serde_json::from_str(text).map_err(|e| DataError { line: Some(e.line() as u64), message: e.to_string() })?;
+            'all: for a in &f.data {
+                for p in &a.paragraphs {
+                    for q in &p.qas {
+                        if out.len() == limit {
+                            break 'all;
+                        }
+                        out.push((q.question.clone(), Some(p.context.clone())));
+                    }
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -413,6 +468,22 @@ mod tests {
         assert_eq!(ok.rows, 1);
         assert!(validate(Format::GlueTsv, None, b"").is_err());
         assert!(validate(Format::GlueTsv, None, b"\xff\xfe").is_err());
+    }
+
+    #[test]
+    fn texts_follow_each_layout() {
+        let t = texts(Format::GlueTsv, Some(Task::Mrpc), &shared("glue/MRPC/dev.tsv"), 3).unwrap();
+        assert_eq!(t.len(), 3);
+        assert!(t.iter().all(|(a, b)| !a.is_empty() && b.as_ref().is_some_and(|b| !b.is_empty())));
+        let t = texts(Format::GlueTsv, Some(Task::Cola), &shared("glue/CoLA/dev.tsv"), 2).unwrap();
+        assert_eq!(t[0].1, None);
+        assert!(!t[0].0.contains('\t'));
+        let t = texts(Format::SquadJson, None, &shared("squad/dev-v1.1.json"), 5).unwrap();
+        assert_eq!(t.len(), 5);
+        assert!(t[0].1.as_ref().unwrap().len() > t[0].0.len());
+        let t = texts(Format::Jsonl, None, b"{\"text\":\"a\",\"text_pair\":\"b\"}\n{\"text\":\"c\"}\n", 10).unwrap();
+        assert_eq!(t, vec![("a".to_string(), Some("b".to_string())), ("c".to_string(), None)]);
+        assert!(texts(Format::GlueTsv, None, b"a\tb\n", 10).is_err());
     }
 
     #[test]

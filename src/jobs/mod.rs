@@ -45,6 +45,8 @@ pub struct JobContext {
     pub(crate) stop: CancellationToken,
     pub(crate) step_delay: Duration,
     pub(crate) produced: Mutex<Vec<ArtifactRow>>,
+    /// Datasets the job may read, with their format and task.
+    pub(crate) datasets: std::collections::HashMap<String, (crate::data::Format, Option<crate::data::Task>)>,
 }
 
 impl JobContext {
@@ -74,6 +76,16 @@ impl JobContext {
             object_store::Error::NotFound { .. } => JobError::Failed(format!("the model's file {name} is missing from the artifact store")),
             e => JobError::Internal(e.into()),
         })
+    }
+
+    /// A dataset the job reads: its format, task and bytes.
+    pub fn read_dataset(&self, id: &str) -> Result<(crate::data::Format, Option<crate::data::Task>, Bytes), JobError> {
+        let (format, task) = *self.datasets.get(id).ok_or_else(|| JobError::Failed(format!("dataset {id} is not available to this job (deleted?)")))?;
+        let bytes = self.rt.block_on(self.artifacts.get(&crate::artifacts::dataset_path(id))).map_err(|e| match e {
+            object_store::Error::NotFound { .. } => JobError::Failed(format!("dataset {id}'s file is missing from the artifact store")),
+            e => JobError::Internal(e.into()),
+        })?;
+        Ok((format, task, bytes))
     }
 
     pub fn write_artifact(&self, name: &str, data: Bytes) -> Result<(), JobError> {
@@ -109,6 +121,7 @@ pub fn run_local(
     let model_id = uuid::Uuid::nil().to_string();
     obj.insert("model_id".into(), model_id.clone().into());
     let req = spec::parse_request(&serde_json::to_vec(&v)?).map_err(|e| anyhow::anyhow!("{}: {}", e.field, e.message))?;
+    anyhow::ensure!(req.calibration.is_none(), "calibration: secateur prune does not read calibration data yet; run methods that need it as jobs of the service");
     let executor = executor_for(req.kind.name()).context("unknown job kind")?;
     // A private artifact store: the model's files linked in, the outputs written under jobs/.
     let scratch = tempfile_dir(out_dir)?;
@@ -163,6 +176,7 @@ pub fn run_local(
         stop: CancellationToken::new(),
         step_delay: Duration::ZERO,
         produced: Mutex::new(Vec::new()),
+        datasets: Default::default(),
     };
     let result = executor.run(&ctx);
     let produced = ctx.produced();

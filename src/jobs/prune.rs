@@ -49,7 +49,10 @@ impl Executor for PruneExecutor {
         let weights = ctx.read_model_file("model.safetensors")?;
         let header = st::parse(&weights).map_err(|e| JobError::Failed(format!("model.safetensors: {e}")))?;
         let summary = arch::summarize(&config, &header).map_err(|e| JobError::Failed(format!("config.json: {e}")))?;
-        let Method::Magnitude = req.pruning.method;
+        if req.pruning.method == Method::Wanda {
+            wanda_job(ctx, &req, &config, weights, &header, summary.family)?;
+            return ctx.progress("writing", 1.0);
+        }
         match req.pruning.granularity {
             Granularity::Unstructured | Granularity::NM => unstructured(ctx, &req, &config, weights, &header, summary.family)?,
             Granularity::Heads | Granularity::Neurons => structured_job(ctx, &req, &config, &weights, &header, summary.family)?,
@@ -79,7 +82,7 @@ fn unstructured(ctx: &JobContext, req: &JobRequest, config: &Bytes, weights: Byt
         }
         _ => {
             let s = sparsity(req)?;
-            magnitude::prune_in_place(&mut out, header, &targets, req.pruning.scope, s, step).map_err(JobError::Failed)??;
+            magnitude::prune_in_place(&mut out, header, &targets, req.pruning.scope(), s, step).map_err(JobError::Failed)??;
             (s, None)
         }
     };
@@ -88,7 +91,7 @@ fn unstructured(ctx: &JobContext, req: &JobRequest, config: &Bytes, weights: Byt
     let report = Report {
         method: "magnitude".into(),
         granularity: if pattern.is_some() { "n:m" } else { "unstructured" }.into(),
-        scope: req.pruning.scope,
+        scope: req.pruning.scope(),
         requested_sparsity: requested,
         pattern,
         include: req.pruning.include.clone(),
@@ -141,7 +144,7 @@ fn structured_job(ctx: &JobContext, req: &JobRequest, config: &Bytes, weights: &
         (structured::neuron_norm_scores(&w, &cfg).map_err(model_err)?, cfg.layers.iter().map(|l| l.ffn).collect())
     };
     let s = sparsity(req)?;
-    let removed = match req.pruning.scope {
+    let removed = match req.pruning.scope() {
         magnitude::Scope::Global => structured::select_lowest(&scores, Some((s * units.iter().sum::<usize>() as f64).round() as usize), None),
         magnitude::Scope::Local => {
             let per: Vec<usize> = units.iter().map(|&n| (s * n as f64).round() as usize).collect();
@@ -184,7 +187,7 @@ fn structured_job(ctx: &JobContext, req: &JobRequest, config: &Bytes, weights: &
     let report = Report {
         method: "magnitude".into(),
         granularity: if heads { "heads" } else { "neurons" }.into(),
-        scope: req.pruning.scope,
+        scope: req.pruning.scope(),
         requested_sparsity: s,
         pattern: None,
         include: vec![],
@@ -194,6 +197,115 @@ fn structured_job(ctx: &JobContext, req: &JobRequest, config: &Bytes, weights: &
         totals,
         compact: compact_totals,
     };
+    ctx.write_artifact("report.json", json(&report)?)
+}
+
+/// Wanda: activation statistics from calibration text through our encoder, then the paper's
+/// per-row rule (unstructured or N:M), zeroing in place like magnitude pruning.
+fn wanda_job(ctx: &JobContext, req: &JobRequest, config: &Bytes, weights: Bytes, header: &Header, family: Family) -> Result<(), JobError> {
+    use crate::engine::wanda;
+    let cal = req.calibration.as_ref().ok_or_else(|| JobError::Internal(anyhow::anyhow!("a validated wanda spec lacks calibration")))?;
+    let (format, task, data) = ctx.read_dataset(&cal.dataset_id)?;
+    let texts = crate::data::texts(format, task, &data, cal.samples).map_err(|e| JobError::Failed(format!("calibration dataset: {e}")))?;
+    if texts.is_empty() {
+        return Err(JobError::Failed("the calibration dataset holds no text".into()));
+    }
+    if !ctx.model_files.iter().any(|f| f == "tokenizer.json") {
+        return Err(JobError::Failed("wanda tokenizes calibration text with the model's tokenizer.json, which this model lacks".into()));
+    }
+    let mut tok = tokenizers::Tokenizer::from_bytes(ctx.read_model_file("tokenizer.json")?).map_err(|e| JobError::Failed(format!("tokenizer.json: {e}")))?;
+    tok.with_truncation(Some(tokenizers::TruncationParams { max_length: cal.max_seq_len, ..Default::default() }))
+        .map_err(|e| JobError::Failed(format!("tokenizer.json: {e}")))?;
+    tok.with_padding(Some(tokenizers::PaddingParams { strategy: tokenizers::PaddingStrategy::BatchLongest, ..Default::default() }));
+    let enc = crate::engine::model::Encoder::from_files(config, &weights, &Device::Cpu).map_err(model_err)?;
+    ctx.progress("calibrating", 0.05)?;
+    let mut batches = Vec::new();
+    for chunk in texts.chunks(8) {
+        let inputs: Vec<tokenizers::EncodeInput> = chunk
+            .iter()
+            .map(|(a, b)| match b {
+                Some(b) => (a.as_str(), b.as_str()).into(),
+                None => a.as_str().into(),
+            })
+            .collect();
+        let e = tok.encode_batch(inputs, true).map_err(|e| JobError::Failed(format!("tokenizing calibration text: {e}")))?;
+        let (b, t) = (e.len(), e[0].get_ids().len());
+        let flat = |f: &dyn Fn(&tokenizers::Encoding) -> &[u32]| candle_core::Tensor::from_vec(e.iter().flat_map(|x| f(x).to_vec()).collect::<Vec<u32>>(), (b, t), &Device::Cpu);
+        let to_job = |e: candle_core::Error| JobError::Internal(e.into());
+        batches.push((flat(&|x| x.get_ids()).map_err(to_job)?, flat(&|x| x.get_attention_mask()).map_err(to_job)?, flat(&|x| x.get_type_ids()).map_err(to_job)?));
+    }
+    let mut norms = std::collections::HashMap::new();
+    for (i, b) in batches.iter().enumerate() {
+        for (k, v) in wanda::input_norms(&enc, std::slice::from_ref(b)).map_err(model_err)? {
+            let acc: &mut Vec<f64> = norms.entry(k).or_insert_with(|| vec![0.0; v.len()]);
+            acc.iter_mut().zip(v).for_each(|(a, x)| *a += x * x);
+        }
+        ctx.progress("calibrating", 0.05 + 0.45 * (i + 1) as f64 / batches.len() as f64)?;
+    }
+    let norms: std::collections::HashMap<String, Vec<f64>> = norms.into_iter().map(|(k, v)| (k, v.into_iter().map(f64::sqrt).collect())).collect();
+    drop(enc);
+    let compile = |v: &[String]| v.iter().map(|p| regex::Regex::new(p)).collect::<Result<Vec<_>, _>>();
+    let include = compile(&req.pruning.include).map_err(|e| JobError::Failed(e.to_string()))?;
+    let exclude = compile(&req.pruning.exclude).map_err(|e| JobError::Failed(e.to_string()))?;
+    let targets = magnitude::select_targets(family, header, &include, &exclude);
+    if targets.is_empty() {
+        return Err(JobError::Failed("no tensor is left to prune after applying include/exclude".into()));
+    }
+    let (rule, requested, pattern) = match (req.pruning.granularity, &req.pruning.pattern) {
+        (Granularity::NM, Some(p)) => {
+            let pat = magnitude::NmPattern::parse(p).map_err(JobError::Failed)?;
+            (wanda::Rule::NM(pat), pat.sparsity(), Some(p.clone()))
+        }
+        _ => {
+            let s = sparsity(req)?;
+            (wanda::Rule::Unstructured(s), s, None)
+        }
+    };
+    let mut out = weights.to_vec();
+    drop(weights);
+    for (i, name) in targets.iter().enumerate() {
+        let t = &header.tensors[name];
+        let n = norms
+            .get(arch::canonical_name(family, name))
+            .ok_or_else(|| JobError::Failed(format!("wanda applies to the encoder's linear weights; {name} is not one")))?;
+        let cols = *t.shape.last().unwrap_or(&0) as usize;
+        if t.shape.len() != 2 || cols != n.len() {
+            return Err(JobError::Failed(format!("tensor {name}: shape {:?} does not match its input of {} features", t.shape, n.len())));
+        }
+        if let wanda::Rule::NM(p) = rule {
+            if cols % p.m != 0 {
+                return Err(JobError::Failed(format!("tensor {name}: its input dimension {cols} is not a multiple of M = {}", p.m)));
+            }
+        }
+        let (a, b) = ((header.data_start + t.begin) as usize, (header.data_start + t.end) as usize);
+        let mags = magnitude::magnitudes(&out[a..b], t.dtype);
+        let size = t.dtype.size() as usize;
+        for (j, prune) in wanda::mask(&mags, cols, n, rule).into_iter().enumerate() {
+            if prune {
+                out[a + j * size..a + (j + 1) * size].fill(0);
+            }
+        }
+        ctx.progress("pruning", 0.5 + 0.35 * (i + 1) as f64 / targets.len() as f64)?;
+    }
+    let (tensors, totals) = magnitude::measure(&out, header, &targets);
+    let report = Report {
+        method: "wanda".into(),
+        granularity: if pattern.is_some() { "n:m" } else { "unstructured" }.into(),
+        scope: req.pruning.scope(),
+        requested_sparsity: requested,
+        pattern,
+        include: req.pruning.include.clone(),
+        exclude: req.pruning.exclude.clone(),
+        removed: None,
+        tensors,
+        totals,
+        compact: None,
+    };
+    let out = Bytes::from(out);
+    write_model(ctx, "", out.clone(), config.clone())?;
+    if req.export.compact {
+        write_model(ctx, "compact/", out, config.clone())?;
+    }
     ctx.write_artifact("report.json", json(&report)?)
 }
 
@@ -223,7 +335,7 @@ fn layers_job(ctx: &JobContext, req: &JobRequest, config: &Bytes, weights: &Byte
     let report = Report {
         method: "magnitude".into(),
         granularity: "layers".into(),
-        scope: req.pruning.scope,
+        scope: req.pruning.scope(),
         requested_sparsity: sparsity(req)?,
         pattern: None,
         include: vec![],

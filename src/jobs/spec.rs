@@ -27,6 +27,30 @@ impl JobKind {
 pub enum Method {
     /// |w|: the smallest weights are removed.
     Magnitude,
+    /// Wanda: |w| times the L2 norm of its input feature over calibration text, compared
+    /// within each output row (unstructured or n:m; needs `calibration`).
+    Wanda,
+}
+
+fn default_samples() -> usize {
+    128
+}
+fn default_max_seq_len() -> usize {
+    128
+}
+
+/// Calibration text for methods that look at activations.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CalibrationSpec {
+    /// A dataset of this tenant (a `glue_tsv` dataset needs its task).
+    pub dataset_id: String,
+    /// Examples used, from the start of the file (1..=4096).
+    #[serde(default = "default_samples")]
+    pub samples: usize,
+    /// Tokens per example, truncated (8..=512).
+    #[serde(default = "default_max_seq_len")]
+    pub max_seq_len: usize,
 }
 
 /// What is removed.
@@ -59,10 +83,6 @@ pub struct ExportSpec {
     pub compact: bool,
 }
 
-fn default_scope() -> Scope {
-    Scope::Global
-}
-
 /// How to prune.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -70,9 +90,10 @@ pub struct PruningSpec {
     pub method: Method,
     #[serde(default)]
     pub granularity: Granularity,
-    /// `global`: one threshold across all prunable tensors; `local`: the sparsity in each.
-    #[serde(default = "default_scope")]
-    pub scope: Scope,
+    /// `global`: one threshold across all prunable tensors; `local`: the sparsity in each
+    /// (for wanda: in each output row, its only choice). Default: global (wanda: local).
+    #[serde(default)]
+    pub scope: Option<Scope>,
     /// In [0, 1): for `unstructured`, the fraction of the prunable weights set to zero; for
     /// `heads`/`neurons`, the fraction of units removed (in each layer with `local`, across the
     /// model with `global`). Required, except for `n:m`, where the pattern sets it.
@@ -100,8 +121,17 @@ pub struct JobRequest {
     /// The model to prune (an id from `POST /v1/models`).
     pub model_id: String,
     pub pruning: PruningSpec,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub calibration: Option<CalibrationSpec>,
     #[serde(default)]
     pub export: ExportSpec,
+}
+
+impl PruningSpec {
+    /// The scope in effect.
+    pub fn scope(&self) -> Scope {
+        self.scope.unwrap_or(if self.method == Method::Wanda { Scope::Local } else { Scope::Global })
+    }
 }
 
 /// Parse a request body, turning serde's complaint into a field error.
@@ -164,7 +194,32 @@ impl JobRequest {
                 }
             }
         }
-        if p.granularity == Granularity::Layers && p.scope == Scope::Local {
+        if p.method == Method::Wanda {
+            if !matches!(p.granularity, Granularity::Unstructured | Granularity::NM) {
+                errs.push(FieldError::new("pruning.granularity", "wanda prunes unstructured or n:m"));
+            }
+            if p.scope == Some(Scope::Global) {
+                errs.push(FieldError::new("pruning.scope", "wanda compares weights within each output row: pruning.scope must be local"));
+            }
+            if self.calibration.is_none() {
+                errs.push(FieldError::new("calibration", "wanda needs calibration text: {\"dataset_id\": ...}"));
+            }
+        }
+        if let Some(c) = &self.calibration {
+            if uuid::Uuid::parse_str(&c.dataset_id).is_err() {
+                errs.push(FieldError::new("calibration.dataset_id", "calibration.dataset_id must be a dataset id (a UUID)"));
+            }
+            if !(1..=4096).contains(&c.samples) {
+                errs.push(FieldError::new("calibration.samples", "calibration.samples must be in 1..=4096"));
+            }
+            if !(8..=512).contains(&c.max_seq_len) {
+                errs.push(FieldError::new("calibration.max_seq_len", "calibration.max_seq_len must be in 8..=512"));
+            }
+            if p.method != Method::Wanda {
+                errs.push(FieldError::new("calibration", "only wanda uses calibration text"));
+            }
+        }
+        if p.granularity == Granularity::Layers && p.scope == Some(Scope::Local) {
             errs.push(FieldError::new("pruning.scope", "layers are removed across the model: pruning.scope must be global"));
         }
         if matches!(p.granularity, Granularity::Heads | Granularity::Neurons | Granularity::Layers) {
@@ -199,7 +254,7 @@ mod tests {
     fn valid_spec_parses_with_defaults() {
         let r = parse_request(br#"{"model_id":"0192f7a0-0000-7000-8000-000000000000","pruning":{"method":"magnitude","sparsity":0.5}}"#).unwrap();
         assert_eq!(r.kind, JobKind::Prune);
-        assert_eq!(r.pruning.scope, Scope::Global);
+        assert_eq!(r.pruning.scope(), Scope::Global);
         assert!(r.pruning.include.is_empty());
     }
 
@@ -225,6 +280,11 @@ mod tests {
             (format!(r#"{{"model_id":"{id}","pruning":{{"method":"magnitude","granularity":"heads","sparsity":0.5,"include":["x"]}}}}"#), "pruning.include", "unstructured pruning only"),
             (format!(r#"{{"model_id":"{id}","pruning":{{"method":"magnitude","sparsity":0.5}},"export":{{"compact":1}}}}"#), "export.compact", "invalid type"),
             (format!(r#"{{"model_id":"{id}","pruning":{{"method":"magnitude","granularity":"layers","scope":"local","sparsity":0.5}}}}"#), "pruning.scope", "must be global"),
+            (format!(r#"{{"model_id":"{id}","pruning":{{"method":"wanda","sparsity":0.5}}}}"#), "calibration", "needs calibration"),
+            (format!(r#"{{"model_id":"{id}","pruning":{{"method":"wanda","scope":"global","sparsity":0.5}},"calibration":{{"dataset_id":"{id}"}}}}"#), "pruning.scope", "must be local"),
+            (format!(r#"{{"model_id":"{id}","pruning":{{"method":"wanda","granularity":"heads","sparsity":0.5}},"calibration":{{"dataset_id":"{id}"}}}}"#), "pruning.granularity", "unstructured or n:m"),
+            (format!(r#"{{"model_id":"{id}","pruning":{{"method":"wanda","sparsity":0.5}},"calibration":{{"dataset_id":"{id}","samples":0}}}}"#), "calibration.samples", "1..=4096"),
+            (format!(r#"{{"model_id":"{id}","pruning":{{"method":"magnitude","sparsity":0.5}},"calibration":{{"dataset_id":"{id}"}}}}"#), "calibration", "only wanda"),
             (format!(r#"{{"model_id":"{id}","pruning":{{"method":"magnitude","sparsity":0.5}},"export":{{"layout":"hf"}}}}"#), "export.layout", "unknown field"),
             ("{\"model_id\":".to_string(), "body", "EOF"),
         ];

@@ -134,6 +134,21 @@ impl Worker {
             }
         };
         let files: Vec<crate::api::models::ModelFile> = serde_json::from_str(&model.files).unwrap_or_default();
+        let mut datasets = std::collections::HashMap::new();
+        let inputs = match self.store.job_inputs(&job.id).await {
+            Ok(i) => i,
+            Err(e) => {
+                tracing::error!(error = %format!("{e:#}"), "loading the job's inputs failed");
+                return Outcome::Failed("internal error while loading the job's inputs (see the worker log)".into());
+            }
+        };
+        for id in inputs.iter().filter(|i| **i != job.model_id) {
+            if let Ok(Some(d)) = self.store.get_dataset(&job.tenant_id, id).await {
+                if let Some(format) = crate::data::Format::parse(&d.format) {
+                    datasets.insert(id.clone(), (format, d.task.as_deref().and_then(crate::data::Task::parse)));
+                }
+            }
+        }
         let stop = CancellationToken::new();
         let (ptx, mut prx) = watch::channel(Progress { stage: "starting".into(), fraction: 0.0 });
         let ctx = JobContext {
@@ -145,6 +160,7 @@ impl Worker {
             stop: stop.clone(),
             step_delay: Duration::from_millis(self.args.job_step_delay_ms),
             produced: Mutex::new(Vec::new()),
+            datasets,
         };
         let mut handle = tokio::task::spawn_blocking(move || {
             let r = executor.run(&ctx);

@@ -358,6 +358,12 @@ impl Store {
         Ok(r.rows_affected() == 1)
     }
 
+    /// The models and datasets a job reads.
+    pub async fn job_inputs(&self, job_id: &str) -> anyhow::Result<Vec<String>> {
+        let rows = sqlx::query("SELECT resource_id FROM job_inputs WHERE job_id = $1 ORDER BY resource_id").bind(job_id).fetch_all(&self.pool).await?;
+        rows.into_iter().map(|r| Ok(r.try_get("resource_id")?)).collect()
+    }
+
     pub async fn list_artifacts(&self, job_id: &str) -> anyhow::Result<Vec<ArtifactRow>> {
         let rows = sqlx::query("SELECT name, bytes, sha256 FROM job_artifacts WHERE job_id = $1 ORDER BY name")
             .bind(job_id)
