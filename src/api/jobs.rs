@@ -146,7 +146,11 @@ async fn create_job(State(st): State<AppState>, Auth(p): Auth, headers: HeaderMa
         }
         inputs.push(id);
     }
-    let spec = serde_json::to_string(&JobRequest { model_id: model_id.clone(), ..req.clone() }).map_err(ApiError::internal)?;
+    // Stored with every default written out, so that the same request spelled differently is
+    // the same request for Idempotency-Key.
+    let mut normalized = JobRequest { model_id: model_id.clone(), ..req.clone() };
+    normalized.pruning.scope = Some(req.pruning.scope());
+    let spec = serde_json::to_string(&normalized).map_err(ApiError::internal)?;
     let hash = hex::encode(Sha256::digest(spec.as_bytes()));
     let outcome = st
         .store
