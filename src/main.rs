@@ -45,6 +45,13 @@ enum Command {
         /// Output directory (created if missing).
         #[arg(long)]
         out: std::path::PathBuf,
+        /// Calibration text for methods that need it (wanda): a .tsv (GLUE, with --task),
+        /// .jsonl or SQuAD .json file.
+        #[arg(long)]
+        calibration: Option<std::path::PathBuf>,
+        /// The GLUE task of a .tsv calibration file (e.g. sst2, mrpc).
+        #[arg(long)]
+        task: Option<String>,
     },
     /// Manage API keys.
     Apikey {
@@ -70,8 +77,8 @@ fn main() -> anyhow::Result<()> {
         println!("{}", secateur::api::openapi().to_pretty_json()?);
         return Ok(());
     }
-    if let Command::Prune { model, spec, out } = &cli.command {
-        return prune_locally(model, spec, out);
+    if let Command::Prune { model, spec, out, calibration, task } = &cli.command {
+        return prune_locally(model, spec, out, calibration.as_deref(), task.as_deref());
     }
     secateur::app::init_logging(&cli.log);
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
@@ -97,16 +104,30 @@ fn main() -> anyhow::Result<()> {
     })
 }
 
-fn prune_locally(model: &std::path::Path, spec: &std::path::Path, out: &std::path::Path) -> anyhow::Result<()> {
+fn prune_locally(model: &std::path::Path, spec: &std::path::Path, out: &std::path::Path, calibration: Option<&std::path::Path>, task: Option<&str>) -> anyhow::Result<()> {
     use anyhow::Context;
+    use secateur::data::{Format, Task};
     let spec_bytes = std::fs::read(spec).with_context(|| format!("reading {}", spec.display()))?;
+    let task = task.map(|t| Task::parse(t).with_context(|| format!("--task {t:?}: expected one of {}", secateur::data::TASK_NAMES))).transpose()?;
+    let calibration = match calibration {
+        None => None,
+        Some(path) => {
+            let format = match path.extension().and_then(|e| e.to_str()) {
+                Some("tsv") => Format::GlueTsv,
+                Some("jsonl") => Format::Jsonl,
+                Some("json") => Format::SquadJson,
+                _ => anyhow::bail!("--calibration {}: expected a .tsv, .jsonl or .json file", path.display()),
+            };
+            Some(secateur::jobs::LocalDataset { path, format, task })
+        }
+    };
     let bar = indicatif::ProgressBar::new(1000);
     bar.set_style(
         indicatif::ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:40} {percent:>3}% {msg}")
             .expect("valid template"),
     );
     let b = bar.clone();
-    let produced = secateur::jobs::run_local(&spec_bytes, model, out, move |p| {
+    let produced = secateur::jobs::run_local(&spec_bytes, model, calibration, out, move |p| {
         b.set_position((p.fraction.clamp(0.0, 1.0) * 1000.0) as u64);
         b.set_message(p.stage.clone());
     });

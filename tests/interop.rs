@@ -31,7 +31,7 @@ fn minilm_and_its_hf_exports_match_transformers() {
     let mut dirs = vec![model.clone()];
     for (name, spec) in specs {
         let out = work.path().join(name);
-        secateur::jobs::run_local(spec.as_bytes(), &model, &out, |_| {}).unwrap();
+        secateur::jobs::run_local(spec.as_bytes(), &model, None, &out, |_| {}).unwrap();
         dirs.push(out);
     }
     let (ids, mask, tt) = sst2_batch(&model, 8);

@@ -108,9 +108,17 @@ impl JobContext {
 /// Run a job spec locally, without a server or database (`secateur prune`): the model files
 /// are read from `model_dir`, the artifacts are written into `out_dir` under the same names a
 /// job would give them. `on_progress` sees every progress report.
+/// Calibration text for a local run: a file and how to read it.
+pub struct LocalDataset<'a> {
+    pub path: &'a std::path::Path,
+    pub format: crate::data::Format,
+    pub task: Option<crate::data::Task>,
+}
+
 pub fn run_local(
     spec_json: &[u8],
     model_dir: &std::path::Path,
+    calibration: Option<LocalDataset>,
     out_dir: &std::path::Path,
     on_progress: impl Fn(&Progress) + Send + 'static,
 ) -> anyhow::Result<Vec<ArtifactRow>> {
@@ -120,8 +128,17 @@ pub fn run_local(
     anyhow::ensure!(!obj.contains_key("model_id"), "the spec names a model_id; locally the model is --model");
     let model_id = uuid::Uuid::nil().to_string();
     obj.insert("model_id".into(), model_id.clone().into());
+    // The calibration file stands in for a dataset id.
+    let dataset_id = "00000000-0000-0000-0000-000000000001";
+    if calibration.is_some() {
+        let cal = obj.entry("calibration").or_insert_with(|| serde_json::json!({}));
+        let cal = cal.as_object_mut().context("calibration must be an object")?;
+        anyhow::ensure!(!cal.contains_key("dataset_id"), "the spec names calibration.dataset_id; locally the data is --calibration");
+        cal.insert("dataset_id".into(), dataset_id.into());
+    } else {
+        anyhow::ensure!(!obj.contains_key("calibration"), "the spec asks for calibration: give the data with --calibration FILE");
+    }
     let req = spec::parse_request(&serde_json::to_vec(&v)?).map_err(|e| anyhow::anyhow!("{}: {}", e.field, e.message))?;
-    anyhow::ensure!(req.calibration.is_none(), "calibration: secateur prune does not read calibration data yet; run methods that need it as jobs of the service");
     let executor = executor_for(req.kind.name()).context("unknown job kind")?;
     // A private artifact store: the model's files linked in, the outputs written under jobs/.
     let scratch = tempfile_dir(out_dir)?;
@@ -132,6 +149,16 @@ pub fn run_local(
     for f in &model_files {
         let src = std::fs::canonicalize(model_dir.join(f))?;
         std::os::unix::fs::symlink(&src, models.join(f))?;
+    }
+    let mut datasets = std::collections::HashMap::new();
+    if let Some(c) = &calibration {
+        let bytes = std::fs::read(c.path).with_context(|| format!("reading {}", c.path.display()))?;
+        let summary = crate::data::validate(c.format, c.task, &bytes).map_err(|e| anyhow::anyhow!("{}: {e}", c.path.display()))?;
+        anyhow::ensure!(summary.rows > 0, "{} holds no rows", c.path.display());
+        let dir = scratch.join("datasets").join(dataset_id);
+        std::fs::create_dir_all(&dir)?;
+        std::os::unix::fs::symlink(std::fs::canonicalize(c.path)?, dir.join("data"))?;
+        datasets.insert(dataset_id.to_string(), (c.format, c.task));
     }
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
     let artifacts = Artifacts::local(&scratch)?;
@@ -176,7 +203,7 @@ pub fn run_local(
         stop: CancellationToken::new(),
         step_delay: Duration::ZERO,
         produced: Mutex::new(Vec::new()),
-        datasets: Default::default(),
+        datasets,
     };
     let result = executor.run(&ctx);
     let produced = ctx.produced();
