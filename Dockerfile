@@ -5,6 +5,8 @@ WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
 COPY src src
 COPY migrations migrations
+# Declared targets must exist for cargo to read the manifest.
+COPY bench bench
 RUN cargo build --release --locked && strip target/release/secateur
 
 # Runtime stage: the binary, CA certificates and curl (for the health check), a non-root user.
