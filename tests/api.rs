@@ -232,7 +232,7 @@ async fn magnitude_jobs_prune_as_requested(db: Db) {
         assert!(done["started_at"].is_string() && done["finished_at"].is_string());
         let list: Vec<Value> = app.get(&format!("/v1/jobs/{job}/artifacts")).send().await.unwrap().json().await.unwrap();
         let names: Vec<&str> = list.iter().map(|a| a["name"].as_str().unwrap()).collect();
-        assert_eq!(names, vec!["config.json", "model.safetensors", "report.json", "tokenizer.json"]);
+        assert_eq!(names, vec!["config.json", "masks.safetensors", "model.safetensors", "report.json", "tokenizer.json"]);
         let pruned = app.artifact(&job, "model.safetensors").await;
         check_pruned(&files[1].1, &pruned, scope, sparsity);
         assert_eq!(app.artifact(&job, "config.json").await, files[0].1);
@@ -244,6 +244,30 @@ async fn magnitude_jobs_prune_as_requested(db: Db) {
         assert!((target_sparsity - sparsity).abs() < 1e-3, "{t}");
         assert_eq!(report["tensors"].as_array().unwrap().iter().filter(|t| t["pruned"] == true).count(), 12);
         assert_eq!(t["bytes"], pruned.len());
+        // FLOPs per token: the 12 linear maps, dense and counting non-zeros only.
+        assert_eq!(t["flops_per_token"], 2 * t["target_parameters"].as_u64().unwrap());
+        assert_eq!(t["flops_per_token_sparse"], 2 * t["target_nonzeros"].as_u64().unwrap());
+        assert!(t["bytes_sparse"].as_u64().unwrap() < t["bytes_dense"].as_u64().unwrap());
+        // Per layer: two layers, adding up to their tensors.
+        let layers = report["layers"].as_array().unwrap();
+        assert_eq!(layers.len(), 2);
+        for l in layers {
+            let i = l["layer"].as_u64().unwrap();
+            let sum: u64 = report["tensors"].as_array().unwrap().iter().filter(|x| x["name"].as_str().unwrap().contains(&format!("layer.{i}."))).map(|x| x["numel"].as_u64().unwrap()).sum();
+            assert_eq!(l["parameters"].as_u64().unwrap(), sum);
+        }
+        // The masks say exactly which weights were kept.
+        let masks = app.artifact(&job, "masks.safetensors").await;
+        let mh = st::parse(&masks).unwrap();
+        let ph = st::parse(&pruned).unwrap();
+        assert_eq!(mh.tensors.len(), 12);
+        for (name, mt) in &mh.tensors {
+            let pt = &ph.tensors[name];
+            let m = &masks[(mh.data_start + mt.begin) as usize..(mh.data_start + mt.end) as usize];
+            let w = &pruned[(ph.data_start + pt.begin) as usize..(ph.data_start + pt.end) as usize];
+            let s = pt.dtype.size() as usize;
+            assert!(m.iter().zip(w.chunks(s)).all(|(k, c)| (*k == 1) == (count_nonzeros(c, pt.dtype) == 1)), "{name}");
+        }
     }
 }
 

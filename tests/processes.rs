@@ -187,7 +187,7 @@ async fn killed_worker_job_is_finished_by_another(db: Db) {
     assert_eq!(done["status"], "succeeded", "{done}");
     assert_eq!(done["attempts"], 2, "claimed once by each worker");
     let names: Vec<String> = c.artifacts(&job).await.iter().map(|a| a["name"].as_str().unwrap().to_string()).collect();
-    assert_eq!(names, vec!["config.json", "model.safetensors", "report.json", "tokenizer.json"], "nothing lost or duplicated");
+    assert_eq!(names, vec!["config.json", "masks.safetensors", "model.safetensors", "report.json", "tokenizer.json"], "nothing lost or duplicated");
     let report = c.report(&job).await;
     assert!((report["totals"]["target_sparsity"].as_f64().unwrap() - 0.5).abs() < 1e-3);
     let claims: Vec<Value> = b.logs().into_iter().filter(|l| l["message"] == "job claimed").collect();

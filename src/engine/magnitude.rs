@@ -473,10 +473,49 @@ pub struct TensorReport {
     pub sparsity: f64,
     /// Whether the tensor was a pruning target.
     pub pruned: bool,
+    /// Stored densely.
+    pub bytes_dense: u64,
+    /// Stored as a bitmask (one bit per element) plus the non-zero values.
+    pub bytes_sparse: u64,
+}
+
+/// Per encoder layer: its tensors together.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct LayerReport {
+    pub layer: usize,
+    pub parameters: u64,
+    pub nonzeros: u64,
+    pub sparsity: f64,
+}
+
+/// The encoder layer a tensor belongs to, from its name.
+pub fn layer_of(name: &str) -> Option<usize> {
+    ["encoder.layer.", "transformer.layer."].iter().find_map(|root| {
+        let at = name.find(root)?;
+        if at > 0 && !name[..at].ends_with('.') {
+            return None;
+        }
+        name[at + root.len()..].split('.').next()?.parse().ok()
+    })
+}
+
+/// Per-layer totals of the tensors.
+pub fn per_layer(tensors: &[TensorReport]) -> Vec<LayerReport> {
+    let mut by: std::collections::BTreeMap<usize, (u64, u64)> = Default::default();
+    for t in tensors {
+        if let Some(l) = layer_of(&t.name) {
+            let e = by.entry(l).or_default();
+            e.0 += t.numel;
+            e.1 += t.nonzeros;
+        }
+    }
+    by.into_iter().map(|(layer, (n, nz))| LayerReport { layer, parameters: n, nonzeros: nz, sparsity: ratio(n - nz, n) }).collect()
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Totals {
+    /// Elements of the floating-point tensors before pruning.
+    pub parameters_before: u64,
     pub parameters: u64,
     pub nonzeros: u64,
     pub sparsity: f64,
@@ -485,6 +524,15 @@ pub struct Totals {
     pub target_sparsity: f64,
     /// Size of the written checkpoint.
     pub bytes: u64,
+    /// Every tensor stored densely.
+    pub bytes_dense: u64,
+    /// Each floating-point tensor stored the smaller way: densely, or as a bitmask plus its
+    /// non-zero values.
+    pub bytes_sparse: u64,
+    /// Multiply-adds (×2) of the encoder's linear maps per token, counting every weight.
+    pub flops_per_token: u64,
+    /// The same, counting only non-zero weights (what a sparse kernel would do).
+    pub flops_per_token_sparse: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -501,6 +549,8 @@ pub struct Report {
     /// Units removed per layer (structured granularities).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub removed: Option<RemovedUnits>,
+    /// Per encoder layer.
+    pub layers: Vec<LayerReport>,
     pub tensors: Vec<TensorReport>,
     pub totals: Totals,
     /// Totals of the `compact` export, when one was written.
@@ -534,15 +584,33 @@ pub fn measure(file: &[u8], header: &Header, targets: &[String]) -> (Vec<TensorR
 
 pub fn measure_against(file: &[u8], header: &Header, targets: &[String], before: &Header) -> (Vec<TensorReport>, Totals) {
     let mut tensors = Vec::new();
-    let mut totals = Totals { parameters: 0, nonzeros: 0, sparsity: 0.0, target_parameters: 0, target_nonzeros: 0, target_sparsity: 0.0, bytes: file.len() as u64 };
+    let mut totals = Totals {
+        parameters_before: before.tensors.values().filter(|t| t.dtype.is_float()).map(|t| t.numel()).sum(),
+        parameters: 0,
+        nonzeros: 0,
+        sparsity: 0.0,
+        target_parameters: 0,
+        target_nonzeros: 0,
+        target_sparsity: 0.0,
+        bytes: file.len() as u64,
+        bytes_dense: 0,
+        bytes_sparse: 0,
+        flops_per_token: 0,
+        flops_per_token_sparse: 0,
+    };
     for (name, t) in &header.tensors {
+        let dense = t.end - t.begin;
+        totals.bytes_dense += dense;
         if !t.dtype.is_float() {
+            totals.bytes_sparse += dense;
             continue;
         }
         let a = (header.data_start + t.begin) as usize;
         let b = (header.data_start + t.end) as usize;
         let nz = count_nonzeros(&file[a..b], t.dtype);
         let n = t.numel();
+        let sparse = n.div_ceil(8) + nz * t.dtype.size();
+        totals.bytes_sparse += dense.min(sparse);
         let pruned = targets.contains(name);
         totals.parameters += n;
         totals.nonzeros += nz;
@@ -550,12 +618,42 @@ pub fn measure_against(file: &[u8], header: &Header, targets: &[String], before:
             totals.target_parameters += n;
             totals.target_nonzeros += nz;
         }
+        if t.shape.len() == 2 && name.ends_with(".weight") && layer_of(name).is_some() {
+            totals.flops_per_token += 2 * n;
+            totals.flops_per_token_sparse += 2 * nz;
+        }
         let shape_before = before.tensors.get(name).map_or_else(|| t.shape.clone(), |b| b.shape.clone());
-        tensors.push(TensorReport { name: name.clone(), dtype: t.dtype.name().into(), shape_before, shape: t.shape.clone(), numel: n, nonzeros: nz, sparsity: ratio(n - nz, n), pruned });
+        tensors.push(TensorReport {
+            name: name.clone(),
+            dtype: t.dtype.name().into(),
+            shape_before,
+            shape: t.shape.clone(),
+            numel: n,
+            nonzeros: nz,
+            sparsity: ratio(n - nz, n),
+            pruned,
+            bytes_dense: dense,
+            bytes_sparse: sparse,
+        });
     }
     totals.sparsity = ratio(totals.parameters - totals.nonzeros, totals.parameters);
     totals.target_sparsity = ratio(totals.target_parameters - totals.target_nonzeros, totals.target_parameters);
     (tensors, totals)
+}
+
+/// The masks of unstructured / N:M pruning as a safetensors file: for every target a U8 tensor
+/// of its shape, 1 where the weight is kept (so later fine-tuning can keep the zeros at zero).
+pub fn masks_file(file: &[u8], header: &Header, targets: &[String]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for name in targets {
+        let t = &header.tensors[name];
+        let a = (header.data_start + t.begin) as usize;
+        let b = (header.data_start + t.end) as usize;
+        let s = t.dtype.size() as usize;
+        let bits: Vec<u8> = file[a..b].chunks_exact(s).map(|c| (count_nonzeros(c, t.dtype) == 1) as u8).collect();
+        out.push((name.clone(), Dtype::U8, t.shape.clone(), bits));
+    }
+    super::st::serialize(&out, None)
 }
 
 #[cfg(test)]

@@ -97,10 +97,12 @@ fn unstructured(ctx: &JobContext, req: &JobRequest, config: &Bytes, weights: Byt
         include: req.pruning.include.clone(),
         exclude: req.pruning.exclude.clone(),
         removed: None,
+        layers: magnitude::per_layer(&tensors),
         tensors,
         totals,
         compact: None,
     };
+    ctx.write_artifact("masks.safetensors", Bytes::from(magnitude::masks_file(&out, header, &targets)))?;
     // Unstructured pruning keeps every shape: the compact layout is the same file.
     let out = Bytes::from(out);
     write_model(ctx, "", out.clone(), config.clone())?;
@@ -193,6 +195,7 @@ fn structured_job(ctx: &JobContext, req: &JobRequest, config: &Bytes, weights: &
         include: vec![],
         exclude: vec![],
         removed: Some(RemovedUnits { heads: plan.heads, neurons: plan.neurons, layers: vec![] }),
+        layers: magnitude::per_layer(&tensors),
         tensors,
         totals,
         compact: compact_totals,
@@ -297,10 +300,12 @@ fn wanda_job(ctx: &JobContext, req: &JobRequest, config: &Bytes, weights: Bytes,
         include: req.pruning.include.clone(),
         exclude: req.pruning.exclude.clone(),
         removed: None,
+        layers: magnitude::per_layer(&tensors),
         tensors,
         totals,
         compact: None,
     };
+    ctx.write_artifact("masks.safetensors", Bytes::from(magnitude::masks_file(&out, header, &targets)))?;
     let out = Bytes::from(out);
     write_model(ctx, "", out.clone(), config.clone())?;
     if req.export.compact {
@@ -342,6 +347,7 @@ fn layers_job(ctx: &JobContext, req: &JobRequest, config: &Bytes, weights: &Byte
         exclude: vec![],
         removed: Some(RemovedUnits { heads: vec![], neurons: vec![], layers: removed }),
         compact: req.export.compact.then(|| totals.clone()),
+        layers: magnitude::per_layer(&tensors),
         tensors,
         totals,
     };
