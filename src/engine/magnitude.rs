@@ -277,10 +277,10 @@ pub fn satisfies_nm(data: &[u8], dtype: Dtype, pattern: NmPattern) -> bool {
 
 /// Radix selection of the k smallest magnitudes over F32/F16/BF16 tensors, without sorting
 /// or copying: each element's magnitude maps to the bits of `|x|` as f32 (exact for f16 and
-/// bf16), whose integer order is the magnitude order. One histogram pass over the high 16 bits
-/// finds the bucket holding the k-th element, a second over the low 16 bits of that bucket
-/// finds the exact threshold, and a third zeroes what is below it (plus the ties needed, in
-/// order). Each pass runs in parallel over pieces of the tensors.
+/// bf16), whose integer order is the magnitude order. A histogram pass over the high 16 bits
+/// finds the bucket holding the k-th element; a second pass zeroes every lower bucket and
+/// collects the members of that bucket, whose low 16 bits then give the exact threshold and
+/// the ties to prune (in order). Both passes run in parallel over pieces of the tensors.
 pub mod radix {
     use super::{Dtype, TensorInfo};
     use rayon::prelude::*;
@@ -396,32 +396,39 @@ pub mod radix {
         unreachable!("k is below the element count")
     }
 
-    /// Zero the elements whose key is below `t`; return how many equal it. Branch-free: the
+    /// Zero the elements whose key lies in a bucket (high 16 bits) below `bucket`, and return
+    /// the index and low 16 bits of those in `bucket`. The zeroing is branch-free: the
     /// comparison becomes a mask, so a 50% sparsity costs no mispredictions.
-    fn zero_below(data: &mut [u8], dtype: Dtype, t: u32) -> u64 {
-        let mut eq = 0u64;
+    fn zero_below_collect(data: &mut [u8], dtype: Dtype, bucket: u32) -> Vec<(u32, u16)> {
+        let floor = bucket << 16;
+        let mut hits = Vec::new();
+        let mut note = |i: usize, key: u32| {
+            if key >> 16 == bucket {
+                hits.push((i as u32, key as u16));
+            }
+        };
         match dtype {
-            Dtype::F32 => data.chunks_exact_mut(4).for_each(|c| {
+            Dtype::F32 => data.chunks_exact_mut(4).enumerate().for_each(|(i, c)| {
                 let bits = u32::from_le_bytes([c[0], c[1], c[2], c[3]]);
                 let key = bits & 0x7fff_ffff;
-                eq += (key == t) as u64;
-                c.copy_from_slice(&(bits & ((key >= t) as u32).wrapping_neg()).to_le_bytes());
+                note(i, key);
+                c.copy_from_slice(&(bits & ((key >= floor) as u32).wrapping_neg()).to_le_bytes());
             }),
-            Dtype::BF16 => data.chunks_exact_mut(2).for_each(|c| {
+            Dtype::BF16 => data.chunks_exact_mut(2).enumerate().for_each(|(i, c)| {
                 let bits = u16::from_le_bytes([c[0], c[1]]);
                 let key = ((bits as u32) << 16) & 0x7fff_ffff;
-                eq += (key == t) as u64;
-                c.copy_from_slice(&(bits & ((key >= t) as u16).wrapping_neg()).to_le_bytes());
+                note(i, key);
+                c.copy_from_slice(&(bits & ((key >= floor) as u16).wrapping_neg()).to_le_bytes());
             }),
-            Dtype::F16 => data.chunks_exact_mut(2).for_each(|c| {
+            Dtype::F16 => data.chunks_exact_mut(2).enumerate().for_each(|(i, c)| {
                 let bits = u16::from_le_bytes([c[0], c[1]]);
                 let key = half::f16::from_bits(bits).to_f32().to_bits() & 0x7fff_ffff;
-                eq += (key == t) as u64;
-                c.copy_from_slice(&(bits & ((key >= t) as u16).wrapping_neg()).to_le_bytes());
+                note(i, key);
+                c.copy_from_slice(&(bits & ((key >= floor) as u16).wrapping_neg()).to_le_bytes());
             }),
             _ => unreachable!("radix handles F32, F16 and BF16"),
         }
-        eq
+        hits
     }
 
     /// Zero the `k` smallest magnitudes over `infos` (ties: earlier target, earlier element).
@@ -432,30 +439,34 @@ pub mod radix {
         let mut pieces = pieces(file, base, infos);
         let hi = histogram(&pieces, |key| Some((key >> 16) as usize));
         let (bh, below_hi) = locate(&hi, k - 1);
-        let lo = histogram(&pieces, |key| ((key >> 16) as usize == bh).then_some((key & 0xffff) as usize));
+        // Zero every element of a lower bucket, and collect (in order) the elements of the
+        // bucket holding the threshold: usually a small fraction, so the last decisions need no
+        // further pass over all the weights.
+        let candidates: Vec<Vec<(u32, u16)>> = pieces.par_iter_mut().map(|p| zero_below_collect(p.data, p.dtype, bh as u32)).collect();
+        let mut lo = vec![0u64; 1 << 16];
+        for c in &candidates {
+            for &(_, l) in c {
+                lo[l as usize] += 1;
+            }
+        }
         let (bl, below_lo) = locate(&lo, k - 1 - below_hi);
-        let threshold = ((bh as u32) << 16) | bl as u32;
+        let bl = bl as u16;
         let mut ties = k - below_hi - below_lo;
-        // Zero everything below the threshold, counting the elements equal to it.
-        let equal: Vec<u64> = pieces.par_iter_mut().map(|p| zero_below(p.data, p.dtype, threshold)).collect();
-        // Then the ties, in order.
-        for (p, eq) in pieces.iter_mut().zip(equal) {
-            if ties == 0 {
-                break;
-            }
-            if eq == 0 {
-                continue;
-            }
+        for (p, cands) in pieces.iter_mut().zip(&candidates) {
             let s = p.dtype.size() as usize;
-            let mut hits = Vec::new();
-            for_each_key(p.data, p.dtype, |i, key| {
-                if key == threshold && (hits.len() as u64) < ties {
-                    hits.push(i);
+            for &(i, l) in cands {
+                let prune = match l.cmp(&bl) {
+                    std::cmp::Ordering::Less => true,
+                    std::cmp::Ordering::Equal if ties > 0 => {
+                        ties -= 1;
+                        true
+                    }
+                    _ => false,
+                };
+                if prune {
+                    let i = i as usize;
+                    p.data[i * s..(i + 1) * s].fill(0);
                 }
-            });
-            ties -= hits.len() as u64;
-            for i in hits {
-                p.data[i * s..(i + 1) * s].fill(0);
             }
         }
     }
