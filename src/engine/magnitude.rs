@@ -356,27 +356,36 @@ pub mod radix {
         out
     }
 
-    fn histogram(pieces: &[Piece], select: impl Fn(u32) -> Option<usize> + Sync) -> Vec<u64> {
-        // One table per thread (not per rayon split: a 512 KiB table per piece would cost more
-        // to clear and merge than the counting itself).
+    /// Counts of the high 16 bits of every key.
+    fn histogram(pieces: &[Piece]) -> Vec<u64> {
+        // One table per thread (not per rayon split: a table per piece would cost more to clear
+        // and merge than the counting itself). Four interleaved tables: neighbouring weights
+        // often share a bucket, and one table would make each increment wait for the previous
+        // one. u32 counters keep the tables at 1 MiB; they are flushed long before overflowing.
         let per = pieces.len().div_ceil(rayon::current_num_threads()).max(1);
         pieces
             .par_chunks(per)
             .map(|group| {
-                // Four interleaved tables: neighbouring weights often share a bucket, and one
-                // table would make each increment wait for the previous one.
-                let mut h = vec![0u64; 4 << 16];
+                let mut total = vec![0u64; 1 << 16];
+                let mut h = vec![0u32; 4 << 16];
+                let mut pending = 0usize;
+                let flush = |h: &mut Vec<u32>, total: &mut Vec<u64>| {
+                    for (j, t) in total.iter_mut().enumerate() {
+                        *t += (h[j] + h[j | 1 << 16] + h[j | 2 << 16] + h[j | 3 << 16]) as u64;
+                    }
+                    h.iter_mut().for_each(|x| *x = 0);
+                };
                 for p in group {
-                    for_each_key(p.data, p.dtype, |i, k| {
-                        if let Some(b) = select(k) {
-                            h[((i & 3) << 16) | b] += 1;
-                        }
-                    });
+                    let n = p.data.len() / p.dtype.size() as usize;
+                    if pending + n > u32::MAX as usize / 4 {
+                        flush(&mut h, &mut total);
+                        pending = 0;
+                    }
+                    pending += n;
+                    for_each_key(p.data, p.dtype, |i, k| h[((i & 3) << 16) | (k >> 16) as usize] += 1);
                 }
-                let (a, rest) = h.split_at(1 << 16);
-                let (b, rest) = rest.split_at(1 << 16);
-                let (c, d) = rest.split_at(1 << 16);
-                (0..1 << 16).map(|j| a[j] + b[j] + c[j] + d[j]).collect::<Vec<u64>>()
+                flush(&mut h, &mut total);
+                total
             })
             .reduce(|| vec![0u64; 1 << 16], |mut a, b| {
                 a.iter_mut().zip(b).for_each(|(x, y)| *x += y);
@@ -437,7 +446,7 @@ pub mod radix {
             return;
         }
         let mut pieces = pieces(file, base, infos);
-        let hi = histogram(&pieces, |key| Some((key >> 16) as usize));
+        let hi = histogram(&pieces);
         let (bh, below_hi) = locate(&hi, k - 1);
         // Zero every element of a lower bucket, and collect (in order) the elements of the
         // bucket holding the threshold: usually a small fraction, so the last decisions need no
