@@ -63,13 +63,7 @@ impl Executor for PruneExecutor {
 }
 
 fn unstructured(ctx: &JobContext, req: &JobRequest, config: &Bytes, weights: Bytes, header: &Header, family: Family) -> Result<(), JobError> {
-    let compile = |v: &[String]| v.iter().map(|p| regex::Regex::new(p)).collect::<Result<Vec<_>, _>>();
-    let include = compile(&req.pruning.include).map_err(|e| JobError::Failed(e.to_string()))?;
-    let exclude = compile(&req.pruning.exclude).map_err(|e| JobError::Failed(e.to_string()))?;
-    let targets = magnitude::select_targets(family, header, &include, &exclude);
-    if targets.is_empty() {
-        return Err(JobError::Failed("no tensor is left to prune after applying include/exclude".into()));
-    }
+    let targets = chosen_targets(req, header, family)?;
     ctx.progress("pruning", 0.1)?;
     let mut out = weights.to_vec();
     drop(weights);
@@ -87,9 +81,38 @@ fn unstructured(ctx: &JobContext, req: &JobRequest, config: &Bytes, weights: Byt
         }
     };
     ctx.progress("writing", 0.85)?;
-    let (tensors, totals) = magnitude::measure(&out, header, &targets);
+    finish_in_place(ctx, req, "magnitude", config, out, header, &targets, requested, pattern)
+}
+
+/// The tensors to prune: the encoder's linear weights, or the `include`/`exclude` choice.
+fn chosen_targets(req: &JobRequest, header: &Header, family: Family) -> Result<Vec<String>, JobError> {
+    let compile = |v: &[String]| v.iter().map(|p| regex::Regex::new(p)).collect::<Result<Vec<_>, _>>();
+    let include = compile(&req.pruning.include).map_err(|e| JobError::Failed(e.to_string()))?;
+    let exclude = compile(&req.pruning.exclude).map_err(|e| JobError::Failed(e.to_string()))?;
+    let targets = magnitude::select_targets(family, header, &include, &exclude);
+    if targets.is_empty() {
+        return Err(JobError::Failed("no tensor is left to prune after applying include/exclude".into()));
+    }
+    Ok(targets)
+}
+
+/// After weights were zeroed in place (shapes unchanged): the report, the masks, the model
+/// (also as `compact/` when asked: for these methods it is the same file).
+#[allow(clippy::too_many_arguments)]
+fn finish_in_place(
+    ctx: &JobContext,
+    req: &JobRequest,
+    method: &str,
+    config: &Bytes,
+    out: Vec<u8>,
+    header: &Header,
+    targets: &[String],
+    requested: f64,
+    pattern: Option<String>,
+) -> Result<(), JobError> {
+    let (tensors, totals) = magnitude::measure(&out, header, targets);
     let report = Report {
-        method: "magnitude".into(),
+        method: method.into(),
         granularity: if pattern.is_some() { "n:m" } else { "unstructured" }.into(),
         scope: req.pruning.scope(),
         requested_sparsity: requested,
@@ -102,8 +125,7 @@ fn unstructured(ctx: &JobContext, req: &JobRequest, config: &Bytes, weights: Byt
         totals,
         compact: None,
     };
-    ctx.write_artifact("masks.safetensors", Bytes::from(magnitude::masks_file(&out, header, &targets)))?;
-    // Unstructured pruning keeps every shape: the compact layout is the same file.
+    ctx.write_artifact("masks.safetensors", Bytes::from(magnitude::masks_file(&out, header, targets)))?;
     let out = Bytes::from(out);
     write_model(ctx, "", out.clone(), config.clone())?;
     if req.export.compact {
@@ -247,13 +269,7 @@ fn wanda_job(ctx: &JobContext, req: &JobRequest, config: &Bytes, weights: Bytes,
     }
     let norms: std::collections::HashMap<String, Vec<f64>> = norms.into_iter().map(|(k, v)| (k, v.into_iter().map(f64::sqrt).collect())).collect();
     drop(enc);
-    let compile = |v: &[String]| v.iter().map(|p| regex::Regex::new(p)).collect::<Result<Vec<_>, _>>();
-    let include = compile(&req.pruning.include).map_err(|e| JobError::Failed(e.to_string()))?;
-    let exclude = compile(&req.pruning.exclude).map_err(|e| JobError::Failed(e.to_string()))?;
-    let targets = magnitude::select_targets(family, header, &include, &exclude);
-    if targets.is_empty() {
-        return Err(JobError::Failed("no tensor is left to prune after applying include/exclude".into()));
-    }
+    let targets = chosen_targets(req, header, family)?;
     let (rule, requested, pattern) = match (req.pruning.granularity, &req.pruning.pattern) {
         (Granularity::NM, Some(p)) => {
             let pat = magnitude::NmPattern::parse(p).map_err(JobError::Failed)?;
@@ -290,28 +306,7 @@ fn wanda_job(ctx: &JobContext, req: &JobRequest, config: &Bytes, weights: Bytes,
         }
         ctx.progress("pruning", 0.5 + 0.35 * (i + 1) as f64 / targets.len() as f64)?;
     }
-    let (tensors, totals) = magnitude::measure(&out, header, &targets);
-    let report = Report {
-        method: "wanda".into(),
-        granularity: if pattern.is_some() { "n:m" } else { "unstructured" }.into(),
-        scope: req.pruning.scope(),
-        requested_sparsity: requested,
-        pattern,
-        include: req.pruning.include.clone(),
-        exclude: req.pruning.exclude.clone(),
-        removed: None,
-        layers: magnitude::per_layer(&tensors),
-        tensors,
-        totals,
-        compact: None,
-    };
-    ctx.write_artifact("masks.safetensors", Bytes::from(magnitude::masks_file(&out, header, &targets)))?;
-    let out = Bytes::from(out);
-    write_model(ctx, "", out.clone(), config.clone())?;
-    if req.export.compact {
-        write_model(ctx, "compact/", out, config.clone())?;
-    }
-    ctx.write_artifact("report.json", json(&report)?)
+    finish_in_place(ctx, req, "wanda", config, out, header, &targets, requested, pattern)
 }
 
 /// Whole layers: removed physically in every layout (transformers loads fewer layers), so the
