@@ -49,6 +49,23 @@ enum Col {
     Index(usize),
 }
 
+impl Col {
+    /// The column's index, given the header (when the layout has one).
+    fn index(&self, header: Option<&[&str]>) -> Option<usize> {
+        match self {
+            Col::Index(i) => Some(*i),
+            Col::Name(n) => header?.iter().position(|x| x == n),
+        }
+    }
+
+    fn label(&self) -> String {
+        match self {
+            Col::Index(i) => format!("column_{i}"),
+            Col::Name(n) => n.to_string(),
+        }
+    }
+}
+
 enum Labels {
     /// Class names in GLUE / Hugging Face order (index = class id).
     Classes(&'static [&'static str]),
@@ -171,13 +188,8 @@ fn validate_tsv(text: &str, task: Option<Task>) -> Result<Summary, DataError> {
         it.next();
     }
     let resolve = |c: &Col| -> Result<usize, DataError> {
-        match c {
-            Col::Index(i) => Ok(*i),
-            Col::Name(n) => header
-                .as_ref()
-                .and_then(|h| h.iter().position(|x| x == n))
-                .ok_or_else(|| DataError { line: Some(1), message: format!("the header has no column {n:?} (task {})", task.unwrap().name()) }),
-        }
+        c.index(header.as_deref())
+            .ok_or_else(|| DataError { line: Some(1), message: format!("the header has no column {:?} (task {})", c.label(), task.unwrap().name()) })
     };
     let (label_col, text_cols) = match &layout {
         Some(l) => (Some(resolve(&l.label)?), l.text.iter().map(resolve).collect::<Result<Vec<_>, _>>()?),
@@ -369,10 +381,7 @@ pub fn texts(format: Format, task: Option<Task>, bytes: &[u8], limit: usize) -> 
             let cols: Vec<usize> = layout
                 .text
                 .iter()
-                .map(|c| match c {
-                    Col::Index(i) => Some(*i),
-                    Col::Name(n) => header.as_ref().and_then(|h| h.iter().position(|x| x == n)),
-                })
+                .map(|c| c.index(header.as_deref()))
                 .collect::<Option<_>>()
                 .ok_or_else(|| DataError { line: Some(1), message: "the header lacks a text column of the task".into() })?;
             for (ln, line) in it.take(limit) {

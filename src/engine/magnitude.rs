@@ -242,9 +242,8 @@ pub fn prune_nm_in_place<E>(
     pattern: NmPattern,
     mut step: impl FnMut(usize, usize) -> Result<(), E>,
 ) -> Result<Result<(), E>, String> {
-    for (i, name) in targets.iter().enumerate() {
-        let t = header.tensors.get(name).ok_or_else(|| format!("no tensor named {name}"))?;
-        check_prunable_dtype(name, t.dtype)?;
+    let infos = resolve_targets(header, targets)?;
+    for (i, (name, t)) in targets.iter().zip(infos).enumerate() {
         let cols = *t.shape.last().ok_or_else(|| format!("tensor {name} is a scalar"))? as usize;
         if t.shape.len() < 2 || cols % pattern.m != 0 {
             return Err(format!("tensor {name} with shape {:?}: its input dimension is not a multiple of M = {}", t.shape, pattern.m));

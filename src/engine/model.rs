@@ -142,7 +142,7 @@ impl EncoderConfig {
             family,
             hidden,
             head_dim,
-            vocab: if distil { uint(cfg, "vocab_size")? } else { uint(cfg, "vocab_size")? },
+            vocab: uint(cfg, "vocab_size")?,
             max_positions: uint(cfg, "max_position_embeddings")?,
             type_vocab: if distil { 0 } else { cfg.get("type_vocab_size").and_then(Value::as_u64).unwrap_or(2) as usize },
             eps: if distil { 1e-12 } else { cfg.get("layer_norm_eps").and_then(Value::as_f64).unwrap_or(1e-12) },
