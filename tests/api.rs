@@ -446,6 +446,72 @@ async fn wanda_jobs_prune_each_row_with_calibration_text(db: Db) {
     assert_eq!(app.delete(&format!("/v1/datasets/{ds}")).send().await.unwrap().status(), StatusCode::NO_CONTENT);
 }
 
+async fn sparsegpt_jobs_prune_and_reconstruct_with_calibration_text(db: Db) {
+    use secateur::engine::magnitude::{count_nonzeros, satisfies_nm, NmPattern};
+    let app = TestApp::spawn(db).await;
+    let m = TinyModel::default();
+    let orig = m.safetensors();
+    let model = app.create_model(&m).await;
+    let lines: String = (0..40).map(|i| format!("{{\"text\": \"w{} w{} w{} w{} w{}\"}}\n", 5 + i % 50, 7 + i % 40, 9 + i % 30, 11 + i % 20, 13 + i % 7)).collect();
+    let ds: Value = app.upload_dataset(lines.into_bytes(), "jsonl", None).await.json().await.unwrap();
+    let ds = ds["id"].as_str().unwrap().to_string();
+    let (s, body) = problem(app.submit(&json!({"model_id": model, "pruning": {"method": "sparsegpt", "sparsity": 0.5, "dampening": 2.0}, "calibration": {"dataset_id": ds}})).await).await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(body["errors"][0]["field"], "pruning.dampening");
+    let job = app.submit_ok(&json!({"model_id": model, "pruning": {"method": "sparsegpt", "sparsity": 0.5}, "calibration": {"dataset_id": ds, "samples": 32}})).await;
+    let done = app.wait_for(&job, &["succeeded", "failed"], WAIT).await;
+    assert_eq!(done["status"], "succeeded", "{done}");
+    let out = app.artifact(&job, "model.safetensors").await;
+    let h = st::parse(&out).unwrap();
+    let fam = secateur::engine::arch::Family::Bert;
+    let mut updated = 0;
+    for (name, t) in &h.tensors {
+        let r = (h.data_start + t.begin) as usize..(h.data_start + t.end) as usize;
+        if !secateur::engine::arch::is_encoder_linear_weight(fam, name) {
+            assert_eq!(out[r.clone()], orig[r], "{name} changed");
+            continue;
+        }
+        // Half of each tensor is gone (one block: all its columns)...
+        assert_eq!(count_nonzeros(&out[r.clone()], t.dtype) * 2, t.numel(), "{name}");
+        // ...and the weights kept were updated to make up for it.
+        let (before, after) = (st::floats(&orig[r.clone()], t.dtype).unwrap(), st::floats(&out[r], t.dtype).unwrap());
+        updated += before.iter().zip(&after).filter(|(b, a)| **a != 0.0 && (*a - *b).abs() > 1e-6).count();
+    }
+    assert!(updated > 0, "no kept weight was updated");
+    let report: Value = serde_json::from_slice(&app.artifact(&job, "report.json").await).unwrap();
+    assert_eq!(report["method"], "sparsegpt");
+    assert_eq!(report["scope"], "local");
+    assert_eq!(report["parameters"]["block_size"], 128);
+    assert_eq!(report["parameters"]["dampening"], 0.01);
+    assert_eq!(report["parameters"]["calibration_sequences"], 32);
+    assert_eq!(report["parameters"]["calibration_tokens"], 32 * 5, "5 words (the tiny tokenizer adds no special tokens)");
+    assert_eq!(report["parameters"]["calibration"]["samples"], 32);
+    assert_eq!(report["totals"]["target_sparsity"], 0.5);
+    app.artifact(&job, "masks.safetensors").await;
+    // N:M with a block size that is not a multiple of M, on part of the model.
+    let job = app.submit_ok(&json!({"model_id": model, "pruning": {"method": "sparsegpt", "granularity": "n:m", "pattern": "2:4", "block_size": 6, "include": ["layer\\.1\\."], "exclude": ["LayerNorm", "bias$"]}, "calibration": {"dataset_id": ds}})).await;
+    let done = app.wait_for(&job, &["succeeded", "failed"], WAIT).await;
+    assert_eq!(done["status"], "succeeded", "{done}");
+    let out = app.artifact(&job, "model.safetensors").await;
+    let h = st::parse(&out).unwrap();
+    for (name, t) in &h.tensors {
+        let r = (h.data_start + t.begin) as usize..(h.data_start + t.end) as usize;
+        if secateur::engine::arch::is_encoder_linear_weight(fam, name) && name.contains("layer.1.") {
+            assert!(satisfies_nm(&out[r.clone()], t.dtype, NmPattern { n: 2, m: 4 }), "{name}");
+            assert_eq!(count_nonzeros(&out[r], t.dtype) * 2, t.numel());
+        } else {
+            assert_eq!(out[r.clone()], orig[r], "{name} changed");
+        }
+    }
+    let report: Value = serde_json::from_slice(&app.artifact(&job, "report.json").await).unwrap();
+    assert_eq!(report["parameters"]["block_size"], 6);
+    // A tensor that is not an encoder linear map is refused with its name.
+    let job = app.submit_ok(&json!({"model_id": model, "pruning": {"method": "sparsegpt", "sparsity": 0.5, "include": ["word_embeddings"]}, "calibration": {"dataset_id": ds}})).await;
+    let done = app.wait_for(&job, &["succeeded", "failed"], WAIT).await;
+    assert_eq!(done["status"], "failed");
+    assert!(done["error"].as_str().unwrap().contains("embeddings.word_embeddings.weight is not one"), "{done}");
+}
+
 async fn nm_jobs_hold_the_pattern_in_every_group(db: Db) {
     use secateur::engine::magnitude::{satisfies_nm, NmPattern};
     let app = TestApp::spawn(db).await;
@@ -704,6 +770,7 @@ backend_tests!(
     nm_jobs_hold_the_pattern_in_every_group,
     layer_jobs_drop_and_renumber_whole_layers,
     wanda_jobs_prune_each_row_with_calibration_text,
+    sparsegpt_jobs_prune_and_reconstruct_with_calibration_text,
     job_specs_are_validated,
     idempotency_keys_make_retries_safe,
     cancel_queued_running_and_finished_jobs,

@@ -557,6 +557,10 @@ pub struct Totals {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Report {
     pub method: String,
+    /// Everything the method was run with: the job's pruning spec with defaults resolved, its
+    /// calibration, and what the method measured on the way (e.g. calibration tokens seen).
+    #[serde(default)]
+    pub parameters: serde_json::Value,
     pub granularity: String,
     pub scope: Scope,
     pub requested_sparsity: f64,

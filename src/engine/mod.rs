@@ -5,6 +5,7 @@ pub mod arch;
 pub mod export;
 pub mod magnitude;
 pub mod model;
+pub mod sparsegpt;
 pub mod st;
 pub mod structured;
 pub mod testing;

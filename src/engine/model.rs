@@ -321,6 +321,16 @@ impl Encoder {
         attention_mask: &Tensor,
         observe: &mut dyn FnMut(usize, Site, &Tensor) -> Result<()>,
     ) -> Result<Tensor> {
+        let mut x = self.embed(input_ids, token_type_ids)?;
+        let bias = Self::attention_bias(attention_mask)?;
+        for i in 0..self.layers.len() {
+            x = self.layer_forward_observed(i, &x, &bias, &mut |site, input| observe(i, site, input))?;
+        }
+        Ok(x)
+    }
+
+    /// The embedding block's output `[batch, seq, hidden]` (the first layer's input).
+    pub fn embed(&self, input_ids: &Tensor, token_type_ids: Option<&Tensor>) -> Result<Tensor> {
         let (b, t) = input_ids.dims2()?;
         let h = self.config.hidden;
         let lookup = |table: &Tensor, ids: &Tensor| -> candle_core::Result<Tensor> { table.embedding(&ids.flatten_all()?)?.reshape((b, t, h)) };
@@ -332,14 +342,49 @@ impl Encoder {
             };
             x = (x + lookup(tt, &ids)?)?;
         }
-        let mut x = self.emb_norm.forward(&x)?;
-        // Additive mask as Hugging Face builds it: (1 - mask) * finfo(f32).min.
+        Ok(self.emb_norm.forward(&x)?)
+    }
+
+    /// The additive attention bias `[batch, 1, 1, seq]` of a `[batch, seq]` 0/1 mask, as Hugging
+    /// Face builds it: (1 - mask) * finfo(f32).min.
+    pub fn attention_bias(attention_mask: &Tensor) -> Result<Tensor> {
+        let (b, t) = attention_mask.dims2()?;
         let mask = attention_mask.to_dtype(DType::F32)?;
-        let bias = ((mask.ones_like()? - &mask)? * f64::from(f32::MIN))?.reshape((b, 1, 1, t))?;
-        for (i, layer) in self.layers.iter().enumerate() {
-            x = self.layer_forward(layer, &x, &bias, &mut |site, input| observe(i, site, input))?;
+        Ok(((mask.ones_like()? - &mask)? * f64::from(f32::MIN))?.reshape((b, 1, 1, t))?)
+    }
+
+    /// Runs layer `i` alone on its input `x`, showing `observe` the input of each linear map.
+    /// Layer-wise methods (SparseGPT) step through the model with this.
+    pub fn layer_forward_observed(&self, i: usize, x: &Tensor, bias: &Tensor, observe: &mut dyn FnMut(Site, &Tensor) -> Result<()>) -> Result<Tensor> {
+        let layer = self.layers.get(i).ok_or_else(|| ModelError::Invalid(format!("layer {i} out of range")))?;
+        self.layer_forward(layer, x, bias, observe)
+    }
+
+    /// Number of encoder layers.
+    pub fn num_layers(&self) -> usize {
+        self.layers.len()
+    }
+
+    /// Replaces the weight of linear map `module` (a name relative to the layer, e.g.
+    /// `attention.self.query`) of layer `i`, keeping its bias. The shape must not change.
+    pub fn set_weight(&mut self, i: usize, module: &str, weight: Tensor) -> Result<()> {
+        let n = self.config.family.layer_names();
+        let layer = self.layers.get_mut(i).ok_or_else(|| ModelError::Invalid(format!("layer {i} out of range")))?;
+        let slot = match module {
+            m if m == n.query => layer.q.as_mut(),
+            m if m == n.key => layer.k.as_mut(),
+            m if m == n.value => layer.v.as_mut(),
+            m if m == n.attn_out => Some(&mut layer.o),
+            m if m == n.ffn_in => Some(&mut layer.ffn_in),
+            m if m == n.ffn_out => Some(&mut layer.ffn_out),
+            _ => None,
+        };
+        let slot = slot.ok_or_else(|| ModelError::Invalid(format!("layer {i} has no linear map {module}")))?;
+        if slot.weight().dims() != weight.dims() {
+            return invalid(format!("layer {i} {module}: shape {:?} cannot replace {:?}", weight.dims(), slot.weight().dims()));
         }
-        Ok(x)
+        *slot = Linear::new(weight, slot.bias().cloned());
+        Ok(())
     }
 
     fn layer_forward(&self, l: &Layer, x: &Tensor, bias: &Tensor, observe: &mut dyn FnMut(Site, &Tensor) -> Result<()>) -> Result<Tensor> {

@@ -84,6 +84,35 @@ impl Dtype {
     }
 }
 
+/// The elements of a float tensor's little-endian bytes as f32 (`None` for other dtypes and F8).
+pub fn floats(data: &[u8], dtype: Dtype) -> Option<Vec<f32>> {
+    Some(match dtype {
+        Dtype::F32 => data.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect(),
+        Dtype::F16 => data.chunks_exact(2).map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
+        Dtype::BF16 => data.chunks_exact(2).map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
+        Dtype::F64 => data.chunks_exact(8).map(|c| f64::from_le_bytes(c.try_into().unwrap()) as f32).collect(),
+        _ => return None,
+    })
+}
+
+/// Writes `values` into `out` in `dtype` (round to nearest); false for other dtypes or a length
+/// mismatch, leaving `out` untouched.
+pub fn write_floats(values: &[f32], dtype: Dtype, out: &mut [u8]) -> bool {
+    let size = dtype.size() as usize;
+    if !matches!(dtype, Dtype::F32 | Dtype::F16 | Dtype::BF16 | Dtype::F64) || out.len() != values.len() * size {
+        return false;
+    }
+    for (v, o) in values.iter().zip(out.chunks_exact_mut(size)) {
+        match dtype {
+            Dtype::F32 => o.copy_from_slice(&v.to_le_bytes()),
+            Dtype::F16 => o.copy_from_slice(&half::f16::from_f32(*v).to_le_bytes()),
+            Dtype::BF16 => o.copy_from_slice(&half::bf16::from_f32(*v).to_le_bytes()),
+            _ => o.copy_from_slice(&f64::from(*v).to_le_bytes()),
+        }
+    }
+    true
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct TensorInfo {
     pub dtype: Dtype,

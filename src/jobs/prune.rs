@@ -49,9 +49,16 @@ impl Executor for PruneExecutor {
         let weights = ctx.read_model_file("model.safetensors")?;
         let header = st::parse(&weights).map_err(|e| JobError::Failed(format!("model.safetensors: {e}")))?;
         let summary = arch::summarize(&config, &header).map_err(|e| JobError::Failed(format!("config.json: {e}")))?;
-        if req.pruning.method == Method::Wanda {
-            wanda_job(ctx, &req, &config, weights, &header, summary.family)?;
-            return ctx.progress("writing", 1.0);
+        match req.pruning.method {
+            Method::Wanda => {
+                wanda_job(ctx, &req, &config, weights, &header, summary.family)?;
+                return ctx.progress("writing", 1.0);
+            }
+            Method::Sparsegpt => {
+                sparsegpt_job(ctx, &req, &config, weights, &header, summary.family)?;
+                return ctx.progress("writing", 1.0);
+            }
+            Method::Magnitude => {}
         }
         match req.pruning.granularity {
             Granularity::Unstructured | Granularity::NM => unstructured(ctx, &req, &config, weights, &header, summary.family)?,
@@ -81,7 +88,7 @@ fn unstructured(ctx: &JobContext, req: &JobRequest, config: &Bytes, weights: Byt
         }
     };
     ctx.progress("writing", 0.85)?;
-    finish_in_place(ctx, req, "magnitude", config, out, header, &targets, requested, pattern)
+    finish_in_place(ctx, req, "magnitude", config, out, header, &targets, requested, pattern, serde_json::Value::Null)
 }
 
 /// The tensors to prune: the encoder's linear weights, or the `include`/`exclude` choice.
@@ -99,6 +106,22 @@ fn chosen_targets(req: &JobRequest, header: &Header, family: Family) -> Result<V
 /// After weights were zeroed in place (shapes unchanged): the report, the masks, the model
 /// (also as `compact/` when asked: for these methods it is the same file).
 #[allow(clippy::too_many_arguments)]
+/// The report's `parameters`: the pruning spec as run (defaults resolved), the calibration spec,
+/// and the method's own extras (an object, or null).
+fn parameters(req: &JobRequest, extra: serde_json::Value) -> serde_json::Value {
+    let mut p = serde_json::to_value(&req.pruning).unwrap_or_default();
+    if let Some(map) = p.as_object_mut() {
+        map.insert("scope".into(), serde_json::to_value(req.pruning.scope()).unwrap_or_default());
+        if let Some(c) = &req.calibration {
+            map.insert("calibration".into(), serde_json::to_value(c).unwrap_or_default());
+        }
+        if let serde_json::Value::Object(extra) = extra {
+            map.extend(extra);
+        }
+    }
+    p
+}
+
 fn finish_in_place(
     ctx: &JobContext,
     req: &JobRequest,
@@ -109,10 +132,13 @@ fn finish_in_place(
     targets: &[String],
     requested: f64,
     pattern: Option<String>,
+    extra: serde_json::Value,
 ) -> Result<(), JobError> {
+    ctx.progress("writing", 0.9)?;
     let (tensors, totals) = magnitude::measure(&out, header, targets);
     let report = Report {
         method: method.into(),
+        parameters: parameters(req, extra),
         granularity: if pattern.is_some() { "n:m" } else { "unstructured" }.into(),
         scope: req.pruning.scope(),
         requested_sparsity: requested,
@@ -210,6 +236,7 @@ fn structured_job(ctx: &JobContext, req: &JobRequest, config: &Bytes, weights: &
     }
     let report = Report {
         method: "magnitude".into(),
+        parameters: parameters(req, serde_json::Value::Null),
         granularity: if heads { "heads" } else { "neurons" }.into(),
         scope: req.pruning.scope(),
         requested_sparsity: s,
@@ -227,23 +254,25 @@ fn structured_job(ctx: &JobContext, req: &JobRequest, config: &Bytes, weights: &
 
 /// Wanda: activation statistics from calibration text through our encoder, then the paper's
 /// per-row rule (unstructured or N:M), zeroing in place like magnitude pruning.
-fn wanda_job(ctx: &JobContext, req: &JobRequest, config: &Bytes, weights: Bytes, header: &Header, family: Family) -> Result<(), JobError> {
-    use crate::engine::wanda;
-    let cal = req.calibration.as_ref().ok_or_else(|| JobError::Internal(anyhow::anyhow!("a validated wanda spec lacks calibration")))?;
+/// The job's calibration text, tokenized with the model's own tokenizer into batches of 8
+/// `(input_ids, attention_mask, token_type_ids)` padded to their longest sequence.
+type Batch = (candle_core::Tensor, candle_core::Tensor, candle_core::Tensor);
+
+fn calibration_batches(ctx: &JobContext, req: &JobRequest) -> Result<Vec<Batch>, JobError> {
+    let method = req.pruning.method.name();
+    let cal = req.calibration.as_ref().ok_or_else(|| JobError::Internal(anyhow::anyhow!("a validated {method} spec lacks calibration")))?;
     let (format, task, data) = ctx.read_dataset(&cal.dataset_id)?;
     let texts = crate::data::texts(format, task, &data, cal.samples).map_err(|e| JobError::Failed(format!("calibration dataset: {e}")))?;
     if texts.is_empty() {
         return Err(JobError::Failed("the calibration dataset holds no text".into()));
     }
     if !ctx.model_files.iter().any(|f| f == "tokenizer.json") {
-        return Err(JobError::Failed("wanda tokenizes calibration text with the model's tokenizer.json, which this model lacks".into()));
+        return Err(JobError::Failed(format!("{method} tokenizes calibration text with the model's tokenizer.json, which this model lacks")));
     }
     let mut tok = tokenizers::Tokenizer::from_bytes(ctx.read_model_file("tokenizer.json")?).map_err(|e| JobError::Failed(format!("tokenizer.json: {e}")))?;
     tok.with_truncation(Some(tokenizers::TruncationParams { max_length: cal.max_seq_len, ..Default::default() }))
         .map_err(|e| JobError::Failed(format!("tokenizer.json: {e}")))?;
     tok.with_padding(Some(tokenizers::PaddingParams { strategy: tokenizers::PaddingStrategy::BatchLongest, ..Default::default() }));
-    let enc = crate::engine::model::Encoder::from_files(config, &weights, &Device::Cpu).map_err(model_err)?;
-    ctx.progress("calibrating", 0.05)?;
     let mut batches = Vec::new();
     for chunk in texts.chunks(8) {
         let inputs: Vec<tokenizers::EncodeInput> = chunk
@@ -259,6 +288,109 @@ fn wanda_job(ctx: &JobContext, req: &JobRequest, config: &Bytes, weights: Bytes,
         let to_job = |e: candle_core::Error| JobError::Internal(e.into());
         batches.push((flat(&|x| x.get_ids()).map_err(to_job)?, flat(&|x| x.get_attention_mask()).map_err(to_job)?, flat(&|x| x.get_type_ids()).map_err(to_job)?));
     }
+    Ok(batches)
+}
+
+/// Real (non-padding) tokens in the calibration batches.
+fn calibration_tokens(batches: &[Batch]) -> Result<u64, JobError> {
+    let mut n = 0u64;
+    for (_, mask, _) in batches {
+        n += mask.to_dtype(candle_core::DType::F64).and_then(|m| m.sum_all()?.to_scalar::<f64>()).map_err(|e| JobError::Internal(e.into()))? as u64;
+    }
+    Ok(n)
+}
+
+/// The rule of an unstructured or N:M spec, the sparsity it asks for, and its pattern.
+fn calibrated_rule(req: &JobRequest) -> Result<(crate::engine::wanda::Rule, f64, Option<String>), JobError> {
+    use crate::engine::wanda::Rule;
+    Ok(match (req.pruning.granularity, &req.pruning.pattern) {
+        (Granularity::NM, Some(p)) => {
+            let pat = magnitude::NmPattern::parse(p).map_err(JobError::Failed)?;
+            (Rule::NM(pat), pat.sparsity(), Some(p.clone()))
+        }
+        _ => {
+            let s = sparsity(req)?;
+            (Rule::Unstructured(s), s, None)
+        }
+    })
+}
+
+/// SparseGPT, layer by layer as the paper does: the calibration batches go through the layers
+/// already pruned; in each layer the Hessians of its linear maps' inputs are collected, every
+/// chosen map is pruned and reconstructed, and the layer's output (with the pruned maps) becomes
+/// the next layer's input.
+fn sparsegpt_job(ctx: &JobContext, req: &JobRequest, config: &Bytes, weights: Bytes, header: &Header, family: Family) -> Result<(), JobError> {
+    use crate::engine::model::{Encoder, Site};
+    use crate::engine::sparsegpt::{self, Hessian, Options};
+    let batches = calibration_batches(ctx, req)?;
+    let mut enc = Encoder::from_files(config, &weights, &Device::Cpu).map_err(model_err)?;
+    let targets = chosen_targets(req, header, family)?;
+    let (rule, requested, pattern) = calibrated_rule(req)?;
+    let defaults = Options::default();
+    let opts = Options { block: req.pruning.block_size.unwrap_or(defaults.block), damp: req.pruning.dampening.unwrap_or(defaults.damp) };
+    let sites = [Site::Attention, Site::AttentionOutput, Site::FfnIn, Site::FfnOut];
+    // (target, module, site) by layer.
+    let mut by_layer: Vec<Vec<(&String, &'static str, Site)>> = vec![Vec::new(); enc.num_layers()];
+    for name in &targets {
+        let canonical = arch::canonical_name(family, name);
+        let found = (0..enc.num_layers()).find_map(|l| {
+            sites.iter().find_map(|&site| site.modules(family).into_iter().find(|m| canonical == format!("{}{m}.weight", family.layer_prefix(l))).map(|m| (l, m, site)))
+        });
+        let (l, module, site) = found.ok_or_else(|| JobError::Failed(format!("sparsegpt applies to the encoder's linear weights; {name} is not one")))?;
+        by_layer[l].push((name, module, site));
+    }
+    let to_job = |e: candle_core::Error| JobError::Internal(e.into());
+    let mut out = weights.to_vec();
+    drop(weights);
+    let mut xs = batches.iter().map(|(ids, _, tt)| enc.embed(ids, Some(tt))).collect::<Result<Vec<_>, _>>().map_err(model_err)?;
+    let biases = batches.iter().map(|(_, m, _)| Encoder::attention_bias(m)).collect::<Result<Vec<_>, _>>().map_err(model_err)?;
+    let last = by_layer.iter().rposition(|t| !t.is_empty()).unwrap_or(0);
+    for (l, chosen) in by_layer.iter().enumerate().take(last + 1) {
+        if !chosen.is_empty() {
+            let mut hessians: Vec<(Site, Option<Hessian>)> = sites.iter().filter(|s| chosen.iter().any(|c| c.2 == **s)).map(|s| (*s, None)).collect();
+            for ((x, bias), (_, mask, _)) in xs.iter().zip(&biases).zip(&batches) {
+                enc.layer_forward_observed(l, x, bias, &mut |site, input| {
+                    if let Some((_, h)) = hessians.iter_mut().find(|(s, _)| *s == site) {
+                        h.get_or_insert_with(|| Hessian::new(input.dim(2).unwrap_or(0))).add(input, mask)?;
+                    }
+                    Ok(())
+                })
+                .map_err(model_err)?;
+            }
+            for (name, module, site) in chosen {
+                let h = hessians.iter().find(|(s, _)| s == site).and_then(|(_, h)| h.as_ref());
+                let h = h.ok_or_else(|| JobError::Internal(anyhow::anyhow!("no calibration inputs reached {name}")))?;
+                let t = &header.tensors[*name];
+                let cols = *t.shape.last().unwrap_or(&0) as usize;
+                if t.shape.len() != 2 || cols != h.cols() {
+                    return Err(JobError::Failed(format!("tensor {name}: shape {:?} does not match its input of {} features", t.shape, h.cols())));
+                }
+                let (a, b) = ((header.data_start + t.begin) as usize, (header.data_start + t.end) as usize);
+                let mut values = st::floats(&out[a..b], t.dtype).ok_or_else(|| JobError::Failed(format!("tensor {name}: sparsegpt needs a float tensor, not {}", t.dtype.name())))?;
+                sparsegpt::prune(&mut values, cols, h, rule, opts).map_err(|e| JobError::Failed(format!("tensor {name}: {e}")))?;
+                st::write_floats(&values, t.dtype, &mut out[a..b]);
+                // Later layers see the map as written (rounded to its dtype).
+                let written = st::floats(&out[a..b], t.dtype).unwrap_or(values);
+                let w = candle_core::Tensor::from_vec(written, (t.shape[0] as usize, cols), &Device::Cpu).map_err(to_job)?;
+                enc.set_weight(l, module, w).map_err(model_err)?;
+            }
+        }
+        if l < last {
+            for (x, bias) in xs.iter_mut().zip(&biases) {
+                *x = enc.layer_forward_observed(l, x, bias, &mut |_, _| Ok(())).map_err(model_err)?;
+            }
+        }
+        ctx.progress("pruning", 0.05 + 0.8 * (l + 1) as f64 / (last + 1) as f64)?;
+    }
+    let extra = serde_json::json!({"block_size": opts.block, "dampening": opts.damp, "calibration_sequences": batches.iter().map(|b| b.0.dims()[0]).sum::<usize>(), "calibration_tokens": calibration_tokens(&batches)?});
+    finish_in_place(ctx, req, "sparsegpt", config, out, header, &targets, requested, pattern, extra)
+}
+
+fn wanda_job(ctx: &JobContext, req: &JobRequest, config: &Bytes, weights: Bytes, header: &Header, family: Family) -> Result<(), JobError> {
+    use crate::engine::wanda;
+    let batches = calibration_batches(ctx, req)?;
+    let enc = crate::engine::model::Encoder::from_files(config, &weights, &Device::Cpu).map_err(model_err)?;
+    ctx.progress("calibrating", 0.05)?;
     let mut norms = std::collections::HashMap::new();
     for (i, b) in batches.iter().enumerate() {
         for (k, v) in wanda::input_norms(&enc, std::slice::from_ref(b)).map_err(model_err)? {
@@ -270,16 +402,7 @@ fn wanda_job(ctx: &JobContext, req: &JobRequest, config: &Bytes, weights: Bytes,
     let norms: std::collections::HashMap<String, Vec<f64>> = norms.into_iter().map(|(k, v)| (k, v.into_iter().map(f64::sqrt).collect())).collect();
     drop(enc);
     let targets = chosen_targets(req, header, family)?;
-    let (rule, requested, pattern) = match (req.pruning.granularity, &req.pruning.pattern) {
-        (Granularity::NM, Some(p)) => {
-            let pat = magnitude::NmPattern::parse(p).map_err(JobError::Failed)?;
-            (wanda::Rule::NM(pat), pat.sparsity(), Some(p.clone()))
-        }
-        _ => {
-            let s = sparsity(req)?;
-            (wanda::Rule::Unstructured(s), s, None)
-        }
-    };
+    let (rule, requested, pattern) = calibrated_rule(req)?;
     let mut out = weights.to_vec();
     drop(weights);
     for (i, name) in targets.iter().enumerate() {
@@ -306,7 +429,8 @@ fn wanda_job(ctx: &JobContext, req: &JobRequest, config: &Bytes, weights: Bytes,
         }
         ctx.progress("pruning", 0.5 + 0.35 * (i + 1) as f64 / targets.len() as f64)?;
     }
-    finish_in_place(ctx, req, "wanda", config, out, header, &targets, requested, pattern)
+    let extra = serde_json::json!({"calibration_sequences": batches.iter().map(|b| b.0.dims()[0]).sum::<usize>(), "calibration_tokens": calibration_tokens(&batches)?});
+    finish_in_place(ctx, req, "wanda", config, out, header, &targets, requested, pattern, extra)
 }
 
 /// Whole layers: removed physically in every layout (transformers loads fewer layers), so the
@@ -334,6 +458,7 @@ fn layers_job(ctx: &JobContext, req: &JobRequest, config: &Bytes, weights: &Byte
     }
     let report = Report {
         method: "magnitude".into(),
+        parameters: parameters(req, serde_json::Value::Null),
         granularity: "layers".into(),
         scope: req.pruning.scope(),
         requested_sparsity: sparsity(req)?,

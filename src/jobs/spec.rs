@@ -30,6 +30,24 @@ pub enum Method {
     /// Wanda: |w| times the L2 norm of its input feature over calibration text, compared
     /// within each output row (unstructured or n:m; needs `calibration`).
     Wanda,
+    /// SparseGPT: layer by layer, each linear map pruned and its remaining weights updated to
+    /// reconstruct its outputs on calibration text (unstructured or n:m; needs `calibration`).
+    Sparsegpt,
+}
+
+impl Method {
+    /// Methods that read calibration text.
+    pub fn calibrated(self) -> bool {
+        matches!(self, Method::Wanda | Method::Sparsegpt)
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Method::Magnitude => "magnitude",
+            Method::Wanda => "wanda",
+            Method::Sparsegpt => "sparsegpt",
+        }
+    }
 }
 
 fn default_samples() -> usize {
@@ -91,7 +109,8 @@ pub struct PruningSpec {
     #[serde(default)]
     pub granularity: Granularity,
     /// `global`: one threshold across all prunable tensors; `local`: the sparsity in each
-    /// (for wanda: in each output row, its only choice). Default: global (wanda: local).
+    /// (wanda: in each output row; sparsegpt: in each tensor; their only choice). Default: global
+    /// (wanda and sparsegpt: local).
     #[serde(default)]
     pub scope: Option<Scope>,
     /// In [0, 1): for `unstructured`, the fraction of the prunable weights set to zero; for
@@ -109,6 +128,13 @@ pub struct PruningSpec {
     /// Regular expressions on tensor names removed from the prunable set.
     #[serde(default)]
     pub exclude: Vec<String>,
+    /// `sparsegpt` only: columns per lazy-update block (default 128).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub block_size: Option<usize>,
+    /// `sparsegpt` only: dampening added to the Hessian's diagonal, as a fraction of its mean
+    /// (default 0.01).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dampening: Option<f64>,
 }
 
 /// The body of `POST /v1/jobs`.
@@ -130,7 +156,7 @@ pub struct JobRequest {
 impl PruningSpec {
     /// The scope in effect.
     pub fn scope(&self) -> Scope {
-        self.scope.unwrap_or(if self.method == Method::Wanda { Scope::Local } else { Scope::Global })
+        self.scope.unwrap_or(if self.method.calibrated() { Scope::Local } else { Scope::Global })
     }
 }
 
@@ -194,15 +220,35 @@ impl JobRequest {
                 }
             }
         }
-        if p.method == Method::Wanda {
+        if p.method.calibrated() {
+            let m = p.method.name();
             if !matches!(p.granularity, Granularity::Unstructured | Granularity::NM) {
-                errs.push(FieldError::new("pruning.granularity", "wanda prunes unstructured or n:m"));
+                errs.push(FieldError::new("pruning.granularity", format!("{m} prunes unstructured or n:m")));
             }
             if p.scope == Some(Scope::Global) {
-                errs.push(FieldError::new("pruning.scope", "wanda compares weights within each output row: pruning.scope must be local"));
+                let why = if p.method == Method::Wanda { "compares weights within each output row" } else { "reconstructs each linear map on its own" };
+                errs.push(FieldError::new("pruning.scope", format!("{m} {why}: pruning.scope must be local")));
             }
             if self.calibration.is_none() {
-                errs.push(FieldError::new("calibration", "wanda needs calibration text: {\"dataset_id\": ...}"));
+                errs.push(FieldError::new("calibration", format!("{m} needs calibration text: {{\"dataset_id\": ...}}")));
+            }
+        }
+        if p.method == Method::Sparsegpt {
+            if let Some(b) = p.block_size {
+                if !(1..=4096).contains(&b) {
+                    errs.push(FieldError::new("pruning.block_size", "pruning.block_size must be in 1..=4096"));
+                }
+            }
+            if let Some(d) = p.dampening {
+                if !(d.is_finite() && d > 0.0 && d <= 1.0) {
+                    errs.push(FieldError::new("pruning.dampening", "pruning.dampening must be in (0, 1]"));
+                }
+            }
+        } else {
+            for (set, name) in [(p.block_size.is_some(), "block_size"), (p.dampening.is_some(), "dampening")] {
+                if set {
+                    errs.push(FieldError::new(format!("pruning.{name}"), format!("pruning.{name} applies to method sparsegpt only")));
+                }
             }
         }
         if let Some(c) = &self.calibration {
@@ -215,8 +261,8 @@ impl JobRequest {
             if !(8..=512).contains(&c.max_seq_len) {
                 errs.push(FieldError::new("calibration.max_seq_len", "calibration.max_seq_len must be in 8..=512"));
             }
-            if p.method != Method::Wanda {
-                errs.push(FieldError::new("calibration", "only wanda uses calibration text"));
+            if !p.method.calibrated() {
+                errs.push(FieldError::new("calibration", "only wanda and sparsegpt use calibration text"));
             }
         }
         if p.granularity == Granularity::Layers && p.scope == Some(Scope::Local) {
@@ -284,7 +330,13 @@ mod tests {
             (format!(r#"{{"model_id":"{id}","pruning":{{"method":"wanda","scope":"global","sparsity":0.5}},"calibration":{{"dataset_id":"{id}"}}}}"#), "pruning.scope", "must be local"),
             (format!(r#"{{"model_id":"{id}","pruning":{{"method":"wanda","granularity":"heads","sparsity":0.5}},"calibration":{{"dataset_id":"{id}"}}}}"#), "pruning.granularity", "unstructured or n:m"),
             (format!(r#"{{"model_id":"{id}","pruning":{{"method":"wanda","sparsity":0.5}},"calibration":{{"dataset_id":"{id}","samples":0}}}}"#), "calibration.samples", "1..=4096"),
-            (format!(r#"{{"model_id":"{id}","pruning":{{"method":"magnitude","sparsity":0.5}},"calibration":{{"dataset_id":"{id}"}}}}"#), "calibration", "only wanda"),
+            (format!(r#"{{"model_id":"{id}","pruning":{{"method":"magnitude","sparsity":0.5}},"calibration":{{"dataset_id":"{id}"}}}}"#), "calibration", "only wanda and sparsegpt"),
+            (format!(r#"{{"model_id":"{id}","pruning":{{"method":"sparsegpt","scope":"global","sparsity":0.5}},"calibration":{{"dataset_id":"{id}"}}}}"#), "pruning.scope", "must be local"),
+            (format!(r#"{{"model_id":"{id}","pruning":{{"method":"sparsegpt","sparsity":0.5}}}}"#), "calibration", "sparsegpt needs calibration"),
+            (format!(r#"{{"model_id":"{id}","pruning":{{"method":"sparsegpt","granularity":"layers","sparsity":0.5}},"calibration":{{"dataset_id":"{id}"}}}}"#), "pruning.granularity", "unstructured or n:m"),
+            (format!(r#"{{"model_id":"{id}","pruning":{{"method":"sparsegpt","sparsity":0.5,"dampening":0}},"calibration":{{"dataset_id":"{id}"}}}}"#), "pruning.dampening", "(0, 1]"),
+            (format!(r#"{{"model_id":"{id}","pruning":{{"method":"sparsegpt","sparsity":0.5,"block_size":0}},"calibration":{{"dataset_id":"{id}"}}}}"#), "pruning.block_size", "1..=4096"),
+            (format!(r#"{{"model_id":"{id}","pruning":{{"method":"magnitude","sparsity":0.5,"dampening":0.1}}}}"#), "pruning.dampening", "sparsegpt only"),
             (format!(r#"{{"model_id":"{id}","pruning":{{"method":"magnitude","sparsity":0.5}},"export":{{"layout":"hf"}}}}"#), "export.layout", "unknown field"),
             ("{\"model_id\":".to_string(), "body", "EOF"),
         ];
