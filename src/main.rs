@@ -45,7 +45,7 @@ enum Command {
         /// Output directory (created if missing).
         #[arg(long)]
         out: std::path::PathBuf,
-        /// Calibration text for methods that need it (wanda): a .tsv (GLUE, with --task),
+        /// Calibration text for methods that need it (wanda, sparsegpt): a .tsv (GLUE, with --task),
         /// .jsonl or SQuAD .json file.
         #[arg(long)]
         calibration: Option<std::path::PathBuf>,
