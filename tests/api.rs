@@ -338,8 +338,72 @@ async fn structured_jobs_export_hf_and_compact_layouts(db: Db) {
             let reshaped = t.iter().any(|t| t["shape_before"] != t["shape"]);
             assert_eq!(reshaped, granularity == "neurons" && scope == "local", "only a uniform neuron cut changes hf shapes");
             assert!(report["compact"]["parameters"].as_u64().unwrap() < report["totals"]["parameters"].as_u64().unwrap() || granularity == "neurons" && scope == "local");
+            // Per layer: units before, stored in the hf file, and still active, from the tensors.
+            for (l, layer) in report["layers"].as_array().unwrap().iter().enumerate() {
+                let r = removed[l].as_array().unwrap().len() as u64;
+                let (key, before) = if granularity == "heads" { ("heads", 4u64) } else { ("ffn", 64) };
+                let u = &layer[key];
+                assert_eq!(u["before"], before, "{layer}");
+                assert_eq!(u["active"], before - r, "{layer}");
+                let stored_cut = granularity == "neurons" && scope == "local";
+                assert_eq!(u["stored"], if stored_cut { before - r } else { before }, "{layer}");
+                let other = if granularity == "heads" { &layer["ffn"] } else { &layer["heads"] };
+                assert_eq!(other["active"], other["before"], "{layer}");
+            }
         }
     }
+}
+
+async fn structured_targets_by_count_and_by_activations(db: Db) {
+    let app = TestApp::spawn(db).await;
+    let m = TinyModel { layers: 3, ..Default::default() };
+    let model = app.create_model(&m).await;
+    let lines: String = (0..24).map(|i| format!("{{\"text\": \"w{} w{} w{} w{}\"}}\n", 5 + i % 50, 7 + i % 40, 9 + i % 30, 11 + i % 20)).collect();
+    let ds: Value = app.upload_dataset(lines.into_bytes(), "jsonl", None).await.json().await.unwrap();
+    let ds = ds["id"].as_str().unwrap().to_string();
+    // More than the model has is refused at submission, with the field.
+    for (granularity, scope, count) in [("heads", "local", 5), ("heads", "global", 13), ("neurons", "local", 64), ("layers", "global", 3)] {
+        let (s, body) = problem(app.submit(&json!({"model_id": model, "pruning": {"method": "magnitude", "granularity": granularity, "scope": scope, "count": count}})).await).await;
+        assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{granularity} {scope} {count}: {body}");
+        assert_eq!(body["errors"][0]["field"], "pruning.count", "{body}");
+    }
+    let removed = |report: &Value, what: &str| -> Vec<usize> { report["removed"][what].as_array().unwrap().iter().map(|l| l.as_array().unwrap().len()).collect() };
+    for (granularity, scope, count, per_layer) in [("heads", "local", 3, vec![3, 3, 3]), ("neurons", "local", 10, vec![10, 10, 10])] {
+        let job = app.submit_ok(&json!({"model_id": model, "pruning": {"method": "magnitude", "granularity": granularity, "scope": scope, "count": count}})).await;
+        let done = app.wait_for(&job, &["succeeded", "failed"], WAIT).await;
+        assert_eq!(done["status"], "succeeded", "{done}");
+        let report: Value = serde_json::from_slice(&app.artifact(&job, "report.json").await).unwrap();
+        assert_eq!(removed(&report, granularity), per_layer);
+        assert_eq!(report["parameters"]["count"], count);
+    }
+    let job = app.submit_ok(&json!({"model_id": model, "pruning": {"method": "magnitude", "granularity": "heads", "scope": "global", "count": 5}})).await;
+    app.wait_for(&job, &["succeeded"], WAIT).await;
+    let report: Value = serde_json::from_slice(&app.artifact(&job, "report.json").await).unwrap();
+    assert_eq!(removed(&report, "heads").iter().sum::<usize>(), 5);
+    assert_eq!(report["requested_sparsity"], 5.0 / 12.0);
+    let job = app.submit_ok(&json!({"model_id": model, "pruning": {"method": "magnitude", "granularity": "layers", "count": 2}})).await;
+    app.wait_for(&job, &["succeeded"], WAIT).await;
+    let report: Value = serde_json::from_slice(&app.artifact(&job, "report.json").await).unwrap();
+    assert_eq!(report["removed"]["layers"].as_array().unwrap().len(), 2);
+    assert_eq!(report["layers"].as_array().unwrap().len(), 1);
+    // Importance from activations: the same counts, chosen from calibration text; the choice
+    // differs from the weight norms' somewhere, and the report says which importance was used.
+    let mut differs = false;
+    for granularity in ["heads", "neurons"] {
+        let by = |importance: &str| json!({"model_id": model, "pruning": {"method": "magnitude", "granularity": granularity, "scope": "local", "count": 2, "importance": importance}, "calibration": {"dataset_id": ds}});
+        let a = app.submit_ok(&by("activations")).await;
+        let done = app.wait_for(&a, &["succeeded", "failed"], WAIT).await;
+        assert_eq!(done["status"], "succeeded", "{done}");
+        let w = app.submit_ok(&json!({"model_id": model, "pruning": {"method": "magnitude", "granularity": granularity, "scope": "local", "count": 2, "importance": "weights"}})).await;
+        app.wait_for(&w, &["succeeded"], WAIT).await;
+        let ra: Value = serde_json::from_slice(&app.artifact(&a, "report.json").await).unwrap();
+        let rw: Value = serde_json::from_slice(&app.artifact(&w, "report.json").await).unwrap();
+        assert_eq!(removed(&ra, granularity), vec![2, 2, 2]);
+        assert_eq!(ra["parameters"]["importance"], "activations");
+        assert_eq!(ra["parameters"]["calibration"]["dataset_id"], ds.as_str());
+        differs |= ra["removed"][granularity] != rw["removed"][granularity];
+    }
+    assert!(differs, "activation importance chose exactly the weight-norm units everywhere");
 }
 
 async fn layer_jobs_drop_and_renumber_whole_layers(db: Db) {
@@ -771,6 +835,7 @@ backend_tests!(
     layer_jobs_drop_and_renumber_whole_layers,
     wanda_jobs_prune_each_row_with_calibration_text,
     sparsegpt_jobs_prune_and_reconstruct_with_calibration_text,
+    structured_targets_by_count_and_by_activations,
     job_specs_are_validated,
     idempotency_keys_make_retries_safe,
     cancel_queued_running_and_finished_jobs,

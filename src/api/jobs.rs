@@ -178,9 +178,28 @@ async fn create_job(State(st): State<AppState>, Auth(p): Auth, headers: HeaderMa
 }
 
 /// Checks that need the model: an N:M group size must divide the input dimension of every
-/// default target (the hidden size and the FFN width).
+/// default target (the hidden size and the FFN width); a unit count must fit the model as its
+/// config states it (a compact checkpoint with fewer units in some layer is checked when the
+/// job runs).
 fn check_against_model(req: &JobRequest, model: &crate::store::ModelRow) -> ApiResult<()> {
     use crate::jobs::spec::Granularity;
+    if let Some(count) = req.pruning.count {
+        let local = req.pruning.scope() == crate::engine::magnitude::Scope::Local;
+        let (layers, heads, ffn) = (model.num_layers as u64, model.num_heads as u64, model.intermediate_size as u64);
+        // Every head of a layer may go (the block then adds its output bias); every neuron or
+        // every layer may not.
+        let (max, what) = match (req.pruning.granularity, local) {
+            (Granularity::Heads, true) => (heads, format!("{heads} heads per layer")),
+            (Granularity::Heads, false) => (layers * heads, format!("{} heads", layers * heads)),
+            (Granularity::Neurons, true) => (ffn - 1, format!("{ffn} FFN neurons per layer, one of which must stay")),
+            (Granularity::Neurons, false) => (layers * ffn - 1, format!("{} FFN neurons, one of which must stay", layers * ffn)),
+            (Granularity::Layers, _) => (layers - 1, format!("{layers} layers, one of which must stay")),
+            _ => (u64::MAX, String::new()),
+        };
+        if count > max {
+            return Err(ApiError::invalid("pruning.count", format!("pruning.count {count} is more than the model allows: it has {what}")));
+        }
+    }
     if let (Granularity::NM, Some(p), true) = (req.pruning.granularity, &req.pruning.pattern, req.pruning.include.is_empty()) {
         if let Ok(pat) = crate::engine::magnitude::NmPattern::parse(p) {
             for (what, n) in [("hidden size", model.hidden_size), ("FFN width", model.intermediate_size)] {

@@ -16,10 +16,36 @@ pub fn open(headers: &HeaderMap, body: Body, limit: u64) -> ApiResult<multer::Mu
     let boundary = multer::parse_boundary(ctype).map_err(|e| ApiError::BadRequest(format!("bad multipart Content-Type: {e}")))?;
     if let Some(len) = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok()) {
         if len > limit {
+            linger(body);
             return Err(ApiError::PayloadTooLarge(format!("the upload ({len} bytes) exceeds the limit of {limit} bytes")));
         }
     }
     Ok(multer::Multipart::new(body.into_data_stream(), boundary))
+}
+
+/// Most bytes, and longest, that a refused body is read and discarded for.
+const LINGER_BYTES: usize = 64 * 1024 * 1024;
+const LINGER: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Reads and discards a refused request body in the background (bounded in bytes and time), so
+/// that a client still sending it reads our response instead of a reset connection: closing a
+/// socket with unread input makes the kernel send RST, and clients such as reqwest then report a
+/// broken pipe instead of the 413 (nginx calls this a lingering close).
+fn linger(body: Body) {
+    use futures::StreamExt;
+    tokio::spawn(async move {
+        let mut stream = body.into_data_stream();
+        let mut seen = 0usize;
+        let _ = tokio::time::timeout(LINGER, async {
+            while let Some(Ok(chunk)) = stream.next().await {
+                seen += chunk.len();
+                if seen > LINGER_BYTES {
+                    break;
+                }
+            }
+        })
+        .await;
+    });
 }
 
 pub fn malformed(e: multer::Error) -> ApiError {

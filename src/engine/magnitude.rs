@@ -505,6 +505,85 @@ pub struct LayerReport {
     pub parameters: u64,
     pub nonzeros: u64,
     pub sparsity: f64,
+    /// Attention heads of the layer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub heads: Option<Units>,
+    /// FFN neurons (intermediate width) of the layer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ffn: Option<Units>,
+}
+
+/// A layer's heads or FFN neurons: as the input stored them, as the output stores them (tensor
+/// shapes), and how many of those still add anything to the layer's output. A head is active when
+/// its value projection (rows or bias) and its slice of the attention output weight both hold a
+/// non-zero; a neuron when its FFN input (row or bias) and its FFN output column do. A zero-filled
+/// unit is stored but not active.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Units {
+    pub before: usize,
+    pub stored: usize,
+    pub active: usize,
+}
+
+/// Which columns (`by_column`) or rows of a row-major 2-D tensor hold a non-zero; for a 1-D
+/// tensor (a bias), which elements are non-zero.
+fn nonzero_lines(file: &[u8], header: &Header, t: &TensorInfo, by_column: bool) -> Vec<bool> {
+    let cols = *t.shape.last().unwrap_or(&0) as usize;
+    let a = (header.data_start + t.begin) as usize;
+    let b = (header.data_start + t.end) as usize;
+    let s = t.dtype.size() as usize;
+    if t.shape.len() == 1 {
+        return file[a..b].chunks_exact(s).map(|v| count_nonzeros(v, t.dtype) == 1).collect();
+    }
+    if cols == 0 || t.shape.len() != 2 {
+        return Vec::new();
+    }
+    let mut out = vec![false; if by_column { cols } else { t.shape[0] as usize }];
+    for (r, row) in file[a..b].chunks_exact(cols * s).enumerate() {
+        for (c, v) in row.chunks_exact(s).enumerate() {
+            if count_nonzeros(v, t.dtype) == 1 {
+                out[if by_column { c } else { r }] = true;
+            }
+        }
+    }
+    out
+}
+
+/// Fills `heads` and `ffn` of each layer report from the written file (and the input's header,
+/// for `before`). `head_dim` is hidden size / attention heads of the original config.
+pub fn fill_units(layers: &mut [LayerReport], file: &[u8], header: &Header, before: &Header, family: Family, head_dim: usize) {
+    let names = family.layer_names();
+    let find = |h: &Header, layer: usize, module: &str, kind: &str| -> Option<TensorInfo> {
+        let canonical = format!("{}{module}.{kind}", family.layer_prefix(layer));
+        h.tensors.iter().find(|(n, _)| super::arch::canonical_name(family, n) == canonical).map(|(_, t)| t.clone())
+    };
+    let cols = |t: &TensorInfo| *t.shape.last().unwrap_or(&0) as usize;
+    // Units whose input side (rows of `input` or its bias) and output side (columns of `output`)
+    // both hold a non-zero; `width` elements per unit.
+    let active = |layer: usize, input: &str, output: &str, width: usize| -> Option<(usize, usize)> {
+        let out_t = find(header, layer, output, "weight")?;
+        let in_t = find(header, layer, input, "weight")?;
+        let out_nz = nonzero_lines(file, header, &out_t, true);
+        let mut in_nz = nonzero_lines(file, header, &in_t, false);
+        if let Some(b) = find(header, layer, input, "bias") {
+            in_nz.iter_mut().zip(nonzero_lines(file, header, &b, false)).for_each(|(a, b)| *a |= b);
+        }
+        if width == 0 || out_nz.len() != in_nz.len() || out_nz.len() % width != 0 {
+            return None;
+        }
+        let n = out_nz.chunks(width).zip(in_nz.chunks(width)).filter(|(o, i)| o.iter().any(|x| *x) && i.iter().any(|x| *x)).count();
+        Some((cols(&out_t) / width, n))
+    };
+    for l in layers.iter_mut() {
+        if let Some((stored, n)) = active(l.layer, names.value, names.attn_out, head_dim) {
+            let before_n = find(before, l.layer, names.attn_out, "weight").map_or(stored, |b| cols(&b) / head_dim);
+            l.heads = Some(Units { before: before_n, stored, active: n });
+        }
+        if let Some((stored, n)) = active(l.layer, names.ffn_in, names.ffn_out, 1) {
+            let before_n = find(before, l.layer, names.ffn_out, "weight").map_or(stored, |b| cols(&b));
+            l.ffn = Some(Units { before: before_n, stored, active: n });
+        }
+    }
 }
 
 /// The encoder layer a tensor belongs to, from its name.
@@ -528,7 +607,7 @@ pub fn per_layer(tensors: &[TensorReport]) -> Vec<LayerReport> {
             e.1 += t.nonzeros;
         }
     }
-    by.into_iter().map(|(layer, (n, nz))| LayerReport { layer, parameters: n, nonzeros: nz, sparsity: ratio(n - nz, n) }).collect()
+    by.into_iter().map(|(layer, (n, nz))| LayerReport { layer, parameters: n, nonzeros: nz, sparsity: ratio(n - nz, n), heads: None, ffn: None }).collect()
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

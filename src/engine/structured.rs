@@ -4,8 +4,8 @@
 //! give exactly the output of removing it).
 
 use super::arch::Family;
-use super::model::{EncoderConfig, LayerShape, Result, Weights};
-use candle_core::Tensor;
+use super::model::{Encoder, EncoderConfig, LayerShape, Result, Site, Weights};
+use candle_core::{DType, Tensor, D};
 
 /// Units removed from each layer (indices into the layer's current heads / neurons).
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -58,6 +58,51 @@ pub fn neuron_norm_scores(w: &Weights, cfg: &EncoderConfig) -> Result<Vec<Vec<f3
         out.push((rows + cols)?.sqrt()?.to_vec1::<f32>()?);
     }
     Ok(out)
+}
+
+/// Head and neuron scores from calibration activations, summed over the real tokens of the
+/// batches `(input_ids, attention_mask, token_type_ids)` run through `enc` (built from `w`):
+/// a head scores ‖X_h W_Oₕᵀ‖ (its context projected by its slice of the attention output map:
+/// exactly what it adds to the layer), a neuron ‖a_j‖·‖W_out[:, j]‖ (the norm of what it adds).
+pub fn activation_scores(enc: &Encoder, w: &Weights, batches: &[(Tensor, Tensor, Tensor)]) -> Result<(Vec<Vec<f32>>, Vec<Vec<f32>>)> {
+    let cfg = &enc.config;
+    let hd = cfg.head_dim;
+    let mut heads: Vec<Vec<f64>> = cfg.layers.iter().map(|l| vec![0.0; l.heads]).collect();
+    let mut neurons: Vec<Vec<f64>> = cfg.layers.iter().map(|l| vec![0.0; l.ffn]).collect();
+    let out_maps: Vec<(Tensor, Tensor)> = (0..cfg.layers.len())
+        .map(|i| {
+            let [_, _, _, o, _, fo] = names(cfg.family, i);
+            Ok((w.get(&format!("{o}.weight"))?, w.get(&format!("{fo}.weight"))?))
+        })
+        .collect::<Result<_>>()?;
+    for (ids, mask, tt) in batches {
+        let m = mask.to_dtype(DType::F32)?.unsqueeze(D::Minus1)?;
+        enc.forward_observed(ids, Some(tt), mask, &mut |layer, site, x| {
+            let x = x.broadcast_mul(&m)?;
+            match site {
+                Site::AttentionOutput => {
+                    for (h, acc) in heads[layer].iter_mut().enumerate() {
+                        let w_h = out_maps[layer].0.narrow(1, h * hd, hd)?; // [hidden, hd]
+                        let y = x.narrow(2, h * hd, hd)?.broadcast_matmul(&w_h.t()?)?;
+                        *acc += f64::from(y.sqr()?.sum_all()?.to_scalar::<f32>()?);
+                    }
+                }
+                Site::FfnOut => {
+                    let sq = x.sqr()?.sum((0, 1))?.to_dtype(DType::F64)?.to_vec1::<f64>()?;
+                    neurons[layer].iter_mut().zip(sq).for_each(|(a, b)| *a += b);
+                }
+                _ => {}
+            }
+            Ok(())
+        })?;
+    }
+    let heads = heads.into_iter().map(|v| v.into_iter().map(|x| x.sqrt() as f32).collect()).collect();
+    let mut out_neurons = Vec::new();
+    for (acts, (_, fo)) in neurons.into_iter().zip(&out_maps) {
+        let col_norms = fo.sqr()?.sum(0)?.sqrt()?.to_vec1::<f32>()?;
+        out_neurons.push(acts.into_iter().zip(col_norms).map(|(a, c)| a.sqrt() as f32 * c).collect());
+    }
+    Ok((heads, out_neurons))
 }
 
 /// Layer scores: the L2 norm of all of a layer's linear weights together.
@@ -209,6 +254,46 @@ mod tests {
         let ids = Tensor::from_vec((0..2 * 10).map(|i| 5 + (i * 7 % 50) as u32).collect::<Vec<_>>(), (2, 10), &Device::Cpu).unwrap();
         let mask = Tensor::from_vec([vec![1u32; 10], [vec![1u32; 6], vec![0u32; 4]].concat()].concat(), (2, 10), &Device::Cpu).unwrap();
         enc.forward(&ids, None, &mask).unwrap()
+    }
+
+    #[test]
+    fn activation_scores_measure_what_each_unit_adds() {
+        let (_, w, cfg) = setup("bert");
+        let ids = Tensor::from_vec((0..2 * 10).map(|i| 5 + (i * 7 % 50) as u32).collect::<Vec<_>>(), (2, 10), &Device::Cpu).unwrap();
+        let full = Tensor::ones((2, 10), DType::U32, &Device::Cpu).unwrap();
+        let batch = |mask: &Tensor| vec![(ids.clone(), mask.clone(), ids.zeros_like().unwrap())];
+        let scores = |w: &Weights, mask: &Tensor| activation_scores(&Encoder::load(cfg.clone(), w).unwrap(), w, &batch(mask)).unwrap();
+        let (heads, neurons) = scores(&w, &full);
+        assert_eq!(heads.iter().map(Vec::len).collect::<Vec<_>>(), vec![4; 3]);
+        assert_eq!(neurons.iter().map(Vec::len).collect::<Vec<_>>(), vec![64; 3]);
+        assert!(heads.iter().chain(&neurons).flatten().all(|s| *s > 0.0));
+        // A head's context does not depend on the attention output map: doubling head 1's slice
+        // of it doubles that head's score, zeroing head 2's makes it 0; the same for a neuron.
+        let o = "encoder.layer.0.attention.output.dense.weight";
+        let fo = "encoder.layer.0.output.dense.weight";
+        let mut w2 = Weights::from_map(w.names().map(|n| (n.clone(), w.get(n).unwrap())).collect());
+        let hd = cfg.head_dim;
+        let scale = |t: &Tensor, from: usize, len: usize, by: f64| {
+            let cols = t.dim(1).unwrap();
+            let f: Vec<f32> = (0..cols).map(|c| if (from..from + len).contains(&c) { by as f32 } else { 1.0 }).collect();
+            t.broadcast_mul(&Tensor::new(f, &Device::Cpu).unwrap()).unwrap()
+        };
+        w2.insert(o, scale(&scale(&w.get(o).unwrap(), hd, hd, 2.0), 2 * hd, hd, 0.0));
+        let (h2, _) = scores(&w2, &full);
+        // (The FFN's inputs depend on the attention output: change only its output map.)
+        let mut w3 = Weights::from_map(w.names().map(|n| (n.clone(), w.get(n).unwrap())).collect());
+        w3.insert(fo, scale(&w.get(fo).unwrap(), 7, 1, 0.0));
+        let (_, n2) = scores(&w3, &full);
+        assert!((h2[0][1] / heads[0][1] - 2.0).abs() < 1e-4, "{} vs {}", h2[0][1], heads[0][1]);
+        assert_eq!(h2[0][2], 0.0);
+        assert!((h2[0][0] - heads[0][0]).abs() < 1e-4 * heads[0][0]);
+        assert_eq!(n2[0][7], 0.0);
+        assert!((n2[0][8] - neurons[0][8]).abs() < 1e-4 * neurons[0][8]);
+        // Padding tokens add nothing: masking the last 4 tokens of row 1 lowers every score.
+        let half = Tensor::from_vec([vec![1u32; 10], [vec![1u32; 6], vec![0u32; 4]].concat()].concat(), (2, 10), &Device::Cpu).unwrap();
+        let (h3, n3) = scores(&w, &half);
+        assert!(h3[0].iter().zip(&heads[0]).all(|(a, b)| a < b));
+        assert!(n3[0].iter().zip(&neurons[0]).all(|(a, b)| a <= b));
     }
 
     #[test]

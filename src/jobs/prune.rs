@@ -106,6 +106,32 @@ fn chosen_targets(req: &JobRequest, header: &Header, family: Family) -> Result<V
 /// After weights were zeroed in place (shapes unchanged): the report, the masks, the model
 /// (also as `compact/` when asked: for these methods it is the same file).
 #[allow(clippy::too_many_arguments)]
+/// The family named by `config.json` (BERT when it cannot be read: only names depend on it).
+fn family_of(config: &[u8]) -> Family {
+    let v: serde_json::Value = serde_json::from_slice(config).unwrap_or_default();
+    v.get("model_type").and_then(serde_json::Value::as_str).and_then(Family::parse).unwrap_or(Family::Bert)
+}
+
+/// Hidden size / attention heads from `config.json` (`dim` / `n_heads` for DistilBERT).
+fn head_dim(config: &[u8]) -> usize {
+    let v: serde_json::Value = serde_json::from_slice(config).unwrap_or_default();
+    let get = |a: &str, b: &str| v.get(a).or_else(|| v.get(b)).and_then(serde_json::Value::as_u64).unwrap_or(0) as usize;
+    let (hidden, heads) = (get("hidden_size", "dim"), get("num_attention_heads", "n_heads"));
+    if heads == 0 {
+        0
+    } else {
+        hidden / heads
+    }
+}
+
+/// Per-layer report of a written file: parameters, non-zeros, and heads / FFN neurons before,
+/// stored and active.
+fn layer_reports(tensors: &[magnitude::TensorReport], file: &[u8], header: &Header, before: &Header, config: &[u8], family: Family) -> Vec<magnitude::LayerReport> {
+    let mut layers = magnitude::per_layer(tensors);
+    magnitude::fill_units(&mut layers, file, header, before, family, head_dim(config));
+    layers
+}
+
 /// The report's `parameters`: the pruning spec as run (defaults resolved), the calibration spec,
 /// and the method's own extras (an object, or null).
 fn parameters(req: &JobRequest, extra: serde_json::Value) -> serde_json::Value {
@@ -146,7 +172,7 @@ fn finish_in_place(
         include: req.pruning.include.clone(),
         exclude: req.pruning.exclude.clone(),
         removed: None,
-        layers: magnitude::per_layer(&tensors),
+        layers: layer_reports(&tensors, &out, header, header, config, family_of(config)),
         tensors,
         totals,
         compact: None,
@@ -188,19 +214,50 @@ fn structured_job(ctx: &JobContext, req: &JobRequest, config: &Bytes, weights: &
     let cfg = EncoderConfig::from_checkpoint(config, &w.shapes()).map_err(model_err)?;
     ctx.progress("scoring", 0.2)?;
     let heads = req.pruning.granularity == Granularity::Heads;
-    let (scores, units): (Vec<Vec<f32>>, Vec<usize>) = if heads {
-        (structured::head_norm_scores(&w, &cfg).map_err(model_err)?, cfg.layers.iter().map(|l| l.heads).collect())
+    let units: Vec<usize> = cfg.layers.iter().map(|l| if heads { l.heads } else { l.ffn }).collect();
+    let scores: Vec<Vec<f32>> = if req.pruning.importance == Some(crate::jobs::spec::Importance::Activations) {
+        let batches = calibration_batches(ctx, req)?;
+        let enc = crate::engine::model::Encoder::load(cfg.clone(), &w).map_err(model_err)?;
+        let (h, n) = structured::activation_scores(&enc, &w, &batches).map_err(model_err)?;
+        if heads {
+            h
+        } else {
+            n
+        }
+    } else if heads {
+        structured::head_norm_scores(&w, &cfg).map_err(model_err)?
     } else {
-        (structured::neuron_norm_scores(&w, &cfg).map_err(model_err)?, cfg.layers.iter().map(|l| l.ffn).collect())
+        structured::neuron_norm_scores(&w, &cfg).map_err(model_err)?
     };
-    let s = sparsity(req)?;
+    let what = if heads { "heads" } else { "neurons" };
+    let total: usize = units.iter().sum();
     let removed = match req.pruning.scope() {
-        magnitude::Scope::Global => structured::select_lowest(&scores, Some((s * units.iter().sum::<usize>() as f64).round() as usize), None),
+        magnitude::Scope::Global => {
+            let n = match req.pruning.count {
+                Some(c) => c as usize,
+                None => (sparsity(req)? * total as f64).round() as usize,
+            };
+            if n > total || (!heads && n == total) {
+                return Err(JobError::Failed(format!("cannot remove {n} of the model's {total} {what}")));
+            }
+            structured::select_lowest(&scores, Some(n), None)
+        }
         magnitude::Scope::Local => {
-            let per: Vec<usize> = units.iter().map(|&n| (s * n as f64).round() as usize).collect();
+            let mut per = Vec::with_capacity(units.len());
+            for (i, &u) in units.iter().enumerate() {
+                let n = match req.pruning.count {
+                    Some(c) => c as usize,
+                    None => (sparsity(req)? * u as f64).round() as usize,
+                };
+                if n > u || (!heads && n == u) {
+                    return Err(JobError::Failed(format!("cannot remove {n} of layer {i}'s {u} {what}")));
+                }
+                per.push(n);
+            }
             structured::select_lowest(&scores, None, Some(&per))
         }
     };
+    let s = removed.iter().map(Vec::len).sum::<usize>() as f64 / total.max(1) as f64;
     let none = vec![Vec::new(); cfg.layers.len()];
     let plan = if heads {
         structured::UnitPlan { heads: removed, neurons: none }
@@ -223,6 +280,7 @@ fn structured_job(ctx: &JobContext, req: &JobRequest, config: &Bytes, weights: &
     let hf_header = st::parse(&hf_bytes).map_err(|e| JobError::Internal(anyhow::anyhow!(e)))?;
     let targets = touched(family, header, &plan);
     let (tensors, totals) = magnitude::measure_against(&hf_bytes, &hf_header, &targets, header);
+    let layers = layer_reports(&tensors, &hf_bytes, &hf_header, header, config, family);
     write_model(ctx, "", Bytes::from(hf_bytes), Bytes::from(export::config_json(config, &hf_cfg, false).map_err(model_err)?))?;
     let mut compact_totals = None;
     if req.export.compact {
@@ -239,12 +297,12 @@ fn structured_job(ctx: &JobContext, req: &JobRequest, config: &Bytes, weights: &
         parameters: parameters(req, serde_json::Value::Null),
         granularity: if heads { "heads" } else { "neurons" }.into(),
         scope: req.pruning.scope(),
-        requested_sparsity: s,
+        requested_sparsity: req.pruning.sparsity.unwrap_or(s),
         pattern: None,
         include: vec![],
         exclude: vec![],
         removed: Some(RemovedUnits { heads: plan.heads, neurons: plan.neurons, layers: vec![] }),
-        layers: magnitude::per_layer(&tensors),
+        layers,
         tensors,
         totals,
         compact: compact_totals,
@@ -440,7 +498,10 @@ fn layers_job(ctx: &JobContext, req: &JobRequest, config: &Bytes, weights: &Byte
     let cfg = EncoderConfig::from_checkpoint(config, &w.shapes()).map_err(model_err)?;
     ctx.progress("scoring", 0.2)?;
     let scores = structured::layer_norm_scores(&w, &cfg).map_err(model_err)?;
-    let n = (sparsity(req)? * cfg.layers.len() as f64).round() as usize;
+    let n = match req.pruning.count {
+        Some(c) => c as usize,
+        None => (sparsity(req)? * cfg.layers.len() as f64).round() as usize,
+    };
     if n >= cfg.layers.len() {
         return Err(JobError::Failed(format!("removing {n} of {} layers would leave none", cfg.layers.len())));
     }
@@ -451,6 +512,7 @@ fn layers_job(ctx: &JobContext, req: &JobRequest, config: &Bytes, weights: &Byte
     let out_header = st::parse(&bytes).map_err(|e| JobError::Internal(anyhow::anyhow!(e)))?;
     ctx.progress("writing", 0.7)?;
     let (tensors, totals) = magnitude::measure_against(&bytes, &out_header, &[], header);
+    let layers = layer_reports(&tensors, &bytes, &out_header, header, config, family);
     let bytes = Bytes::from(bytes);
     write_model(ctx, "", bytes.clone(), Bytes::from(export::config_json(config, &new_cfg, false).map_err(model_err)?))?;
     if req.export.compact {
@@ -461,13 +523,13 @@ fn layers_job(ctx: &JobContext, req: &JobRequest, config: &Bytes, weights: &Byte
         parameters: parameters(req, serde_json::Value::Null),
         granularity: "layers".into(),
         scope: req.pruning.scope(),
-        requested_sparsity: sparsity(req)?,
+        requested_sparsity: req.pruning.sparsity.unwrap_or(n as f64 / cfg.layers.len() as f64),
         pattern: None,
         include: vec![],
         exclude: vec![],
         removed: Some(RemovedUnits { heads: vec![], neurons: vec![], layers: removed }),
         compact: req.export.compact.then(|| totals.clone()),
-        layers: magnitude::per_layer(&tensors),
+        layers,
         tensors,
         totals,
     };

@@ -50,6 +50,18 @@ impl Method {
     }
 }
 
+/// How structured units are scored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Importance {
+    /// The norm of the unit's weights (a head's query/key/value/output slices, a neuron's input
+    /// row and output column).
+    Weights,
+    /// The norm of the unit's output over calibration text: a head's context projected by its
+    /// slice of the attention output map; a neuron's activation times its output column.
+    Activations,
+}
+
 fn default_samples() -> usize {
     128
 }
@@ -118,6 +130,15 @@ pub struct PruningSpec {
     /// model with `global`). Required, except for `n:m`, where the pattern sets it.
     #[serde(default)]
     pub sparsity: Option<f64>,
+    /// `heads`/`neurons`/`layers` only, instead of `sparsity`: the number of units removed (in
+    /// each layer with `local`, across the model with `global`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub count: Option<u64>,
+    /// `heads`/`neurons` only: how units are scored. `weights` (default): the norm of the unit's
+    /// weights; `activations`: the norm of the unit's contribution to the layer output over
+    /// calibration text (needs `calibration`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub importance: Option<Importance>,
     /// `n:m` only: the pattern, e.g. "2:4" or "4:8".
     #[serde(default)]
     pub pattern: Option<String>,
@@ -198,6 +219,9 @@ impl JobRequest {
                 if sparsity.is_some() {
                     errs.push(FieldError::new("pruning.sparsity", "leave pruning.sparsity out for n:m: pruning.pattern sets it"));
                 }
+                if p.count.is_some() {
+                    errs.push(FieldError::new("pruning.count", "pruning.count applies to heads, neurons and layers"));
+                }
                 match pattern {
                     None => errs.push(FieldError::new("pruning.pattern", "pruning.pattern is required for n:m (e.g. \"2:4\")")),
                     Some(pat) => {
@@ -207,13 +231,21 @@ impl JobRequest {
                     }
                 }
             }
-            (_, sparsity, pattern) => {
-                match sparsity {
-                    None => errs.push(FieldError::new("pruning.sparsity", "pruning.sparsity is required")),
-                    Some(s) if !(s.is_finite() && (0.0..1.0).contains(&s)) => {
+            (g, sparsity, pattern) => {
+                let structured = matches!(g, Granularity::Heads | Granularity::Neurons | Granularity::Layers);
+                match (sparsity, p.count) {
+                    (Some(_), Some(_)) => errs.push(FieldError::new("pruning.count", "give pruning.sparsity or pruning.count, not both")),
+                    (None, Some(0)) => errs.push(FieldError::new("pruning.count", "pruning.count must be at least 1")),
+                    (None, Some(_)) if !structured => {
+                        errs.push(FieldError::new("pruning.count", "pruning.count applies to heads, neurons and layers; use pruning.sparsity"))
+                    }
+                    (None, Some(_)) => {}
+                    (None, None) if structured => errs.push(FieldError::new("pruning.sparsity", "pruning.sparsity (a fraction) or pruning.count (a number of units) is required")),
+                    (None, None) => errs.push(FieldError::new("pruning.sparsity", "pruning.sparsity is required")),
+                    (Some(s), None) if !(s.is_finite() && (0.0..1.0).contains(&s)) => {
                         errs.push(FieldError::new("pruning.sparsity", "pruning.sparsity must be in [0, 1)"))
                     }
-                    Some(_) => {}
+                    (Some(_), None) => {}
                 }
                 if pattern.is_some() {
                     errs.push(FieldError::new("pruning.pattern", "pruning.pattern applies to granularity n:m only"));
@@ -251,6 +283,12 @@ impl JobRequest {
                 }
             }
         }
+        let by_activations = p.importance == Some(Importance::Activations);
+        if p.importance.is_some() && !matches!(p.granularity, Granularity::Heads | Granularity::Neurons) {
+            errs.push(FieldError::new("pruning.importance", "pruning.importance applies to granularity heads or neurons"));
+        } else if by_activations && self.calibration.is_none() {
+            errs.push(FieldError::new("calibration", "importance from activations needs calibration text: {\"dataset_id\": ...}"));
+        }
         if let Some(c) = &self.calibration {
             if uuid::Uuid::parse_str(&c.dataset_id).is_err() {
                 errs.push(FieldError::new("calibration.dataset_id", "calibration.dataset_id must be a dataset id (a UUID)"));
@@ -261,8 +299,8 @@ impl JobRequest {
             if !(8..=512).contains(&c.max_seq_len) {
                 errs.push(FieldError::new("calibration.max_seq_len", "calibration.max_seq_len must be in 8..=512"));
             }
-            if !p.method.calibrated() {
-                errs.push(FieldError::new("calibration", "only wanda and sparsegpt use calibration text"));
+            if !p.method.calibrated() && !by_activations {
+                errs.push(FieldError::new("calibration", "calibration text is used by wanda, sparsegpt and importance from activations only"));
             }
         }
         if p.granularity == Granularity::Layers && p.scope == Some(Scope::Local) {
@@ -330,7 +368,15 @@ mod tests {
             (format!(r#"{{"model_id":"{id}","pruning":{{"method":"wanda","scope":"global","sparsity":0.5}},"calibration":{{"dataset_id":"{id}"}}}}"#), "pruning.scope", "must be local"),
             (format!(r#"{{"model_id":"{id}","pruning":{{"method":"wanda","granularity":"heads","sparsity":0.5}},"calibration":{{"dataset_id":"{id}"}}}}"#), "pruning.granularity", "unstructured or n:m"),
             (format!(r#"{{"model_id":"{id}","pruning":{{"method":"wanda","sparsity":0.5}},"calibration":{{"dataset_id":"{id}","samples":0}}}}"#), "calibration.samples", "1..=4096"),
-            (format!(r#"{{"model_id":"{id}","pruning":{{"method":"magnitude","sparsity":0.5}},"calibration":{{"dataset_id":"{id}"}}}}"#), "calibration", "only wanda and sparsegpt"),
+            (format!(r#"{{"model_id":"{id}","pruning":{{"method":"magnitude","sparsity":0.5}},"calibration":{{"dataset_id":"{id}"}}}}"#), "calibration", "used by wanda, sparsegpt and importance"),
+            (format!(r#"{{"model_id":"{id}","pruning":{{"method":"magnitude","granularity":"heads","sparsity":0.5,"count":2}}}}"#), "pruning.count", "not both"),
+            (format!(r#"{{"model_id":"{id}","pruning":{{"method":"magnitude","granularity":"heads"}}}}"#), "pruning.sparsity", "or pruning.count"),
+            (format!(r#"{{"model_id":"{id}","pruning":{{"method":"magnitude","granularity":"heads","count":0}}}}"#), "pruning.count", "at least 1"),
+            (format!(r#"{{"model_id":"{id}","pruning":{{"method":"magnitude","count":10}}}}"#), "pruning.count", "heads, neurons and layers"),
+            (format!(r#"{{"model_id":"{id}","pruning":{{"method":"magnitude","granularity":"n:m","pattern":"2:4","count":10}}}}"#), "pruning.count", "heads, neurons and layers"),
+            (format!(r#"{{"model_id":"{id}","pruning":{{"method":"magnitude","granularity":"layers","count":1,"importance":"activations"}}}}"#), "pruning.importance", "heads or neurons"),
+            (format!(r#"{{"model_id":"{id}","pruning":{{"method":"magnitude","granularity":"heads","count":1,"importance":"activations"}}}}"#), "calibration", "needs calibration"),
+            (format!(r#"{{"model_id":"{id}","pruning":{{"method":"magnitude","granularity":"heads","count":1,"importance":"neurons"}}}}"#), "pruning.importance", "unknown variant"),
             (format!(r#"{{"model_id":"{id}","pruning":{{"method":"sparsegpt","scope":"global","sparsity":0.5}},"calibration":{{"dataset_id":"{id}"}}}}"#), "pruning.scope", "must be local"),
             (format!(r#"{{"model_id":"{id}","pruning":{{"method":"sparsegpt","sparsity":0.5}}}}"#), "calibration", "sparsegpt needs calibration"),
             (format!(r#"{{"model_id":"{id}","pruning":{{"method":"sparsegpt","granularity":"layers","sparsity":0.5}},"calibration":{{"dataset_id":"{id}"}}}}"#), "pruning.granularity", "unstructured or n:m"),
