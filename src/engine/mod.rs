@@ -3,6 +3,7 @@
 
 pub mod arch;
 pub mod export;
+pub mod fast;
 pub mod magnitude;
 pub mod model;
 pub mod sparsegpt;

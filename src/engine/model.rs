@@ -229,6 +229,9 @@ struct Layer {
 
 pub struct Encoder {
     pub config: EncoderConfig,
+    /// The weights laid out for the fused CPU forward (`super::fast`), built on first use; `None`
+    /// when the encoder is not on the CPU in f32.
+    fast: std::sync::OnceLock<Option<super::fast::FastModel>>,
     word: Tensor,
     position: Tensor,
     token_type: Option<Tensor>,
@@ -263,6 +266,7 @@ impl Encoder {
             emb_norm: w.norm("embeddings.LayerNorm", config.eps)?,
             layers,
             config,
+            fast: std::sync::OnceLock::new(),
         })
     }
 
@@ -308,8 +312,70 @@ impl Encoder {
 
     /// Last hidden state `[batch, seq, hidden]`. `input_ids` u32 `[batch, seq]`;
     /// `attention_mask` `[batch, seq]` with 1 for real tokens and 0 for padding.
+    ///
+    /// On the CPU in f32 this runs the fused path of [`super::fast`]; elsewhere candle's ops.
     pub fn forward(&self, input_ids: &Tensor, token_type_ids: Option<&Tensor>, attention_mask: &Tensor) -> Result<Tensor> {
+        match self.fast.get_or_init(|| self.fast_layers()) {
+            Some(model) => self.forward_fast(model, input_ids, token_type_ids, attention_mask),
+            None => self.forward_unfused(input_ids, token_type_ids, attention_mask),
+        }
+    }
+
+    /// [`Encoder::forward`] with candle's stock ops only (the reference for the fused path).
+    pub fn forward_unfused(&self, input_ids: &Tensor, token_type_ids: Option<&Tensor>, attention_mask: &Tensor) -> Result<Tensor> {
         self.forward_observed(input_ids, token_type_ids, attention_mask, &mut |_, _, _| Ok(()))
+    }
+
+    fn forward_fast(&self, model: &super::fast::FastModel, input_ids: &Tensor, token_type_ids: Option<&Tensor>, attention_mask: &Tensor) -> Result<Tensor> {
+        let x = self.embedding_sum(input_ids, token_type_ids)?;
+        let (b, t, h) = x.dims3()?;
+        let mut xs = x.flatten_all()?.to_vec1::<f32>()?;
+        super::fast::layer_norm(&mut xs, &model.emb_ln.0, &model.emb_ln.1, self.config.eps as f32);
+        let mask: Vec<u32> = attention_mask.ne(0u32)?.to_dtype(DType::U32)?.flatten_all()?.to_vec1::<u32>()?;
+        let d = super::fast::Dims { batch: b, seq: t, hidden: h, head_dim: self.config.head_dim, eps: self.config.eps as f32, activation: self.config.activation };
+        for l in &model.layers {
+            xs = super::fast::layer(&xs, &mask, l, &d);
+        }
+        Ok(Tensor::from_vec(xs, (b, t, h), x.device())?)
+    }
+
+    /// Copies of the layers' weights for the fused path, when every one is an f32 CPU tensor.
+    fn fast_layers(&self) -> Option<super::fast::FastModel> {
+        let v = |t: &Tensor| -> Option<Vec<f32>> {
+            if !t.device().is_cpu() || t.dtype() != DType::F32 {
+                return None;
+            }
+            t.flatten_all().ok()?.to_vec1::<f32>().ok()
+        };
+        let lin = |l: &Linear| -> Option<(Vec<f32>, Vec<f32>)> { Some((v(l.weight())?, v(l.bias()?)?)) };
+        let mut out = Vec::with_capacity(self.layers.len());
+        for l in &self.layers {
+            let (mut wqkv, mut bqkv) = (Vec::new(), Vec::new());
+            if let (Some(q), Some(k), Some(vv)) = (&l.q, &l.k, &l.v) {
+                for m in [q, k, vv] {
+                    let (w, b) = lin(m)?;
+                    wqkv.extend(w);
+                    bqkv.extend(b);
+                }
+            }
+            let (wo, bo) = lin(&l.o)?;
+            let (wi, bi) = lin(&l.ffn_in)?;
+            let (wf, bf) = lin(&l.ffn_out)?;
+            out.push(super::fast::FastLayer {
+                heads: if wqkv.is_empty() { 0 } else { l.shape.heads },
+                wqkv,
+                bqkv,
+                wo,
+                bo,
+                ln1: (v(&l.attn_norm.weight)?, v(&l.attn_norm.bias)?),
+                wi,
+                bi,
+                wf,
+                bf,
+                ln2: (v(&l.out_norm.weight)?, v(&l.out_norm.bias)?),
+            });
+        }
+        Some(super::fast::FastModel { emb_ln: (v(&self.emb_norm.weight)?, v(&self.emb_norm.bias)?), layers: out })
     }
 
     /// As [`Encoder::forward`], showing `observe(layer, site, input)` the input of every linear
@@ -331,6 +397,11 @@ impl Encoder {
 
     /// The embedding block's output `[batch, seq, hidden]` (the first layer's input).
     pub fn embed(&self, input_ids: &Tensor, token_type_ids: Option<&Tensor>) -> Result<Tensor> {
+        Ok(self.emb_norm.forward(&self.embedding_sum(input_ids, token_type_ids)?)?)
+    }
+
+    /// Word + position (+ token type) embeddings, before their LayerNorm.
+    fn embedding_sum(&self, input_ids: &Tensor, token_type_ids: Option<&Tensor>) -> Result<Tensor> {
         let (b, t) = input_ids.dims2()?;
         let h = self.config.hidden;
         let lookup = |table: &Tensor, ids: &Tensor| -> candle_core::Result<Tensor> { table.embedding(&ids.flatten_all()?)?.reshape((b, t, h)) };
@@ -342,7 +413,7 @@ impl Encoder {
             };
             x = (x + lookup(tt, &ids)?)?;
         }
-        Ok(self.emb_norm.forward(&x)?)
+        Ok(x)
     }
 
     /// The additive attention bias `[batch, 1, 1, seq]` of a `[batch, seq]` 0/1 mask, as Hugging
@@ -384,6 +455,7 @@ impl Encoder {
             return invalid(format!("layer {i} {module}: shape {:?} cannot replace {:?}", weight.dims(), slot.weight().dims()));
         }
         *slot = Linear::new(weight, slot.bias().cloned());
+        self.fast = std::sync::OnceLock::new();
         Ok(())
     }
 
@@ -432,6 +504,29 @@ mod tests {
             }
         }
         (Tensor::from_vec(v, (b, t), &Device::Cpu).unwrap(), Tensor::from_vec(m, (b, t), &Device::Cpu).unwrap())
+    }
+
+    #[test]
+    fn fused_forward_matches_candle_ops() {
+        use crate::engine::structured::{apply, Surgery, UnitPlan};
+        let max_diff = |a: &Tensor, b: &Tensor| (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap();
+        for family in ["bert", "roberta", "distilbert"] {
+            let m = TinyModel { model_type: family, layers: 3, ..Default::default() };
+            let enc = Encoder::from_files(m.config_json().as_bytes(), &m.safetensors(), &Device::Cpu).unwrap();
+            // Padding at the end of one row, and a row of padding only.
+            let (i, mut mask) = ids(3, 9, 64, 4);
+            mask = Tensor::cat(&[mask.narrow(0, 0, 2).unwrap(), Tensor::zeros((1, 9), DType::U32, &Device::Cpu).unwrap()], 0).unwrap();
+            let (fast, slow) = (enc.forward(&i, None, &mask).unwrap(), enc.forward_unfused(&i, None, &mask).unwrap());
+            assert!(max_diff(&fast, &slow) < 1e-5, "{family}: {}", max_diff(&fast, &slow));
+            // Per-layer shapes, including a layer without heads.
+            let fam = Family::parse(family).unwrap();
+            let mut w = Weights::from_safetensors(&m.safetensors(), fam, &Device::Cpu).unwrap();
+            let plan = UnitPlan { heads: vec![vec![0, 2], vec![0, 1, 2, 3], vec![]], neurons: vec![vec![1, 2, 3], vec![], (0..40).collect()] };
+            let cfg = apply(&mut w, &enc.config, &plan, Surgery::Remove).unwrap();
+            let small = Encoder::load(cfg, &w).unwrap();
+            let (fast, slow) = (small.forward(&i, None, &mask).unwrap(), small.forward_unfused(&i, None, &mask).unwrap());
+            assert!(max_diff(&fast, &slow) < 1e-5, "{family} compact: {}", max_diff(&fast, &slow));
+        }
     }
 
     #[test]

@@ -1,0 +1,63 @@
+//! Forward throughput of our encoder: a batch of 32 real MRPC dev sentence pairs padded to 128
+//! tokens, median over runs. Models from SECATEUR_BENCH_MODELS ("DIR=LABEL,DIR=LABEL"; by default
+//! the MiniLM in SECATEUR_MINILM_DIR as "dense"). With SECATEUR_BENCH_INPUT set, also writes the
+//! batch there as JSON so that bench/torch_forward.py runs the same tokens.
+//!
+//!   bench/forward.sh      # interleaved with PyTorch; see BENCHMARKS.md
+
+use candle_core::{Device, Tensor};
+use secateur::engine::model::Encoder;
+use std::time::Instant;
+
+const BATCH: usize = 32;
+const SEQ: usize = 128;
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+fn main() {
+    secateur::app::tune_allocator();
+    let runs: usize = std::env::var("SECATEUR_BENCH_RUNS").ok().and_then(|v| v.parse().ok()).unwrap_or(5);
+    let minilm = std::env::var("SECATEUR_MINILM_DIR").unwrap_or_default();
+    let models = std::env::var("SECATEUR_BENCH_MODELS").unwrap_or_else(|_| format!("{minilm}=dense"));
+    let models: Vec<(String, String)> = models.split(',').map(|m| m.split_once('=').map(|(d, l)| (d.to_string(), l.to_string())).expect("DIR=LABEL")).collect();
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mrpc = std::fs::read_to_string(root.join("../shared/data/glue/MRPC/dev.tsv")).expect("MRPC dev.tsv");
+    let pairs: Vec<(String, String)> = mrpc
+        .trim_start_matches('\u{feff}')
+        .lines()
+        .skip(1)
+        .take(BATCH)
+        .map(|l| {
+            let f: Vec<&str> = l.split('\t').collect();
+            (f[3].to_string(), f[4].to_string())
+        })
+        .collect();
+    let mut tok = tokenizers::Tokenizer::from_file(std::path::Path::new(&models[0].0).join("tokenizer.json")).unwrap();
+    tok.with_truncation(Some(tokenizers::TruncationParams { max_length: SEQ, ..Default::default() })).unwrap();
+    tok.with_padding(Some(tokenizers::PaddingParams { strategy: tokenizers::PaddingStrategy::Fixed(SEQ), ..Default::default() }));
+    let enc = tok.encode_batch(pairs.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect::<Vec<_>>(), true).unwrap();
+    let flat = |f: &dyn Fn(&tokenizers::Encoding) -> &[u32]| enc.iter().flat_map(|e| f(e).to_vec()).collect::<Vec<u32>>();
+    let (ids, mask, tt) = (flat(&|e| e.get_ids()), flat(&|e| e.get_attention_mask()), flat(&|e| e.get_type_ids()));
+    let real = mask.iter().filter(|m| **m == 1).count() as f64 / mask.len() as f64;
+    if let Ok(path) = std::env::var("SECATEUR_BENCH_INPUT") {
+        std::fs::write(path, serde_json::json!({"input_ids": ids, "attention_mask": mask, "token_type_ids": tt, "batch": BATCH, "seq": SEQ}).to_string()).unwrap();
+    }
+    let t = |v: &Vec<u32>| Tensor::from_vec(v.clone(), (BATCH, SEQ), &Device::Cpu).unwrap();
+    let (ids, mask, tt) = (t(&ids), t(&mask), t(&tt));
+    for (dir, label) in models {
+        let dir = std::path::Path::new(&dir);
+        let model = Encoder::from_files(&std::fs::read(dir.join("config.json")).unwrap(), &std::fs::read(dir.join("model.safetensors")).unwrap(), &Device::Cpu).unwrap();
+        model.forward(&ids, Some(&tt), &mask).unwrap(); // warm-up
+        let mut ms = Vec::new();
+        for _ in 0..runs {
+            let start = Instant::now();
+            std::hint::black_box(model.forward(&ids, Some(&tt), &mask).unwrap());
+            ms.push(start.elapsed().as_secs_f64() * 1e3);
+        }
+        let m = median(ms);
+        println!("{label}\tforward_ms={m:.1}\tseq_per_s={:.2}\treal_tokens={real:.3}\truns={runs}\tthreads={}", BATCH as f64 * 1e3 / m, rayon::current_num_threads());
+    }
+}
