@@ -354,6 +354,45 @@ async fn structured_jobs_export_hf_and_compact_layouts(db: Db) {
     }
 }
 
+async fn compact_exports_can_be_uploaded_and_pruned_again(db: Db) {
+    use candle_core::Device;
+    use secateur::engine::model::{Encoder, LayerShape};
+    let app = TestApp::spawn(db).await;
+    let m = TinyModel { layers: 2, ..Default::default() };
+    let model = app.create_model(&m).await;
+    let job = app.submit_ok(&json!({"model_id": model, "pruning": {"method": "magnitude", "granularity": "heads", "scope": "local", "count": 1}, "export": {"compact": true}})).await;
+    app.wait_for(&job, &["succeeded"], WAIT).await;
+    let files = vec![
+        ("config.json", app.artifact(&job, "compact%2Fconfig.json").await.to_vec()),
+        ("model.safetensors", app.artifact(&job, "compact%2Fmodel.safetensors").await.to_vec()),
+        ("tokenizer.json", app.artifact(&job, "compact%2Ftokenizer.json").await.to_vec()),
+    ];
+    // The compact checkpoint (3 of 4 heads per layer) is a valid upload...
+    let r = app.upload_model(files.clone()).await;
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let compact: Value = r.json().await.unwrap();
+    // ...and a valid input: now half the neurons, uneven layer shapes kept in both layouts.
+    let job = app.submit_ok(&json!({"model_id": compact["id"], "pruning": {"method": "magnitude", "granularity": "neurons", "scope": "local", "sparsity": 0.5}})).await;
+    let done = app.wait_for(&job, &["succeeded", "failed"], WAIT).await;
+    assert_eq!(done["status"], "succeeded", "{done}");
+    let (c, w) = (app.artifact(&job, "config.json").await, app.artifact(&job, "model.safetensors").await);
+    let enc = Encoder::from_files(&c, &w, &Device::Cpu).unwrap();
+    assert_eq!(enc.config.layers, vec![LayerShape { heads: 3, ffn: 32 }; 2]);
+    let cfg: Value = serde_json::from_slice(&c).unwrap();
+    assert_eq!(cfg["secateur_layers"][0]["num_attention_heads"], 3, "{cfg}");
+    let report: Value = serde_json::from_slice(&app.artifact(&job, "report.json").await).unwrap();
+    assert_eq!(report["layers"][0]["heads"], json!({"before": 3, "stored": 3, "active": 3}));
+    assert_eq!(report["layers"][0]["ffn"], json!({"before": 64, "stored": 32, "active": 32}));
+    // A per-layer record that contradicts the tensors is refused, naming the file.
+    let mut bad = files.clone();
+    let mut cfg: Value = serde_json::from_slice(&files[0].1).unwrap();
+    cfg["secateur_layers"][1]["num_attention_heads"] = json!(2);
+    bad[0].1 = serde_json::to_vec(&cfg).unwrap();
+    let (s, body) = problem(app.upload_model(bad).await).await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(body["errors"][0]["field"], "config.json", "{body}");
+}
+
 async fn structured_targets_by_count_and_by_activations(db: Db) {
     let app = TestApp::spawn(db).await;
     let m = TinyModel { layers: 3, ..Default::default() };
@@ -836,6 +875,7 @@ backend_tests!(
     wanda_jobs_prune_each_row_with_calibration_text,
     sparsegpt_jobs_prune_and_reconstruct_with_calibration_text,
     structured_targets_by_count_and_by_activations,
+    compact_exports_can_be_uploaded_and_pruned_again,
     job_specs_are_validated,
     idempotency_keys_make_retries_safe,
     cancel_queued_running_and_finished_jobs,

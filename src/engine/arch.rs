@@ -155,6 +155,11 @@ pub fn summarize(config_json: &[u8], header: &Header) -> Result<ModelSummary, St
     }
     let head_dim = hidden / heads;
     let pruned_heads = parse_pruned_heads(cfg.get("pruned_heads"), layers, heads)?;
+    // Secateur's compact layout: each layer's heads and FFN width.
+    let per_layer = parse_secateur_layers(cfg.get("secateur_layers"), layers, heads)?;
+    if per_layer.is_some() && !pruned_heads.is_empty() {
+        return Err("give pruned_heads or secateur_layers, not both".into());
+    }
 
     let tensors: BTreeMap<&str, &super::st::TensorInfo> =
         header.tensors.iter().map(|(n, t)| (canonical_name(family, n), t)).collect();
@@ -185,10 +190,15 @@ pub fn summarize(config_json: &[u8], header: &Header) -> Result<ModelSummary, St
     let [q, k, v, o, f_in, f_out] = family.linear_names();
     for i in 0..layers {
         let p = |m: &str| format!("{}{i}.{m}.weight", family.layer_root());
-        let kept = heads - pruned_heads.get(&i).map_or(0, |h| h.len() as u64);
+        let (kept, ffn) = match &per_layer {
+            Some(l) => l[i as usize],
+            None => (heads - pruned_heads.get(&i).map_or(0, |h| h.len() as u64), ffn),
+        };
         let attn = kept * head_dim;
-        for m in [q, k, v] {
-            expect(&p(m), [attn, hidden])?;
+        if kept > 0 {
+            for m in [q, k, v] {
+                expect(&p(m), [attn, hidden])?;
+            }
         }
         expect(&p(o), [hidden, attn])?;
         expect(&p(f_in), [ffn, hidden])?;
@@ -202,6 +212,29 @@ pub fn summarize(config_json: &[u8], header: &Header) -> Result<ModelSummary, St
     }
     let dtype = per_dtype.iter().max_by_key(|(_, n)| **n).map(|(d, _)| *d).ok_or("the checkpoint holds no floating-point tensor")?;
     Ok(ModelSummary { family, num_layers: layers, hidden_size: hidden, num_heads: heads, intermediate_size: ffn, vocab_size: vocab, parameters, dtype })
+}
+
+/// `secateur_layers`: `[{"num_attention_heads": h, "intermediate_size": f}, ...]`, one per layer;
+/// (heads, FFN width) per layer.
+fn parse_secateur_layers(v: Option<&Value>, layers: u64, heads: u64) -> Result<Option<Vec<(u64, u64)>>, String> {
+    let Some(v) = v else { return Ok(None) };
+    let list = v.as_array().ok_or("secateur_layers must be an array")?;
+    if list.len() as u64 != layers {
+        return Err(format!("secateur_layers lists {} layers, the config {layers}", list.len()));
+    }
+    let mut out = Vec::with_capacity(list.len());
+    for (i, l) in list.iter().enumerate() {
+        let get = |k: &str| l.get(k).and_then(Value::as_u64).ok_or_else(|| format!("secateur_layers[{i}].{k} must be a non-negative integer"));
+        let (h, f) = (get("num_attention_heads")?, get("intermediate_size")?);
+        if h > heads {
+            return Err(format!("secateur_layers[{i}] has {h} heads, more than num_attention_heads {heads}"));
+        }
+        if f == 0 {
+            return Err(format!("secateur_layers[{i}].intermediate_size must be positive"));
+        }
+        out.push((h, f));
+    }
+    Ok(Some(out))
 }
 
 fn parse_pruned_heads(v: Option<&Value>, layers: u64, heads: u64) -> Result<BTreeMap<u64, Vec<u64>>, String> {

@@ -76,10 +76,19 @@ pub fn config_json(original: &[u8], cfg: &EncoderConfig, compact: bool) -> Resul
     if widths.len() == 1 {
         o.insert(ffn_key.into(), (*widths.iter().next().unwrap()).into());
     }
-    if compact {
+    // Shapes that config.json's standard keys cannot state (heads physically removed from some
+    // layer, uneven FFN widths: e.g. pruning a model that is already compact) keep the per-layer
+    // record even in the hf layout; otherwise a stale one is dropped.
+    let heads_key = if distil { "n_heads" } else { "num_attention_heads" };
+    let heads = o.get(heads_key).and_then(Value::as_u64).unwrap_or(0) as usize;
+    let standard = widths.len() <= 1 && cfg.layers.iter().all(|l| l.heads == heads);
+    if compact || !standard {
         let layers: Vec<Value> = cfg.layers.iter().map(|l| serde_json::json!({"num_attention_heads": l.heads, "intermediate_size": l.ffn})).collect();
         o.insert("secateur_layout".into(), "compact".into());
         o.insert("secateur_layers".into(), layers.into());
+    } else {
+        o.remove("secateur_layout");
+        o.remove("secateur_layers");
     }
     Ok(serde_json::to_vec_pretty(&v).expect("JSON value serializes"))
 }
