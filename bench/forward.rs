@@ -1,5 +1,6 @@
 //! Forward throughput of our encoder: a batch of 32 real MRPC dev sentence pairs padded to 128
-//! tokens, median over runs. Models from SECATEUR_BENCH_MODELS ("DIR=LABEL,DIR=LABEL"; by default
+//! tokens, median over runs, of `Encoder::forward` (every position, as PyTorch) and of
+//! `Encoder::forward_packed` (real tokens only; label suffix `-packed`). Models from SECATEUR_BENCH_MODELS ("DIR=LABEL,DIR=LABEL"; by default
 //! the MiniLM in SECATEUR_MINILM_DIR as "dense"). With SECATEUR_BENCH_INPUT set, also writes the
 //! batch there as JSON so that bench/torch_forward.py runs the same tokens.
 //!
@@ -50,14 +51,19 @@ fn main() {
     for (dir, label) in models {
         let dir = std::path::Path::new(&dir);
         let model = Encoder::from_files(&std::fs::read(dir.join("config.json")).unwrap(), &std::fs::read(dir.join("model.safetensors")).unwrap(), &Device::Cpu).unwrap();
-        model.forward(&ids, Some(&tt), &mask).unwrap(); // warm-up
-        let mut ms = Vec::new();
-        for _ in 0..runs {
-            let start = Instant::now();
-            std::hint::black_box(model.forward(&ids, Some(&tt), &mask).unwrap());
-            ms.push(start.elapsed().as_secs_f64() * 1e3);
+        // `forward` computes every position as the reference does; `forward_packed` only the
+        // real tokens (the same values there, 0 at padding).
+        for (mode, packed) in [("", false), ("-packed", true)] {
+            let run = || if packed { model.forward_packed(&ids, Some(&tt), &mask) } else { model.forward(&ids, Some(&tt), &mask) };
+            run().unwrap(); // warm-up
+            let mut ms = Vec::new();
+            for _ in 0..runs {
+                let start = Instant::now();
+                std::hint::black_box(run().unwrap());
+                ms.push(start.elapsed().as_secs_f64() * 1e3);
+            }
+            let m = median(ms);
+            println!("{label}{mode}\tforward_ms={m:.1}\tseq_per_s={:.2}\treal_tokens={real:.3}\truns={runs}\tthreads={}", BATCH as f64 * 1e3 / m, rayon::current_num_threads());
         }
-        let m = median(ms);
-        println!("{label}\tforward_ms={m:.1}\tseq_per_s={:.2}\treal_tokens={real:.3}\truns={runs}\tthreads={}", BATCH as f64 * 1e3 / m, rayon::current_num_threads());
     }
 }

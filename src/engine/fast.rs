@@ -47,8 +47,8 @@ pub struct FastModel {
 }
 
 pub struct Dims {
-    pub batch: usize,
-    pub seq: usize,
+    /// Rows (token positions) of the activations.
+    pub rows: usize,
     pub hidden: usize,
     pub head_dim: usize,
     pub eps: f32,
@@ -119,27 +119,63 @@ struct SharedMut(*mut f32);
 unsafe impl Send for SharedMut {}
 unsafe impl Sync for SharedMut {}
 
-/// Attention of every head: `qkv [batch·seq, 3·heads·hd]` → context `[batch·seq, heads·hd]`.
-/// `mask[b·seq + j]` is 1 for a real key.
-fn attention(qkv: &[f32], mask: &[u32], d: &Dims, heads: usize) -> Vec<f32> {
-    let (t, hd) = (d.seq, d.head_dim);
+/// One sequence's rows in the activations: its queries are rows `row..row + queries`, its keys
+/// rows `row..row + bias.len()`, each key with an additive bias (0 or f32::MIN for padding).
+pub struct Seq {
+    pub row: usize,
+    pub queries: usize,
+    pub bias: Vec<f32>,
+}
+
+impl Seq {
+    /// Padded batches, as the reference computes them: every position of each `[seq]` row of
+    /// `mask` is a query; keys after a sequence's last real token are skipped (their weight is
+    /// exactly 0 in the reference too: exp(f32::MIN − max) underflows); a sequence with no real
+    /// token attends to every key alike, as the reference does.
+    pub fn padded(mask: &[u32], seq: usize) -> Vec<Seq> {
+        mask.chunks(seq)
+            .enumerate()
+            .map(|(b, m)| {
+                let keys = m.iter().rposition(|v| *v != 0).map_or(seq, |i| i + 1);
+                Seq { row: b * seq, queries: seq, bias: m[..keys].iter().map(|v| if *v != 0 { 0.0 } else { f32::MIN }).collect() }
+            })
+            .collect()
+    }
+
+    /// Packed sequences of the given lengths, back to back, with no padding at all.
+    pub fn packed(lengths: &[usize]) -> Vec<Seq> {
+        let mut row = 0;
+        lengths
+            .iter()
+            .map(|&n| {
+                let s = Seq { row, queries: n, bias: vec![0.0; n] };
+                row += n;
+                s
+            })
+            .collect()
+    }
+}
+
+/// Attention of every head: `qkv [rows, 3·heads·hd]` → context `[rows, heads·hd]`; rows that
+/// are no sequence's query stay 0.
+fn attention(qkv: &[f32], seqs: &[Seq], d: &Dims, heads: usize) -> Vec<f32> {
+    let hd = d.head_dim;
     let width = heads * hd;
     let rs = 3 * width;
-    let mut ctx = vec![0f32; d.batch * t * width];
+    let mut ctx = vec![0f32; d.rows * width];
     let out = SharedMut(ctx.as_mut_ptr());
     let scale = 1.0 / (hd as f32).sqrt();
-    (0..d.batch * heads).into_par_iter().for_each(|task| {
-        let (b, h) = (task / heads, task % heads);
-        let m = &mask[b * t..(b + 1) * t];
-        // Keys after the last real one contribute exactly 0; a sequence with no real token
-        // attends uniformly to every key, as the reference does.
-        let keys = m.iter().rposition(|v| *v != 0).map_or(t, |i| i + 1);
-        let bias: Vec<f32> = m[..keys].iter().map(|v| if *v != 0 { 0.0 } else { f32::MIN }).collect();
-        let base = b * t * rs + h * hd;
+    (0..seqs.len() * heads).into_par_iter().for_each(|task| {
+        let (sq, h) = (&seqs[task / heads], task % heads);
+        let (t, keys) = (sq.queries, sq.bias.len());
+        if t == 0 || keys == 0 {
+            return;
+        }
+        let base = sq.row * rs + h * hd;
         let mut s = vec![0f32; t * keys];
         // SAFETY: Q and K of this head are `[t, hd]` / `[keys, hd]` windows of `qkv` with row
         // stride `rs`; `s` is `[t, keys]`; the context window `[t, hd]` at column h·hd of rows
-        // b·t.. is written by this task only.
+        // sq.row.. is written by this task only (sequences do not overlap).
         unsafe {
             gemm::gemm(
                 t,
@@ -164,7 +200,7 @@ fn attention(qkv: &[f32], mask: &[u32], d: &Dims, heads: usize) -> Vec<f32> {
             );
         }
         for row in s.chunks_exact_mut(keys) {
-            softmax_row(row, &bias);
+            softmax_row(row, &sq.bias);
         }
         let out = out;
         unsafe {
@@ -172,7 +208,7 @@ fn attention(qkv: &[f32], mask: &[u32], d: &Dims, heads: usize) -> Vec<f32> {
                 t,
                 hd,
                 keys,
-                out.0.add(b * t * width + h * hd),
+                out.0.add(sq.row * width + h * hd),
                 1,
                 width as isize,
                 false,
@@ -194,15 +230,15 @@ fn attention(qkv: &[f32], mask: &[u32], d: &Dims, heads: usize) -> Vec<f32> {
     ctx
 }
 
-/// One encoder layer on `x [batch·seq, hidden]`.
-pub fn layer(x: &[f32], mask: &[u32], l: &FastLayer, d: &Dims) -> Vec<f32> {
-    let n = d.batch * d.seq;
+/// One encoder layer on `x [rows, hidden]`.
+pub fn layer(x: &[f32], seqs: &[Seq], l: &FastLayer, d: &Dims) -> Vec<f32> {
+    let n = d.rows;
     let h = d.hidden;
     let mut a = if l.heads == 0 {
         vec![0.0; n * h]
     } else {
         let qkv = linear(x, n, h, &l.wqkv, l.bqkv.len(), Some(&l.bqkv));
-        let ctx = attention(&qkv, mask, d, l.heads);
+        let ctx = attention(&qkv, seqs, d, l.heads);
         drop(qkv);
         linear(&ctx, n, l.heads * d.head_dim, &l.wo, h, None)
     };

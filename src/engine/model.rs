@@ -331,12 +331,60 @@ impl Encoder {
         let (b, t, h) = x.dims3()?;
         let mut xs = x.flatten_all()?.to_vec1::<f32>()?;
         super::fast::layer_norm(&mut xs, &model.emb_ln.0, &model.emb_ln.1, self.config.eps as f32);
-        let mask: Vec<u32> = attention_mask.ne(0u32)?.to_dtype(DType::U32)?.flatten_all()?.to_vec1::<u32>()?;
-        let d = super::fast::Dims { batch: b, seq: t, hidden: h, head_dim: self.config.head_dim, eps: self.config.eps as f32, activation: self.config.activation };
+        let mask = Self::mask_vec(attention_mask)?;
+        let seqs = super::fast::Seq::padded(&mask, t);
+        let d = super::fast::Dims { rows: b * t, hidden: h, head_dim: self.config.head_dim, eps: self.config.eps as f32, activation: self.config.activation };
         for l in &model.layers {
-            xs = super::fast::layer(&xs, &mask, l, &d);
+            xs = super::fast::layer(&xs, &seqs, l, &d);
         }
         Ok(Tensor::from_vec(xs, (b, t, h), x.device())?)
+    }
+
+    fn mask_vec(attention_mask: &Tensor) -> Result<Vec<u32>> {
+        Ok(attention_mask.ne(0u32)?.to_dtype(DType::U32)?.flatten_all()?.to_vec1::<u32>()?)
+    }
+
+    /// As [`Encoder::forward`] at the real tokens, computing nothing for padding: the real
+    /// tokens of every sequence are packed back to back through the layers (attention stays
+    /// within each sequence), and padding positions of the result are 0 (the reference computes
+    /// values there that nothing should read). Where the fused path does not apply, this is
+    /// `forward` with padding positions zeroed.
+    pub fn forward_packed(&self, input_ids: &Tensor, token_type_ids: Option<&Tensor>, attention_mask: &Tensor) -> Result<Tensor> {
+        let Some(model) = self.fast.get_or_init(|| self.fast_layers()) else {
+            let y = self.forward(input_ids, token_type_ids, attention_mask)?;
+            let m = attention_mask.ne(0u32)?.to_dtype(y.dtype())?.unsqueeze(D::Minus1)?;
+            return Ok(y.broadcast_mul(&m)?);
+        };
+        let x = self.embedding_sum(input_ids, token_type_ids)?;
+        let (b, t, h) = x.dims3()?;
+        let all = x.flatten_all()?.to_vec1::<f32>()?;
+        let mask = Self::mask_vec(attention_mask)?;
+        let mut xs = Vec::with_capacity(all.len());
+        let mut lengths = Vec::with_capacity(b);
+        for (row, m) in mask.chunks(t).enumerate() {
+            let mut n = 0;
+            for (j, _) in m.iter().enumerate().filter(|(_, v)| **v != 0) {
+                let p = (row * t + j) * h;
+                xs.extend_from_slice(&all[p..p + h]);
+                n += 1;
+            }
+            lengths.push(n);
+        }
+        drop(all);
+        super::fast::layer_norm(&mut xs, &model.emb_ln.0, &model.emb_ln.1, self.config.eps as f32);
+        let seqs = super::fast::Seq::packed(&lengths);
+        let d = super::fast::Dims { rows: xs.len() / h.max(1), hidden: h, head_dim: self.config.head_dim, eps: self.config.eps as f32, activation: self.config.activation };
+        for l in &model.layers {
+            xs = super::fast::layer(&xs, &seqs, l, &d);
+        }
+        let mut out = vec![0f32; b * t * h];
+        let mut src = xs.chunks_exact(h);
+        for (i, m) in mask.iter().enumerate() {
+            if *m != 0 {
+                out[i * h..(i + 1) * h].copy_from_slice(src.next().expect("one packed row per real token"));
+            }
+        }
+        Ok(Tensor::from_vec(out, (b, t, h), x.device())?)
     }
 
     /// Copies of the layers' weights for the fused path, when every one is an f32 CPU tensor.
@@ -518,6 +566,18 @@ mod tests {
             mask = Tensor::cat(&[mask.narrow(0, 0, 2).unwrap(), Tensor::zeros((1, 9), DType::U32, &Device::Cpu).unwrap()], 0).unwrap();
             let (fast, slow) = (enc.forward(&i, None, &mask).unwrap(), enc.forward_unfused(&i, None, &mask).unwrap());
             assert!(max_diff(&fast, &slow) < 1e-5, "{family}: {}", max_diff(&fast, &slow));
+            // Packed: the same at real tokens, 0 at padding.
+            let packed = enc.forward_packed(&i, None, &mask).unwrap();
+            let keep = mask.to_dtype(DType::F32).unwrap().unsqueeze(2).unwrap();
+            let masked = slow.broadcast_mul(&keep).unwrap();
+            assert!(max_diff(&packed, &masked) < 1e-5, "{family} packed: {}", max_diff(&packed, &masked));
+            // A mask with a hole (left and middle padding) packs the same way.
+            let holes = Tensor::from_vec((0..27u32).map(|j| u32::from(j % 9 != 0 && j % 9 != 4)).collect::<Vec<_>>(), (3, 9), &Device::Cpu).unwrap();
+            let (p, s) = (enc.forward_packed(&i, None, &holes).unwrap(), enc.forward_unfused(&i, None, &holes).unwrap());
+            let s = s.broadcast_mul(&holes.to_dtype(DType::F32).unwrap().unsqueeze(2).unwrap()).unwrap();
+            assert!(max_diff(&p, &s) < 1e-5, "{family} holes: {}", max_diff(&p, &s));
+            let f = enc.forward(&i, None, &holes).unwrap().broadcast_mul(&holes.to_dtype(DType::F32).unwrap().unsqueeze(2).unwrap()).unwrap();
+            assert!(max_diff(&f, &s) < 1e-5, "{family} holes, padded: {}", max_diff(&f, &s));
             // Per-layer shapes, including a layer without heads.
             let fam = Family::parse(family).unwrap();
             let mut w = Weights::from_safetensors(&m.safetensors(), fam, &Device::Cpu).unwrap();
