@@ -9,5 +9,6 @@ pub mod config;
 pub mod data;
 pub mod engine;
 pub mod jobs;
+pub mod metrics;
 pub mod queue;
 pub mod store;

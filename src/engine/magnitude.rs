@@ -439,12 +439,159 @@ pub mod radix {
         hits
     }
 
+    /// Keys sampled to bracket the threshold.
+    const SAMPLE: usize = 1 << 16;
+
+    /// A key range `[lo, hi]` that very likely holds the `k`-th smallest key (0-based `k - 1`),
+    /// from evenly spaced samples, or `None` when the samples say the range would hold too many
+    /// keys (many equal magnitudes, e.g. a model already sparse) for the bracket pass to pay.
+    fn sample_bracket(pieces: &[Piece], n: u64, k: u64) -> Option<(u32, u32)> {
+        // Evenly spaced runs of RUN consecutive elements: one cache line each, so the sample
+        // costs a few thousand memory accesses rather than one per key.
+        const RUN: u64 = 16;
+        let runs = (SAMPLE as u64 / RUN).min(n / RUN);
+        if runs == 0 {
+            return None;
+        }
+        let mut sample = Vec::with_capacity((runs * RUN) as usize);
+        let (mut piece, mut start) = (0usize, 0u64);
+        let len = |p: &Piece| (p.data.len() / p.dtype.size() as usize) as u64;
+        for j in 0..runs {
+            let g = ((2 * j + 1) * n) / (2 * runs);
+            while start + len(&pieces[piece]) <= g {
+                start += len(&pieces[piece]);
+                piece += 1;
+            }
+            let p = &pieces[piece];
+            let w = p.dtype.size() as usize;
+            let i = (g - start).min(len(p).saturating_sub(RUN)) as usize;
+            let end = (i + RUN as usize).min(len(p) as usize);
+            for_each_key(&p.data[i * w..end * w], p.dtype, |_, key| sample.push(key));
+        }
+        let s = sample.len();
+        // The k-th smallest sits near rank q·s among the samples; ±(4σ + 16) of a binomial.
+        // Two selections find those ranks (a full sort of the sample costs more than a pass).
+        let q = k as f64 / n as f64;
+        let delta = 4.0 * (s as f64 * q * (1.0 - q)).sqrt() + 16.0;
+        let center = q * s as f64;
+        let lo_i = (center - delta).floor();
+        let hi_i = (center + delta).ceil();
+        let lo = if lo_i < 0.0 {
+            0
+        } else {
+            *sample.select_nth_unstable(lo_i as usize).1
+        };
+        let hi = if hi_i >= s as f64 {
+            u32::MAX
+        } else {
+            *sample.select_nth_unstable(hi_i as usize).1
+        };
+        let inside = sample.iter().filter(|&&x| lo <= x && x <= hi).count();
+        (inside * 16 <= s).then_some((lo, hi))
+    }
+
+    /// Keys below `lo`, and keys in `[lo, hi]`. F32 and BF16 go 16 lanes at a time (counters
+    /// per lane, so the loop vectorises; a piece is far below u32::MAX elements).
+    fn count_bracket(p: &Piece, lo: u32, hi: u32) -> (u64, u64) {
+        let span = hi.wrapping_sub(lo);
+        #[inline(always)]
+        fn lanes(keys: impl Iterator<Item = [u32; 16]>, lo: u32, span: u32) -> (u64, u64) {
+            let (mut below, mut inside) = ([0u32; 16], [0u32; 16]);
+            for k in keys {
+                for j in 0..16 {
+                    below[j] += (k[j] < lo) as u32;
+                    // lo ≤ key ≤ hi, in one unsigned comparison.
+                    inside[j] += (k[j].wrapping_sub(lo) <= span) as u32;
+                }
+            }
+            (below.iter().map(|&x| x as u64).sum::<u64>(), inside.iter().map(|&x| x as u64).sum::<u64>())
+        }
+        let w = p.dtype.size() as usize;
+        let whole = p.data.len() / (16 * w) * 16 * w;
+        let (mut below, mut inside) = match p.dtype {
+            Dtype::F32 => lanes(p.data[..whole].chunks_exact(64).map(|c| std::array::from_fn(|j| u32::from_le_bytes([c[4 * j], c[4 * j + 1], c[4 * j + 2], c[4 * j + 3]]) & 0x7fff_ffff)), lo, span),
+            Dtype::BF16 => lanes(p.data[..whole].chunks_exact(32).map(|c| std::array::from_fn(|j| ((u16::from_le_bytes([c[2 * j], c[2 * j + 1]]) as u32) << 16) & 0x7fff_ffff)), lo, span),
+            _ => (0, 0),
+        };
+        let rest = if matches!(p.dtype, Dtype::F32 | Dtype::BF16) { &p.data[whole..] } else { &p.data[..] };
+        for_each_key(rest, p.dtype, |_, key| {
+            below += (key < lo) as u64;
+            inside += (key.wrapping_sub(lo) <= span) as u64;
+        });
+        (below, inside)
+    }
+
+    /// Zero the elements whose key is below `lo` (branch-free), and return the index and key of
+    /// those in `[lo, hi]`.
+    fn zero_below_collect_range(data: &mut [u8], dtype: Dtype, lo: u32, hi: u32) -> Vec<(u32, u32)> {
+        let mut hits = Vec::new();
+        let mut note = |i: usize, key: u32| {
+            if key >= lo && key <= hi {
+                hits.push((i as u32, key));
+            }
+        };
+        match dtype {
+            Dtype::F32 => data.chunks_exact_mut(4).enumerate().for_each(|(i, c)| {
+                let bits = u32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+                let key = bits & 0x7fff_ffff;
+                note(i, key);
+                c.copy_from_slice(&(bits & ((key >= lo) as u32).wrapping_neg()).to_le_bytes());
+            }),
+            Dtype::BF16 => data.chunks_exact_mut(2).enumerate().for_each(|(i, c)| {
+                let bits = u16::from_le_bytes([c[0], c[1]]);
+                let key = ((bits as u32) << 16) & 0x7fff_ffff;
+                note(i, key);
+                c.copy_from_slice(&(bits & ((key >= lo) as u16).wrapping_neg()).to_le_bytes());
+            }),
+            Dtype::F16 => data.chunks_exact_mut(2).enumerate().for_each(|(i, c)| {
+                let bits = u16::from_le_bytes([c[0], c[1]]);
+                let key = half::f16::from_bits(bits).to_f32().to_bits() & 0x7fff_ffff;
+                note(i, key);
+                c.copy_from_slice(&(bits & ((key >= lo) as u16).wrapping_neg()).to_le_bytes());
+            }),
+            _ => unreachable!("radix handles F32, F16 and BF16"),
+        }
+        hits
+    }
+
+    /// The sampled path: a counting pass checks that `[lo, hi]` holds the threshold, then one
+    /// pass zeroes everything below `lo` and collects the (few) keys in the bracket, and the
+    /// last decisions are made among those. False (nothing written) when the bracket missed.
+    fn prune_by_bracket(pieces: &mut [Piece], k: u64) -> bool {
+        let n: u64 = pieces.iter().map(|p| (p.data.len() / p.dtype.size() as usize) as u64).sum();
+        let Some((lo, hi)) = sample_bracket(pieces, n, k) else { return false };
+        let (below, inside) = pieces.par_iter().map(|p| count_bracket(p, lo, hi)).reduce(|| (0, 0), |a, b| (a.0 + b.0, a.1 + b.1));
+        if below > k || below + inside < k {
+            return false;
+        }
+        let candidates: Vec<Vec<(u32, u32)>> = pieces.par_iter_mut().map(|p| zero_below_collect_range(p.data, p.dtype, lo, hi)).collect();
+        // Pieces are in (target, element) order: (key, piece, index) orders ties as required,
+        // and a selection (not a sort) finds the smallest `k - below`.
+        let m = (k - below) as usize;
+        if m == 0 {
+            return true;
+        }
+        let mut all: Vec<(u32, u32, u32)> = candidates.iter().enumerate().flat_map(|(pi, c)| c.iter().map(move |&(i, key)| (key, pi as u32, i))).collect();
+        all.select_nth_unstable(m - 1);
+        for &(_, pi, i) in &all[..m] {
+            let pi = pi as usize;
+            let p = &mut pieces[pi];
+            let s = p.dtype.size() as usize;
+            p.data[i as usize * s..(i as usize + 1) * s].fill(0);
+        }
+        true
+    }
+
     /// Zero the `k` smallest magnitudes over `infos` (ties: earlier target, earlier element).
-    pub fn prune_smallest(file: &mut [u8], base: usize, infos: &[&TensorInfo], k: u64) {
+    /// True when the sampled bracket decided, false when the histogram passes did.
+    pub fn prune_smallest(file: &mut [u8], base: usize, infos: &[&TensorInfo], k: u64) -> bool {
         if k == 0 {
-            return;
+            return false;
         }
         let mut pieces = pieces(file, base, infos);
+        if prune_by_bracket(&mut pieces, k) {
+            return true;
+        }
         let hi = histogram(&pieces);
         let (bh, below_hi) = locate(&hi, k - 1);
         // Zero every element of a lower bucket, and collect (in order) the elements of the
@@ -477,6 +624,7 @@ pub mod radix {
                 }
             }
         }
+        false
     }
 }
 
@@ -849,6 +997,51 @@ mod tests {
                 assert!(a == b, "ties {dtype:?} {s}");
             }
         }
+    }
+
+    #[test]
+    fn sampled_bracket_equals_sorting_exactly() {
+        // Large enough for the sampled path (more elements than samples), three dtypes in one
+        // global selection, one tensor a third zeros and one with few distinct values (ties
+        // inside the bracket).
+        let mut rng = 17u64;
+        let mut next = move || {
+            rng = rng.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            ((rng >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+        };
+        let a: Vec<f32> = (0..300_000).map(|_| next() * 0.05).collect();
+        let b: Vec<f32> = (0..200_000).map(|i| if i % 3 == 0 { 0.0 } else { next() * 0.08 }).collect();
+        let c: Vec<f32> = (0..250_000).map(|_| (next() * 40.0).round() / 1000.0).collect();
+        let enc = crate::engine::testing::encode;
+        let file = st::serialize(
+            &[
+                ("a".into(), Dtype::F32, vec![300, 1000], enc(&a, Dtype::F32)),
+                ("b".into(), Dtype::BF16, vec![200, 1000], enc(&b, Dtype::BF16)),
+                ("c".into(), Dtype::F16, vec![250, 1000], enc(&c, Dtype::F16)),
+            ],
+            None,
+        );
+        let header = st::parse(&file).unwrap();
+        let targets: Vec<String> = ["a", "b", "c"].map(String::from).to_vec();
+        let infos: Vec<&TensorInfo> = targets.iter().map(|t| &header.tensors[t]).collect();
+        let n = 750_000f64;
+        for s in [0.05, 0.3, 0.5, 0.8, 0.97] {
+            let (mut x, mut y) = (file.clone(), file.clone());
+            let k = (s * n).round() as u64;
+            let sampled = radix::prune_smallest(&mut x, header.data_start as usize, &infos, k);
+            // At 5% the threshold is 0, shared by the 9% of zeros: that goes to the histogram.
+            assert_eq!(sampled, s > 0.1, "sparsity {s}: which path decided");
+            prune_by_sorting(&mut y, &header, &targets, Scope::Global, s, |_, _| Ok::<(), ()>(())).unwrap().unwrap();
+            assert!(x == y, "sparsity {s}");
+        }
+        // A threshold among very many equal keys (two thirds zeros) goes to the histogram.
+        let z: Vec<f32> = (0..300_000).map(|i| if i % 3 == 0 { next() } else { 0.0 }).collect();
+        let file = st::serialize(&[("z".into(), Dtype::F32, vec![300, 1000], enc(&z, Dtype::F32))], None);
+        let header = st::parse(&file).unwrap();
+        let (mut x, mut y) = (file.clone(), file.clone());
+        assert!(!radix::prune_smallest(&mut x, header.data_start as usize, &[&header.tensors["z"]], 150_000));
+        prune_by_sorting(&mut y, &header, &["z".to_string()], Scope::Global, 0.5, |_, _| Ok::<(), ()>(())).unwrap().unwrap();
+        assert!(x == y);
     }
 
     #[test]
