@@ -12,3 +12,4 @@ pub mod jobs;
 pub mod metrics;
 pub mod queue;
 pub mod store;
+pub mod train;

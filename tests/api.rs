@@ -587,7 +587,7 @@ async fn sparsegpt_jobs_prune_and_reconstruct_with_calibration_text(db: Db) {
     assert_eq!(report["parameters"]["block_size"], 128);
     assert_eq!(report["parameters"]["dampening"], 0.01);
     assert_eq!(report["parameters"]["calibration_sequences"], 32);
-    assert_eq!(report["parameters"]["calibration_tokens"], 32 * 5, "5 words (the tiny tokenizer adds no special tokens)");
+    assert_eq!(report["parameters"]["calibration_tokens"], 32 * 7, "5 words, [CLS] and [SEP]");
     assert_eq!(report["parameters"]["calibration"]["samples"], 32);
     assert_eq!(report["totals"]["target_sparsity"], 0.5);
     app.artifact(&job, "masks.safetensors").await;

@@ -1,0 +1,5 @@
+//! Task data for fine-tuning and evaluation: features built with the model's own tokenizer.
+//! (Training itself, distillation and checkpoints belong to the recovery issue and are not here
+//! yet.)
+
+pub mod squad;
