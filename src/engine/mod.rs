@@ -4,6 +4,7 @@
 pub mod arch;
 pub mod export;
 pub mod fast;
+pub mod heads;
 pub mod magnitude;
 pub mod model;
 pub mod sparsegpt;
