@@ -414,6 +414,85 @@ pub fn texts(format: Format, task: Option<Task>, bytes: &[u8], limit: usize) -> 
     Ok(out)
 }
 
+/// A labelled example's target: a class index (GLUE / Hugging Face order) or a score.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Label {
+    Class(usize),
+    Score(f64),
+}
+
+/// One classification or regression example.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Example {
+    /// The 1-based line it came from (its id in predictions).
+    pub line: u64,
+    pub text: String,
+    pub text_pair: Option<String>,
+    /// `None` for unlabelled rows (GLUE test files).
+    pub label: Option<Label>,
+}
+
+/// Every example of a GLUE TSV (its task's layout) or JSONL (`text`, optional `text_pair`, and
+/// `label`: a class name or index for a classification task, a number for regression) file.
+/// A malformed row is reported with its line number.
+pub fn examples(format: Format, task: Option<Task>, bytes: &[u8]) -> Result<Vec<Example>, DataError> {
+    validate(format, task, bytes)?;
+    let text = std::str::from_utf8(bytes).map_err(|_| DataError { line: None, message: "not valid UTF-8".into() })?;
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+    let layout = task.and_then(Task::layout);
+    let parse_label = |v: &str, ln: u64| -> Result<Label, DataError> {
+        match layout.as_ref().map(|l| &l.labels) {
+            Some(Labels::Classes(c)) => c.iter().position(|x| *x == v).map(Label::Class).ok_or_else(|| DataError { line: Some(ln), message: format!("label {v:?} is not one of {}", c.join(", ")) }),
+            Some(Labels::Regression) => v.parse().map(Label::Score).map_err(|_| DataError { line: Some(ln), message: format!("label {v:?} is not a number") }),
+            None => v.parse().map(Label::Class).map_err(|_| DataError { line: Some(ln), message: format!("label {v:?} is not a class index (give the task to use class names)") }),
+        }
+    };
+    let mut out = Vec::new();
+    match format {
+        Format::GlueTsv => {
+            let Some(layout) = &layout else { return err(None, "a glue_tsv dataset needs its task to know its columns") };
+            let mut it = lines(text);
+            let header: Option<Vec<&str>> = if layout.has_header { it.next().map(|(_, l)| l.split('\t').collect()) } else { None };
+            let cols: Vec<usize> = layout.text.iter().map(|c| c.index(header.as_deref())).collect::<Option<_>>().ok_or_else(|| DataError { line: Some(1), message: "the header lacks a text column of the task".into() })?;
+            let label_col = layout.label.index(header.as_deref());
+            for (ln, line) in it {
+                let f: Vec<&str> = line.split('\t').collect();
+                let label = match label_col.and_then(|c| f.get(c)) {
+                    Some(v) => Some(parse_label(v.trim(), ln)?),
+                    None => None,
+                };
+                out.push(Example { line: ln, text: f[cols[0]].trim().to_string(), text_pair: cols.get(1).map(|&c| f[c].trim().to_string()), label });
+            }
+        }
+        Format::Jsonl => {
+            for (ln, line) in lines(text).filter(|(_, l)| !l.trim().is_empty()) {
+                let v: serde_json::Value = serde_json::from_str(line).map_err(|e| DataError { line: Some(ln), message: e.to_string() })?;
+                let label = match v.get("label") {
+                    None | Some(serde_json::Value::Null) => None,
+                    Some(serde_json::Value::String(s)) => Some(parse_label(s, ln)?),
+                    Some(serde_json::Value::Number(n)) => Some(match layout.as_ref().map(|l| &l.labels) {
+                        Some(Labels::Regression) => Label::Score(n.as_f64().unwrap_or(f64::NAN)),
+                        Some(Labels::Classes(c)) => match n.as_u64() {
+                            Some(i) if (i as usize) < c.len() => Label::Class(i as usize),
+                            _ => return err(ln, format!("label {n} is not a class index below {}", c.len())),
+                        },
+                        None => Label::Class(n.as_u64().ok_or_else(|| DataError { line: Some(ln), message: format!("label {n} is not a class index") })? as usize),
+                    }),
+                    Some(_) => return err(ln, "label must be a string or a number"),
+                };
+                out.push(Example {
+                    line: ln,
+                    text: v["text"].as_str().unwrap_or_default().to_string(),
+                    text_pair: v.get("text_pair").and_then(|t| t.as_str()).map(str::to_string),
+                    label,
+                });
+            }
+        }
+        Format::SquadJson => return err(None, "squad_json holds questions, not classification examples"),
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -477,6 +556,29 @@ mod tests {
         assert_eq!(ok.rows, 1);
         assert!(validate(Format::GlueTsv, None, b"").is_err());
         assert!(validate(Format::GlueTsv, None, b"\xff\xfe").is_err());
+    }
+
+    #[test]
+    fn examples_carry_labels_in_glue_order() {
+        let rte = examples(Format::GlueTsv, Some(Task::Rte), b"index\tsentence1\tsentence2\tlabel\n0\tA\tB\tnot_entailment\n1\tC\tD\tentailment\n").unwrap();
+        assert_eq!(rte[0].label, Some(Label::Class(1)));
+        assert_eq!(rte[1].label, Some(Label::Class(0)), "RTE: entailment = 0");
+        assert_eq!((rte[1].line, rte[1].text.as_str(), rte[1].text_pair.as_deref()), (3, "C", Some("D")));
+        let stsb = examples(Format::Jsonl, Some(Task::Stsb), b"{\"text\": \"a\", \"text_pair\": \"b\", \"label\": 3.8}\n").unwrap();
+        assert_eq!(stsb[0].label, Some(Label::Score(3.8)));
+        let named = examples(Format::Jsonl, Some(Task::Mnli), b"{\"text\": \"a\", \"label\": \"contradiction\"}\n{\"text\": \"b\", \"label\": 1}\n").unwrap();
+        assert_eq!(named.iter().map(|e| e.label).collect::<Vec<_>>(), vec![Some(Label::Class(2)), Some(Label::Class(1))]);
+        let bad = examples(Format::Jsonl, Some(Task::Mnli), b"{\"text\": \"a\", \"label\": 1}\n{\"text\": \"b\", \"label\": 7}\n").unwrap_err();
+        assert_eq!(bad.line, Some(2));
+        // Real files: every row, labels as published (SST-2 dev: 444 negative, 428 positive).
+        let sst2 = examples(Format::GlueTsv, Some(Task::Sst2), &shared("glue/SST-2/dev.tsv")).unwrap();
+        assert_eq!(sst2.len(), 872);
+        assert_eq!(sst2.iter().filter(|e| e.label == Some(Label::Class(1))).count(), 444);
+        let cola = examples(Format::GlueTsv, Some(Task::Cola), &shared("glue/CoLA/dev.tsv")).unwrap();
+        assert_eq!(cola.len(), 1043);
+        assert_eq!(cola[0].line, 1, "CoLA dev has no header");
+        let stsb = examples(Format::GlueTsv, Some(Task::Stsb), &shared("glue/STS-B/dev.tsv")).unwrap();
+        assert!(stsb.iter().all(|e| matches!(e.label, Some(Label::Score(x)) if (0.0..=5.0).contains(&x))));
     }
 
     #[test]

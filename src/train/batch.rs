@@ -1,0 +1,96 @@
+//! Batches for fine-tuning and evaluation: grouped by length so that padding stays small, and
+//! padded to the longest sequence of each batch (never to a fixed length).
+
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+
+/// Training order as Hugging Face's `LengthGroupedSampler` builds it: the indices shuffled with
+/// `seed`, cut into mega-batches of `50 × batch`, each sorted by length (longest first) and cut
+/// into batches; the batch holding the longest example goes first (a memory peak is met at once,
+/// not late in an epoch).
+pub fn length_grouped(lengths: &[usize], batch: usize, seed: u64) -> Vec<Vec<usize>> {
+    assert!(batch > 0, "batch size 0");
+    let mut order: Vec<usize> = (0..lengths.len()).collect();
+    order.shuffle(&mut rand::rngs::StdRng::seed_from_u64(seed));
+    let mut batches: Vec<Vec<usize>> = Vec::new();
+    for mega in order.chunks(50 * batch) {
+        let mut mega = mega.to_vec();
+        mega.sort_by(|&a, &b| lengths[b].cmp(&lengths[a]).then(a.cmp(&b)));
+        batches.extend(mega.chunks(batch).map(<[usize]>::to_vec));
+    }
+    if let Some(longest) = batches.iter().position(|b| b.iter().any(|&i| Some(lengths[i]) == lengths.iter().max().copied())) {
+        batches.swap(0, longest);
+    }
+    batches
+}
+
+/// Evaluation order: consecutive batches of examples sorted by length (stable), so the results
+/// can be put back in file order by index.
+pub fn by_length(lengths: &[usize], batch: usize) -> Vec<Vec<usize>> {
+    assert!(batch > 0, "batch size 0");
+    let mut order: Vec<usize> = (0..lengths.len()).collect();
+    order.sort_by_key(|&i| lengths[i]);
+    order.chunks(batch).map(<[usize]>::to_vec).collect()
+}
+
+/// A padded batch: row-major `[rows, len]` token ids, attention mask and token type ids.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Padded {
+    pub rows: usize,
+    pub len: usize,
+    pub ids: Vec<u32>,
+    pub mask: Vec<u32>,
+    pub type_ids: Vec<u32>,
+}
+
+/// Pads `(ids, type_ids)` sequences with `pad_id` to the longest of them.
+pub fn pad(seqs: &[(&[u32], &[u32])], pad_id: u32) -> Padded {
+    let len = seqs.iter().map(|(i, _)| i.len()).max().unwrap_or(0);
+    let mut p = Padded { rows: seqs.len(), len, ids: Vec::with_capacity(seqs.len() * len), mask: Vec::with_capacity(seqs.len() * len), type_ids: Vec::with_capacity(seqs.len() * len) };
+    for (ids, tt) in seqs {
+        assert_eq!(ids.len(), tt.len(), "ids and type ids differ in length");
+        p.ids.extend_from_slice(ids);
+        p.ids.extend(std::iter::repeat_n(pad_id, len - ids.len()));
+        p.mask.extend(std::iter::repeat_n(1, ids.len()));
+        p.mask.extend(std::iter::repeat_n(0, len - ids.len()));
+        p.type_ids.extend_from_slice(tt);
+        p.type_ids.extend(std::iter::repeat_n(0, len - ids.len()));
+    }
+    p
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn length_grouping_covers_everything_once_and_keeps_padding_small() {
+        let lengths: Vec<usize> = (0..1000).map(|i| 5 + (i * 37) % 120).collect();
+        let batches = length_grouped(&lengths, 8, 42);
+        let mut seen: Vec<usize> = batches.iter().flatten().copied().collect();
+        seen.sort_unstable();
+        assert_eq!(seen, (0..1000).collect::<Vec<_>>());
+        assert!(batches.iter().all(|b| b.len() <= 8));
+        assert_eq!(batches.iter().filter(|b| b.len() < 8).count(), 0, "1000 = 125 × 8");
+        assert!(batches[0].iter().any(|&i| lengths[i] == 124), "the longest example comes first");
+        // Padding: tokens in padded batches vs real tokens, far below a random order's.
+        let cost = |bs: &[Vec<usize>]| bs.iter().map(|b| b.len() * b.iter().map(|&i| lengths[i]).max().unwrap()).sum::<usize>() as f64;
+        let real: usize = lengths.iter().sum();
+        let random: Vec<Vec<usize>> = (0..1000).collect::<Vec<_>>().chunks(8).map(<[usize]>::to_vec).collect();
+        assert!(cost(&batches) < 1.1 * real as f64, "{} vs {real}", cost(&batches));
+        assert!(cost(&random) > 1.4 * real as f64);
+        assert_eq!(batches, length_grouped(&lengths, 8, 42), "seeded");
+        assert_ne!(batches, length_grouped(&lengths, 8, 43));
+        let eval = by_length(&lengths, 16);
+        assert_eq!(eval.iter().flatten().count(), 1000);
+    }
+
+    #[test]
+    fn padding_reaches_the_longest_only() {
+        let p = pad(&[(&[2, 7, 3], &[0, 0, 0]), (&[2, 3], &[0, 0])], 0);
+        assert_eq!((p.rows, p.len), (2, 3));
+        assert_eq!(p.ids, vec![2, 7, 3, 2, 3, 0]);
+        assert_eq!(p.mask, vec![1, 1, 1, 1, 1, 0]);
+        assert_eq!(p.type_ids, vec![0, 0, 0, 0, 0, 0]);
+    }
+}
