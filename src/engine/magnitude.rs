@@ -404,41 +404,6 @@ pub mod radix {
         unreachable!("k is below the element count")
     }
 
-    /// Zero the elements whose key lies in a bucket (high 16 bits) below `bucket`, and return
-    /// the index and low 16 bits of those in `bucket`. The zeroing is branch-free: the
-    /// comparison becomes a mask, so a 50% sparsity costs no mispredictions.
-    fn zero_below_collect(data: &mut [u8], dtype: Dtype, bucket: u32) -> Vec<(u32, u16)> {
-        let floor = bucket << 16;
-        let mut hits = Vec::new();
-        let mut note = |i: usize, key: u32| {
-            if key >> 16 == bucket {
-                hits.push((i as u32, key as u16));
-            }
-        };
-        match dtype {
-            Dtype::F32 => data.chunks_exact_mut(4).enumerate().for_each(|(i, c)| {
-                let bits = u32::from_le_bytes([c[0], c[1], c[2], c[3]]);
-                let key = bits & 0x7fff_ffff;
-                note(i, key);
-                c.copy_from_slice(&(bits & ((key >= floor) as u32).wrapping_neg()).to_le_bytes());
-            }),
-            Dtype::BF16 => data.chunks_exact_mut(2).enumerate().for_each(|(i, c)| {
-                let bits = u16::from_le_bytes([c[0], c[1]]);
-                let key = ((bits as u32) << 16) & 0x7fff_ffff;
-                note(i, key);
-                c.copy_from_slice(&(bits & ((key >= floor) as u16).wrapping_neg()).to_le_bytes());
-            }),
-            Dtype::F16 => data.chunks_exact_mut(2).enumerate().for_each(|(i, c)| {
-                let bits = u16::from_le_bytes([c[0], c[1]]);
-                let key = half::f16::from_bits(bits).to_f32().to_bits() & 0x7fff_ffff;
-                note(i, key);
-                c.copy_from_slice(&(bits & ((key >= floor) as u16).wrapping_neg()).to_le_bytes());
-            }),
-            _ => unreachable!("radix handles F32, F16 and BF16"),
-        }
-        hits
-    }
-
     /// Keys sampled to bracket the threshold.
     const SAMPLE: usize = 1 << 16;
 
@@ -521,8 +486,9 @@ pub mod radix {
         (below, inside)
     }
 
-    /// Zero the elements whose key is below `lo` (branch-free), and return the index and key of
-    /// those in `[lo, hi]`.
+    /// Zero the elements whose key is below `lo`, and return the index and key of those in
+    /// `[lo, hi]`. The zeroing is branch-free: the comparison becomes a mask, so a 50% sparsity
+    /// costs no mispredictions.
     fn zero_below_collect_range(data: &mut [u8], dtype: Dtype, lo: u32, hi: u32) -> Vec<(u32, u32)> {
         let mut hits = Vec::new();
         let mut note = |i: usize, key: u32| {
@@ -597,7 +563,11 @@ pub mod radix {
         // Zero every element of a lower bucket, and collect (in order) the elements of the
         // bucket holding the threshold: usually a small fraction, so the last decisions need no
         // further pass over all the weights.
-        let candidates: Vec<Vec<(u32, u16)>> = pieces.par_iter_mut().map(|p| zero_below_collect(p.data, p.dtype, bh as u32)).collect();
+        let floor = (bh as u32) << 16;
+        let candidates: Vec<Vec<(u32, u16)>> = pieces
+            .par_iter_mut()
+            .map(|p| zero_below_collect_range(p.data, p.dtype, floor, floor | 0xffff).into_iter().map(|(i, key)| (i, key as u16)).collect())
+            .collect();
         let mut lo = vec![0u64; 1 << 16];
         for c in &candidates {
             for &(_, l) in c {
