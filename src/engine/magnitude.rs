@@ -455,35 +455,64 @@ pub mod radix {
         (inside * 16 <= s).then_some((lo, hi))
     }
 
-    /// Keys below `lo`, and keys in `[lo, hi]`. F32 and BF16 go 16 lanes at a time (counters
-    /// per lane, so the loop vectorises; a piece is far below u32::MAX elements).
-    fn count_bracket(p: &Piece, lo: u32, hi: u32) -> (u64, u64) {
+    /// Keys below `lo` (counted 16 lanes at a time for F32 and BF16, so the loop vectorises),
+    /// and the index and key of those in `[lo, hi]` (a scalar look only into the 16-key blocks
+    /// that hold one).
+    fn count_collect(p: &Piece, lo: u32, hi: u32) -> (u64, Vec<(u32, u32)>) {
         let span = hi.wrapping_sub(lo);
+        let mut hits = Vec::new();
         #[inline(always)]
-        fn lanes(keys: impl Iterator<Item = [u32; 16]>, lo: u32, span: u32) -> (u64, u64) {
-            let (mut below, mut inside) = ([0u32; 16], [0u32; 16]);
-            for k in keys {
+        fn lanes(keys: impl Iterator<Item = [u32; 16]>, lo: u32, span: u32, hits: &mut Vec<(u32, u32)>) -> u64 {
+            let mut below = [0u32; 16];
+            for (b, k) in keys.enumerate() {
+                let mut any = false;
                 for j in 0..16 {
                     below[j] += (k[j] < lo) as u32;
-                    // lo ≤ key ≤ hi, in one unsigned comparison.
-                    inside[j] += (k[j].wrapping_sub(lo) <= span) as u32;
+                    any |= k[j].wrapping_sub(lo) <= span;
+                }
+                if any {
+                    for (j, &key) in k.iter().enumerate() {
+                        if key.wrapping_sub(lo) <= span {
+                            hits.push(((b * 16 + j) as u32, key));
+                        }
+                    }
                 }
             }
-            (below.iter().map(|&x| x as u64).sum::<u64>(), inside.iter().map(|&x| x as u64).sum::<u64>())
+            below.iter().map(|&x| x as u64).sum()
         }
         let w = p.dtype.size() as usize;
         let whole = p.data.len() / (16 * w) * 16 * w;
-        let (mut below, mut inside) = match p.dtype {
-            Dtype::F32 => lanes(p.data[..whole].chunks_exact(64).map(|c| std::array::from_fn(|j| u32::from_le_bytes([c[4 * j], c[4 * j + 1], c[4 * j + 2], c[4 * j + 3]]) & 0x7fff_ffff)), lo, span),
-            Dtype::BF16 => lanes(p.data[..whole].chunks_exact(32).map(|c| std::array::from_fn(|j| ((u16::from_le_bytes([c[2 * j], c[2 * j + 1]]) as u32) << 16) & 0x7fff_ffff)), lo, span),
-            _ => (0, 0),
+        let mut below = match p.dtype {
+            Dtype::F32 => lanes(p.data[..whole].chunks_exact(64).map(|c| std::array::from_fn(|j| u32::from_le_bytes([c[4 * j], c[4 * j + 1], c[4 * j + 2], c[4 * j + 3]]) & 0x7fff_ffff)), lo, span, &mut hits),
+            Dtype::BF16 => lanes(p.data[..whole].chunks_exact(32).map(|c| std::array::from_fn(|j| ((u16::from_le_bytes([c[2 * j], c[2 * j + 1]]) as u32) << 16) & 0x7fff_ffff)), lo, span, &mut hits),
+            _ => 0,
         };
-        let rest = if matches!(p.dtype, Dtype::F32 | Dtype::BF16) { &p.data[whole..] } else { &p.data[..] };
-        for_each_key(rest, p.dtype, |_, key| {
+        let (rest, offset) = if matches!(p.dtype, Dtype::F32 | Dtype::BF16) { (&p.data[whole..], whole / w) } else { (&p.data[..], 0) };
+        for_each_key(rest, p.dtype, |i, key| {
             below += (key < lo) as u64;
-            inside += (key.wrapping_sub(lo) <= span) as u64;
+            if key.wrapping_sub(lo) <= span {
+                hits.push(((offset + i) as u32, key));
+            }
         });
-        (below, inside)
+        (below, hits)
+    }
+
+    /// Zero the elements whose key is below `lo`, branch-free (vectorises).
+    fn zero_below(data: &mut [u8], dtype: Dtype, lo: u32) {
+        match dtype {
+            Dtype::F32 => data.chunks_exact_mut(4).for_each(|c| {
+                let bits = u32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+                c.copy_from_slice(&(bits & (((bits & 0x7fff_ffff) >= lo) as u32).wrapping_neg()).to_le_bytes());
+            }),
+            Dtype::BF16 => data.chunks_exact_mut(2).for_each(|c| {
+                let bits = u16::from_le_bytes([c[0], c[1]]);
+                let key = ((bits as u32) << 16) & 0x7fff_ffff;
+                c.copy_from_slice(&(bits & ((key >= lo) as u16).wrapping_neg()).to_le_bytes());
+            }),
+            _ => {
+                zero_below_collect_range(data, dtype, lo, lo);
+            }
+        }
     }
 
     /// Zero the elements whose key is below `lo`, and return the index and key of those in
@@ -520,17 +549,21 @@ pub mod radix {
         hits
     }
 
-    /// The sampled path: a counting pass checks that `[lo, hi]` holds the threshold, then one
-    /// pass zeroes everything below `lo` and collects the (few) keys in the bracket, and the
-    /// last decisions are made among those. False (nothing written) when the bracket missed.
+    /// The sampled path: a read-only pass counts the keys below `lo` and collects the (few) in
+    /// `[lo, hi]`, which checks that the bracket holds the threshold; then one branch-free pass
+    /// zeroes everything below `lo`, and the last decisions are made among the collected keys.
+    /// False (nothing written) when the bracket missed.
     fn prune_by_bracket(pieces: &mut [Piece], k: u64) -> bool {
         let n: u64 = pieces.iter().map(|p| (p.data.len() / p.dtype.size() as usize) as u64).sum();
         let Some((lo, hi)) = sample_bracket(pieces, n, k) else { return false };
-        let (below, inside) = pieces.par_iter().map(|p| count_bracket(p, lo, hi)).reduce(|| (0, 0), |a, b| (a.0 + b.0, a.1 + b.1));
+        let counted: Vec<(u64, Vec<(u32, u32)>)> = pieces.par_iter().map(|p| count_collect(p, lo, hi)).collect();
+        let below: u64 = counted.iter().map(|c| c.0).sum();
+        let inside: u64 = counted.iter().map(|c| c.1.len() as u64).sum();
         if below > k || below + inside < k {
             return false;
         }
-        let candidates: Vec<Vec<(u32, u32)>> = pieces.par_iter_mut().map(|p| zero_below_collect_range(p.data, p.dtype, lo, hi)).collect();
+        pieces.par_iter_mut().for_each(|p| zero_below(p.data, p.dtype, lo));
+        let candidates: Vec<Vec<(u32, u32)>> = counted.into_iter().map(|c| c.1).collect();
         // Pieces are in (target, element) order: (key, piece, index) orders ties as required,
         // and a selection (not a sort) finds the smallest `k - below`.
         let m = (k - below) as usize;
