@@ -78,13 +78,7 @@ fn metrics_match_scikit_learn_scipy_and_the_official_squad_script() {
         "squad": {"dataset": squad_path, "predictions": predictions},
         "strings": strings,
     });
-    let dir = tempfile::tempdir().unwrap();
-    let (inp, out) = (dir.path().join("in.json"), dir.path().join("out.json"));
-    std::fs::write(&inp, input.to_string()).unwrap();
-    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/reference/metrics.py");
-    let r = std::process::Command::new(common::refenv::python()).arg(script).arg(&inp).arg(&out).output().unwrap();
-    assert!(r.status.success(), "reference metrics failed:\n{}", String::from_utf8_lossy(&r.stderr));
-    let want: Value = serde_json::from_slice(&std::fs::read(&out).unwrap()).unwrap();
+    let want = common::refenv::run_json("metrics.py", &[], &input);
     let close = |name: &str, ours: f64, theirs: &Value| {
         let t = theirs.as_f64().unwrap_or_else(|| panic!("{name}: reference gave {theirs}"));
         assert!((ours - t).abs() <= 1e-9, "{name}: ours {ours}, reference {t}");

@@ -23,14 +23,7 @@ fn adamw_schedule_and_clipping_match_pytorch() {
         .map(|t| sizes.iter().map(|(n, k)| (n.to_string(), (0..*k).map(|_| next() * if t % 2 == 0 { 0.05 } else { 0.001 }).collect())).collect())
         .collect();
     let input = json!({"params": params, "grads": grads, "lr": lr, "weight_decay": 0.01, "warmup": warmup, "total": steps, "max_norm": max_norm});
-    let dir = tempfile::tempdir().unwrap();
-    let (inp, out) = (dir.path().join("in.json"), dir.path().join("out.json"));
-    std::fs::write(&inp, input.to_string()).unwrap();
-    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/reference/adamw.py");
-    let r = std::process::Command::new(common::refenv::python()).arg(script).arg(&inp).arg(&out).output().unwrap();
-    assert!(r.status.success(), "torch failed:\n{}", String::from_utf8_lossy(&r.stderr));
-    let theirs: Vec<Value> = serde_json::from_slice(&std::fs::read(&out).unwrap()).unwrap();
-
+    let theirs: Vec<Value> = serde_json::from_value(common::refenv::run_json("adamw.py", &[], &input)).unwrap();
     let mut opt = AdamW::new(AdamWConfig::default());
     let mut clipped = 0;
     for (t, g) in grads.iter().enumerate() {

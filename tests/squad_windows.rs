@@ -25,14 +25,8 @@ fn windows_match_hugging_face_and_labels_recover_the_answers() {
     for (max_len, stride) in [(384, 128), (96, 24)] {
         let ours: Vec<_> = items.iter().map(|(q, c, s, t)| windows(&tok, q.trim_start(), c, Some((*s, t)), max_len, stride).unwrap()).collect();
         // Hugging Face, same inputs.
-        let tmp = tempfile::tempdir().unwrap();
-        let (inp, out) = (tmp.path().join("in.json"), tmp.path().join("out.json"));
         let input = json!({"questions": items.iter().map(|i| &i.0).collect::<Vec<_>>(), "contexts": items.iter().map(|i| &i.1).collect::<Vec<_>>(), "max_len": max_len, "stride": stride});
-        std::fs::write(&inp, input.to_string()).unwrap();
-        let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/reference/qa_windows.py");
-        let r = std::process::Command::new(common::refenv::python()).arg(script).arg(&dir).arg(&inp).arg(&out).env("HF_HUB_OFFLINE", "1").output().unwrap();
-        assert!(r.status.success(), "transformers failed:\n{}", String::from_utf8_lossy(&r.stderr));
-        let theirs: Vec<Vec<Value>> = serde_json::from_slice(&std::fs::read(&out).unwrap()).unwrap();
+        let theirs: Vec<Vec<Value>> = serde_json::from_value(common::refenv::run_json("qa_windows.py", &[&dir], &input)).unwrap();
         let (mut total, mut labelled, mut exact) = (0, 0, 0);
         for (i, (ws, hf)) in ours.iter().zip(&theirs).enumerate() {
             assert_eq!(ws.len(), hf.len(), "question {i} ({max_len}/{stride}): window count");

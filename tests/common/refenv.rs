@@ -39,3 +39,22 @@ pub fn hf_last_hidden(models: &[&Path], ids: &Tensor, mask: &Tensor, token_types
         .map(|o| candle_core::safetensors::load(o, &Device::Cpu).unwrap().remove("last_hidden_state").unwrap())
         .collect()
 }
+
+/// Runs `tests/reference/<script>` in the reference environment as `script [ARGS...] IN OUT`
+/// with `input` as JSON in IN, and returns the JSON it writes to OUT (offline: no hub).
+#[allow(dead_code)]
+pub fn run_json(script: &str, args: &[&Path], input: &serde_json::Value) -> serde_json::Value {
+    let dir = tempfile::tempdir().unwrap();
+    let (inp, out) = (dir.path().join("in.json"), dir.path().join("out.json"));
+    std::fs::write(&inp, input.to_string()).unwrap();
+    let r = Command::new(python())
+        .arg(root().join("tests/reference").join(script))
+        .args(args)
+        .arg(&inp)
+        .arg(&out)
+        .env("HF_HUB_OFFLINE", "1")
+        .output()
+        .unwrap();
+    assert!(r.status.success(), "{script} failed:\n{}", String::from_utf8_lossy(&r.stderr));
+    serde_json::from_slice(&std::fs::read(&out).unwrap()).unwrap()
+}
