@@ -3,5 +3,6 @@
 //! are not here yet.)
 
 pub mod batch;
+pub mod features;
 pub mod optim;
 pub mod squad;
