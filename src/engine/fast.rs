@@ -200,7 +200,7 @@ fn attention(qkv: &[f32], seqs: &[Seq], d: &Dims, heads: usize) -> Vec<f32> {
             );
         }
         for row in s.chunks_exact_mut(keys) {
-            softmax_row(row, &sq.bias);
+            simd::softmax_row(row, &sq.bias);
         }
         let out = out;
         unsafe {
@@ -289,10 +289,6 @@ fn activate(x: &mut [f32], bias: &[f32], act: Activation) {
             }
         }
     });
-}
-
-fn softmax_row(row: &mut [f32], bias: &[f32]) {
-    simd::softmax_row(row, bias);
 }
 
 /// Element-wise kernels: each has a portable body, compiled a second time with AVX2 and FMA

@@ -53,13 +53,9 @@ fn resolve_targets<'h>(header: &'h Header, targets: &[String]) -> Result<Vec<&'h
 
 /// |w| of every element, as f32 (ordering is all that matters).
 pub fn magnitudes(data: &[u8], dtype: Dtype) -> Vec<f32> {
-    match dtype {
-        Dtype::F32 => data.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap()).abs()).collect(),
-        Dtype::F16 => data.chunks_exact(2).map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32().abs()).collect(),
-        Dtype::BF16 => data.chunks_exact(2).map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32().abs()).collect(),
-        Dtype::F64 => data.chunks_exact(8).map(|c| f64::from_le_bytes(c.try_into().unwrap()).abs() as f32).collect(),
-        _ => unreachable!("checked by check_prunable_dtype"),
-    }
+    let mut v = super::st::floats(data, dtype).expect("checked by check_prunable_dtype");
+    v.iter_mut().for_each(|x| *x = x.abs());
+    v
 }
 
 /// Number of non-zero elements (±0 both count as zero).
@@ -116,8 +112,9 @@ fn tensor_bytes<'a>(file: &'a mut [u8], header: &Header, t: &TensorInfo) -> &'a 
 /// then element order) goes first. `step(done, total)` is called as work completes and may
 /// abort by returning an error.
 ///
-/// F32/F16/BF16 targets use a two-pass radix select on the magnitude's f32 bits, in parallel
-/// (see [`radix`]); F64 targets use [`prune_by_sorting`].
+/// F32/F16/BF16 targets are selected in parallel on the magnitude's f32 bits (see [`radix`]: a
+/// sampled bracket around the threshold, with a two-pass radix select as the fallback); F64
+/// targets use [`prune_by_sorting`].
 pub fn prune_in_place<E>(
     file: &mut [u8],
     header: &Header,
@@ -509,9 +506,12 @@ pub mod radix {
                 let key = ((bits as u32) << 16) & 0x7fff_ffff;
                 c.copy_from_slice(&(bits & ((key >= lo) as u16).wrapping_neg()).to_le_bytes());
             }),
-            _ => {
-                zero_below_collect_range(data, dtype, lo, lo);
-            }
+            Dtype::F16 => data.chunks_exact_mut(2).for_each(|c| {
+                let bits = u16::from_le_bytes([c[0], c[1]]);
+                let key = half::f16::from_bits(bits).to_f32().to_bits() & 0x7fff_ffff;
+                c.copy_from_slice(&(bits & ((key >= lo) as u16).wrapping_neg()).to_le_bytes());
+            }),
+            _ => unreachable!("radix handles F32, F16 and BF16"),
         }
     }
 

@@ -329,19 +329,26 @@ impl Encoder {
     fn forward_fast(&self, model: &super::fast::FastModel, input_ids: &Tensor, token_type_ids: Option<&Tensor>, attention_mask: &Tensor) -> Result<Tensor> {
         let x = self.embedding_sum(input_ids, token_type_ids)?;
         let (b, t, h) = x.dims3()?;
-        let mut xs = x.flatten_all()?.to_vec1::<f32>()?;
-        super::fast::layer_norm(&mut xs, &model.emb_ln.0, &model.emb_ln.1, self.config.eps as f32);
         let mask = Self::mask_vec(attention_mask)?;
-        let seqs = super::fast::Seq::padded(&mask, t);
-        let d = super::fast::Dims { rows: b * t, hidden: h, head_dim: self.config.head_dim, eps: self.config.eps as f32, activation: self.config.activation };
-        for l in &model.layers {
-            xs = super::fast::layer(&xs, &seqs, l, &d);
-        }
+        let xs = self.run_fast(model, x.flatten_all()?.to_vec1::<f32>()?, &super::fast::Seq::padded(&mask, t), h);
         Ok(Tensor::from_vec(xs, (b, t, h), x.device())?)
     }
 
+    /// The embeddings' LayerNorm and every layer of the fused path on `xs` (`[rows, hidden]`,
+    /// the embedding sums of the rows `seqs` describe).
+    fn run_fast(&self, model: &super::fast::FastModel, mut xs: Vec<f32>, seqs: &[super::fast::Seq], h: usize) -> Vec<f32> {
+        let eps = self.config.eps as f32;
+        super::fast::layer_norm(&mut xs, &model.emb_ln.0, &model.emb_ln.1, eps);
+        let d = super::fast::Dims { rows: xs.len() / h.max(1), hidden: h, head_dim: self.config.head_dim, eps, activation: self.config.activation };
+        for l in &model.layers {
+            xs = super::fast::layer(&xs, seqs, l, &d);
+        }
+        xs
+    }
+
+    /// 1 for a real token, 0 for padding, whatever the mask's dtype.
     fn mask_vec(attention_mask: &Tensor) -> Result<Vec<u32>> {
-        Ok(attention_mask.ne(0u32)?.to_dtype(DType::U32)?.flatten_all()?.to_vec1::<u32>()?)
+        Ok(attention_mask.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?.into_iter().map(|m| u32::from(m != 0.0)).collect())
     }
 
     /// As [`Encoder::forward`] at the real tokens, computing nothing for padding: the real
@@ -352,7 +359,7 @@ impl Encoder {
     pub fn forward_packed(&self, input_ids: &Tensor, token_type_ids: Option<&Tensor>, attention_mask: &Tensor) -> Result<Tensor> {
         let Some(model) = self.fast.get_or_init(|| self.fast_layers()) else {
             let y = self.forward(input_ids, token_type_ids, attention_mask)?;
-            let m = attention_mask.ne(0u32)?.to_dtype(y.dtype())?.unsqueeze(D::Minus1)?;
+            let m = Tensor::from_vec(Self::mask_vec(attention_mask)?, attention_mask.dims2()?, y.device())?.to_dtype(y.dtype())?.unsqueeze(D::Minus1)?;
             return Ok(y.broadcast_mul(&m)?);
         };
         let x = self.embedding_sum(input_ids, token_type_ids)?;
@@ -371,12 +378,7 @@ impl Encoder {
             lengths.push(n);
         }
         drop(all);
-        super::fast::layer_norm(&mut xs, &model.emb_ln.0, &model.emb_ln.1, self.config.eps as f32);
-        let seqs = super::fast::Seq::packed(&lengths);
-        let d = super::fast::Dims { rows: xs.len() / h.max(1), hidden: h, head_dim: self.config.head_dim, eps: self.config.eps as f32, activation: self.config.activation };
-        for l in &model.layers {
-            xs = super::fast::layer(&xs, &seqs, l, &d);
-        }
+        let xs = self.run_fast(model, xs, &super::fast::Seq::packed(&lengths), h);
         let mut out = vec![0f32; b * t * h];
         let mut src = xs.chunks_exact(h);
         for (i, m) in mask.iter().enumerate() {

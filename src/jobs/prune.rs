@@ -88,7 +88,7 @@ fn unstructured(ctx: &JobContext, req: &JobRequest, config: &Bytes, weights: Byt
         }
     };
     ctx.progress("writing", 0.85)?;
-    finish_in_place(ctx, req, "magnitude", config, out, header, &targets, requested, pattern, serde_json::Value::Null)
+    finish_in_place(ctx, req, family, "magnitude", config, out, header, &targets, requested, pattern, serde_json::Value::Null)
 }
 
 /// The tensors to prune: the encoder's linear weights, or the `include`/`exclude` choice.
@@ -106,12 +106,6 @@ fn chosen_targets(req: &JobRequest, header: &Header, family: Family) -> Result<V
 /// After weights were zeroed in place (shapes unchanged): the report, the masks, the model
 /// (also as `compact/` when asked: for these methods it is the same file).
 #[allow(clippy::too_many_arguments)]
-/// The family named by `config.json` (BERT when it cannot be read: only names depend on it).
-fn family_of(config: &[u8]) -> Family {
-    let v: serde_json::Value = serde_json::from_slice(config).unwrap_or_default();
-    v.get("model_type").and_then(serde_json::Value::as_str).and_then(Family::parse).unwrap_or(Family::Bert)
-}
-
 /// Hidden size / attention heads from `config.json` (`dim` / `n_heads` for DistilBERT).
 fn head_dim(config: &[u8]) -> usize {
     let v: serde_json::Value = serde_json::from_slice(config).unwrap_or_default();
@@ -151,6 +145,7 @@ fn parameters(req: &JobRequest, extra: serde_json::Value) -> serde_json::Value {
 fn finish_in_place(
     ctx: &JobContext,
     req: &JobRequest,
+    family: Family,
     method: &str,
     config: &Bytes,
     out: Vec<u8>,
@@ -172,7 +167,7 @@ fn finish_in_place(
         include: req.pruning.include.clone(),
         exclude: req.pruning.exclude.clone(),
         removed: None,
-        layers: layer_reports(&tensors, &out, header, header, config, family_of(config)),
+        layers: layer_reports(&tensors, &out, header, header, config, family),
         tensors,
         totals,
         compact: None,
@@ -441,7 +436,7 @@ fn sparsegpt_job(ctx: &JobContext, req: &JobRequest, config: &Bytes, weights: By
         ctx.progress("pruning", 0.05 + 0.8 * (l + 1) as f64 / (last + 1) as f64)?;
     }
     let extra = serde_json::json!({"block_size": opts.block, "dampening": opts.damp, "calibration_sequences": batches.iter().map(|b| b.0.dims()[0]).sum::<usize>(), "calibration_tokens": calibration_tokens(&batches)?});
-    finish_in_place(ctx, req, "sparsegpt", config, out, header, &targets, requested, pattern, extra)
+    finish_in_place(ctx, req, family, "sparsegpt", config, out, header, &targets, requested, pattern, extra)
 }
 
 fn wanda_job(ctx: &JobContext, req: &JobRequest, config: &Bytes, weights: Bytes, header: &Header, family: Family) -> Result<(), JobError> {
@@ -488,7 +483,7 @@ fn wanda_job(ctx: &JobContext, req: &JobRequest, config: &Bytes, weights: Bytes,
         ctx.progress("pruning", 0.5 + 0.35 * (i + 1) as f64 / targets.len() as f64)?;
     }
     let extra = serde_json::json!({"calibration_sequences": batches.iter().map(|b| b.0.dims()[0]).sum::<usize>(), "calibration_tokens": calibration_tokens(&batches)?});
-    finish_in_place(ctx, req, "wanda", config, out, header, &targets, requested, pattern, extra)
+    finish_in_place(ctx, req, family, "wanda", config, out, header, &targets, requested, pattern, extra)
 }
 
 /// Whole layers: removed physically in every layout (transformers loads fewer layers), so the

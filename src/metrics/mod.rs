@@ -114,31 +114,19 @@ pub fn spearman(x: &[f64], y: &[f64]) -> f64 {
     pearson(&ranks(x), &ranks(y))
 }
 
-/// The official SQuAD v1.1 answer normalisation.
+/// The official SQuAD v1.1 answer normalisation: lower case, ASCII punctuation removed,
+/// `re.sub(r'\b(a|an|the)\b', ' ', text)`, then `' '.join(text.split())`.
 pub fn normalize_answer(s: &str) -> String {
-    let lower = s.to_lowercase();
-    let no_punct: String = lower.chars().filter(|c| !c.is_ascii_punctuation()).collect();
-    let words: Vec<&str> = no_punct.split(is_py_whitespace).filter(|w| !w.is_empty()).collect();
-    // `re.sub(r'\b(a|an|the)\b', ' ', text)` then `' '.join(text.split())`: after splitting
-    // on whitespace, an article can only stand alone or touch a non-word character.
-    let mut out: Vec<String> = Vec::with_capacity(words.len());
-    for w in words {
-        let stripped = remove_articles(w);
-        out.extend(stripped.split(is_py_whitespace).filter(|p| !p.is_empty()).map(str::to_string));
-    }
-    out.join(" ")
+    static ARTICLES: std::sync::OnceLock<regex::Regex> = std::sync::OnceLock::new();
+    let articles = ARTICLES.get_or_init(|| regex::Regex::new(r"\b(a|an|the)\b").expect("valid regex"));
+    let no_punct: String = s.to_lowercase().chars().filter(|c| !c.is_ascii_punctuation()).collect();
+    let text = articles.replace_all(&no_punct, " ");
+    text.split(is_py_whitespace).filter(|w| !w.is_empty()).collect::<Vec<_>>().join(" ")
 }
 
 /// Python's `str.split()` separators.
 fn is_py_whitespace(c: char) -> bool {
     c.is_whitespace() || ('\u{1c}'..='\u{1f}').contains(&c)
-}
-
-/// `re.sub(r'\b(a|an|the)\b', ' ', word)` on one whitespace-free word.
-fn remove_articles(w: &str) -> String {
-    static RE: std::sync::OnceLock<regex::Regex> = std::sync::OnceLock::new();
-    let re = RE.get_or_init(|| regex::Regex::new(r"\b(a|an|the)\b").expect("valid regex"));
-    re.replace_all(w, " ").into_owned()
 }
 
 /// Exact match of one prediction against one gold answer, after normalisation.
