@@ -18,8 +18,10 @@ pub fn python() -> PathBuf {
     PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
 }
 
-/// Last hidden states of `transformers.AutoModel` for each model directory, on one batch.
-pub fn hf_last_hidden(models: &[&Path], ids: &Tensor, mask: &Tensor, token_types: &Tensor) -> Vec<Tensor> {
+/// Outputs of Hugging Face models on one batch (`tests/reference/hf_outputs.py`): for each
+/// (model directory, kind) — `base`, `classification` or `qa` — the tensors it returns by name.
+#[allow(dead_code)]
+pub fn hf_outputs(models: &[(&Path, &str)], ids: &Tensor, mask: &Tensor, token_types: &Tensor) -> Vec<HashMap<String, Tensor>> {
     let dir = tempfile::tempdir().unwrap();
     let inputs = dir.path().join("inputs.safetensors");
     let mut m = HashMap::new();
@@ -28,16 +30,21 @@ pub fn hf_last_hidden(models: &[&Path], ids: &Tensor, mask: &Tensor, token_types
     m.insert("token_type_ids".to_string(), token_types.to_dtype(DType::I64).unwrap());
     candle_core::safetensors::save(&m, &inputs).unwrap();
     let mut cmd = Command::new(python());
-    cmd.arg(root().join("tests/reference/hf_forward.py")).arg(&inputs);
+    cmd.arg(root().join("tests/reference/hf_outputs.py")).arg(&inputs);
     let outs: Vec<PathBuf> = (0..models.len()).map(|i| dir.path().join(format!("out{i}.safetensors"))).collect();
-    for (model, out) in models.iter().zip(&outs) {
-        cmd.arg(model).arg(out);
+    for ((model, kind), out) in models.iter().zip(&outs) {
+        cmd.arg(model).arg(kind).arg(out);
     }
     let r = cmd.env("HF_HUB_OFFLINE", "1").env("TRANSFORMERS_OFFLINE", "1").output().unwrap();
     assert!(r.status.success(), "transformers failed:\n{}", String::from_utf8_lossy(&r.stderr));
-    outs.iter()
-        .map(|o| candle_core::safetensors::load(o, &Device::Cpu).unwrap().remove("last_hidden_state").unwrap())
-        .collect()
+    outs.iter().map(|o| candle_core::safetensors::load(o, &Device::Cpu).unwrap()).collect()
+}
+
+/// Last hidden states of `transformers.AutoModel` for each model directory, on one batch.
+#[allow(dead_code)]
+pub fn hf_last_hidden(models: &[&Path], ids: &Tensor, mask: &Tensor, token_types: &Tensor) -> Vec<Tensor> {
+    let base: Vec<(&Path, &str)> = models.iter().map(|m| (*m, "base")).collect();
+    hf_outputs(&base, ids, mask, token_types).into_iter().map(|mut o| o.remove("last_hidden_state").unwrap()).collect()
 }
 
 /// Runs `tests/reference/<script>` in the reference environment as `script [ARGS...] IN OUT`
