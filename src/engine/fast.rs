@@ -55,7 +55,7 @@ pub struct Dims {
     pub activation: Activation,
 }
 
-fn threads() -> Parallelism {
+pub(crate) fn threads() -> Parallelism {
     match rayon::current_num_threads() {
         1 => Parallelism::None,
         n => Parallelism::Rayon(n),
@@ -293,17 +293,17 @@ fn activate(x: &mut [f32], bias: &[f32], act: Activation) {
 
 /// Element-wise kernels: each has a portable body, compiled a second time with AVX2 and FMA
 /// enabled and chosen at run time when the CPU has them.
-mod simd {
+pub(crate) mod simd {
     macro_rules! dispatch {
-        ($(#[$m:meta])* pub fn $name:ident($($arg:ident: $ty:ty),*) $body:block) => {
+        ($(#[$m:meta])* pub fn $name:ident($($arg:ident: $ty:ty),*) $(-> $ret:ty)? $body:block) => {
             $(#[$m])*
-            pub fn $name($($arg: $ty),*) {
+            pub fn $name($($arg: $ty),*) $(-> $ret)? {
                 #[inline(always)]
-                fn imp($($arg: $ty),*) $body
+                fn imp($($arg: $ty),*) $(-> $ret)? $body
                 #[cfg(target_arch = "x86_64")]
                 {
                     #[target_feature(enable = "avx2,fma")]
-                    unsafe fn avx2($($arg: $ty),*) {
+                    unsafe fn avx2($($arg: $ty),*) $(-> $ret)? {
                         imp($($arg),*)
                     }
                     if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
@@ -412,6 +412,92 @@ mod simd {
             let inv = 1.0 / (var / h + eps).sqrt();
             for ((v, g), b) in row.iter_mut().zip(gamma).zip(beta) {
                 *v = (*v - mean) * inv * *g + *b;
+            }
+        }
+    }
+    dispatch! {
+        /// Training LayerNorm: row ← LayerNorm(row + residual)·γ + β, keeping x̂ (the normalised
+        /// input) for the backward pass; returns 1/σ.
+        pub fn add_layer_norm_keep(row: &mut [f32], residual: &[f32], gamma: &[f32], beta: &[f32], eps: f32, xhat: &mut [f32]) -> f32 {
+            let h = row.len() as f32;
+            let mut sum = 0.0;
+            for (v, r) in row.iter_mut().zip(residual) {
+                *v += *r;
+                sum += *v;
+            }
+            let mean = sum / h;
+            let mut var = 0.0;
+            for v in row.iter() {
+                let c = *v - mean;
+                var += c * c;
+            }
+            let inv = 1.0 / (var / h + eps).sqrt();
+            for (((v, x), g), b) in row.iter_mut().zip(xhat.iter_mut()).zip(gamma).zip(beta) {
+                *x = (*v - mean) * inv;
+                *v = *x * *g + *b;
+            }
+            inv
+        }
+    }
+
+    dispatch! {
+        /// LayerNorm backward for one row: `dy` (the output's gradient) becomes the input's,
+        /// dx = (g − mean(g) − x̂·mean(g·x̂))/σ with g = dy·γ; dγ += dy·x̂, dβ += dy.
+        pub fn layer_norm_grad_row(dy: &mut [f32], xhat: &[f32], rstd: f32, gamma: &[f32], dgamma: &mut [f32], dbeta: &mut [f32]) {
+            let h = dy.len() as f32;
+            let (mut sg, mut sgx) = (0.0, 0.0);
+            for i in 0..dy.len() {
+                dgamma[i] += dy[i] * xhat[i];
+                dbeta[i] += dy[i];
+                let g = dy[i] * gamma[i];
+                sg += g;
+                sgx += g * xhat[i];
+            }
+            let (mg, mgx) = (sg / h, sgx / h);
+            for i in 0..dy.len() {
+                dy[i] = (dy[i] * gamma[i] - mg - xhat[i] * mgx) * rstd;
+            }
+        }
+    }
+
+    dispatch! {
+        /// dy ← dy·GELU'(y) (exact GELU): Φ(y) + y·φ(y).
+        pub fn gelu_grad(dy: &mut [f32], y: &[f32]) {
+            for (d, y) in dy.iter_mut().zip(y) {
+                let cdf = 0.5 * (1.0 + erf(*y * std::f32::consts::FRAC_1_SQRT_2));
+                let pdf = 0.398_942_3 * exp(-0.5 * *y * *y);
+                *d *= cdf + *y * pdf;
+            }
+        }
+    }
+
+    dispatch! {
+        /// dy ← dy·GELU'(y), tanh approximation.
+        pub fn gelu_tanh_grad(dy: &mut [f32], y: &[f32]) {
+            for (d, y) in dy.iter_mut().zip(y) {
+                let u = 0.797_884_6 * (*y + 0.044715 * *y * *y * *y);
+                let t = 1.0 - 2.0 / (exp(2.0 * u) + 1.0);
+                *d *= 0.5 * (1.0 + t) + 0.5 * *y * (1.0 - t * t) * 0.797_884_6 * (1.0 + 3.0 * 0.044715 * *y * *y);
+            }
+        }
+    }
+
+    dispatch! {
+        /// y ← GELU(x) (exact), out of place.
+        pub fn gelu_into(y: &mut [f32], x: &[f32]) {
+            for (v, x) in y.iter_mut().zip(x) {
+                *v = 0.5 * *x * (1.0 + erf(*x * std::f32::consts::FRAC_1_SQRT_2));
+            }
+        }
+    }
+
+    dispatch! {
+        /// y ← GELU(x), tanh approximation, out of place.
+        pub fn gelu_tanh_into(y: &mut [f32], x: &[f32]) {
+            for (v, x) in y.iter_mut().zip(x) {
+                let u = 0.797_884_6 * (*x + 0.044715 * *x * *x * *x);
+                let t = 1.0 - 2.0 / (exp(2.0 * u) + 1.0);
+                *v = 0.5 * *x * (1.0 + t);
             }
         }
     }

@@ -104,6 +104,17 @@ impl Head {
         Ok(Head { family, kind, tensors, fresh: true })
     }
 
+    /// A head from its tensors (canonical names, in export order: weight then bias of each
+    /// map), as [`Head::tensors`] lists them.
+    pub fn from_tensors(family: Family, kind: HeadKind, tensors: Vec<(String, Tensor)>) -> Head {
+        Head { family, kind, tensors, fresh: false }
+    }
+
+    /// The head's tensors: (canonical name, tensor), weight then bias of each map.
+    pub fn tensors(&self) -> &[(String, Tensor)] {
+        &self.tensors
+    }
+
     fn linear(&self, i: usize) -> Linear {
         Linear::new(self.tensors[2 * i].1.clone(), Some(self.tensors[2 * i + 1].1.clone()))
     }
