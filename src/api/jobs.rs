@@ -5,7 +5,8 @@ use super::auth::Auth;
 use super::problem::{ApiError, ApiResult};
 use super::{download, path_id, AppState, List, PageQuery};
 use crate::artifacts::job_artifact_path;
-use crate::jobs::spec::{parse_request, JobRequest};
+use crate::jobs::experiment_spec::ExperimentRequest;
+use crate::jobs::spec::{parse_spec, JobRequest, JobSpec};
 use crate::store::{rfc3339, CancelOutcome, CreateOutcome, JobRow, NewJob};
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
@@ -40,6 +41,9 @@ pub struct Job {
     pub stage: Option<String>,
     /// 0..1.
     pub progress: f64,
+    /// Estimated seconds until the job ends, from its progress so far (running jobs with some
+    /// progress only).
+    pub eta_seconds: Option<f64>,
     /// Claims so far (a job whose worker died is claimed again).
     pub attempts: i64,
     pub max_attempts: i64,
@@ -62,6 +66,13 @@ impl From<JobRow> for Job {
             id: r.id,
             kind: r.kind,
             model_id: r.model_id,
+            eta_seconds: match (r.status.as_str(), r.started_at) {
+                ("running", Some(started)) if r.progress > 0.0 && r.progress < 1.0 => {
+                    let elapsed = (crate::store::now_ms() - started).max(0) as f64 / 1e3;
+                    Some((elapsed * (1.0 - r.progress) / r.progress).round())
+                }
+                _ => None,
+            },
             stage: r.stage,
             progress: r.progress,
             attempts: r.attempts,
@@ -98,6 +109,7 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(cancel_job))
         .routes(routes!(job_events))
         .routes(routes!(list_artifacts))
+        .routes(routes!(get_result))
         .routes(routes!(get_artifact))
 }
 
@@ -108,7 +120,7 @@ async fn load(st: &AppState, tenant: &str, id: &str) -> ApiResult<JobRow> {
 
 /// Submit a job. With an `Idempotency-Key` header, a retry with the same body returns the same
 /// job, and the same key with another body answers 409.
-#[utoipa::path(post, path = "/v1/jobs", tag = "jobs", request_body = JobRequest,
+#[utoipa::path(post, path = "/v1/jobs", tag = "jobs", request_body = JobSpec,
     params(("Idempotency-Key" = Option<String>, Header, description = "Makes retries safe (at most 255 characters)")),
     responses(
         (status = 202, description = "Job queued (or, for a repeated idempotent request, the job queued the first time)", body = Job),
@@ -132,31 +144,40 @@ async fn create_job(State(st): State<AppState>, Auth(p): Auth, headers: HeaderMa
                 .to_string(),
         ),
     };
-    let req = parse_request(&body).map_err(|e| ApiError::Validation(vec![e]))?;
-    let model_id = uuid::Uuid::parse_str(&req.model_id).map_err(ApiError::internal)?.to_string();
+    let spec = parse_spec(&body).map_err(|e| ApiError::Validation(vec![e]))?;
+    let kind = spec.kind();
+    let model_id = uuid::Uuid::parse_str(spec.model_id()).map_err(ApiError::internal)?.to_string();
     let Some(model) = st.store.get_model(&p.tenant_id, &model_id).await? else {
         return Err(ApiError::invalid("model_id", "no model with this id"));
     };
-    check_against_model(&req, &model)?;
     let mut inputs = vec![model_id.clone()];
-    if let Some(c) = &req.calibration {
-        let id = uuid::Uuid::parse_str(&c.dataset_id).map_err(ApiError::internal)?.to_string();
-        if st.store.get_dataset(&p.tenant_id, &id).await?.is_none() {
-            return Err(ApiError::invalid("calibration.dataset_id", "no dataset with this id"));
-        }
-        inputs.push(id);
-    }
     // Stored with every default written out, so that the same request spelled differently is
     // the same request for Idempotency-Key.
-    let mut normalized = JobRequest { model_id: model_id.clone(), ..req.clone() };
-    normalized.pruning.scope = Some(req.pruning.scope());
-    let spec = serde_json::to_string(&normalized).map_err(ApiError::internal)?;
+    let spec = match spec {
+        JobSpec::Prune(req) => {
+            check_against_model(&req, &model)?;
+            if let Some(c) = &req.calibration {
+                let id = uuid::Uuid::parse_str(&c.dataset_id).map_err(ApiError::internal)?.to_string();
+                if st.store.get_dataset(&p.tenant_id, &id).await?.is_none() {
+                    return Err(ApiError::invalid("calibration.dataset_id", "no dataset with this id"));
+                }
+                inputs.push(id);
+            }
+            let mut normalized = JobRequest { model_id: model_id.clone(), ..req.clone() };
+            normalized.pruning.scope = Some(req.pruning.scope());
+            serde_json::to_string(&normalized).map_err(ApiError::internal)?
+        }
+        JobSpec::Experiment(req) => {
+            let normalized = check_experiment(&st, &p.tenant_id, req, &model, &mut inputs).await?;
+            serde_json::to_string(&normalized).map_err(ApiError::internal)?
+        }
+    };
     let hash = hex::encode(Sha256::digest(spec.as_bytes()));
     let outcome = st
         .store
         .create_job(NewJob {
             tenant_id: &p.tenant_id,
-            kind: req.kind.name(),
+            kind: kind.name(),
             model_id: &model_id,
             spec: &spec,
             inputs: &inputs,
@@ -175,6 +196,52 @@ async fn create_job(State(st): State<AppState>, Auth(p): Auth, headers: HeaderMa
     };
     let location = format!("/v1/jobs/{}", row.id);
     Ok((StatusCode::ACCEPTED, [(header::LOCATION, location)], Json(Job::from(row))).into_response())
+}
+
+/// Checks of an experiment that need the stored model and datasets; returns the spec to store
+/// (ids normalised, defaults written out).
+async fn check_experiment(st: &AppState, tenant: &str, mut req: ExperimentRequest, model: &crate::store::ModelRow, inputs: &mut Vec<String>) -> ApiResult<ExperimentRequest> {
+    req.model_id = model.id.clone();
+    let files: Vec<crate::api::models::ModelFile> = serde_json::from_str(&model.files).unwrap_or_default();
+    if !files.iter().any(|f| f.name == "tokenizer.json") {
+        return Err(ApiError::invalid("model_id", "experiments tokenize with the model's own tokenizer: this model was uploaded without tokenizer.json"));
+    }
+    let task = req.task.name;
+    let mut ids = vec![("task.dataset_id", req.task.dataset_id.clone())];
+    if let Some(e) = &req.task.eval_dataset_id {
+        ids.push(("task.eval_dataset_id", e.clone()));
+    }
+    for (field, id) in ids {
+        let id = uuid::Uuid::parse_str(&id).map_err(ApiError::internal)?.to_string();
+        let Some(d) = st.store.get_dataset(tenant, &id).await? else {
+            return Err(ApiError::invalid(field, "no dataset with this id"));
+        };
+        let dtask = d.task.as_deref().and_then(crate::data::Task::parse);
+        if d.format == "squad_json" || (d.format == "glue_tsv" && dtask != Some(task)) {
+            let what = d.task.clone().unwrap_or_else(|| d.format.clone());
+            return Err(ApiError::invalid(field, format!("the dataset is for {what}, not {}", task.name())));
+        }
+        if field == "task.dataset_id" {
+            req.task.dataset_id = id.clone();
+        } else {
+            req.task.eval_dataset_id = Some(id.clone());
+        }
+        if !inputs.contains(&id) {
+            inputs.push(id);
+        }
+    }
+    if let Some(p) = &req.pruning {
+        if let (crate::jobs::spec::Granularity::NM, Some(pat)) = (p.granularity, &p.pattern) {
+            if let Ok(pat) = crate::engine::magnitude::NmPattern::parse(pat) {
+                for (what, n) in [("hidden size", model.hidden_size), ("FFN width", model.intermediate_size)] {
+                    if !(n as usize).is_multiple_of(pat.m) {
+                        return Err(ApiError::invalid("pruning.pattern", format!("M = {} must divide the model's {what} ({n})", pat.m)));
+                    }
+                }
+            }
+        }
+    }
+    Ok(req)
 }
 
 /// Checks that need the model: an N:M group size must divide the input dimension of every
@@ -230,6 +297,67 @@ async fn list_jobs(State(st): State<AppState>, Auth(p): Auth, Query(q): Query<Jo
     responses((status = 200, body = Job), (status = 404, body = super::problem::Problem, content_type = "application/problem+json")))]
 async fn get_job(State(st): State<AppState>, Auth(p): Auth, Path(id): Path<String>) -> ApiResult<Json<Job>> {
     Ok(Json(load(&st, &p.tenant_id, &id).await?.into()))
+}
+
+/// What an experiment found so far: metrics before (the dense model: after fine-tuning when
+/// there is a fine-tuning stage) and after (pruned and recovered), and each stage's record.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct JobResult {
+    pub job_id: String,
+    pub kind: String,
+    pub status: JobStatus,
+    /// Whether every stage has run (the job succeeded).
+    pub complete: bool,
+    /// `baseline` (as uploaded), `before` (dense), `pruned` (one-shot, before recovery),
+    /// `after`: each a map of metric name (`accuracy`, `f1`, `matthews`, `pearson`,
+    /// `spearman`) to value, when that stage has run.
+    #[schema(value_type = Object)]
+    pub metrics: serde_json::Value,
+    /// Sparsity, size and latency before and after, once the export stage has run.
+    #[schema(value_type = Object)]
+    pub summary: serde_json::Value,
+    pub stages: Vec<StageResult>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct StageResult {
+    /// `loading`, `baseline_eval`, `finetune`, `dense_eval`, `prune`, `recover`, `final_eval`,
+    /// `export`.
+    pub name: String,
+    /// The claim of the job that ran it.
+    pub attempt: i64,
+    pub recorded_at: String,
+    #[schema(value_type = Object)]
+    pub result: serde_json::Value,
+}
+
+/// The results of a job's stages as they are recorded (experiment jobs; a prune job records
+/// none: its report is the `report.json` artifact).
+#[utoipa::path(get, path = "/v1/jobs/{id}/result", tag = "jobs", params(("id" = String, Path)),
+    responses((status = 200, body = JobResult), (status = 404, body = super::problem::Problem, content_type = "application/problem+json")))]
+async fn get_result(State(st): State<AppState>, Auth(p): Auth, Path(id): Path<String>) -> ApiResult<Json<JobResult>> {
+    let job = load(&st, &p.tenant_id, &id).await?;
+    let rows = st.store.job_stages(&job.id).await?;
+    let stages: Vec<StageResult> = rows
+        .into_iter()
+        .map(|r| StageResult { name: r.name, attempt: r.attempt, recorded_at: rfc3339(r.recorded_at), result: serde_json::from_str(&r.result).unwrap_or_default() })
+        .collect();
+    let metric = |stage: &str| stages.iter().find(|s| s.name == stage).and_then(|s| s.result.get("metrics").cloned());
+    let baseline = metric("baseline_eval");
+    let before = metric("dense_eval").or_else(|| baseline.clone());
+    let pruned = metric("prune");
+    let after = metric("final_eval").or_else(|| if stages.iter().any(|s| s.name == "export") { before.clone() } else { None });
+    let summary = stages.iter().find(|s| s.name == "export").and_then(|s| s.result.get("summary").cloned()).unwrap_or_default();
+    let status: JobStatus = serde_json::from_value(serde_json::Value::String(job.status.clone())).unwrap_or(JobStatus::Failed);
+    Ok(Json(JobResult {
+        job_id: job.id,
+        kind: job.kind,
+        complete: status == JobStatus::Succeeded,
+        status,
+        metrics: serde_json::json!({"baseline": baseline, "before": before, "pruned": pruned, "after": after}),
+        summary,
+        stages,
+    }))
 }
 
 /// Cancel a job: a queued job is cancelled at once (200); a running job is asked to stop and

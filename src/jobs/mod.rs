@@ -3,6 +3,8 @@
 //! [`JobContext::progress`] (which is also where cancellation is noticed), and writes its
 //! artifacts through [`JobContext::write_artifact`]. Executors run on a blocking thread.
 
+pub mod experiment;
+pub mod experiment_spec;
 pub mod prune;
 pub mod spec;
 
@@ -47,6 +49,10 @@ pub struct JobContext {
     pub(crate) produced: Mutex<Vec<ArtifactRow>>,
     /// Datasets the job may read, with their format and task.
     pub(crate) datasets: std::collections::HashMap<String, (crate::data::Format, Option<crate::data::Task>)>,
+    /// Where stage outcomes are recorded (`None` for local runs) and the lease owner.
+    pub(crate) store: Option<(crate::store::Store, String)>,
+    /// Stages recorded by this run, in order.
+    pub(crate) stages: Mutex<Vec<(String, serde_json::Value)>>,
 }
 
 impl JobContext {
@@ -98,6 +104,27 @@ impl JobContext {
         let mut p = self.produced.lock().unwrap();
         p.retain(|a| a.name != name);
         p.push(ArtifactRow { name: name.to_string(), bytes: stored.bytes as i64, sha256: stored.sha256 });
+    }
+
+    /// Records what a stage found (served by `GET /v1/jobs/{id}/result`), in order.
+    pub fn record_stage(&self, name: &str, result: serde_json::Value) -> Result<(), JobError> {
+        let position = {
+            let mut st = self.stages.lock().unwrap();
+            st.push((name.to_string(), result.clone()));
+            st.len() as i64 - 1
+        };
+        if let Some((store, owner)) = &self.store {
+            let ours = self.rt.block_on(store.record_stage(&self.job.id, owner, position, name, &result.to_string()))?;
+            if !ours {
+                return Err(JobError::Stopped);
+            }
+        }
+        Ok(())
+    }
+
+    /// The stages recorded by this run.
+    pub fn stages(&self) -> Vec<(String, serde_json::Value)> {
+        self.stages.lock().unwrap().clone()
     }
 
     pub fn produced(&self) -> Vec<ArtifactRow> {
@@ -204,6 +231,8 @@ pub fn run_local(
         step_delay: Duration::ZERO,
         produced: Mutex::new(Vec::new()),
         datasets,
+        store: None,
+        stages: Mutex::new(Vec::new()),
     };
     let result = executor.run(&ctx);
     let produced = ctx.produced();
@@ -247,6 +276,7 @@ pub trait Executor: Send + Sync {
 pub fn executor_for(kind: &str) -> Option<Box<dyn Executor>> {
     match kind {
         "prune" => Some(Box::new(prune::PruneExecutor)),
+        "experiment" => Some(Box::new(experiment::ExperimentExecutor)),
         _ => None,
     }
 }

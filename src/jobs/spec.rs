@@ -12,14 +12,76 @@ pub enum JobKind {
     /// Prune a model and export it.
     #[default]
     Prune,
+    /// Fine-tune, prune, recover and evaluate a model on a task (see `ExperimentRequest`).
+    Experiment,
 }
 
 impl JobKind {
     pub fn name(self) -> &'static str {
         match self {
             JobKind::Prune => "prune",
+            JobKind::Experiment => "experiment",
         }
     }
+}
+
+/// The body of `POST /v1/jobs`: a prune job (`kind` left out or `prune`) or an experiment
+/// (`kind: experiment`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(untagged)]
+pub enum JobSpec {
+    Prune(JobRequest),
+    Experiment(super::experiment_spec::ExperimentRequest),
+}
+
+impl JobSpec {
+    pub fn kind(&self) -> JobKind {
+        match self {
+            JobSpec::Prune(_) => JobKind::Prune,
+            JobSpec::Experiment(_) => JobKind::Experiment,
+        }
+    }
+    pub fn model_id(&self) -> &str {
+        match self {
+            JobSpec::Prune(r) => &r.model_id,
+            JobSpec::Experiment(r) => &r.model_id,
+        }
+    }
+}
+
+/// Parse a request body of either kind, routed by its `kind`.
+pub fn parse_spec(body: &[u8]) -> Result<JobSpec, FieldError> {
+    let kind = serde_json::from_slice::<serde_json::Value>(body).ok().and_then(|v| v.get("kind").and_then(|k| k.as_str()).map(str::to_string));
+    if kind.as_deref() == Some("experiment") {
+        let req: super::experiment_spec::ExperimentRequest = deserialize_named(body)?;
+        match req.validate().into_iter().next() {
+            Some(e) => Err(e),
+            None => Ok(JobSpec::Experiment(req)),
+        }
+    } else {
+        parse_request(body).map(JobSpec::Prune)
+    }
+}
+
+/// Deserialize, turning serde's complaint into a field error.
+fn deserialize_named<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, FieldError> {
+    let de = &mut serde_json::Deserializer::from_slice(body);
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        let msg = inner.to_string();
+        // serde reports a missing field at its parent: name the field itself.
+        let named = msg.split('`').nth(1).filter(|_| msg.starts_with("missing field"));
+        let field = match (named, path.as_str()) {
+            _ if inner.is_syntax() || inner.is_eof() => "body".to_string(),
+            (Some(n), ".") => n.to_string(),
+            (Some(n), p) => format!("{p}.{n}"),
+            (None, ".") => "body".to_string(),
+            (None, p) => p.to_string(),
+        };
+        let msg = msg.split(" at line ").next().unwrap_or(&msg).to_string();
+        FieldError::new(field, msg)
+    })
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
@@ -181,25 +243,12 @@ impl PruningSpec {
     }
 }
 
-/// Parse a request body, turning serde's complaint into a field error.
+/// Parse a prune request body, turning serde's complaint into a field error.
 pub fn parse_request(body: &[u8]) -> Result<JobRequest, FieldError> {
-    let de = &mut serde_json::Deserializer::from_slice(body);
-    let req: JobRequest = serde_path_to_error::deserialize(de).map_err(|e| {
-        let path = e.path().to_string();
-        let inner = e.into_inner();
-        let msg = inner.to_string();
-        // serde reports a missing field at its parent: name the field itself.
-        let named = msg.split('`').nth(1).filter(|_| msg.starts_with("missing field"));
-        let field = match (named, path.as_str()) {
-            _ if inner.is_syntax() || inner.is_eof() => "body".to_string(),
-            (Some(n), ".") => n.to_string(),
-            (Some(n), p) => format!("{p}.{n}"),
-            (None, ".") => "body".to_string(),
-            (None, p) => p.to_string(),
-        };
-        let msg = msg.split(" at line ").next().unwrap_or(&msg).to_string();
-        FieldError::new(field, msg)
-    })?;
+    let req: JobRequest = deserialize_named(body)?;
+    if req.kind != JobKind::Prune {
+        return Err(FieldError::new("kind", "this body is a prune job's"));
+    }
     let errors = req.validate();
     match errors.into_iter().next() {
         Some(e) => Err(e),

@@ -161,6 +161,8 @@ impl Worker {
             step_delay: Duration::from_millis(self.args.job_step_delay_ms),
             produced: Mutex::new(Vec::new()),
             datasets,
+            store: Some((self.store.clone(), self.owner.clone())),
+            stages: Mutex::new(Vec::new()),
         };
         let mut handle = tokio::task::spawn_blocking(move || {
             let r = executor.run(&ctx);

@@ -380,3 +380,52 @@ impl Store {
         rows.into_iter().map(|r| Ok((r.try_get("status")?, r.try_get("n")?))).collect()
     }
 }
+
+/// One recorded stage of a job.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StageRow {
+    pub position: i64,
+    pub name: String,
+    pub attempt: i64,
+    /// JSON.
+    pub result: String,
+    pub recorded_at: i64,
+}
+
+impl Store {
+    /// Records the outcome of stage `position` of a job, only while the lease is ours; position 0
+    /// starts the record over (a job claimed again runs its stages again).
+    pub async fn record_stage(&self, job_id: &str, owner: &str, position: i64, name: &str, result: &str) -> anyhow::Result<bool> {
+        // Single statements guarded by the lease (no read-then-write transaction: SQLite would
+        // refuse to upgrade it while the progress updater writes).
+        if position == 0 {
+            sqlx::query("DELETE FROM job_stages WHERE job_id = $1 AND EXISTS (SELECT 1 FROM jobs WHERE id = $1 AND status = 'running' AND lease_owner = $2)")
+                .bind(job_id)
+                .bind(owner)
+                .execute(&self.pool)
+                .await?;
+        }
+        let r = sqlx::query(
+            "INSERT INTO job_stages (job_id, position, name, attempt, result, recorded_at)
+             SELECT id, $2, $3, attempts, $4, $5 FROM jobs WHERE id = $1 AND status = 'running' AND lease_owner = $6
+             ON CONFLICT (job_id, position) DO UPDATE SET name = excluded.name, attempt = excluded.attempt, result = excluded.result, recorded_at = excluded.recorded_at",
+        )
+        .bind(job_id)
+        .bind(position)
+        .bind(name)
+        .bind(result)
+        .bind(now_ms())
+        .bind(owner)
+        .execute(&self.pool)
+        .await?;
+        Ok(r.rows_affected() == 1)
+    }
+
+    /// The recorded stages of a job, in order.
+    pub async fn job_stages(&self, job_id: &str) -> anyhow::Result<Vec<StageRow>> {
+        let rows = sqlx::query("SELECT position, name, attempt, result, recorded_at FROM job_stages WHERE job_id = $1 ORDER BY position").bind(job_id).fetch_all(&self.pool).await?;
+        rows.into_iter()
+            .map(|r| Ok(StageRow { position: r.try_get("position")?, name: r.try_get("name")?, attempt: r.try_get("attempt")?, result: r.try_get("result")?, recorded_at: r.try_get("recorded_at")? }))
+            .collect()
+    }
+}

@@ -1,0 +1,407 @@
+//! The `experiment` job: evaluate a model on a GLUE task, fine-tune it (optionally), prune it
+//! (one-shot, or gradually during recovery), recover with the masks locked (optionally
+//! distilled from the dense model), evaluate again, and export the pruned task model with its
+//! report and predictions. Each stage's outcome is recorded as it ends (`JobContext::record_stage`:
+//! the database, served by `GET /v1/jobs/{id}/result`), and `result.json` sums them up.
+
+use super::experiment_spec::{ExperimentMethod, ExperimentRequest, ScheduleKind};
+use super::spec::Granularity;
+use super::{Executor, JobContext, JobError};
+use crate::data::{self, Task};
+use crate::engine::arch::Family;
+use crate::engine::heads::{export_task_model, Head};
+use crate::engine::magnitude::{self, NmPattern, Report, Scope};
+use crate::engine::model::{Encoder, EncoderConfig, ModelError, Weights};
+use crate::engine::st;
+use crate::train::experiment::{evaluate, examples, head_kind, linear_targets, prune_one_shot, sparsity_of, Evaluation, Shape};
+use crate::train::gradual::{gradient_pass, Criterion, GradualPruner, Ramp, Scores};
+use crate::train::loss::Distill;
+use crate::train::net::{Dropout, Net};
+use crate::train::trainer::{self, Control, Example, Masks, Observer, Schedule, State, StepInfo};
+use bytes::Bytes;
+use candle_core::Device;
+use serde_json::json;
+use std::time::Instant;
+
+pub struct ExperimentExecutor;
+
+fn model_err(e: ModelError) -> JobError {
+    match e {
+        ModelError::Invalid(m) => JobError::Failed(m),
+        ModelError::Candle(e) => JobError::Internal(e.into()),
+    }
+}
+
+/// Share of the job's progress each stage takes (loading and evaluations are small).
+struct Plan {
+    stages: Vec<(&'static str, f64)>,
+}
+
+impl Plan {
+    fn new(req: &ExperimentRequest) -> Plan {
+        let mut stages = vec![("loading", 0.02), ("baseline_eval", 0.04)];
+        if req.finetune.is_some() {
+            stages.push(("finetune", 0.4));
+            stages.push(("dense_eval", 0.04));
+        }
+        if req.pruning.is_some() {
+            stages.push(("prune", 0.06));
+        }
+        if req.recovery.is_some() {
+            stages.push(("recover", 0.4));
+        }
+        if req.pruning.is_some() {
+            stages.push(("final_eval", 0.04));
+        }
+        stages.push(("export", 0.02));
+        let total: f64 = stages.iter().map(|s| s.1).sum();
+        Plan { stages: stages.into_iter().map(|(n, w)| (n, w / total)).collect() }
+    }
+    /// The job's progress at `fraction` of stage `name`.
+    fn at(&self, name: &str, fraction: f64) -> f64 {
+        let mut before = 0.0;
+        for (n, w) in &self.stages {
+            if *n == name {
+                return (before + w * fraction.clamp(0.0, 1.0)).min(1.0);
+            }
+            before += w;
+        }
+        before.min(1.0)
+    }
+}
+
+/// Reports training progress, stops on request, and (for gradual pruning) forwards to the
+/// pruner.
+struct Progress<'a> {
+    ctx: &'a JobContext,
+    plan: &'a Plan,
+    stage: &'static str,
+    pruner: Option<GradualPruner>,
+    stopped: bool,
+    losses: Vec<f64>,
+}
+
+impl Observer for Progress<'_> {
+    fn gradients(&mut self, net: &Net, grads: &crate::train::net::Grads, info: &StepInfo) {
+        if let Some(p) = self.pruner.as_mut() {
+            p.gradients(net, grads, info);
+        }
+    }
+    fn stepped(&mut self, net: &mut Net, masks: &mut Masks, state: &State, info: &StepInfo) -> Control {
+        if let Some(p) = self.pruner.as_mut() {
+            p.stepped(net, masks, state, info);
+        }
+        self.losses.push(info.loss);
+        if self.ctx.progress(self.stage, self.plan.at(self.stage, info.step as f64 / info.total.max(1) as f64)).is_err() {
+            self.stopped = true;
+            return Control::Stop;
+        }
+        Control::Continue
+    }
+}
+
+/// Training and evaluation data of the task.
+struct TaskData {
+    rows: Vec<data::Example>,
+    eval_rows: Vec<data::Example>,
+}
+
+fn read_rows(ctx: &JobContext, id: &str, task: Task, field: &str) -> Result<Vec<data::Example>, JobError> {
+    let (format, dtask, bytes) = ctx.read_dataset(id)?;
+    if format == data::Format::GlueTsv && dtask != Some(task) {
+        return Err(JobError::Failed(format!("{field}: the dataset is a {} file, not {}", dtask.map_or("task-less".into(), |t| t.name()), task.name())));
+    }
+    let rows = data::examples(format, Some(task), &bytes).map_err(|e| JobError::Failed(format!("{field}: {e}")))?;
+    if rows.iter().any(|r| r.label.is_none()) {
+        return Err(JobError::Failed(format!("{field}: the dataset has unlabelled rows (a GLUE test file?); experiments need labels")));
+    }
+    if rows.is_empty() {
+        return Err(JobError::Failed(format!("{field}: the dataset holds no examples")));
+    }
+    Ok(rows)
+}
+
+fn load_data(ctx: &JobContext, req: &ExperimentRequest) -> Result<TaskData, JobError> {
+    let t = &req.task;
+    let mut rows = read_rows(ctx, &t.dataset_id, t.name, "task.dataset_id")?;
+    let mut eval_rows = match (&t.eval_dataset_id, t.eval_fraction) {
+        (Some(id), _) => read_rows(ctx, id, t.name, "task.eval_dataset_id")?,
+        (None, Some(f)) => {
+            let held = ((rows.len() as f64) * f).round().max(1.0) as usize;
+            if held >= rows.len() {
+                return Err(JobError::Failed("task.eval_fraction leaves no training examples".into()));
+            }
+            rows.split_off(rows.len() - held)
+        }
+        (None, None) => return Err(JobError::Failed("no evaluation data".into())),
+    };
+    if let Some(n) = req.evaluation.max_eval_samples {
+        eval_rows.truncate(n);
+    }
+    Ok(TaskData { rows, eval_rows })
+}
+
+fn metrics_json(e: &Evaluation) -> serde_json::Value {
+    json!(e.metrics)
+}
+
+/// Median forward time (ms) of one evaluation batch in Secateur's runtime, over 5 runs.
+fn latency(net: &Net, batch: &[Example]) -> Result<f64, JobError> {
+    let (w, _) = net.to_weights().map_err(model_err)?;
+    let enc = Encoder::load(net.config.clone(), &w).map_err(model_err)?;
+    let idx: Vec<usize> = (0..batch.len()).collect();
+    let (b, _) = trainer::batch_of(batch, &idx, net.config.pad_token_id);
+    let t = |v: &[u32]| candle_core::Tensor::from_vec(v.to_vec(), (b.rows, b.len), &Device::Cpu);
+    let (ids, mask, tt) = (t(&b.ids).map_err(|e| JobError::Internal(e.into()))?, t(&b.mask).map_err(|e| JobError::Internal(e.into()))?, t(&b.type_ids).map_err(|e| JobError::Internal(e.into()))?);
+    enc.forward(&ids, Some(&tt), &mask).map_err(model_err)?;
+    let mut ms: Vec<f64> = (0..5)
+        .map(|_| {
+            let s = Instant::now();
+            let _ = enc.forward(&ids, Some(&tt), &mask);
+            s.elapsed().as_secs_f64() * 1e3
+        })
+        .collect();
+    ms.sort_by(f64::total_cmp);
+    Ok(ms[2])
+}
+
+fn shape_of(p: &super::experiment_spec::ExperimentPruning) -> Result<Shape, JobError> {
+    Ok(match p.granularity {
+        Granularity::NM => Shape::NM(NmPattern::parse(p.pattern.as_deref().unwrap_or_default()).map_err(JobError::Failed)?),
+        _ => Shape::Unstructured { sparsity: p.sparsity.unwrap_or(0.0), scope: p.scope.unwrap_or(Scope::Global) },
+    })
+}
+
+/// Zeroes whole heads (their query/key/value rows and attention-output columns) and returns
+/// masks that keep them at zero.
+fn prune_heads(net: &mut Net, scores: &[Vec<f32>], sparsity: f64, scope: Scope) -> Masks {
+    let head_dim = net.config.head_dim;
+    let total: usize = scores.iter().map(Vec::len).sum();
+    let removed = match scope {
+        Scope::Global => crate::engine::structured::select_lowest(scores, Some((total as f64 * sparsity).round() as usize), None),
+        Scope::Local => {
+            let counts: Vec<usize> = scores.iter().map(|s| (s.len() as f64 * sparsity).round() as usize).collect();
+            crate::engine::structured::select_lowest(scores, None, Some(&counts))
+        }
+    };
+    let mut masks = Masks::none(net);
+    for (layer, heads) in removed.iter().enumerate() {
+        let Some([q, k, v, o]) = net.attention_weights(layer) else { continue };
+        let hidden = net.params[o].shape[0];
+        let width = net.params[o].shape[1];
+        for i in [q, k, v] {
+            let cols = net.params[i].shape[1];
+            let mut keep = masks.0[i].take().unwrap_or_else(|| vec![true; net.params[i].value.len()]);
+            for &h in heads {
+                keep[h * head_dim * cols..(h + 1) * head_dim * cols].iter_mut().for_each(|k| *k = false);
+            }
+            masks.0[i] = Some(keep);
+        }
+        let mut keep = vec![true; hidden * width];
+        for r in 0..hidden {
+            for &h in heads {
+                keep[r * width + h * head_dim..r * width + (h + 1) * head_dim].iter_mut().for_each(|k| *k = false);
+            }
+        }
+        masks.0[o] = Some(keep);
+    }
+    masks.apply(net);
+    masks
+}
+
+impl Executor for ExperimentExecutor {
+    fn run(&self, ctx: &JobContext) -> Result<(), JobError> {
+        let req: ExperimentRequest = serde_json::from_str(&ctx.job.spec).map_err(|e| JobError::Internal(e.into()))?;
+        let plan = Plan::new(&req);
+        let task = req.task.name;
+        ctx.progress("loading", 0.0)?;
+        let started = Instant::now();
+        let config_json = ctx.read_model_file("config.json")?;
+        let weights = ctx.read_model_file("model.safetensors")?;
+        let tok_bytes = ctx.read_model_file("tokenizer.json").map_err(|_| JobError::Failed("experiments tokenize with the model's own tokenizer: upload tokenizer.json with the model".into()))?;
+        let tok = tokenizers::Tokenizer::from_bytes(&tok_bytes).map_err(|e| JobError::Failed(format!("tokenizer.json: {e}")))?;
+        let family = {
+            let v: serde_json::Value = serde_json::from_slice(&config_json).map_err(|e| JobError::Failed(format!("config.json: {e}")))?;
+            Family::parse(v.get("model_type").and_then(|m| m.as_str()).unwrap_or("")).ok_or_else(|| JobError::Failed("config.json: unsupported model_type".into()))?
+        };
+        let w = Weights::from_safetensors(&weights, family, &Device::Cpu).map_err(model_err)?;
+        let config = EncoderConfig::from_checkpoint(&config_json, &w.shapes()).map_err(model_err)?;
+        let kind = head_kind(task).ok_or_else(|| JobError::Failed(format!("task {} has no head", task.name())))?;
+        let init_std = serde_json::from_slice::<serde_json::Value>(&config_json).ok().and_then(|v| v.get("initializer_range").and_then(|x| x.as_f64())).unwrap_or(0.02);
+        let seed = req.finetune.as_ref().map_or(42, |f| f.seed);
+        let head = Head::load_or_init(&w, family, kind, config.hidden, init_std, seed).map_err(model_err)?;
+        let fresh_head = head.fresh;
+        let mut net = Net::new(config, &w, &head, Dropout::from_config(&config_json, family)).map_err(model_err)?;
+        drop((w, head, weights));
+        let data = load_data(ctx, &req)?;
+        let eval_len = req.recovery.as_ref().map(|r| r.max_seq_len).or(req.finetune.as_ref().map(|f| f.max_seq_len)).unwrap_or(128);
+        let eval_set = examples(&tok, &data.eval_rows, eval_len).map_err(JobError::Failed)?;
+        let train_set = |len: usize, max: Option<usize>| -> Result<Vec<Example>, JobError> {
+            let rows = &data.rows[..max.unwrap_or(usize::MAX).min(data.rows.len())];
+            examples(&tok, rows, len).map_err(JobError::Failed)
+        };
+        ctx.record_stage("loading", json!({"seconds": started.elapsed().as_secs_f64(), "train_examples": data.rows.len(), "eval_examples": eval_set.len(), "fresh_head": fresh_head}))?;
+
+        let latency_batch: Vec<Example> = eval_set.iter().take(32).cloned().collect();
+        let measure_latency = req.evaluation.latency;
+        // Baseline.
+        ctx.progress("baseline_eval", plan.at("baseline_eval", 0.0))?;
+        let t = Instant::now();
+        let baseline = evaluate(&net, task, &eval_set, 64).map_err(model_err)?;
+        ctx.record_stage("baseline_eval", json!({"metrics": metrics_json(&baseline), "seconds": t.elapsed().as_secs_f64(), "fresh_head": fresh_head}))?;
+        let mut before = baseline.clone();
+        // Dense fine-tuning.
+        if let Some(f) = &req.finetune {
+            let t = Instant::now();
+            let set = train_set(f.max_seq_len, f.max_train_samples)?;
+            let s = Schedule { epochs: f.epochs, max_steps: f.max_steps, learning_rate: f.learning_rate as f32, batch_size: f.batch_size, seed: f.seed, ..Default::default() };
+            let mut state = State::new(&s);
+            let mut obs = Progress { ctx, plan: &plan, stage: "finetune", pruner: None, stopped: false, losses: Vec::new() };
+            let mut free = Masks::none(&net);
+            trainer::train(&mut net, &set, &s, &mut free, &mut state, None, &mut obs).map_err(model_err)?;
+            if obs.stopped {
+                return Err(JobError::Stopped);
+            }
+            let loss = obs.losses.iter().sum::<f64>() / obs.losses.len().max(1) as f64;
+            ctx.record_stage("finetune", json!({"steps": state.step, "mean_loss": loss, "last_loss": obs.losses.last(), "seconds": t.elapsed().as_secs_f64()}))?;
+            ctx.progress("dense_eval", plan.at("dense_eval", 0.0))?;
+            before = evaluate(&net, task, &eval_set, 64).map_err(model_err)?;
+            ctx.record_stage("dense_eval", json!({"metrics": metrics_json(&before)}))?;
+        }
+        let latency_before = if measure_latency { Some(latency(&net, &latency_batch)?) } else { None };
+        let targets = linear_targets(&net);
+        let mut after = before.clone();
+        let mut pruned_eval = None;
+        if let Some(p) = &req.pruning {
+            let dense = net.clone();
+            ctx.progress("prune", plan.at("prune", 0.0))?;
+            let t = Instant::now();
+            let rec = req.recovery.as_ref();
+            let score_set = train_set(rec.map_or(128, |r| r.max_seq_len), Some(rec.and_then(|r| r.max_train_samples).unwrap_or(usize::MAX).min(1024)))?;
+            let gradual = p.schedule.kind != ScheduleKind::OneShot;
+            let criterion = match p.method {
+                ExperimentMethod::Magnitude => Criterion::Magnitude,
+                ExperimentMethod::Taylor => Criterion::Taylor,
+                ExperimentMethod::Movement | ExperimentMethod::HeadImportance => Criterion::Movement,
+            };
+            let mut masks = Masks::none(&net);
+            let mut head_scores = None;
+            if !gradual {
+                masks = match (p.granularity, p.method) {
+                    (Granularity::Heads, ExperimentMethod::HeadImportance) => {
+                        let imp = gradient_pass(&net, &score_set, 32, None).map_err(model_err)?;
+                        head_scores = Some(imp.clone());
+                        prune_heads(&mut net, &imp, p.sparsity.unwrap_or(0.0), p.scope.unwrap_or(Scope::Global))
+                    }
+                    (Granularity::Heads, _) => {
+                        let (w, _) = net.to_weights().map_err(model_err)?;
+                        let norms = crate::engine::structured::head_norm_scores(&w, &net.config).map_err(model_err)?;
+                        head_scores = Some(norms.clone());
+                        prune_heads(&mut net, &norms, p.sparsity.unwrap_or(0.0), p.scope.unwrap_or(Scope::Global))
+                    }
+                    _ => prune_one_shot(&mut net, criterion, &score_set, 32, shape_of(p)?).map_err(model_err)?,
+                };
+                let e = evaluate(&net, task, &eval_set, 64).map_err(model_err)?;
+                ctx.record_stage("prune", json!({"metrics": metrics_json(&e), "sparsity": sparsity_of(&net, &targets), "seconds": t.elapsed().as_secs_f64(), "head_scores": head_scores}))?;
+                pruned_eval = Some(e);
+            } else {
+                ctx.record_stage("prune", json!({"schedule": p.schedule.kind, "note": "pruning happens during recovery"}))?;
+            }
+            if let Some(r) = rec {
+                let t = Instant::now();
+                let set = train_set(r.max_seq_len, r.max_train_samples)?;
+                let s = Schedule { epochs: r.epochs, max_steps: r.max_steps, learning_rate: r.learning_rate as f32, batch_size: r.batch_size, seed: r.seed, ..Default::default() };
+                let total = s.total_steps(set.len());
+                let pruner = gradual.then(|| {
+                    let end = p.schedule.end_step.unwrap_or(total * 7 / 10).max(p.schedule.start_step + 1);
+                    let ramp = if p.schedule.kind == ScheduleKind::Cubic { Ramp::Cubic } else { Ramp::Iterative { rounds: ((end - p.schedule.start_step) / p.schedule.every.max(1)).max(1) } };
+                    GradualPruner { scores: Scores::new(&net, targets.clone(), criterion), ramp, start: p.schedule.start_step, end, every: p.schedule.every, target: p.sparsity.unwrap_or(0.0), scope: p.scope.unwrap_or(Scope::Global), reached: 0.0 }
+                });
+                let teacher = r.distill.as_ref().map(|d| (&dense, Distill { temperature: d.temperature as f32, alpha: d.alpha as f32 }));
+                let mut state = State::new(&s);
+                let mut obs = Progress { ctx, plan: &plan, stage: "recover", pruner, stopped: false, losses: Vec::new() };
+                trainer::train(&mut net, &set, &s, &mut masks, &mut state, teacher, &mut obs).map_err(model_err)?;
+                if obs.stopped {
+                    return Err(JobError::Stopped);
+                }
+                if let Some(pr) = obs.pruner.as_mut() {
+                    // A schedule ending after the last step still reaches its target.
+                    if pr.reached < pr.target {
+                        pr.reached = 0.0;
+                        let last = pr.end;
+                        pr.prune(&net, &mut masks, last);
+                        masks.apply(&mut net);
+                    }
+                }
+                let loss = obs.losses.iter().sum::<f64>() / obs.losses.len().max(1) as f64;
+                ctx.record_stage("recover", json!({"steps": state.step, "mean_loss": loss, "last_loss": obs.losses.last(), "distill": r.distill, "seconds": t.elapsed().as_secs_f64()}))?;
+            }
+            ctx.progress("final_eval", plan.at("final_eval", 0.0))?;
+            after = evaluate(&net, task, &eval_set, 64).map_err(model_err)?;
+            ctx.record_stage("final_eval", json!({"metrics": metrics_json(&after), "sparsity": sparsity_of(&net, &targets)}))?;
+        }
+        let latency_after = if measure_latency { Some(latency(&net, &latency_batch)?) } else { None };
+
+        // Export.
+        ctx.progress("export", plan.at("export", 0.0))?;
+        let (w, head) = net.to_weights().map_err(model_err)?;
+        let (cfg, st_bytes) = export_task_model(&config_json, &w, &head, task.label_names()).map_err(model_err)?;
+        let header = st::parse(&st_bytes).map_err(|e| JobError::Internal(anyhow::anyhow!(e)))?;
+        let names: Vec<String> = targets.iter().map(|&i| format!("{}.{}", family.name(), net.params[i].name)).collect();
+        let (tensors, totals) = magnitude::measure(&st_bytes, &header, &names);
+        let report = Report {
+            method: req.pruning.as_ref().map_or("none".into(), |p| serde_json::to_value(p.method).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default()),
+            parameters: json!(req.pruning),
+            granularity: req.pruning.as_ref().map_or("unstructured".into(), |p| serde_json::to_value(p.granularity).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default()),
+            scope: req.pruning.as_ref().and_then(|p| p.scope).unwrap_or(Scope::Global),
+            requested_sparsity: req.pruning.as_ref().and_then(|p| p.sparsity).unwrap_or(0.0),
+            pattern: req.pruning.as_ref().and_then(|p| p.pattern.clone()),
+            include: Vec::new(),
+            exclude: Vec::new(),
+            removed: None,
+            layers: magnitude::per_layer(&tensors),
+            tensors,
+            totals: totals.clone(),
+            compact: None,
+        };
+        let masks_bytes = magnitude::masks_file(&st_bytes, &header, &names);
+        ctx.write_artifact("model.safetensors", Bytes::from(st_bytes))?;
+        ctx.write_artifact("config.json", Bytes::from(cfg))?;
+        for f in ctx.model_files.iter().filter(|f| !matches!(f.as_str(), "model.safetensors" | "config.json")) {
+            ctx.write_artifact(f, ctx.read_model_file(f)?)?;
+        }
+        if req.pruning.is_some() {
+            ctx.write_artifact("masks.safetensors", Bytes::from(masks_bytes))?;
+        }
+        ctx.write_artifact("report.json", Bytes::from(serde_json::to_vec_pretty(&report).map_err(|e| JobError::Internal(e.into()))?))?;
+        let names = task.label_names();
+        let mut lines = String::new();
+        for ((row, pred), ex) in data.eval_rows.iter().zip(&after.predictions).zip(&eval_set) {
+            let show = |v: f64| -> serde_json::Value {
+                match names {
+                    Some(n) => json!(n.get(v as usize).copied().unwrap_or("?")),
+                    None => json!(v),
+                }
+            };
+            let label = match ex.target {
+                trainer::Target::Class(c) => show(c as f64),
+                trainer::Target::Score(s) => json!(s),
+                trainer::Target::Span(..) => json!(null),
+            };
+            lines.push_str(&json!({"id": row.line, "prediction": show(*pred), "label": label}).to_string());
+            lines.push('\n');
+        }
+        ctx.write_artifact("predictions.jsonl", Bytes::from(lines))?;
+        let result = json!({
+            "task": task.name(),
+            "metrics": {"baseline": baseline.metrics, "before": before.metrics, "pruned": pruned_eval.map(|e| e.metrics), "after": after.metrics},
+            "retention": after.metrics.iter().filter_map(|(k, v)| before.metrics.get(k).filter(|b| **b != 0.0).map(|b| (k.clone(), v / b))).collect::<std::collections::BTreeMap<_, _>>(),
+            "sparsity": sparsity_of(&net, &targets),
+            "size": {"bytes": totals.bytes, "bytes_sparse": totals.bytes_sparse, "parameters": totals.parameters, "nonzeros": totals.nonzeros},
+            "latency_ms": {"before": latency_before, "after": latency_after, "batch": latency_batch.len(), "note": "median of 5 forwards of one evaluation batch in Secateur's runtime (dense kernels: zeroed weights are still multiplied)"},
+        });
+        ctx.write_artifact("result.json", Bytes::from(serde_json::to_vec_pretty(&result).map_err(|e| JobError::Internal(e.into()))?))?;
+        ctx.record_stage("export", json!({"summary": result}))?;
+        ctx.progress("done", 1.0)
+    }
+}

@@ -1,0 +1,172 @@
+//! Experiment jobs through the HTTP API (a real server on port 0, SQLite and PostgreSQL): spec
+//! validation with the field at fault, the stages and their metrics in the database
+//! (`GET /v1/jobs/{id}/result`), and the artifacts (pruned task model, masks, report,
+//! predictions that re-score to the reported metrics).
+
+mod common;
+
+use common::{problem, Db, TestApp};
+use reqwest::StatusCode;
+use secateur::engine::st;
+use secateur::engine::testing::TinyModel;
+use serde_json::{json, Value};
+use std::time::Duration;
+
+const WAIT: Duration = Duration::from_secs(120);
+
+/// An SST-2-layout TSV over the tiny vocabulary: label 1 when `w9` occurs.
+fn toy_sst2(n: usize, seed: usize) -> Vec<u8> {
+    let mut s = String::from("sentence\tlabel\n");
+    for i in 0..n {
+        let len = 3 + (i * 7 + seed) % 8;
+        let mut words: Vec<String> = (0..len).map(|j| format!("w{}", 10 + (i * 13 + j * 5 + seed) % 50)).collect();
+        let label = i % 2;
+        if label == 1 {
+            words[i % len] = "w9".into();
+        }
+        s.push_str(&format!("{}\t{label}\n", words.join(" ")));
+    }
+    s.into_bytes()
+}
+
+async fn dataset(app: &TestApp, bytes: Vec<u8>, task: &str) -> String {
+    let r = app.upload_dataset(bytes, "glue_tsv", Some(task)).await;
+    assert_eq!(r.status(), StatusCode::CREATED);
+    r.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_string()
+}
+
+async fn experiments_validate_run_and_report(db: Db) {
+    let app = TestApp::spawn(db).await;
+    let model = app.create_model(&TinyModel::default()).await;
+    let train = dataset(&app, toy_sst2(96, 0), "sst2").await;
+    let dev = dataset(&app, toy_sst2(40, 3), "sst2").await;
+    let rte = dataset(&app, b"index\tsentence1\tsentence2\tlabel\n0\tw5 w6\tw7\tentailment\n".to_vec(), "rte").await;
+
+    // Faults, each named by its field.
+    let base = json!({"kind": "experiment", "model_id": model, "task": {"name": "sst2", "dataset_id": train, "eval_dataset_id": dev}});
+    let with = |patch: Value| {
+        let mut v = base.clone();
+        for (k, x) in patch.as_object().unwrap() {
+            v[k] = x.clone();
+        }
+        v
+    };
+    let cases = [
+        (with(json!({"task": {"name": "sst2", "dataset_id": train}})), "task.eval_dataset_id"),
+        (with(json!({"task": {"name": "sst2", "dataset_id": train, "eval_dataset_id": dev, "eval_fraction": 0.1}})), "task.eval_fraction"),
+        (with(json!({"task": {"name": "sst2", "dataset_id": rte, "eval_dataset_id": dev}})), "task.dataset_id"),
+        (with(json!({"task": {"name": "squad", "dataset_id": train, "eval_dataset_id": dev}})), "task.name"),
+        (with(json!({"task": {"name": "sst3", "dataset_id": train, "eval_dataset_id": dev}})), "task.name"),
+        (with(json!({"task": {"name": "sst2", "dataset_id": uuid::Uuid::new_v4().to_string(), "eval_dataset_id": dev}})), "task.dataset_id"),
+        (with(json!({"recovery": {"epochs": 1}})), "recovery"),
+        (with(json!({"finetune": {"learning_rate": 0}})), "finetune.learning_rate"),
+        (with(json!({"finetune": {"batch_size": 0}})), "finetune.batch_size"),
+        (with(json!({"finetune": {"epochs": 1, "bogus": 1}})), "finetune.bogus"),
+        (with(json!({"pruning": {"method": "wanda2", "sparsity": 0.5}})), "pruning.method"),
+        (with(json!({"pruning": {"method": "magnitude", "sparsity": 1.5}})), "pruning.sparsity"),
+        (with(json!({"pruning": {"method": "magnitude", "granularity": "n:m"}})), "pruning.pattern"),
+        (with(json!({"pruning": {"method": "head_importance", "sparsity": 0.5}})), "pruning.granularity"),
+        (with(json!({"pruning": {"method": "movement", "sparsity": 0.5, "schedule": {"kind": "cubic"}}})), "pruning.schedule.kind"),
+        (with(json!({"pruning": {"method": "magnitude", "sparsity": 0.5}, "recovery": {"distill": {"alpha": 2}}})), "recovery.distill.alpha"),
+        (with(json!({"pruning": {"method": "magnitude", "granularity": "n:m", "pattern": "3:5"}})), "pruning.pattern"),
+    ];
+    for (body, field) in cases {
+        let (s, p) = problem(app.submit(&body).await).await;
+        assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{body}: {p}");
+        assert_eq!(p["errors"][0]["field"], field, "{body}: {p}");
+    }
+
+    // Fine-tune, prune 50% of the encoder's linear weights, recover with distillation.
+    let job = app
+        .submit_ok(&with(json!({
+            "finetune": {"epochs": 10, "learning_rate": 2e-3, "batch_size": 8, "max_seq_len": 32},
+            "pruning": {"method": "magnitude", "sparsity": 0.5},
+            "recovery": {"epochs": 2, "learning_rate": 1e-3, "batch_size": 8, "max_seq_len": 32, "distill": {"temperature": 2.0, "alpha": 0.5}},
+        })))
+        .await;
+    let done = app.wait_for(&job, &["succeeded", "failed"], WAIT).await;
+    assert_eq!(done["status"], "succeeded", "{done}");
+    assert_eq!(done["eta_seconds"], Value::Null);
+    let result: Value = app.get(&format!("/v1/jobs/{job}/result")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(result["complete"], true);
+    let names: Vec<&str> = result["stages"].as_array().unwrap().iter().map(|s| s["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["loading", "baseline_eval", "finetune", "dense_eval", "prune", "recover", "final_eval", "export"]);
+    for k in ["baseline", "before", "pruned", "after"] {
+        let a = result["metrics"][k]["accuracy"].as_f64().unwrap_or_else(|| panic!("{k}: {result}"));
+        assert!((0.0..=1.0).contains(&a));
+    }
+    assert!(result["metrics"]["before"]["accuracy"].as_f64().unwrap() >= 0.75, "fine-tuning learns the toy task: {result}");
+    assert_eq!(result["stages"][2]["result"]["steps"], 10 * 12);
+    assert!((result["summary"]["sparsity"].as_f64().unwrap() - 0.5).abs() < 1e-9, "{result}");
+    assert!(result["summary"]["latency_ms"]["before"].as_f64().unwrap() > 0.0);
+
+    // The pruned task model: half of every linear weight is zero, the rest of the encoder moved.
+    let out = app.artifact(&job, "model.safetensors").await;
+    let h = st::parse(&out).unwrap();
+    let report: Value = serde_json::from_slice(&app.artifact(&job, "report.json").await).unwrap();
+    assert!((report["totals"]["target_sparsity"].as_f64().unwrap() - 0.5).abs() < 1e-9, "{report}");
+    assert_eq!(report["method"], "magnitude");
+    let masks = st::parse(&app.artifact(&job, "masks.safetensors").await).unwrap();
+    assert_eq!(masks.tensors.len(), 12);
+    assert!(h.tensors.contains_key("classifier.weight") && h.tensors.contains_key("bert.pooler.dense.weight"));
+    let cfg: Value = serde_json::from_slice(&app.artifact(&job, "config.json").await).unwrap();
+    assert_eq!(cfg["architectures"][0], "BertForSequenceClassification");
+    // Predictions re-score to the reported metric.
+    let preds = String::from_utf8(app.artifact(&job, "predictions.jsonl").await).unwrap();
+    let rows: Vec<Value> = preds.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(rows.len(), 40);
+    assert_eq!(rows[0]["id"], 2, "line numbers: the header is line 1");
+    let correct = rows.iter().filter(|r| r["prediction"] == r["label"]).count();
+    assert!((correct as f64 / 40.0 - result["metrics"]["after"]["accuracy"].as_f64().unwrap()).abs() < 1e-12);
+
+    // Gradual movement pruning during recovery reaches its target; no fine-tuning stage.
+    let job = app
+        .submit_ok(&with(json!({
+            "task": {"name": "sst2", "dataset_id": train, "eval_fraction": 0.25},
+            "pruning": {"method": "movement", "sparsity": 0.7, "schedule": {"kind": "cubic", "every": 2}},
+            "recovery": {"epochs": 2, "learning_rate": 1e-3, "batch_size": 8, "max_seq_len": 32},
+            "evaluation": {"latency": false},
+        })))
+        .await;
+    let done = app.wait_for(&job, &["succeeded", "failed"], WAIT).await;
+    assert_eq!(done["status"], "succeeded", "{done}");
+    let result: Value = app.get(&format!("/v1/jobs/{job}/result")).send().await.unwrap().json().await.unwrap();
+    let names: Vec<&str> = result["stages"].as_array().unwrap().iter().map(|s| s["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["loading", "baseline_eval", "prune", "recover", "final_eval", "export"]);
+    assert_eq!(result["stages"][0]["result"]["eval_examples"], 24);
+    assert!((result["summary"]["sparsity"].as_f64().unwrap() - 0.7).abs() < 1e-3, "{result}");
+    assert_eq!(result["summary"]["latency_ms"]["before"], Value::Null);
+    assert_eq!(result["metrics"]["pruned"], Value::Null, "gradual: no one-shot evaluation");
+
+    // Head importance prunes whole heads.
+    let job = app
+        .submit_ok(&with(json!({
+            "pruning": {"method": "head_importance", "granularity": "heads", "sparsity": 0.5},
+            "recovery": {"epochs": 1, "learning_rate": 1e-3, "batch_size": 8, "max_seq_len": 32},
+        })))
+        .await;
+    let done = app.wait_for(&job, &["succeeded", "failed"], WAIT).await;
+    assert_eq!(done["status"], "succeeded", "{done}");
+    let result: Value = app.get(&format!("/v1/jobs/{job}/result")).send().await.unwrap().json().await.unwrap();
+    let scores = &result["stages"][2]["result"]["head_scores"];
+    assert_eq!(scores.as_array().unwrap().len(), 2, "{result}");
+    let out = app.artifact(&job, "model.safetensors").await;
+    let h = st::parse(&out).unwrap();
+    let t = &h.tensors["bert.encoder.layer.0.attention.self.query.weight"];
+    let q = st::floats(&out[(h.data_start + t.begin) as usize..(h.data_start + t.end) as usize], t.dtype).unwrap();
+    let zero_heads = q.chunks(8 * 32).filter(|head| head.iter().all(|v| *v == 0.0)).count();
+    let t1 = &h.tensors["bert.encoder.layer.1.attention.self.query.weight"];
+    let q1 = st::floats(&out[(h.data_start + t1.begin) as usize..(h.data_start + t1.end) as usize], t1.dtype).unwrap();
+    let zero_heads1 = q1.chunks(8 * 32).filter(|head| head.iter().all(|v| *v == 0.0)).count();
+    assert_eq!(zero_heads + zero_heads1, 4, "half of the 8 heads are gone");
+
+    // A prune job records no stages; its result is empty, not an error.
+    let p = app.submit_ok(&json!({"model_id": model, "pruning": {"method": "magnitude", "sparsity": 0.5}})).await;
+    app.wait_for(&p, &["succeeded"], WAIT).await;
+    let r: Value = app.get(&format!("/v1/jobs/{p}/result")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(r["stages"], json!([]));
+    let missing = app.get(&format!("/v1/jobs/{}/result", uuid::Uuid::new_v4())).send().await.unwrap();
+    assert_eq!(missing.status(), StatusCode::NOT_FOUND);
+}
+
+backend_tests!(experiments_validate_run_and_report);
