@@ -61,6 +61,10 @@ pub struct WorkerArgs {
     /// Fault-injection knob for tests and demos: sleep this long at every progress step of a job.
     #[arg(long, env = "SECATEUR_JOB_STEP_DELAY_MS", default_value_t = 0, hide_short_help = true)]
     pub job_step_delay_ms: u64,
+    /// Least seconds between two checkpoints of a training stage (a job claimed again resumes
+    /// from its last checkpoint); checkpoints are also at most one per tenth of a stage.
+    #[arg(long, env = "SECATEUR_CHECKPOINT_INTERVAL_SECS", default_value_t = 30)]
+    pub checkpoint_interval_secs: u64,
 }
 
 impl WorkerArgs {

@@ -18,7 +18,8 @@ const WAIT: Duration = Duration::from_secs(120);
 fn toy_sst2(n: usize, seed: usize) -> Vec<u8> {
     let mut s = String::from("sentence\tlabel\n");
     for i in 0..n {
-        let len = 3 + (i * 7 + seed) % 8;
+        // Both labels at every length (else length parity would give the label away).
+        let len = 3 + ((i / 2) * 7 + seed) % 8;
         let mut words: Vec<String> = (0..len).map(|j| format!("w{}", 10 + (i * 13 + j * 5 + seed) % 50)).collect();
         let label = i % 2;
         if label == 1 {
@@ -169,4 +170,67 @@ async fn experiments_validate_run_and_report(db: Db) {
     assert_eq!(missing.status(), StatusCode::NOT_FOUND);
 }
 
-backend_tests!(experiments_validate_run_and_report);
+
+/// A worker that stops (shutdown: the job is released) in the middle of recovery; another
+/// worker claims the job again and resumes from the last checkpoint, ending with the same
+/// model, bit for bit, as an uninterrupted run.
+async fn a_reclaimed_experiment_resumes_from_its_checkpoint(db: Db) {
+    use secateur::artifacts::Artifacts;
+    use secateur::queue::Worker;
+    use std::sync::Arc;
+    use tokio_util::sync::CancellationToken;
+    let app = TestApp::spawn_with(db, common::TestOptions { workers: 0, ..Default::default() }).await;
+    let model = app.create_model(&TinyModel::default()).await;
+    let train = dataset(&app, toy_sst2(48, 0), "sst2").await;
+    let dev = dataset(&app, toy_sst2(16, 3), "sst2").await;
+    let spec = json!({"kind": "experiment", "model_id": model, "task": {"name": "sst2", "dataset_id": train, "eval_dataset_id": dev},
+        "finetune": {"epochs": 2, "learning_rate": 2e-3, "batch_size": 8, "max_seq_len": 32},
+        "pruning": {"method": "movement", "sparsity": 0.6, "schedule": {"kind": "cubic", "every": 3}},
+        "recovery": {"epochs": 12, "learning_rate": 1e-3, "batch_size": 8, "max_seq_len": 32, "distill": {"temperature": 2.0, "alpha": 0.5}},
+        "evaluation": {"latency": false}});
+    let worker = |delay: u64| {
+        let artifacts = Artifacts::local(&app.dir.path().join("artifacts")).unwrap();
+        Arc::new(Worker { store: app.store.clone(), artifacts, args: common::worker_args(1, delay), owner: format!("w-{}", uuid::Uuid::new_v4()) })
+    };
+    // Interrupted: a slow worker shut down once recovery is under way.
+    let interrupted = app.submit_ok(&spec).await;
+    let stop_a = CancellationToken::new();
+    let a = tokio::spawn(worker(60).run(stop_a.clone()));
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let j = app.job(&interrupted).await;
+        if j["stage"] == "recover" && j["progress"].as_f64().unwrap() > 0.55 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline && j["status"] != "succeeded", "never interrupted: {j}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    stop_a.cancel();
+    a.await.unwrap();
+    let j = app.job(&interrupted).await;
+    assert_eq!(j["status"], "queued", "released for another worker: {j}");
+    // Another worker goes on from the checkpoint, then runs the same spec uninterrupted.
+    let stop_b = CancellationToken::new();
+    let b = tokio::spawn(worker(0).run(stop_b.clone()));
+    let done = app.wait_for(&interrupted, &["succeeded", "failed"], WAIT).await;
+    assert_eq!(done["status"], "succeeded", "{done}");
+    let straight = app.submit_ok(&spec).await;
+    let done = app.wait_for(&straight, &["succeeded", "failed"], WAIT).await;
+    assert_eq!(done["status"], "succeeded", "{done}");
+    stop_b.cancel();
+    b.await.unwrap();
+    let result: Value = app.get(&format!("/v1/jobs/{interrupted}/result")).send().await.unwrap().json().await.unwrap();
+    let recover = result["stages"].as_array().unwrap().iter().find(|s| s["name"] == "recover").unwrap();
+    assert_eq!(recover["result"]["resumed"], true, "{result}");
+    let names: Vec<&str> = result["stages"].as_array().unwrap().iter().map(|s| s["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["loading", "baseline_eval", "finetune", "dense_eval", "prune", "recover", "final_eval", "export"]);
+    let other: Value = app.get(&format!("/v1/jobs/{straight}/result")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(result["metrics"], other["metrics"]);
+    assert_eq!(app.artifact(&interrupted, "model.safetensors").await, app.artifact(&straight, "model.safetensors").await, "resumed == uninterrupted");
+    // The checkpoint is gone once the job has succeeded, and never listed as an artifact.
+    let listed: Value = app.get(&format!("/v1/jobs/{interrupted}/artifacts")).send().await.unwrap().json().await.unwrap();
+    assert!(listed.as_array().unwrap().iter().all(|a| !a["name"].as_str().unwrap().contains("scratch")), "{listed}");
+    assert!(app.stored_files().iter().all(|f| !f.contains("_scratch")), "{:?}", app.stored_files());
+}
+
+backend_tests!(experiments_validate_run_and_report, a_reclaimed_experiment_resumes_from_its_checkpoint);

@@ -20,7 +20,9 @@ use crate::train::net::{Dropout, Net};
 use crate::train::trainer::{self, Control, Example, Masks, Observer, Schedule, State, StepInfo};
 use bytes::Bytes;
 use candle_core::Device;
+use serde::{Deserialize, Serialize};
 use serde_json::json;
+use std::collections::BTreeMap;
 use std::time::Instant;
 
 pub struct ExperimentExecutor;
@@ -70,15 +72,58 @@ impl Plan {
     }
 }
 
-/// Reports training progress, stops on request, and (for gradual pruning) forwards to the
-/// pruner.
+/// What a checkpoint remembers besides the training state: the stage it was taken in and what
+/// the stages before it recorded, so that a job claimed again goes on from there.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+struct Resume {
+    stage: String,
+    stages: Vec<(String, serde_json::Value)>,
+    baseline: BTreeMap<String, f64>,
+    before: BTreeMap<String, f64>,
+    pruned: Option<BTreeMap<String, f64>>,
+    losses: Vec<f64>,
+    reached: f64,
+    latency_before: Option<f64>,
+}
+
+const CHECKPOINT: &str = "checkpoint.safetensors";
+
+/// Reports training progress, stops on request, forwards to the gradual pruner, and writes a
+/// checkpoint now and then (every tenth of the stage's steps, at most once per
+/// `JobContext::checkpoint_interval`).
 struct Progress<'a> {
     ctx: &'a JobContext,
     plan: &'a Plan,
     stage: &'static str,
     pruner: Option<GradualPruner>,
     stopped: bool,
+    failed: Option<JobError>,
     losses: Vec<f64>,
+    resume: Resume,
+    teacher: Option<&'a Net>,
+    last_checkpoint: (u64, Instant),
+}
+
+impl Progress<'_> {
+    fn checkpoint(&mut self, net: &Net, masks: &Masks, state: &State) -> Result<(), JobError> {
+        let mut extra = BTreeMap::new();
+        if let Some(t) = self.teacher {
+            for p in &t.params {
+                extra.insert(format!("teacher/{}", p.name), p.value.clone());
+            }
+        }
+        let mut resume = self.resume.clone();
+        resume.stage = self.stage.to_string();
+        resume.losses = self.losses.clone();
+        if let Some(pr) = &self.pruner {
+            resume.reached = pr.reached;
+            for (i, v) in pr.scores.values.iter().enumerate() {
+                extra.insert(format!("scores/{i}"), v.clone());
+            }
+        }
+        let notes = serde_json::to_string(&resume).map_err(|e| JobError::Internal(e.into()))?;
+        self.ctx.write_scratch(CHECKPOINT, Bytes::from(trainer::checkpoint_with_notes(net, masks, state, &extra, &notes)))
+    }
 }
 
 impl Observer for Progress<'_> {
@@ -92,6 +137,15 @@ impl Observer for Progress<'_> {
             p.stepped(net, masks, state, info);
         }
         self.losses.push(info.loss);
+        let every = (info.total / 10).max(1);
+        if info.step < info.total && info.step >= self.last_checkpoint.0 + every && self.last_checkpoint.1.elapsed() >= self.ctx.checkpoint_interval {
+            masks.apply(net);
+            if let Err(e) = self.checkpoint(net, masks, state) {
+                self.failed = Some(e);
+                return Control::Stop;
+            }
+            self.last_checkpoint = (info.step, Instant::now());
+        }
         if self.ctx.progress(self.stage, self.plan.at(self.stage, info.step as f64 / info.total.max(1) as f64)).is_err() {
             self.stopped = true;
             return Control::Stop;
@@ -244,40 +298,85 @@ impl Executor for ExperimentExecutor {
 
         let latency_batch: Vec<Example> = eval_set.iter().take(32).cloned().collect();
         let measure_latency = req.evaluation.latency;
+        let targets = linear_targets(&net);
+        // A checkpoint left by an earlier claim of this job: go on from its stage.
+        let checkpoint = ctx.read_scratch(CHECKPOINT)?;
+        let resumed: Option<Resume> = checkpoint.as_ref().and_then(|b| trainer::checkpoint_notes(b)).and_then(|n| serde_json::from_str(&n).ok());
+        let mut resume = Resume::default();
+        let mut teacher_values: Option<BTreeMap<String, Vec<f32>>> = None;
+        let mut restored: Option<(Masks, State, BTreeMap<String, Vec<f32>>)> = None;
+        if let (Some(r), Some(bytes)) = (&resumed, &checkpoint) {
+            let (m, st, extra) = trainer::restore(&mut net, bytes).map_err(model_err)?;
+            for (name, value) in r.stages.iter().filter(|(n, _)| n != "loading") {
+                ctx.record_stage(name, value.clone())?;
+            }
+            teacher_values = Some(extra.iter().filter_map(|(k, v)| k.strip_prefix("teacher/").map(|n| (n.to_string(), v.clone()))).collect());
+            restored = Some((m, st, extra));
+            resume = r.clone();
+            tracing::info!(job_id = %ctx.job.id, stage = %r.stage, step = restored.as_ref().map_or(0, |x| x.1.step), "resuming from a checkpoint");
+        }
+        let resume_at = resumed.as_ref().map(|r| r.stage.clone());
+        let mut last_eval: Option<Evaluation> = None;
         // Baseline.
-        ctx.progress("baseline_eval", plan.at("baseline_eval", 0.0))?;
-        let t = Instant::now();
-        let baseline = evaluate(&net, task, &eval_set, 64).map_err(model_err)?;
-        ctx.record_stage("baseline_eval", json!({"metrics": metrics_json(&baseline), "seconds": t.elapsed().as_secs_f64(), "fresh_head": fresh_head}))?;
-        let mut before = baseline.clone();
+        if resume_at.is_none() {
+            ctx.progress("baseline_eval", plan.at("baseline_eval", 0.0))?;
+            let t = Instant::now();
+            let baseline = evaluate(&net, task, &eval_set, 64).map_err(model_err)?;
+            let rec = json!({"metrics": metrics_json(&baseline), "seconds": t.elapsed().as_secs_f64(), "fresh_head": fresh_head});
+            ctx.record_stage("baseline_eval", rec.clone())?;
+            resume.stages = ctx.stages();
+            resume.baseline = baseline.metrics.clone();
+            resume.before = baseline.metrics.clone();
+            last_eval = Some(baseline);
+        }
         // Dense fine-tuning.
-        if let Some(f) = &req.finetune {
+        if let (Some(f), true) = (&req.finetune, resume_at.as_deref().is_none_or(|s| s == "finetune")) {
             let t = Instant::now();
             let set = train_set(f.max_seq_len, f.max_train_samples)?;
             let s = Schedule { epochs: f.epochs, max_steps: f.max_steps, learning_rate: f.learning_rate as f32, batch_size: f.batch_size, seed: f.seed, ..Default::default() };
-            let mut state = State::new(&s);
-            let mut obs = Progress { ctx, plan: &plan, stage: "finetune", pruner: None, stopped: false, losses: Vec::new() };
-            let mut free = Masks::none(&net);
+            let (mut free, mut state) = match restored.take() {
+                Some((m, st, _)) => (m, st),
+                None => (Masks::none(&net), State::new(&s)),
+            };
+            let mut obs = Progress { ctx, plan: &plan, stage: "finetune", pruner: None, stopped: false, failed: None, losses: resume.losses.clone(), resume: resume.clone(), teacher: None, last_checkpoint: (state.step, Instant::now()) };
             trainer::train(&mut net, &set, &s, &mut free, &mut state, None, &mut obs).map_err(model_err)?;
+            if let Some(e) = obs.failed {
+                return Err(e);
+            }
             if obs.stopped {
                 return Err(JobError::Stopped);
             }
             let loss = obs.losses.iter().sum::<f64>() / obs.losses.len().max(1) as f64;
-            ctx.record_stage("finetune", json!({"steps": state.step, "mean_loss": loss, "last_loss": obs.losses.last(), "seconds": t.elapsed().as_secs_f64()}))?;
+            ctx.record_stage("finetune", json!({"steps": state.step, "mean_loss": loss, "last_loss": obs.losses.last(), "seconds": t.elapsed().as_secs_f64(), "resumed": resume_at.is_some()}))?;
             ctx.progress("dense_eval", plan.at("dense_eval", 0.0))?;
-            before = evaluate(&net, task, &eval_set, 64).map_err(model_err)?;
+            let before = evaluate(&net, task, &eval_set, 64).map_err(model_err)?;
             ctx.record_stage("dense_eval", json!({"metrics": metrics_json(&before)}))?;
+            resume.stages = ctx.stages();
+            resume.before = before.metrics.clone();
+            resume.losses.clear();
+            last_eval = Some(before);
         }
-        let latency_before = if measure_latency { Some(latency(&net, &latency_batch)?) } else { None };
-        let targets = linear_targets(&net);
-        let mut after = before.clone();
-        let mut pruned_eval = None;
+        let latency_before = match resume_at.as_deref() {
+            Some("recover") => resume.latency_before,
+            _ if measure_latency => Some(latency(&net, &latency_batch)?),
+            _ => None,
+        };
+        resume.latency_before = latency_before;
         if let Some(p) = &req.pruning {
-            let dense = net.clone();
-            ctx.progress("prune", plan.at("prune", 0.0))?;
-            let t = Instant::now();
+            // The teacher: the dense model (restored from the checkpoint when resuming).
+            let dense = match &teacher_values {
+                Some(values) if resume_at.as_deref() == Some("recover") => {
+                    let mut d = net.clone();
+                    for param in d.params.iter_mut() {
+                        if let Some(v) = values.get(&param.name) {
+                            param.value = v.clone();
+                        }
+                    }
+                    d
+                }
+                _ => net.clone(),
+            };
             let rec = req.recovery.as_ref();
-            let score_set = train_set(rec.map_or(128, |r| r.max_seq_len), Some(rec.and_then(|r| r.max_train_samples).unwrap_or(usize::MAX).min(1024)))?;
             let gradual = p.schedule.kind != ScheduleKind::OneShot;
             let criterion = match p.method {
                 ExperimentMethod::Magnitude => Criterion::Magnitude,
@@ -285,42 +384,66 @@ impl Executor for ExperimentExecutor {
                 ExperimentMethod::Movement | ExperimentMethod::HeadImportance => Criterion::Movement,
             };
             let mut masks = Masks::none(&net);
-            let mut head_scores = None;
-            if !gradual {
-                masks = match (p.granularity, p.method) {
-                    (Granularity::Heads, ExperimentMethod::HeadImportance) => {
-                        let imp = gradient_pass(&net, &score_set, 32, None).map_err(model_err)?;
-                        head_scores = Some(imp.clone());
-                        prune_heads(&mut net, &imp, p.sparsity.unwrap_or(0.0), p.scope.unwrap_or(Scope::Global))
-                    }
-                    (Granularity::Heads, _) => {
-                        let (w, _) = net.to_weights().map_err(model_err)?;
-                        let norms = crate::engine::structured::head_norm_scores(&w, &net.config).map_err(model_err)?;
-                        head_scores = Some(norms.clone());
-                        prune_heads(&mut net, &norms, p.sparsity.unwrap_or(0.0), p.scope.unwrap_or(Scope::Global))
-                    }
-                    _ => prune_one_shot(&mut net, criterion, &score_set, 32, shape_of(p)?).map_err(model_err)?,
-                };
-                let e = evaluate(&net, task, &eval_set, 64).map_err(model_err)?;
-                ctx.record_stage("prune", json!({"metrics": metrics_json(&e), "sparsity": sparsity_of(&net, &targets), "seconds": t.elapsed().as_secs_f64(), "head_scores": head_scores}))?;
-                pruned_eval = Some(e);
-            } else {
-                ctx.record_stage("prune", json!({"schedule": p.schedule.kind, "note": "pruning happens during recovery"}))?;
+            if resume_at.as_deref() != Some("recover") {
+                ctx.progress("prune", plan.at("prune", 0.0))?;
+                let t = Instant::now();
+                let score_set = train_set(rec.map_or(128, |r| r.max_seq_len), Some(rec.and_then(|r| r.max_train_samples).unwrap_or(usize::MAX).min(1024)))?;
+                let mut head_scores = None;
+                if !gradual {
+                    masks = match (p.granularity, p.method) {
+                        (Granularity::Heads, ExperimentMethod::HeadImportance) => {
+                            let imp = gradient_pass(&net, &score_set, 32, None).map_err(model_err)?;
+                            head_scores = Some(imp.clone());
+                            prune_heads(&mut net, &imp, p.sparsity.unwrap_or(0.0), p.scope.unwrap_or(Scope::Global))
+                        }
+                        (Granularity::Heads, _) => {
+                            let (w, _) = net.to_weights().map_err(model_err)?;
+                            let norms = crate::engine::structured::head_norm_scores(&w, &net.config).map_err(model_err)?;
+                            head_scores = Some(norms.clone());
+                            prune_heads(&mut net, &norms, p.sparsity.unwrap_or(0.0), p.scope.unwrap_or(Scope::Global))
+                        }
+                        _ => prune_one_shot(&mut net, criterion, &score_set, 32, shape_of(p)?).map_err(model_err)?,
+                    };
+                    let e = evaluate(&net, task, &eval_set, 64).map_err(model_err)?;
+                    ctx.record_stage("prune", json!({"metrics": metrics_json(&e), "sparsity": sparsity_of(&net, &targets), "seconds": t.elapsed().as_secs_f64(), "head_scores": head_scores}))?;
+                    resume.pruned = Some(e.metrics);
+                } else {
+                    ctx.record_stage("prune", json!({"schedule": p.schedule.kind, "note": "pruning happens during recovery"}))?;
+                }
+                resume.stages = ctx.stages();
             }
             if let Some(r) = rec {
                 let t = Instant::now();
                 let set = train_set(r.max_seq_len, r.max_train_samples)?;
                 let s = Schedule { epochs: r.epochs, max_steps: r.max_steps, learning_rate: r.learning_rate as f32, batch_size: r.batch_size, seed: r.seed, ..Default::default() };
                 let total = s.total_steps(set.len());
+                let mut state = State::new(&s);
+                let mut scores_back = None;
+                if let Some((m, st, extra)) = restored.take() {
+                    masks = m;
+                    state = st;
+                    scores_back = Some(extra);
+                }
                 let pruner = gradual.then(|| {
                     let end = p.schedule.end_step.unwrap_or(total * 7 / 10).max(p.schedule.start_step + 1);
                     let ramp = if p.schedule.kind == ScheduleKind::Cubic { Ramp::Cubic } else { Ramp::Iterative { rounds: ((end - p.schedule.start_step) / p.schedule.every.max(1)).max(1) } };
-                    GradualPruner { scores: Scores::new(&net, targets.clone(), criterion), ramp, start: p.schedule.start_step, end, every: p.schedule.every, target: p.sparsity.unwrap_or(0.0), scope: p.scope.unwrap_or(Scope::Global), reached: 0.0 }
+                    let mut scores = Scores::new(&net, targets.clone(), criterion);
+                    if let Some(extra) = &scores_back {
+                        for (i, v) in scores.values.iter_mut().enumerate() {
+                            if let Some(back) = extra.get(&format!("scores/{i}")) {
+                                *v = back.clone();
+                            }
+                        }
+                    }
+                    GradualPruner { scores, ramp, start: p.schedule.start_step, end, every: p.schedule.every, target: p.sparsity.unwrap_or(0.0), scope: p.scope.unwrap_or(Scope::Global), reached: if scores_back.is_some() { resume.reached } else { 0.0 } }
                 });
                 let teacher = r.distill.as_ref().map(|d| (&dense, Distill { temperature: d.temperature as f32, alpha: d.alpha as f32 }));
-                let mut state = State::new(&s);
-                let mut obs = Progress { ctx, plan: &plan, stage: "recover", pruner, stopped: false, losses: Vec::new() };
+                let losses = if resume_at.as_deref() == Some("recover") { resume.losses.clone() } else { Vec::new() };
+                let mut obs = Progress { ctx, plan: &plan, stage: "recover", pruner, stopped: false, failed: None, losses, resume: resume.clone(), teacher: teacher.map(|t| t.0), last_checkpoint: (state.step, Instant::now()) };
                 trainer::train(&mut net, &set, &s, &mut masks, &mut state, teacher, &mut obs).map_err(model_err)?;
+                if let Some(e) = obs.failed {
+                    return Err(e);
+                }
                 if obs.stopped {
                     return Err(JobError::Stopped);
                 }
@@ -334,12 +457,18 @@ impl Executor for ExperimentExecutor {
                     }
                 }
                 let loss = obs.losses.iter().sum::<f64>() / obs.losses.len().max(1) as f64;
-                ctx.record_stage("recover", json!({"steps": state.step, "mean_loss": loss, "last_loss": obs.losses.last(), "distill": r.distill, "seconds": t.elapsed().as_secs_f64()}))?;
+                ctx.record_stage("recover", json!({"steps": state.step, "mean_loss": loss, "last_loss": obs.losses.last(), "distill": r.distill, "seconds": t.elapsed().as_secs_f64(), "resumed": resume_at.as_deref() == Some("recover")}))?;
             }
             ctx.progress("final_eval", plan.at("final_eval", 0.0))?;
-            after = evaluate(&net, task, &eval_set, 64).map_err(model_err)?;
+            let after = evaluate(&net, task, &eval_set, 64).map_err(model_err)?;
             ctx.record_stage("final_eval", json!({"metrics": metrics_json(&after), "sparsity": sparsity_of(&net, &targets)}))?;
+            last_eval = Some(after);
         }
+        let after = match last_eval {
+            Some(e) => e,
+            None => evaluate(&net, task, &eval_set, 64).map_err(model_err)?,
+        };
+        let (baseline_m, before_m, pruned_m) = (resume.baseline.clone(), resume.before.clone(), resume.pruned.clone());
         let latency_after = if measure_latency { Some(latency(&net, &latency_batch)?) } else { None };
 
         // Export.
@@ -394,14 +523,15 @@ impl Executor for ExperimentExecutor {
         ctx.write_artifact("predictions.jsonl", Bytes::from(lines))?;
         let result = json!({
             "task": task.name(),
-            "metrics": {"baseline": baseline.metrics, "before": before.metrics, "pruned": pruned_eval.map(|e| e.metrics), "after": after.metrics},
-            "retention": after.metrics.iter().filter_map(|(k, v)| before.metrics.get(k).filter(|b| **b != 0.0).map(|b| (k.clone(), v / b))).collect::<std::collections::BTreeMap<_, _>>(),
+            "metrics": {"baseline": baseline_m, "before": before_m, "pruned": pruned_m, "after": after.metrics},
+            "retention": after.metrics.iter().filter_map(|(k, v)| before_m.get(k).filter(|b| **b != 0.0).map(|b| (k.clone(), v / b))).collect::<BTreeMap<_, _>>(),
             "sparsity": sparsity_of(&net, &targets),
             "size": {"bytes": totals.bytes, "bytes_sparse": totals.bytes_sparse, "parameters": totals.parameters, "nonzeros": totals.nonzeros},
             "latency_ms": {"before": latency_before, "after": latency_after, "batch": latency_batch.len(), "note": "median of 5 forwards of one evaluation batch in Secateur's runtime (dense kernels: zeroed weights are still multiplied)"},
         });
         ctx.write_artifact("result.json", Bytes::from(serde_json::to_vec_pretty(&result).map_err(|e| JobError::Internal(e.into()))?))?;
         ctx.record_stage("export", json!({"summary": result}))?;
+        ctx.clear_scratch()?;
         ctx.progress("done", 1.0)
     }
 }

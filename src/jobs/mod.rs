@@ -53,6 +53,8 @@ pub struct JobContext {
     pub(crate) store: Option<(crate::store::Store, String)>,
     /// Stages recorded by this run, in order.
     pub(crate) stages: Mutex<Vec<(String, serde_json::Value)>>,
+    /// The least time between two checkpoints of a training stage.
+    pub(crate) checkpoint_interval: Duration,
 }
 
 impl JobContext {
@@ -104,6 +106,28 @@ impl JobContext {
         let mut p = self.produced.lock().unwrap();
         p.retain(|a| a.name != name);
         p.push(ArtifactRow { name: name.to_string(), bytes: stored.bytes as i64, sha256: stored.sha256 });
+    }
+
+    /// Keeps a file for this job's own later use (a checkpoint to resume from when the job is
+    /// claimed again): beside the artifacts, but not one of them.
+    pub fn write_scratch(&self, name: &str, data: Bytes) -> Result<(), JobError> {
+        self.rt.block_on(self.artifacts.put(&job_artifact_path(&self.job.id, &format!("_scratch/{name}")), data))?;
+        Ok(())
+    }
+
+    /// A file kept by [`JobContext::write_scratch`], if there is one.
+    pub fn read_scratch(&self, name: &str) -> Result<Option<Bytes>, JobError> {
+        match self.rt.block_on(self.artifacts.get(&job_artifact_path(&self.job.id, &format!("_scratch/{name}")))) {
+            Ok(b) => Ok(Some(b)),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(JobError::Internal(e.into())),
+        }
+    }
+
+    /// Deletes the job's scratch files.
+    pub fn clear_scratch(&self) -> Result<(), JobError> {
+        self.rt.block_on(self.artifacts.delete_prefix(&format!("jobs/{}/_scratch", self.job.id)))?;
+        Ok(())
     }
 
     /// Records what a stage found (served by `GET /v1/jobs/{id}/result`), in order.
@@ -233,6 +257,7 @@ pub fn run_local(
         datasets,
         store: None,
         stages: Mutex::new(Vec::new()),
+        checkpoint_interval: Duration::from_secs(30),
     };
     let result = executor.run(&ctx);
     let produced = ctx.produced();

@@ -163,6 +163,7 @@ impl Worker {
             datasets,
             store: Some((self.store.clone(), self.owner.clone())),
             stages: Mutex::new(Vec::new()),
+            checkpoint_interval: Duration::from_secs(self.args.checkpoint_interval_secs),
         };
         let mut handle = tokio::task::spawn_blocking(move || {
             let r = executor.run(&ctx);

@@ -24,6 +24,15 @@ pub fn length_grouped(lengths: &[usize], batch: usize, seed: u64) -> Vec<Vec<usi
     batches
 }
 
+/// Training order as Hugging Face's default `RandomSampler`: the indices shuffled with `seed`,
+/// cut into batches in that order.
+pub fn shuffled(n: usize, batch: usize, seed: u64) -> Vec<Vec<usize>> {
+    assert!(batch > 0, "batch size 0");
+    let mut order: Vec<usize> = (0..n).collect();
+    order.shuffle(&mut rand::rngs::StdRng::seed_from_u64(seed));
+    order.chunks(batch).map(<[usize]>::to_vec).collect()
+}
+
 /// Evaluation order: consecutive batches of examples sorted by length (stable), so the results
 /// can be put back in file order by index.
 pub fn by_length(lengths: &[usize], batch: usize) -> Vec<Vec<usize>> {

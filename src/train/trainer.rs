@@ -4,11 +4,11 @@
 //! resume to the same weights as an uninterrupted run.
 //!
 //! Everything random is a function of the seed and the position in training: the batch order
-//! of epoch e is `length_grouped(seed + e)`, the dropout masks of micro-batch j of optimizer step
+//! of epoch e is `shuffled(seed + e)` (or `length_grouped`), the dropout masks of micro-batch j of optimizer step
 //! s hash (seed, s, j). A checkpoint therefore only needs the weights, the optimizer moments,
 //! the masks and the step count (the data position is the step).
 
-use super::batch::{by_length, length_grouped, pad, Padded};
+use super::batch::{by_length, length_grouped, pad, shuffled, Padded};
 use super::loss::{task_loss, Distill, Targets};
 use super::net::{Grads, Net};
 use super::optim::{clip_grad_norm, linear_warmup_decay, AdamW, AdamWConfig, Param};
@@ -50,11 +50,15 @@ pub struct Schedule {
     pub weight_decay: f32,
     pub max_grad_norm: Option<f32>,
     pub seed: u64,
+    /// Batches of similar lengths (Hugging Face's `group_by_length`) instead of a plain shuffle
+    /// (its default). Classification and regression compute real tokens only, so padding
+    /// costs them nothing and the plain shuffle is the default here too.
+    pub group_by_length: bool,
 }
 
 impl Default for Schedule {
     fn default() -> Self {
-        Schedule { epochs: 1, max_steps: None, learning_rate: 5e-5, batch_size: 32, accumulation: 1, warmup_ratio: 0.06, weight_decay: 0.01, max_grad_norm: Some(1.0), seed: 42 }
+        Schedule { epochs: 1, max_steps: None, learning_rate: 5e-5, batch_size: 32, accumulation: 1, warmup_ratio: 0.06, weight_decay: 0.01, max_grad_norm: Some(1.0), seed: 42, group_by_length: false }
     }
 }
 
@@ -216,7 +220,8 @@ pub fn train(net: &mut Net, data: &[Example], s: &Schedule, masks: &mut Masks, s
     while state.step < total {
         let epoch = state.step / per_epoch;
         if order.as_ref().map(|o| o.0) != Some(epoch) {
-            order = Some((epoch, length_grouped(&lengths, s.batch_size, s.seed.wrapping_add(epoch))));
+            let seed = s.seed.wrapping_add(epoch);
+            order = Some((epoch, if s.group_by_length { length_grouped(&lengths, s.batch_size, seed) } else { shuffled(lengths.len(), s.batch_size, seed) }));
         }
         let batches = &order.as_ref().expect("order").1;
         let k = (state.step % per_epoch) as usize * s.accumulation;
@@ -280,6 +285,11 @@ pub fn predict(net: &Net, data: &[Example], batch: usize) -> Result<Vec<Vec<f32>
 /// A checkpoint: weights, optimizer state, masks, step, and any extra named buffers an
 /// observer keeps (movement scores, say), as one safetensors file.
 pub fn checkpoint(net: &Net, masks: &Masks, state: &State, extra: &BTreeMap<String, Vec<f32>>) -> Vec<u8> {
+    checkpoint_with_notes(net, masks, state, extra, "")
+}
+
+/// [`checkpoint`] with a free-form text (a caller's own JSON, say) kept in the file's metadata.
+pub fn checkpoint_with_notes(net: &Net, masks: &Masks, state: &State, extra: &BTreeMap<String, Vec<f32>>, notes: &str) -> Vec<u8> {
     let f = |v: &[f32]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
     let mut t: Vec<(String, Dtype, Vec<u64>, Vec<u8>)> = Vec::new();
     for (i, p) in net.params.iter().enumerate() {
@@ -299,12 +309,18 @@ pub fn checkpoint(net: &Net, masks: &Masks, state: &State, extra: &BTreeMap<Stri
     let mut meta = BTreeMap::new();
     meta.insert("step".to_string(), state.step.to_string());
     meta.insert("adam_step".to_string(), state.adam.step.to_string());
+    meta.insert("notes".to_string(), notes.to_string());
     meta.insert("adam_config".to_string(), serde_json::json!([state.adam.config.beta1, state.adam.config.beta2, state.adam.config.eps, state.adam.config.weight_decay]).to_string());
     st::serialize(&t, Some(&meta))
 }
 
 /// What [`restore`] gives back besides the weights: masks, state and the extra buffers.
 pub type Restored = (Masks, State, BTreeMap<String, Vec<f32>>);
+
+/// The notes of a checkpoint written by [`checkpoint_with_notes`].
+pub fn checkpoint_notes(bytes: &[u8]) -> Option<String> {
+    st::parse(bytes).ok()?.metadata.get("notes").cloned()
+}
 
 /// Restores a [`checkpoint`] into `net` (same architecture) and returns masks, state and the
 /// extra buffers.

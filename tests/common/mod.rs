@@ -76,6 +76,7 @@ pub fn worker_args(workers: usize, step_delay_ms: u64) -> WorkerArgs {
         max_attempts: 3,
         shutdown_grace_seconds: 2,
         job_step_delay_ms: step_delay_ms,
+        checkpoint_interval_secs: 0,
     }
 }
 
