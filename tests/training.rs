@@ -366,3 +366,34 @@ mod loop_ {
         }
     }
 }
+
+/// The head-mask gradient (Michel et al.) equals what scaling the head's value rows gives: a
+/// head's context is linear in its value map, so ∂L/∂ξ_h = Σ (∂L/∂W_v · W_v + ∂L/∂b_v · b_v)
+/// over the head's rows — checked against the gradients that match PyTorch above.
+#[test]
+fn head_mask_gradients_equal_the_value_rows_identity() {
+    for family in ["bert", "distilbert"] {
+        let tm = TinyModel { model_type: family, ..Default::default() };
+        let b = tiny_batch(tm.vocab as u32, 0, 4, 9, false);
+        let (net, _, _) = net_of(tm.config_json().as_bytes(), &tm.safetensors(), HeadKind::Classification(2), Dropout::NONE);
+        let o = net.forward(&b, None).unwrap();
+        let (_, d) = task_loss(&o.logits, &Targets::Classes(vec![0, 1, 1, 0]), b.len, None);
+        let mut g = net.zero_grads();
+        let mut hg: Vec<Vec<f32>> = net.heads().iter().map(|&h| vec![0.0; h]).collect();
+        net.backward(&o.tape, &d, &mut g, Some(&mut hg));
+        let head_dim = net.config.head_dim;
+        let value = if family == "distilbert" { "attention.v_lin" } else { "attention.self.value" };
+        for (layer, heads) in hg.iter().enumerate() {
+            let prefix = if family == "distilbert" { format!("transformer.layer.{layer}.{value}") } else { format!("encoder.layer.{layer}.{value}") };
+            let (wi, bi) = (net.index_of(&format!("{prefix}.weight")).unwrap(), net.index_of(&format!("{prefix}.bias")).unwrap());
+            let cols = net.params[wi].shape[1];
+            for (h, got) in heads.iter().enumerate() {
+                let rows = h * head_dim..(h + 1) * head_dim;
+                let w: f64 = rows.clone().flat_map(|r| (0..cols).map(move |c| r * cols + c)).map(|i| f64::from(g.0[wi][i]) * f64::from(net.params[wi].value[i])).sum();
+                let bias: f64 = rows.map(|r| f64::from(g.0[bi][r]) * f64::from(net.params[bi].value[r])).sum();
+                let want = w + bias;
+                assert!((f64::from(*got) - want).abs() <= 1e-4 * want.abs().max(1e-3), "{family} layer {layer} head {h}: {got} vs {want}");
+            }
+        }
+    }
+}
