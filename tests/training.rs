@@ -397,3 +397,76 @@ fn head_mask_gradients_equal_the_value_rows_identity() {
         }
     }
 }
+
+/// The whole loop against PyTorch: the same batches in the same order through
+/// `trainer::train` and through transformers + torch.optim.AdamW +
+/// get_linear_schedule_with_warmup + clip_grad_norm_ (dropout off on both sides) end with the
+/// same weights.
+#[test]
+fn training_steps_end_where_pytorch_ends() {
+    use secateur::train::batch::shuffled;
+    use secateur::train::trainer::{batch_of, train, Example, Masks, Quiet, Schedule, State, Target};
+    let tm = TinyModel::default();
+    let (mut net, c, s) = net_of(tm.config_json().as_bytes(), &tm.safetensors(), HeadKind::Classification(2), Dropout::NONE);
+    let data: Vec<Example> = (0..24)
+        .map(|i| {
+            let len = 4 + (i * 5) % 7;
+            let ids: Vec<u32> = std::iter::once(2).chain((1..len - 1).map(|j| 5 + ((i * 11 + j * 3) % 59) as u32)).chain(std::iter::once(3)).collect();
+            Example { type_ids: vec![0; ids.len()], ids, target: Target::Class(i % 2) }
+        })
+        .collect();
+    let sched = Schedule { epochs: 2, learning_rate: 2e-3, batch_size: 4, warmup_ratio: 0.25, seed: 9, ..Default::default() };
+    let total = sched.total_steps(data.len());
+    // The batches in the trainer's order: epoch e shuffles with seed + e.
+    let tmp = tempfile::tempdir().unwrap();
+    let mut m = HashMap::new();
+    let mut step = 0;
+    for epoch in 0..2u64 {
+        for idx in shuffled(data.len(), 4, sched.seed + epoch) {
+            let (b, t) = batch_of(&data, &idx, 0);
+            let Targets::Classes(labels) = t else { unreachable!() };
+            let tensor = |v: &[u32]| Tensor::from_vec(v.iter().map(|&x| i64::from(x)).collect::<Vec<_>>(), (b.rows, b.len), &Device::Cpu).unwrap();
+            m.insert(format!("input_ids_{step}"), tensor(&b.ids));
+            m.insert(format!("attention_mask_{step}"), tensor(&b.mask));
+            m.insert(format!("token_type_ids_{step}"), tensor(&b.type_ids));
+            m.insert(format!("labels_{step}"), Tensor::from_vec(labels.iter().map(|&l| l as i64).collect::<Vec<_>>(), b.rows, &Device::Cpu).unwrap());
+            step += 1;
+        }
+    }
+    assert_eq!(step as u64, total);
+    candle_core::safetensors::save(&m, tmp.path().join("batches.safetensors")).unwrap();
+    let model_dir = tmp.path().join("model");
+    std::fs::create_dir_all(&model_dir).unwrap();
+    std::fs::write(model_dir.join("config.json"), &c).unwrap();
+    std::fs::write(model_dir.join("model.safetensors"), &s).unwrap();
+    let cfg = serde_json::json!({"lr": 2e-3, "warmup": sched.warmup_steps(data.len()), "total": total, "weight_decay": 0.01, "max_grad_norm": 1.0});
+    std::fs::write(tmp.path().join("cfg.json"), cfg.to_string()).unwrap();
+    let out = tmp.path().join("out.safetensors");
+    let r = std::process::Command::new(common::refenv::python())
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/reference/train_steps.py"))
+        .args([tmp.path().join("batches.safetensors"), model_dir.clone(), tmp.path().join("cfg.json"), out.clone()])
+        .env("HF_HUB_OFFLINE", "1")
+        .output()
+        .unwrap();
+    assert!(r.status.success(), "train_steps.py failed:\n{}", String::from_utf8_lossy(&r.stderr));
+    let theirs = candle_core::safetensors::load(&out, &Device::Cpu).unwrap();
+    let before: Vec<Vec<f32>> = net.params.iter().map(|p| p.value.clone()).collect();
+    let mut state = State::new(&sched);
+    let mut free = Masks::none(&net);
+    train(&mut net, &data, &sched, &mut free, &mut state, None, &mut Quiet).unwrap();
+    let mut worst = 0f32;
+    for (p, b) in net.params.iter().zip(&before) {
+        let t = theirs[&hf_name(net.config.family, &p.name)].flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let moved = t.iter().zip(b).fold(0f32, |a, (x, y)| a.max((x - y).abs()));
+        let diff = t.iter().zip(&p.value).fold(0f32, |a, (x, y)| a.max((x - y).abs()));
+        if p.name.ends_with("key.bias") {
+            // Its gradient is exactly zero; AdamW normalises each side's rounding noise into
+            // updates of its own, so only their size is comparable.
+            assert!(diff <= 1e-2 * 2e-3 * total as f32, "{}: {diff:e}", p.name);
+            continue;
+        }
+        assert!(diff <= 3e-3 * moved.max(1e-6) + 1e-6, "{}: ours and torch differ by {diff:e}; training moved it by {moved:e}", p.name);
+        worst = worst.max(diff / moved.max(1e-6));
+    }
+    eprintln!("{total} steps: worst difference {worst:.2e} of how far training moved each tensor");
+}
