@@ -53,6 +53,27 @@ enum Command {
         #[arg(long)]
         task: Option<String>,
     },
+    /// Run an experiment spec locally (fine-tune, prune, recover, evaluate): no server, no
+    /// database. Writes the files an experiment job gives as artifacts into --out, and prints
+    /// the metrics before and after.
+    Experiment {
+        /// A Hugging Face model directory (config.json, model.safetensors, tokenizer.json).
+        #[arg(long)]
+        model: std::path::PathBuf,
+        /// An experiment spec (JSON) without model_id and without dataset ids, e.g.
+        /// {"task": {"name": "sst2"}, "finetune": {"epochs": 1}, "pruning": {"method": "magnitude", "sparsity": 0.5}, "recovery": {"epochs": 1}}.
+        #[arg(long)]
+        spec: std::path::PathBuf,
+        /// Training data of the spec's task: a GLUE .tsv or a .jsonl file.
+        #[arg(long)]
+        train: std::path::PathBuf,
+        /// Evaluation data (e.g. the GLUE dev file); without it the spec needs task.eval_fraction.
+        #[arg(long)]
+        eval: Option<std::path::PathBuf>,
+        /// Output directory (created if missing).
+        #[arg(long)]
+        out: std::path::PathBuf,
+    },
     /// Manage API keys.
     Apikey {
         #[command(subcommand)]
@@ -80,6 +101,9 @@ fn main() -> anyhow::Result<()> {
     if let Command::Prune { model, spec, out, calibration, task } = &cli.command {
         return prune_locally(model, spec, out, calibration.as_deref(), task.as_deref());
     }
+    if let Command::Experiment { model, spec, train, eval, out } = &cli.command {
+        return experiment_locally(model, spec, train, eval.as_deref(), out);
+    }
     secateur::app::init_logging(&cli.log);
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     rt.block_on(async move {
@@ -99,9 +123,51 @@ fn main() -> anyhow::Result<()> {
                 println!("{key}");
                 Ok(())
             }
-            Command::Openapi | Command::Prune { .. } => unreachable!("handled before the runtime starts"),
+            Command::Openapi | Command::Prune { .. } | Command::Experiment { .. } => unreachable!("handled before the runtime starts"),
         }
     })
+}
+
+fn progress_bar() -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::new(1000);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:40} {percent:>3}% {msg}")
+            .expect("valid template"),
+    );
+    bar
+}
+
+fn experiment_locally(model: &std::path::Path, spec: &std::path::Path, train: &std::path::Path, eval: Option<&std::path::Path>, out: &std::path::Path) -> anyhow::Result<()> {
+    use anyhow::Context;
+    use secateur::data::{Format, Task};
+    let spec_bytes = std::fs::read(spec).with_context(|| format!("reading {}", spec.display()))?;
+    let v: serde_json::Value = serde_json::from_slice(&spec_bytes).context("the spec is not valid JSON")?;
+    let task_name = v.pointer("/task/name").and_then(|t| t.as_str()).context("the spec needs task.name")?;
+    let task = Task::parse(task_name).with_context(|| format!("task.name {task_name:?}: expected one of {}", secateur::data::TASK_NAMES))?;
+    fn local(path: &std::path::Path, task: Task) -> anyhow::Result<secateur::jobs::LocalDataset<'_>> {
+        let format = match path.extension().and_then(|e| e.to_str()) {
+            Some("tsv") => Format::GlueTsv,
+            Some("jsonl") => Format::Jsonl,
+            Some("json") => Format::SquadJson,
+            _ => anyhow::bail!("{}: expected a .tsv, .jsonl or .json file", path.display()),
+        };
+        Ok(secateur::jobs::LocalDataset { path, format, task: Some(task) })
+    }
+    let (train, eval) = (local(train, task)?, eval.map(|e| local(e, task)).transpose()?);
+    let bar = progress_bar();
+    let b = bar.clone();
+    let produced = secateur::jobs::run_local_experiment(&spec_bytes, model, train, eval, out, move |p| {
+        b.set_position((p.fraction.clamp(0.0, 1.0) * 1000.0) as u64);
+        b.set_message(p.stage.clone());
+    });
+    bar.finish_and_clear();
+    let produced = produced?;
+    for a in &produced {
+        println!("{}\t{} bytes\tsha256 {}", out.join(&a.name).display(), a.bytes, a.sha256);
+    }
+    let result: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join("result.json"))?)?;
+    println!("metrics before {}  after {}  sparsity {}", result["metrics"]["before"], result["metrics"]["after"], result["sparsity"]);
+    Ok(())
 }
 
 fn prune_locally(model: &std::path::Path, spec: &std::path::Path, out: &std::path::Path, calibration: Option<&std::path::Path>, task: Option<&str>) -> anyhow::Result<()> {
@@ -121,11 +187,7 @@ fn prune_locally(model: &std::path::Path, spec: &std::path::Path, out: &std::pat
             Some(secateur::jobs::LocalDataset { path, format, task })
         }
     };
-    let bar = indicatif::ProgressBar::new(1000);
-    bar.set_style(
-        indicatif::ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:40} {percent:>3}% {msg}")
-            .expect("valid template"),
-    );
+    let bar = progress_bar();
     let b = bar.clone();
     let produced = secateur::jobs::run_local(&spec_bytes, model, calibration, out, move |p| {
         b.set_position((p.fraction.clamp(0.0, 1.0) * 1000.0) as u64);

@@ -234,3 +234,68 @@ async fn a_reclaimed_experiment_resumes_from_its_checkpoint(db: Db) {
 }
 
 backend_tests!(experiments_validate_run_and_report, a_reclaimed_experiment_resumes_from_its_checkpoint);
+
+/// `secateur experiment` runs the worker's code on local files: the same spec gives the same
+/// files as the job; faults are reported with the field.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_local_command_writes_what_the_job_writes() {
+    use std::process::Command;
+    let app = TestApp::spawn(Db::Sqlite).await;
+    let m = TinyModel::default();
+    let model = app.create_model(&m).await;
+    let (train_tsv, dev_tsv) = (toy_sst2(48, 0), toy_sst2(16, 3));
+    let train = dataset(&app, train_tsv.clone(), "sst2").await;
+    let dev = dataset(&app, dev_tsv.clone(), "sst2").await;
+    let body = json!({"finetune": {"epochs": 2, "learning_rate": 2e-3, "batch_size": 8, "max_seq_len": 32},
+        "pruning": {"method": "magnitude", "granularity": "n:m", "pattern": "2:4"},
+        "recovery": {"epochs": 1, "learning_rate": 1e-3, "batch_size": 8, "max_seq_len": 32}, "evaluation": {"latency": false}});
+    let mut spec = body.clone();
+    spec["kind"] = "experiment".into();
+    spec["model_id"] = model.clone().into();
+    spec["task"] = json!({"name": "sst2", "dataset_id": train, "eval_dataset_id": dev});
+    let job = app.submit_ok(&spec).await;
+    let done = app.wait_for(&job, &["succeeded", "failed"], WAIT).await;
+    assert_eq!(done["status"], "succeeded", "{done}");
+    let dir = tempfile::tempdir().unwrap();
+    let model_dir = dir.path().join("model");
+    std::fs::create_dir_all(&model_dir).unwrap();
+    for (name, bytes) in common::model_files(&m) {
+        std::fs::write(model_dir.join(name), bytes).unwrap();
+    }
+    std::fs::write(dir.path().join("train.tsv"), &train_tsv).unwrap();
+    std::fs::write(dir.path().join("dev.tsv"), &dev_tsv).unwrap();
+    let mut local = body.clone();
+    local["task"] = json!({"name": "sst2"});
+    std::fs::write(dir.path().join("spec.json"), local.to_string()).unwrap();
+    let out = dir.path().join("out");
+    let run = |spec: &str| {
+        Command::new(env!("CARGO_BIN_EXE_secateur"))
+            .args(["experiment", "--model"])
+            .arg(&model_dir)
+            .arg("--spec")
+            .arg(dir.path().join(spec))
+            .arg("--train")
+            .arg(dir.path().join("train.tsv"))
+            .arg("--eval")
+            .arg(dir.path().join("dev.tsv"))
+            .arg("--out")
+            .arg(&out)
+            .output()
+            .unwrap()
+    };
+    let r = run("spec.json");
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    assert!(String::from_utf8_lossy(&r.stdout).contains("metrics before"));
+    for name in ["model.safetensors", "masks.safetensors", "predictions.jsonl", "report.json"] {
+        assert_eq!(std::fs::read(out.join(name)).unwrap(), app.artifact(&job, name).await, "{name}");
+    }
+    let h = st::parse(&std::fs::read(out.join("model.safetensors")).unwrap()).unwrap();
+    assert!(h.tensors.contains_key("classifier.weight"));
+    assert!(!std::fs::read_dir(&out).unwrap().any(|e| e.unwrap().file_name().to_string_lossy().starts_with(".secateur")), "no scratch left");
+    let mut bad = local.clone();
+    bad["recovery"]["learning_rate"] = json!(-1);
+    std::fs::write(dir.path().join("bad.json"), bad.to_string()).unwrap();
+    let r = run("bad.json");
+    assert!(!r.status.success());
+    assert!(String::from_utf8_lossy(&r.stderr).contains("recovery.learning_rate"), "{}", String::from_utf8_lossy(&r.stderr));
+}

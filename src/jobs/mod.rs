@@ -156,16 +156,16 @@ impl JobContext {
     }
 }
 
-/// Run a job spec locally, without a server or database (`secateur prune`): the model files
-/// are read from `model_dir`, the artifacts are written into `out_dir` under the same names a
-/// job would give them. `on_progress` sees every progress report.
-/// Calibration text for a local run: a file and how to read it.
+/// A data file of a local run and how to read it.
 pub struct LocalDataset<'a> {
     pub path: &'a std::path::Path,
     pub format: crate::data::Format,
     pub task: Option<crate::data::Task>,
 }
 
+/// Run a prune spec locally, without a server or database (`secateur prune`): the model files
+/// are read from `model_dir`, the artifacts are written into `out_dir` under the same names a
+/// job would give them. `on_progress` sees every progress report.
 pub fn run_local(
     spec_json: &[u8],
     model_dir: &std::path::Path,
@@ -176,21 +176,66 @@ pub fn run_local(
     use anyhow::Context;
     let mut v: serde_json::Value = serde_json::from_slice(spec_json).context("the spec is not valid JSON")?;
     let obj = v.as_object_mut().context("the spec must be a JSON object")?;
-    anyhow::ensure!(!obj.contains_key("model_id"), "the spec names a model_id; locally the model is --model");
-    let model_id = uuid::Uuid::nil().to_string();
-    obj.insert("model_id".into(), model_id.clone().into());
+    anyhow::ensure!(obj.get("kind").and_then(|k| k.as_str()).is_none_or(|k| k == "prune"), "this spec is not a prune job's (for an experiment, use `secateur experiment`)");
     // The calibration file stands in for a dataset id.
-    let dataset_id = "00000000-0000-0000-0000-000000000001";
-    if calibration.is_some() {
+    let mut datasets = Vec::new();
+    if let Some(c) = calibration {
         let cal = obj.entry("calibration").or_insert_with(|| serde_json::json!({}));
         let cal = cal.as_object_mut().context("calibration must be an object")?;
         anyhow::ensure!(!cal.contains_key("dataset_id"), "the spec names calibration.dataset_id; locally the data is --calibration");
-        cal.insert("dataset_id".into(), dataset_id.into());
+        cal.insert("dataset_id".into(), LOCAL_IDS[0].into());
+        datasets.push((LOCAL_IDS[0], c));
     } else {
         anyhow::ensure!(!obj.contains_key("calibration"), "the spec asks for calibration: give the data with --calibration FILE");
     }
-    let req = spec::parse_request(&serde_json::to_vec(&v)?).map_err(|e| anyhow::anyhow!("{}: {}", e.field, e.message))?;
-    let executor = executor_for(req.kind.name()).context("unknown job kind")?;
+    run_local_spec(v, model_dir, datasets, out_dir, on_progress)
+}
+
+/// Ids that local files stand in for.
+const LOCAL_IDS: [&str; 2] = ["00000000-0000-0000-0000-000000000001", "00000000-0000-0000-0000-000000000002"];
+
+/// Run an experiment spec locally (`secateur experiment`): as [`run_local`], with the training
+/// data (and evaluation data, unless the spec holds out `task.eval_fraction`) from files.
+pub fn run_local_experiment(
+    spec_json: &[u8],
+    model_dir: &std::path::Path,
+    train: LocalDataset,
+    eval: Option<LocalDataset>,
+    out_dir: &std::path::Path,
+    on_progress: impl Fn(&Progress) + Send + 'static,
+) -> anyhow::Result<Vec<ArtifactRow>> {
+    use anyhow::Context;
+    let mut v: serde_json::Value = serde_json::from_slice(spec_json).context("the spec is not valid JSON")?;
+    let obj = v.as_object_mut().context("the spec must be a JSON object")?;
+    obj.insert("kind".into(), "experiment".into());
+    let task = obj.get_mut("task").and_then(|t| t.as_object_mut()).context("the spec needs task: {\"name\": ...}")?;
+    for k in ["dataset_id", "eval_dataset_id"] {
+        anyhow::ensure!(!task.contains_key(k), "the spec names task.{k}; locally the data is --train / --eval");
+    }
+    task.insert("dataset_id".into(), LOCAL_IDS[0].into());
+    let mut datasets = vec![(LOCAL_IDS[0], train)];
+    if let Some(e) = eval {
+        task.insert("eval_dataset_id".into(), LOCAL_IDS[1].into());
+        datasets.push((LOCAL_IDS[1], e));
+    }
+    run_local_spec(v, model_dir, datasets, out_dir, on_progress)
+}
+
+fn run_local_spec(
+    mut v: serde_json::Value,
+    model_dir: &std::path::Path,
+    local: Vec<(&str, LocalDataset)>,
+    out_dir: &std::path::Path,
+    on_progress: impl Fn(&Progress) + Send + 'static,
+) -> anyhow::Result<Vec<ArtifactRow>> {
+    use anyhow::Context;
+    let obj = v.as_object_mut().context("the spec must be a JSON object")?;
+    anyhow::ensure!(!obj.contains_key("model_id"), "the spec names a model_id; locally the model is --model");
+    let model_id = uuid::Uuid::nil().to_string();
+    obj.insert("model_id".into(), model_id.clone().into());
+    let spec = spec::parse_spec(&serde_json::to_vec(&v)?).map_err(|e| anyhow::anyhow!("{}: {}", e.field, e.message))?;
+    let kind = spec.kind();
+    let executor = executor_for(kind.name()).context("unknown job kind")?;
     // A private artifact store: the model's files linked in, the outputs written under jobs/.
     let scratch = tempfile_dir(out_dir)?;
     let model_files: Vec<String> = crate::api::models::MODEL_FILES.iter().filter(|f| model_dir.join(f).is_file()).map(|f| f.to_string()).collect();
@@ -202,24 +247,28 @@ pub fn run_local(
         std::os::unix::fs::symlink(&src, models.join(f))?;
     }
     let mut datasets = std::collections::HashMap::new();
-    if let Some(c) = &calibration {
+    for (id, c) in &local {
         let bytes = std::fs::read(c.path).with_context(|| format!("reading {}", c.path.display()))?;
         let summary = crate::data::validate(c.format, c.task, &bytes).map_err(|e| anyhow::anyhow!("{}: {e}", c.path.display()))?;
         anyhow::ensure!(summary.rows > 0, "{} holds no rows", c.path.display());
-        let dir = scratch.join("datasets").join(dataset_id);
+        let dir = scratch.join("datasets").join(id);
         std::fs::create_dir_all(&dir)?;
         std::os::unix::fs::symlink(std::fs::canonicalize(c.path)?, dir.join("data"))?;
-        datasets.insert(dataset_id.to_string(), (c.format, c.task));
+        datasets.insert(id.to_string(), (c.format, c.task));
     }
+    let spec_text = match &spec {
+        spec::JobSpec::Prune(r) => serde_json::to_string(r)?,
+        spec::JobSpec::Experiment(r) => serde_json::to_string(r)?,
+    };
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
     let artifacts = Artifacts::local(&scratch)?;
     let now = crate::store::now_ms();
     let job = JobRow {
         id: "local".into(),
         tenant_id: String::new(),
-        kind: req.kind.name().into(),
+        kind: kind.name().into(),
         model_id,
-        spec: serde_json::to_string(&req)?,
+        spec: spec_text,
         status: "running".into(),
         stage: None,
         progress: 0.0,
