@@ -56,7 +56,7 @@ async fn experiments_validate_run_and_report(db: Db) {
         (with(json!({"task": {"name": "sst2", "dataset_id": train}})), "task.eval_dataset_id"),
         (with(json!({"task": {"name": "sst2", "dataset_id": train, "eval_dataset_id": dev, "eval_fraction": 0.1}})), "task.eval_fraction"),
         (with(json!({"task": {"name": "sst2", "dataset_id": rte, "eval_dataset_id": dev}})), "task.dataset_id"),
-        (with(json!({"task": {"name": "squad", "dataset_id": train, "eval_dataset_id": dev}})), "task.name"),
+        (with(json!({"task": {"name": "squad", "dataset_id": train, "eval_dataset_id": dev}})), "task.dataset_id"),
         (with(json!({"task": {"name": "sst3", "dataset_id": train, "eval_dataset_id": dev}})), "task.name"),
         (with(json!({"task": {"name": "sst2", "dataset_id": uuid::Uuid::new_v4().to_string(), "eval_dataset_id": dev}})), "task.dataset_id"),
         (with(json!({"recovery": {"epochs": 1}})), "recovery"),
@@ -233,7 +233,65 @@ async fn a_reclaimed_experiment_resumes_from_its_checkpoint(db: Db) {
     assert!(app.stored_files().iter().all(|f| !f.contains("_scratch")), "{:?}", app.stored_files());
 }
 
-backend_tests!(experiments_validate_run_and_report, a_reclaimed_experiment_resumes_from_its_checkpoint);
+/// A SQuAD v1.1 file over the tiny vocabulary: the answer is the word after `w9`.
+fn toy_squad(articles: usize, seed: usize) -> Vec<u8> {
+    let data: Vec<Value> = (0..articles)
+        .map(|a| {
+            let qas: Vec<Value> = (0..4)
+                .map(|q| {
+                    let n = a * 4 + q + seed;
+                    let mut words: Vec<String> = (0..18).map(|j| format!("w{}", 10 + (n * 7 + j * 3) % 50)).collect();
+                    let at = 2 + n % 12;
+                    words[at] = "w9".into();
+                    let context = words.join(" ");
+                    let start = words[..=at].iter().map(|w| w.len() + 1).sum::<usize>();
+                    json!({"context": context, "qas": [{"id": format!("q{a}-{q}"), "question": format!("w5 w{}", 6 + q), "answers": [{"answer_start": start, "text": words[at + 1]}]}]})
+                })
+                .collect();
+            json!({"title": format!("article {a}"), "paragraphs": qas})
+        })
+        .collect();
+    serde_json::to_vec(&json!({"version": "1.1", "data": data})).unwrap()
+}
+
+async fn squad_experiments_score_exact_match_and_f1(db: Db) {
+    let app = TestApp::spawn(db).await;
+    let model = app.create_model(&TinyModel::default()).await;
+    let r = app.upload_dataset(toy_squad(8, 0), "squad_json", Some("squad")).await;
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let squad = r.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_string();
+    let sst2 = dataset(&app, toy_sst2(8, 0), "sst2").await;
+    let (s, p) = problem(app.submit(&json!({"kind": "experiment", "model_id": model, "task": {"name": "squad", "dataset_id": sst2, "eval_fraction": 0.25}})).await).await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(p["errors"][0]["field"], "task.dataset_id", "{p}");
+    let job = app
+        .submit_ok(&json!({"kind": "experiment", "model_id": model, "task": {"name": "squad", "dataset_id": squad, "eval_fraction": 0.25},
+            "finetune": {"epochs": 3, "learning_rate": 2e-3, "batch_size": 8, "max_seq_len": 32},
+            "pruning": {"method": "taylor", "sparsity": 0.5},
+            "recovery": {"epochs": 1, "learning_rate": 1e-3, "batch_size": 8, "max_seq_len": 32, "distill": {"temperature": 2.0, "alpha": 0.5}},
+            "evaluation": {"latency": false}}))
+        .await;
+    let done = app.wait_for(&job, &["succeeded", "failed"], WAIT).await;
+    assert_eq!(done["status"], "succeeded", "{done}");
+    let result: Value = app.get(&format!("/v1/jobs/{job}/result")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(result["stages"][0]["result"]["eval_examples"], 8, "two whole articles held out: {result}");
+    for k in ["before", "pruned", "after"] {
+        for m in ["exact_match", "f1"] {
+            let v = result["metrics"][k][m].as_f64().unwrap_or_else(|| panic!("{k} {m}: {result}"));
+            assert!((0.0..=100.0).contains(&v));
+        }
+    }
+    let cfg: Value = serde_json::from_slice(&app.artifact(&job, "config.json").await).unwrap();
+    assert_eq!(cfg["architectures"][0], "BertForQuestionAnswering");
+    let preds = String::from_utf8(app.artifact(&job, "predictions.jsonl").await).unwrap();
+    let rows: Vec<Value> = preds.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(rows.len(), 8);
+    assert!(rows.iter().all(|r| r["id"].as_str().unwrap().starts_with("q6-") || r["id"].as_str().unwrap().starts_with("q7-")));
+    let exact = rows.iter().filter(|r| r["label"].as_array().unwrap().iter().any(|g| g == &r["prediction"])).count();
+    assert!((100.0 * exact as f64 / 8.0 - result["metrics"]["after"]["exact_match"].as_f64().unwrap()).abs() < 1e-9, "{result}");
+}
+
+backend_tests!(experiments_validate_run_and_report, a_reclaimed_experiment_resumes_from_its_checkpoint, squad_experiments_score_exact_match_and_f1);
 
 /// `secateur experiment` runs the worker's code on local files: the same spec gives the same
 /// files as the job; faults are reported with the field.

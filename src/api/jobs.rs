@@ -217,7 +217,8 @@ async fn check_experiment(st: &AppState, tenant: &str, mut req: ExperimentReques
             return Err(ApiError::invalid(field, "no dataset with this id"));
         };
         let dtask = d.task.as_deref().and_then(crate::data::Task::parse);
-        if d.format == "squad_json" || (d.format == "glue_tsv" && dtask != Some(task)) {
+        let squad = task == crate::data::Task::Squad;
+        if (d.format == "squad_json") != squad || (d.format == "glue_tsv" && dtask != Some(task)) {
             let what = d.task.clone().unwrap_or_else(|| d.format.clone());
             return Err(ApiError::invalid(field, format!("the dataset is for {what}, not {}", task.name())));
         }

@@ -362,6 +362,34 @@ fn validate_squad(text: &str) -> Result<Summary, DataError> {
     Ok(s)
 }
 
+/// One SQuAD question with its context and gold answers.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SquadQuestion {
+    pub id: String,
+    /// Index of its article in the file (splits keep articles whole).
+    pub article: usize,
+    pub question: String,
+    pub context: String,
+    /// (first character in the context, text) of each gold answer.
+    pub answers: Vec<(usize, String)>,
+}
+
+/// Every question of a SQuAD v1.1 file, in file order (validated first).
+pub fn squad_questions(bytes: &[u8]) -> Result<Vec<SquadQuestion>, DataError> {
+    validate(Format::SquadJson, Some(Task::Squad), bytes)?;
+    let text = std::str::from_utf8(bytes).map_err(|_| DataError { line: None, message: "not valid UTF-8".into() })?;
+    let f: SquadFile = serde_json::from_str(text.strip_prefix('\u{feff}').unwrap_or(text)).map_err(|e| DataError { line: Some(e.line() as u64), message: format!("not a SQuAD v1.1 file: {e}") })?;
+    let mut out = Vec::new();
+    for (article, a) in f.data.into_iter().enumerate() {
+        for p in a.paragraphs {
+            for q in p.qas {
+                out.push(SquadQuestion { id: q.id, article, question: q.question, context: p.context.clone(), answers: q.answers.into_iter().map(|x| (x.answer_start as usize, x.text)).collect() });
+            }
+        }
+    }
+    Ok(out)
+}
+
 /// One example's text: a sentence, or a pair.
 pub type Text = (String, Option<String>);
 

@@ -13,7 +13,7 @@ use crate::engine::heads::{export_task_model, Head};
 use crate::engine::magnitude::{self, NmPattern, Report, Scope};
 use crate::engine::model::{Encoder, EncoderConfig, ModelError, Weights};
 use crate::engine::st;
-use crate::train::experiment::{evaluate, examples, head_kind, linear_targets, prune_one_shot, sparsity_of, Evaluation, Shape};
+use crate::train::experiment::{evaluate, examples, head_kind, linear_targets, prune_one_shot, sparsity_of, squad_evaluate, squad_train_examples, Shape};
 use crate::train::gradual::{gradient_pass, Criterion, GradualPruner, Ramp, Scores};
 use crate::train::loss::Distill;
 use crate::train::net::{Dropout, Net};
@@ -155,9 +155,9 @@ impl Observer for Progress<'_> {
 }
 
 /// Training and evaluation data of the task.
-struct TaskData {
-    rows: Vec<data::Example>,
-    eval_rows: Vec<data::Example>,
+enum TaskData {
+    Glue { rows: Vec<data::Example>, eval_rows: Vec<data::Example> },
+    Squad { questions: Vec<data::SquadQuestion>, eval_questions: Vec<data::SquadQuestion> },
 }
 
 fn read_rows(ctx: &JobContext, id: &str, task: Task, field: &str) -> Result<Vec<data::Example>, JobError> {
@@ -175,8 +175,41 @@ fn read_rows(ctx: &JobContext, id: &str, task: Task, field: &str) -> Result<Vec<
     Ok(rows)
 }
 
+fn read_questions(ctx: &JobContext, id: &str, field: &str) -> Result<Vec<data::SquadQuestion>, JobError> {
+    let (format, _, bytes) = ctx.read_dataset(id)?;
+    if format != data::Format::SquadJson {
+        return Err(JobError::Failed(format!("{field}: task squad reads squad_json datasets")));
+    }
+    data::squad_questions(&bytes).map_err(|e| JobError::Failed(format!("{field}: {e}")))
+}
+
 fn load_data(ctx: &JobContext, req: &ExperimentRequest) -> Result<TaskData, JobError> {
     let t = &req.task;
+    let max_eval = req.evaluation.max_eval_samples.unwrap_or(usize::MAX);
+    if t.name == Task::Squad {
+        let mut questions = read_questions(ctx, &t.dataset_id, "task.dataset_id")?;
+        let mut eval_questions = match (&t.eval_dataset_id, t.eval_fraction) {
+            (Some(id), _) => read_questions(ctx, id, "task.eval_dataset_id")?,
+            (None, Some(f)) => {
+                // Whole articles are held out (the last ones), at least `f` of the questions.
+                let want = ((questions.len() as f64) * f).ceil() as usize;
+                let mut cut = questions.len();
+                while cut > 0 && questions.len() - cut < want {
+                    let article = questions[cut - 1].article;
+                    while cut > 0 && questions[cut - 1].article == article {
+                        cut -= 1;
+                    }
+                }
+                if cut == 0 {
+                    return Err(JobError::Failed("task.eval_fraction leaves no training article".into()));
+                }
+                questions.split_off(cut)
+            }
+            (None, None) => return Err(JobError::Failed("no evaluation data".into())),
+        };
+        eval_questions.truncate(max_eval);
+        return Ok(TaskData::Squad { questions, eval_questions });
+    }
     let mut rows = read_rows(ctx, &t.dataset_id, t.name, "task.dataset_id")?;
     let mut eval_rows = match (&t.eval_dataset_id, t.eval_fraction) {
         (Some(id), _) => read_rows(ctx, id, t.name, "task.eval_dataset_id")?,
@@ -189,13 +222,18 @@ fn load_data(ctx: &JobContext, req: &ExperimentRequest) -> Result<TaskData, JobE
         }
         (None, None) => return Err(JobError::Failed("no evaluation data".into())),
     };
-    if let Some(n) = req.evaluation.max_eval_samples {
-        eval_rows.truncate(n);
-    }
-    Ok(TaskData { rows, eval_rows })
+    eval_rows.truncate(max_eval);
+    Ok(TaskData::Glue { rows, eval_rows })
 }
 
-fn metrics_json(e: &Evaluation) -> serde_json::Value {
+/// An evaluation: the task's metrics and one `predictions.jsonl` line per example (GLUE: line
+/// number, predicted label, gold label; SQuAD: question id, answer, gold answers).
+struct Scored {
+    metrics: BTreeMap<String, f64>,
+    lines: Vec<serde_json::Value>,
+}
+
+fn metrics_json(e: &Scored) -> serde_json::Value {
     json!(e.metrics)
 }
 
@@ -289,14 +327,60 @@ impl Executor for ExperimentExecutor {
         drop((w, head, weights));
         let data = load_data(ctx, &req)?;
         let eval_len = req.recovery.as_ref().map(|r| r.max_seq_len).or(req.finetune.as_ref().map(|f| f.max_seq_len)).unwrap_or(128);
-        let eval_set = examples(&tok, &data.eval_rows, eval_len).map_err(JobError::Failed)?;
-        let train_set = |len: usize, max: Option<usize>| -> Result<Vec<Example>, JobError> {
-            let rows = &data.rows[..max.unwrap_or(usize::MAX).min(data.rows.len())];
-            examples(&tok, rows, len).map_err(JobError::Failed)
+        let glue_eval = match &data {
+            TaskData::Glue { eval_rows, .. } => examples(&tok, eval_rows, eval_len).map_err(JobError::Failed)?,
+            TaskData::Squad { .. } => Vec::new(),
         };
-        ctx.record_stage("loading", json!({"seconds": started.elapsed().as_secs_f64(), "train_examples": data.rows.len(), "eval_examples": eval_set.len(), "fresh_head": fresh_head}))?;
+        let train_set = |len: usize, max: Option<usize>| -> Result<Vec<Example>, JobError> {
+            match &data {
+                TaskData::Glue { rows, .. } => examples(&tok, &rows[..max.unwrap_or(usize::MAX).min(rows.len())], len).map_err(JobError::Failed),
+                TaskData::Squad { questions, .. } => squad_train_examples(&tok, &questions[..max.unwrap_or(usize::MAX).min(questions.len())], len).map_err(JobError::Failed),
+            }
+        };
+        let score = |net: &Net| -> Result<Scored, JobError> {
+            match &data {
+                TaskData::Glue { eval_rows, .. } => {
+                    let e = evaluate(net, task, &glue_eval, 64).map_err(model_err)?;
+                    let names = task.label_names();
+                    let show = |v: f64| -> serde_json::Value {
+                        match names {
+                            Some(n) => json!(n.get(v as usize).copied().unwrap_or("?")),
+                            None => json!(v),
+                        }
+                    };
+                    let lines = eval_rows
+                        .iter()
+                        .zip(&e.predictions)
+                        .zip(&glue_eval)
+                        .map(|((row, pred), ex)| {
+                            let label = match ex.target {
+                                trainer::Target::Class(c) => show(c as f64),
+                                trainer::Target::Score(s) => json!(s),
+                                trainer::Target::Span(..) => json!(null),
+                            };
+                            json!({"id": row.line, "prediction": show(*pred), "label": label})
+                        })
+                        .collect();
+                    Ok(Scored { metrics: e.metrics, lines })
+                }
+                TaskData::Squad { eval_questions, .. } => {
+                    let (metrics, answers) = squad_evaluate(net, &tok, eval_questions, eval_len, 32).map_err(JobError::Failed)?;
+                    let lines = eval_questions.iter().zip(answers).map(|(q, a)| json!({"id": q.id, "prediction": a, "label": q.answers.iter().map(|x| x.1.clone()).collect::<Vec<_>>()})).collect();
+                    Ok(Scored { metrics, lines })
+                }
+            }
+        };
+        let (train_count, eval_count) = match &data {
+            TaskData::Glue { rows, eval_rows } => (rows.len(), eval_rows.len()),
+            TaskData::Squad { questions, eval_questions } => (questions.len(), eval_questions.len()),
+        };
+        ctx.record_stage("loading", json!({"seconds": started.elapsed().as_secs_f64(), "train_examples": train_count, "eval_examples": eval_count, "fresh_head": fresh_head}))?;
+        let group_by_length = task == Task::Squad;
 
-        let latency_batch: Vec<Example> = eval_set.iter().take(32).cloned().collect();
+        let latency_batch: Vec<Example> = match &data {
+            TaskData::Glue { .. } => glue_eval.iter().take(32).cloned().collect(),
+            TaskData::Squad { .. } => train_set(eval_len, Some(32))?.into_iter().take(32).collect(),
+        };
         let measure_latency = req.evaluation.latency;
         let targets = linear_targets(&net);
         // A checkpoint left by an earlier claim of this job: go on from its stage.
@@ -316,12 +400,12 @@ impl Executor for ExperimentExecutor {
             tracing::info!(job_id = %ctx.job.id, stage = %r.stage, step = restored.as_ref().map_or(0, |x| x.1.step), "resuming from a checkpoint");
         }
         let resume_at = resumed.as_ref().map(|r| r.stage.clone());
-        let mut last_eval: Option<Evaluation> = None;
+        let mut last_eval: Option<Scored> = None;
         // Baseline.
         if resume_at.is_none() {
             ctx.progress("baseline_eval", plan.at("baseline_eval", 0.0))?;
             let t = Instant::now();
-            let baseline = evaluate(&net, task, &eval_set, 64).map_err(model_err)?;
+            let baseline = score(&net)?;
             let rec = json!({"metrics": metrics_json(&baseline), "seconds": t.elapsed().as_secs_f64(), "fresh_head": fresh_head});
             ctx.record_stage("baseline_eval", rec.clone())?;
             resume.stages = ctx.stages();
@@ -333,7 +417,7 @@ impl Executor for ExperimentExecutor {
         if let (Some(f), true) = (&req.finetune, resume_at.as_deref().is_none_or(|s| s == "finetune")) {
             let t = Instant::now();
             let set = train_set(f.max_seq_len, f.max_train_samples)?;
-            let s = Schedule { epochs: f.epochs, max_steps: f.max_steps, learning_rate: f.learning_rate as f32, batch_size: f.batch_size, seed: f.seed, ..Default::default() };
+            let s = Schedule { epochs: f.epochs, max_steps: f.max_steps, learning_rate: f.learning_rate as f32, batch_size: f.batch_size, seed: f.seed, group_by_length, ..Default::default() };
             let (mut free, mut state) = match restored.take() {
                 Some((m, st, _)) => (m, st),
                 None => (Masks::none(&net), State::new(&s)),
@@ -349,7 +433,7 @@ impl Executor for ExperimentExecutor {
             let loss = obs.losses.iter().sum::<f64>() / obs.losses.len().max(1) as f64;
             ctx.record_stage("finetune", json!({"steps": state.step, "mean_loss": loss, "last_loss": obs.losses.last(), "seconds": t.elapsed().as_secs_f64(), "resumed": resume_at.is_some()}))?;
             ctx.progress("dense_eval", plan.at("dense_eval", 0.0))?;
-            let before = evaluate(&net, task, &eval_set, 64).map_err(model_err)?;
+            let before = score(&net)?;
             ctx.record_stage("dense_eval", json!({"metrics": metrics_json(&before)}))?;
             resume.stages = ctx.stages();
             resume.before = before.metrics.clone();
@@ -404,7 +488,7 @@ impl Executor for ExperimentExecutor {
                         }
                         _ => prune_one_shot(&mut net, criterion, &score_set, 32, shape_of(p)?).map_err(model_err)?,
                     };
-                    let e = evaluate(&net, task, &eval_set, 64).map_err(model_err)?;
+                    let e = score(&net)?;
                     ctx.record_stage("prune", json!({"metrics": metrics_json(&e), "sparsity": sparsity_of(&net, &targets), "seconds": t.elapsed().as_secs_f64(), "head_scores": head_scores}))?;
                     resume.pruned = Some(e.metrics);
                 } else {
@@ -415,7 +499,7 @@ impl Executor for ExperimentExecutor {
             if let Some(r) = rec {
                 let t = Instant::now();
                 let set = train_set(r.max_seq_len, r.max_train_samples)?;
-                let s = Schedule { epochs: r.epochs, max_steps: r.max_steps, learning_rate: r.learning_rate as f32, batch_size: r.batch_size, seed: r.seed, ..Default::default() };
+                let s = Schedule { epochs: r.epochs, max_steps: r.max_steps, learning_rate: r.learning_rate as f32, batch_size: r.batch_size, seed: r.seed, group_by_length, ..Default::default() };
                 let total = s.total_steps(set.len());
                 let mut state = State::new(&s);
                 let mut scores_back = None;
@@ -460,13 +544,13 @@ impl Executor for ExperimentExecutor {
                 ctx.record_stage("recover", json!({"steps": state.step, "mean_loss": loss, "last_loss": obs.losses.last(), "distill": r.distill, "seconds": t.elapsed().as_secs_f64(), "resumed": resume_at.as_deref() == Some("recover")}))?;
             }
             ctx.progress("final_eval", plan.at("final_eval", 0.0))?;
-            let after = evaluate(&net, task, &eval_set, 64).map_err(model_err)?;
+            let after = score(&net)?;
             ctx.record_stage("final_eval", json!({"metrics": metrics_json(&after), "sparsity": sparsity_of(&net, &targets)}))?;
             last_eval = Some(after);
         }
         let after = match last_eval {
             Some(e) => e,
-            None => evaluate(&net, task, &eval_set, 64).map_err(model_err)?,
+            None => score(&net)?,
         };
         let (baseline_m, before_m, pruned_m) = (resume.baseline.clone(), resume.before.clone(), resume.pruned.clone());
         let latency_after = if measure_latency { Some(latency(&net, &latency_batch)?) } else { None };
@@ -503,21 +587,9 @@ impl Executor for ExperimentExecutor {
             ctx.write_artifact("masks.safetensors", Bytes::from(masks_bytes))?;
         }
         ctx.write_artifact("report.json", Bytes::from(serde_json::to_vec_pretty(&report).map_err(|e| JobError::Internal(e.into()))?))?;
-        let names = task.label_names();
         let mut lines = String::new();
-        for ((row, pred), ex) in data.eval_rows.iter().zip(&after.predictions).zip(&eval_set) {
-            let show = |v: f64| -> serde_json::Value {
-                match names {
-                    Some(n) => json!(n.get(v as usize).copied().unwrap_or("?")),
-                    None => json!(v),
-                }
-            };
-            let label = match ex.target {
-                trainer::Target::Class(c) => show(c as f64),
-                trainer::Target::Score(s) => json!(s),
-                trainer::Target::Span(..) => json!(null),
-            };
-            lines.push_str(&json!({"id": row.line, "prediction": show(*pred), "label": label}).to_string());
+        for l in &after.lines {
+            lines.push_str(&l.to_string());
             lines.push('\n');
         }
         ctx.write_artifact("predictions.jsonl", Bytes::from(lines))?;

@@ -82,6 +82,59 @@ pub fn evaluate(net: &Net, task: Task, data: &[Example], batch: usize) -> Result
     Ok(Evaluation { metrics: score(task, &predictions, &gold), predictions })
 }
 
+/// Document stride of SQuAD windows for a maximum length (Hugging Face's 128 at 384 tokens).
+pub fn squad_stride(max_len: usize) -> usize {
+    (max_len / 3).min(128)
+}
+
+/// SQuAD training examples: every window of every question with an answer, labelled with the
+/// first gold answer's tokens (or `[CLS]` when the window does not hold it).
+pub fn squad_train_examples(tok: &tokenizers::Tokenizer, qs: &[data::SquadQuestion], max_len: usize) -> Result<Vec<Example>, String> {
+    let mut out = Vec::new();
+    for q in qs.iter().filter(|q| !q.answers.is_empty()) {
+        let (start, text) = &q.answers[0];
+        let ws = super::squad::windows(tok, &q.question, &q.context, Some((*start, text)), max_len, squad_stride(max_len)).map_err(|e| format!("question {}: {e}", q.id))?;
+        for w in ws {
+            let (s, e) = w.label.unwrap_or((0, 0));
+            out.push(Example { ids: w.input_ids, type_ids: w.type_ids, target: Target::Span(s, e) });
+        }
+    }
+    Ok(out)
+}
+
+/// A SQuAD evaluation: `exact_match` and `f1` (percent, SQuAD v1.1) and the answer per
+/// question.
+pub fn squad_evaluate(net: &Net, tok: &tokenizers::Tokenizer, qs: &[data::SquadQuestion], max_len: usize, batch: usize) -> Result<(BTreeMap<String, f64>, Vec<String>), String> {
+    let mut windows = Vec::new();
+    let mut examples = Vec::new();
+    for q in qs {
+        let ws = super::squad::windows(tok, &q.question, &q.context, None, max_len, squad_stride(max_len)).map_err(|e| format!("question {}: {e}", q.id))?;
+        for w in &ws {
+            examples.push(Example { ids: w.input_ids.clone(), type_ids: w.type_ids.clone(), target: Target::Span(0, 0) });
+        }
+        windows.push(ws);
+    }
+    let logits = predict(net, &examples, batch).map_err(|e| e.to_string())?;
+    let mut next = 0;
+    let mut answers = Vec::with_capacity(qs.len());
+    let mut predictions = std::collections::HashMap::new();
+    for (q, ws) in qs.iter().zip(&windows) {
+        let rows = &logits[next..next + ws.len()];
+        next += ws.len();
+        let starts: Vec<Vec<f32>> = rows.iter().map(|r| r.iter().step_by(2).copied().collect()).collect();
+        let ends: Vec<Vec<f32>> = rows.iter().map(|r| r.iter().skip(1).step_by(2).copied().collect()).collect();
+        let a = super::squad::decode(&q.context, ws, &starts, &ends, 20, 30);
+        predictions.insert(q.id.clone(), a.clone());
+        answers.push(a);
+    }
+    let gold: Vec<(String, Vec<String>)> = qs.iter().map(|q| (q.id.clone(), q.answers.iter().map(|a| a.1.clone()).collect())).collect();
+    let (em, f1) = metrics::squad(&gold, &predictions);
+    let mut m = BTreeMap::new();
+    m.insert("exact_match".to_string(), em);
+    m.insert("f1".to_string(), f1);
+    Ok((m, answers))
+}
+
 /// The encoder's linear weights (query, key, value, attention output, FFN in and out of every
 /// layer): the default pruning targets, as parameter indices.
 pub fn linear_targets(net: &Net) -> Vec<usize> {
