@@ -1,4 +1,4 @@
-//! The `experiment` job: evaluate a model on a GLUE task, fine-tune it (optionally), prune it
+//! The `experiment` job: evaluate a model on a GLUE task or SQuAD, fine-tune it (optionally), prune it
 //! (one-shot, or gradually during recovery), recover with the masks locked (optionally
 //! distilled from the dense model), evaluate again, and export the pruned task model with its
 //! report and predictions. Each stage's outcome is recorded as it ends (`JobContext::record_stage`:
