@@ -128,13 +128,23 @@ fn main() -> anyhow::Result<()> {
     })
 }
 
-fn progress_bar() -> indicatif::ProgressBar {
+/// Runs a local job with a progress bar, then lists the files it wrote.
+fn with_progress(out: &std::path::Path, run: impl FnOnce(Box<dyn Fn(&secateur::jobs::Progress) + Send>) -> anyhow::Result<Vec<secateur::store::ArtifactRow>>) -> anyhow::Result<()> {
     let bar = indicatif::ProgressBar::new(1000);
     bar.set_style(
         indicatif::ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:40} {percent:>3}% {msg}")
             .expect("valid template"),
     );
-    bar
+    let b = bar.clone();
+    let produced = run(Box::new(move |p| {
+        b.set_position((p.fraction.clamp(0.0, 1.0) * 1000.0) as u64);
+        b.set_message(p.stage.clone());
+    }));
+    bar.finish_and_clear();
+    for a in &produced? {
+        println!("{}\t{} bytes\tsha256 {}", out.join(&a.name).display(), a.bytes, a.sha256);
+    }
+    Ok(())
 }
 
 fn experiment_locally(model: &std::path::Path, spec: &std::path::Path, train: &std::path::Path, eval: Option<&std::path::Path>, out: &std::path::Path) -> anyhow::Result<()> {
@@ -154,17 +164,7 @@ fn experiment_locally(model: &std::path::Path, spec: &std::path::Path, train: &s
         Ok(secateur::jobs::LocalDataset { path, format, task: Some(task) })
     }
     let (train, eval) = (local(train, task)?, eval.map(|e| local(e, task)).transpose()?);
-    let bar = progress_bar();
-    let b = bar.clone();
-    let produced = secateur::jobs::run_local_experiment(&spec_bytes, model, train, eval, out, move |p| {
-        b.set_position((p.fraction.clamp(0.0, 1.0) * 1000.0) as u64);
-        b.set_message(p.stage.clone());
-    });
-    bar.finish_and_clear();
-    let produced = produced?;
-    for a in &produced {
-        println!("{}\t{} bytes\tsha256 {}", out.join(&a.name).display(), a.bytes, a.sha256);
-    }
+    with_progress(out, |on| secateur::jobs::run_local_experiment(&spec_bytes, model, train, eval, out, on))?;
     let result: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join("result.json"))?)?;
     println!("metrics before {}  after {}  sparsity {}", result["metrics"]["before"], result["metrics"]["after"], result["sparsity"]);
     Ok(())
@@ -187,16 +187,5 @@ fn prune_locally(model: &std::path::Path, spec: &std::path::Path, out: &std::pat
             Some(secateur::jobs::LocalDataset { path, format, task })
         }
     };
-    let bar = progress_bar();
-    let b = bar.clone();
-    let produced = secateur::jobs::run_local(&spec_bytes, model, calibration, out, move |p| {
-        b.set_position((p.fraction.clamp(0.0, 1.0) * 1000.0) as u64);
-        b.set_message(p.stage.clone());
-    });
-    bar.finish_and_clear();
-    let produced = produced?;
-    for a in &produced {
-        println!("{}\t{} bytes\tsha256 {}", out.join(&a.name).display(), a.bytes, a.sha256);
-    }
-    Ok(())
+    with_progress(out, |on| secateur::jobs::run_local(&spec_bytes, model, calibration, out, on))
 }
