@@ -233,13 +233,7 @@ async fn check_experiment(st: &AppState, tenant: &str, mut req: ExperimentReques
     }
     if let Some(p) = &req.pruning {
         if let (crate::jobs::spec::Granularity::NM, Some(pat)) = (p.granularity, &p.pattern) {
-            if let Ok(pat) = crate::engine::magnitude::NmPattern::parse(pat) {
-                for (what, n) in [("hidden size", model.hidden_size), ("FFN width", model.intermediate_size)] {
-                    if !(n as usize).is_multiple_of(pat.m) {
-                        return Err(ApiError::invalid("pruning.pattern", format!("M = {} must divide the model's {what} ({n})", pat.m)));
-                    }
-                }
-            }
+            check_nm_fits(pat, model)?;
         }
     }
     Ok(req)
@@ -269,11 +263,18 @@ fn check_against_model(req: &JobRequest, model: &crate::store::ModelRow) -> ApiR
         }
     }
     if let (Granularity::NM, Some(p), true) = (req.pruning.granularity, &req.pruning.pattern, req.pruning.include.is_empty()) {
-        if let Ok(pat) = crate::engine::magnitude::NmPattern::parse(p) {
-            for (what, n) in [("hidden size", model.hidden_size), ("FFN width", model.intermediate_size)] {
-                if n as usize % pat.m != 0 {
-                    return Err(ApiError::invalid("pruning.pattern", format!("M = {} must divide the input dimension of every pruned matrix, which is not a multiple of M here: the model's {what} is {n}", pat.m)));
-                }
+        check_nm_fits(p, model)?;
+    }
+    Ok(())
+}
+
+/// An N:M group size must divide the input dimension of every default target: the hidden size
+/// and the FFN width.
+fn check_nm_fits(pattern: &str, model: &crate::store::ModelRow) -> ApiResult<()> {
+    if let Ok(pat) = crate::engine::magnitude::NmPattern::parse(pattern) {
+        for (what, n) in [("hidden size", model.hidden_size), ("FFN width", model.intermediate_size)] {
+            if !(n as usize).is_multiple_of(pat.m) {
+                return Err(ApiError::invalid("pruning.pattern", format!("M = {} must divide the input dimension of every pruned matrix, which is not a multiple of M here: the model's {what} is {n}", pat.m)));
             }
         }
     }

@@ -6,12 +6,13 @@
 
 use super::experiment_spec::{ExperimentMethod, ExperimentRequest, ScheduleKind};
 use super::spec::Granularity;
+use super::prune::{model_err, write_model};
 use super::{Executor, JobContext, JobError};
 use crate::data::{self, Task};
 use crate::engine::arch::Family;
 use crate::engine::heads::{export_task_model, Head};
 use crate::engine::magnitude::{self, NmPattern, Report, Scope};
-use crate::engine::model::{Encoder, EncoderConfig, ModelError, Weights};
+use crate::engine::model::{Encoder, EncoderConfig, Weights};
 use crate::engine::st;
 use crate::train::experiment::{evaluate, examples, head_kind, linear_targets, prune_one_shot, sparsity_of, squad_evaluate, squad_train_examples, Shape};
 use crate::train::gradual::{gradient_pass, Criterion, GradualPruner, Ramp, Scores};
@@ -26,13 +27,6 @@ use std::collections::BTreeMap;
 use std::time::Instant;
 
 pub struct ExperimentExecutor;
-
-fn model_err(e: ModelError) -> JobError {
-    match e {
-        ModelError::Invalid(m) => JobError::Failed(m),
-        ModelError::Candle(e) => JobError::Internal(e.into()),
-    }
-}
 
 /// Share of the job's progress each stage takes (loading and evaluations are small).
 struct Plan {
@@ -578,11 +572,7 @@ impl Executor for ExperimentExecutor {
             compact: None,
         };
         let masks_bytes = magnitude::masks_file(&st_bytes, &header, &names);
-        ctx.write_artifact("model.safetensors", Bytes::from(st_bytes))?;
-        ctx.write_artifact("config.json", Bytes::from(cfg))?;
-        for f in ctx.model_files.iter().filter(|f| !matches!(f.as_str(), "model.safetensors" | "config.json")) {
-            ctx.write_artifact(f, ctx.read_model_file(f)?)?;
-        }
+        write_model(ctx, "", Bytes::from(st_bytes), Bytes::from(cfg))?;
         if req.pruning.is_some() {
             ctx.write_artifact("masks.safetensors", Bytes::from(masks_bytes))?;
         }

@@ -21,7 +21,7 @@ fn side_files(files: &[String]) -> impl Iterator<Item = &String> {
 
 /// Write a model directory among the artifacts: `model.safetensors`, `config.json` and the
 /// model's other files unchanged, under `prefix` (`""` or `"compact/"`).
-fn write_model(ctx: &JobContext, prefix: &str, weights: Bytes, config: Bytes) -> Result<(), JobError> {
+pub(super) fn write_model(ctx: &JobContext, prefix: &str, weights: Bytes, config: Bytes) -> Result<(), JobError> {
     ctx.write_artifact(&format!("{prefix}model.safetensors"), weights)?;
     ctx.write_artifact(&format!("{prefix}config.json"), config)?;
     for f in side_files(&ctx.model_files) {
@@ -30,7 +30,7 @@ fn write_model(ctx: &JobContext, prefix: &str, weights: Bytes, config: Bytes) ->
     Ok(())
 }
 
-fn model_err(e: ModelError) -> JobError {
+pub(super) fn model_err(e: ModelError) -> JobError {
     match e {
         ModelError::Invalid(m) => JobError::Failed(m),
         ModelError::Candle(e) => JobError::Internal(e.into()),

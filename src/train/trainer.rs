@@ -10,7 +10,7 @@
 
 use super::batch::{by_length, length_grouped, pad, shuffled, Padded};
 use super::loss::{task_loss, Distill, Targets};
-use super::net::{Grads, Net};
+use super::net::{splitmix, Grads, Net};
 use super::optim::{clip_grad_norm, linear_warmup_decay, AdamW, AdamWConfig, Param};
 use crate::engine::heads::HeadKind;
 use crate::engine::model::ModelError;
@@ -168,13 +168,6 @@ pub trait Observer {
 /// An observer that does nothing.
 pub struct Quiet;
 impl Observer for Quiet {}
-
-fn splitmix(mut z: u64) -> u64 {
-    z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
-}
 
 /// A padded batch of examples and their targets.
 pub fn batch_of(examples: &[Example], idx: &[usize], pad_id: u32) -> (Padded, Targets) {
