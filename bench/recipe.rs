@@ -4,22 +4,35 @@
 //! encoder linear weights, evaluation, recovery fine-tuning with the masks locked (optionally
 //! distilled from the dense model), evaluation on the full dev file. One epoch per stage, batch
 //! 32, dynamic padding, AdamW (weight decay 0.01 except biases and LayerNorm), 6% linear
-//! warm-up, clipping at 1.0, seed 42 (SEED) — the PyTorch reference's budget.
+//! warm-up, clipping at 1.0, seed 42 (SEED) — the PyTorch reference's budget. EPOCHS (default
+//! 1) sets the epochs of every stage, for the smaller GLUE tasks.
 //!
 //!   SECATEUR_MINILM_DIR=... TASK=sst2 TRAIN_ROWS=8000 MAX_LEN=64 \
 //!     CONFIGS=magnitude:0.5,magnitude:0.8,magnitude:0.8:distill,magnitude:2:4 \
 //!     cargo bench --bench recipe
 //!
-//! A configuration is `CRITERION:SPARSITY[:distill]` or `CRITERION:N:M[:distill]` with
-//! CRITERION one of magnitude, taylor, movement (movement: scores accumulated during the
-//! recovery epoch, cubic schedule to the target over its first 70% of steps).
+//! A configuration is `CRITERION:SPARSITY[:FLAG...]` or `CRITERION:N:M[:FLAG...]` with
+//! CRITERION one of magnitude, taylor, movement, wanda, sparsegpt (the calibrated two: the first
+//! 128 training examples as calibration inputs) and FLAGs:
+//! - `distill`: recovery distils from the dense model (T = 2, α = 0.5);
+//! - `cubic`: gradual instead of one-shot: scores accumulated during the recovery epoch, cubic
+//!   ramp to the target over its first 70% of steps, pruning every 5% (movement is always so);
+//! - `pretrained`: the pruning run starts from the pretrained model with a fresh head and the
+//!   dense stage's learning rate (5e-5) — movement pruning's own setting, pruning while the task
+//!   is learnt — instead of from the fine-tuned dense model (implies `cubic`).
+//!
+//! `structured:H:N` removes the fraction H of the heads and N of the FFN neurons in every layer
+//! (lowest norm), recovers with them locked, and also prints the forward time of 32 dev
+//! examples before and with the units physically removed (median of 9 runs).
 
 use candle_core::Device;
 use secateur::data::{self, Format, Task};
 use secateur::engine::heads::Head;
 use secateur::engine::magnitude::{NmPattern, Scope};
 use secateur::engine::model::{EncoderConfig, Weights};
-use secateur::train::experiment::{evaluate, examples, head_kind, linear_targets, prune_one_shot, sparsity_of, Shape};
+use secateur::engine::wanda::Rule;
+use secateur::engine::structured::UnitPlan;
+use secateur::train::experiment::{evaluate, examples, forward_ms, head_kind, linear_targets, lowest_units, prune_calibrated, prune_one_shot, sparsity_of, unit_norm_scores, zero_units, Calibrated, Shape};
 use secateur::train::gradual::{Criterion, GradualPruner, Ramp, Scores};
 use secateur::train::loss::Distill;
 use secateur::train::net::{Dropout, Net};
@@ -38,6 +51,7 @@ fn main() {
     let max_len: usize = env("MAX_LEN", "64").parse().unwrap();
     let configs = env("CONFIGS", "magnitude:0.5,magnitude:0.8,magnitude:0.8:distill,magnitude:2:4");
     let seed: u64 = env("SEED", "42").parse().unwrap();
+    let epochs: u32 = env("EPOCHS", "1").parse().unwrap();
     let folder = match task {
         Task::Sst2 => "SST-2",
         Task::Cola => "CoLA",
@@ -61,8 +75,9 @@ fn main() {
     let config = EncoderConfig::from_checkpoint(&config_json, &w.shapes()).unwrap();
     let head = Head::load_or_init(&w, config.family, head_kind(task).unwrap(), config.hidden, 0.02, seed).unwrap();
     let mut dense = Net::new(config, &w, &head, Dropout::from_config(&config_json, secateur::engine::arch::Family::Bert)).unwrap();
+    let fresh = dense.clone();
     drop((w, head));
-    let sched = |lr: f32| Schedule { epochs: 1, learning_rate: lr, batch_size: 32, seed, ..Default::default() };
+    let sched = |lr: f32| Schedule { epochs, learning_rate: lr, batch_size: 32, seed, ..Default::default() };
     let t = Instant::now();
     let s = sched(5e-5);
     let mut state = State::new(&s);
@@ -78,34 +93,71 @@ fn main() {
     let targets = linear_targets(&dense);
     for c in configs.split(',') {
         let parts: Vec<&str> = c.split(':').collect();
+        if parts[0] == "structured" {
+            let (h, n): (f64, f64) = (parts[1].parse().unwrap(), parts[2].parse().unwrap());
+            let mut net = dense.clone();
+            let t = Instant::now();
+            let (hs, ns) = unit_norm_scores(&net).unwrap();
+            let plan = UnitPlan { heads: lowest_units(&hs, h, Scope::Local), neurons: lowest_units(&ns, n, Scope::Local) };
+            let mut masks = Masks::none(&net);
+            zero_units(&mut net, &plan, &mut masks);
+            let one = evaluate(&net, task, &dev, 64).unwrap();
+            let s = sched(3e-5);
+            let mut state = State::new(&s);
+            let teacher = parts.contains(&"distill").then_some((&dense, Distill { temperature: 2.0, alpha: 0.5 }));
+            let loss = train(&mut net, &train_set, &s, &mut masks, &mut state, teacher, &mut Quiet).unwrap();
+            let after = evaluate(&net, task, &dev, 64).unwrap();
+            let batch = &dev[..dev.len().min(32)];
+            let (before_ms, after_ms) = (forward_ms(&dense, batch, false, 9).unwrap(), forward_ms(&net, batch, true, 9).unwrap());
+            println!("{c}\tsparsity={:.4}\tone_shot={:?}\trecovered={:?}\ttrain_loss={loss:.4}\ttrain_s={:.0}\tforward_ms_dense={before_ms:.1}\tforward_ms_pruned={after_ms:.1}\tspeedup={:.2}", sparsity_of(&net, &targets), Some(one.metrics), after.metrics, t.elapsed().as_secs_f64(), before_ms / after_ms);
+            continue;
+        }
+        let flags = ["distill", "cubic", "pretrained"];
+        let has = |f: &str| parts.contains(&f);
+        let (distill, pretrained) = (has("distill"), has("pretrained"));
+        let calibrated = match parts[0] {
+            "wanda" => Some(Calibrated::Wanda),
+            "sparsegpt" => Some(Calibrated::SparseGpt),
+            _ => None,
+        };
         let criterion = match parts[0] {
-            "magnitude" => Criterion::Magnitude,
+            "magnitude" | "wanda" | "sparsegpt" => Criterion::Magnitude,
             "taylor" => Criterion::Taylor,
             "movement" => Criterion::Movement,
             other => panic!("unknown criterion {other}"),
         };
-        let distill = parts.last() == Some(&"distill");
-        let nums: Vec<&str> = parts[1..].iter().copied().filter(|p| *p != "distill").collect();
+        let gradual = has("cubic") || pretrained || criterion == Criterion::Movement;
+        let nums: Vec<&str> = parts[1..].iter().copied().filter(|p| !flags.contains(p)).collect();
         let shape = if nums.len() == 2 {
             Shape::NM(NmPattern { n: nums[0].parse().unwrap(), m: nums[1].parse().unwrap() })
         } else {
             Shape::Unstructured { sparsity: nums[0].parse().unwrap(), scope: Scope::Global }
         };
-        let mut net = dense.clone();
-        let s = sched(3e-5);
+        let mut net = if pretrained { fresh.clone() } else { dense.clone() };
+        let s = sched(if pretrained { 5e-5 } else { 3e-5 });
         let mut state = State::new(&s);
         let teacher = distill.then_some((&dense, Distill { temperature: 2.0, alpha: 0.5 }));
         let t = Instant::now();
-        let (one_shot, loss) = if criterion == Criterion::Movement {
-            // Gradual: movement scores accumulated during recovery, cubic ramp over 70% of it.
-            let Shape::Unstructured { sparsity, scope } = shape else { panic!("movement is unstructured here") };
+        let (one_shot, loss) = if gradual {
+            let Shape::Unstructured { sparsity, scope } = shape else { panic!("gradual pruning is unstructured here") };
+            assert!(calibrated.is_none(), "wanda and sparsegpt prune once");
             let total = s.total_steps(train_set.len());
-            let mut pruner = GradualPruner { scores: Scores::new(&net, targets.clone(), Criterion::Movement), ramp: Ramp::Cubic, start: 0, end: total * 7 / 10, every: (total / 20).max(1), target: sparsity, scope, reached: 0.0 };
+            let mut pruner = GradualPruner { scores: Scores::new(&net, targets.clone(), criterion), ramp: Ramp::Cubic, start: 0, end: total * 7 / 10, every: (total / 20).max(1), target: sparsity, scope, reached: 0.0 };
             let mut masks = Masks::none(&net);
             let loss = train(&mut net, &train_set, &s, &mut masks, &mut state, teacher, &mut pruner).unwrap();
             (None, loss)
         } else {
-            let mut masks = prune_one_shot(&mut net, criterion, &train_set[..train_set.len().min(1024)], 32, shape).unwrap();
+            let calib = &train_set[..train_set.len().min(1024)];
+            let mut masks = match calibrated {
+                Some(how) => {
+                    let rule = match shape {
+                        Shape::NM(p) => Rule::NM(p),
+                        Shape::Unstructured { sparsity, .. } => Rule::Unstructured(sparsity),
+                    };
+                    prune_calibrated(&mut net, how, &calib[..calib.len().min(128)], rule).unwrap()
+                }
+                None => prune_one_shot(&mut net, criterion, calib, 32, shape).unwrap(),
+            };
             let one = evaluate(&net, task, &dev, 64).unwrap();
             let loss = train(&mut net, &train_set, &s, &mut masks, &mut state, teacher, &mut Quiet).unwrap();
             (Some(one.metrics), loss)

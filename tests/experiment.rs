@@ -291,7 +291,79 @@ async fn squad_experiments_score_exact_match_and_f1(db: Db) {
     assert!((100.0 * exact as f64 / 8.0 - result["metrics"]["after"]["exact_match"].as_f64().unwrap()).abs() < 1e-9, "{result}");
 }
 
-backend_tests!(experiments_validate_run_and_report, a_reclaimed_experiment_resumes_from_its_checkpoint, squad_experiments_score_exact_match_and_f1);
+/// The floats of one tensor of a safetensors file.
+fn tensor(bytes: &[u8], name: &str) -> (Vec<f32>, Vec<u64>) {
+    let h = st::parse(bytes).unwrap();
+    let t = &h.tensors[name];
+    (st::floats(&bytes[(h.data_start + t.begin) as usize..(h.data_start + t.end) as usize], t.dtype).unwrap(), t.shape.clone())
+}
+
+/// Wanda/SparseGPT starting points (calibrated on the training data) and structured heads +
+/// neurons, with latency measured on the physically smaller model.
+async fn calibrated_and_structured_experiments(db: Db) {
+    let app = TestApp::spawn(db).await;
+    let model = app.create_model(&TinyModel::default()).await;
+    let train = dataset(&app, toy_sst2(64, 0), "sst2").await;
+    let dev = dataset(&app, toy_sst2(24, 3), "sst2").await;
+    let base = json!({"kind": "experiment", "model_id": model, "task": {"name": "sst2", "dataset_id": train, "eval_dataset_id": dev},
+        "recovery": {"epochs": 1, "learning_rate": 1e-3, "batch_size": 8, "max_seq_len": 32}});
+    let with = |pruning: Value| {
+        let mut v = base.clone();
+        v["pruning"] = pruning;
+        v
+    };
+    let cases = [
+        (with(json!({"method": "wanda", "scope": "global", "sparsity": 0.5})), "pruning.scope"),
+        (with(json!({"method": "sparsegpt", "sparsity": 0.5, "schedule": {"kind": "cubic"}})), "pruning.schedule.kind"),
+        (with(json!({"method": "sparsegpt", "sparsity": 0.5, "calibration_samples": 0})), "pruning.calibration_samples"),
+        (with(json!({"method": "magnitude", "sparsity": 0.5, "calibration_samples": 16})), "pruning.calibration_samples"),
+        (with(json!({"method": "wanda", "granularity": "heads", "sparsity": 0.5})), "pruning.granularity"),
+        (with(json!({"method": "taylor", "granularity": "neurons", "sparsity": 0.5})), "pruning.granularity"),
+        (with(json!({"method": "magnitude", "sparsity": 0.5, "neuron_sparsity": 0.5})), "pruning.neuron_sparsity"),
+        (with(json!({"method": "magnitude", "granularity": "heads", "sparsity": 0.5, "neuron_sparsity": 1.0})), "pruning.neuron_sparsity"),
+    ];
+    for (body, field) in cases {
+        let (s, p) = problem(app.submit(&body).await).await;
+        assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{body}: {p}");
+        assert_eq!(p["errors"][0]["field"], field, "{body}: {p}");
+    }
+
+    // SparseGPT 2:4 from 16 calibration examples; recovery keeps the pattern.
+    let job = app.submit_ok(&with(json!({"method": "sparsegpt", "granularity": "n:m", "pattern": "2:4", "calibration_samples": 16}))).await;
+    let done = app.wait_for(&job, &["succeeded", "failed"], WAIT).await;
+    assert_eq!(done["status"], "succeeded", "{done}");
+    let result: Value = app.get(&format!("/v1/jobs/{job}/result")).send().await.unwrap().json().await.unwrap();
+    assert!((result["summary"]["sparsity"].as_f64().unwrap() - 0.5).abs() < 1e-9, "{result}");
+    assert!(result["metrics"]["pruned"]["accuracy"].is_f64(), "{result}");
+    let report: Value = serde_json::from_slice(&app.artifact(&job, "report.json").await).unwrap();
+    assert_eq!((report["method"].as_str(), report["scope"].as_str()), (Some("sparsegpt"), Some("local")), "{report}");
+    let out = app.artifact(&job, "model.safetensors").await;
+    for l in 0..2 {
+        for m in ["attention.self.query", "attention.output.dense", "intermediate.dense", "output.dense"] {
+            let (w, _) = tensor(&out, &format!("bert.encoder.layer.{l}.{m}.weight"));
+            assert!(w.chunks(4).all(|g| g.iter().filter(|v| **v != 0.0).count() == 2), "layer {l} {m}");
+        }
+    }
+
+    // Half of the heads and half of the FFN neurons in every layer.
+    let job = app.submit_ok(&with(json!({"method": "magnitude", "granularity": "heads", "scope": "local", "sparsity": 0.5, "neuron_sparsity": 0.5}))).await;
+    let done = app.wait_for(&job, &["succeeded", "failed"], WAIT).await;
+    assert_eq!(done["status"], "succeeded", "{done}");
+    let result: Value = app.get(&format!("/v1/jobs/{job}/result")).send().await.unwrap().json().await.unwrap();
+    let summary = &result["summary"];
+    assert_eq!(summary["units"], json!({"heads_removed": 4, "heads": 8, "neurons_removed": 64, "neurons": 128}), "{summary}");
+    assert!(summary["latency_ms"]["after"].as_f64().unwrap() > 0.0 && summary["latency_ms"]["speedup"].as_f64().unwrap() > 0.0, "{summary}");
+    assert!(summary["latency_ms"]["note"].as_str().unwrap().contains("physically"), "{summary}");
+    let out = app.artifact(&job, "model.safetensors").await;
+    for l in 0..2 {
+        let (w, shape) = tensor(&out, &format!("bert.encoder.layer.{l}.output.dense.weight"));
+        let cols = shape[1] as usize;
+        let zero_cols = (0..cols).filter(|c| w.chunks(cols).all(|row| row[*c] == 0.0)).count();
+        assert_eq!(zero_cols, 32, "layer {l}: half of the 64 neurons stay removed after recovery");
+    }
+}
+
+backend_tests!(experiments_validate_run_and_report, a_reclaimed_experiment_resumes_from_its_checkpoint, squad_experiments_score_exact_match_and_f1, calibrated_and_structured_experiments);
 
 /// `secateur experiment` runs the worker's code on local files: the same spec gives the same
 /// files as the job; faults are reported with the field.

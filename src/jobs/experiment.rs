@@ -12,9 +12,11 @@ use crate::data::{self, Task};
 use crate::engine::arch::Family;
 use crate::engine::heads::{export_task_model, Head};
 use crate::engine::magnitude::{self, NmPattern, Report, Scope};
-use crate::engine::model::{Encoder, EncoderConfig, Weights};
+use crate::engine::model::{EncoderConfig, Weights};
 use crate::engine::st;
-use crate::train::experiment::{evaluate, examples, head_kind, linear_targets, prune_one_shot, sparsity_of, squad_evaluate, squad_train_examples, Shape};
+use crate::engine::structured::UnitPlan;
+use crate::engine::wanda::Rule;
+use crate::train::experiment::{evaluate, examples, forward_ms, head_kind, linear_targets, lowest_units, prune_calibrated, prune_one_shot, removed_units, sparsity_of, squad_evaluate, squad_train_examples, unit_norm_scores, zero_units, Calibrated, Shape};
 use crate::train::gradual::{gradient_pass, Criterion, GradualPruner, Ramp, Scores};
 use crate::train::loss::Distill;
 use crate::train::net::{Dropout, Net};
@@ -231,24 +233,8 @@ fn metrics_json(e: &Scored) -> serde_json::Value {
     json!(e.metrics)
 }
 
-/// Median forward time (ms) of one evaluation batch in Secateur's runtime, over 5 runs.
-fn latency(net: &Net, batch: &[Example]) -> Result<f64, JobError> {
-    let (w, _) = net.to_weights().map_err(model_err)?;
-    let enc = Encoder::load(net.config.clone(), &w).map_err(model_err)?;
-    let idx: Vec<usize> = (0..batch.len()).collect();
-    let (b, _) = trainer::batch_of(batch, &idx, net.config.pad_token_id);
-    let t = |v: &[u32]| candle_core::Tensor::from_vec(v.to_vec(), (b.rows, b.len), &Device::Cpu);
-    let (ids, mask, tt) = (t(&b.ids).map_err(|e| JobError::Internal(e.into()))?, t(&b.mask).map_err(|e| JobError::Internal(e.into()))?, t(&b.type_ids).map_err(|e| JobError::Internal(e.into()))?);
-    enc.forward(&ids, Some(&tt), &mask).map_err(model_err)?;
-    let mut ms: Vec<f64> = (0..5)
-        .map(|_| {
-            let s = Instant::now();
-            let _ = enc.forward(&ids, Some(&tt), &mask);
-            s.elapsed().as_secs_f64() * 1e3
-        })
-        .collect();
-    ms.sort_by(f64::total_cmp);
-    Ok(ms[2])
+fn latency(net: &Net, batch: &[Example], compact: bool) -> Result<f64, JobError> {
+    forward_ms(net, batch, compact, 5).map_err(model_err)
 }
 
 fn shape_of(p: &super::experiment_spec::ExperimentPruning) -> Result<Shape, JobError> {
@@ -258,40 +244,21 @@ fn shape_of(p: &super::experiment_spec::ExperimentPruning) -> Result<Shape, JobE
     })
 }
 
-/// Zeroes whole heads (their query/key/value rows and attention-output columns) and returns
-/// masks that keep them at zero.
+/// Zeroes the FFN neurons with the lowest norm (input row and output column), adding them to
+/// `masks`.
+fn prune_neurons(net: &mut Net, sparsity: f64, scope: Scope, mut masks: Masks) -> Result<Masks, JobError> {
+    let (_, scores) = unit_norm_scores(net).map_err(model_err)?;
+    let plan = UnitPlan { heads: Vec::new(), neurons: lowest_units(&scores, sparsity, scope) };
+    zero_units(net, &plan, &mut masks);
+    Ok(masks)
+}
+
+/// Zeroes the heads with the lowest scores (their query/key/value rows and attention-output
+/// columns) and returns masks that keep them at zero.
 fn prune_heads(net: &mut Net, scores: &[Vec<f32>], sparsity: f64, scope: Scope) -> Masks {
-    let head_dim = net.config.head_dim;
-    let total: usize = scores.iter().map(Vec::len).sum();
-    let removed = match scope {
-        Scope::Global => crate::engine::structured::select_lowest(scores, Some((total as f64 * sparsity).round() as usize), None),
-        Scope::Local => {
-            let counts: Vec<usize> = scores.iter().map(|s| (s.len() as f64 * sparsity).round() as usize).collect();
-            crate::engine::structured::select_lowest(scores, None, Some(&counts))
-        }
-    };
+    let plan = UnitPlan { heads: lowest_units(scores, sparsity, scope), neurons: Vec::new() };
     let mut masks = Masks::none(net);
-    for (layer, heads) in removed.iter().enumerate() {
-        let Some([q, k, v, o]) = net.attention_weights(layer) else { continue };
-        let hidden = net.params[o].shape[0];
-        let width = net.params[o].shape[1];
-        for i in [q, k, v] {
-            let cols = net.params[i].shape[1];
-            let mut keep = masks.0[i].take().unwrap_or_else(|| vec![true; net.params[i].value.len()]);
-            for &h in heads {
-                keep[h * head_dim * cols..(h + 1) * head_dim * cols].iter_mut().for_each(|k| *k = false);
-            }
-            masks.0[i] = Some(keep);
-        }
-        let mut keep = vec![true; hidden * width];
-        for r in 0..hidden {
-            for &h in heads {
-                keep[r * width + h * head_dim..r * width + (h + 1) * head_dim].iter_mut().for_each(|k| *k = false);
-            }
-        }
-        masks.0[o] = Some(keep);
-    }
-    masks.apply(net);
+    zero_units(net, &plan, &mut masks);
     masks
 }
 
@@ -436,7 +403,7 @@ impl Executor for ExperimentExecutor {
         }
         let latency_before = match resume_at.as_deref() {
             Some("recover") => resume.latency_before,
-            _ if measure_latency => Some(latency(&net, &latency_batch)?),
+            _ if measure_latency => Some(latency(&net, &latency_batch, false)?),
             _ => None,
         };
         resume.latency_before = latency_before;
@@ -460,6 +427,7 @@ impl Executor for ExperimentExecutor {
                 ExperimentMethod::Magnitude => Criterion::Magnitude,
                 ExperimentMethod::Taylor => Criterion::Taylor,
                 ExperimentMethod::Movement | ExperimentMethod::HeadImportance => Criterion::Movement,
+                ExperimentMethod::Wanda | ExperimentMethod::Sparsegpt => Criterion::Magnitude,
             };
             let mut masks = Masks::none(&net);
             if resume_at.as_deref() != Some("recover") {
@@ -475,13 +443,28 @@ impl Executor for ExperimentExecutor {
                             prune_heads(&mut net, &imp, p.sparsity.unwrap_or(0.0), p.scope.unwrap_or(Scope::Global))
                         }
                         (Granularity::Heads, _) => {
-                            let (w, _) = net.to_weights().map_err(model_err)?;
-                            let norms = crate::engine::structured::head_norm_scores(&w, &net.config).map_err(model_err)?;
+                            let (norms, _) = unit_norm_scores(&net).map_err(model_err)?;
                             head_scores = Some(norms.clone());
                             prune_heads(&mut net, &norms, p.sparsity.unwrap_or(0.0), p.scope.unwrap_or(Scope::Global))
                         }
+                        (Granularity::Neurons, _) => {
+                            let none = Masks::none(&net);
+                            prune_neurons(&mut net, p.sparsity.unwrap_or(0.0), p.scope.unwrap_or(Scope::Global), none)?
+                        }
+                        (_, ExperimentMethod::Wanda | ExperimentMethod::Sparsegpt) => {
+                            let how = if p.method == ExperimentMethod::Wanda { Calibrated::Wanda } else { Calibrated::SparseGpt };
+                            let rule = match shape_of(p)? {
+                                Shape::NM(pat) => Rule::NM(pat),
+                                Shape::Unstructured { sparsity, .. } => Rule::Unstructured(sparsity),
+                            };
+                            let n = p.calibration_samples.unwrap_or(128).min(score_set.len());
+                            prune_calibrated(&mut net, how, &score_set[..n], rule).map_err(model_err)?
+                        }
                         _ => prune_one_shot(&mut net, criterion, &score_set, 32, shape_of(p)?).map_err(model_err)?,
                     };
+                    if let Some(ns) = p.neuron_sparsity.filter(|_| p.granularity == Granularity::Heads) {
+                        masks = prune_neurons(&mut net, ns, p.scope.unwrap_or(Scope::Global), masks)?;
+                    }
                     let e = score(&net)?;
                     ctx.record_stage("prune", json!({"metrics": metrics_json(&e), "sparsity": sparsity_of(&net, &targets), "seconds": t.elapsed().as_secs_f64(), "head_scores": head_scores}))?;
                     resume.pruned = Some(e.metrics);
@@ -547,7 +530,13 @@ impl Executor for ExperimentExecutor {
             None => score(&net)?,
         };
         let (baseline_m, before_m, pruned_m) = (resume.baseline.clone(), resume.before.clone(), resume.pruned.clone());
-        let latency_after = if measure_latency { Some(latency(&net, &latency_batch)?) } else { None };
+        let structured_pruning = req.pruning.as_ref().is_some_and(|p| matches!(p.granularity, Granularity::Heads | Granularity::Neurons));
+        let latency_after = if measure_latency { Some(latency(&net, &latency_batch, structured_pruning)?) } else { None };
+        let units = structured_pruning.then(|| {
+            let plan = removed_units(&net);
+            let count = |v: &[Vec<usize>]| v.iter().map(Vec::len).sum::<usize>();
+            json!({"heads_removed": count(&plan.heads), "heads": net.config.layers.iter().map(|l| l.heads).sum::<usize>(), "neurons_removed": count(&plan.neurons), "neurons": net.config.layers.iter().map(|l| l.ffn).sum::<usize>()})
+        });
 
         // Export.
         ctx.progress("export", plan.at("export", 0.0))?;
@@ -560,7 +549,7 @@ impl Executor for ExperimentExecutor {
             method: req.pruning.as_ref().map_or("none".into(), |p| serde_json::to_value(p.method).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default()),
             parameters: json!(req.pruning),
             granularity: req.pruning.as_ref().map_or("unstructured".into(), |p| serde_json::to_value(p.granularity).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default()),
-            scope: req.pruning.as_ref().and_then(|p| p.scope).unwrap_or(Scope::Global),
+            scope: req.pruning.as_ref().and_then(|p| p.scope).unwrap_or(if req.pruning.as_ref().is_some_and(|p| p.method.calibrated()) { Scope::Local } else { Scope::Global }),
             requested_sparsity: req.pruning.as_ref().and_then(|p| p.sparsity).unwrap_or(0.0),
             pattern: req.pruning.as_ref().and_then(|p| p.pattern.clone()),
             include: Vec::new(),
@@ -589,7 +578,9 @@ impl Executor for ExperimentExecutor {
             "retention": after.metrics.iter().filter_map(|(k, v)| before_m.get(k).filter(|b| **b != 0.0).map(|b| (k.clone(), v / b))).collect::<BTreeMap<_, _>>(),
             "sparsity": sparsity_of(&net, &targets),
             "size": {"bytes": totals.bytes, "bytes_sparse": totals.bytes_sparse, "parameters": totals.parameters, "nonzeros": totals.nonzeros},
-            "latency_ms": {"before": latency_before, "after": latency_after, "batch": latency_batch.len(), "note": "median of 5 forwards of one evaluation batch in Secateur's runtime (dense kernels: zeroed weights are still multiplied)"},
+            "units": units,
+            "latency_ms": {"before": latency_before, "after": latency_after, "speedup": latency_before.zip(latency_after).map(|(b, a)| b / a), "batch": latency_batch.len(),
+                "note": if structured_pruning { "median of 5 forwards of one evaluation batch in Secateur's runtime; after: removed heads and neurons physically gone (the compact layout)" } else { "median of 5 forwards of one evaluation batch in Secateur's runtime (dense kernels: zeroed weights are still multiplied)" }},
         });
         ctx.write_artifact("result.json", Bytes::from(serde_json::to_vec_pretty(&result).map_err(|e| JobError::Internal(e.into()))?))?;
         ctx.record_stage("export", json!({"summary": result}))?;

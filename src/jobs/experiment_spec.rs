@@ -143,6 +143,18 @@ pub enum ExperimentMethod {
     /// Attention heads by the gradient of the loss with respect to a head mask (Michel et al.
     /// 2019); granularity `heads`.
     HeadImportance,
+    /// Wanda (|w|·‖X_j‖₂ within each output row), calibrated on the first
+    /// `calibration_samples` training examples; one_shot, unstructured or n:m, scope local.
+    Wanda,
+    /// SparseGPT (layer-wise OBS reconstruction, block 128, dampening 1%), calibrated on the
+    /// first `calibration_samples` training examples; one_shot, unstructured or n:m, scope local.
+    Sparsegpt,
+}
+
+impl ExperimentMethod {
+    pub fn calibrated(self) -> bool {
+        matches!(self, ExperimentMethod::Wanda | ExperimentMethod::Sparsegpt)
+    }
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
@@ -187,16 +199,26 @@ impl Default for ScheduleSpec {
 #[serde(deny_unknown_fields)]
 pub struct ExperimentPruning {
     pub method: ExperimentMethod,
-    /// `unstructured` (default), `n:m`, or `heads` (magnitude, head_importance).
+    /// `unstructured` (default), `n:m`, `heads` (magnitude, head_importance) or `neurons`
+    /// (magnitude: the norm of each FFN neuron's input row and output column).
     #[serde(default)]
     pub granularity: Granularity,
-    /// `global` (default) or `local`.
+    /// `global` (default; wanda and sparsegpt: `local`, their only choice) or `local`.
     #[serde(default)]
     pub scope: Option<Scope>,
-    /// The fraction removed, in [0, 1): of the encoder's linear weights (unstructured), or of
-    /// the heads (heads). Not for n:m.
+    /// The fraction removed, in [0, 1): of the encoder's linear weights (unstructured), of the
+    /// heads (heads), or of the FFN neurons (neurons). Not for n:m.
     #[serde(default)]
     pub sparsity: Option<f64>,
+    /// Granularity `heads` only: also remove this fraction of the FFN neurons, in [0, 1)
+    /// (scored by their norm; same scope). Latency after pruning is measured with removed
+    /// heads and neurons physically gone.
+    #[serde(default)]
+    pub neuron_sparsity: Option<f64>,
+    /// wanda and sparsegpt: calibration inputs, the first N training examples (1..=4096,
+    /// default 128) at the recovery's `max_seq_len`.
+    #[serde(default)]
+    pub calibration_samples: Option<usize>,
     /// `n:m` only: e.g. "2:4".
     #[serde(default)]
     pub pattern: Option<String>,
@@ -322,10 +344,32 @@ impl ExperimentRequest {
                 Granularity::Unstructured => {}
                 Granularity::NM if p.method != ExperimentMethod::HeadImportance => {}
                 Granularity::Heads if matches!(p.method, ExperimentMethod::Magnitude | ExperimentMethod::HeadImportance) => {}
+                Granularity::Neurons if p.method == ExperimentMethod::Magnitude => {}
                 g => {
                     let g = serde_json::to_value(g).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default();
-                    errs.push(FieldError::new("pruning.granularity", format!("method {m} with granularity {g} is not available in experiment jobs (unstructured and n:m: magnitude, taylor, movement; heads: magnitude, head_importance)")));
+                    errs.push(FieldError::new("pruning.granularity", format!("method {m} with granularity {g} is not available in experiment jobs (unstructured and n:m: magnitude, taylor, movement, wanda, sparsegpt; heads: magnitude, head_importance; neurons: magnitude)")));
                 }
+            }
+            if p.method.calibrated() {
+                if p.scope == Some(Scope::Global) {
+                    let why = if p.method == ExperimentMethod::Wanda { "compares weights within each output row" } else { "reconstructs each linear map on its own" };
+                    errs.push(FieldError::new("pruning.scope", format!("pruning.scope must be local for {m}: it {why}")));
+                }
+                if p.schedule.kind != ScheduleKind::OneShot {
+                    errs.push(FieldError::new("pruning.schedule.kind", format!("{m} prunes once (one_shot) before recovery")));
+                }
+                if let Some(n) = p.calibration_samples {
+                    if !(1..=4096).contains(&n) {
+                        errs.push(FieldError::new("pruning.calibration_samples", "pruning.calibration_samples must be in 1..=4096"));
+                    }
+                }
+            } else if p.calibration_samples.is_some() {
+                errs.push(FieldError::new("pruning.calibration_samples", "pruning.calibration_samples applies to methods wanda and sparsegpt only"));
+            }
+            match p.neuron_sparsity {
+                Some(_) if p.granularity != Granularity::Heads => errs.push(FieldError::new("pruning.neuron_sparsity", "pruning.neuron_sparsity applies to granularity heads only (granularity neurons uses pruning.sparsity)")),
+                Some(s) if !(s.is_finite() && (0.0..1.0).contains(&s)) => errs.push(FieldError::new("pruning.neuron_sparsity", "pruning.neuron_sparsity must be in [0, 1)")),
+                _ => {}
             }
             if p.method == ExperimentMethod::HeadImportance && p.granularity != Granularity::Heads {
                 errs.push(FieldError::new("pruning.granularity", "head_importance prunes granularity heads"));

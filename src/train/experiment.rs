@@ -6,11 +6,15 @@
 use super::features;
 use super::gradual::{select, Criterion, Scores};
 use super::net::Net;
-use super::trainer::{predict, Example, Masks, Target};
+use super::trainer::{batch_of, predict, Example, Masks, Target};
 use crate::data::{self, Label, Task};
 use crate::engine::heads::HeadKind;
 use crate::engine::magnitude::{NmPattern, Scope};
-use crate::engine::model::ModelError;
+use crate::engine::model::{Encoder, ModelError, Site};
+use crate::engine::sparsegpt::{self, Hessian};
+use crate::engine::structured::{self, UnitPlan};
+use crate::engine::wanda::{self, Rule};
+use candle_core::{Device, Tensor};
 use crate::metrics;
 use std::collections::BTreeMap;
 
@@ -207,6 +211,186 @@ pub fn prune_one_shot(net: &mut Net, criterion: Criterion, data: &[Example], bat
     Ok(prune_by_scores(net, &targets, &current, shape))
 }
 
+/// The engine's calibrated one-shot methods, run on the trainable model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Calibrated {
+    /// |w|·‖X_j‖₂ compared within each output row (Sun et al. 2023).
+    Wanda,
+    /// Layer-wise OBS reconstruction (Frantar & Alistarh 2023), layer by layer through the
+    /// layers already pruned, with the engine's default block (128) and dampening (1%).
+    SparseGpt,
+}
+
+/// `(input_ids, attention_mask, token_type_ids)` batches of 8 examples, padded to their longest.
+fn calibration_batches(net: &Net, calib: &[Example]) -> Result<Vec<(Tensor, Tensor, Tensor)>, ModelError> {
+    let idx: Vec<usize> = (0..calib.len()).collect();
+    idx.chunks(8)
+        .map(|c| {
+            let (b, _) = batch_of(calib, c, net.config.pad_token_id);
+            let t = |v: Vec<u32>| Tensor::from_vec(v, (b.rows, b.len), &Device::Cpu);
+            Ok((t(b.ids.clone())?, t(b.mask.clone())?, t(b.type_ids.clone())?))
+        })
+        .collect()
+}
+
+/// Wanda or SparseGPT over the net's encoder linear weights (each tensor to the rule's
+/// sparsity: per output row for Wanda, per block of columns for SparseGPT, or N:M), with the
+/// token ids of `calib` as calibration inputs. Returns the masks that keep the pruned weights
+/// at zero during recovery.
+pub fn prune_calibrated(net: &mut Net, method: Calibrated, calib: &[Example], rule: Rule) -> Result<Masks, ModelError> {
+    if calib.is_empty() {
+        return Err(ModelError::Invalid("calibrated pruning needs at least one calibration example".into()));
+    }
+    let targets = linear_targets(net);
+    let names: Vec<String> = targets.iter().map(|&i| net.params[i].name.clone()).collect();
+    let batches = calibration_batches(net, calib)?;
+    let (w, _) = net.to_weights()?;
+    let mut enc = Encoder::load(net.config.clone(), &w)?;
+    drop(w);
+    let family = net.config.family;
+    match method {
+        Calibrated::Wanda => {
+            let norms = wanda::input_norms(&enc, &batches)?;
+            for &i in &targets {
+                let p = &mut net.params[i];
+                let n = norms.get(&p.name).ok_or_else(|| ModelError::Invalid(format!("no calibration input reached {}", p.name)))?;
+                let prune = wanda::mask(&p.value, p.shape[1], n, rule);
+                p.value.iter_mut().zip(prune).filter(|(_, pr)| *pr).for_each(|(v, _)| *v = 0.0);
+            }
+        }
+        Calibrated::SparseGpt => {
+            let sites = [Site::Attention, Site::AttentionOutput, Site::FfnIn, Site::FfnOut];
+            let mut xs = batches.iter().map(|(ids, _, tt)| enc.embed(ids, Some(tt))).collect::<Result<Vec<_>, _>>()?;
+            let biases = batches.iter().map(|(_, m, _)| Encoder::attention_bias(m)).collect::<Result<Vec<_>, _>>()?;
+            let layers = enc.num_layers();
+            for l in 0..layers {
+                let mut hessians: Vec<(Site, Option<Hessian>)> = sites.iter().map(|s| (*s, None)).collect();
+                for ((x, bias), (_, mask, _)) in xs.iter().zip(&biases).zip(&batches) {
+                    enc.layer_forward_observed(l, x, bias, &mut |site, input| {
+                        if let Some((_, h)) = hessians.iter_mut().find(|(s, _)| *s == site) {
+                            h.get_or_insert_with(|| Hessian::new(input.dim(2).unwrap_or(0))).add(input, mask)?;
+                        }
+                        Ok(())
+                    })?;
+                }
+                for (site, h) in &hessians {
+                    for module in site.modules(family) {
+                        let name = format!("{}{module}.weight", family.layer_prefix(l));
+                        let Some(i) = net.index_of(&name).filter(|i| targets.contains(i)) else { continue };
+                        let h = h.as_ref().ok_or_else(|| ModelError::Invalid(format!("no calibration input reached {name}")))?;
+                        let p = &mut net.params[i];
+                        let (rows, cols) = (p.shape[0], p.shape[1]);
+                        sparsegpt::prune(&mut p.value, cols, h, rule, sparsegpt::Options::default()).map_err(|e| ModelError::Invalid(format!("{name}: {e}")))?;
+                        enc.set_weight(l, module, Tensor::from_vec(p.value.clone(), (rows, cols), &Device::Cpu)?)?;
+                    }
+                }
+                if l + 1 < layers {
+                    for (x, bias) in xs.iter_mut().zip(&biases) {
+                        *x = enc.layer_forward_observed(l, x, bias, &mut |_, _| Ok(()))?;
+                    }
+                }
+            }
+        }
+    }
+    Ok(Masks::from_zeros(net, |n| names.iter().any(|t| t == n)))
+}
+
+/// The heads and FFN neurons a structurally pruned net has lost: a head whose attention-output
+/// columns are all zero, a neuron whose FFN-output column is all zero (what the masks of
+/// structured pruning keep at zero), read from the weights themselves.
+pub fn removed_units(net: &Net) -> UnitPlan {
+    let names = net.config.family.layer_names();
+    let hd = net.config.head_dim;
+    let mut plan = UnitPlan::default();
+    for l in 0..net.config.layers.len() {
+        let prefix = net.config.family.layer_prefix(l);
+        let zero_cols = |module: &str, group: usize| -> Vec<usize> {
+            let Some(i) = net.index_of(&format!("{prefix}{module}.weight")) else { return Vec::new() };
+            let p = &net.params[i];
+            let (rows, cols) = (p.shape[0], p.shape[1]);
+            (0..cols / group).filter(|u| (0..rows).all(|r| p.value[r * cols + u * group..r * cols + (u + 1) * group].iter().all(|v| *v == 0.0))).collect()
+        };
+        plan.heads.push(zero_cols(names.attn_out, hd));
+        plan.neurons.push(zero_cols(names.ffn_out, 1));
+    }
+    plan
+}
+
+/// One score per unit, per layer.
+pub type PerLayer = Vec<Vec<f32>>;
+
+/// The norm scores of every head (its query/key/value rows and attention-output columns) and
+/// FFN neuron (its input row and output column), per layer.
+pub fn unit_norm_scores(net: &Net) -> Result<(PerLayer, PerLayer), ModelError> {
+    let (w, _) = net.to_weights()?;
+    Ok((structured::head_norm_scores(&w, &net.config)?, structured::neuron_norm_scores(&w, &net.config)?))
+}
+
+/// The lowest-scoring `sparsity` of the units, across the model (`Global`) or in each layer.
+pub fn lowest_units(scores: &[Vec<f32>], sparsity: f64, scope: Scope) -> Vec<Vec<usize>> {
+    let total: usize = scores.iter().map(Vec::len).sum();
+    match scope {
+        Scope::Global => structured::select_lowest(scores, Some((total as f64 * sparsity).round() as usize), None),
+        Scope::Local => {
+            let counts: Vec<usize> = scores.iter().map(|s| (s.len() as f64 * sparsity).round() as usize).collect();
+            structured::select_lowest(scores, None, Some(&counts))
+        }
+    }
+}
+
+/// Median wall time (ms) of `runs` forward passes of `batch` through Secateur's inference
+/// encoder built from the net; with `compact`, the heads and neurons the net has lost
+/// ([`removed_units`]) are physically removed first, so the smaller model is what runs.
+pub fn forward_ms(net: &Net, batch: &[Example], compact: bool, runs: usize) -> Result<f64, ModelError> {
+    let (mut w, _) = net.to_weights()?;
+    let config = if compact { structured::apply(&mut w, &net.config, &removed_units(net), structured::Surgery::Remove)? } else { net.config.clone() };
+    let enc = Encoder::load(config, &w)?;
+    let idx: Vec<usize> = (0..batch.len()).collect();
+    let (b, _) = batch_of(batch, &idx, net.config.pad_token_id);
+    let t = |v: &[u32]| Tensor::from_vec(v.to_vec(), (b.rows, b.len), &Device::Cpu);
+    let (ids, mask, tt) = (t(&b.ids)?, t(&b.mask)?, t(&b.type_ids)?);
+    enc.forward(&ids, Some(&tt), &mask)?;
+    let mut ms = (0..runs.max(1))
+        .map(|_| {
+            let s = std::time::Instant::now();
+            enc.forward(&ids, Some(&tt), &mask).map(|_| s.elapsed().as_secs_f64() * 1e3)
+        })
+        .collect::<Result<Vec<f64>, _>>()?;
+    ms.sort_by(f64::total_cmp);
+    Ok(ms[ms.len() / 2])
+}
+
+/// Zeroes whole units (`Heads`: their query/key/value rows and attention-output columns;
+/// `Neurons`: their FFN input rows and output columns) chosen by `plan`, adding to `masks` so
+/// that recovery keeps them at zero.
+pub fn zero_units(net: &mut Net, plan: &UnitPlan, masks: &mut Masks) {
+    let names = net.config.family.layer_names();
+    let hd = net.config.head_dim;
+    for l in 0..net.config.layers.len() {
+        let prefix = net.config.family.layer_prefix(l);
+        let heads = plan.heads.get(l).map(Vec::as_slice).unwrap_or(&[]);
+        let neurons = plan.neurons.get(l).map(Vec::as_slice).unwrap_or(&[]);
+        // (module, removed units, unit size, rows (true) or columns)
+        let edits = [(names.query, heads, hd, true), (names.key, heads, hd, true), (names.value, heads, hd, true), (names.attn_out, heads, hd, false), (names.ffn_in, neurons, 1, true), (names.ffn_out, neurons, 1, false)];
+        for (module, units, group, rows) in edits {
+            if units.is_empty() {
+                continue;
+            }
+            let Some(i) = net.index_of(&format!("{prefix}{module}.weight")) else { continue };
+            let (r, c) = (net.params[i].shape[0], net.params[i].shape[1]);
+            let keep = masks.0[i].get_or_insert_with(|| vec![true; r * c]);
+            for &u in units {
+                if rows {
+                    keep[u * group * c..(u + 1) * group * c].iter_mut().for_each(|k| *k = false);
+                } else {
+                    (0..r).for_each(|row| keep[row * c + u * group..row * c + (u + 1) * group].iter_mut().for_each(|k| *k = false));
+                }
+            }
+        }
+    }
+    masks.apply(net);
+}
+
 /// Fraction of zeros over the targets.
 pub fn sparsity_of(net: &Net, targets: &[usize]) -> f64 {
     let (z, n) = targets.iter().fold((0usize, 0usize), |(z, n), &i| (z + net.params[i].value.iter().filter(|v| **v == 0.0).count(), n + net.params[i].value.len()));
@@ -225,6 +409,95 @@ mod tests {
     fn nm_keeps_the_largest_n_of_every_m() {
         let s = [1.0, 4.0, 3.0, 2.0, 0.0, 0.0, 5.0, 0.0];
         assert_eq!(nm_keep(&s, 8, NmPattern { n: 2, m: 4 }), vec![false, true, true, false, true, false, true, false]);
+    }
+
+    fn tiny_net() -> Net {
+        use crate::engine::arch::Family;
+        use crate::engine::heads::Head;
+        use crate::engine::model::{EncoderConfig, Weights};
+        let m = crate::engine::testing::TinyModel { ffn: 64, ..Default::default() };
+        let w = Weights::from_safetensors(&m.safetensors(), Family::Bert, &Device::Cpu).unwrap();
+        let config = EncoderConfig::from_checkpoint(m.config_json().as_bytes(), &w.shapes()).unwrap();
+        let head = Head::load_or_init(&w, Family::Bert, HeadKind::Classification(2), config.hidden, 0.02, 1).unwrap();
+        Net::new(config, &w, &head, super::super::net::Dropout::NONE).unwrap()
+    }
+
+    fn calibration(n: usize) -> Vec<Example> {
+        (0..n).map(|i| Example { ids: (0..6 + i % 5).map(|j| 2 + ((i * 13 + j * 7) % 60) as u32).collect(), type_ids: vec![0; 6 + i % 5], target: Target::Class(i % 2) }).collect()
+    }
+
+    /// Last hidden state of the net's encoder on the calibration batches.
+    fn hidden(net: &Net, calib: &[Example]) -> Vec<f32> {
+        let (w, _) = net.to_weights().unwrap();
+        let enc = Encoder::load(net.config.clone(), &w).unwrap();
+        calibration_batches(net, calib).unwrap().iter().flat_map(|(ids, mask, tt)| enc.forward(ids, Some(tt), mask).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap()).collect()
+    }
+
+    fn error(a: &[f32], b: &[f32]) -> f64 {
+        a.iter().zip(b).map(|(x, y)| f64::from(x - y).powi(2)).sum::<f64>().sqrt()
+    }
+
+    #[test]
+    fn calibrated_pruning_of_the_trainable_model() {
+        let dense = tiny_net();
+        let calib = calibration(24);
+        let targets = linear_targets(&dense);
+        let reference = hidden(&dense, &calib);
+        // Wanda, unstructured 50%: exactly half of every output row, masks = the zeros.
+        let mut net = dense.clone();
+        let masks = prune_calibrated(&mut net, Calibrated::Wanda, &calib, Rule::Unstructured(0.5)).unwrap();
+        for &i in &targets {
+            let p = &net.params[i];
+            for row in p.value.chunks(p.shape[1]) {
+                assert_eq!(row.iter().filter(|v| **v == 0.0).count(), p.shape[1] / 2, "{}", p.name);
+            }
+            assert_eq!(masks.0[i].as_ref().unwrap().iter().filter(|k| !**k).count(), p.value.len() / 2);
+        }
+        assert!(masks.0.iter().enumerate().all(|(i, m)| m.is_some() == targets.contains(&i)));
+        // Wanda's rule on these weights with norms from the engine's own encoder.
+        let (w, _) = dense.to_weights().unwrap();
+        let norms = wanda::input_norms(&Encoder::load(dense.config.clone(), &w).unwrap(), &calibration_batches(&dense, &calib).unwrap()).unwrap();
+        let q = targets[0];
+        let direct = wanda::mask(&dense.params[q].value, dense.params[q].shape[1], &norms[&dense.params[q].name], Rule::Unstructured(0.5));
+        assert_eq!(masks.0[q].as_ref().unwrap().iter().map(|k| !k).collect::<Vec<_>>(), direct);
+        // SparseGPT 2:4: every group of 4 inputs keeps at most 2, and the reconstruction beats
+        // magnitude 2:4 on the calibration inputs' final hidden states.
+        let pat = NmPattern { n: 2, m: 4 };
+        let mut gpt = dense.clone();
+        prune_calibrated(&mut gpt, Calibrated::SparseGpt, &calib, Rule::NM(pat)).unwrap();
+        for &i in &targets {
+            assert!(gpt.params[i].value.chunks(4).all(|g| g.iter().filter(|v| **v != 0.0).count() <= 2), "{}", gpt.params[i].name);
+        }
+        let mut mag = dense.clone();
+        prune_one_shot(&mut mag, Criterion::Magnitude, &calib, 8, Shape::NM(pat)).unwrap();
+        let (e_gpt, e_mag) = (error(&hidden(&gpt, &calib), &reference), error(&hidden(&mag, &calib), &reference));
+        assert!(e_gpt < e_mag, "sparsegpt {e_gpt} vs magnitude {e_mag}");
+        assert!(prune_calibrated(&mut dense.clone(), Calibrated::Wanda, &[], Rule::Unstructured(0.5)).is_err());
+    }
+
+    #[test]
+    fn zeroed_units_are_read_back_and_equal_their_physical_removal() {
+        use crate::engine::structured::{apply, Surgery};
+        let mut net = tiny_net();
+        let plan = UnitPlan { heads: vec![vec![1], vec![0, 3]], neurons: vec![vec![2, 5, 63], vec![]] };
+        let mut masks = Masks::none(&net);
+        zero_units(&mut net, &plan, &mut masks);
+        assert_eq!(removed_units(&net), plan);
+        let calib = calibration(6);
+        let zeroed = hidden(&net, &calib);
+        let (mut w, _) = net.to_weights().unwrap();
+        let cfg = apply(&mut w, &net.config, &plan, Surgery::Remove).unwrap();
+        assert_eq!(cfg.layers[1].heads, 2);
+        assert_eq!(cfg.layers[0].ffn, 61);
+        let enc = Encoder::load(cfg, &w).unwrap();
+        let removed: Vec<f32> = calibration_batches(&net, &calib).unwrap().iter().flat_map(|(ids, mask, tt)| enc.forward(ids, Some(tt), mask).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap()).collect();
+        assert!(zeroed.iter().zip(&removed).all(|(a, b)| (a - b).abs() < 1e-5));
+        // The masks keep them at zero.
+        for p in net.params.iter_mut() {
+            p.value.iter_mut().for_each(|v| *v += 0.5);
+        }
+        masks.apply(&mut net);
+        assert_eq!(removed_units(&net), plan);
     }
 
     #[test]
