@@ -426,11 +426,15 @@ mod tests {
         (0..n).map(|i| Example { ids: (0..6 + i % 5).map(|j| 2 + ((i * 13 + j * 7) % 60) as u32).collect(), type_ids: vec![0; 6 + i % 5], target: Target::Class(i % 2) }).collect()
     }
 
+    /// Last hidden state of `enc` on the calibration batches.
+    fn run(enc: &Encoder, net: &Net, calib: &[Example]) -> Vec<f32> {
+        calibration_batches(net, calib).unwrap().iter().flat_map(|(ids, mask, tt)| enc.forward(ids, Some(tt), mask).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap()).collect()
+    }
+
     /// Last hidden state of the net's encoder on the calibration batches.
     fn hidden(net: &Net, calib: &[Example]) -> Vec<f32> {
         let (w, _) = net.to_weights().unwrap();
-        let enc = Encoder::load(net.config.clone(), &w).unwrap();
-        calibration_batches(net, calib).unwrap().iter().flat_map(|(ids, mask, tt)| enc.forward(ids, Some(tt), mask).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap()).collect()
+        run(&Encoder::load(net.config.clone(), &w).unwrap(), net, calib)
     }
 
     fn error(a: &[f32], b: &[f32]) -> f64 {
@@ -489,8 +493,7 @@ mod tests {
         let cfg = apply(&mut w, &net.config, &plan, Surgery::Remove).unwrap();
         assert_eq!(cfg.layers[1].heads, 2);
         assert_eq!(cfg.layers[0].ffn, 61);
-        let enc = Encoder::load(cfg, &w).unwrap();
-        let removed: Vec<f32> = calibration_batches(&net, &calib).unwrap().iter().flat_map(|(ids, mask, tt)| enc.forward(ids, Some(tt), mask).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap()).collect();
+        let removed = run(&Encoder::load(cfg, &w).unwrap(), &net, &calib);
         assert!(zeroed.iter().zip(&removed).all(|(a, b)| (a - b).abs() < 1e-5));
         // The masks keep them at zero.
         for p in net.params.iter_mut() {
