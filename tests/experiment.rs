@@ -346,7 +346,9 @@ async fn calibrated_and_structured_experiments(db: Db) {
     }
 
     // Half of the heads and half of the FFN neurons in every layer.
-    let job = app.submit_ok(&with(json!({"method": "magnitude", "granularity": "heads", "scope": "local", "sparsity": 0.5, "neuron_sparsity": 0.5}))).await;
+    let mut body = with(json!({"method": "magnitude", "granularity": "heads", "scope": "local", "sparsity": 0.5, "neuron_sparsity": 0.5}));
+    body["export"] = json!({"compact": true});
+    let job = app.submit_ok(&body).await;
     let done = app.wait_for(&job, &["succeeded", "failed"], WAIT).await;
     assert_eq!(done["status"], "succeeded", "{done}");
     let result: Value = app.get(&format!("/v1/jobs/{job}/result")).send().await.unwrap().json().await.unwrap();
@@ -361,6 +363,22 @@ async fn calibrated_and_structured_experiments(db: Db) {
         let zero_cols = (0..cols).filter(|c| w.chunks(cols).all(|row| row[*c] == 0.0)).count();
         assert_eq!(zero_cols, 32, "layer {l}: half of the 64 neurons stay removed after recovery");
     }
+    // The compact layout: the units physically gone, the same outputs as the zero-filled files
+    // (a folder artifact is addressed with its slash percent-encoded).
+    let compact = app.artifact(&job, "compact%2Fmodel.safetensors").await;
+    assert_eq!(tensor(&compact, "bert.encoder.layer.0.attention.self.query.weight").1, vec![16, 32]);
+    assert_eq!(tensor(&compact, "bert.encoder.layer.1.intermediate.dense.weight").1, vec![32, 32]);
+    assert_eq!(tensor(&compact, "classifier.weight").1, vec![2, 32]);
+    let c_cfg = app.artifact(&job, "compact%2Fconfig.json").await;
+    let hf_cfg = app.artifact(&job, "config.json").await;
+    let report: Value = serde_json::from_slice(&app.artifact(&job, "report.json").await).unwrap();
+    assert!(report["compact"]["parameters"].as_u64().unwrap() < report["totals"]["parameters"].as_u64().unwrap(), "{report}");
+    let dev = candle_core::Device::Cpu;
+    let ids = candle_core::Tensor::from_vec((0..16u32).map(|i| 5 + i * 3 % 50).collect::<Vec<_>>(), (2, 8), &dev).unwrap();
+    let mask = candle_core::Tensor::from_vec([vec![1u32; 8], vec![1, 1, 1, 1, 1, 0, 0, 0]].concat(), (2, 8), &dev).unwrap();
+    let run = |cfg: &[u8], st: &[u8]| secateur::engine::model::Encoder::from_files(cfg, st, &dev).unwrap().forward(&ids, None, &mask).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    let (a, b) = (run(&hf_cfg, &out), run(&c_cfg, &compact));
+    assert!(a.iter().zip(&b).all(|(x, y)| (x - y).abs() < 1e-5), "compact = zero-filled");
 }
 
 backend_tests!(experiments_validate_run_and_report, a_reclaimed_experiment_resumes_from_its_checkpoint, squad_experiments_score_exact_match_and_f1, calibrated_and_structured_experiments);

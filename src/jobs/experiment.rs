@@ -14,7 +14,8 @@ use crate::engine::heads::{export_task_model, Head};
 use crate::engine::magnitude::{self, NmPattern, Report, Scope};
 use crate::engine::model::{EncoderConfig, Weights};
 use crate::engine::st;
-use crate::engine::structured::UnitPlan;
+use crate::engine::export;
+use crate::engine::structured::{self, Surgery, UnitPlan};
 use crate::engine::wanda::Rule;
 use crate::train::experiment::{evaluate, examples, forward_ms, head_kind, linear_targets, lowest_units, prune_calibrated, prune_one_shot, removed_units, sparsity_of, squad_evaluate, squad_train_examples, unit_norm_scores, zero_units, Calibrated, Shape};
 use crate::train::gradual::{gradient_pass, Criterion, GradualPruner, Ramp, Scores};
@@ -561,6 +562,18 @@ impl Executor for ExperimentExecutor {
             compact: None,
         };
         let masks_bytes = magnitude::masks_file(&st_bytes, &header, &names);
+        let mut report = report;
+        if req.export.compact {
+            // The same task model with the removed units sliced out (nothing to slice after
+            // unstructured pruning: then the files equal the default ones).
+            let (mut cw, chead) = net.to_weights().map_err(model_err)?;
+            let c_cfg = structured::apply(&mut cw, &net.config, &removed_units(&net), Surgery::Remove).map_err(model_err)?;
+            let c_json = export::config_json(&config_json, &c_cfg, true).map_err(model_err)?;
+            let (c_config, c_bytes) = export_task_model(&c_json, &cw, &chead, task.label_names()).map_err(model_err)?;
+            let c_header = st::parse(&c_bytes).map_err(|e| JobError::Internal(anyhow::anyhow!(e)))?;
+            report.compact = Some(magnitude::measure_against(&c_bytes, &c_header, &names, &header).1);
+            write_model(ctx, "compact/", Bytes::from(c_bytes), Bytes::from(c_config))?;
+        }
         write_model(ctx, "", Bytes::from(st_bytes), Bytes::from(cfg))?;
         if req.pruning.is_some() {
             ctx.write_artifact("masks.safetensors", Bytes::from(masks_bytes))?;

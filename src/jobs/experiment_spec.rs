@@ -272,6 +272,11 @@ pub struct ExperimentRequest {
     pub recovery: Option<RecoverySpec>,
     #[serde(default)]
     pub evaluation: EvaluationSpec,
+    /// `{"compact": true}` also writes the pruned task model under `compact/` with removed heads
+    /// and FFN neurons physically gone and per-layer shapes in its `config.json` (Secateur's
+    /// runtime loads it); the default files keep them zero-filled (transformers loads those).
+    #[serde(default)]
+    pub export: super::spec::ExportSpec,
 }
 
 fn uuid_ok(s: &str) -> bool {
