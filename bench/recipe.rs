@@ -19,7 +19,9 @@
 //!   ramp to the target over its first 70% of steps, pruning every 5% (movement is always so);
 //! - `pretrained`: the pruning run starts from the pretrained model with a fresh head and the
 //!   dense stage's learning rate (5e-5) — movement pruning's own setting, pruning while the task
-//!   is learnt — instead of from the fine-tuned dense model (implies `cubic`).
+//!   is learnt — instead of from the fine-tuned dense model (implies `cubic`);
+//! - `late`: the gradual ramp starts at half of the epoch and ends at 90% of it (scores
+//!   accumulated over half an epoch before the first pruning).
 //!
 //! `structured:H:N` removes the fraction H of the heads and N of the FFN neurons in every layer
 //! (lowest norm), recovers with them locked, and also prints the forward time of 32 dev
@@ -112,7 +114,7 @@ fn main() {
             println!("{c}\tsparsity={:.4}\tone_shot={:?}\trecovered={:?}\ttrain_loss={loss:.4}\ttrain_s={:.0}\tforward_ms_dense={before_ms:.1}\tforward_ms_pruned={after_ms:.1}\tspeedup={:.2}", sparsity_of(&net, &targets), Some(one.metrics), after.metrics, t.elapsed().as_secs_f64(), before_ms / after_ms);
             continue;
         }
-        let flags = ["distill", "cubic", "pretrained"];
+        let flags = ["distill", "cubic", "pretrained", "late"];
         let has = |f: &str| parts.contains(&f);
         let (distill, pretrained) = (has("distill"), has("pretrained"));
         let calibrated = match parts[0] {
@@ -142,7 +144,8 @@ fn main() {
             let Shape::Unstructured { sparsity, scope } = shape else { panic!("gradual pruning is unstructured here") };
             assert!(calibrated.is_none(), "wanda and sparsegpt prune once");
             let total = s.total_steps(train_set.len());
-            let mut pruner = GradualPruner { scores: Scores::new(&net, targets.clone(), criterion), ramp: Ramp::Cubic, start: 0, end: total * 7 / 10, every: (total / 20).max(1), target: sparsity, scope, reached: 0.0 };
+            let (start, end) = if has("late") { (total / 2, total * 9 / 10) } else { (0, total * 7 / 10) };
+            let mut pruner = GradualPruner { scores: Scores::new(&net, targets.clone(), criterion), ramp: Ramp::Cubic, start, end, every: (total / 20).max(1), target: sparsity, scope, reached: 0.0 };
             let mut masks = Masks::none(&net);
             let loss = train(&mut net, &train_set, &s, &mut masks, &mut state, teacher, &mut pruner).unwrap();
             (None, loss)
