@@ -21,7 +21,8 @@
 //!   dense stage's learning rate (5e-5) — movement pruning's own setting, pruning while the task
 //!   is learnt — instead of from the fine-tuned dense model (implies `cubic`);
 //! - `late`: the gradual ramp starts at half of the epoch and ends at 90% of it (scores
-//!   accumulated over half an epoch before the first pruning).
+//!   accumulated over half an epoch before the first pruning);
+//! - `local`: the same sparsity in every tensor instead of one global ranking.
 //!
 //! `structured:H:N` removes the fraction H of the heads and N of the FFN neurons in every layer
 //! (lowest norm), recovers with them locked, and also prints the forward time of 32 dev
@@ -114,7 +115,7 @@ fn main() {
             println!("{c}\tsparsity={:.4}\tone_shot={:?}\trecovered={:?}\ttrain_loss={loss:.4}\ttrain_s={:.0}\tforward_ms_dense={before_ms:.1}\tforward_ms_pruned={after_ms:.1}\tspeedup={:.2}", sparsity_of(&net, &targets), Some(one.metrics), after.metrics, t.elapsed().as_secs_f64(), before_ms / after_ms);
             continue;
         }
-        let flags = ["distill", "cubic", "pretrained", "late"];
+        let flags = ["distill", "cubic", "pretrained", "late", "local"];
         let has = |f: &str| parts.contains(&f);
         let (distill, pretrained) = (has("distill"), has("pretrained"));
         let calibrated = match parts[0] {
@@ -133,7 +134,7 @@ fn main() {
         let shape = if nums.len() == 2 {
             Shape::NM(NmPattern { n: nums[0].parse().unwrap(), m: nums[1].parse().unwrap() })
         } else {
-            Shape::Unstructured { sparsity: nums[0].parse().unwrap(), scope: Scope::Global }
+            Shape::Unstructured { sparsity: nums[0].parse().unwrap(), scope: if has("local") { Scope::Local } else { Scope::Global } }
         };
         let mut net = if pretrained { fresh.clone() } else { dense.clone() };
         let s = sched(if pretrained { 5e-5 } else { 3e-5 });
