@@ -541,12 +541,12 @@ impl Executor for ExperimentExecutor {
 
         // Export.
         ctx.progress("export", plan.at("export", 0.0))?;
-        let (w, head) = net.to_weights().map_err(model_err)?;
+        let (mut w, head) = net.to_weights().map_err(model_err)?;
         let (cfg, st_bytes) = export_task_model(&config_json, &w, &head, task.label_names()).map_err(model_err)?;
         let header = st::parse(&st_bytes).map_err(|e| JobError::Internal(anyhow::anyhow!(e)))?;
         let names: Vec<String> = targets.iter().map(|&i| format!("{}.{}", family.name(), net.params[i].name)).collect();
         let (tensors, totals) = magnitude::measure(&st_bytes, &header, &names);
-        let report = Report {
+        let mut report = Report {
             method: req.pruning.as_ref().map_or("none".into(), |p| serde_json::to_value(p.method).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default()),
             parameters: json!(req.pruning),
             granularity: req.pruning.as_ref().map_or("unstructured".into(), |p| serde_json::to_value(p.granularity).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default()),
@@ -562,14 +562,12 @@ impl Executor for ExperimentExecutor {
             compact: None,
         };
         let masks_bytes = magnitude::masks_file(&st_bytes, &header, &names);
-        let mut report = report;
         if req.export.compact {
             // The same task model with the removed units sliced out (nothing to slice after
             // unstructured pruning: then the files equal the default ones).
-            let (mut cw, chead) = net.to_weights().map_err(model_err)?;
-            let c_cfg = structured::apply(&mut cw, &net.config, &removed_units(&net), Surgery::Remove).map_err(model_err)?;
+            let c_cfg = structured::apply(&mut w, &net.config, &removed_units(&net), Surgery::Remove).map_err(model_err)?;
             let c_json = export::config_json(&config_json, &c_cfg, true).map_err(model_err)?;
-            let (c_config, c_bytes) = export_task_model(&c_json, &cw, &chead, task.label_names()).map_err(model_err)?;
+            let (c_config, c_bytes) = export_task_model(&c_json, &w, &head, task.label_names()).map_err(model_err)?;
             let c_header = st::parse(&c_bytes).map_err(|e| JobError::Internal(anyhow::anyhow!(e)))?;
             report.compact = Some(magnitude::measure_against(&c_bytes, &c_header, &names, &header).1);
             write_model(ctx, "compact/", Bytes::from(c_bytes), Bytes::from(c_config))?;
