@@ -5,7 +5,9 @@
 //! distilled from the dense model), evaluation on the full dev file. One epoch per stage, batch
 //! 32, dynamic padding, AdamW (weight decay 0.01 except biases and LayerNorm), 6% linear
 //! warm-up, clipping at 1.0, seed 42 (SEED) — the PyTorch reference's budget. EPOCHS (default
-//! 1) sets the epochs of every stage, for the smaller GLUE tasks.
+//! 1) sets the epochs of the dense stage, for the smaller GLUE tasks, RECOVERY_EPOCHS (EPOCHS)
+//! those of recovery; LR (5e-5) and RECOVERY_LR (3e-5) the peak learning rates of the dense and
+//! the recovery stages.
 //!
 //!   SECATEUR_MINILM_DIR=... TASK=sst2 TRAIN_ROWS=8000 MAX_LEN=64 \
 //!     CONFIGS=magnitude:0.5,magnitude:0.8,magnitude:0.8:distill,magnitude:2:4 \
@@ -18,11 +20,16 @@
 //! - `cubic`: gradual instead of one-shot: scores accumulated during the recovery epoch, cubic
 //!   ramp to the target over its first 70% of steps, pruning every 5% (movement is always so);
 //! - `pretrained`: the pruning run starts from the pretrained model with a fresh head and the
-//!   dense stage's learning rate (5e-5) — movement pruning's own setting, pruning while the task
+//!   dense stage's learning rate (LR) — movement pruning's own setting, pruning while the task
 //!   is learnt — instead of from the fine-tuned dense model (implies `cubic`);
 //! - `late`: the gradual ramp starts at half of the epoch and ends at 90% of it (scores
 //!   accumulated over half an epoch before the first pruning);
-//! - `local`: the same sparsity in every tensor instead of one global ranking.
+//! - `local`: the same sparsity in every tensor instead of one global ranking;
+//! - `sticky`: movement keeps an element pruned once pruned (weight zeroed), instead of
+//!   re-choosing the top-k at every step of the ramp with the pruned weights kept behind the
+//!   masks (movement pruning's own rule, the default, as in experiment jobs);
+//! - `plain`: movement scores sum −w·g as it comes instead of Adam-normalised steps (the
+//!   default, as the paper's reference implementation learns its scores, and experiment jobs).
 //!
 //! `structured:H:N` removes the fraction H of the heads and N of the FFN neurons in every layer
 //! (lowest norm), recovers with them locked, and also prints the forward time of 32 dev
@@ -55,6 +62,8 @@ fn main() {
     let configs = env("CONFIGS", "magnitude:0.5,magnitude:0.8,magnitude:0.8:distill,magnitude:2:4");
     let seed: u64 = env("SEED", "42").parse().unwrap();
     let epochs: u32 = env("EPOCHS", "1").parse().unwrap();
+    let (lr, recovery_lr): (f32, f32) = (env("LR", "5e-5").parse().unwrap(), env("RECOVERY_LR", "3e-5").parse().unwrap());
+    let recovery_epochs: u32 = env("RECOVERY_EPOCHS", &epochs.to_string()).parse().unwrap();
     let folder = match task {
         Task::Sst2 => "SST-2",
         Task::Cola => "CoLA",
@@ -80,9 +89,9 @@ fn main() {
     let mut dense = Net::new(config, &w, &head, Dropout::from_config(&config_json, secateur::engine::arch::Family::Bert)).unwrap();
     let fresh = dense.clone();
     drop((w, head));
-    let sched = |lr: f32| Schedule { epochs, learning_rate: lr, batch_size: 32, seed, ..Default::default() };
+    let sched = |lr: f32, epochs: u32| Schedule { epochs, learning_rate: lr, batch_size: 32, seed, ..Default::default() };
     let t = Instant::now();
-    let s = sched(5e-5);
+    let s = sched(lr, epochs);
     let mut state = State::new(&s);
     let mut no_masks = Masks::none(&dense);
     let loss = train(&mut dense, &train_set, &s, &mut no_masks, &mut state, None, &mut Quiet).unwrap();
@@ -105,7 +114,7 @@ fn main() {
             let mut masks = Masks::none(&net);
             zero_units(&mut net, &plan, &mut masks);
             let one = evaluate(&net, task, &dev, 64).unwrap();
-            let s = sched(3e-5);
+            let s = sched(recovery_lr, recovery_epochs);
             let mut state = State::new(&s);
             let teacher = parts.contains(&"distill").then_some((&dense, Distill { temperature: 2.0, alpha: 0.5 }));
             let loss = train(&mut net, &train_set, &s, &mut masks, &mut state, teacher, &mut Quiet).unwrap();
@@ -115,7 +124,7 @@ fn main() {
             println!("{c}\tsparsity={:.4}\tone_shot={:?}\trecovered={:?}\ttrain_loss={loss:.4}\ttrain_s={:.0}\tforward_ms_dense={before_ms:.1}\tforward_ms_pruned={after_ms:.1}\tspeedup={:.2}", sparsity_of(&net, &targets), Some(one.metrics), after.metrics, t.elapsed().as_secs_f64(), before_ms / after_ms);
             continue;
         }
-        let flags = ["distill", "cubic", "pretrained", "late", "local"];
+        let flags = ["distill", "cubic", "pretrained", "late", "local", "sticky", "plain"];
         let has = |f: &str| parts.contains(&f);
         let (distill, pretrained) = (has("distill"), has("pretrained"));
         let calibrated = match parts[0] {
@@ -137,7 +146,7 @@ fn main() {
             Shape::Unstructured { sparsity: nums[0].parse().unwrap(), scope: if has("local") { Scope::Local } else { Scope::Global } }
         };
         let mut net = if pretrained { fresh.clone() } else { dense.clone() };
-        let s = sched(if pretrained { 5e-5 } else { 3e-5 });
+        let s = if pretrained { sched(lr, epochs) } else { sched(recovery_lr, recovery_epochs) };
         let mut state = State::new(&s);
         let teacher = distill.then_some((&dense, Distill { temperature: 2.0, alpha: 0.5 }));
         let t = Instant::now();
@@ -146,7 +155,14 @@ fn main() {
             assert!(calibrated.is_none(), "wanda and sparsegpt prune once");
             let total = s.total_steps(train_set.len());
             let (start, end) = if has("late") { (total / 2, total * 9 / 10) } else { (0, total * 7 / 10) };
-            let mut pruner = GradualPruner { scores: Scores::new(&net, targets.clone(), criterion), ramp: Ramp::Cubic, start, end, every: (total / 20).max(1), target: sparsity, scope, reached: 0.0 };
+            let mut scores = Scores::new(&net, targets.clone(), criterion);
+            if has("plain") {
+                scores = scores.plain();
+            }
+            let mut pruner = GradualPruner::new(scores, Ramp::Cubic, (start, end, (total / 20).max(1)), sparsity, scope);
+            if criterion == Criterion::Movement && !has("sticky") {
+                pruner = pruner.regrowing(&net);
+            }
             let mut masks = Masks::none(&net);
             let loss = train(&mut net, &train_set, &s, &mut masks, &mut state, teacher, &mut pruner).unwrap();
             (None, loss)

@@ -13,6 +13,7 @@
 //! ties at the threshold) and that `H` and its factor are computed in f64.
 
 use super::magnitude::NmPattern;
+use super::model::{Encoder, ModelError, Site};
 use super::wanda::Rule;
 use candle_core::{DType, Tensor};
 use faer::linalg::matmul::matmul;
@@ -217,6 +218,64 @@ pub fn prune(weight: &mut [f32], cols: usize, hessian: &Hessian, rule: Rule, opt
         for (r, v) in w.col_as_slice(c).iter().enumerate() {
             weight[r * cols + c] = *v as f32;
         }
+    }
+    Ok(())
+}
+
+/// A linear map that [`prune_sequentially`] visits: its layer, its module (as
+/// [`Site::modules`] names it) and the site whose input feeds it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Target {
+    pub layer: usize,
+    pub module: &'static str,
+    pub site: Site,
+}
+
+/// SparseGPT's sequential pass over an encoder: layer by layer, the Hessian of each site's
+/// input is accumulated over `batches` (input ids, attention mask, token type ids) as they come
+/// out of the layers already pruned; `prune` turns each of the layer's targets and its Hessian
+/// into the new weight (`[out, in]`), which is set in `enc`; then the batches go on through the
+/// pruned layer. `layer_done(l)` follows each layer up to the last one with a target.
+pub fn prune_sequentially<E: From<ModelError>>(
+    enc: &mut Encoder,
+    batches: &[(Tensor, Tensor, Tensor)],
+    targets: &[Target],
+    prune: &mut dyn FnMut(Target, &Hessian) -> Result<Tensor, E>,
+    layer_done: &mut dyn FnMut(usize) -> Result<(), E>,
+) -> Result<(), E> {
+    let Some(last) = targets.iter().map(|t| t.layer).max() else { return Ok(()) };
+    let mut xs = batches.iter().map(|(ids, _, tt)| enc.embed(ids, Some(tt))).collect::<Result<Vec<_>, _>>()?;
+    let biases = batches.iter().map(|(_, m, _)| Encoder::attention_bias(m)).collect::<Result<Vec<_>, _>>()?;
+    for l in 0..=last {
+        let chosen: Vec<Target> = targets.iter().filter(|t| t.layer == l).copied().collect();
+        if !chosen.is_empty() {
+            let mut hessians: Vec<(Site, Option<Hessian>)> = Vec::new();
+            for t in &chosen {
+                if !hessians.iter().any(|(s, _)| *s == t.site) {
+                    hessians.push((t.site, None));
+                }
+            }
+            for ((x, bias), (_, mask, _)) in xs.iter().zip(&biases).zip(batches) {
+                enc.layer_forward_observed(l, x, bias, &mut |site, input| {
+                    if let Some((_, h)) = hessians.iter_mut().find(|(s, _)| *s == site) {
+                        h.get_or_insert_with(|| Hessian::new(input.dim(2).unwrap_or(0))).add(input, mask)?;
+                    }
+                    Ok(())
+                })?;
+            }
+            for t in chosen {
+                let h = hessians.iter().find(|(s, _)| *s == t.site).and_then(|(_, h)| h.as_ref());
+                let h = h.ok_or_else(|| ModelError::Invalid(format!("no calibration input reached layer {l}'s {}", t.module)))?;
+                let w = prune(t, h)?;
+                enc.set_weight(l, t.module, w)?;
+            }
+        }
+        if l < last {
+            for (x, bias) in xs.iter_mut().zip(&biases) {
+                *x = enc.layer_forward_observed(l, x, bias, &mut |_, _| Ok(()))?;
+            }
+        }
+        layer_done(l)?;
     }
     Ok(())
 }

@@ -29,6 +29,16 @@ pub enum JobError {
     Internal(#[from] anyhow::Error),
 }
 
+/// A model error is the user's (bad weights or spec) unless candle itself failed.
+impl From<crate::engine::model::ModelError> for JobError {
+    fn from(e: crate::engine::model::ModelError) -> JobError {
+        match e {
+            crate::engine::model::ModelError::Invalid(m) => JobError::Failed(m),
+            crate::engine::model::ModelError::Candle(e) => JobError::Internal(e.into()),
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct Progress {
     pub stage: String,

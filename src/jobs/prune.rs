@@ -31,10 +31,7 @@ pub(super) fn write_model(ctx: &JobContext, prefix: &str, weights: Bytes, config
 }
 
 pub(super) fn model_err(e: ModelError) -> JobError {
-    match e {
-        ModelError::Invalid(m) => JobError::Failed(m),
-        ModelError::Candle(e) => JobError::Internal(e.into()),
-    }
+    JobError::from(e)
 }
 
 fn json(report: &Report) -> Result<Bytes, JobError> {
@@ -374,7 +371,7 @@ fn calibrated_rule(req: &JobRequest) -> Result<(crate::engine::wanda::Rule, f64,
 /// the next layer's input.
 fn sparsegpt_job(ctx: &JobContext, req: &JobRequest, config: &Bytes, weights: Bytes, header: &Header, family: Family) -> Result<(), JobError> {
     use crate::engine::model::{Encoder, Site};
-    use crate::engine::sparsegpt::{self, Hessian, Options};
+    use crate::engine::sparsegpt::{self, Options};
     let batches = calibration_batches(ctx, req)?;
     let mut enc = Encoder::from_files(config, &weights, &Device::Cpu).map_err(model_err)?;
     let targets = chosen_targets(req, header, family)?;
@@ -382,59 +379,40 @@ fn sparsegpt_job(ctx: &JobContext, req: &JobRequest, config: &Bytes, weights: By
     let defaults = Options::default();
     let opts = Options { block: req.pruning.block_size.unwrap_or(defaults.block), damp: req.pruning.dampening.unwrap_or(defaults.damp) };
     let sites = [Site::Attention, Site::AttentionOutput, Site::FfnIn, Site::FfnOut];
-    // (target, module, site) by layer.
-    let mut by_layer: Vec<Vec<(&String, &'static str, Site)>> = vec![Vec::new(); enc.num_layers()];
+    let mut chosen: Vec<(sparsegpt::Target, &String)> = Vec::new();
     for name in &targets {
         let canonical = arch::canonical_name(family, name);
-        let found = (0..enc.num_layers()).find_map(|l| {
-            sites.iter().find_map(|&site| site.modules(family).into_iter().find(|m| canonical == format!("{}{m}.weight", family.layer_prefix(l))).map(|m| (l, m, site)))
+        let found = (0..enc.num_layers()).find_map(|layer| {
+            sites.iter().find_map(|&site| site.modules(family).into_iter().find(|m| canonical == format!("{}{m}.weight", family.layer_prefix(layer))).map(|module| sparsegpt::Target { layer, module, site }))
         });
-        let (l, module, site) = found.ok_or_else(|| JobError::Failed(format!("sparsegpt applies to the encoder's linear weights; {name} is not one")))?;
-        by_layer[l].push((name, module, site));
+        chosen.push((found.ok_or_else(|| JobError::Failed(format!("sparsegpt applies to the encoder's linear weights; {name} is not one")))?, name));
     }
     let to_job = |e: candle_core::Error| JobError::Internal(e.into());
     let mut out = weights.to_vec();
     drop(weights);
-    let mut xs = batches.iter().map(|(ids, _, tt)| enc.embed(ids, Some(tt))).collect::<Result<Vec<_>, _>>().map_err(model_err)?;
-    let biases = batches.iter().map(|(_, m, _)| Encoder::attention_bias(m)).collect::<Result<Vec<_>, _>>().map_err(model_err)?;
-    let last = by_layer.iter().rposition(|t| !t.is_empty()).unwrap_or(0);
-    for (l, chosen) in by_layer.iter().enumerate().take(last + 1) {
-        if !chosen.is_empty() {
-            let mut hessians: Vec<(Site, Option<Hessian>)> = sites.iter().filter(|s| chosen.iter().any(|c| c.2 == **s)).map(|s| (*s, None)).collect();
-            for ((x, bias), (_, mask, _)) in xs.iter().zip(&biases).zip(&batches) {
-                enc.layer_forward_observed(l, x, bias, &mut |site, input| {
-                    if let Some((_, h)) = hessians.iter_mut().find(|(s, _)| *s == site) {
-                        h.get_or_insert_with(|| Hessian::new(input.dim(2).unwrap_or(0))).add(input, mask)?;
-                    }
-                    Ok(())
-                })
-                .map_err(model_err)?;
+    let last = chosen.iter().map(|(t, _)| t.layer).max().unwrap_or(0);
+    let order: Vec<sparsegpt::Target> = chosen.iter().map(|(t, _)| *t).collect();
+    sparsegpt::prune_sequentially::<JobError>(
+        &mut enc,
+        &batches,
+        &order,
+        &mut |target, h| {
+            let name = chosen.iter().find(|(t, _)| *t == target).map(|(_, n)| *n).expect("a chosen target");
+            let t = &header.tensors[name];
+            let cols = *t.shape.last().unwrap_or(&0) as usize;
+            if t.shape.len() != 2 || cols != h.cols() {
+                return Err(JobError::Failed(format!("tensor {name}: shape {:?} does not match its input of {} features", t.shape, h.cols())));
             }
-            for (name, module, site) in chosen {
-                let h = hessians.iter().find(|(s, _)| s == site).and_then(|(_, h)| h.as_ref());
-                let h = h.ok_or_else(|| JobError::Internal(anyhow::anyhow!("no calibration inputs reached {name}")))?;
-                let t = &header.tensors[*name];
-                let cols = *t.shape.last().unwrap_or(&0) as usize;
-                if t.shape.len() != 2 || cols != h.cols() {
-                    return Err(JobError::Failed(format!("tensor {name}: shape {:?} does not match its input of {} features", t.shape, h.cols())));
-                }
-                let (a, b) = ((header.data_start + t.begin) as usize, (header.data_start + t.end) as usize);
-                let mut values = st::floats(&out[a..b], t.dtype).ok_or_else(|| JobError::Failed(format!("tensor {name}: sparsegpt needs a float tensor, not {}", t.dtype.name())))?;
-                sparsegpt::prune(&mut values, cols, h, rule, opts).map_err(|e| JobError::Failed(format!("tensor {name}: {e}")))?;
-                st::write_floats(&values, t.dtype, &mut out[a..b]);
-                // Later layers see the map as written (rounded to its dtype).
-                let written = st::floats(&out[a..b], t.dtype).unwrap_or(values);
-                let w = candle_core::Tensor::from_vec(written, (t.shape[0] as usize, cols), &Device::Cpu).map_err(to_job)?;
-                enc.set_weight(l, module, w).map_err(model_err)?;
-            }
-        }
-        if l < last {
-            for (x, bias) in xs.iter_mut().zip(&biases) {
-                *x = enc.layer_forward_observed(l, x, bias, &mut |_, _| Ok(())).map_err(model_err)?;
-            }
-        }
-        ctx.progress("pruning", 0.05 + 0.8 * (l + 1) as f64 / (last + 1) as f64)?;
-    }
+            let (a, b) = ((header.data_start + t.begin) as usize, (header.data_start + t.end) as usize);
+            let mut values = st::floats(&out[a..b], t.dtype).ok_or_else(|| JobError::Failed(format!("tensor {name}: sparsegpt needs a float tensor, not {}", t.dtype.name())))?;
+            sparsegpt::prune(&mut values, cols, h, rule, opts).map_err(|e| JobError::Failed(format!("tensor {name}: {e}")))?;
+            st::write_floats(&values, t.dtype, &mut out[a..b]);
+            // Later layers see the map as written (rounded to its dtype).
+            let written = st::floats(&out[a..b], t.dtype).unwrap_or(values);
+            candle_core::Tensor::from_vec(written, (t.shape[0] as usize, cols), &Device::Cpu).map_err(to_job)
+        },
+        &mut |l| ctx.progress("pruning", 0.05 + 0.8 * (l + 1) as f64 / (last + 1) as f64),
+    )?;
     let extra = serde_json::json!({"block_size": opts.block, "dampening": opts.damp, "calibration_sequences": batches.iter().map(|b| b.0.dims()[0]).sum::<usize>(), "calibration_tokens": calibration_tokens(&batches)?});
     finish_in_place(ctx, req, family, "sparsegpt", config, out, header, &targets, requested, pattern, extra)
 }

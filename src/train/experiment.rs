@@ -11,7 +11,7 @@ use crate::data::{self, Label, Task};
 use crate::engine::heads::HeadKind;
 use crate::engine::magnitude::{NmPattern, Scope};
 use crate::engine::model::{Encoder, ModelError, Site};
-use crate::engine::sparsegpt::{self, Hessian};
+use crate::engine::sparsegpt;
 use crate::engine::structured::{self, UnitPlan};
 use crate::engine::wanda::{self, Rule};
 use candle_core::{Device, Tensor};
@@ -260,36 +260,30 @@ pub fn prune_calibrated(net: &mut Net, method: Calibrated, calib: &[Example], ru
         }
         Calibrated::SparseGpt => {
             let sites = [Site::Attention, Site::AttentionOutput, Site::FfnIn, Site::FfnOut];
-            let mut xs = batches.iter().map(|(ids, _, tt)| enc.embed(ids, Some(tt))).collect::<Result<Vec<_>, _>>()?;
-            let biases = batches.iter().map(|(_, m, _)| Encoder::attention_bias(m)).collect::<Result<Vec<_>, _>>()?;
-            let layers = enc.num_layers();
-            for l in 0..layers {
-                let mut hessians: Vec<(Site, Option<Hessian>)> = sites.iter().map(|s| (*s, None)).collect();
-                for ((x, bias), (_, mask, _)) in xs.iter().zip(&biases).zip(&batches) {
-                    enc.layer_forward_observed(l, x, bias, &mut |site, input| {
-                        if let Some((_, h)) = hessians.iter_mut().find(|(s, _)| *s == site) {
-                            h.get_or_insert_with(|| Hessian::new(input.dim(2).unwrap_or(0))).add(input, mask)?;
-                        }
-                        Ok(())
-                    })?;
-                }
-                for (site, h) in &hessians {
+            let mut chosen = Vec::new();
+            for layer in 0..enc.num_layers() {
+                for site in sites {
                     for module in site.modules(family) {
-                        let name = format!("{}{module}.weight", family.layer_prefix(l));
-                        let Some(i) = net.index_of(&name).filter(|i| targets.contains(i)) else { continue };
-                        let h = h.as_ref().ok_or_else(|| ModelError::Invalid(format!("no calibration input reached {name}")))?;
-                        let p = &mut net.params[i];
-                        let (rows, cols) = (p.shape[0], p.shape[1]);
-                        sparsegpt::prune(&mut p.value, cols, h, rule, sparsegpt::Options::default()).map_err(|e| ModelError::Invalid(format!("{name}: {e}")))?;
-                        enc.set_weight(l, module, Tensor::from_vec(p.value.clone(), (rows, cols), &Device::Cpu)?)?;
-                    }
-                }
-                if l + 1 < layers {
-                    for (x, bias) in xs.iter_mut().zip(&biases) {
-                        *x = enc.layer_forward_observed(l, x, bias, &mut |_, _| Ok(()))?;
+                        if net.index_of(&format!("{}{module}.weight", family.layer_prefix(layer))).is_some_and(|i| targets.contains(&i)) {
+                            chosen.push(sparsegpt::Target { layer, module, site });
+                        }
                     }
                 }
             }
+            sparsegpt::prune_sequentially::<ModelError>(
+                &mut enc,
+                &batches,
+                &chosen,
+                &mut |t, h| {
+                    let name = format!("{}{}.weight", family.layer_prefix(t.layer), t.module);
+                    let i = net.index_of(&name).expect("a chosen target");
+                    let p = &mut net.params[i];
+                    let (rows, cols) = (p.shape[0], p.shape[1]);
+                    sparsegpt::prune(&mut p.value, cols, h, rule, sparsegpt::Options::default()).map_err(|e| ModelError::Invalid(format!("{name}: {e}")))?;
+                    Ok(Tensor::from_vec(p.value.clone(), (rows, cols), &Device::Cpu)?)
+                },
+                &mut |_| Ok(()),
+            )?;
         }
     }
     Ok(Masks::from_zeros(net, |n| names.iter().any(|t| t == n)))
@@ -404,26 +398,12 @@ pub fn sparsity_of(net: &Net, targets: &[usize]) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::train::testing::{calibration, tiny_net};
 
     #[test]
     fn nm_keeps_the_largest_n_of_every_m() {
         let s = [1.0, 4.0, 3.0, 2.0, 0.0, 0.0, 5.0, 0.0];
         assert_eq!(nm_keep(&s, 8, NmPattern { n: 2, m: 4 }), vec![false, true, true, false, true, false, true, false]);
-    }
-
-    fn tiny_net() -> Net {
-        use crate::engine::arch::Family;
-        use crate::engine::heads::Head;
-        use crate::engine::model::{EncoderConfig, Weights};
-        let m = crate::engine::testing::TinyModel { ffn: 64, ..Default::default() };
-        let w = Weights::from_safetensors(&m.safetensors(), Family::Bert, &Device::Cpu).unwrap();
-        let config = EncoderConfig::from_checkpoint(m.config_json().as_bytes(), &w.shapes()).unwrap();
-        let head = Head::load_or_init(&w, Family::Bert, HeadKind::Classification(2), config.hidden, 0.02, 1).unwrap();
-        Net::new(config, &w, &head, super::super::net::Dropout::NONE).unwrap()
-    }
-
-    fn calibration(n: usize) -> Vec<Example> {
-        (0..n).map(|i| Example { ids: (0..6 + i % 5).map(|j| 2 + ((i * 13 + j * 7) % 60) as u32).collect(), type_ids: vec![0; 6 + i % 5], target: Target::Class(i % 2) }).collect()
     }
 
     /// Last hidden state of `enc` on the calibration batches.

@@ -17,8 +17,29 @@ pub enum Criterion {
     Magnitude,
     /// Σ over steps of |w·g|.
     Taylor,
-    /// −Σ over steps of w·g: weights moving away from zero score high.
+    /// −Σ over steps of w·g: weights moving away from zero score high. With [`ScoreAdam`] (the
+    /// default) each step's −w·g is normalised as Adam normalises an update.
     Movement,
+}
+
+/// Adam's state for movement scores. The movement-pruning paper's reference implementation
+/// learns the scores as parameters (gradient w·g through the straight-through mask) with the
+/// same Adam optimizer as the weights, so each step moves a score by about its running
+/// signal-to-noise ratio instead of by w·g itself. Plain sums of w·g let the largest weights'
+/// noise dominate both ends of the ranking (the variance of w·Σg grows with w²), which prunes
+/// large weights first near convergence; the normalised steps do not.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ScoreAdam {
+    pub m: Vec<Vec<f32>>,
+    pub v: Vec<Vec<f32>>,
+    /// Steps taken.
+    pub t: u64,
+}
+
+impl ScoreAdam {
+    const BETA1: f32 = 0.9;
+    const BETA2: f32 = 0.999;
+    const EPS: f32 = 1e-12;
 }
 
 /// Scores of the target parameters, accumulated from the gradients of each optimizer step.
@@ -28,22 +49,52 @@ pub struct Scores {
     /// Parameter indices in the net.
     pub targets: Vec<usize>,
     pub values: Vec<Vec<f32>>,
+    /// Movement: Adam-normalised steps (the default); `None` sums −w·g as it comes.
+    pub adam: Option<ScoreAdam>,
 }
 
 impl Scores {
     pub fn new(net: &Net, targets: Vec<usize>, criterion: Criterion) -> Scores {
-        let values = targets.iter().map(|&i| if criterion == Criterion::Magnitude { Vec::new() } else { vec![0.0; net.params[i].value.len()] }).collect();
-        Scores { criterion, targets, values }
+        let values: Vec<Vec<f32>> = targets.iter().map(|&i| if criterion == Criterion::Magnitude { Vec::new() } else { vec![0.0; net.params[i].value.len()] }).collect();
+        let adam = (criterion == Criterion::Movement).then(|| ScoreAdam { m: values.clone(), v: values.clone(), t: 0 });
+        Scores { criterion, targets, values, adam }
+    }
+
+    /// Movement scores summing −w·g as it comes (the paper's formula with plain SGD).
+    pub fn plain(mut self) -> Scores {
+        self.adam = None;
+        self
     }
 
     /// Adds one step's contribution.
     pub fn accumulate(&mut self, net: &Net, grads: &Grads) {
+        self.accumulate_with(net, grads, None);
+    }
+
+    /// Adds one step's contribution with the weights `shadow` gives for the targets (the dense
+    /// weights behind the masks) instead of the net's, whose masked elements are zero.
+    pub fn accumulate_with(&mut self, net: &Net, grads: &Grads, shadow: Option<&[Vec<f32>]>) {
         let c = self.criterion;
         if c == Criterion::Magnitude {
             return;
         }
-        for (s, &i) in self.values.iter_mut().zip(&self.targets) {
-            let (w, g) = (&net.params[i].value, &grads.0[i]);
+        if let Some(a) = self.adam.as_mut() {
+            a.t += 1;
+            let (b1, b2) = (ScoreAdam::BETA1, ScoreAdam::BETA2);
+            let (c1, c2) = (1.0 - b1.powi(a.t.min(1 << 20) as i32), 1.0 - b2.powi(a.t.min(1 << 20) as i32));
+            for (t, (s, &i)) in self.values.iter_mut().zip(&self.targets).enumerate() {
+                let (w, g) = (shadow.map_or(&net.params[i].value, |sh| &sh[t]), &grads.0[i]);
+                s.par_iter_mut().zip(a.m[t].par_iter_mut().zip(a.v[t].par_iter_mut())).zip(w.par_iter().zip(g.par_iter())).for_each(|((s, (m, v)), (w, g))| {
+                    let d = w * g;
+                    *m = b1 * *m + (1.0 - b1) * d;
+                    *v = b2 * *v + (1.0 - b2) * d * d;
+                    *s -= (*m / c1) / ((*v / c2).sqrt() + ScoreAdam::EPS);
+                });
+            }
+            return;
+        }
+        for (t, (s, &i)) in self.values.iter_mut().zip(&self.targets).enumerate() {
+            let (w, g) = (shadow.map_or(&net.params[i].value, |sh| &sh[t]), &grads.0[i]);
             s.par_iter_mut().zip(w.par_iter().zip(g.par_iter())).for_each(|(s, (w, g))| match c {
                 Criterion::Taylor => *s += (w * g).abs(),
                 _ => *s -= w * g,
@@ -130,6 +181,13 @@ pub enum Ramp {
 
 /// An [`Observer`] that accumulates scores every step and prunes at `start`, every `every`
 /// steps until `end`, and at `end`, following the ramp to `target`.
+///
+/// By default a pruned element stays pruned (its weight is zeroed). With [`Self::regrowing`]
+/// the masks are instead chosen afresh from the scores at every step of the ramp, as movement
+/// pruning's top-k does (Sanh et al. 2020): the weights behind the masks are kept (`shadow`),
+/// their scores go on accumulating from the gradient of the effective weight (the
+/// straight-through estimate), and an element whose score climbs back into the top-k returns
+/// with the value it had when it was pruned. After `end` the masks are fixed.
 pub struct GradualPruner {
     pub scores: Scores,
     pub ramp: Ramp,
@@ -140,9 +198,24 @@ pub struct GradualPruner {
     pub scope: Scope,
     /// The sparsity the masks have now.
     pub reached: f64,
+    /// For regrowing masks: the dense values of the targets (the last value each element had
+    /// while it was kept).
+    pub shadow: Option<Vec<Vec<f32>>>,
 }
 
 impl GradualPruner {
+    /// A pruner with sticky masks, nothing pruned yet.
+    pub fn new(scores: Scores, ramp: Ramp, (start, end, every): (u64, u64, u64), target: f64, scope: Scope) -> GradualPruner {
+        GradualPruner { scores, ramp, start, end, every, target, scope, reached: 0.0, shadow: None }
+    }
+
+    /// Masks chosen afresh at every step of the ramp, the pruned weights kept behind them
+    /// (their values now in `net`).
+    pub fn regrowing(mut self, net: &Net) -> GradualPruner {
+        self.shadow = Some(self.scores.targets.iter().map(|&i| net.params[i].value.clone()).collect());
+        self
+    }
+
     /// The sparsity the ramp asks for after optimizer step `step`.
     pub fn sparsity_at(&self, step: u64) -> f64 {
         match self.ramp {
@@ -160,26 +233,70 @@ impl GradualPruner {
         step >= self.start && (step <= self.end) && ((step - self.start).is_multiple_of(self.every.max(1)) || step == self.end)
     }
 
-    /// Prunes the masks to the ramp's sparsity at `step`.
-    pub fn prune(&mut self, net: &Net, masks: &mut Masks, step: u64) {
-        let s = self.sparsity_at(step);
-        let scores = self.scores.current(net);
-        let existing: Vec<Option<&[bool]>> = self.scores.targets.iter().map(|&i| masks.0[i].as_deref()).collect();
-        let keep = select(&scores, &existing, s, self.scope);
+    /// Prunes the masks to the ramp's sparsity at `step` (the caller applies them to `net`).
+    pub fn prune(&mut self, net: &mut Net, masks: &mut Masks, step: u64) {
+        self.select_at(net, masks, self.sparsity_at(step));
+    }
+
+    fn select_at(&mut self, net: &mut Net, masks: &mut Masks, s: f64) {
+        let keep = match &self.shadow {
+            None => {
+                let scores = self.scores.current(net);
+                let existing: Vec<Option<&[bool]>> = self.scores.targets.iter().map(|&i| masks.0[i].as_deref()).collect();
+                select(&scores, &existing, s, self.scope)
+            }
+            Some(shadow) => {
+                let scores = match self.scores.criterion {
+                    Criterion::Magnitude => shadow.iter().map(|w| w.iter().map(|v| v.abs()).collect()).collect(),
+                    _ => self.scores.values.clone(),
+                };
+                let keep = select(&scores, &vec![None; scores.len()], s, self.scope);
+                // Elements coming back take the value they had when they were pruned.
+                for ((&i, k), w) in self.scores.targets.iter().zip(&keep).zip(shadow) {
+                    net.params[i].value.par_iter_mut().zip(k.par_iter().zip(w.par_iter())).for_each(|(v, (k, w))| {
+                        if *k {
+                            *v = *w;
+                        }
+                    });
+                }
+                keep
+            }
+        };
         for (&i, k) in self.scores.targets.iter().zip(keep) {
             masks.0[i] = Some(k);
         }
         self.reached = s;
     }
+
+    /// Copies the kept elements' values (just updated) into the shadow weights.
+    fn sync_shadow(&mut self, net: &Net, masks: &Masks) {
+        if let Some(shadow) = self.shadow.as_mut() {
+            for (&i, w) in self.scores.targets.iter().zip(shadow.iter_mut()) {
+                let v = &net.params[i].value;
+                match &masks.0[i] {
+                    None => w.copy_from_slice(v),
+                    Some(m) => w.par_iter_mut().zip(v.par_iter().zip(m.par_iter())).for_each(|(w, (v, k))| {
+                        if *k {
+                            *w = *v;
+                        }
+                    }),
+                }
+            }
+        }
+    }
 }
 
 impl Observer for GradualPruner {
     fn gradients(&mut self, net: &Net, grads: &Grads, _: &StepInfo) {
-        self.scores.accumulate(net, grads);
+        self.scores.accumulate_with(net, grads, self.shadow.as_deref());
     }
     fn stepped(&mut self, net: &mut Net, masks: &mut Masks, state: &State, _: &StepInfo) -> Control {
-        if self.due(state.step) && self.sparsity_at(state.step) > self.reached {
-            self.prune(net, masks, state.step);
+        self.sync_shadow(net, masks);
+        let step = state.step;
+        if self.due(step) && self.sparsity_at(step) > self.reached {
+            self.prune(net, masks, step);
+        } else if self.shadow.is_some() && self.reached > 0.0 && step >= self.start && step <= self.end {
+            self.select_at(net, masks, self.reached);
         }
         Control::Continue
     }
@@ -229,6 +346,74 @@ mod tests {
         assert!(cubic(10, 0, 100, 0.0, 0.8) > 0.8 * 0.1, "prunes fast early");
         assert!((iterative(1, 2, 0.75) - 0.5).abs() < 1e-12);
         assert_eq!(iterative(2, 2, 0.75), 0.75);
+    }
+
+    #[test]
+    fn regrowing_masks_bring_weights_back_with_their_values() {
+        use crate::train::experiment::linear_targets;
+        use crate::train::testing::{calibration, tiny_net};
+        use crate::train::trainer::{train, Schedule};
+        let mut net = tiny_net();
+        let targets = linear_targets(&net);
+        let dense = net.clone();
+        let mut masks = Masks::none(&net);
+        let mut sticky = GradualPruner::new(Scores::new(&net, targets.clone(), Criterion::Movement), Ramp::OneShot, (0, 10, 1), 0.5, Scope::Global);
+        let mut regrow = GradualPruner::new(Scores::new(&net, targets.clone(), Criterion::Movement), Ramp::OneShot, (0, 10, 1), 0.5, Scope::Global).regrowing(&net);
+        // Scores = |w|: the first selection prunes the smaller half.
+        for p in [&mut sticky, &mut regrow] {
+            p.scores.values = targets.iter().map(|&i| net.params[i].value.iter().map(|v| v.abs()).collect()).collect();
+        }
+        regrow.prune(&mut net, &mut masks, 0);
+        masks.apply(&mut net);
+        let (t, j) = (0, masks.0[targets[0]].as_ref().unwrap().iter().position(|k| !k).unwrap());
+        let was = dense.params[targets[0]].value[j];
+        assert!(was != 0.0 && net.params[targets[0]].value[j] == 0.0);
+        let mut sticky_masks = masks.clone();
+        // The pruned element's score climbs to the top: the regrowing masks take it back, with
+        // its old value, at the same sparsity; sticky masks do not.
+        for p in [&mut sticky, &mut regrow] {
+            p.scores.values[t][j] = 1e9;
+            p.reached = 0.5;
+        }
+        let state = State::new(&Schedule::default());
+        let info = StepInfo { step: 1, total: 10, loss: 0.0, learning_rate: 0.0 };
+        let state = State { step: 1, ..state };
+        regrow.stepped(&mut net, &mut masks, &state, &info);
+        masks.apply(&mut net);
+        assert!(masks.0[targets[0]].as_ref().unwrap()[j]);
+        assert_eq!(net.params[targets[0]].value[j], was);
+        let (z, n) = masks.counts();
+        assert!((z as f64 / n as f64 - 0.5).abs() < 1e-3, "sparsity {}", z as f64 / n as f64);
+        let mut sticky_net = net.clone();
+        sticky.stepped(&mut sticky_net, &mut sticky_masks, &state, &info);
+        assert!(!sticky_masks.0[targets[0]].as_ref().unwrap()[j]);
+
+        // In training, masked elements are scored by the gradient of their effective (zero)
+        // weight times the weight kept behind the mask, so their scores keep moving.
+        let mut net = dense.clone();
+        let mut masks = Masks::none(&net);
+        let mut p = GradualPruner::new(Scores::new(&net, targets.clone(), Criterion::Movement), Ramp::OneShot, (1, 100, 1), 0.5, Scope::Global).regrowing(&net);
+        let s = |steps| Schedule { epochs: 1, max_steps: Some(steps), batch_size: 8, learning_rate: 1e-3, ..Default::default() };
+        let data = calibration(32);
+        let mut state = State::new(&s(1));
+        train(&mut net, &data, &s(1), &mut masks, &mut state, None, &mut p).unwrap();
+        let pruned_at = p.scores.values.clone();
+        train(&mut net, &data, &s(4), &mut masks, &mut state, None, &mut p).unwrap();
+        let (mut behind, mut moved) = (0, 0);
+        for (t, &i) in targets.iter().enumerate() {
+            let m = masks.0[i].as_ref().unwrap();
+            for (e, k) in m.iter().enumerate() {
+                if !k {
+                    assert_eq!(net.params[i].value[e], 0.0, "masked weights are zero in the net");
+                    behind += usize::from(p.shadow.as_ref().unwrap()[t][e] != 0.0);
+                    moved += usize::from(p.scores.values[t][e] != pruned_at[t][e]);
+                }
+            }
+        }
+        let (z, n) = masks.counts();
+        assert!(behind > z / 2, "the pruned weights are kept behind the masks ({behind} of {z})");
+        assert!(moved > z / 2, "the scores of pruned elements go on accumulating ({moved} of {z})");
+        assert!((z as f64 / n as f64 - 0.5).abs() < 1e-3);
     }
 
     #[test]

@@ -157,7 +157,9 @@ pub struct StepInfo {
 /// Hooks into the loop: gradient-based pruning reads the gradients, gradual pruning changes
 /// the masks, jobs report progress, write checkpoints and stop on cancellation.
 pub trait Observer {
-    /// The step's accumulated (masked, unclipped) gradients, before the update.
+    /// The step's accumulated, unclipped gradients, before the update and before the masks
+    /// zero those of pruned elements: for a pruned element it is the gradient with respect to
+    /// the effective (zero) weight, which is what regrowing masks score it by.
     fn gradients(&mut self, _net: &Net, _grads: &Grads, _info: &StepInfo) {}
     /// After the update (masked weights are zero). May change `masks`; they are applied at once.
     fn stepped(&mut self, _net: &mut Net, _masks: &mut Masks, _state: &State, _info: &StepInfo) -> Control {
@@ -232,10 +234,10 @@ pub fn train(net: &mut Net, data: &[Example], s: &Schedule, masks: &mut Masks, s
             loss += l / group.len() as f64;
             net.backward(&out.tape, &d, &mut grads, None);
         }
-        masks.apply_grads(&mut grads);
         let lr = s.learning_rate * linear_warmup_decay(state.step, warmup, total);
         let info = StepInfo { step: state.step + 1, total, loss, learning_rate: lr };
         obs.gradients(net, &grads, &info);
+        masks.apply_grads(&mut grads);
         if let Some(max) = s.max_grad_norm {
             let mut gs: Vec<&mut [f32]> = grads.0.iter_mut().map(|g| g.as_mut_slice()).collect();
             clip_grad_norm(&mut gs, max);
