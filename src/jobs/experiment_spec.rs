@@ -137,8 +137,9 @@ pub enum ExperimentMethod {
     Magnitude,
     /// First-order Taylor |w·g|, gradients over the training data.
     Taylor,
-    /// Movement −Σ w·g: over one pass of the training data (one_shot) or accumulated during
-    /// recovery (cubic, iterative).
+    /// Movement −w·g, summed in Adam-normalised steps: over one pass of the training data
+    /// (one_shot) or accumulated during recovery (cubic, iterative; there the masks are
+    /// re-chosen at every step of the ramp and pruned weights can come back).
     Movement,
     /// Attention heads by the gradient of the loss with respect to a head mask (Michel et al.
     /// 2019); granularity `heads`.

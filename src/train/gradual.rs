@@ -417,6 +417,29 @@ mod tests {
     }
 
     #[test]
+    fn movement_scores_take_adam_normalised_steps() {
+        use crate::train::experiment::linear_targets;
+        use crate::train::testing::tiny_net;
+        let mut net = tiny_net();
+        let i = linear_targets(&net)[0];
+        // A large and a small weight moving steadily away from zero, and a large weight whose
+        // gradient only flips sign (noise).
+        net.params[i].value[..3].copy_from_slice(&[1.0, 1e-3, 1.0]);
+        let mut adam = Scores::new(&net, vec![i], Criterion::Movement);
+        let mut plain = Scores::new(&net, vec![i], Criterion::Movement).plain();
+        let mut grads = net.zero_grads();
+        for step in 0..10 {
+            grads.0[i][..3].copy_from_slice(&[-1e-2, -1e-2, if step % 2 == 0 { 1e-2 } else { -1e-2 }]);
+            adam.accumulate(&net, &grads);
+            plain.accumulate(&net, &grads);
+        }
+        let (a, p) = (&adam.values[0], &plain.values[0]);
+        assert!((a[0] - 10.0).abs() < 1e-3 && (a[1] - 10.0).abs() < 1e-3, "steady movement scores one per step whatever the weight: {:?}", &a[..3]);
+        assert!(a[2].abs() < 2.0, "noise scores little: {}", a[2]);
+        assert!((p[0] - 0.1).abs() < 1e-6 && (p[1] - 1e-4).abs() < 1e-9 && p[2].abs() < 1e-6, "plain sums of -w·g: {:?}", &p[..3]);
+    }
+
+    #[test]
     fn selection_global_local_and_sticky() {
         let scores = vec![vec![5.0, 1.0, 3.0, 4.0], vec![0.5, 6.0]];
         let g = select(&scores, &[None, None], 0.5, Scope::Global);
