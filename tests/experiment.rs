@@ -175,6 +175,14 @@ async fn experiments_validate_run_and_report(db: Db) {
 /// worker claims the job again and resumes from the last checkpoint, ending with the same
 /// model, bit for bit, as an uninterrupted run.
 async fn a_reclaimed_experiment_resumes_from_its_checkpoint(db: Db) {
+    // Movement (scores, their Adam moments and the weights behind regrowing masks are in the
+    // checkpoint), then whole layers (the checkpoint holds the smaller model; the teacher has
+    // every layer).
+    resumes(db, json!({"method": "movement", "sparsity": 0.6, "schedule": {"kind": "cubic", "every": 3}})).await;
+    resumes(db, json!({"method": "magnitude", "granularity": "layers", "sparsity": 0.5})).await;
+}
+
+async fn resumes(db: Db, pruning: Value) {
     use secateur::artifacts::Artifacts;
     use secateur::queue::Worker;
     use std::sync::Arc;
@@ -185,7 +193,7 @@ async fn a_reclaimed_experiment_resumes_from_its_checkpoint(db: Db) {
     let dev = dataset(&app, toy_sst2(16, 3), "sst2").await;
     let spec = json!({"kind": "experiment", "model_id": model, "task": {"name": "sst2", "dataset_id": train, "eval_dataset_id": dev},
         "finetune": {"epochs": 2, "learning_rate": 2e-3, "batch_size": 8, "max_seq_len": 32},
-        "pruning": {"method": "movement", "sparsity": 0.6, "schedule": {"kind": "cubic", "every": 3}},
+        "pruning": pruning,
         "recovery": {"epochs": 12, "learning_rate": 1e-3, "batch_size": 8, "max_seq_len": 32, "distill": {"temperature": 2.0, "alpha": 0.5}},
         "evaluation": {"latency": false}});
     let worker = |delay: u64| {
@@ -321,6 +329,8 @@ async fn calibrated_and_structured_experiments(db: Db) {
         (with(json!({"method": "taylor", "granularity": "neurons", "sparsity": 0.5})), "pruning.granularity"),
         (with(json!({"method": "magnitude", "sparsity": 0.5, "neuron_sparsity": 0.5})), "pruning.neuron_sparsity"),
         (with(json!({"method": "magnitude", "granularity": "heads", "sparsity": 0.5, "neuron_sparsity": 1.0})), "pruning.neuron_sparsity"),
+        (with(json!({"method": "taylor", "granularity": "layers", "sparsity": 0.5})), "pruning.granularity"),
+        (with(json!({"method": "magnitude", "granularity": "layers", "scope": "local", "sparsity": 0.5})), "pruning.scope"),
     ];
     for (body, field) in cases {
         let (s, p) = problem(app.submit(&body).await).await;
@@ -353,7 +363,7 @@ async fn calibrated_and_structured_experiments(db: Db) {
     assert_eq!(done["status"], "succeeded", "{done}");
     let result: Value = app.get(&format!("/v1/jobs/{job}/result")).send().await.unwrap().json().await.unwrap();
     let summary = &result["summary"];
-    assert_eq!(summary["units"], json!({"heads_removed": 4, "heads": 8, "neurons_removed": 64, "neurons": 128}), "{summary}");
+    assert_eq!(summary["units"], json!({"heads_removed": 4, "heads": 8, "neurons_removed": 64, "neurons": 128, "layers_removed": [], "layers": 2}), "{summary}");
     assert!(summary["latency_ms"]["after"].as_f64().unwrap() > 0.0 && summary["latency_ms"]["speedup"].as_f64().unwrap() > 0.0, "{summary}");
     assert!(summary["latency_ms"]["note"].as_str().unwrap().contains("physically"), "{summary}");
     let out = app.artifact(&job, "model.safetensors").await;
@@ -379,6 +389,31 @@ async fn calibrated_and_structured_experiments(db: Db) {
     let run = |cfg: &[u8], st: &[u8]| secateur::engine::model::Encoder::from_files(cfg, st, &dev).unwrap().forward(&ids, None, &mask).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
     let (a, b) = (run(&hf_cfg, &out), run(&c_cfg, &compact));
     assert!(a.iter().zip(&b).all(|(x, y)| (x - y).abs() < 1e-5), "compact = zero-filled");
+
+    // Whole layers: the weaker of the two is gone from the trained and exported model.
+    let job = app.submit_ok(&with(json!({"method": "magnitude", "granularity": "layers", "sparsity": 0.5}))).await;
+    let done = app.wait_for(&job, &["succeeded", "failed"], WAIT).await;
+    assert_eq!(done["status"], "succeeded", "{done}");
+    let result: Value = app.get(&format!("/v1/jobs/{job}/result")).send().await.unwrap().json().await.unwrap();
+    let summary = &result["summary"];
+    assert_eq!(summary["units"]["layers"], 2, "{summary}");
+    assert_eq!(summary["units"]["layers_removed"].as_array().map(Vec::len), Some(1), "{summary}");
+    assert!(summary["latency_ms"]["speedup"].as_f64().unwrap() > 0.0, "{summary}");
+    let prune = result["stages"].as_array().unwrap().iter().find(|s| s["name"] == "prune").unwrap();
+    assert_eq!(prune["result"]["layers_removed"], summary["units"]["layers_removed"], "{result}");
+    let cfg: Value = serde_json::from_slice(&app.artifact(&job, "config.json").await).unwrap();
+    assert_eq!(cfg["num_hidden_layers"], 1, "{cfg}");
+    let out = app.artifact(&job, "model.safetensors").await;
+    assert_eq!(tensor(&out, "bert.encoder.layer.0.output.dense.weight").1, vec![32, 64]);
+    let h = secateur::engine::st::parse(&out).unwrap();
+    assert!(h.tensors.keys().all(|k| !k.contains("layer.1.")), "{:?}", h.tensors.keys().collect::<Vec<_>>());
+    // The exported task model loads in our runtime.
+    secateur::engine::model::Encoder::from_files(&serde_json::to_vec(&cfg).unwrap(), &out, &dev).unwrap();
+    // Removing every layer fails the job, naming the field.
+    let job = app.submit_ok(&with(json!({"method": "magnitude", "granularity": "layers", "sparsity": 0.9}))).await;
+    let done = app.wait_for(&job, &["succeeded", "failed"], WAIT).await;
+    assert_eq!(done["status"], "failed", "{done}");
+    assert!(done["error"].as_str().unwrap_or_default().contains("pruning.sparsity"), "{done}");
 }
 
 backend_tests!(experiments_validate_run_and_report, a_reclaimed_experiment_resumes_from_its_checkpoint, squad_experiments_score_exact_match_and_f1, calibrated_and_structured_experiments);

@@ -17,7 +17,7 @@ use crate::engine::st;
 use crate::engine::export;
 use crate::engine::structured::{self, Surgery, UnitPlan};
 use crate::engine::wanda::Rule;
-use crate::train::experiment::{evaluate, examples, forward_ms, head_kind, linear_targets, lowest_units, prune_calibrated, prune_one_shot, removed_units, sparsity_of, squad_evaluate, squad_train_examples, unit_norm_scores, zero_units, Calibrated, Shape};
+use crate::train::experiment::{evaluate, examples, forward_ms, head_kind, linear_targets, lowest_layers, lowest_units, without_layers, prune_calibrated, prune_one_shot, removed_units, sparsity_of, squad_evaluate, squad_train_examples, unit_norm_scores, zero_units, Calibrated, Shape};
 use crate::train::gradual::{gradient_pass, Criterion, GradualPruner, Ramp, Scores};
 use crate::train::loss::Distill;
 use crate::train::net::{Dropout, Net};
@@ -81,6 +81,10 @@ struct Resume {
     losses: Vec<f64>,
     reached: f64,
     latency_before: Option<f64>,
+    /// Layers the prune stage removed (indices in the model as loaded); a checkpoint taken
+    /// after it holds the smaller model, so resuming removes them again before restoring.
+    #[serde(default)]
+    removed_layers: Vec<usize>,
 }
 
 const CHECKPOINT: &str = "checkpoint.safetensors";
@@ -355,14 +359,22 @@ impl Executor for ExperimentExecutor {
             TaskData::Squad { .. } => train_set(eval_len, Some(32))?.into_iter().take(32).collect(),
         };
         let measure_latency = req.evaluation.latency;
-        let targets = linear_targets(&net);
+        let mut targets = linear_targets(&net);
+        let layers_loaded = net.config.layers.len();
         // A checkpoint left by an earlier claim of this job: go on from its stage.
         let checkpoint = ctx.read_scratch(CHECKPOINT)?;
         let resumed: Option<Resume> = checkpoint.as_ref().and_then(|b| trainer::checkpoint_notes(b)).and_then(|n| serde_json::from_str(&n).ok());
         let mut resume = Resume::default();
         let mut teacher_values: Option<BTreeMap<String, Vec<f32>>> = None;
         let mut restored: Option<(Masks, State, BTreeMap<String, Vec<f32>>)> = None;
+        // The model as loaded, kept when resuming after layer removal (the teacher's shape).
+        let mut unreduced = None;
         if let (Some(r), Some(bytes)) = (&resumed, &checkpoint) {
+            if !r.removed_layers.is_empty() {
+                let smaller = without_layers(&net, &r.removed_layers).map_err(model_err)?;
+                unreduced = Some(std::mem::replace(&mut net, smaller));
+                targets = linear_targets(&net);
+            }
             let (m, st, extra) = trainer::restore(&mut net, bytes).map_err(model_err)?;
             for (name, value) in r.stages.iter().filter(|(n, _)| n != "loading") {
                 ctx.record_stage(name, value.clone())?;
@@ -423,7 +435,7 @@ impl Executor for ExperimentExecutor {
             // The teacher: the dense model (restored from the checkpoint when resuming).
             let dense = match &teacher_values {
                 Some(values) if resume_at.as_deref() == Some("recover") => {
-                    let mut d = net.clone();
+                    let mut d = unreduced.take().unwrap_or_else(|| net.clone());
                     for param in d.params.iter_mut() {
                         if let Some(v) = values.get(&param.name) {
                             param.value = v.clone();
@@ -449,6 +461,17 @@ impl Executor for ExperimentExecutor {
                 let mut head_scores = None;
                 if !gradual {
                     masks = match (p.granularity, p.method) {
+                        (Granularity::Layers, _) => {
+                            let n = net.config.layers.len();
+                            let count = ((n as f64) * p.sparsity.unwrap_or(0.0)).round() as usize;
+                            if count >= n {
+                                return Err(JobError::Failed(format!("pruning.sparsity {} would remove all {n} layers", p.sparsity.unwrap_or(0.0))));
+                            }
+                            resume.removed_layers = lowest_layers(&net, count).map_err(model_err)?;
+                            net = without_layers(&net, &resume.removed_layers).map_err(model_err)?;
+                            targets = linear_targets(&net);
+                            Masks::none(&net)
+                        }
                         (Granularity::Heads, ExperimentMethod::HeadImportance) => {
                             let imp = gradient_pass(&net, &score_set, 32, None).map_err(model_err)?;
                             head_scores = Some(imp.clone());
@@ -478,7 +501,7 @@ impl Executor for ExperimentExecutor {
                         masks = prune_neurons(&mut net, ns, p.scope.unwrap_or(Scope::Global), masks)?;
                     }
                     let e = score(&net)?;
-                    ctx.record_stage("prune", json!({"metrics": metrics_json(&e), "sparsity": sparsity_of(&net, &targets), "seconds": t.elapsed().as_secs_f64(), "head_scores": head_scores}))?;
+                    ctx.record_stage("prune", json!({"metrics": metrics_json(&e), "sparsity": sparsity_of(&net, &targets), "seconds": t.elapsed().as_secs_f64(), "head_scores": head_scores, "layers_removed": (p.granularity == Granularity::Layers).then_some(&resume.removed_layers)}))?;
                     resume.pruned = Some(e.metrics);
                 } else {
                     ctx.record_stage("prune", json!({"schedule": p.schedule.kind, "note": "pruning happens during recovery"}))?;
@@ -565,18 +588,20 @@ impl Executor for ExperimentExecutor {
             None => score(&net)?,
         };
         let (baseline_m, before_m, pruned_m) = (resume.baseline.clone(), resume.before.clone(), resume.pruned.clone());
-        let structured_pruning = req.pruning.as_ref().is_some_and(|p| matches!(p.granularity, Granularity::Heads | Granularity::Neurons));
+        let structured_pruning = req.pruning.as_ref().is_some_and(|p| matches!(p.granularity, Granularity::Heads | Granularity::Neurons | Granularity::Layers));
         let latency_after = if measure_latency { Some(latency(&net, &latency_batch, structured_pruning)?) } else { None };
         let units = structured_pruning.then(|| {
             let plan = removed_units(&net);
             let count = |v: &[Vec<usize>]| v.iter().map(Vec::len).sum::<usize>();
-            json!({"heads_removed": count(&plan.heads), "heads": net.config.layers.iter().map(|l| l.heads).sum::<usize>(), "neurons_removed": count(&plan.neurons), "neurons": net.config.layers.iter().map(|l| l.ffn).sum::<usize>()})
+            json!({"heads_removed": count(&plan.heads), "heads": net.config.layers.iter().map(|l| l.heads).sum::<usize>(), "neurons_removed": count(&plan.neurons), "neurons": net.config.layers.iter().map(|l| l.ffn).sum::<usize>(), "layers_removed": resume.removed_layers, "layers": layers_loaded})
         });
 
         // Export.
         ctx.progress("export", plan.at("export", 0.0))?;
         let (mut w, head) = net.to_weights().map_err(model_err)?;
-        let (cfg, st_bytes) = export_task_model(&config_json, &w, &head, task.label_names()).map_err(model_err)?;
+        // config.json with the layer count (and FFN width) of the model as trained.
+        let out_json = export::config_json(&config_json, &net.config, false).map_err(model_err)?;
+        let (cfg, st_bytes) = export_task_model(&out_json, &w, &head, task.label_names()).map_err(model_err)?;
         let header = st::parse(&st_bytes).map_err(|e| JobError::Internal(anyhow::anyhow!(e)))?;
         let names: Vec<String> = targets.iter().map(|&i| format!("{}.{}", family.name(), net.params[i].name)).collect();
         let (tensors, totals) = magnitude::measure(&st_bytes, &header, &names);
@@ -625,7 +650,7 @@ impl Executor for ExperimentExecutor {
             "size": {"bytes": totals.bytes, "bytes_sparse": totals.bytes_sparse, "parameters": totals.parameters, "nonzeros": totals.nonzeros},
             "units": units,
             "latency_ms": {"before": latency_before, "after": latency_after, "speedup": latency_before.zip(latency_after).map(|(b, a)| b / a), "batch": latency_batch.len(),
-                "note": if structured_pruning { "median of 5 forwards of one evaluation batch in Secateur's runtime; after: removed heads and neurons physically gone (the compact layout)" } else { "median of 5 forwards of one evaluation batch in Secateur's runtime (dense kernels: zeroed weights are still multiplied)" }},
+                "note": if structured_pruning { "median of 5 forwards of one evaluation batch in Secateur's runtime; after: removed heads, neurons and layers physically gone (the compact layout)" } else { "median of 5 forwards of one evaluation batch in Secateur's runtime (dense kernels: zeroed weights are still multiplied)" }},
         });
         ctx.write_artifact("result.json", Bytes::from(serde_json::to_vec_pretty(&result).map_err(|e| JobError::Internal(e.into()))?))?;
         ctx.record_stage("export", json!({"summary": result}))?;

@@ -208,7 +208,8 @@ pub struct ExperimentPruning {
     #[serde(default)]
     pub scope: Option<Scope>,
     /// The fraction removed, in [0, 1): of the encoder's linear weights (unstructured), of the
-    /// heads (heads), or of the FFN neurons (neurons). Not for n:m.
+    /// heads (heads), of the FFN neurons (neurons), or of the layers (layers: the lowest-norm
+    /// round(fraction × layers) layers, physically removed). Not for n:m.
     #[serde(default)]
     pub sparsity: Option<f64>,
     /// Granularity `heads` only: also remove this fraction of the FFN neurons, in [0, 1)
@@ -350,10 +351,10 @@ impl ExperimentRequest {
                 Granularity::Unstructured => {}
                 Granularity::NM if p.method != ExperimentMethod::HeadImportance => {}
                 Granularity::Heads if matches!(p.method, ExperimentMethod::Magnitude | ExperimentMethod::HeadImportance) => {}
-                Granularity::Neurons if p.method == ExperimentMethod::Magnitude => {}
+                Granularity::Neurons | Granularity::Layers if p.method == ExperimentMethod::Magnitude => {}
                 g => {
                     let g = serde_json::to_value(g).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default();
-                    errs.push(FieldError::new("pruning.granularity", format!("method {m} with granularity {g} is not available in experiment jobs (unstructured and n:m: magnitude, taylor, movement, wanda, sparsegpt; heads: magnitude, head_importance; neurons: magnitude)")));
+                    errs.push(FieldError::new("pruning.granularity", format!("method {m} with granularity {g} is not available in experiment jobs (unstructured and n:m: magnitude, taylor, movement, wanda, sparsegpt; heads: magnitude, head_importance; neurons and layers: magnitude)")));
                 }
             }
             if p.method.calibrated() {
@@ -376,6 +377,9 @@ impl ExperimentRequest {
                 Some(_) if p.granularity != Granularity::Heads => errs.push(FieldError::new("pruning.neuron_sparsity", "pruning.neuron_sparsity applies to granularity heads only (granularity neurons uses pruning.sparsity)")),
                 Some(s) if !(s.is_finite() && (0.0..1.0).contains(&s)) => errs.push(FieldError::new("pruning.neuron_sparsity", "pruning.neuron_sparsity must be in [0, 1)")),
                 _ => {}
+            }
+            if p.granularity == Granularity::Layers && p.scope == Some(Scope::Local) {
+                errs.push(FieldError::new("pruning.scope", "granularity layers removes the weakest layers of the model: pruning.scope must be global"));
             }
             if p.method == ExperimentMethod::HeadImportance && p.granularity != Granularity::Heads {
                 errs.push(FieldError::new("pruning.granularity", "head_importance prunes granularity heads"));

@@ -289,6 +289,28 @@ pub fn prune_calibrated(net: &mut Net, method: Calibrated, calib: &[Example], ru
     Ok(Masks::from_zeros(net, |n| names.iter().any(|t| t == n)))
 }
 
+/// The `count` layers with the lowest norm of all their linear weights (the engine's layer
+/// score), sorted by index. Ties go to the lower index.
+pub fn lowest_layers(net: &Net, count: usize) -> Result<Vec<usize>, ModelError> {
+    let (w, _) = net.to_weights()?;
+    let scores = structured::layer_norm_scores(&w, &net.config)?;
+    let mut order: Vec<usize> = (0..scores.len()).collect();
+    order.sort_by(|a, b| scores[*a].total_cmp(&scores[*b]).then(a.cmp(b)));
+    let mut removed = order[..count.min(order.len())].to_vec();
+    removed.sort_unstable();
+    Ok(removed)
+}
+
+/// `net` with the layers `removed` physically gone and the rest renumbered (the engine's
+/// `remove_layers`), its head, dropout and packing kept.
+pub fn without_layers(net: &Net, removed: &[usize]) -> Result<Net, ModelError> {
+    let (w, head) = net.to_weights()?;
+    let (w, cfg) = structured::remove_layers(&w, &net.config, removed);
+    let mut out = Net::new(cfg, &w, &head, net.dropout)?;
+    out.packing = net.packing;
+    Ok(out)
+}
+
 /// The heads and FFN neurons a structurally pruned net has lost: a head whose attention-output
 /// columns are all zero, a neuron whose FFN-output column is all zero (what the masks of
 /// structured pruning keep at zero), read from the weights themselves.
@@ -457,6 +479,37 @@ mod tests {
         let (e_gpt, e_mag) = (error(&hidden(&gpt, &calib), &reference), error(&hidden(&mag, &calib), &reference));
         assert!(e_gpt < e_mag, "sparsegpt {e_gpt} vs magnitude {e_mag}");
         assert!(prune_calibrated(&mut dense.clone(), Calibrated::Wanda, &[], Rule::Unstructured(0.5)).is_err());
+    }
+
+    #[test]
+    fn the_weakest_layer_is_removed_and_the_rest_renumbered() {
+        let mut net = tiny_net();
+        let layers = net.config.layers.len();
+        assert!(layers >= 2);
+        // Layer 0 made the weakest by norm.
+        let prefix = net.config.family.layer_prefix(0);
+        for p in net.params.iter_mut().filter(|p| p.name.starts_with(&prefix) && p.shape.len() == 2) {
+            p.value.iter_mut().for_each(|v| *v *= 0.01);
+        }
+        assert_eq!(lowest_layers(&net, 1).unwrap(), vec![0]);
+        let smaller = without_layers(&net, &[0]).unwrap();
+        assert_eq!(smaller.config.layers.len(), layers - 1);
+        let per_layer = |n: &Net| n.params.iter().filter(|p| p.name.starts_with(&n.config.family.layer_prefix(0))).count();
+        assert_eq!(smaller.params.len(), net.params.len() - per_layer(&net));
+        // Each later layer moves down by one with its values; the head is unchanged.
+        for (from, to) in (1..layers).map(|l| (l, l - 1)) {
+            let (a, b) = (net.config.family.layer_prefix(from), smaller.config.family.layer_prefix(to));
+            for p in net.params.iter().filter(|p| p.name.starts_with(&a)) {
+                let q = &smaller.params[smaller.index_of(&p.name.replacen(&a, &b, 1)).expect("renumbered")];
+                assert_eq!(p.value, q.value, "{}", p.name);
+            }
+        }
+        let head: Vec<&Vec<f32>> = net.params.iter().filter(|p| p.name.starts_with("classifier")).map(|p| &p.value).collect();
+        assert!(!head.is_empty());
+        assert_eq!(head, smaller.params.iter().filter(|p| p.name.starts_with("classifier")).map(|p| &p.value).collect::<Vec<_>>());
+        let calib = calibration(4);
+        let (b, _) = super::super::trainer::batch_of(&calib, &[0, 1, 2, 3], smaller.config.pad_token_id);
+        assert!(smaller.forward(&b, None).unwrap().logits.iter().all(|v| v.is_finite()));
     }
 
     #[test]
