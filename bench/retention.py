@@ -1,4 +1,5 @@
-"""Markdown table of one bench/recipe.rs run (its stdout, a file per task): every
+"""Markdown table of one bench/recipe.rs run (its stdout, or bench/recipe.sh's RESULTS/ours
+file of a single seed): every
 configuration's metrics one-shot and after recovery, and retention = recovered / dense for each
 metric of the task.
 
@@ -20,6 +21,8 @@ rows = []
 dense = None
 for line in open(sys.argv[1]):
     f = line.rstrip("\n").split("\t")
+    if f[0] == "ours":  # a line bench/recipe.sh kept: side and seed first
+        f = f[2:]
     kv = dict(x.split("=", 1) for x in f[1:] if "=" in x)
     if f[0] == "dense":
         dense = metrics(kv["metrics"])
