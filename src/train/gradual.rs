@@ -246,11 +246,16 @@ impl GradualPruner {
                 select(&scores, &existing, s, self.scope)
             }
             Some(shadow) => {
+                // Re-chosen every step of the ramp: the accumulated scores are read in place.
+                let magnitudes: Vec<Vec<f32>>;
                 let scores = match self.scores.criterion {
-                    Criterion::Magnitude => shadow.iter().map(|w| w.iter().map(|v| v.abs()).collect()).collect(),
-                    _ => self.scores.values.clone(),
+                    Criterion::Magnitude => {
+                        magnitudes = shadow.iter().map(|w| w.iter().map(|v| v.abs()).collect()).collect();
+                        &magnitudes
+                    }
+                    _ => &self.scores.values,
                 };
-                let keep = select(&scores, &vec![None; scores.len()], s, self.scope);
+                let keep = select(scores, &vec![None; scores.len()], s, self.scope);
                 // Elements coming back take the value they had when they were pruned.
                 for ((&i, k), w) in self.scores.targets.iter().zip(&keep).zip(shadow) {
                     net.params[i].value.par_iter_mut().zip(k.par_iter().zip(w.par_iter())).for_each(|(v, (k, w))| {
