@@ -15,7 +15,8 @@
 //!
 //! A configuration is `CRITERION:SPARSITY[:FLAG...]` or `CRITERION:N:M[:FLAG...]` with
 //! CRITERION one of magnitude, taylor, movement, wanda, sparsegpt (the calibrated two: the first
-//! 128 training examples as calibration inputs) and FLAGs:
+//! 128 training examples as calibration inputs), or random (one-shot with uniformly random
+//! scores, seeded: the control that says what a criterion gains over chance) and FLAGs:
 //! - `distill`: recovery distils from the dense model (T = 2, α = 0.5);
 //! - `cubic`: gradual instead of one-shot: scores accumulated during the recovery epoch, cubic
 //!   ramp to the target over its first 70% of steps, pruning every 5% (movement is always so);
@@ -42,7 +43,7 @@ use secateur::engine::magnitude::{NmPattern, Scope};
 use secateur::engine::model::{EncoderConfig, Weights};
 use secateur::engine::wanda::Rule;
 use secateur::engine::structured::UnitPlan;
-use secateur::train::experiment::{evaluate, examples, forward_ms, head_kind, linear_targets, lowest_units, prune_calibrated, prune_one_shot, sparsity_of, unit_norm_scores, zero_units, Calibrated, Shape};
+use secateur::train::experiment::{evaluate, examples, forward_ms, head_kind, linear_targets, lowest_units, prune_by_scores, prune_calibrated, prune_one_shot, sparsity_of, unit_norm_scores, zero_units, Calibrated, Shape};
 use secateur::train::gradual::{Criterion, GradualPruner, Ramp, Scores};
 use secateur::train::loss::Distill;
 use secateur::train::net::{Dropout, Net};
@@ -133,7 +134,7 @@ fn main() {
             _ => None,
         };
         let criterion = match parts[0] {
-            "magnitude" | "wanda" | "sparsegpt" => Criterion::Magnitude,
+            "magnitude" | "wanda" | "sparsegpt" | "random" => Criterion::Magnitude,
             "taylor" => Criterion::Taylor,
             "movement" => Criterion::Movement,
             other => panic!("unknown criterion {other}"),
@@ -169,6 +170,12 @@ fn main() {
         } else {
             let calib = &train_set[..train_set.len().min(1024)];
             let mut masks = match calibrated {
+                None if parts[0] == "random" => {
+                    use rand::{Rng, SeedableRng};
+                    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+                    let scores: Vec<Vec<f32>> = targets.iter().map(|&i| (0..net.params[i].value.len()).map(|_| rng.gen::<f32>()).collect()).collect();
+                    prune_by_scores(&mut net, &targets, &scores, shape)
+                }
                 Some(how) => {
                     let rule = match shape {
                         Shape::NM(p) => Rule::NM(p),

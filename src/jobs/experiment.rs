@@ -116,22 +116,9 @@ impl Progress<'_> {
         let mut resume = self.resume.clone();
         resume.stage = self.stage.to_string();
         resume.losses = self.losses.clone();
-        if let Some(pr) = &self.pruner {
+        if let Some(pr) = self.pruner.as_mut() {
             resume.reached = pr.reached;
-            for (i, v) in pr.scores.values.iter().enumerate() {
-                extra.insert(format!("scores/{i}"), v.clone());
-            }
-            for (i, w) in pr.shadow.iter().flatten().enumerate() {
-                extra.insert(format!("shadow/{i}"), w.clone());
-            }
-            if let Some(a) = &pr.scores.adam {
-                for (i, (m, v)) in a.m.iter().zip(&a.v).enumerate() {
-                    extra.insert(format!("scores_m/{i}"), m.clone());
-                    extra.insert(format!("scores_v/{i}"), v.clone());
-                }
-                // Exact in f32 up to 2^24 steps.
-                extra.insert("scores_t".into(), vec![a.t as f32]);
-            }
+            extra.extend(pr.buffers());
         }
         let notes = serde_json::to_string(&resume).map_err(|e| JobError::Internal(e.into()))?;
         self.ctx.write_scratch(CHECKPOINT, Bytes::from(trainer::checkpoint_with_notes(net, masks, state, &extra, &notes)))
@@ -520,27 +507,10 @@ impl Executor for ExperimentExecutor {
                     state = st;
                     scores_back = Some(extra);
                 }
-                let pruner = gradual.then(|| {
+                let pruner = if gradual {
                     let end = p.schedule.end_step.unwrap_or(total * 7 / 10).max(p.schedule.start_step + 1);
                     let ramp = if p.schedule.kind == ScheduleKind::Cubic { Ramp::Cubic } else { Ramp::Iterative { rounds: ((end - p.schedule.start_step) / p.schedule.every.max(1)).max(1) } };
-                    let mut scores = Scores::new(&net, targets.clone(), criterion);
-                    if let Some(extra) = &scores_back {
-                        let back = |k: String, v: &mut Vec<f32>| {
-                            if let Some(b) = extra.get(&k) {
-                                v.clone_from(b);
-                            }
-                        };
-                        for (i, v) in scores.values.iter_mut().enumerate() {
-                            back(format!("scores/{i}"), v);
-                        }
-                        if let Some(a) = scores.adam.as_mut() {
-                            for (i, (m, v)) in a.m.iter_mut().zip(a.v.iter_mut()).enumerate() {
-                                back(format!("scores_m/{i}"), m);
-                                back(format!("scores_v/{i}"), v);
-                            }
-                            a.t = extra.get("scores_t").and_then(|t| t.first()).map_or(0, |t| *t as u64);
-                        }
-                    }
+                    let scores = Scores::new(&net, targets.clone(), criterion);
                     let mut pruner = GradualPruner::new(scores, ramp, (p.schedule.start_step, end, p.schedule.every), p.sparsity.unwrap_or(0.0), p.scope.unwrap_or(Scope::Global));
                     if criterion == Criterion::Movement {
                         // Movement pruning's own top-k: masks re-chosen at every step of the ramp.
@@ -548,14 +518,12 @@ impl Executor for ExperimentExecutor {
                     }
                     if let Some(extra) = &scores_back {
                         pruner.reached = resume.reached;
-                        for (i, w) in pruner.shadow.iter_mut().flatten().enumerate() {
-                            if let Some(back) = extra.get(&format!("shadow/{i}")) {
-                                w.clone_from(back);
-                            }
-                        }
+                        pruner.restore_buffers(extra).map_err(|e| JobError::Internal(anyhow::anyhow!("resuming the recovery stage: {e}")))?;
                     }
-                    pruner
-                });
+                    Some(pruner)
+                } else {
+                    None
+                };
                 let teacher = r.distill.as_ref().map(|d| (&dense, Distill { temperature: d.temperature as f32, alpha: d.alpha as f32 }));
                 let losses = if resume_at.as_deref() == Some("recover") { resume.losses.clone() } else { Vec::new() };
                 let mut obs = Progress { ctx, plan: &plan, stage: "recover", pruner, stopped: false, failed: None, losses, resume: resume.clone(), teacher: teacher.map(|t| t.0), last_checkpoint: (state.step, Instant::now()) };

@@ -135,38 +135,85 @@ pub fn iterative(round: u64, rounds: u64, target: f64) -> f64 {
 
 /// Keep flags leaving `sparsity` of the elements pruned, the lowest scores first, over all
 /// tensors together (`Global`) or in each tensor (`Local`). Elements already pruned (`false`
-/// in `existing`) stay pruned and count towards the sparsity. Ties go to the lower index.
+/// in `existing`) stay pruned and count towards the sparsity. Ties go to the lower index
+/// (earlier tensor, then earlier element).
+///
+/// Regrowing masks call this at every optimizer step over all of MiniLM's 10.6M scores, so it
+/// neither sorts nor copies them: a parallel histogram of the high 16 bits of an
+/// order-preserving key finds the bucket that holds the threshold, only that bucket's elements
+/// are collected for an exact selection, and one parallel pass writes the flags.
 pub fn select(scores: &[Vec<f32>], existing: &[Option<&[bool]>], sparsity: f64, scope: Scope) -> Vec<Vec<bool>> {
-    let ranked = |s: &[f32], e: Option<&[bool]>| -> Vec<f32> { s.iter().enumerate().map(|(j, v)| if e.is_some_and(|e| !e[j]) { f32::NEG_INFINITY } else { *v }).collect() };
-    let prune_lowest = |vals: &mut [(f32, usize, usize)], k: usize| {
-        if k > 0 && k <= vals.len() {
-            vals.select_nth_unstable_by(k - 1, |a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)).then(a.2.cmp(&b.2)));
-        }
-    };
-    let mut keep: Vec<Vec<bool>> = scores.iter().map(|s| vec![true; s.len()]).collect();
+    let count = |n: usize| (((n as f64) * sparsity).round() as usize).min(n);
     match scope {
         Scope::Global => {
-            let mut all: Vec<(f32, usize, usize)> = scores.iter().zip(existing).enumerate().flat_map(|(t, (s, e))| ranked(s, *e).into_iter().enumerate().map(move |(j, v)| (v, t, j))).collect();
-            let k = ((all.len() as f64) * sparsity).round() as usize;
-            let k = k.min(all.len());
-            prune_lowest(&mut all, k);
-            for &(_, t, j) in &all[..k.min(all.len())] {
-                keep[t][j] = false;
-            }
+            let parts: Vec<&[f32]> = scores.iter().map(|s| s.as_slice()).collect();
+            let n = parts.iter().map(|p| p.len()).sum();
+            select_lowest(&parts, existing, count(n))
         }
-        Scope::Local => {
-            for (t, (s, e)) in scores.iter().zip(existing).enumerate() {
-                let mut vals: Vec<(f32, usize, usize)> = ranked(s, *e).into_iter().enumerate().map(|(j, v)| (v, 0, j)).collect();
-                let k = ((vals.len() as f64) * sparsity).round() as usize;
-                let k = k.min(vals.len());
-                prune_lowest(&mut vals, k);
-                for &(_, _, j) in &vals[..k.min(vals.len())] {
-                    keep[t][j] = false;
-                }
-            }
-        }
+        Scope::Local => scores.iter().zip(existing).flat_map(|(s, e)| select_lowest(&[s.as_slice()], &[*e], count(s.len()))).collect(),
     }
-    keep
+}
+
+/// The key of a score that orders as `f32::total_cmp` does; an element already pruned gets 0,
+/// below every kept one.
+#[inline]
+fn rank_key(v: f32, kept: bool) -> u32 {
+    let b = v.to_bits();
+    let k = if b >> 31 == 1 { !b } else { b | 0x8000_0000 };
+    if kept {
+        k.max(1)
+    } else {
+        0
+    }
+}
+
+/// Keep flags with the `k` lowest (key, tensor, element) of `parts` pruned.
+fn select_lowest(parts: &[&[f32]], existing: &[Option<&[bool]>], k: usize) -> Vec<Vec<bool>> {
+    const CHUNK: usize = 1 << 16;
+    let key = |t: usize, j: usize| rank_key(parts[t][j], existing[t].is_none_or(|e| e[j]));
+    if k == 0 {
+        return parts.iter().map(|p| vec![true; p.len()]).collect();
+    }
+    let chunks: Vec<(usize, usize, usize)> = parts.iter().enumerate().flat_map(|(t, p)| (0..p.len()).step_by(CHUNK).map(move |a| (t, a, (a + CHUNK).min(p.len())))).collect();
+    let hist = chunks
+        .par_iter()
+        .fold(
+            || vec![0u32; 1 << 16],
+            |mut h, &(t, a, b)| {
+                for j in a..b {
+                    h[(key(t, j) >> 16) as usize] += 1;
+                }
+                h
+            },
+        )
+        .reduce(|| vec![0u32; 1 << 16], |mut a, b| {
+            a.iter_mut().zip(b).for_each(|(a, b)| *a += b);
+            a
+        });
+    // The bucket holding the k-th lowest, and how many lie in lower buckets.
+    let (mut below, mut bucket) = (0usize, 0usize);
+    for (i, &c) in hist.iter().enumerate() {
+        if below + c as usize >= k {
+            bucket = i;
+            break;
+        }
+        below += c as usize;
+    }
+    let mut inside: Vec<(u32, u32, u32)> = chunks
+        .par_iter()
+        .flat_map_iter(|&(t, a, b)| (a..b).filter_map(move |j| Some(key(t, j)).filter(|k| (k >> 16) as usize == bucket).map(|k| (k, t as u32, j as u32))))
+        .collect();
+    let (_, threshold, _) = inside.select_nth_unstable(k - below - 1);
+    let threshold = *threshold;
+    parts
+        .iter()
+        .enumerate()
+        .map(|(t, p)| {
+            let mut keep = vec![false; p.len()];
+            keep.par_iter_mut().enumerate().with_min_len(4096).for_each(|(j, f)| *f = (key(t, j), t as u32, j as u32) > threshold);
+            keep
+        })
+        .collect()
 }
 
 /// How sparsity rises during training.
@@ -214,6 +261,50 @@ impl GradualPruner {
     pub fn regrowing(mut self, net: &Net) -> GradualPruner {
         self.shadow = Some(self.scores.targets.iter().map(|&i| net.params[i].value.clone()).collect());
         self
+    }
+
+    /// The pruner's state as named buffers (scores, their Adam moments, the weights behind
+    /// regrowing masks), in one list that [`Self::buffers`] and [`Self::restore_buffers`]
+    /// share, so no piece of state can be saved without being restored.
+    fn slots(&mut self) -> Vec<(String, &mut Vec<f32>)> {
+        let mut out: Vec<(String, &mut Vec<f32>)> = self.scores.values.iter_mut().enumerate().map(|(i, v)| (format!("scores/{i}"), v)).collect();
+        if let Some(a) = self.scores.adam.as_mut() {
+            for (i, (m, v)) in a.m.iter_mut().zip(a.v.iter_mut()).enumerate() {
+                out.push((format!("scores_m/{i}"), m));
+                out.push((format!("scores_v/{i}"), v));
+            }
+        }
+        out.extend(self.shadow.iter_mut().flatten().enumerate().map(|(i, w)| (format!("shadow/{i}"), w)));
+        out
+    }
+
+    /// The state a checkpoint must carry to resume this pruner (besides `reached`), as named
+    /// f32 buffers.
+    pub fn buffers(&mut self) -> Vec<(String, Vec<f32>)> {
+        // Exact in f32 up to 2^24 steps.
+        let t = self.scores.adam.as_ref().map(|a| ("scores_t".to_string(), vec![a.t as f32]));
+        let mut out: Vec<(String, Vec<f32>)> = self.slots().into_iter().map(|(k, v)| (k, v.clone())).collect();
+        out.extend(t);
+        out
+    }
+
+    /// Restores what [`Self::buffers`] saved; an error names a buffer that is missing or has
+    /// the wrong length (a checkpoint from another model or pruner).
+    pub fn restore_buffers(&mut self, saved: &std::collections::BTreeMap<String, Vec<f32>>) -> Result<(), String> {
+        if let Some(a) = self.scores.adam.as_mut() {
+            a.t = match saved.get("scores_t").map(|t| t.as_slice()) {
+                Some([t]) => *t as u64,
+                _ => return Err("the checkpoint lacks the pruner's buffer scores_t".into()),
+            };
+        }
+        for (name, slot) in self.slots() {
+            match saved.get(&name) {
+                Some(v) if v.len() == slot.len() => slot.clone_from(v),
+                Some(v) => return Err(format!("the checkpoint's pruner buffer {name} holds {} values, the pruner {}", v.len(), slot.len())),
+                None => return Err(format!("the checkpoint lacks the pruner's buffer {name}")),
+            }
+        }
+        Ok(())
     }
 
     /// The sparsity the ramp asks for after optimizer step `step`.
@@ -422,6 +513,34 @@ mod tests {
     }
 
     #[test]
+    fn pruner_state_round_trips_through_its_buffers() {
+        use crate::train::experiment::linear_targets;
+        use crate::train::testing::{calibration, tiny_net};
+        use crate::train::trainer::{train, Schedule};
+        let mut net = tiny_net();
+        let targets = linear_targets(&net);
+        let fresh = |net: &Net| GradualPruner::new(Scores::new(net, targets.clone(), Criterion::Movement), Ramp::Cubic, (1, 100, 1), 0.5, Scope::Global).regrowing(net);
+        let mut p = fresh(&net);
+        let mut masks = Masks::none(&net);
+        let s = Schedule { epochs: 1, max_steps: Some(3), batch_size: 8, learning_rate: 1e-3, ..Default::default() };
+        train(&mut net, &calibration(32), &s, &mut masks, &mut State::new(&s), None, &mut p).unwrap();
+        let saved: std::collections::BTreeMap<String, Vec<f32>> = p.buffers().into_iter().collect();
+        let mut back = fresh(&tiny_net());
+        assert_ne!(back.scores, p.scores);
+        back.restore_buffers(&saved).unwrap();
+        assert_eq!(back.scores, p.scores);
+        assert_eq!(back.shadow, p.shadow);
+        assert_eq!(back.scores.adam.as_ref().unwrap().t, 3);
+        // A checkpoint missing a buffer, or with one of the wrong size, is refused by name.
+        let mut short = saved.clone();
+        short.remove("shadow/1");
+        assert_eq!(fresh(&tiny_net()).restore_buffers(&short).unwrap_err(), "the checkpoint lacks the pruner's buffer shadow/1");
+        let mut wrong = saved.clone();
+        wrong.insert("scores_m/0".into(), vec![0.0; 3]);
+        assert!(fresh(&tiny_net()).restore_buffers(&wrong).unwrap_err().contains("scores_m/0 holds 3 values"));
+    }
+
+    #[test]
     fn movement_scores_take_adam_normalised_steps() {
         use crate::train::experiment::linear_targets;
         use crate::train::testing::tiny_net;
@@ -442,6 +561,43 @@ mod tests {
         assert!((a[0] - 10.0).abs() < 1e-3 && (a[1] - 10.0).abs() < 1e-3, "steady movement scores one per step whatever the weight: {:?}", &a[..3]);
         assert!(a[2].abs() < 2.0, "noise scores little: {}", a[2]);
         assert!((p[0] - 0.1).abs() < 1e-6 && (p[1] - 1e-4).abs() < 1e-9 && p[2].abs() < 1e-6, "plain sums of -w·g: {:?}", &p[..3]);
+    }
+
+    /// The rule `select` implements, by sorting.
+    fn select_by_sorting(scores: &[Vec<f32>], existing: &[Option<&[bool]>], sparsity: f64, scope: Scope) -> Vec<Vec<bool>> {
+        let ranked = |t: usize, j: usize| if existing[t].is_some_and(|e| !e[j]) { f32::NEG_INFINITY } else { scores[t][j] };
+        let groups: Vec<Vec<(usize, usize)>> = match scope {
+            Scope::Global => vec![scores.iter().enumerate().flat_map(|(t, s)| (0..s.len()).map(move |j| (t, j))).collect()],
+            Scope::Local => scores.iter().enumerate().map(|(t, s)| (0..s.len()).map(|j| (t, j)).collect()).collect(),
+        };
+        let mut keep: Vec<Vec<bool>> = scores.iter().map(|s| vec![true; s.len()]).collect();
+        for mut g in groups {
+            let k = ((g.len() as f64 * sparsity).round() as usize).min(g.len());
+            g.sort_by(|a, b| ranked(a.0, a.1).total_cmp(&ranked(b.0, b.1)).then(a.cmp(b)));
+            for &(t, j) in &g[..k] {
+                keep[t][j] = false;
+            }
+        }
+        keep
+    }
+
+    #[test]
+    fn selection_matches_sorting_with_ties_signs_and_prior_masks() {
+        use rand::{rngs::StdRng, Rng, SeedableRng};
+        let mut rng = StdRng::seed_from_u64(7);
+        for round in 0..20 {
+            // Sizes across the 65,536-element chunks; few distinct values (many ties, within
+            // and across tensors), negative scores and zeros of both signs.
+            let sizes = [rng.gen_range(1..3000), rng.gen_range(60_000..140_000), rng.gen_range(1..50)];
+            let scores: Vec<Vec<f32>> = sizes.iter().map(|&n| (0..n).map(|_| [-2.5, -0.0, 0.0, 1e-30, 0.25, 3.0, f32::MAX][rng.gen_range(0..7)] * if round % 2 == 0 { 1.0 } else { rng.gen::<f32>() }).collect()).collect();
+            let prior: Vec<Vec<bool>> = sizes.iter().map(|&n| (0..n).map(|_| rng.gen::<f32>() > 0.3).collect()).collect();
+            let existing: Vec<Option<&[bool]>> = prior.iter().enumerate().map(|(t, p)| (t != 1 || round % 3 != 0).then_some(p.as_slice())).collect();
+            for sparsity in [0.0, 0.1, 0.5, 0.8, 1.0, rng.gen::<f64>()] {
+                for scope in [Scope::Global, Scope::Local] {
+                    assert_eq!(select(&scores, &existing, sparsity, scope), select_by_sorting(&scores, &existing, sparsity, scope), "round {round} sparsity {sparsity} {scope:?}");
+                }
+            }
+        }
     }
 
     #[test]
