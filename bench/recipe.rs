@@ -4,9 +4,9 @@
 //! encoder linear weights, evaluation, recovery fine-tuning with the masks locked (optionally
 //! distilled from the dense model), evaluation on the full dev file. One epoch per stage, batch
 //! 32, dynamic padding, AdamW (weight decay 0.01 except biases and LayerNorm), 6% linear
-//! warm-up, clipping at 1.0, seed 42 (SEED) — the PyTorch reference's budget. EPOCHS (default
-//! 1) sets the epochs of the dense stage, for the smaller GLUE tasks, RECOVERY_EPOCHS (EPOCHS)
-//! those of recovery; LR (5e-5) and RECOVERY_LR (3e-5) the peak learning rates of the dense and
+//! warm-up, clipping at 1.0, seed 42 (SEED) — the PyTorch reference's budget. EPOCHS (1 by
+//! default) sets the epochs of the dense stage, for the smaller GLUE tasks, RECOVERY_EPOCHS
+//! (EPOCHS) those of recovery; LR (5e-5) and RECOVERY_LR (3e-5) the peak learning rates of the dense and
 //! the recovery stages.
 //!
 //!   SECATEUR_MINILM_DIR=... TASK=sst2 TRAIN_ROWS=8000 MAX_LEN=64 \

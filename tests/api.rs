@@ -121,7 +121,9 @@ async fn bad_model_uploads_are_rejected_and_leave_nothing(db: Db) {
     huge_header[..8].copy_from_slice(&(1u64 << 40).to_le_bytes());
     let wrong_layers = TinyModel { layers: 3, ..m.clone() }.config_json().into_bytes();
     let roberta_cfg = m.config_json().replace("\"bert\"", "\"gpt2\"").into_bytes();
-    let cases: Vec<(Vec<(&str, Vec<u8>)>, &str, &str)> = vec![
+    // (files, the field at fault, what the message says)
+    type Case<'a> = (Vec<(&'a str, Vec<u8>)>, &'a str, &'a str);
+    let cases: Vec<Case> = vec![
         (with("model.safetensors", truncated), "model.safetensors", "data buffer"),
         (with("model.safetensors", bad_dtype), "model.safetensors", "unknown dtype"),
         (with("model.safetensors", huge_header), "model.safetensors", "exceeds the limit"),

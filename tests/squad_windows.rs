@@ -47,7 +47,7 @@ fn windows_match_hugging_face_and_labels_recover_the_answers() {
             let one_hot = |at: usize, n: usize| (0..n).map(|j| if j == at { 10.0 } else { 0.0 }).collect::<Vec<f32>>();
             let sl: Vec<Vec<f32>> = ws.iter().enumerate().map(|(j, w)| if j == k { one_hot(s, w.input_ids.len()) } else { vec![0.0; w.input_ids.len()] }).collect();
             let el: Vec<Vec<f32>> = ws.iter().enumerate().map(|(j, w)| if j == k { one_hot(e, w.input_ids.len()) } else { vec![0.0; w.input_ids.len()] }).collect();
-            let got = decode(context, &ws, &sl, &el, 20, 30);
+            let got = decode(context, ws, &sl, &el, 20, 30);
             if secateur::metrics::normalize_answer(&got) == secateur::metrics::normalize_answer(answer) {
                 exact += 1;
             } else {

@@ -202,6 +202,9 @@ fn attention(qkv: &[f32], seqs: &[Seq], d: &Dims, heads: usize) -> Vec<f32> {
         for row in s.chunks_exact_mut(keys) {
             simd::softmax_row(row, &sq.bias);
         }
+        // Captures the whole `SharedMut` (Send + Sync), not its raw-pointer field, which a
+        // closure would otherwise capture alone since edition 2021.
+        #[allow(clippy::redundant_locals)]
         let out = out;
         unsafe {
             gemm::gemm(

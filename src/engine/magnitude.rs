@@ -242,7 +242,7 @@ pub fn prune_nm_in_place<E>(
     let infos = resolve_targets(header, targets)?;
     for (i, (name, t)) in targets.iter().zip(infos).enumerate() {
         let cols = *t.shape.last().ok_or_else(|| format!("tensor {name} is a scalar"))? as usize;
-        if t.shape.len() < 2 || cols % pattern.m != 0 {
+        if t.shape.len() < 2 || !cols.is_multiple_of(pattern.m) {
             return Err(format!("tensor {name} with shape {:?}: its input dimension is not a multiple of M = {}", t.shape, pattern.m));
         }
         let s = t.dtype.size() as usize;
@@ -719,7 +719,7 @@ pub fn fill_units(layers: &mut [LayerReport], file: &[u8], header: &Header, befo
         if let Some(b) = find(header, layer, input, "bias") {
             in_nz.iter_mut().zip(nonzero_lines(file, header, &b, false)).for_each(|(a, b)| *a |= b);
         }
-        if width == 0 || out_nz.len() != in_nz.len() || out_nz.len() % width != 0 {
+        if width == 0 || out_nz.len() != in_nz.len() || !out_nz.len().is_multiple_of(width) {
             return None;
         }
         let n = out_nz.chunks(width).zip(in_nz.chunks(width)).filter(|(o, i)| o.iter().any(|x| *x) && i.iter().any(|x| *x)).count();

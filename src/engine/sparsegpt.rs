@@ -100,7 +100,7 @@ fn upper_factor_of_inverse(h: &Mat<f64>) -> Result<Mat<f64>, String> {
 /// Prunes and reconstructs a row-major `[rows, cols]` weight in place. Pruned weights become
 /// exactly zero; the others are updated to compensate.
 pub fn prune(weight: &mut [f32], cols: usize, hessian: &Hessian, rule: Rule, opts: Options) -> Result<(), String> {
-    if cols == 0 || weight.len() % cols != 0 {
+    if cols == 0 || !weight.len().is_multiple_of(cols) {
         return Err(format!("a weight of {} elements is not a matrix of {cols} columns", weight.len()));
     }
     if hessian.cols != cols {
@@ -109,7 +109,7 @@ pub fn prune(weight: &mut [f32], cols: usize, hessian: &Hessian, rule: Rule, opt
     let rows = weight.len() / cols;
     let block = match rule {
         Rule::NM(NmPattern { m, .. }) => {
-            if cols % m != 0 {
+            if !cols.is_multiple_of(m) {
                 return Err(format!("the input dimension {cols} is not a multiple of M = {m}"));
             }
             (opts.block / m).max(1) * m

@@ -289,7 +289,7 @@ pub fn serialize(tensors: &[(String, Dtype, Vec<u64>, Vec<u8>)], metadata: Optio
         offset = end;
     }
     let mut json = serde_json::to_vec(&Value::Object(header)).unwrap();
-    while json.len() % 8 != 0 {
+    while !json.len().is_multiple_of(8) {
         json.push(b' ');
     }
     let mut out = Vec::with_capacity(8 + json.len() + offset as usize);

@@ -7,6 +7,9 @@ use super::arch::Family;
 use super::model::{Encoder, EncoderConfig, LayerShape, Result, Site, Weights};
 use candle_core::{DType, Tensor, D};
 
+/// One score per unit (head or FFN neuron), per layer.
+pub type PerLayer = Vec<Vec<f32>>;
+
 /// Units removed from each layer (indices into the layer's current heads / neurons).
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct UnitPlan {
@@ -64,7 +67,7 @@ pub fn neuron_norm_scores(w: &Weights, cfg: &EncoderConfig) -> Result<Vec<Vec<f3
 /// batches `(input_ids, attention_mask, token_type_ids)` run through `enc` (built from `w`):
 /// a head scores ‖X_h W_Oₕᵀ‖ (its context projected by its slice of the attention output map:
 /// exactly what it adds to the layer), a neuron ‖a_j‖·‖W_out[:, j]‖ (the norm of what it adds).
-pub fn activation_scores(enc: &Encoder, w: &Weights, batches: &[(Tensor, Tensor, Tensor)]) -> Result<(Vec<Vec<f32>>, Vec<Vec<f32>>)> {
+pub fn activation_scores(enc: &Encoder, w: &Weights, batches: &[(Tensor, Tensor, Tensor)]) -> Result<(PerLayer, PerLayer)> {
     let cfg = &enc.config;
     let hd = cfg.head_dim;
     let mut heads: Vec<Vec<f64>> = cfg.layers.iter().map(|l| vec![0.0; l.heads]).collect();
@@ -190,7 +193,8 @@ pub fn apply(w: &mut Weights, cfg: &EncoderConfig, plan: &UnitPlan, how: Surgery
         let neurons = plan.neurons.get(i).map(Vec::as_slice).unwrap_or(&[]);
         let dev = w.get(&format!("{q}.weight"))?.device().clone();
         // (module, unit count, unit size, removed, rows (true) or columns, bias too)
-        let edits: [(&String, usize, usize, &[usize], bool, bool); 6] = [
+        type Edit<'a> = (&'a String, usize, usize, &'a [usize], bool, bool);
+        let edits: [Edit; 6] = [
             (&q, shape.heads, cfg.head_dim, heads, true, true),
             (&k, shape.heads, cfg.head_dim, heads, true, true),
             (&v, shape.heads, cfg.head_dim, heads, true, true),

@@ -102,17 +102,12 @@ fn chosen_targets(req: &JobRequest, header: &Header, family: Family) -> Result<V
 
 /// After weights were zeroed in place (shapes unchanged): the report, the masks, the model
 /// (also as `compact/` when asked: for these methods it is the same file).
-#[allow(clippy::too_many_arguments)]
 /// Hidden size / attention heads from `config.json` (`dim` / `n_heads` for DistilBERT).
 fn head_dim(config: &[u8]) -> usize {
     let v: serde_json::Value = serde_json::from_slice(config).unwrap_or_default();
     let get = |a: &str, b: &str| v.get(a).or_else(|| v.get(b)).and_then(serde_json::Value::as_u64).unwrap_or(0) as usize;
     let (hidden, heads) = (get("hidden_size", "dim"), get("num_attention_heads", "n_heads"));
-    if heads == 0 {
-        0
-    } else {
-        hidden / heads
-    }
+    hidden.checked_div(heads).unwrap_or(0)
 }
 
 /// Per-layer report of a written file: parameters, non-zeros, and heads / FFN neurons before,
@@ -139,6 +134,7 @@ fn parameters(req: &JobRequest, extra: serde_json::Value) -> serde_json::Value {
     p
 }
 
+#[allow(clippy::too_many_arguments)]
 fn finish_in_place(
     ctx: &JobContext,
     req: &JobRequest,
@@ -446,7 +442,7 @@ fn wanda_job(ctx: &JobContext, req: &JobRequest, config: &Bytes, weights: Bytes,
             return Err(JobError::Failed(format!("tensor {name}: shape {:?} does not match its input of {} features", t.shape, n.len())));
         }
         if let wanda::Rule::NM(p) = rule {
-            if cols % p.m != 0 {
+            if !cols.is_multiple_of(p.m) {
                 return Err(JobError::Failed(format!("tensor {name}: its input dimension {cols} is not a multiple of M = {}", p.m)));
             }
         }

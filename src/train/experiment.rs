@@ -332,8 +332,7 @@ pub fn removed_units(net: &Net) -> UnitPlan {
     plan
 }
 
-/// One score per unit, per layer.
-pub type PerLayer = Vec<Vec<f32>>;
+pub use crate::engine::structured::PerLayer;
 
 /// The norm scores of every head (its query/key/value rows and attention-output columns) and
 /// FFN neuron (its input row and output column), per layer.
