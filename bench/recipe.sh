@@ -27,11 +27,11 @@ for seed in $SEEDS; do
         case "$side" in
         ours)
             SECATEUR_MINILM_DIR="$MINILM" TASK="$TASK" TRAIN_ROWS="$TRAIN_ROWS" MAX_LEN="$MAX_LEN" CONFIGS="$CONFIGS" SEED="$seed" \
-                ${RECIPE_BIN:-cargo bench -q --bench recipe} 2>/dev/null | sed "s/^/ours\tseed=$seed\t/" | tee -a "$RESULTS/ours"
+                ${RECIPE_BIN:-cargo bench -q --bench recipe} 2>/dev/null | sed -u "s/^/ours\tseed=$seed\t/" | tee -a "$RESULTS/ours"
             ;;
         theirs)
             "$PY" bench/torch_recipe.py "$MINILM" "../shared/data/glue/$DIR" "$TRAIN_ROWS" "$MAX_LEN" "$seed" "$THEIR_CONFIGS" 2>/dev/null |
-                sed "s/^torch /theirs\t/" | tee -a "$RESULTS/theirs"
+                sed -u "s/^torch /theirs\t/" | tee -a "$RESULTS/theirs"
             ;;
         esac
     done
