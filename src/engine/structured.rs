@@ -31,6 +31,41 @@ fn names(family: Family, i: usize) -> [String; 6] {
     [n.query, n.key, n.value, n.attn_out, n.ffn_in, n.ffn_out].map(|m| format!("{p}{m}"))
 }
 
+/// What removing units touches in one tensor of a layer.
+#[derive(Debug, Clone, PartialEq)]
+pub struct UnitEdit<'a> {
+    /// The module's full name (`….weight`, `….bias` appended).
+    pub module: String,
+    /// Units the tensor holds, and the rows/columns per unit (head_dim for heads, 1 for neurons).
+    pub total: usize,
+    pub group: usize,
+    /// Units removed (indices).
+    pub units: &'a [usize],
+    /// The units are rows (query/key/value, FFN input) or columns (attention output, FFN output).
+    pub rows: bool,
+    /// The bias follows the rows.
+    pub bias: bool,
+}
+
+/// The six tensors of layer `i` that `plan` edits: query, key and value rows and attention
+/// output columns per head; FFN input rows and output columns per neuron. Shared by the
+/// surgery on checkpoint weights ([`apply`]) and the masks of the trainable model.
+pub fn unit_edits<'a>(cfg: &EncoderConfig, i: usize, plan: &'a UnitPlan) -> [UnitEdit<'a>; 6] {
+    let [q, k, v, o, fi, fo] = names(cfg.family, i);
+    let heads = plan.heads.get(i).map(Vec::as_slice).unwrap_or(&[]);
+    let neurons = plan.neurons.get(i).map(Vec::as_slice).unwrap_or(&[]);
+    let (shape, hd) = (cfg.layers[i], cfg.head_dim);
+    let edit = |module, total, group, units, rows| UnitEdit { module, total, group, units, rows, bias: rows };
+    [
+        edit(q, shape.heads, hd, heads, true),
+        edit(k, shape.heads, hd, heads, true),
+        edit(v, shape.heads, hd, heads, true),
+        edit(o, shape.heads, hd, heads, false),
+        edit(fi, shape.ffn, 1, neurons, true),
+        edit(fo, shape.ffn, 1, neurons, false),
+    ]
+}
+
 /// Head scores: the L2 norm of each head's query, key, value rows and output columns together.
 pub fn head_norm_scores(w: &Weights, cfg: &EncoderConfig) -> Result<Vec<Vec<f32>>> {
     let hd = cfg.head_dim;
@@ -188,21 +223,8 @@ fn keep_mask(total: usize, removed: &[usize], group: usize, device: &candle_core
 pub fn apply(w: &mut Weights, cfg: &EncoderConfig, plan: &UnitPlan, how: Surgery) -> Result<EncoderConfig> {
     let mut out = cfg.clone();
     for (i, shape) in cfg.layers.iter().enumerate() {
-        let [q, k, v, o, fi, fo] = names(cfg.family, i);
-        let heads = plan.heads.get(i).map(Vec::as_slice).unwrap_or(&[]);
-        let neurons = plan.neurons.get(i).map(Vec::as_slice).unwrap_or(&[]);
-        let dev = w.get(&format!("{q}.weight"))?.device().clone();
-        // (module, unit count, unit size, removed, rows (true) or columns, bias too)
-        type Edit<'a> = (&'a String, usize, usize, &'a [usize], bool, bool);
-        let edits: [Edit; 6] = [
-            (&q, shape.heads, cfg.head_dim, heads, true, true),
-            (&k, shape.heads, cfg.head_dim, heads, true, true),
-            (&v, shape.heads, cfg.head_dim, heads, true, true),
-            (&o, shape.heads, cfg.head_dim, heads, false, false),
-            (&fi, shape.ffn, 1, neurons, true, true),
-            (&fo, shape.ffn, 1, neurons, false, false),
-        ];
-        for (m, total, group, removed, rows, bias) in edits {
+        let dev = w.get(&format!("{}.weight", names(cfg.family, i)[0]))?.device().clone();
+        for UnitEdit { module: m, total, group, units: removed, rows, bias } in unit_edits(cfg, i, plan) {
             if removed.is_empty() {
                 continue;
             }
@@ -232,7 +254,8 @@ pub fn apply(w: &mut Weights, cfg: &EncoderConfig, plan: &UnitPlan, how: Surgery
             }
         }
         if how == Surgery::Remove {
-            out.layers[i] = LayerShape { heads: shape.heads - heads.len(), ffn: shape.ffn - neurons.len() };
+            let removed = |u: &[Vec<usize>]| u.get(i).map_or(0, Vec::len);
+            out.layers[i] = LayerShape { heads: shape.heads - removed(&plan.heads), ffn: shape.ffn - removed(&plan.neurons) };
         }
     }
     Ok(out)

@@ -12,7 +12,7 @@ use crate::engine::heads::HeadKind;
 use crate::engine::magnitude::{NmPattern, Scope};
 use crate::engine::model::{Encoder, ModelError, Site};
 use crate::engine::sparsegpt;
-use crate::engine::structured::{self, UnitPlan};
+use crate::engine::structured::{self, unit_edits, UnitEdit, UnitPlan};
 use crate::engine::wanda::{self, Rule};
 use candle_core::{Device, Tensor};
 use crate::metrics;
@@ -379,19 +379,12 @@ pub fn forward_ms(net: &Net, batch: &[Example], compact: bool, runs: usize) -> R
 /// `Neurons`: their FFN input rows and output columns) chosen by `plan`, adding to `masks` so
 /// that recovery keeps them at zero.
 pub fn zero_units(net: &mut Net, plan: &UnitPlan, masks: &mut Masks) {
-    let names = net.config.family.layer_names();
-    let hd = net.config.head_dim;
     for l in 0..net.config.layers.len() {
-        let prefix = net.config.family.layer_prefix(l);
-        let heads = plan.heads.get(l).map(Vec::as_slice).unwrap_or(&[]);
-        let neurons = plan.neurons.get(l).map(Vec::as_slice).unwrap_or(&[]);
-        // (module, removed units, unit size, rows (true) or columns)
-        let edits = [(names.query, heads, hd, true), (names.key, heads, hd, true), (names.value, heads, hd, true), (names.attn_out, heads, hd, false), (names.ffn_in, neurons, 1, true), (names.ffn_out, neurons, 1, false)];
-        for (module, units, group, rows) in edits {
+        for UnitEdit { module, units, group, rows, .. } in unit_edits(&net.config, l, plan) {
             if units.is_empty() {
                 continue;
             }
-            let Some(i) = net.index_of(&format!("{prefix}{module}.weight")) else { continue };
+            let Some(i) = net.index_of(&format!("{module}.weight")) else { continue };
             let (r, c) = (net.params[i].shape[0], net.params[i].shape[1]);
             let keep = masks.0[i].get_or_insert_with(|| vec![true; r * c]);
             for &u in units {
