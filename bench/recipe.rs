@@ -32,6 +32,11 @@
 //! - `plain`: movement scores sum −w·g as it comes instead of Adam-normalised steps (the
 //!   default, as the paper's reference implementation learns its scores, and experiment jobs).
 //!
+//! Gradual rows also print what the masks did: `churn` (the mean fraction of the targets whose
+//! keep flag changed per step while the ramp ran, after the first pruning) and `overlap` (the
+//! fraction of the finally pruned weights that one-shot magnitude pruning of the starting model
+//! at the same sparsity and scope would also prune; chance level = the sparsity).
+//!
 //! `structured:H:N` removes the fraction H of the heads and N of the FFN neurons in every layer
 //! (lowest norm), recovers with them locked, and also prints the forward time of 32 dev
 //! examples before and with the units physically removed (median of 9 runs).
@@ -48,7 +53,36 @@ use secateur::train::gradual::{Criterion, GradualPruner, Ramp, Scores};
 use secateur::train::loss::Distill;
 use secateur::train::net::{Dropout, Net};
 use secateur::train::trainer::{train, Masks, Quiet, Schedule, State};
+use secateur::train::gradual::select;
+use secateur::train::net::Grads;
+use secateur::train::trainer::{Control, Observer, StepInfo};
 use std::time::Instant;
+
+/// Delegates to the pruner and counts how many keep flags change at each step.
+struct Watch<'a> {
+    pruner: &'a mut GradualPruner,
+    last: Option<Vec<Vec<bool>>>,
+    flips: (f64, u64),
+}
+
+impl Observer for Watch<'_> {
+    fn gradients(&mut self, net: &Net, grads: &Grads, info: &StepInfo) {
+        self.pruner.gradients(net, grads, info);
+    }
+    fn stepped(&mut self, net: &mut Net, masks: &mut Masks, state: &State, info: &StepInfo) -> Control {
+        let c = self.pruner.stepped(net, masks, state, info);
+        let now: Vec<Vec<bool>> = self.pruner.scores.targets.iter().map(|&i| masks.0[i].clone().unwrap_or_default()).collect();
+        if let Some(last) = &self.last {
+            if info.step <= self.pruner.end && last.iter().all(|m| !m.is_empty()) {
+                let (changed, n) = last.iter().zip(&now).fold((0usize, 0usize), |(c, n), (a, b)| (c + a.iter().zip(b).filter(|(x, y)| x != y).count(), n + a.len()));
+                self.flips.0 += changed as f64 / n as f64;
+                self.flips.1 += 1;
+            }
+        }
+        self.last = Some(now);
+        c
+    }
+}
 
 fn env(k: &str, d: &str) -> String {
     std::env::var(k).unwrap_or_else(|_| d.to_string())
@@ -151,6 +185,7 @@ fn main() {
         let mut state = State::new(&s);
         let teacher = distill.then_some((&dense, Distill { temperature: 2.0, alpha: 0.5 }));
         let t = Instant::now();
+        let mut gradual_stats = String::new();
         let (one_shot, loss) = if gradual {
             let Shape::Unstructured { sparsity, scope } = shape else { panic!("gradual pruning is unstructured here") };
             assert!(calibrated.is_none(), "wanda and sparsegpt prune once");
@@ -165,7 +200,17 @@ fn main() {
                 pruner = pruner.regrowing(&net);
             }
             let mut masks = Masks::none(&net);
-            let loss = train(&mut net, &train_set, &s, &mut masks, &mut state, teacher, &mut pruner).unwrap();
+            let magnitudes: Vec<Vec<f32>> = targets.iter().map(|&i| net.params[i].value.iter().map(|v| v.abs()).collect()).collect();
+            let by_magnitude = select(&magnitudes, &vec![None; targets.len()], sparsity, scope);
+            let mut watch = Watch { pruner: &mut pruner, last: None, flips: (0.0, 0) };
+            let loss = train(&mut net, &train_set, &s, &mut masks, &mut state, teacher, &mut watch).unwrap();
+            let churn = watch.flips.0 / watch.flips.1.max(1) as f64;
+            let (both, pruned) = targets.iter().zip(&by_magnitude).fold((0usize, 0usize), |(b, p), (&i, m)| {
+                let k = masks.0[i].as_deref().unwrap_or(&[]);
+                (b + k.iter().zip(m).filter(|(k, m)| !**k && !**m).count(), p + k.iter().filter(|k| !**k).count())
+            });
+            eprintln!("{c}: churn {churn:.5} overlap {:.4}", both as f64 / pruned.max(1) as f64);
+            gradual_stats = format!("\tchurn={churn:.5}\toverlap={:.4}", both as f64 / pruned.max(1) as f64);
             (None, loss)
         } else {
             let calib = &train_set[..train_set.len().min(1024)];
@@ -190,6 +235,6 @@ fn main() {
             (Some(one.metrics), loss)
         };
         let after = evaluate(&net, task, &dev, 64).unwrap();
-        println!("{c}\tsparsity={:.4}\tone_shot={:?}\trecovered={:?}\ttrain_loss={loss:.4}\ttrain_s={:.0}", sparsity_of(&net, &targets), one_shot, after.metrics, t.elapsed().as_secs_f64());
+        println!("{c}\tsparsity={:.4}\tone_shot={:?}\trecovered={:?}\ttrain_loss={loss:.4}\ttrain_s={:.0}{gradual_stats}", sparsity_of(&net, &targets), one_shot, after.metrics, t.elapsed().as_secs_f64());
     }
 }
