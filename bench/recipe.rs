@@ -35,7 +35,8 @@
 //! Gradual rows also print what the masks did: `churn` (the mean fraction of the targets whose
 //! keep flag changed per step while the ramp ran, after the first pruning) and `overlap` (the
 //! fraction of the finally pruned weights that one-shot magnitude pruning of the starting model
-//! at the same sparsity and scope would also prune; chance level = the sparsity).
+//! at the same sparsity and scope would also prune; chance level = the sparsity), the least and
+//! most pruned tensor's sparsity and how many tensors lost more than 90%.
 //!
 //! `structured:H:N` removes the fraction H of the heads and N of the FFN neurons in every layer
 //! (lowest norm), recovers with them locked, and also prints the forward time of 32 dev
@@ -209,8 +210,13 @@ fn main() {
                 let k = masks.0[i].as_deref().unwrap_or(&[]);
                 (b + k.iter().zip(m).filter(|(k, m)| !**k && !**m).count(), p + k.iter().filter(|k| !**k).count())
             });
-            eprintln!("{c}: churn {churn:.5} overlap {:.4}", both as f64 / pruned.max(1) as f64);
-            gradual_stats = format!("\tchurn={churn:.5}\toverlap={:.4}", both as f64 / pruned.max(1) as f64);
+            // How the pruning spreads over tensors: the least and most pruned, and how many
+            // tensors lost more than 90% (a path through the model cut).
+            let per: Vec<f64> = targets.iter().map(|&i| masks.0[i].as_deref().map_or(0.0, |k| k.iter().filter(|k| !**k).count() as f64 / k.len() as f64)).collect();
+            let (lo, hi) = per.iter().fold((1f64, 0f64), |(l, h), &v| (l.min(v), h.max(v)));
+            let over = per.iter().filter(|&&v| v > 0.9).count();
+            eprintln!("{c}: churn {churn:.5} overlap {:.4} per-tensor {per:.3?}", both as f64 / pruned.max(1) as f64);
+            gradual_stats = format!("\tchurn={churn:.5}\toverlap={:.4}\ttensor_sparsity={lo:.3}..{hi:.3}\ttensors_over_90={over}", both as f64 / pruned.max(1) as f64);
             (None, loss)
         } else {
             let calib = &train_set[..train_set.len().min(1024)];
