@@ -541,6 +541,23 @@ mod tests {
     }
 
     #[test]
+    fn a_magnitude_ramp_resumes_through_a_checkpoint() {
+        // Magnitude keeps no scores (empty buffers): they must survive the checkpoint file too.
+        use crate::train::experiment::linear_targets;
+        use crate::train::testing::tiny_net;
+        use crate::train::trainer::{checkpoint_with_notes, restore, Schedule};
+        let mut net = tiny_net();
+        let targets = linear_targets(&net);
+        let fresh = |net: &Net| GradualPruner::new(Scores::new(net, targets.clone(), Criterion::Magnitude), Ramp::Cubic, (1, 10, 1), 0.5, Scope::Global);
+        let mut p = fresh(&net);
+        let extra: std::collections::BTreeMap<String, Vec<f32>> = p.buffers().into_iter().collect();
+        assert_eq!(extra.len(), targets.len());
+        let bytes = checkpoint_with_notes(&net, &Masks::none(&net), &State::new(&Schedule::default()), &extra, "{}");
+        let (_, _, back) = restore(&mut net, &bytes).unwrap();
+        fresh(&net).restore_buffers(&back).unwrap();
+    }
+
+    #[test]
     fn movement_scores_take_adam_normalised_steps() {
         use crate::train::experiment::linear_targets;
         use crate::train::testing::tiny_net;
