@@ -390,7 +390,7 @@ pub mod radix {
     }
 
     /// The bucket holding the `k`-th smallest (0-based) and how many lie in lower buckets.
-    fn locate(h: &[u64], k: u64) -> (usize, u64) {
+    pub(crate) fn locate(h: &[u64], k: u64) -> (usize, u64) {
         let mut below = 0;
         for (b, &n) in h.iter().enumerate() {
             if below + n > k {

@@ -178,7 +178,7 @@ fn select_lowest(parts: &[&[f32]], existing: &[Option<&[bool]>], k: usize) -> Ve
     let hist = chunks
         .par_iter()
         .fold(
-            || vec![0u32; 1 << 16],
+            || vec![0u64; 1 << 16],
             |mut h, &(t, a, b)| {
                 for j in a..b {
                     h[(key(t, j) >> 16) as usize] += 1;
@@ -186,19 +186,13 @@ fn select_lowest(parts: &[&[f32]], existing: &[Option<&[bool]>], k: usize) -> Ve
                 h
             },
         )
-        .reduce(|| vec![0u32; 1 << 16], |mut a, b| {
+        .reduce(|| vec![0u64; 1 << 16], |mut a, b| {
             a.iter_mut().zip(b).for_each(|(a, b)| *a += b);
             a
         });
     // The bucket holding the k-th lowest, and how many lie in lower buckets.
-    let (mut below, mut bucket) = (0usize, 0usize);
-    for (i, &c) in hist.iter().enumerate() {
-        if below + c as usize >= k {
-            bucket = i;
-            break;
-        }
-        below += c as usize;
-    }
+    let (bucket, below) = crate::engine::magnitude::radix::locate(&hist, (k - 1) as u64);
+    let below = below as usize;
     let mut inside: Vec<(u32, u32, u32)> = chunks
         .par_iter()
         .flat_map_iter(|&(t, a, b)| (a..b).filter_map(move |j| Some(key(t, j)).filter(|k| (k >> 16) as usize == bucket).map(|k| (k, t as u32, j as u32))))
