@@ -223,8 +223,9 @@ fn keep_mask(total: usize, removed: &[usize], group: usize, device: &candle_core
 pub fn apply(w: &mut Weights, cfg: &EncoderConfig, plan: &UnitPlan, how: Surgery) -> Result<EncoderConfig> {
     let mut out = cfg.clone();
     for (i, shape) in cfg.layers.iter().enumerate() {
-        let dev = w.get(&format!("{}.weight", names(cfg.family, i)[0]))?.device().clone();
-        for UnitEdit { module: m, total, group, units: removed, rows, bias } in unit_edits(cfg, i, plan) {
+        let edits = unit_edits(cfg, i, plan);
+        let dev = w.get(&format!("{}.weight", edits[0].module))?.device().clone();
+        for UnitEdit { module: m, total, group, units: removed, rows, bias } in edits {
             if removed.is_empty() {
                 continue;
             }
