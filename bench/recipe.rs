@@ -15,8 +15,9 @@
 //!
 //! A configuration is `CRITERION:SPARSITY[:FLAG...]` or `CRITERION:N:M[:FLAG...]` with
 //! CRITERION one of magnitude, taylor, movement, wanda, sparsegpt (the calibrated two: the first
-//! 128 training examples as calibration inputs), or random (one-shot with uniformly random
-//! scores, seeded: the control that says what a criterion gains over chance) and FLAGs:
+//! 128 training examples as calibration inputs), or random (uniformly random scores, seeded,
+//! never updated: the control that says what a criterion gains over chance; one-shot, or on
+//! the gradual ramp with `cubic`) and FLAGs:
 //! - `distill`: recovery distils from the dense model (T = 2, α = 0.5);
 //! - `cubic`: gradual instead of one-shot: scores accumulated during the recovery epoch, cubic
 //!   ramp to the target over its first 70% of steps, pruning every 5% (movement is always so);
@@ -36,7 +37,11 @@
 //! keep flag changed per step while the ramp ran, after the first pruning) and `overlap` (the
 //! fraction of the finally pruned weights that one-shot magnitude pruning of the starting model
 //! at the same sparsity and scope would also prune; chance level = the sparsity), the least and
-//! most pruned tensor's sparsity and how many tensors lost more than 90%.
+//! most pruned tensor's sparsity and how many tensors lost more than 90%, how many output rows
+//! (`dead_rows`) and input columns (`dead_cols`) kept less than 10% of their weights, and which
+//! fraction of each tensor's largest 1% of starting weights got pruned (`largest_1pct_pruned`;
+//! chance = the sparsity). Standard error gets each step's loss and sparsity (`step N loss L
+//! sparsity S`), to see when a ramp hurts.
 //!
 //! `structured:H:N` removes the fraction H of the heads and N of the FFN neurons in every layer
 //! (lowest norm), recovers with them locked, and also prints the forward time of 32 dev
@@ -60,18 +65,23 @@ use secateur::train::trainer::{Control, Observer, StepInfo};
 use std::time::Instant;
 
 /// Delegates to the pruner and counts how many keep flags change at each step.
+/// With `frozen`, the pruner's scores are not updated (the gradual random control).
 struct Watch<'a> {
     pruner: &'a mut GradualPruner,
     last: Option<Vec<Vec<bool>>>,
     flips: (f64, u64),
+    frozen: bool,
 }
 
 impl Observer for Watch<'_> {
     fn gradients(&mut self, net: &Net, grads: &Grads, info: &StepInfo) {
-        self.pruner.gradients(net, grads, info);
+        if !self.frozen {
+            self.pruner.gradients(net, grads, info);
+        }
     }
     fn stepped(&mut self, net: &mut Net, masks: &mut Masks, state: &State, info: &StepInfo) -> Control {
         let c = self.pruner.stepped(net, masks, state, info);
+        eprintln!("step {} loss {:.4} sparsity {:.4}", info.step, info.loss, self.pruner.reached);
         let now: Vec<Vec<bool>> = self.pruner.scores.targets.iter().map(|&i| masks.0[i].clone().unwrap_or_default()).collect();
         if let Some(last) = &self.last {
             if info.step <= self.pruner.end && last.iter().all(|m| !m.is_empty()) {
@@ -193,6 +203,13 @@ fn main() {
             let total = s.total_steps(train_set.len());
             let (start, end) = if has("late") { (total / 2, total * 9 / 10) } else { (0, total * 7 / 10) };
             let mut scores = Scores::new(&net, targets.clone(), criterion);
+            if parts[0] == "random" {
+                // Fixed uniformly random scores (never updated): the control for a gradual ramp.
+                use rand::{Rng, SeedableRng};
+                let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+                scores = Scores::new(&net, targets.clone(), Criterion::Taylor);
+                scores.values.iter_mut().for_each(|v| v.iter_mut().for_each(|x| *x = rng.gen::<f32>()));
+            }
             if has("plain") {
                 scores = scores.plain();
             }
@@ -203,7 +220,10 @@ fn main() {
             let mut masks = Masks::none(&net);
             let magnitudes: Vec<Vec<f32>> = targets.iter().map(|&i| net.params[i].value.iter().map(|v| v.abs()).collect()).collect();
             let by_magnitude = select(&magnitudes, &vec![None; targets.len()], sparsity, scope);
-            let mut watch = Watch { pruner: &mut pruner, last: None, flips: (0.0, 0) };
+            // The largest 1% of each tensor's starting weights (by |w|): the outliers a ranking
+            // must not prune.
+            let largest = select(&magnitudes, &vec![None; targets.len()], 0.99, Scope::Local);
+            let mut watch = Watch { pruner: &mut pruner, last: None, flips: (0.0, 0), frozen: parts[0] == "random" };
             let loss = train(&mut net, &train_set, &s, &mut masks, &mut state, teacher, &mut watch).unwrap();
             let churn = watch.flips.0 / watch.flips.1.max(1) as f64;
             let (both, pruned) = targets.iter().zip(&by_magnitude).fold((0usize, 0usize), |(b, p), (&i, m)| {
@@ -215,8 +235,32 @@ fn main() {
             let per: Vec<f64> = targets.iter().map(|&i| masks.0[i].as_deref().map_or(0.0, |k| k.iter().filter(|k| !**k).count() as f64 / k.len() as f64)).collect();
             let (lo, hi) = per.iter().fold((1f64, 0f64), |(l, h), &v| (l.min(v), h.max(v)));
             let over = per.iter().filter(|&&v| v > 0.9).count();
+            // How the pruning spreads inside tensors: output rows and input columns that kept
+            // less than 10% of their weights (a whole unit or input dimension cut), over all
+            // targets.
+            let (top, top_pruned) = targets.iter().zip(&largest).fold((0usize, 0usize), |(n, p), (&i, l)| {
+                let k = masks.0[i].as_deref().unwrap_or(&[]);
+                (n + l.iter().filter(|l| **l).count(), p + k.iter().zip(l).filter(|(k, l)| **l && !**k).count())
+            });
+            let (mut dead_rows, mut dead_cols) = (0usize, 0usize);
+            for &i in &targets {
+                let (shape, Some(k)) = (&net.params[i].shape, masks.0[i].as_deref()) else { continue };
+                let (rows, cols) = (shape[0], shape[1]);
+                let mut col_kept = vec![0usize; cols];
+                for r in 0..rows {
+                    let row = &k[r * cols..(r + 1) * cols];
+                    let kept = row.iter().filter(|k| **k).count();
+                    dead_rows += usize::from(kept * 10 < cols);
+                    row.iter().zip(col_kept.iter_mut()).for_each(|(k, c)| *c += usize::from(*k));
+                }
+                let dead: Vec<usize> = col_kept.iter().enumerate().filter(|(_, c)| **c * 10 < rows).map(|(j, _)| j).collect();
+                dead_cols += dead.len();
+                if !dead.is_empty() {
+                    eprintln!("{c}: {} input columns of {} kept <10%: {:?}", dead.len(), net.params[i].name, &dead[..dead.len().min(20)]);
+                }
+            }
             eprintln!("{c}: churn {churn:.5} overlap {:.4} per-tensor {per:.3?}", both as f64 / pruned.max(1) as f64);
-            gradual_stats = format!("\tchurn={churn:.5}\toverlap={:.4}\ttensor_sparsity={lo:.3}..{hi:.3}\ttensors_over_90={over}", both as f64 / pruned.max(1) as f64);
+            gradual_stats = format!("\tchurn={churn:.5}\toverlap={:.4}\ttensor_sparsity={lo:.3}..{hi:.3}\ttensors_over_90={over}\tdead_rows={dead_rows}\tdead_cols={dead_cols}\tlargest_1pct_pruned={:.4}", both as f64 / pruned.max(1) as f64, top_pruned as f64 / top.max(1) as f64);
             (None, loss)
         } else {
             let calib = &train_set[..train_set.len().min(1024)];
