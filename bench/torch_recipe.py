@@ -12,7 +12,9 @@ KL at temperature T scaled by T², mixed with the hard loss by alpha. Evaluation
 file. One line per configuration, as bench/recipe.rs prints them.
 
 Usage: torch_recipe.py MODEL_DIR TASK_DIR ROWS MAX_LEN SEED CONFIGS
-(CONFIGS: comma-separated, each magnitude:SPARSITY[:distill] or magnitude:N:M[:distill])"""
+(CONFIGS: comma-separated, each magnitude:SPARSITY[:distill], magnitude:N:M[:distill] or
+movement:SPARSITY[:local][:distill] — movement pruning during the recovery epoch, as
+bench/recipe.rs's gradual movement rows)"""
 import copy
 import csv
 import sys
@@ -58,7 +60,62 @@ def collate(items):
     return {"input_ids": ids, "token_type_ids": tt, "attention_mask": am}, torch.tensor([y for _, _, y in items])
 
 
-def fit(model, lr, teacher=None):
+class TopK(torch.autograd.Function):
+    """Movement pruning's mask (Sanh et al. 2020, as their reference code's TopKBinarizer): keep
+    the highest scores, pass the gradient straight through to the scores."""
+
+    @staticmethod
+    def forward(ctx, scores, threshold):
+        return (scores > threshold).to(scores.dtype)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad, None
+
+
+class Movement:
+    """Scores learnt as parameters through the straight-through mask (initialised at 0, Adam at
+    lr 1e-2, as the paper's code), a cubic ramp of the pruned fraction from 0 at step 0 to the
+    target at 70% of the steps, raised every 5% of the steps (bench/recipe.rs's ramp); top-k
+    over all targets (global) or per tensor (local)."""
+
+    def __init__(self, targets, target, local, total):
+        self.mods = [m for m, _ in targets]
+        self.scores = [torch.zeros_like(m.weight, requires_grad=True) for m in self.mods]
+        self.opt = torch.optim.Adam(self.scores, lr=1e-2)
+        self.target, self.local, self.total = target, local, total
+        self.end, self.every, self.sparsity = total * 7 // 10, max(total // 20, 1), 0.0
+        self.refresh()
+        for t, (m, s) in enumerate(zip(self.mods, self.scores)):
+            m.forward = (lambda t, m, s: lambda x: F.linear(x, m.weight * TopK.apply(s, self.thresholds[t]), m.bias))(t, m, s)
+
+    def refresh(self):
+        """Each tensor's threshold for the current scores and sparsity: the k-th lowest score
+        is the highest pruned one."""
+        def kth(pool):
+            k = int(self.sparsity * pool.numel())
+            return pool.kthvalue(k).values.item() if k > 0 else float("-inf")
+        with torch.no_grad():
+            if self.local:
+                self.thresholds = [kth(s.flatten()) for s in self.scores]
+            else:
+                self.thresholds = [kth(torch.cat([s.flatten() for s in self.scores]))] * len(self.scores)
+
+    def stepped(self, step):
+        self.opt.step()
+        self.opt.zero_grad(set_to_none=True)
+        if step <= self.end and (step % self.every == 0 or step == self.end):
+            self.sparsity = self.target * (1 - (1 - min(step / self.end, 1.0)) ** 3)
+        self.refresh()
+
+    def finish(self):
+        with torch.no_grad():
+            for t, (m, s) in enumerate(zip(self.mods, self.scores)):
+                m.weight.mul_(TopK.apply(s, self.thresholds[t]))
+                del m.forward
+
+
+def fit(model, lr, teacher=None, movement=None):
     model.train()
     params = list(model.named_parameters())
     nd = lambda n: n.endswith("bias") or "LayerNorm" in n
@@ -79,6 +136,10 @@ def fit(model, lr, teacher=None):
         opt.step()
         sched.step()
         opt.zero_grad(set_to_none=True)
+        if movement is not None:
+            movement.stepped(sched.last_epoch)
+    if movement is not None:
+        movement.finish()
 
 
 @torch.no_grad()
@@ -110,11 +171,19 @@ print(f"torch dense\tseed={seed}\taccuracy={accuracy(dense):.4f}\ttrain_s={time.
 for c in filter(None, configs.split(",")):
     parts = c.split(":")
     distill = parts[-1] == "distill"
-    nums = [p for p in parts[1:] if p != "distill"]
-    assert parts[0] == "magnitude", "the reference prunes by magnitude only"
+    nums = [p for p in parts[1:] if p not in ("distill", "local")]
+    assert parts[0] in ("magnitude", "movement"), "the reference prunes by magnitude or movement"
     set_seed(seed)
     model = copy.deepcopy(dense)
     targets = linears(model)
+    teacher = dense.eval() if distill else None
+    if parts[0] == "movement":
+        local = "local" in parts
+        total = -(-len(train_set) // 32)
+        fit(model, 3e-5, teacher, Movement(targets, float(nums[0]), local, total))
+        zeros = sum((mod.weight == 0).sum().item() for mod, _ in targets) / sum(mod.weight.numel() for mod, _ in targets)
+        print(f"torch {c}\tseed={seed}\tsparsity={zeros:.4f}\tone_shot=None\trecovered={accuracy(model):.4f}", flush=True)
+        continue
     if len(nums) == 2:
         n, m = int(nums[0]), int(nums[1])
         for mod, name in targets:
@@ -123,6 +192,5 @@ for c in filter(None, configs.split(",")):
         prune.global_unstructured(targets, pruning_method=prune.L1Unstructured, amount=float(nums[0]))
     zeros = sum((mod.weight == 0).sum().item() for mod, _ in targets) / sum(mod.weight.numel() for mod, _ in targets)
     one_shot = accuracy(model)
-    teacher = dense.eval() if distill else None
     fit(model, 3e-5, teacher)
     print(f"torch {c}\tseed={seed}\tsparsity={zeros:.4f}\tone_shot={one_shot:.4f}\trecovered={accuracy(model):.4f}", flush=True)
