@@ -8,7 +8,8 @@
 #
 # RESULTS (a directory) keeps the raw lines so that sides and seeds run at different times can be
 # summarised together (`SIDES= bench/recipe.sh` only summarises). THEIR_CONFIGS overrides the
-# configurations of the PyTorch side (it prunes by magnitude only). RECIPE_BIN runs an already
+# configurations of the PyTorch side (it prunes by magnitude, or by movement as the paper's
+# code does). RECIPE_BIN runs an already
 # built bench binary instead of `cargo bench` (so that the sources can change meanwhile).
 set -euo pipefail
 source "$(dirname "$0")/env.sh"
