@@ -462,17 +462,18 @@ pub mod radix {
         fn lanes(keys: impl Iterator<Item = [u32; 16]>, lo: u32, span: u32, hits: &mut Vec<(u32, u32)>) -> u64 {
             let mut below = [0u32; 16];
             for (b, k) in keys.enumerate() {
-                let mut any = false;
+                // One bit per lane in the bracket; the (rare) set bits are visited directly.
+                // Keys and bounds are below 2^31: signed comparisons, which SSE2 has.
+                let mut inside = 0u32;
                 for j in 0..16 {
-                    below[j] += (k[j] < lo) as u32;
-                    any |= k[j].wrapping_sub(lo) <= span;
+                    let key = k[j] as i32;
+                    below[j] += (key < lo as i32) as u32;
+                    inside |= (((key - lo as i32) as u32 <= span) as u32) << j;
                 }
-                if any {
-                    for (j, &key) in k.iter().enumerate() {
-                        if key.wrapping_sub(lo) <= span {
-                            hits.push(((b * 16 + j) as u32, key));
-                        }
-                    }
+                while inside != 0 {
+                    let j = inside.trailing_zeros() as usize;
+                    hits.push(((b * 16 + j) as u32, k[j]));
+                    inside &= inside - 1;
                 }
             }
             below.iter().map(|&x| x as u64).sum()
@@ -499,7 +500,7 @@ pub mod radix {
         match dtype {
             Dtype::F32 => data.chunks_exact_mut(4).for_each(|c| {
                 let bits = u32::from_le_bytes([c[0], c[1], c[2], c[3]]);
-                c.copy_from_slice(&(bits & (((bits & 0x7fff_ffff) >= lo) as u32).wrapping_neg()).to_le_bytes());
+                c.copy_from_slice(&(bits & ((((bits & 0x7fff_ffff) as i32) >= lo as i32) as u32).wrapping_neg()).to_le_bytes());
             }),
             Dtype::BF16 => data.chunks_exact_mut(2).for_each(|c| {
                 let bits = u16::from_le_bytes([c[0], c[1]]);
@@ -570,13 +571,24 @@ pub mod radix {
         if m == 0 {
             return true;
         }
-        let mut all: Vec<(u32, u32, u32)> = candidates.iter().enumerate().flat_map(|(pi, c)| c.iter().map(move |&(i, key)| (key, pi as u32, i))).collect();
-        all.select_nth_unstable(m - 1);
-        for &(_, pi, i) in &all[..m] {
-            let pi = pi as usize;
-            let p = &mut pieces[pi];
+        // The m-th smallest candidate key is the threshold: every candidate below it goes, and
+        // of those equal to it the first ones in (piece, index) order, the order they were
+        // collected in.
+        let mut keys: Vec<u32> = candidates.iter().flat_map(|c| c.iter().map(|&(_, key)| key)).collect();
+        let threshold = *keys.select_nth_unstable(m - 1).1;
+        let less = keys.iter().filter(|&&key| key < threshold).count();
+        let mut ties = m - less;
+        for (p, c) in pieces.iter_mut().zip(&candidates) {
             let s = p.dtype.size() as usize;
-            p.data[i as usize * s..(i as usize + 1) * s].fill(0);
+            for &(i, key) in c {
+                let prune = key < threshold || (key == threshold && ties > 0 && {
+                    ties -= 1;
+                    true
+                });
+                if prune {
+                    p.data[i as usize * s..(i as usize + 1) * s].fill(0);
+                }
+            }
         }
         true
     }
