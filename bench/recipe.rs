@@ -55,13 +55,10 @@ use secateur::engine::model::{EncoderConfig, Weights};
 use secateur::engine::wanda::Rule;
 use secateur::engine::structured::UnitPlan;
 use secateur::train::experiment::{evaluate, examples, forward_ms, head_kind, linear_targets, lowest_units, prune_by_scores, prune_calibrated, prune_one_shot, sparsity_of, unit_norm_scores, zero_units, Calibrated, Shape};
-use secateur::train::gradual::{Criterion, GradualPruner, Ramp, Scores};
+use secateur::train::gradual::{select, Criterion, GradualPruner, Ramp, Scores};
 use secateur::train::loss::Distill;
-use secateur::train::net::{Dropout, Net};
-use secateur::train::trainer::{train, Masks, Quiet, Schedule, State};
-use secateur::train::gradual::select;
-use secateur::train::net::Grads;
-use secateur::train::trainer::{Control, Observer, StepInfo};
+use secateur::train::net::{Dropout, Grads, Net};
+use secateur::train::trainer::{train, Control, Masks, Observer, Quiet, Schedule, State, StepInfo};
 use std::time::Instant;
 
 /// Delegates to the pruner and counts how many keep flags change at each step.
@@ -202,14 +199,17 @@ fn main() {
             assert!(calibrated.is_none(), "wanda and sparsegpt prune once");
             let total = s.total_steps(train_set.len());
             let (start, end) = if has("late") { (total / 2, total * 9 / 10) } else { (0, total * 7 / 10) };
-            let mut scores = Scores::new(&net, targets.clone(), criterion);
-            if parts[0] == "random" {
-                // Fixed uniformly random scores (never updated): the control for a gradual ramp.
+            let mut scores = if parts[0] == "random" {
+                // Fixed uniformly random scores (never updated: see `Watch::frozen`), the
+                // control for a gradual ramp; a criterion that keeps score values.
                 use rand::{Rng, SeedableRng};
                 let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-                scores = Scores::new(&net, targets.clone(), Criterion::Taylor);
+                let mut scores = Scores::new(&net, targets.clone(), Criterion::Taylor);
                 scores.values.iter_mut().for_each(|v| v.iter_mut().for_each(|x| *x = rng.gen::<f32>()));
-            }
+                scores
+            } else {
+                Scores::new(&net, targets.clone(), criterion)
+            };
             if has("plain") {
                 scores = scores.plain();
             }
@@ -235,13 +235,13 @@ fn main() {
             let per: Vec<f64> = targets.iter().map(|&i| masks.0[i].as_deref().map_or(0.0, |k| k.iter().filter(|k| !**k).count() as f64 / k.len() as f64)).collect();
             let (lo, hi) = per.iter().fold((1f64, 0f64), |(l, h), &v| (l.min(v), h.max(v)));
             let over = per.iter().filter(|&&v| v > 0.9).count();
-            // How the pruning spreads inside tensors: output rows and input columns that kept
-            // less than 10% of their weights (a whole unit or input dimension cut), over all
-            // targets.
             let (top, top_pruned) = targets.iter().zip(&largest).fold((0usize, 0usize), |(n, p), (&i, l)| {
                 let k = masks.0[i].as_deref().unwrap_or(&[]);
                 (n + l.iter().filter(|l| **l).count(), p + k.iter().zip(l).filter(|(k, l)| **l && !**k).count())
             });
+            // How the pruning spreads inside tensors: output rows and input columns that kept
+            // less than 10% of their weights (a whole unit or input dimension cut), over all
+            // targets.
             let (mut dead_rows, mut dead_cols) = (0usize, 0usize);
             for &i in &targets {
                 let (shape, Some(k)) = (&net.params[i].shape, masks.0[i].as_deref()) else { continue };

@@ -83,7 +83,7 @@ class Movement:
         self.mods = [m for m, _ in targets]
         self.scores = [torch.zeros_like(m.weight, requires_grad=True) for m in self.mods]
         self.opt = torch.optim.Adam(self.scores, lr=1e-2)
-        self.target, self.local, self.total = target, local, total
+        self.target, self.local = target, local
         self.end, self.every, self.sparsity = total * 7 // 10, max(total // 20, 1), 0.0
         self.refresh()
         for t, (m, s) in enumerate(zip(self.mods, self.scores)):
@@ -178,19 +178,18 @@ for c in filter(None, configs.split(",")):
     targets = linears(model)
     teacher = dense.eval() if distill else None
     if parts[0] == "movement":
-        local = "local" in parts
-        total = -(-len(train_set) // 32)
-        fit(model, 3e-5, teacher, Movement(targets, float(nums[0]), local, total))
-        zeros = sum((mod.weight == 0).sum().item() for mod, _ in targets) / sum(mod.weight.numel() for mod, _ in targets)
-        print(f"torch {c}\tseed={seed}\tsparsity={zeros:.4f}\tone_shot=None\trecovered={accuracy(model):.4f}", flush=True)
-        continue
-    if len(nums) == 2:
-        n, m = int(nums[0]), int(nums[1])
-        for mod, name in targets:
-            prune.custom_from_mask(mod, name, nm_mask(mod.weight.detach(), n, m))
+        # Pruned while recovering: no one-shot model to score.
+        one_shot = "None"
+        fit(model, 3e-5, teacher, Movement(targets, float(nums[0]), "local" in parts, -(-len(train_set) // 32)))
     else:
-        prune.global_unstructured(targets, pruning_method=prune.L1Unstructured, amount=float(nums[0]))
+        if len(nums) == 2:
+            n, m = int(nums[0]), int(nums[1])
+            for mod, name in targets:
+                prune.custom_from_mask(mod, name, nm_mask(mod.weight.detach(), n, m))
+        else:
+            prune.global_unstructured(targets, pruning_method=prune.L1Unstructured, amount=float(nums[0]))
+        one_shot = f"{accuracy(model):.4f}"
+        fit(model, 3e-5, teacher)
+    # prune's reparametrisation keeps the masked weights at zero through recovery.
     zeros = sum((mod.weight == 0).sum().item() for mod, _ in targets) / sum(mod.weight.numel() for mod, _ in targets)
-    one_shot = accuracy(model)
-    fit(model, 3e-5, teacher)
-    print(f"torch {c}\tseed={seed}\tsparsity={zeros:.4f}\tone_shot={one_shot:.4f}\trecovered={accuracy(model):.4f}", flush=True)
+    print(f"torch {c}\tseed={seed}\tsparsity={zeros:.4f}\tone_shot={one_shot}\trecovered={accuracy(model):.4f}", flush=True)

@@ -463,7 +463,7 @@ pub mod radix {
             let mut below = [0u32; 16];
             for (b, k) in keys.enumerate() {
                 // One bit per lane in the bracket; the (rare) set bits are visited directly.
-                // Keys and bounds are below 2^31: signed comparisons, which SSE2 has.
+                // Keys and `lo` are below 2^31: signed comparisons, which SSE2 has.
                 let mut inside = 0u32;
                 for j in 0..16 {
                     let key = k[j] as i32;
@@ -577,20 +577,30 @@ pub mod radix {
         let mut keys: Vec<u32> = candidates.iter().flat_map(|c| c.iter().map(|&(_, key)| key)).collect();
         let threshold = *keys.select_nth_unstable(m - 1).1;
         let less = keys.iter().filter(|&&key| key < threshold).count();
-        let mut ties = m - less;
-        for (p, c) in pieces.iter_mut().zip(&candidates) {
+        zero_candidates(pieces, &candidates, threshold, (m - less) as u64);
+        true
+    }
+
+    /// Zero, among each piece's collected `(index, key)` candidates, those whose key is below
+    /// `threshold` and the first `ties` (in piece, then index order) equal to it.
+    fn zero_candidates<K: Ord + Copy>(pieces: &mut [Piece], candidates: &[Vec<(u32, K)>], threshold: K, mut ties: u64) {
+        for (p, c) in pieces.iter_mut().zip(candidates) {
             let s = p.dtype.size() as usize;
             for &(i, key) in c {
-                let prune = key < threshold || (key == threshold && ties > 0 && {
-                    ties -= 1;
-                    true
-                });
+                let prune = match key.cmp(&threshold) {
+                    std::cmp::Ordering::Less => true,
+                    std::cmp::Ordering::Equal if ties > 0 => {
+                        ties -= 1;
+                        true
+                    }
+                    _ => false,
+                };
                 if prune {
-                    p.data[i as usize * s..(i as usize + 1) * s].fill(0);
+                    let i = i as usize;
+                    p.data[i * s..(i + 1) * s].fill(0);
                 }
             }
         }
-        true
     }
 
     /// Zero the `k` smallest magnitudes over `infos` (ties: earlier target, earlier element).
@@ -620,25 +630,7 @@ pub mod radix {
             }
         }
         let (bl, below_lo) = locate(&lo, k - 1 - below_hi);
-        let bl = bl as u16;
-        let mut ties = k - below_hi - below_lo;
-        for (p, cands) in pieces.iter_mut().zip(&candidates) {
-            let s = p.dtype.size() as usize;
-            for &(i, l) in cands {
-                let prune = match l.cmp(&bl) {
-                    std::cmp::Ordering::Less => true,
-                    std::cmp::Ordering::Equal if ties > 0 => {
-                        ties -= 1;
-                        true
-                    }
-                    _ => false,
-                };
-                if prune {
-                    let i = i as usize;
-                    p.data[i * s..(i + 1) * s].fill(0);
-                }
-            }
-        }
+        zero_candidates(&mut pieces, &candidates, bl as u16, k - below_hi - below_lo);
         false
     }
 }
