@@ -276,7 +276,10 @@ pub fn satisfies_nm(data: &[u8], dtype: Dtype, pattern: NmPattern) -> bool {
 /// bf16), whose integer order is the magnitude order. A histogram pass over the high 16 bits
 /// finds the bucket holding the k-th element; a second pass zeroes every lower bucket and
 /// collects the members of that bucket, whose low 16 bits then give the exact threshold and
-/// the ties to prune (in order). Both passes run in parallel over pieces of the tensors.
+/// the ties to prune (in order). Usually a sample decides first (`prune_by_bracket`): a read-only
+/// pass counts the keys below a few sampled cut points, and one zeroing pass collects only the
+/// keys of the narrow sub-range holding the threshold. Every pass runs in parallel over pieces
+/// of the tensors.
 pub mod radix {
     use super::{Dtype, TensorInfo};
     use rayon::prelude::*;
@@ -404,10 +407,16 @@ pub mod radix {
     /// Keys sampled to bracket the threshold.
     const SAMPLE: usize = 1 << 16;
 
-    /// A key range `[lo, hi]` that very likely holds the `k`-th smallest key (0-based `k - 1`),
-    /// from evenly spaced samples, or `None` when the samples say the range would hold too many
-    /// keys (many equal magnitudes, e.g. a model already sparse) for the bracket pass to pay.
-    fn sample_bracket(pieces: &[Piece], n: u64, k: u64) -> Option<(u32, u32)> {
+    /// Cut points of the counting pass: it counts the keys below each, which narrows the
+    /// sampled bracket to one of `CUTS - 1` sub-ranges before anything is written. With AVX2
+    /// the 8 lanes × 8 counters stay in registers.
+    const CUTS: usize = 8;
+
+    /// Ascending cut points such that the `k`-th smallest key (0-based `k - 1`) very likely lies
+    /// in `[cuts[0], cuts[CUTS - 1])`, the ones between at evenly spaced sample ranks, from
+    /// evenly spaced samples; or `None` when the samples say the range would hold too many keys
+    /// (many equal magnitudes, e.g. a model already sparse) for the bracket pass to pay.
+    fn sample_bracket(pieces: &[Piece], n: u64, k: u64) -> Option<[u32; CUTS]> {
         // Evenly spaced runs of RUN consecutive elements: one cache line each, so the sample
         // costs a few thousand memory accesses rather than one per key.
         const RUN: u64 = 16;
@@ -432,24 +441,25 @@ pub mod radix {
         }
         let s = sample.len();
         // The k-th smallest sits near rank q·s among the samples; ±(4σ + 16) of a binomial.
-        // Two selections find those ranks (a full sort of the sample costs more than a pass).
+        // Two selections find those ranks and a sort of the (few) samples between them the
+        // cuts (a full sort of the sample costs more than a pass).
         let q = k as f64 / n as f64;
         let delta = 4.0 * (s as f64 * q * (1.0 - q)).sqrt() + 16.0;
         let center = q * s as f64;
         let lo_i = (center - delta).floor();
         let hi_i = (center + delta).ceil();
-        let lo = if lo_i < 0.0 {
-            0
-        } else {
-            *sample.select_nth_unstable(lo_i as usize).1
-        };
-        let hi = if hi_i >= s as f64 {
-            u32::MAX
-        } else {
-            *sample.select_nth_unstable(hi_i as usize).1
-        };
-        let inside = sample.iter().filter(|&&x| lo <= x && x <= hi).count();
-        (inside * 16 <= s).then_some((lo, hi))
+        let a = lo_i.max(0.0) as usize;
+        let b = (hi_i as usize).clamp(a, s - 1);
+        sample.select_nth_unstable(a);
+        sample[a..].select_nth_unstable(b - a);
+        sample[a..=b].sort_unstable();
+        // Keys are below 2^31 and so are the cuts (the counting compares as i32); a threshold
+        // at the largest key misses the bracket and goes to the histogram path.
+        let mut cuts: [u32; CUTS] = std::array::from_fn(|j| sample[a + j * (b - a) / (CUTS - 1)]);
+        cuts[0] = if lo_i < 0.0 { 0 } else { sample[a] };
+        cuts[CUTS - 1] = if hi_i >= s as f64 { 0x7fff_ffff } else { (sample[b] + 1).min(0x7fff_ffff) };
+        let inside = sample.iter().filter(|&&x| cuts[0] <= x && x < cuts[CUTS - 1]).count();
+        (inside * 16 <= s).then_some(cuts)
     }
 
     /// The magnitude key of an F32 or BF16 element read as a native word (x86 and Arm are
@@ -463,118 +473,205 @@ pub mod radix {
         ((w as u32) << 16) & 0x7fff_ffff
     }
 
-    /// Keys below `lo`, and the index and key of those in `[lo, hi]`, over the elements of a
-    /// piece read as aligned words: 16 lanes at a time, so the loop vectorises; a 16-element
-    /// block is looked at one key at a time only when it holds a key of the bracket (rare).
-    /// Keys are below 2^31, so the comparisons are signed ones, which SSE2 has.
+    /// For each cut, how many of the words' keys lie below it, 8 lanes at a time. Keys and cuts
+    /// are below 2^31: signed comparisons, which SSE2 has. (Indexed loops: a zipped inner loop
+    /// over the cuts did not vectorise.)
     #[inline(always)]
-    fn count_collect_words<T: Copy>(words: &[T], key: impl Fn(T) -> u32, lo: u32, hi: u32) -> (u64, Vec<(u32, u32)>) {
-        let (lo, hi) = (lo as i32, hi.min(0x7fff_ffff) as i32);
-        let inside = |k: u32| lo <= k as i32 && k as i32 <= hi;
-        let mut hits = Vec::new();
-        let mut below = [0u32; 16];
-        let blocks = words.chunks_exact(16);
+    fn count_below_words<T: Copy>(words: &[T], key: impl Fn(T) -> u32, cuts: &[u32; CUTS]) -> [u64; CUTS] {
+        let cuts = cuts.map(|c| c as i32);
+        let mut lanes = [[0u32; 8]; CUTS];
+        let blocks = words.chunks_exact(8);
         let tail = blocks.remainder();
-        for (b, block) in blocks.enumerate() {
-            let mut any = false;
-            for j in 0..16 {
+        for block in blocks {
+            for j in 0..8 {
                 let k = key(block[j]) as i32;
-                below[j] += (k < lo) as u32;
-                any |= lo <= k && k <= hi;
-            }
-            if any {
-                for (j, &w) in block.iter().enumerate() {
-                    if inside(key(w)) {
-                        hits.push(((b * 16 + j) as u32, key(w)));
-                    }
+                for c in 0..CUTS {
+                    lanes[c][j] += (k < cuts[c]) as u32;
                 }
             }
         }
-        let mut below: u64 = below.iter().map(|&x| x as u64).sum();
-        let offset = words.len() - tail.len();
-        for (j, &w) in tail.iter().enumerate() {
-            below += ((key(w) as i32) < lo) as u64;
-            if inside(key(w)) {
-                hits.push(((offset + j) as u32, key(w)));
-            }
-        }
-        (below, hits)
+        std::array::from_fn(|c| {
+            let tail = tail.iter().filter(|&&w| (key(w) as i32) < cuts[c]).count();
+            lanes[c].iter().map(|&x| x as u64).sum::<u64>() + tail as u64
+        })
     }
 
-    /// Keys below `lo`, and the index and key of those in `[lo, hi]`.
-    fn count_collect(p: &Piece, lo: u32, hi: u32) -> (u64, Vec<(u32, u32)>) {
-        debug_assert!(lo <= 0x7fff_ffff);
+    /// [`count_below_words`] written with AVX2 intrinsics for F32 or BF16 bytes (unaligned
+    /// loads, so any tensor offset): the compiler's vectorisation of the portable loop proved
+    /// fragile (2-10x slower depending on what else the function held), and this pass is half
+    /// of the pruning time. The 8 counters stay in registers.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2")]
+    unsafe fn count_below_avx2<const BF16: bool>(data: &[u8], cuts: &[u32; CUTS]) -> [u64; CUTS] {
+        use std::arch::x86_64::*;
+        let width = if BF16 { 2 } else { 4 };
+        let mask = _mm256_set1_epi32(0x7fff_ffff);
+        let cut: [__m256i; CUTS] = std::array::from_fn(|c| _mm256_set1_epi32(cuts[c] as i32));
+        let mut acc = [_mm256_setzero_si256(); CUTS];
+        let blocks = data.chunks_exact(8 * width);
+        let tail = blocks.remainder();
+        for block in blocks {
+            // SAFETY: `block` holds 8 elements (16 or 32 bytes); the loads are unaligned ones.
+            let k = if BF16 {
+                _mm256_slli_epi32::<16>(_mm256_cvtepu16_epi32(unsafe { _mm_loadu_si128(block.as_ptr().cast()) }))
+            } else {
+                unsafe { _mm256_loadu_si256(block.as_ptr().cast()) }
+            };
+            let k = _mm256_and_si256(k, mask);
+            for c in 0..CUTS {
+                // cut > key sets the lane to -1: subtracting counts it.
+                acc[c] = _mm256_sub_epi32(acc[c], _mm256_cmpgt_epi32(cut[c], k));
+            }
+        }
+        let mut below: [u64; CUTS] = std::array::from_fn(|c| {
+            // SAFETY: a __m256i is 8 i32 lanes.
+            let lanes: [u32; 8] = unsafe { std::mem::transmute(acc[c]) };
+            lanes.iter().map(|&x| x as u64).sum()
+        });
+        for_each_key(tail, if BF16 { Dtype::BF16 } else { Dtype::F32 }, |_, key| below.iter_mut().zip(cuts).for_each(|(b, &c)| *b += (key < c) as u64));
+        below
+    }
+
+    /// For each cut, how many keys of the piece lie below it.
+    fn count_below_cuts(p: &Piece, cuts: &[u32; CUTS]) -> [u64; CUTS] {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if is_x86_feature_detected!("avx2") {
+                match p.dtype {
+                    // SAFETY: the CPU has AVX2.
+                    Dtype::F32 => return unsafe { count_below_avx2::<false>(p.data, cuts) },
+                    Dtype::BF16 => return unsafe { count_below_avx2::<true>(p.data, cuts) },
+                    _ => {}
+                }
+            }
+        }
         if cfg!(target_endian = "little") {
             match p.dtype {
                 Dtype::F32 => {
                     if let Ok(words) = bytemuck::try_cast_slice::<u8, u32>(p.data) {
-                        return count_collect_words(words, f32_key, lo, hi);
+                        return count_below_words(words, f32_key, cuts);
                     }
                 }
                 Dtype::BF16 => {
                     if let Ok(words) = bytemuck::try_cast_slice::<u8, u16>(p.data) {
-                        return count_collect_words(words, bf16_key, lo, hi);
+                        return count_below_words(words, bf16_key, cuts);
                     }
                 }
                 _ => {}
             }
         }
         // F16, or a tensor not aligned to its element size in the file: one key at a time.
-        let (mut below, mut hits) = (0, Vec::new());
-        for_each_key(p.data, p.dtype, |i, key| {
-            below += (key < lo) as u64;
-            if lo <= key && key <= hi {
-                hits.push((i as u32, key));
-            }
-        });
-        (below, hits)
+        let mut below = [0u64; CUTS];
+        for_each_key(p.data, p.dtype, |_, key| below.iter_mut().zip(cuts).for_each(|(b, &c)| *b += (key < c) as u64));
+        below
     }
 
-    /// Zero the elements whose key is below `lo`, branch-free (the comparison becomes a mask,
-    /// so the loop vectorises and a 50% sparsity costs no mispredictions).
-    fn zero_below(data: &mut [u8], dtype: Dtype, lo: u32) {
-        debug_assert!(lo <= 0x7fff_ffff);
-        // All ones when the element stays; keys and `lo` are below 2^31 (signed compare).
-        let keep = |key: u32| ((key as i32 >= lo as i32) as u32).wrapping_neg();
+    /// Zero the words whose key is below `lo` and return the index and key of those in
+    /// `[lo, hi]`, 16 at a time: the zeroing is branch-free (the comparison becomes a mask,
+    /// so the loop vectorises), and a block is looked at key by key only when it holds a key of
+    /// `[lo, hi]` (rare: the sub-range the counting pass chose is narrow).
+    #[inline(always)]
+    fn zero_collect_words<T: Copy>(words: &mut [T], key: impl Fn(T) -> u32, keep: impl Fn(T, bool) -> T, lo: u32, hi: u32) -> Vec<(u32, u32)> {
+        debug_assert!(lo <= hi && hi <= 0x7fff_ffff);
+        let (lo, hi) = (lo as i32, hi as i32);
+        let mut hits = Vec::new();
+        let mut blocks = words.chunks_exact_mut(16);
+        for (b, block) in blocks.by_ref().enumerate() {
+            let mut any = false;
+            for w in block.iter_mut() {
+                let k = key(*w) as i32;
+                any |= lo <= k && k <= hi;
+                *w = keep(*w, k >= lo);
+            }
+            if any {
+                for (j, &w) in block.iter().enumerate() {
+                    let k = key(w) as i32;
+                    if lo <= k && k <= hi {
+                        hits.push(((b * 16 + j) as u32, k as u32));
+                    }
+                }
+            }
+        }
+        let offset = words.len() / 16 * 16;
+        for (j, w) in words[offset..].iter_mut().enumerate() {
+            let k = key(*w) as i32;
+            if lo <= k && k <= hi {
+                hits.push(((offset + j) as u32, k as u32));
+            }
+            *w = keep(*w, k >= lo);
+        }
+        hits
+    }
+
+    /// [`zero_collect_words`] for F32 bytes with AVX2 intrinsics (unaligned loads and
+    /// stores), 8 elements at a time; the lanes in `[lo, hi]` come out of one movemask.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2")]
+    unsafe fn zero_collect_f32_avx2(data: &mut [u8], lo: u32, hi: u32) -> Vec<(u32, u32)> {
+        use std::arch::x86_64::*;
+        debug_assert!(lo <= hi && hi <= 0x7fff_ffff);
+        let mask = _mm256_set1_epi32(0x7fff_ffff);
+        // key ≥ lo as key > lo - 1 (lo - 1 ≥ -1), key ≤ hi as not key > hi.
+        let lo_1 = _mm256_set1_epi32(lo as i32 - 1);
+        let hi_v = _mm256_set1_epi32(hi as i32);
+        let mut hits = Vec::new();
+        let offset = data.len() / 32 * 8;
+        let mut blocks = data.chunks_exact_mut(32);
+        for (b, block) in blocks.by_ref().enumerate() {
+            let p = block.as_mut_ptr().cast::<__m256i>();
+            // SAFETY: `block` is 32 bytes; the load and the store are unaligned ones.
+            let w = unsafe { _mm256_loadu_si256(p) };
+            let k = _mm256_and_si256(w, mask);
+            let keep = _mm256_cmpgt_epi32(k, lo_1);
+            unsafe { _mm256_storeu_si256(p, _mm256_and_si256(w, keep)) };
+            let mut inside = _mm256_movemask_ps(_mm256_castsi256_ps(_mm256_andnot_si256(_mm256_cmpgt_epi32(k, hi_v), keep))) as u32;
+            if inside != 0 {
+                // SAFETY: a __m256i is 8 u32 lanes.
+                let keys: [u32; 8] = unsafe { std::mem::transmute(k) };
+                while inside != 0 {
+                    let j = inside.trailing_zeros() as usize;
+                    hits.push(((b * 8 + j) as u32, keys[j]));
+                    inside &= inside - 1;
+                }
+            }
+        }
+        for (j, c) in blocks.into_remainder().chunks_exact_mut(4).enumerate() {
+            let bits = u32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+            let key = bits & 0x7fff_ffff;
+            if lo <= key && key <= hi {
+                hits.push(((offset + j) as u32, key));
+            }
+            c.copy_from_slice(&(bits & ((key >= lo) as u32).wrapping_neg()).to_le_bytes());
+        }
+        hits
+    }
+
+    /// Zero the elements whose key is below `lo`, and return the index and key of those in
+    /// `[lo, hi]`.
+    fn zero_below_collect_range(data: &mut [u8], dtype: Dtype, lo: u32, hi: u32) -> Vec<(u32, u32)> {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if dtype == Dtype::F32 && is_x86_feature_detected!("avx2") {
+                // SAFETY: the CPU has AVX2.
+                return unsafe { zero_collect_f32_avx2(data, lo, hi) };
+            }
+        }
         if cfg!(target_endian = "little") {
             match dtype {
                 Dtype::F32 => {
                     if let Ok(words) = bytemuck::try_cast_slice_mut::<u8, u32>(data) {
-                        words.iter_mut().for_each(|w| *w &= keep(f32_key(*w)));
-                        return;
+                        return zero_collect_words(words, f32_key, |w, keep| w & (keep as u32).wrapping_neg(), lo, hi);
                     }
                 }
                 Dtype::BF16 => {
                     if let Ok(words) = bytemuck::try_cast_slice_mut::<u8, u16>(data) {
-                        words.iter_mut().for_each(|w| *w &= keep(bf16_key(*w)) as u16);
-                        return;
+                        return zero_collect_words(words, bf16_key, |w, keep| w & (keep as u16).wrapping_neg(), lo, hi);
                     }
                 }
                 _ => {}
             }
         }
-        match dtype {
-            Dtype::F32 => data.chunks_exact_mut(4).for_each(|c| {
-                let bits = u32::from_le_bytes([c[0], c[1], c[2], c[3]]);
-                c.copy_from_slice(&(bits & keep(bits & 0x7fff_ffff)).to_le_bytes());
-            }),
-            Dtype::BF16 => data.chunks_exact_mut(2).for_each(|c| {
-                let bits = u16::from_le_bytes([c[0], c[1]]);
-                c.copy_from_slice(&(bits & keep(((bits as u32) << 16) & 0x7fff_ffff) as u16).to_le_bytes());
-            }),
-            Dtype::F16 => data.chunks_exact_mut(2).for_each(|c| {
-                let bits = u16::from_le_bytes([c[0], c[1]]);
-                let key = half::f16::from_bits(bits).to_f32().to_bits() & 0x7fff_ffff;
-                c.copy_from_slice(&(bits & keep(key) as u16).to_le_bytes());
-            }),
-            _ => unreachable!("radix handles F32, F16 and BF16"),
-        }
-    }
-
-    /// Zero the elements whose key is below `lo`, and return the index and key of those in
-    /// `[lo, hi]`. The zeroing is branch-free: the comparison becomes a mask, so a 50% sparsity
-    /// costs no mispredictions.
-    fn zero_below_collect_range(data: &mut [u8], dtype: Dtype, lo: u32, hi: u32) -> Vec<(u32, u32)> {
+        // F16, or a tensor not aligned to its element size in the file: byte by byte.
         let mut hits = Vec::new();
         let mut note = |i: usize, key: u32| {
             if key >= lo && key <= hi {
@@ -605,27 +702,20 @@ pub mod radix {
         hits
     }
 
-    /// The sampled path: a read-only pass counts the keys below `lo` and collects the (few) in
-    /// `[lo, hi]`, which checks that the bracket holds the threshold; then one branch-free pass
-    /// zeroes everything below `lo`, and the last decisions are made among the collected keys.
+    /// The sampled path: a read-only pass counts the keys below each cut of the sampled
+    /// bracket, which checks that the bracket holds the threshold and picks the narrow
+    /// sub-range `[lo, hi]` holding it; then one branch-free pass zeroes everything below `lo`
+    /// and collects the (few) keys in `[lo, hi]`, among which the last decisions are made.
     /// False (nothing written) when the bracket missed.
     fn prune_by_bracket(pieces: &mut [Piece], k: u64) -> bool {
         let n: u64 = pieces.iter().map(|p| (p.data.len() / p.dtype.size() as usize) as u64).sum();
-        let Some((lo, hi)) = sample_bracket(pieces, n, k) else { return false };
-        let counted: Vec<(u64, Vec<(u32, u32)>)> = pieces.par_iter().map(|p| count_collect(p, lo, hi)).collect();
-        let below: u64 = counted.iter().map(|c| c.0).sum();
-        let inside: u64 = counted.iter().map(|c| c.1.len() as u64).sum();
-        if below > k || below + inside < k {
-            return false;
-        }
-        pieces.par_iter_mut().for_each(|p| zero_below(p.data, p.dtype, lo));
-        let candidates: Vec<Vec<(u32, u32)>> = counted.into_iter().map(|c| c.1).collect();
-        // Pieces are in (target, element) order: (key, piece, index) orders ties as required,
-        // and a selection (not a sort) finds the smallest `k - below`.
-        let m = (k - below) as usize;
-        if m == 0 {
-            return true;
-        }
+        let Some(cuts) = sample_bracket(pieces, n, k) else { return false };
+        let below = pieces.par_iter().map(|p| count_below_cuts(p, &cuts)).reduce(|| [0; CUTS], |a, b| std::array::from_fn(|c| a[c] + b[c]));
+        // The sub-range [cuts[i], cuts[i + 1]) holding the key of rank k - 1.
+        let Some(i) = (0..CUTS - 1).find(|&i| below[i] < k && k <= below[i + 1]) else { return false };
+        let (lo, hi, below) = (cuts[i], cuts[i + 1] - 1, below[i]);
+        let candidates: Vec<Vec<(u32, u32)>> = pieces.par_iter_mut().map(|p| zero_below_collect_range(p.data, p.dtype, lo, hi)).collect();
+        let m = (k - below) as usize; // at least 1: below < k
         // The m-th smallest candidate key is the threshold: every candidate below it goes, and
         // of those equal to it the first ones in (piece, index) order, the order they were
         // collected in.
@@ -687,6 +777,107 @@ pub mod radix {
         let (bl, below_lo) = locate(&lo, k - 1 - below_hi);
         zero_candidates(&mut pieces, &candidates, bl as u16, k - below_hi - below_lo);
         false
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        /// Keys with ties and zeros, as F32 and BF16 bytes, at every offset 0-3 of a buffer.
+        fn inputs() -> Vec<(Dtype, Vec<u8>, usize)> {
+            let mut rng = 5u64;
+            let values: Vec<f32> = (0..10_007)
+                .map(|i| {
+                    rng = rng.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                    let v = ((rng >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0;
+                    if i % 7 == 0 { 0.0 } else if i % 5 == 0 { (v * 8.0).round() / 8.0 } else { v }
+                })
+                .collect();
+            let mut out = Vec::new();
+            for dtype in [Dtype::F32, Dtype::BF16] {
+                for shift in 0..4 {
+                    let mut bytes = vec![0u8; shift];
+                    bytes.extend(crate::engine::testing::encode(&values, dtype));
+                    out.push((dtype, bytes, shift));
+                }
+            }
+            out
+        }
+
+        fn keys(data: &[u8], dtype: Dtype) -> Vec<u32> {
+            let mut keys = Vec::new();
+            for_each_key(data, dtype, |_, key| keys.push(key));
+            keys
+        }
+
+        /// Each way of counting (AVX2 where the CPU has it, aligned words, one key at a time)
+        /// gives the counts of a plain filter.
+        #[test]
+        fn every_counting_path_counts_the_keys_below_each_cut() {
+            for (dtype, bytes, shift) in inputs() {
+                let data = &bytes[shift..];
+                let mut sorted = keys(data, dtype);
+                sorted.sort_unstable();
+                // Cuts at keys and just above keys (an off-by-one in the comparison shows).
+                let cuts: [u32; CUTS] = std::array::from_fn(|c| if c == 0 { 0 } else { sorted[c * (sorted.len() - 1) / (CUTS - 1)] + (c % 2) as u32 });
+                let want: [u64; CUTS] = cuts.map(|c| sorted.iter().filter(|&&k| k < c).count() as u64);
+                let mut piece_bytes = data.to_vec();
+                let piece = Piece { rank: 0, dtype, data: &mut piece_bytes };
+                assert_eq!(count_below_cuts(&piece, &cuts), want, "{dtype:?} shift {shift}");
+                #[cfg(target_arch = "x86_64")]
+                if is_x86_feature_detected!("avx2") {
+                    // SAFETY: the CPU has AVX2.
+                    let got = unsafe { if dtype == Dtype::BF16 { count_below_avx2::<true>(data, &cuts) } else { count_below_avx2::<false>(data, &cuts) } };
+                    assert_eq!(got, want, "avx2 {dtype:?} shift {shift}");
+                }
+                if shift == 0 {
+                    let got = match dtype {
+                        Dtype::F32 => count_below_words(bytemuck::cast_slice::<u8, u32>(&data.to_vec()), f32_key, &cuts),
+                        _ => count_below_words(&data.chunks_exact(2).map(|c| u16::from_le_bytes([c[0], c[1]])).collect::<Vec<_>>(), bf16_key, &cuts),
+                    };
+                    assert_eq!(got, want, "words {dtype:?}");
+                }
+            }
+        }
+
+        /// Each way of zeroing and collecting gives the bytes and candidates of a plain loop.
+        #[test]
+        fn every_zeroing_path_zeroes_below_lo_and_collects_the_range() {
+            for (dtype, bytes, shift) in inputs() {
+                let data = &bytes[shift..];
+                let keys = keys(data, dtype);
+                let mut sorted = keys.clone();
+                sorted.sort_unstable();
+                let (lo, hi) = (sorted[keys.len() * 4 / 10], sorted[keys.len() * 6 / 10]);
+                let w = dtype.size() as usize;
+                let mut want_bytes = data.to_vec();
+                let mut want_hits = Vec::new();
+                for (i, &k) in keys.iter().enumerate() {
+                    if k < lo {
+                        want_bytes[i * w..(i + 1) * w].fill(0);
+                    }
+                    if lo <= k && k <= hi {
+                        want_hits.push((i as u32, k));
+                    }
+                }
+                let mut got = data.to_vec();
+                assert_eq!(zero_below_collect_range(&mut got, dtype, lo, hi), want_hits, "{dtype:?} shift {shift}");
+                assert!(got == want_bytes, "{dtype:?} shift {shift}");
+                #[cfg(target_arch = "x86_64")]
+                if dtype == Dtype::F32 && is_x86_feature_detected!("avx2") {
+                    let mut got = data.to_vec();
+                    // SAFETY: the CPU has AVX2.
+                    assert_eq!(unsafe { zero_collect_f32_avx2(&mut got, lo, hi) }, want_hits, "avx2 shift {shift}");
+                    assert!(got == want_bytes, "avx2 shift {shift}");
+                }
+                if shift == 0 && dtype == Dtype::F32 {
+                    let mut words: Vec<u32> = bytemuck::cast_slice::<u8, u32>(&data.to_vec()).to_vec();
+                    let hits = zero_collect_words(&mut words, f32_key, |w, keep| w & (keep as u32).wrapping_neg(), lo, hi);
+                    assert_eq!(hits, want_hits, "words");
+                    assert!(bytemuck::cast_slice::<u32, u8>(&words) == &want_bytes[..], "words");
+                }
+            }
+        }
     }
 }
 
