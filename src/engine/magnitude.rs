@@ -832,7 +832,7 @@ pub mod radix {
                 }
                 if shift == 0 {
                     let got = match dtype {
-                        Dtype::F32 => count_below_words(bytemuck::cast_slice::<u8, u32>(&data.to_vec()), f32_key, &cuts),
+                        Dtype::F32 => count_below_words(&data.chunks_exact(4).map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect::<Vec<_>>(), f32_key, &cuts),
                         _ => count_below_words(&data.chunks_exact(2).map(|c| u16::from_le_bytes([c[0], c[1]])).collect::<Vec<_>>(), bf16_key, &cuts),
                     };
                     assert_eq!(got, want, "words {dtype:?}");
@@ -871,10 +871,10 @@ pub mod radix {
                     assert!(got == want_bytes, "avx2 shift {shift}");
                 }
                 if shift == 0 && dtype == Dtype::F32 {
-                    let mut words: Vec<u32> = bytemuck::cast_slice::<u8, u32>(&data.to_vec()).to_vec();
+                    let mut words: Vec<u32> = data.chunks_exact(4).map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
                     let hits = zero_collect_words(&mut words, f32_key, |w, keep| w & (keep as u32).wrapping_neg(), lo, hi);
                     assert_eq!(hits, want_hits, "words");
-                    assert!(bytemuck::cast_slice::<u32, u8>(&words) == &want_bytes[..], "words");
+                    assert!(words.iter().flat_map(|w| w.to_le_bytes()).eq(want_bytes.iter().copied()), "words");
                 }
             }
         }
