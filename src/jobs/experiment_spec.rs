@@ -111,20 +111,28 @@ pub struct DistillSpec {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RecoverySpec {
+    /// Passes over the training data with the masks locked (1..=100; default 2).
     #[serde(default = "d_epochs_rec")]
     pub epochs: u32,
+    /// Stop after this many optimizer steps instead (1..=1000000).
     #[serde(default)]
     pub max_steps: Option<u64>,
+    /// Peak learning rate of AdamW (linear warm-up over 6% of the steps, then linear decay), in
+    /// (0, 0.1]; default 3e-5.
     #[serde(default = "d_lr_rec")]
     pub learning_rate: f64,
+    /// Examples per batch (1..=1024).
     #[serde(default = "d_batch")]
     pub batch_size: usize,
+    /// Tokens per example, truncated (8..=512, at most the model's positions).
     #[serde(default = "d_len")]
     pub max_seq_len: usize,
+    /// Use only the first N training examples.
     #[serde(default)]
     pub max_train_samples: Option<usize>,
     #[serde(default = "d_seed")]
     pub seed: u64,
+    /// Distil from the dense model; absent: the task loss alone.
     #[serde(default)]
     pub distill: Option<DistillSpec>,
 }
