@@ -10,8 +10,9 @@ use candle_core::{Device, Tensor};
 use secateur::engine::model::Encoder;
 use std::time::Instant;
 
-const BATCH: usize = 32;
-const SEQ: usize = 128;
+#[path = "mrpc_batch.rs"]
+mod mrpc_batch;
+use mrpc_batch::{MrpcBatch, BATCH, SEQ};
 
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
@@ -24,30 +25,10 @@ fn main() {
     let minilm = std::env::var("SECATEUR_MINILM_DIR").unwrap_or_default();
     let models = std::env::var("SECATEUR_BENCH_MODELS").unwrap_or_else(|_| format!("{minilm}=dense"));
     let models: Vec<(String, String)> = models.split(',').map(|m| m.split_once('=').map(|(d, l)| (d.to_string(), l.to_string())).expect("DIR=LABEL")).collect();
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
-    let mrpc = std::fs::read_to_string(root.join("../shared/data/glue/MRPC/dev.tsv")).expect("MRPC dev.tsv");
-    let pairs: Vec<(String, String)> = mrpc
-        .trim_start_matches('\u{feff}')
-        .lines()
-        .skip(1)
-        .take(BATCH)
-        .map(|l| {
-            let f: Vec<&str> = l.split('\t').collect();
-            (f[3].to_string(), f[4].to_string())
-        })
-        .collect();
-    let mut tok = tokenizers::Tokenizer::from_file(std::path::Path::new(&models[0].0).join("tokenizer.json")).unwrap();
-    tok.with_truncation(Some(tokenizers::TruncationParams { max_length: SEQ, ..Default::default() })).unwrap();
-    tok.with_padding(Some(tokenizers::PaddingParams { strategy: tokenizers::PaddingStrategy::Fixed(SEQ), ..Default::default() }));
-    let enc = tok.encode_batch(pairs.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect::<Vec<_>>(), true).unwrap();
-    let flat = |f: &dyn Fn(&tokenizers::Encoding) -> &[u32]| enc.iter().flat_map(|e| f(e).to_vec()).collect::<Vec<u32>>();
-    let (ids, mask, tt) = (flat(&|e| e.get_ids()), flat(&|e| e.get_attention_mask()), flat(&|e| e.get_type_ids()));
-    let real = mask.iter().filter(|m| **m == 1).count() as f64 / mask.len() as f64;
-    if let Ok(path) = std::env::var("SECATEUR_BENCH_INPUT") {
-        std::fs::write(path, serde_json::json!({"input_ids": ids, "attention_mask": mask, "token_type_ids": tt, "batch": BATCH, "seq": SEQ}).to_string()).unwrap();
-    }
+    let input = MrpcBatch::load(std::path::Path::new(&models[0].0));
+    let real = input.real_tokens();
     let t = |v: &Vec<u32>| Tensor::from_vec(v.clone(), (BATCH, SEQ), &Device::Cpu).unwrap();
-    let (ids, mask, tt) = (t(&ids), t(&mask), t(&tt));
+    let (ids, mask, tt) = (t(&input.ids), t(&input.mask), t(&input.type_ids));
     for (dir, label) in models {
         let dir = std::path::Path::new(&dir);
         let model = Encoder::from_files(&std::fs::read(dir.join("config.json")).unwrap(), &std::fs::read(dir.join("model.safetensors")).unwrap(), &Device::Cpu).unwrap();

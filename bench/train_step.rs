@@ -17,8 +17,9 @@ use secateur::train::net::{Dropout, Net};
 use secateur::train::optim::{clip_grad_norm, AdamW, AdamWConfig, Param};
 use std::time::Instant;
 
-const BATCH: usize = 32;
-const SEQ: usize = 128;
+#[path = "mrpc_batch.rs"]
+mod mrpc_batch;
+use mrpc_batch::{MrpcBatch, BATCH, SEQ};
 
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
@@ -34,29 +35,10 @@ fn main() {
     secateur::app::tune_allocator();
     let runs: usize = std::env::var("SECATEUR_BENCH_RUNS").ok().and_then(|v| v.parse().ok()).unwrap_or(5);
     let dir = std::path::PathBuf::from(std::env::var("SECATEUR_MINILM_DIR").expect("SECATEUR_MINILM_DIR"));
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
-    let mrpc = std::fs::read_to_string(root.join("../shared/data/glue/MRPC/dev.tsv")).expect("MRPC dev.tsv");
-    let rows: Vec<(String, String, usize)> = mrpc
-        .trim_start_matches('\u{feff}')
-        .lines()
-        .skip(1)
-        .take(BATCH)
-        .map(|l| {
-            let f: Vec<&str> = l.split('\t').collect();
-            (f[3].to_string(), f[4].to_string(), f[0].parse().unwrap())
-        })
-        .collect();
-    let mut tok = tokenizers::Tokenizer::from_file(dir.join("tokenizer.json")).unwrap();
-    tok.with_truncation(Some(tokenizers::TruncationParams { max_length: SEQ, ..Default::default() })).unwrap();
-    tok.with_padding(Some(tokenizers::PaddingParams { strategy: tokenizers::PaddingStrategy::Fixed(SEQ), ..Default::default() }));
-    let enc = tok.encode_batch(rows.iter().map(|(a, b, _)| (a.as_str(), b.as_str())).collect::<Vec<_>>(), true).unwrap();
-    let flat = |f: &dyn Fn(&tokenizers::Encoding) -> &[u32]| enc.iter().flat_map(|e| f(e).to_vec()).collect::<Vec<u32>>();
-    let b = Padded { rows: BATCH, len: SEQ, ids: flat(&|e| e.get_ids()), mask: flat(&|e| e.get_attention_mask()), type_ids: flat(&|e| e.get_type_ids()) };
-    let labels: Vec<usize> = rows.iter().map(|r| r.2).collect();
-    let real = b.mask.iter().filter(|m| **m == 1).count() as f64 / b.mask.len() as f64;
-    if let Ok(path) = std::env::var("SECATEUR_BENCH_INPUT") {
-        std::fs::write(path, serde_json::json!({"input_ids": b.ids, "attention_mask": b.mask, "token_type_ids": b.type_ids, "labels": labels, "batch": BATCH, "seq": SEQ}).to_string()).unwrap();
-    }
+    let input = MrpcBatch::load(&dir);
+    let real = input.real_tokens();
+    let labels = input.labels;
+    let b = Padded { rows: BATCH, len: SEQ, ids: input.ids, mask: input.mask, type_ids: input.type_ids };
     let config_json = std::fs::read(dir.join("config.json")).unwrap();
     let w = Weights::from_safetensors(&std::fs::read(dir.join("model.safetensors")).unwrap(), secateur::engine::arch::Family::Bert, &Device::Cpu).unwrap();
     let config = EncoderConfig::from_checkpoint(&config_json, &w.shapes()).unwrap();
