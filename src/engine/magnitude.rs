@@ -498,8 +498,8 @@ pub mod radix {
 
     /// [`count_below_words`] written with AVX2 intrinsics for F32 or BF16 bytes (unaligned
     /// loads, so any tensor offset): the compiler's vectorisation of the portable loop proved
-    /// fragile (2-10x slower depending on what else the function held), and this pass is half
-    /// of the pruning time. The 8 counters stay in registers.
+    /// fragile (2-10x slower depending on what else the function held), and this pass reads
+    /// every weight. The 8 counters stay in registers.
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2")]
     unsafe fn count_below_avx2<const BF16: bool>(data: &[u8], cuts: &[u32; CUTS]) -> [u64; CUTS] {
