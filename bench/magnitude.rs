@@ -1,5 +1,5 @@
 //! Global magnitude pruning of all encoder linear weights, timed (median of runs), against a
-//! plain copy of the same bytes. Models: the real MiniLM (path in SECATEUR_MINILM_DIR) and a
+//! plain copy of the same bytes; and local (layer-wise: each tensor to the sparsity on its own). Models: the real MiniLM (path in SECATEUR_MINILM_DIR) and a
 //! BERT-base-sized random model built in memory.
 //!
 //!   cargo bench --bench magnitude            # or bench/magnitude.sh for the PyTorch comparison
@@ -23,12 +23,18 @@ fn bench(label: &str, file: &[u8]) {
     let n: u64 = targets.iter().map(|t| header.tensors[t].numel()).sum();
     let bytes: usize = targets.iter().map(|t| (header.tensors[t].end - header.tensors[t].begin) as usize).sum();
     let mut prune_ms = Vec::new();
+    let mut local_ms = Vec::new();
     let mut copy_ms = Vec::new();
     for _ in 0..RUNS {
         let mut out = file.to_vec();
         let t = Instant::now();
         prune_in_place(&mut out, &header, &targets, Scope::Global, 0.5, |_, _| Ok::<(), ()>(())).unwrap().unwrap();
         prune_ms.push(t.elapsed().as_secs_f64() * 1e3);
+        std::hint::black_box(&out);
+        let mut out = file.to_vec();
+        let t = Instant::now();
+        prune_in_place(&mut out, &header, &targets, Scope::Local, 0.5, |_, _| Ok::<(), ()>(())).unwrap().unwrap();
+        local_ms.push(t.elapsed().as_secs_f64() * 1e3);
         std::hint::black_box(&out);
         // The physical limit: one pass over the same bytes, into memory already touched.
         let src = &file[header.data_start as usize..header.data_start as usize + bytes];
@@ -38,7 +44,7 @@ fn bench(label: &str, file: &[u8]) {
         copy_ms.push(t.elapsed().as_secs_f64() * 1e3);
         std::hint::black_box(&dst);
     }
-    println!("{label}\tweights={n}\tglobal_magnitude_ms={:.2}\tcopy_ms={:.2}", median(prune_ms), median(copy_ms));
+    println!("{label}\tweights={n}\tglobal_magnitude_ms={:.2}\tlocal_magnitude_ms={:.2}\tcopy_ms={:.2}", median(prune_ms), median(local_ms), median(copy_ms));
 }
 
 fn main() {
