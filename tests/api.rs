@@ -241,6 +241,13 @@ async fn magnitude_jobs_prune_as_requested(db: Db) {
         assert_eq!(app.artifact(&job, "tokenizer.json").await, files[2].1);
         let report: Value = serde_json::from_slice(&app.artifact(&job, "report.json").await).unwrap();
         assert_eq!(report["scope"], scope);
+        // The result serves the report's totals from the database.
+        let result: Value = app.get(&format!("/v1/jobs/{job}/result")).send().await.unwrap().json().await.unwrap();
+        assert_eq!(result["complete"], true);
+        assert_eq!(result["stages"].as_array().unwrap().len(), 1, "{result}");
+        assert_eq!(result["summary"]["totals"], report["totals"]);
+        assert_eq!(result["summary"]["scope"], scope);
+        assert_eq!(result["summary"]["requested_sparsity"], sparsity);
         let t = &report["totals"];
         let target_sparsity = t["target_sparsity"].as_f64().unwrap();
         assert!((target_sparsity - sparsity).abs() < 1e-3, "{t}");

@@ -333,8 +333,9 @@ pub struct StageResult {
     pub result: serde_json::Value,
 }
 
-/// The results of a job's stages as they are recorded (experiment jobs; a prune job records
-/// none: its report is the `report.json` artifact).
+/// The results of a job's stages as they are recorded. An experiment records one per stage; a
+/// prune job records `export`, whose `summary` holds its report's totals (the per-tensor and
+/// per-layer lists are in the `report.json` artifact).
 #[utoipa::path(get, path = "/v1/jobs/{id}/result", tag = "jobs", params(("id" = String, Path)),
     responses((status = 200, body = JobResult), (status = 404, body = super::problem::Problem, content_type = "application/problem+json")))]
 async fn get_result(State(st): State<AppState>, Auth(p): Auth, Path(id): Path<String>) -> ApiResult<Json<JobResult>> {

@@ -34,8 +34,23 @@ pub(super) fn model_err(e: ModelError) -> JobError {
     JobError::from(e)
 }
 
-fn json(report: &Report) -> Result<Bytes, JobError> {
-    serde_json::to_vec_pretty(report).map(Bytes::from).map_err(|e| JobError::Internal(e.into()))
+/// Writes `report.json` and records its summary (what was asked, the totals, the units removed;
+/// not the per-tensor and per-layer lists) as the job's `export` stage, so that
+/// `GET /v1/jobs/{id}/result` serves it from the database.
+fn finish(ctx: &JobContext, report: &Report) -> Result<(), JobError> {
+    let bytes = serde_json::to_vec_pretty(report).map(Bytes::from).map_err(|e| JobError::Internal(e.into()))?;
+    ctx.write_artifact("report.json", bytes)?;
+    let summary = serde_json::json!({
+        "method": report.method,
+        "granularity": report.granularity,
+        "scope": report.scope,
+        "requested_sparsity": report.requested_sparsity,
+        "pattern": report.pattern,
+        "removed": report.removed,
+        "totals": report.totals,
+        "compact": report.compact,
+    });
+    ctx.record_stage("export", serde_json::json!({ "summary": summary }))
 }
 
 impl Executor for PruneExecutor {
@@ -171,7 +186,7 @@ fn finish_in_place(
     if req.export.compact {
         write_model(ctx, "compact/", out, config.clone())?;
     }
-    ctx.write_artifact("report.json", json(&report)?)
+    finish(ctx, &report)
 }
 
 /// The names of the tensors a structured plan touches (for the report's `pruned` flag).
@@ -295,7 +310,7 @@ fn structured_job(ctx: &JobContext, req: &JobRequest, config: &Bytes, weights: &
         totals,
         compact: compact_totals,
     };
-    ctx.write_artifact("report.json", json(&report)?)
+    finish(ctx, &report)
 }
 
 /// Wanda: activation statistics from calibration text through our encoder, then the paper's
@@ -502,7 +517,7 @@ fn layers_job(ctx: &JobContext, req: &JobRequest, config: &Bytes, weights: &Byte
         tensors,
         totals,
     };
-    ctx.write_artifact("report.json", json(&report)?)
+    finish(ctx, &report)
 }
 
 /// The validated sparsity (present for every granularity but n:m).
