@@ -161,11 +161,13 @@ async fn experiments_validate_run_and_report(db: Db) {
     let zero_heads1 = q1.chunks(8 * 32).filter(|head| head.iter().all(|v| *v == 0.0)).count();
     assert_eq!(zero_heads + zero_heads1, 4, "half of the 8 heads are gone");
 
-    // A prune job records no stages; its result is empty, not an error.
+    // A prune job records one stage, its report's summary; it has no task metrics.
     let p = app.submit_ok(&json!({"model_id": model, "pruning": {"method": "magnitude", "sparsity": 0.5}})).await;
     app.wait_for(&p, &["succeeded"], WAIT).await;
     let r: Value = app.get(&format!("/v1/jobs/{p}/result")).send().await.unwrap().json().await.unwrap();
-    assert_eq!(r["stages"], json!([]));
+    assert_eq!(r["stages"].as_array().unwrap().iter().map(|s| s["name"].clone()).collect::<Vec<_>>(), vec![json!("export")]);
+    assert_eq!(r["summary"]["totals"]["target_sparsity"], 0.5);
+    assert_eq!(r["metrics"], json!({"baseline": null, "before": null, "pruned": null, "after": null}));
     let missing = app.get(&format!("/v1/jobs/{}/result", uuid::Uuid::new_v4())).send().await.unwrap();
     assert_eq!(missing.status(), StatusCode::NOT_FOUND);
 }
