@@ -1,6 +1,7 @@
 //! Global magnitude pruning of all encoder linear weights, timed (median of runs), against a
-//! plain copy of the same bytes; and local (layer-wise: each tensor to the sparsity on its own). Models: the real MiniLM (path in SECATEUR_MINILM_DIR) and a
-//! BERT-base-sized random model built in memory.
+//! plain copy of the same bytes; and local (layer-wise: each tensor to the sparsity on its own).
+//! Models: the real MiniLM (path in SECATEUR_MINILM_DIR) and a BERT-base-sized random model
+//! built in memory.
 //!
 //!   cargo bench --bench magnitude            # or bench/magnitude.sh for the PyTorch comparison
 

@@ -298,12 +298,12 @@ pub mod radix {
         match dtype {
             Dtype::F32 => {
                 for (i, c) in data.chunks_exact(4).enumerate() {
-                    f(i, u32::from_le_bytes([c[0], c[1], c[2], c[3]]) & 0x7fff_ffff)
+                    f(i, f32_key(u32::from_le_bytes([c[0], c[1], c[2], c[3]])))
                 }
             }
             Dtype::BF16 => {
                 for (i, c) in data.chunks_exact(2).enumerate() {
-                    f(i, ((u16::from_le_bytes([c[0], c[1]]) as u32) << 16) & 0x7fff_ffff)
+                    f(i, bf16_key(u16::from_le_bytes([c[0], c[1]])))
                 }
             }
             Dtype::F16 => {
@@ -462,8 +462,8 @@ pub mod radix {
         (inside * 16 <= s).then_some(cuts)
     }
 
-    /// The magnitude key of an F32 or BF16 element read as a native word (x86 and Arm are
-    /// little-endian, as safetensors is).
+    /// The magnitude key of an F32 or BF16 element (as a little-endian word: safetensors is
+    /// little-endian, and so are x86 and Arm, where the word paths read native words).
     #[inline(always)]
     fn f32_key(w: u32) -> u32 {
         w & 0x7fff_ffff
@@ -528,8 +528,13 @@ pub mod radix {
             let lanes: [u32; 8] = unsafe { std::mem::transmute(acc[c]) };
             lanes.iter().map(|&x| x as u64).sum()
         });
-        for_each_key(tail, if BF16 { Dtype::BF16 } else { Dtype::F32 }, |_, key| below.iter_mut().zip(cuts).for_each(|(b, &c)| *b += (key < c) as u64));
+        add_keys_below(&mut below, tail, if BF16 { Dtype::BF16 } else { Dtype::F32 }, cuts);
         below
+    }
+
+    /// Adds to each cut's count the keys of `data` below it, one key at a time.
+    fn add_keys_below(below: &mut [u64; CUTS], data: &[u8], dtype: Dtype, cuts: &[u32; CUTS]) {
+        for_each_key(data, dtype, |_, key| below.iter_mut().zip(cuts).for_each(|(b, &c)| *b += (key < c) as u64));
     }
 
     /// For each cut, how many keys of the piece lie below it.
@@ -562,7 +567,7 @@ pub mod radix {
         }
         // F16, or a tensor not aligned to its element size in the file: one key at a time.
         let mut below = [0u64; CUTS];
-        for_each_key(p.data, p.dtype, |_, key| below.iter_mut().zip(cuts).for_each(|(b, &c)| *b += (key < c) as u64));
+        add_keys_below(&mut below, p.data, p.dtype, cuts);
         below
     }
 
@@ -635,14 +640,8 @@ pub mod radix {
                 }
             }
         }
-        for (j, c) in blocks.into_remainder().chunks_exact_mut(4).enumerate() {
-            let bits = u32::from_le_bytes([c[0], c[1], c[2], c[3]]);
-            let key = bits & 0x7fff_ffff;
-            if lo <= key && key <= hi {
-                hits.push(((offset + j) as u32, key));
-            }
-            c.copy_from_slice(&(bits & ((key >= lo) as u32).wrapping_neg()).to_le_bytes());
-        }
+        let tail = zero_collect_bytes(blocks.into_remainder(), Dtype::F32, lo, hi);
+        hits.extend(tail.into_iter().map(|(j, key)| (offset as u32 + j, key)));
         hits
     }
 
@@ -672,6 +671,11 @@ pub mod radix {
             }
         }
         // F16, or a tensor not aligned to its element size in the file: byte by byte.
+        zero_collect_bytes(data, dtype, lo, hi)
+    }
+
+    /// [`zero_below_collect_range`] one element at a time, reading little-endian bytes.
+    fn zero_collect_bytes(data: &mut [u8], dtype: Dtype, lo: u32, hi: u32) -> Vec<(u32, u32)> {
         let mut hits = Vec::new();
         let mut note = |i: usize, key: u32| {
             if key >= lo && key <= hi {
@@ -681,13 +685,13 @@ pub mod radix {
         match dtype {
             Dtype::F32 => data.chunks_exact_mut(4).enumerate().for_each(|(i, c)| {
                 let bits = u32::from_le_bytes([c[0], c[1], c[2], c[3]]);
-                let key = bits & 0x7fff_ffff;
+                let key = f32_key(bits);
                 note(i, key);
                 c.copy_from_slice(&(bits & ((key >= lo) as u32).wrapping_neg()).to_le_bytes());
             }),
             Dtype::BF16 => data.chunks_exact_mut(2).enumerate().for_each(|(i, c)| {
                 let bits = u16::from_le_bytes([c[0], c[1]]);
-                let key = ((bits as u32) << 16) & 0x7fff_ffff;
+                let key = bf16_key(bits);
                 note(i, key);
                 c.copy_from_slice(&(bits & ((key >= lo) as u16).wrapping_neg()).to_le_bytes());
             }),
