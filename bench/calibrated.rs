@@ -19,9 +19,12 @@ fn median(mut v: Vec<f64>) -> f64 {
 }
 
 fn main() {
-    let model = std::path::PathBuf::from(std::env::var("SECATEUR_MINILM_DIR").expect("SECATEUR_MINILM_DIR: the MiniLM model directory"));
+    let model = std::path::PathBuf::from(
+        std::env::var("SECATEUR_MINILM_DIR").expect("SECATEUR_MINILM_DIR: the MiniLM model directory"),
+    );
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
-    let sst2 = std::fs::read_to_string(root.join("../shared/data/glue/SST-2/train.tsv")).expect("../shared/data/glue/SST-2/train.tsv");
+    let sst2 = std::fs::read_to_string(root.join("../shared/data/glue/SST-2/train.tsv"))
+        .expect("../shared/data/glue/SST-2/train.tsv");
     let dir = tempfile::tempdir().unwrap();
     let cal = dir.path().join("calibration.tsv");
     std::fs::write(&cal, sst2.lines().take(129).map(|l| format!("{l}\n")).collect::<String>()).unwrap();
@@ -39,18 +42,25 @@ fn main() {
             let stages: Arc<Mutex<Vec<(String, Instant)>>> = Arc::default();
             let s = stages.clone();
             let t = Instant::now();
-            run_local(spec.as_bytes(), &model, Some(LocalDataset { path: &cal, format: Format::GlueTsv, task: Some(Task::Sst2) }), &out, move |p| {
-                let mut s = s.lock().unwrap();
-                if s.last().map(|(stage, _)| stage != &p.stage).unwrap_or(true) {
-                    s.push((p.stage.clone(), Instant::now()));
-                }
-            })
+            run_local(
+                spec.as_bytes(),
+                &model,
+                Some(LocalDataset { path: &cal, format: Format::GlueTsv, task: Some(Task::Sst2) }),
+                &out,
+                move |p| {
+                    let mut s = s.lock().unwrap();
+                    if s.last().map(|(stage, _)| stage != &p.stage).unwrap_or(true) {
+                        s.push((p.stage.clone(), Instant::now()));
+                    }
+                },
+            )
             .unwrap();
             total.push(t.elapsed().as_secs_f64() * 1e3);
             let s = stages.lock().unwrap();
             let at = |name: &str| s.iter().find(|(n, _)| n == name).map(|(_, i)| *i);
             // Wanda: calibrating → pruning → writing; SparseGPT interleaves both in "pruning".
-            let (cal_start, prune_start, write_start) = (at("calibrating"), at("pruning").unwrap(), at("writing").unwrap());
+            let (cal_start, prune_start, write_start) =
+                (at("calibrating"), at("pruning").unwrap(), at("writing").unwrap());
             calibrating.push(cal_start.map(|c| (prune_start - c).as_secs_f64() * 1e3).unwrap_or(f64::NAN));
             pruning_ms.push((write_start - prune_start).as_secs_f64() * 1e3);
             std::fs::remove_dir_all(&out).unwrap();

@@ -45,7 +45,12 @@ fn bench(label: &str, file: &[u8]) {
         copy_ms.push(t.elapsed().as_secs_f64() * 1e3);
         std::hint::black_box(&dst);
     }
-    println!("{label}\tweights={n}\tglobal_magnitude_ms={:.2}\tlocal_magnitude_ms={:.2}\tcopy_ms={:.2}", median(prune_ms), median(local_ms), median(copy_ms));
+    println!(
+        "{label}\tweights={n}\tglobal_magnitude_ms={:.2}\tlocal_magnitude_ms={:.2}\tcopy_ms={:.2}",
+        median(prune_ms),
+        median(local_ms),
+        median(copy_ms)
+    );
 }
 
 fn main() {
@@ -53,7 +58,8 @@ fn main() {
         let file = std::fs::read(std::path::Path::new(&dir).join("model.safetensors")).unwrap();
         bench("minilm", &file);
     }
-    let base = TinyModel { layers: 12, hidden: 768, heads: 12, ffn: 3072, vocab: 1000, ..Default::default() }.safetensors();
+    let base =
+        TinyModel { layers: 12, hidden: 768, heads: 12, ffn: 3072, vocab: 1000, ..Default::default() }.safetensors();
     bench("bert-base-random", &base);
     // So that PyTorch is measured on the same bytes (bench/magnitude.sh).
     if let Ok(dir) = std::env::var("SECATEUR_BENCH_OUT") {

@@ -30,10 +30,20 @@ impl MrpcBatch {
             .collect();
         let mut tok = tokenizers::Tokenizer::from_file(model_dir.join("tokenizer.json")).unwrap();
         tok.with_truncation(Some(tokenizers::TruncationParams { max_length: SEQ, ..Default::default() })).unwrap();
-        tok.with_padding(Some(tokenizers::PaddingParams { strategy: tokenizers::PaddingStrategy::Fixed(SEQ), ..Default::default() }));
-        let enc = tok.encode_batch(rows.iter().map(|(a, b, _)| (a.as_str(), b.as_str())).collect::<Vec<_>>(), true).unwrap();
-        let flat = |f: &dyn Fn(&tokenizers::Encoding) -> &[u32]| enc.iter().flat_map(|e| f(e).to_vec()).collect::<Vec<u32>>();
-        let batch = MrpcBatch { ids: flat(&|e| e.get_ids()), mask: flat(&|e| e.get_attention_mask()), type_ids: flat(&|e| e.get_type_ids()), labels: rows.iter().map(|r| r.2).collect() };
+        tok.with_padding(Some(tokenizers::PaddingParams {
+            strategy: tokenizers::PaddingStrategy::Fixed(SEQ),
+            ..Default::default()
+        }));
+        let enc =
+            tok.encode_batch(rows.iter().map(|(a, b, _)| (a.as_str(), b.as_str())).collect::<Vec<_>>(), true).unwrap();
+        let flat =
+            |f: &dyn Fn(&tokenizers::Encoding) -> &[u32]| enc.iter().flat_map(|e| f(e).to_vec()).collect::<Vec<u32>>();
+        let batch = MrpcBatch {
+            ids: flat(&|e| e.get_ids()),
+            mask: flat(&|e| e.get_attention_mask()),
+            type_ids: flat(&|e| e.get_type_ids()),
+            labels: rows.iter().map(|r| r.2).collect(),
+        };
         if let Ok(path) = std::env::var("SECATEUR_BENCH_INPUT") {
             let json = serde_json::json!({"input_ids": batch.ids, "attention_mask": batch.mask, "token_type_ids": batch.type_ids, "labels": batch.labels, "batch": BATCH, "seq": SEQ});
             std::fs::write(path, json.to_string()).unwrap();

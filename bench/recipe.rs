@@ -52,9 +52,12 @@ use secateur::data::{self, Format, Task};
 use secateur::engine::heads::Head;
 use secateur::engine::magnitude::{NmPattern, Scope};
 use secateur::engine::model::{EncoderConfig, Weights};
-use secateur::engine::wanda::Rule;
 use secateur::engine::structured::UnitPlan;
-use secateur::train::experiment::{evaluate, examples, forward_ms, head_kind, linear_targets, lowest_units, prune_by_scores, prune_calibrated, prune_one_shot, sparsity_of, unit_norm_scores, zero_units, Calibrated, Shape};
+use secateur::engine::wanda::Rule;
+use secateur::train::experiment::{
+    evaluate, examples, forward_ms, head_kind, linear_targets, lowest_units, prune_by_scores, prune_calibrated,
+    prune_one_shot, sparsity_of, unit_norm_scores, zero_units, Calibrated, Shape,
+};
 use secateur::train::gradual::{select, Criterion, GradualPruner, Ramp, Scores};
 use secateur::train::loss::Distill;
 use secateur::train::net::{Dropout, Grads, Net};
@@ -79,10 +82,13 @@ impl Observer for Watch<'_> {
     fn stepped(&mut self, net: &mut Net, masks: &mut Masks, state: &State, info: &StepInfo) -> Control {
         let c = self.pruner.stepped(net, masks, state, info);
         eprintln!("step {} loss {:.4} sparsity {:.4}", info.step, info.loss, self.pruner.reached);
-        let now: Vec<Vec<bool>> = self.pruner.scores.targets.iter().map(|&i| masks.0[i].clone().unwrap_or_default()).collect();
+        let now: Vec<Vec<bool>> =
+            self.pruner.scores.targets.iter().map(|&i| masks.0[i].clone().unwrap_or_default()).collect();
         if let Some(last) = &self.last {
             if info.step <= self.pruner.end && last.iter().all(|m| !m.is_empty()) {
-                let (changed, n) = last.iter().zip(&now).fold((0usize, 0usize), |(c, n), (a, b)| (c + a.iter().zip(b).filter(|(x, y)| x != y).count(), n + a.len()));
+                let (changed, n) = last.iter().zip(&now).fold((0usize, 0usize), |(c, n), (a, b)| {
+                    (c + a.iter().zip(b).filter(|(x, y)| x != y).count(), n + a.len())
+                });
                 self.flips.0 += changed as f64 / n as f64;
                 self.flips.1 += 1;
             }
@@ -105,7 +111,8 @@ fn main() {
     let configs = env("CONFIGS", "magnitude:0.5,magnitude:0.8,magnitude:0.8:distill,magnitude:2:4");
     let seed: u64 = env("SEED", "42").parse().unwrap();
     let epochs: u32 = env("EPOCHS", "1").parse().unwrap();
-    let (lr, recovery_lr): (f32, f32) = (env("LR", "5e-5").parse().unwrap(), env("RECOVERY_LR", "3e-5").parse().unwrap());
+    let (lr, recovery_lr): (f32, f32) =
+        (env("LR", "5e-5").parse().unwrap(), env("RECOVERY_LR", "3e-5").parse().unwrap());
     let recovery_epochs: u32 = env("RECOVERY_EPOCHS", &epochs.to_string()).parse().unwrap();
     let folder = match task {
         Task::Sst2 => "SST-2",
@@ -126,13 +133,20 @@ fn main() {
     eprintln!("{task:?}: {} training examples, {} dev", train_set.len(), dev.len());
 
     let config_json = std::fs::read(dir.join("config.json")).unwrap();
-    let w = Weights::from_safetensors(&std::fs::read(dir.join("model.safetensors")).unwrap(), secateur::engine::arch::Family::Bert, &Device::Cpu).unwrap();
+    let w = Weights::from_safetensors(
+        &std::fs::read(dir.join("model.safetensors")).unwrap(),
+        secateur::engine::arch::Family::Bert,
+        &Device::Cpu,
+    )
+    .unwrap();
     let config = EncoderConfig::from_checkpoint(&config_json, &w.shapes()).unwrap();
     let head = Head::load_or_init(&w, config.family, head_kind(task).unwrap(), config.hidden, 0.02, seed).unwrap();
-    let mut dense = Net::new(config, &w, &head, Dropout::from_config(&config_json, secateur::engine::arch::Family::Bert)).unwrap();
+    let mut dense =
+        Net::new(config, &w, &head, Dropout::from_config(&config_json, secateur::engine::arch::Family::Bert)).unwrap();
     let fresh = dense.clone();
     drop((w, head));
-    let sched = |lr: f32, epochs: u32| Schedule { epochs, learning_rate: lr, batch_size: 32, seed, ..Default::default() };
+    let sched =
+        |lr: f32, epochs: u32| Schedule { epochs, learning_rate: lr, batch_size: 32, seed, ..Default::default() };
     let t = Instant::now();
     let s = sched(lr, epochs);
     let mut state = State::new(&s);
@@ -141,10 +155,18 @@ fn main() {
     let secs = t.elapsed().as_secs_f64();
     let base = evaluate(&dense, task, &dev, 64).unwrap();
     if configs.is_empty() {
-        println!("dense\tseed={seed}\tmetrics={:?}\ttrain_loss={loss:.4}\tsteps={}\ttrain_s={secs:.0}", base.metrics, state.step);
+        println!(
+            "dense\tseed={seed}\tmetrics={:?}\ttrain_loss={loss:.4}\tsteps={}\ttrain_s={secs:.0}",
+            base.metrics, state.step
+        );
         return;
     }
-    println!("dense\tmetrics={:?}\ttrain_loss={loss:.4}\tsteps={}\ttrain_s={secs:.0}\tseq_per_s={:.1}", base.metrics, state.step, train_set.len() as f64 / secs);
+    println!(
+        "dense\tmetrics={:?}\ttrain_loss={loss:.4}\tsteps={}\ttrain_s={secs:.0}\tseq_per_s={:.1}",
+        base.metrics,
+        state.step,
+        train_set.len() as f64 / secs
+    );
     let targets = linear_targets(&dense);
     for c in configs.split(',') {
         let parts: Vec<&str> = c.split(':').collect();
@@ -153,7 +175,8 @@ fn main() {
             let mut net = dense.clone();
             let t = Instant::now();
             let (hs, ns) = unit_norm_scores(&net).unwrap();
-            let plan = UnitPlan { heads: lowest_units(&hs, h, Scope::Local), neurons: lowest_units(&ns, n, Scope::Local) };
+            let plan =
+                UnitPlan { heads: lowest_units(&hs, h, Scope::Local), neurons: lowest_units(&ns, n, Scope::Local) };
             let mut masks = Masks::none(&net);
             zero_units(&mut net, &plan, &mut masks);
             let one = evaluate(&net, task, &dev, 64).unwrap();
@@ -163,7 +186,8 @@ fn main() {
             let loss = train(&mut net, &train_set, &s, &mut masks, &mut state, teacher, &mut Quiet).unwrap();
             let after = evaluate(&net, task, &dev, 64).unwrap();
             let batch = &dev[..dev.len().min(32)];
-            let (before_ms, after_ms) = (forward_ms(&dense, batch, false, 9).unwrap(), forward_ms(&net, batch, true, 9).unwrap());
+            let (before_ms, after_ms) =
+                (forward_ms(&dense, batch, false, 9).unwrap(), forward_ms(&net, batch, true, 9).unwrap());
             println!("{c}\tsparsity={:.4}\tone_shot={:?}\trecovered={:?}\ttrain_loss={loss:.4}\ttrain_s={:.0}\tforward_ms_dense={before_ms:.1}\tforward_ms_pruned={after_ms:.1}\tspeedup={:.2}", sparsity_of(&net, &targets), Some(one.metrics), after.metrics, t.elapsed().as_secs_f64(), before_ms / after_ms);
             continue;
         }
@@ -186,7 +210,10 @@ fn main() {
         let shape = if nums.len() == 2 {
             Shape::NM(NmPattern { n: nums[0].parse().unwrap(), m: nums[1].parse().unwrap() })
         } else {
-            Shape::Unstructured { sparsity: nums[0].parse().unwrap(), scope: if has("local") { Scope::Local } else { Scope::Global } }
+            Shape::Unstructured {
+                sparsity: nums[0].parse().unwrap(),
+                scope: if has("local") { Scope::Local } else { Scope::Global },
+            }
         };
         let mut net = if pretrained { fresh.clone() } else { dense.clone() };
         let s = if pretrained { sched(lr, epochs) } else { sched(recovery_lr, recovery_epochs) };
@@ -213,12 +240,14 @@ fn main() {
             if has("plain") {
                 scores = scores.plain();
             }
-            let mut pruner = GradualPruner::new(scores, Ramp::Cubic, (start, end, (total / 20).max(1)), sparsity, scope);
+            let mut pruner =
+                GradualPruner::new(scores, Ramp::Cubic, (start, end, (total / 20).max(1)), sparsity, scope);
             if criterion == Criterion::Movement && !has("sticky") {
                 pruner = pruner.regrowing(&net);
             }
             let mut masks = Masks::none(&net);
-            let magnitudes: Vec<Vec<f32>> = targets.iter().map(|&i| net.params[i].value.iter().map(|v| v.abs()).collect()).collect();
+            let magnitudes: Vec<Vec<f32>> =
+                targets.iter().map(|&i| net.params[i].value.iter().map(|v| v.abs()).collect()).collect();
             let by_magnitude = select(&magnitudes, &vec![None; targets.len()], sparsity, scope);
             // The largest 1% of each tensor's starting weights (by |w|): the outliers a ranking
             // must not prune.
@@ -232,7 +261,12 @@ fn main() {
             });
             // How the pruning spreads over tensors: the least and most pruned, and how many
             // tensors lost more than 90% (a path through the model cut).
-            let per: Vec<f64> = targets.iter().map(|&i| masks.0[i].as_deref().map_or(0.0, |k| k.iter().filter(|k| !**k).count() as f64 / k.len() as f64)).collect();
+            let per: Vec<f64> = targets
+                .iter()
+                .map(|&i| {
+                    masks.0[i].as_deref().map_or(0.0, |k| k.iter().filter(|k| !**k).count() as f64 / k.len() as f64)
+                })
+                .collect();
             let (lo, hi) = per.iter().fold((1f64, 0f64), |(l, h), &v| (l.min(v), h.max(v)));
             let over = per.iter().filter(|&&v| v > 0.9).count();
             let (top, top_pruned) = targets.iter().zip(&largest).fold((0usize, 0usize), |(n, p), (&i, l)| {
@@ -253,10 +287,16 @@ fn main() {
                     dead_rows += usize::from(kept * 10 < cols);
                     row.iter().zip(col_kept.iter_mut()).for_each(|(k, c)| *c += usize::from(*k));
                 }
-                let dead: Vec<usize> = col_kept.iter().enumerate().filter(|(_, c)| **c * 10 < rows).map(|(j, _)| j).collect();
+                let dead: Vec<usize> =
+                    col_kept.iter().enumerate().filter(|(_, c)| **c * 10 < rows).map(|(j, _)| j).collect();
                 dead_cols += dead.len();
                 if !dead.is_empty() {
-                    eprintln!("{c}: {} input columns of {} kept <10%: {:?}", dead.len(), net.params[i].name, &dead[..dead.len().min(20)]);
+                    eprintln!(
+                        "{c}: {} input columns of {} kept <10%: {:?}",
+                        dead.len(),
+                        net.params[i].name,
+                        &dead[..dead.len().min(20)]
+                    );
                 }
             }
             eprintln!("{c}: churn {churn:.5} overlap {:.4} per-tensor {per:.3?}", both as f64 / pruned.max(1) as f64);
@@ -268,7 +308,10 @@ fn main() {
                 None if parts[0] == "random" => {
                     use rand::{Rng, SeedableRng};
                     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-                    let scores: Vec<Vec<f32>> = targets.iter().map(|&i| (0..net.params[i].value.len()).map(|_| rng.gen::<f32>()).collect()).collect();
+                    let scores: Vec<Vec<f32>> = targets
+                        .iter()
+                        .map(|&i| (0..net.params[i].value.len()).map(|_| rng.gen::<f32>()).collect())
+                        .collect();
                     prune_by_scores(&mut net, &targets, &scores, shape)
                 }
                 Some(how) => {
@@ -285,6 +328,12 @@ fn main() {
             (Some(one.metrics), loss)
         };
         let after = evaluate(&net, task, &dev, 64).unwrap();
-        println!("{c}\tsparsity={:.4}\tone_shot={:?}\trecovered={:?}\ttrain_loss={loss:.4}\ttrain_s={:.0}{gradual_stats}", sparsity_of(&net, &targets), one_shot, after.metrics, t.elapsed().as_secs_f64());
+        println!(
+            "{c}\tsparsity={:.4}\tone_shot={:?}\trecovered={:?}\ttrain_loss={loss:.4}\ttrain_s={:.0}{gradual_stats}",
+            sparsity_of(&net, &targets),
+            one_shot,
+            after.metrics,
+            t.elapsed().as_secs_f64()
+        );
     }
 }

@@ -28,7 +28,11 @@ fn median(mut v: Vec<f64>) -> f64 {
 
 fn peak_rss_mb() -> f64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status.lines().find_map(|l| l.strip_prefix("VmHWM:")).and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok()).map_or(f64::NAN, |kb| kb / 1024.0)
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .map_or(f64::NAN, |kb| kb / 1024.0)
 }
 
 fn main() {
@@ -40,7 +44,12 @@ fn main() {
     let labels = input.labels;
     let b = Padded { rows: BATCH, len: SEQ, ids: input.ids, mask: input.mask, type_ids: input.type_ids };
     let config_json = std::fs::read(dir.join("config.json")).unwrap();
-    let w = Weights::from_safetensors(&std::fs::read(dir.join("model.safetensors")).unwrap(), secateur::engine::arch::Family::Bert, &Device::Cpu).unwrap();
+    let w = Weights::from_safetensors(
+        &std::fs::read(dir.join("model.safetensors")).unwrap(),
+        secateur::engine::arch::Family::Bert,
+        &Device::Cpu,
+    )
+    .unwrap();
     let config = EncoderConfig::from_checkpoint(&config_json, &w.shapes()).unwrap();
     let head = Head::load_or_init(&w, config.family, HeadKind::Classification(2), config.hidden, 0.02, 42).unwrap();
     let dropout = Dropout::from_config(&config_json, config.family);
@@ -66,7 +75,12 @@ fn main() {
         let mut gs: Vec<&mut [f32]> = grads.0.iter_mut().map(|g| g.as_mut_slice()).collect();
         clip_grad_norm(&mut gs, 1.0);
         let t2 = Instant::now();
-        let mut params: Vec<Param> = net.params.iter_mut().zip(&grads.0).map(|(p, g)| Param { name: &p.name, value: &mut p.value, grad: g }).collect();
+        let mut params: Vec<Param> = net
+            .params
+            .iter_mut()
+            .zip(&grads.0)
+            .map(|(p, g)| Param { name: &p.name, value: &mut p.value, grad: g })
+            .collect();
         adam.update(&mut params, 5e-5);
         let t3 = Instant::now();
         if i > 0 {

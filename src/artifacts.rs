@@ -69,7 +69,11 @@ impl Artifacts {
 
     pub async fn writer(&self, path: &Path) -> anyhow::Result<Writer> {
         let upload = self.store.put_multipart(path).await?;
-        Ok(Writer { inner: WriteMultipart::new_with_chunk_size(upload, 8 * 1024 * 1024), hasher: Sha256::new(), bytes: 0 })
+        Ok(Writer {
+            inner: WriteMultipart::new_with_chunk_size(upload, 8 * 1024 * 1024),
+            hasher: Sha256::new(),
+            bytes: 0,
+        })
     }
 
     pub async fn put(&self, path: &Path, data: Bytes) -> anyhow::Result<Stored> {
@@ -86,7 +90,8 @@ impl Artifacts {
     pub async fn get_stream(
         &self,
         path: &Path,
-    ) -> Result<(u64, impl Stream<Item = Result<Bytes, object_store::Error>> + Send + 'static), object_store::Error> {
+    ) -> Result<(u64, impl Stream<Item = Result<Bytes, object_store::Error>> + Send + 'static), object_store::Error>
+    {
         let r = self.store.get(path).await?;
         let size = r.meta.size;
         Ok((size as u64, r.into_stream()))

@@ -123,13 +123,18 @@ fn main() -> anyhow::Result<()> {
                 println!("{key}");
                 Ok(())
             }
-            Command::Openapi | Command::Prune { .. } | Command::Experiment { .. } => unreachable!("handled before the runtime starts"),
+            Command::Openapi | Command::Prune { .. } | Command::Experiment { .. } => {
+                unreachable!("handled before the runtime starts")
+            }
         }
     })
 }
 
 /// Runs a local job with a progress bar, then lists the files it wrote.
-fn with_progress(out: &std::path::Path, run: impl FnOnce(Box<dyn Fn(&secateur::jobs::Progress) + Send>) -> anyhow::Result<Vec<secateur::store::ArtifactRow>>) -> anyhow::Result<()> {
+fn with_progress(
+    out: &std::path::Path,
+    run: impl FnOnce(Box<dyn Fn(&secateur::jobs::Progress) + Send>) -> anyhow::Result<Vec<secateur::store::ArtifactRow>>,
+) -> anyhow::Result<()> {
     let bar = indicatif::ProgressBar::new(1000);
     bar.set_style(
         indicatif::ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:40} {percent:>3}% {msg}")
@@ -147,13 +152,20 @@ fn with_progress(out: &std::path::Path, run: impl FnOnce(Box<dyn Fn(&secateur::j
     Ok(())
 }
 
-fn experiment_locally(model: &std::path::Path, spec: &std::path::Path, train: &std::path::Path, eval: Option<&std::path::Path>, out: &std::path::Path) -> anyhow::Result<()> {
+fn experiment_locally(
+    model: &std::path::Path,
+    spec: &std::path::Path,
+    train: &std::path::Path,
+    eval: Option<&std::path::Path>,
+    out: &std::path::Path,
+) -> anyhow::Result<()> {
     use anyhow::Context;
     use secateur::data::{Format, Task};
     let spec_bytes = std::fs::read(spec).with_context(|| format!("reading {}", spec.display()))?;
     let v: serde_json::Value = serde_json::from_slice(&spec_bytes).context("the spec is not valid JSON")?;
     let task_name = v.pointer("/task/name").and_then(|t| t.as_str()).context("the spec needs task.name")?;
-    let task = Task::parse(task_name).with_context(|| format!("task.name {task_name:?}: expected one of {}", secateur::data::TASK_NAMES))?;
+    let task = Task::parse(task_name)
+        .with_context(|| format!("task.name {task_name:?}: expected one of {}", secateur::data::TASK_NAMES))?;
     fn local(path: &std::path::Path, task: Task) -> anyhow::Result<secateur::jobs::LocalDataset<'_>> {
         let format = match path.extension().and_then(|e| e.to_str()) {
             Some("tsv") => Format::GlueTsv,
@@ -166,15 +178,28 @@ fn experiment_locally(model: &std::path::Path, spec: &std::path::Path, train: &s
     let (train, eval) = (local(train, task)?, eval.map(|e| local(e, task)).transpose()?);
     with_progress(out, |on| secateur::jobs::run_local_experiment(&spec_bytes, model, train, eval, out, on))?;
     let result: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join("result.json"))?)?;
-    println!("metrics before {}  after {}  sparsity {}", result["metrics"]["before"], result["metrics"]["after"], result["sparsity"]);
+    println!(
+        "metrics before {}  after {}  sparsity {}",
+        result["metrics"]["before"], result["metrics"]["after"], result["sparsity"]
+    );
     Ok(())
 }
 
-fn prune_locally(model: &std::path::Path, spec: &std::path::Path, out: &std::path::Path, calibration: Option<&std::path::Path>, task: Option<&str>) -> anyhow::Result<()> {
+fn prune_locally(
+    model: &std::path::Path,
+    spec: &std::path::Path,
+    out: &std::path::Path,
+    calibration: Option<&std::path::Path>,
+    task: Option<&str>,
+) -> anyhow::Result<()> {
     use anyhow::Context;
     use secateur::data::{Format, Task};
     let spec_bytes = std::fs::read(spec).with_context(|| format!("reading {}", spec.display()))?;
-    let task = task.map(|t| Task::parse(t).with_context(|| format!("--task {t:?}: expected one of {}", secateur::data::TASK_NAMES))).transpose()?;
+    let task = task
+        .map(|t| {
+            Task::parse(t).with_context(|| format!("--task {t:?}: expected one of {}", secateur::data::TASK_NAMES))
+        })
+        .transpose()?;
     let calibration = match calibration {
         None => None,
         Some(path) => {

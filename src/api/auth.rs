@@ -56,10 +56,9 @@ impl FromRequestParts<AppState> for Auth {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
-        let header = parts
-            .headers
-            .get(axum::http::header::AUTHORIZATION)
-            .ok_or_else(|| ApiError::Unauthorized("missing Authorization header (expected: Bearer <api key>)".into()))?;
+        let header = parts.headers.get(axum::http::header::AUTHORIZATION).ok_or_else(|| {
+            ApiError::Unauthorized("missing Authorization header (expected: Bearer <api key>)".into())
+        })?;
         let value = header.to_str().map_err(|_| ApiError::Unauthorized("malformed Authorization header".into()))?;
         let key = value
             .strip_prefix("Bearer ")

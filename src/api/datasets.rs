@@ -97,14 +97,21 @@ async fn create_dataset(
                 let mut buf = Vec::new();
                 while let Some(chunk) = field.chunk().await.map_err(upload::malformed)? {
                     if (buf.len() + chunk.len()) as u64 > limit {
-                        return Err(ApiError::PayloadTooLarge(format!("the dataset exceeds the limit of {limit} bytes")));
+                        return Err(ApiError::PayloadTooLarge(format!(
+                            "the dataset exceeds the limit of {limit} bytes"
+                        )));
                     }
                     buf.extend_from_slice(&chunk);
                 }
                 file = Some(buf);
                 continue;
             }
-            other => return Err(ApiError::invalid(if other.is_empty() { "(unnamed part)" } else { other }, "unexpected part; expected file, format, task, name")),
+            other => {
+                return Err(ApiError::invalid(
+                    if other.is_empty() { "(unnamed part)" } else { other },
+                    "unexpected part; expected file, format, task, name",
+                ))
+            }
         };
         let mut text = Vec::new();
         while let Some(chunk) = field.chunk().await.map_err(upload::malformed)? {
@@ -118,10 +125,14 @@ async fn create_dataset(
     }
     let file = file.ok_or_else(|| ApiError::invalid("file", "the part `file` is required"))?;
     let format_s = format.ok_or_else(|| ApiError::invalid("format", "required: glue_tsv, jsonl or squad_json"))?;
-    let format = Format::parse(&format_s).ok_or_else(|| ApiError::invalid("format", format!("unknown format {format_s:?}; expected glue_tsv, jsonl or squad_json")))?;
+    let format = Format::parse(&format_s).ok_or_else(|| {
+        ApiError::invalid("format", format!("unknown format {format_s:?}; expected glue_tsv, jsonl or squad_json"))
+    })?;
     let task = match task.filter(|t| !t.is_empty()) {
         None => None,
-        Some(t) => Some(Task::parse(&t).ok_or_else(|| ApiError::invalid("task", format!("unknown task {t:?}; expected one of {}", data::TASK_NAMES)))?),
+        Some(t) => Some(Task::parse(&t).ok_or_else(|| {
+            ApiError::invalid("task", format!("unknown task {t:?}; expected one of {}", data::TASK_NAMES))
+        })?),
     };
     let bytes = bytes::Bytes::from(file);
     let parsed = {
@@ -152,7 +163,11 @@ async fn create_dataset(
 
 /// List datasets, newest first.
 #[utoipa::path(get, path = "/v1/datasets", tag = "datasets", params(PageQuery), responses((status = 200, body = List<Dataset>)))]
-async fn list_datasets(State(st): State<AppState>, Auth(p): Auth, Query(q): Query<PageQuery>) -> ApiResult<Json<List<Dataset>>> {
+async fn list_datasets(
+    State(st): State<AppState>,
+    Auth(p): Auth,
+    Query(q): Query<PageQuery>,
+) -> ApiResult<Json<List<Dataset>>> {
     let page = q.parse()?;
     let rows = st.store.list_datasets(&p.tenant_id, page.before.as_deref(), page.limit).await?;
     Ok(Json(List::new(rows.into_iter().map(Dataset::from).collect(), page.limit, |d| d.id.clone())))
@@ -163,7 +178,11 @@ async fn list_datasets(State(st): State<AppState>, Auth(p): Auth, Query(q): Quer
     responses((status = 200, body = Dataset), (status = 404, body = super::problem::Problem, content_type = "application/problem+json")))]
 async fn get_dataset(State(st): State<AppState>, Auth(p): Auth, Path(id): Path<String>) -> ApiResult<Json<Dataset>> {
     let id = path_id(&id)?;
-    let row = st.store.get_dataset(&p.tenant_id, &id).await?.ok_or_else(|| ApiError::NotFound("no dataset with this id".into()))?;
+    let row = st
+        .store
+        .get_dataset(&p.tenant_id, &id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound("no dataset with this id".into()))?;
     Ok(Json(row.into()))
 }
 

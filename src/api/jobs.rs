@@ -192,7 +192,9 @@ async fn create_job(State(st): State<AppState>, Auth(p): Auth, headers: HeaderMa
             r
         }
         CreateOutcome::Existing(r) => r,
-        CreateOutcome::KeyConflict => return Err(ApiError::Conflict("this Idempotency-Key was used with a different request".into())),
+        CreateOutcome::KeyConflict => {
+            return Err(ApiError::Conflict("this Idempotency-Key was used with a different request".into()))
+        }
     };
     let location = format!("/v1/jobs/{}", row.id);
     Ok((StatusCode::ACCEPTED, [(header::LOCATION, location)], Json(Job::from(row))).into_response())
@@ -200,11 +202,20 @@ async fn create_job(State(st): State<AppState>, Auth(p): Auth, headers: HeaderMa
 
 /// Checks of an experiment that need the stored model and datasets; returns the spec to store
 /// (ids normalised, defaults written out).
-async fn check_experiment(st: &AppState, tenant: &str, mut req: ExperimentRequest, model: &crate::store::ModelRow, inputs: &mut Vec<String>) -> ApiResult<ExperimentRequest> {
+async fn check_experiment(
+    st: &AppState,
+    tenant: &str,
+    mut req: ExperimentRequest,
+    model: &crate::store::ModelRow,
+    inputs: &mut Vec<String>,
+) -> ApiResult<ExperimentRequest> {
     req.model_id = model.id.clone();
     let files: Vec<crate::api::models::ModelFile> = serde_json::from_str(&model.files).unwrap_or_default();
     if !files.iter().any(|f| f.name == "tokenizer.json") {
-        return Err(ApiError::invalid("model_id", "experiments tokenize with the model's own tokenizer: this model was uploaded without tokenizer.json"));
+        return Err(ApiError::invalid(
+            "model_id",
+            "experiments tokenize with the model's own tokenizer: this model was uploaded without tokenizer.json",
+        ));
     }
     let task = req.task.name;
     let mut ids = vec![("task.dataset_id", req.task.dataset_id.clone())];
@@ -254,15 +265,22 @@ fn check_against_model(req: &JobRequest, model: &crate::store::ModelRow) -> ApiR
             (Granularity::Heads, true) => (heads, format!("{heads} heads per layer")),
             (Granularity::Heads, false) => (layers * heads, format!("{} heads", layers * heads)),
             (Granularity::Neurons, true) => (ffn - 1, format!("{ffn} FFN neurons per layer, one of which must stay")),
-            (Granularity::Neurons, false) => (layers * ffn - 1, format!("{} FFN neurons, one of which must stay", layers * ffn)),
+            (Granularity::Neurons, false) => {
+                (layers * ffn - 1, format!("{} FFN neurons, one of which must stay", layers * ffn))
+            }
             (Granularity::Layers, _) => (layers - 1, format!("{layers} layers, one of which must stay")),
             _ => (u64::MAX, String::new()),
         };
         if count > max {
-            return Err(ApiError::invalid("pruning.count", format!("pruning.count {count} is more than the model allows: it has {what}")));
+            return Err(ApiError::invalid(
+                "pruning.count",
+                format!("pruning.count {count} is more than the model allows: it has {what}"),
+            ));
         }
     }
-    if let (Granularity::NM, Some(p), true) = (req.pruning.granularity, &req.pruning.pattern, req.pruning.include.is_empty()) {
+    if let (Granularity::NM, Some(p), true) =
+        (req.pruning.granularity, &req.pruning.pattern, req.pruning.include.is_empty())
+    {
         check_nm_fits(p, model)?;
     }
     Ok(())
@@ -283,11 +301,18 @@ fn check_nm_fits(pattern: &str, model: &crate::store::ModelRow) -> ApiResult<()>
 
 /// List jobs, newest first.
 #[utoipa::path(get, path = "/v1/jobs", tag = "jobs", params(JobListQuery), responses((status = 200, body = List<Job>)))]
-async fn list_jobs(State(st): State<AppState>, Auth(p): Auth, Query(q): Query<JobListQuery>) -> ApiResult<Json<List<Job>>> {
+async fn list_jobs(
+    State(st): State<AppState>,
+    Auth(p): Auth,
+    Query(q): Query<JobListQuery>,
+) -> ApiResult<Json<List<Job>>> {
     let page = PageQuery { limit: q.limit, cursor: q.cursor }.parse()?;
     if let Some(s) = &q.status {
         if serde_json::from_value::<JobStatus>(serde_json::Value::String(s.clone())).is_err() {
-            return Err(ApiError::invalid("status", "status must be one of queued, running, succeeded, failed, cancelled"));
+            return Err(ApiError::invalid(
+                "status",
+                "status must be one of queued, running, succeeded, failed, cancelled",
+            ));
         }
     }
     let rows = st.store.list_jobs(&p.tenant_id, q.status.as_deref(), page.before.as_deref(), page.limit).await?;
@@ -343,15 +368,23 @@ async fn get_result(State(st): State<AppState>, Auth(p): Auth, Path(id): Path<St
     let rows = st.store.job_stages(&job.id).await?;
     let stages: Vec<StageResult> = rows
         .into_iter()
-        .map(|r| StageResult { name: r.name, attempt: r.attempt, recorded_at: rfc3339(r.recorded_at), result: serde_json::from_str(&r.result).unwrap_or_default() })
+        .map(|r| StageResult {
+            name: r.name,
+            attempt: r.attempt,
+            recorded_at: rfc3339(r.recorded_at),
+            result: serde_json::from_str(&r.result).unwrap_or_default(),
+        })
         .collect();
     let metric = |stage: &str| stages.iter().find(|s| s.name == stage).and_then(|s| s.result.get("metrics").cloned());
     let baseline = metric("baseline_eval");
     let before = metric("dense_eval").or_else(|| baseline.clone());
     let pruned = metric("prune");
-    let after = metric("final_eval").or_else(|| if stages.iter().any(|s| s.name == "export") { before.clone() } else { None });
-    let summary = stages.iter().find(|s| s.name == "export").and_then(|s| s.result.get("summary").cloned()).unwrap_or_default();
-    let status: JobStatus = serde_json::from_value(serde_json::Value::String(job.status.clone())).unwrap_or(JobStatus::Failed);
+    let after =
+        metric("final_eval").or_else(|| if stages.iter().any(|s| s.name == "export") { before.clone() } else { None });
+    let summary =
+        stages.iter().find(|s| s.name == "export").and_then(|s| s.result.get("summary").cloned()).unwrap_or_default();
+    let status: JobStatus =
+        serde_json::from_value(serde_json::Value::String(job.status.clone())).unwrap_or(JobStatus::Failed);
     Ok(Json(JobResult {
         job_id: job.id,
         kind: job.kind,
@@ -427,7 +460,11 @@ struct Follow {
 /// List a job's artifacts (present once the job has succeeded).
 #[utoipa::path(get, path = "/v1/jobs/{id}/artifacts", tag = "jobs", params(("id" = String, Path)),
     responses((status = 200, body = Vec<Artifact>), (status = 404, body = super::problem::Problem, content_type = "application/problem+json")))]
-async fn list_artifacts(State(st): State<AppState>, Auth(p): Auth, Path(id): Path<String>) -> ApiResult<Json<Vec<Artifact>>> {
+async fn list_artifacts(
+    State(st): State<AppState>,
+    Auth(p): Auth,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Vec<Artifact>>> {
     let job = load(&st, &p.tenant_id, &id).await?;
     let rows = st.store.list_artifacts(&job.id).await?;
     Ok(Json(rows.into_iter().map(|a| Artifact { name: a.name, bytes: a.bytes, sha256: a.sha256 }).collect()))
@@ -436,7 +473,11 @@ async fn list_artifacts(State(st): State<AppState>, Auth(p): Auth, Path(id): Pat
 /// Download one artifact of a job.
 #[utoipa::path(get, path = "/v1/jobs/{id}/artifacts/{name}", tag = "jobs", params(("id" = String, Path), ("name" = String, Path)),
     responses((status = 200, content_type = "application/octet-stream", body = Vec<u8>), (status = 404, body = super::problem::Problem, content_type = "application/problem+json")))]
-async fn get_artifact(State(st): State<AppState>, Auth(p): Auth, Path((id, name)): Path<(String, String)>) -> ApiResult<Response> {
+async fn get_artifact(
+    State(st): State<AppState>,
+    Auth(p): Auth,
+    Path((id, name)): Path<(String, String)>,
+) -> ApiResult<Response> {
     let job = load(&st, &p.tenant_id, &id).await?;
     let rows = st.store.list_artifacts(&job.id).await?;
     if !rows.iter().any(|a| a.name == name) {

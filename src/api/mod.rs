@@ -50,7 +50,10 @@ struct BearerAuth;
 impl Modify for BearerAuth {
     fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
         let components = openapi.components.get_or_insert_with(Default::default);
-        components.add_security_scheme("bearer", SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()));
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
     }
 }
 
@@ -97,7 +100,11 @@ async fn problem_for_plain_errors(req: Request, next: Next) -> Response {
     if !(status.is_client_error() || status.is_server_error()) {
         return resp;
     }
-    let is_problem = resp.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).is_some_and(|v| v.starts_with(PROBLEM_JSON));
+    let is_problem = resp
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with(PROBLEM_JSON));
     if is_problem {
         return resp;
     }
@@ -120,13 +127,15 @@ async fn problem_for_plain_errors(req: Request, next: Next) -> Response {
 }
 
 async fn record_metrics(req: Request, next: Next) -> Response {
-    let route = req.extensions().get::<MatchedPath>().map(|p| p.as_str().to_string()).unwrap_or_else(|| "unmatched".into());
+    let route =
+        req.extensions().get::<MatchedPath>().map(|p| p.as_str().to_string()).unwrap_or_else(|| "unmatched".into());
     let method = req.method().to_string();
     let start = Instant::now();
     let resp = next.run(req).await;
     let status = resp.status().as_u16().to_string();
     metrics::counter!("secateur_http_requests_total", "method" => method.clone(), "route" => route.clone(), "status" => status).increment(1);
-    metrics::histogram!("secateur_http_request_duration_seconds", "method" => method, "route" => route).record(start.elapsed().as_secs_f64());
+    metrics::histogram!("secateur_http_request_duration_seconds", "method" => method, "route" => route)
+        .record(start.elapsed().as_secs_f64());
     resp
 }
 
@@ -149,11 +158,19 @@ impl PageQuery {
     pub fn parse(&self) -> Result<Page, ApiError> {
         let limit = match &self.limit {
             None => 50,
-            Some(s) => s.parse::<i64>().ok().filter(|n| (1..=200).contains(n)).ok_or_else(|| ApiError::invalid("limit", "limit must be an integer in 1..=200"))?,
+            Some(s) => s
+                .parse::<i64>()
+                .ok()
+                .filter(|n| (1..=200).contains(n))
+                .ok_or_else(|| ApiError::invalid("limit", "limit must be an integer in 1..=200"))?,
         };
         let before = match &self.cursor {
             None => None,
-            Some(c) => Some(uuid::Uuid::parse_str(c).map_err(|_| ApiError::invalid("cursor", "cursor is not one this API returned"))?.to_string()),
+            Some(c) => Some(
+                uuid::Uuid::parse_str(c)
+                    .map_err(|_| ApiError::invalid("cursor", "cursor is not one this API returned"))?
+                    .to_string(),
+            ),
         };
         Ok(Page { limit, before })
     }
@@ -180,13 +197,23 @@ pub fn path_id(id: &str) -> Result<String, ApiError> {
 }
 
 /// Stream a stored object as a download.
-pub async fn download(artifacts: &Artifacts, path: &object_store::path::Path, name: &str) -> Result<Response, ApiError> {
+pub async fn download(
+    artifacts: &Artifacts,
+    path: &object_store::path::Path,
+    name: &str,
+) -> Result<Response, ApiError> {
     let (size, stream) = match artifacts.get_stream(path).await {
         Ok(s) => s,
         Err(object_store::Error::NotFound { .. }) => return Err(ApiError::NotFound(format!("file {name} not found"))),
         Err(e) => return Err(e.into()),
     };
-    let ctype = if name.ends_with(".json") { "application/json" } else if name.ends_with(".txt") { "text/plain; charset=utf-8" } else { "application/octet-stream" };
+    let ctype = if name.ends_with(".json") {
+        "application/json"
+    } else if name.ends_with(".txt") {
+        "text/plain; charset=utf-8"
+    } else {
+        "application/octet-stream"
+    };
     Response::builder()
         .status(StatusCode::OK)
         .header(header::CONTENT_TYPE, ctype)

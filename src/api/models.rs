@@ -17,7 +17,14 @@ use utoipa::ToSchema;
 use utoipa_axum::{router::OpenApiRouter, routes};
 
 /// Files a model upload may hold (each a multipart part named after the file).
-pub const MODEL_FILES: &[&str] = &["config.json", "model.safetensors", "tokenizer.json", "vocab.txt", "tokenizer_config.json", "special_tokens_map.json"];
+pub const MODEL_FILES: &[&str] = &[
+    "config.json",
+    "model.safetensors",
+    "tokenizer.json",
+    "vocab.txt",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+];
 /// Small files are also kept in memory while they stream, to be validated; this bounds them.
 const MAX_SMALL_FILE: usize = 64 * 1024 * 1024;
 
@@ -160,13 +167,20 @@ async fn receive_model(st: &AppState, id: &str, mp: &mut multer::Multipart<'stat
     while let Some(mut field) = mp.next_field().await.map_err(upload::malformed)? {
         let name = field.name().unwrap_or("").to_string();
         if !MODEL_FILES.contains(&name.as_str()) {
-            return Err(ApiError::invalid(if name.is_empty() { "(unnamed part)".to_string() } else { name.clone() }, format!("unexpected part; a model upload holds the files {}", MODEL_FILES.join(", "))));
+            return Err(ApiError::invalid(
+                if name.is_empty() { "(unnamed part)".to_string() } else { name.clone() },
+                format!("unexpected part; a model upload holds the files {}", MODEL_FILES.join(", ")),
+            ));
         }
         if received.iter().any(|r| r.file.name == name) {
             return Err(ApiError::invalid(&name, "this file appears twice"));
         }
         let mut writer: Writer = st.artifacts.writer(&model_path(id, &name)).await?;
-        let mut probe = if name == "model.safetensors" { Probe::Weights(st::StreamProbe::default()) } else { Probe::Small(Vec::new()) };
+        let mut probe = if name == "model.safetensors" {
+            Probe::Weights(st::StreamProbe::default())
+        } else {
+            Probe::Small(Vec::new())
+        };
         let outcome: ApiResult<()> = async {
             while let Some(chunk) = field.chunk().await.map_err(upload::malformed)? {
                 total += chunk.len() as u64;
@@ -224,7 +238,8 @@ fn validate_model(id: &str, tenant_id: &str, name: Option<String>, mut received:
             Probe::Weights(_) => None,
         }
     };
-    let summary = arch::summarize(small("config.json").unwrap(), &header).map_err(|e| ApiError::invalid("config.json", e))?;
+    let summary =
+        arch::summarize(small("config.json").unwrap(), &header).map_err(|e| ApiError::invalid("config.json", e))?;
     for n in ["tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"] {
         if let Some(bytes) = small(n) {
             check_json_file(n, bytes)?;
@@ -283,7 +298,11 @@ fn check_json_file(name: &str, bytes: &[u8]) -> ApiResult<()> {
 /// List models, newest first.
 #[utoipa::path(get, path = "/v1/models", tag = "models", params(PageQuery),
     responses((status = 200, body = List<Model>)))]
-async fn list_models(State(st): State<AppState>, Auth(p): Auth, Query(q): Query<PageQuery>) -> ApiResult<Json<List<Model>>> {
+async fn list_models(
+    State(st): State<AppState>,
+    Auth(p): Auth,
+    Query(q): Query<PageQuery>,
+) -> ApiResult<Json<List<Model>>> {
     let page = q.parse()?;
     let rows = st.store.list_models(&p.tenant_id, page.before.as_deref(), page.limit).await?;
     Ok(Json(List::new(rows.into_iter().map(Model::from).collect(), page.limit, |m| m.id.clone())))
@@ -294,7 +313,11 @@ async fn list_models(State(st): State<AppState>, Auth(p): Auth, Query(q): Query<
     responses((status = 200, body = Model), (status = 404, body = super::problem::Problem, content_type = "application/problem+json")))]
 async fn get_model(State(st): State<AppState>, Auth(p): Auth, Path(id): Path<String>) -> ApiResult<Json<Model>> {
     let id = path_id(&id)?;
-    let row = st.store.get_model(&p.tenant_id, &id).await?.ok_or_else(|| ApiError::NotFound("no model with this id".into()))?;
+    let row = st
+        .store
+        .get_model(&p.tenant_id, &id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound("no model with this id".into()))?;
     Ok(Json(row.into()))
 }
 
@@ -317,9 +340,17 @@ async fn delete_model(State(st): State<AppState>, Auth(p): Auth, Path(id): Path<
 /// Download one of a model's files.
 #[utoipa::path(get, path = "/v1/models/{id}/files/{name}", tag = "models", params(("id" = String, Path), ("name" = String, Path)),
     responses((status = 200, content_type = "application/octet-stream", body = Vec<u8>), (status = 404, body = super::problem::Problem, content_type = "application/problem+json")))]
-async fn get_model_file(State(st): State<AppState>, Auth(p): Auth, Path((id, name)): Path<(String, String)>) -> ApiResult<Response> {
+async fn get_model_file(
+    State(st): State<AppState>,
+    Auth(p): Auth,
+    Path((id, name)): Path<(String, String)>,
+) -> ApiResult<Response> {
     let id = path_id(&id)?;
-    let row = st.store.get_model(&p.tenant_id, &id).await?.ok_or_else(|| ApiError::NotFound("no model with this id".into()))?;
+    let row = st
+        .store
+        .get_model(&p.tenant_id, &id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound("no model with this id".into()))?;
     let files: Vec<ModelFile> = serde_json::from_str(&row.files).unwrap_or_default();
     if !files.iter().any(|f| f.name == name) {
         return Err(ApiError::NotFound(format!("the model has no file {name}")));

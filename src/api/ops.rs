@@ -33,7 +33,11 @@ async fn readyz(State(st): State<AppState>) -> Result<Json<Health>, axum::respon
         Ok(()) => Ok(Json(Health { status: "ready".into() })),
         Err(e) => {
             tracing::warn!(error = %format!("{e:#}"), "readiness check failed");
-            Err(super::problem::problem_response(axum::http::StatusCode::SERVICE_UNAVAILABLE, Some("the store is not reachable".into()), vec![]))
+            Err(super::problem::problem_response(
+                axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                Some("the store is not reachable".into()),
+                vec![],
+            ))
         }
     }
 }

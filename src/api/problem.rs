@@ -124,7 +124,8 @@ impl IntoResponse for ApiError {
             }
             ApiError::NotFound(d) => problem_response(StatusCode::NOT_FOUND, Some(d), vec![]),
             ApiError::Validation(errors) => {
-                let detail = errors.iter().map(|e| format!("{}: {}", e.field, e.message)).collect::<Vec<_>>().join("; ");
+                let detail =
+                    errors.iter().map(|e| format!("{}: {}", e.field, e.message)).collect::<Vec<_>>().join("; ");
                 problem_response(StatusCode::UNPROCESSABLE_ENTITY, Some(detail), errors)
             }
             ApiError::BadRequest(d) => problem_response(StatusCode::BAD_REQUEST, Some(d), vec![]),
@@ -138,7 +139,11 @@ impl IntoResponse for ApiError {
             ApiError::UnsupportedMediaType(d) => problem_response(StatusCode::UNSUPPORTED_MEDIA_TYPE, Some(d), vec![]),
             ApiError::Internal(e) => {
                 tracing::error!(error = %format!("{e:#}"), "internal error");
-                problem_response(StatusCode::INTERNAL_SERVER_ERROR, Some("an internal error occurred; it has been logged".into()), vec![])
+                problem_response(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    Some("an internal error occurred; it has been logged".into()),
+                    vec![],
+                )
             }
         }
     }

@@ -1,6 +1,6 @@
 //! Multipart uploads, parsed with `multer` straight from the request body so that every part
 //! streams to the artifact store chunk by chunk (a 218 MB upload raises the server's peak RSS
-//! by about 25 MB; `tests/processes.rs` holds it under 64 MB).
+//! by about 25 MB; `tests/it/processes.rs` holds it under 64 MB).
 
 use super::problem::{ApiError, ApiResult};
 use axum::body::Body;
@@ -13,11 +13,16 @@ pub fn open(headers: &HeaderMap, body: Body, limit: u64) -> ApiResult<multer::Mu
     if !ctype.to_ascii_lowercase().starts_with("multipart/form-data") {
         return Err(ApiError::UnsupportedMediaType("expected multipart/form-data".into()));
     }
-    let boundary = multer::parse_boundary(ctype).map_err(|e| ApiError::BadRequest(format!("bad multipart Content-Type: {e}")))?;
-    if let Some(len) = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok()) {
+    let boundary =
+        multer::parse_boundary(ctype).map_err(|e| ApiError::BadRequest(format!("bad multipart Content-Type: {e}")))?;
+    if let Some(len) =
+        headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok())
+    {
         if len > limit {
             linger(body);
-            return Err(ApiError::PayloadTooLarge(format!("the upload ({len} bytes) exceeds the limit of {limit} bytes")));
+            return Err(ApiError::PayloadTooLarge(format!(
+                "the upload ({len} bytes) exceeds the limit of {limit} bytes"
+            )));
         }
     }
     Ok(multer::Multipart::new(body.into_data_stream(), boundary))

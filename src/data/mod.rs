@@ -99,14 +99,36 @@ impl Task {
     fn layout(self) -> Option<Layout> {
         const BIN: Labels = Labels::Classes(&["0", "1"]);
         const NLI2: Labels = Labels::Classes(&["entailment", "not_entailment"]);
-        let pair = |text: &'static [Col], label, labels| Layout { has_header: true, columns: None, text, label: Col::Name(label), labels };
+        let pair = |text: &'static [Col], label, labels| Layout {
+            has_header: true,
+            columns: None,
+            text,
+            label: Col::Name(label),
+            labels,
+        };
         Some(match self {
-            Task::Cola => Layout { has_header: false, columns: Some(4), text: &[Col::Index(3)], label: Col::Index(1), labels: BIN },
-            Task::Sst2 => Layout { has_header: true, columns: None, text: &[Col::Name("sentence")], label: Col::Name("label"), labels: BIN },
+            Task::Cola => Layout {
+                has_header: false,
+                columns: Some(4),
+                text: &[Col::Index(3)],
+                label: Col::Index(1),
+                labels: BIN,
+            },
+            Task::Sst2 => Layout {
+                has_header: true,
+                columns: None,
+                text: &[Col::Name("sentence")],
+                label: Col::Name("label"),
+                labels: BIN,
+            },
             Task::Mrpc => pair(&[Col::Name("#1 String"), Col::Name("#2 String")], "Quality", BIN),
             Task::Qqp => pair(&[Col::Name("question1"), Col::Name("question2")], "is_duplicate", BIN),
             Task::Stsb => pair(&[Col::Name("sentence1"), Col::Name("sentence2")], "score", Labels::Regression),
-            Task::Mnli | Task::MnliMismatched => pair(&[Col::Name("sentence1"), Col::Name("sentence2")], "gold_label", Labels::Classes(&["entailment", "neutral", "contradiction"])),
+            Task::Mnli | Task::MnliMismatched => pair(
+                &[Col::Name("sentence1"), Col::Name("sentence2")],
+                "gold_label",
+                Labels::Classes(&["entailment", "neutral", "contradiction"]),
+            ),
             Task::Qnli => pair(&[Col::Name("question"), Col::Name("sentence")], "label", NLI2),
             Task::Rte => pair(&[Col::Name("sentence1"), Col::Name("sentence2")], "label", NLI2),
             Task::Wnli => pair(&[Col::Name("sentence1"), Col::Name("sentence2")], "label", BIN),
@@ -167,7 +189,10 @@ pub fn validate(format: Format, task: Option<Task>, bytes: &[u8]) -> Result<Summ
 /// Lines with their 1-based numbers; a final empty line (trailing newline) is dropped.
 fn lines(text: &str) -> impl Iterator<Item = (u64, &str)> {
     let body = text.strip_suffix('\n').unwrap_or(text);
-    body.split('\n').enumerate().map(|(i, l)| (i as u64 + 1, l.strip_suffix('\r').unwrap_or(l))).filter(|_| !body.is_empty())
+    body.split('\n')
+        .enumerate()
+        .map(|(i, l)| (i as u64 + 1, l.strip_suffix('\r').unwrap_or(l)))
+        .filter(|_| !body.is_empty())
 }
 
 fn validate_tsv(text: &str, task: Option<Task>) -> Result<Summary, DataError> {
@@ -188,8 +213,10 @@ fn validate_tsv(text: &str, task: Option<Task>) -> Result<Summary, DataError> {
         it.next();
     }
     let resolve = |c: &Col| -> Result<usize, DataError> {
-        c.index(header.as_deref())
-            .ok_or_else(|| DataError { line: Some(1), message: format!("the header has no column {:?} (task {})", c.label(), task.unwrap().name()) })
+        c.index(header.as_deref()).ok_or_else(|| DataError {
+            line: Some(1),
+            message: format!("the header has no column {:?} (task {})", c.label(), task.unwrap().name()),
+        })
     };
     let (label_col, text_cols) = match &layout {
         Some(l) => (Some(resolve(&l.label)?), l.text.iter().map(resolve).collect::<Result<Vec<_>, _>>()?),
@@ -230,7 +257,11 @@ fn record_label(s: &mut Summary, labels: &Labels, v: &str, ln: u64) -> Result<()
             *s.labels.entry(v.to_string()).or_default() += 1;
         }
         Labels::Regression => {
-            let x: f64 = v.parse().ok().filter(|x: &f64| x.is_finite()).ok_or_else(|| DataError { line: Some(ln), message: format!("label {v:?} is not a number") })?;
+            let x: f64 = v
+                .parse()
+                .ok()
+                .filter(|x: &f64| x.is_finite())
+                .ok_or_else(|| DataError { line: Some(ln), message: format!("label {v:?} is not a number") })?;
             let r = s.label_range.get_or_insert([x, x]);
             r[0] = r[0].min(x);
             r[1] = r[1].max(x);
@@ -247,7 +278,8 @@ fn validate_jsonl(text: &str, task: Option<Task>) -> Result<Summary, DataError> 
         if line.trim().is_empty() {
             continue;
         }
-        let v: serde_json::Value = serde_json::from_str(line).map_err(|e| DataError { line: Some(ln), message: format!("not valid JSON: {e}") })?;
+        let v: serde_json::Value = serde_json::from_str(line)
+            .map_err(|e| DataError { line: Some(ln), message: format!("not valid JSON: {e}") })?;
         let o = v.as_object().ok_or_else(|| DataError { line: Some(ln), message: "not a JSON object".into() })?;
         match o.get("text") {
             Some(serde_json::Value::String(t)) if !t.trim().is_empty() => {}
@@ -266,7 +298,10 @@ fn validate_jsonl(text: &str, task: Option<Task>) -> Result<Summary, DataError> 
             (Some(l), Some(layout)) => {
                 let as_text = match (l, &layout.labels) {
                     (serde_json::Value::Number(n), Labels::Classes(c)) => {
-                        let i = n.as_u64().filter(|&i| (i as usize) < c.len()).ok_or_else(|| DataError { line: Some(ln), message: format!("label {n} is not a class index below {}", c.len()) })?;
+                        let i = n.as_u64().filter(|&i| (i as usize) < c.len()).ok_or_else(|| DataError {
+                            line: Some(ln),
+                            message: format!("label {n} is not a class index below {}", c.len()),
+                        })?;
                         c[i as usize].to_string()
                     }
                     (serde_json::Value::Number(n), Labels::Regression) => n.to_string(),
@@ -323,8 +358,12 @@ struct SquadAnswer {
 }
 
 fn validate_squad(text: &str) -> Result<Summary, DataError> {
-    let f: SquadFile = serde_json::from_str(text).map_err(|e| DataError { line: Some(e.line() as u64), message: format!("not a SQuAD v1.1 file: {e}") })?;
-    let mut s = Summary { columns: vec!["id".into(), "question".into(), "context".into(), "answers".into()], ..Default::default() };
+    let f: SquadFile = serde_json::from_str(text)
+        .map_err(|e| DataError { line: Some(e.line() as u64), message: format!("not a SQuAD v1.1 file: {e}") })?;
+    let mut s = Summary {
+        columns: vec!["id".into(), "question".into(), "context".into(), "answers".into()],
+        ..Default::default()
+    };
     let mut ids = std::collections::HashSet::new();
     let (mut paragraphs, mut answers) = (0u64, 0u64);
     for a in &f.data {
@@ -343,9 +382,18 @@ fn validate_squad(text: &str) -> Result<Summary, DataError> {
                     let n = ans.text.chars().count();
                     let ok = ans.answer_start >= 0
                         && (ans.answer_start as usize + n) <= chars.len()
-                        && chars[ans.answer_start as usize..ans.answer_start as usize + n].iter().copied().eq(ans.text.chars());
+                        && chars[ans.answer_start as usize..ans.answer_start as usize + n]
+                            .iter()
+                            .copied()
+                            .eq(ans.text.chars());
                     if !ok {
-                        return err(None, format!("question {:?}: answer {:?} is not found at character {} of its context", q.id, ans.text, ans.answer_start));
+                        return err(
+                            None,
+                            format!(
+                                "question {:?}: answer {:?} is not found at character {} of its context",
+                                q.id, ans.text, ans.answer_start
+                            ),
+                        );
                     }
                     answers += 1;
                 }
@@ -378,12 +426,19 @@ pub struct SquadQuestion {
 pub fn squad_questions(bytes: &[u8]) -> Result<Vec<SquadQuestion>, DataError> {
     validate(Format::SquadJson, Some(Task::Squad), bytes)?;
     let text = std::str::from_utf8(bytes).map_err(|_| DataError { line: None, message: "not valid UTF-8".into() })?;
-    let f: SquadFile = serde_json::from_str(text.strip_prefix('\u{feff}').unwrap_or(text)).map_err(|e| DataError { line: Some(e.line() as u64), message: format!("not a SQuAD v1.1 file: {e}") })?;
+    let f: SquadFile = serde_json::from_str(text.strip_prefix('\u{feff}').unwrap_or(text))
+        .map_err(|e| DataError { line: Some(e.line() as u64), message: format!("not a SQuAD v1.1 file: {e}") })?;
     let mut out = Vec::new();
     for (article, a) in f.data.into_iter().enumerate() {
         for p in a.paragraphs {
             for q in p.qas {
-                out.push(SquadQuestion { id: q.id, article, question: q.question, context: p.context.clone(), answers: q.answers.into_iter().map(|x| (x.answer_start as usize, x.text)).collect() });
+                out.push(SquadQuestion {
+                    id: q.id,
+                    article,
+                    question: q.question,
+                    context: p.context.clone(),
+                    answers: q.answers.into_iter().map(|x| (x.answer_start as usize, x.text)).collect(),
+                });
             }
         }
     }
@@ -405,28 +460,36 @@ pub fn texts(format: Format, task: Option<Task>, bytes: &[u8], limit: usize) -> 
                 return err(None, "a glue_tsv dataset needs its task (upload it with `task`) to know its text columns");
             };
             let mut it = lines(text);
-            let header: Option<Vec<&str>> = if layout.has_header { it.next().map(|(_, l)| l.split('\t').collect()) } else { None };
-            let cols: Vec<usize> = layout
-                .text
-                .iter()
-                .map(|c| c.index(header.as_deref()))
-                .collect::<Option<_>>()
-                .ok_or_else(|| DataError { line: Some(1), message: "the header lacks a text column of the task".into() })?;
+            let header: Option<Vec<&str>> =
+                if layout.has_header { it.next().map(|(_, l)| l.split('\t').collect()) } else { None };
+            let cols: Vec<usize> =
+                layout.text.iter().map(|c| c.index(header.as_deref())).collect::<Option<_>>().ok_or_else(|| {
+                    DataError { line: Some(1), message: "the header lacks a text column of the task".into() }
+                })?;
             for (ln, line) in it.take(limit) {
                 let f: Vec<&str> = line.split('\t').collect();
-                let get = |i: usize| f.get(i).map(|s| s.trim().to_string()).ok_or_else(|| DataError { line: Some(ln), message: "missing text column".into() });
+                let get = |i: usize| {
+                    f.get(i)
+                        .map(|s| s.trim().to_string())
+                        .ok_or_else(|| DataError { line: Some(ln), message: "missing text column".into() })
+                };
                 out.push((get(cols[0])?, cols.get(1).map(|&c| get(c)).transpose()?));
             }
         }
         Format::Jsonl => {
             for (ln, line) in lines(text).filter(|(_, l)| !l.trim().is_empty()).take(limit) {
-                let v: serde_json::Value = serde_json::from_str(line).map_err(|e| DataError { line: Some(ln), message: e.to_string() })?;
-                let t = v.get("text").and_then(|t| t.as_str()).ok_or_else(|| DataError { line: Some(ln), message: "missing text".into() })?;
+                let v: serde_json::Value =
+                    serde_json::from_str(line).map_err(|e| DataError { line: Some(ln), message: e.to_string() })?;
+                let t = v
+                    .get("text")
+                    .and_then(|t| t.as_str())
+                    .ok_or_else(|| DataError { line: Some(ln), message: "missing text".into() })?;
                 out.push((t.to_string(), v.get("text_pair").and_then(|t| t.as_str()).map(str::to_string)));
             }
         }
         Format::SquadJson => {
-            let f: SquadFile = serde_json::from_str(text).map_err(|e| DataError { line: Some(e.line() as u64), message: e.to_string() })?;
+            let f: SquadFile = serde_json::from_str(text)
+                .map_err(|e| DataError { line: Some(e.line() as u64), message: e.to_string() })?;
             'all: for a in &f.data {
                 for p in &a.paragraphs {
                     for q in &p.qas {
@@ -470,18 +533,33 @@ pub fn examples(format: Format, task: Option<Task>, bytes: &[u8]) -> Result<Vec<
     let layout = task.and_then(Task::layout);
     let parse_label = |v: &str, ln: u64| -> Result<Label, DataError> {
         match layout.as_ref().map(|l| &l.labels) {
-            Some(Labels::Classes(c)) => c.iter().position(|x| *x == v).map(Label::Class).ok_or_else(|| DataError { line: Some(ln), message: format!("label {v:?} is not one of {}", c.join(", ")) }),
-            Some(Labels::Regression) => v.parse().map(Label::Score).map_err(|_| DataError { line: Some(ln), message: format!("label {v:?} is not a number") }),
-            None => v.parse().map(Label::Class).map_err(|_| DataError { line: Some(ln), message: format!("label {v:?} is not a class index (give the task to use class names)") }),
+            Some(Labels::Classes(c)) => c.iter().position(|x| *x == v).map(Label::Class).ok_or_else(|| DataError {
+                line: Some(ln),
+                message: format!("label {v:?} is not one of {}", c.join(", ")),
+            }),
+            Some(Labels::Regression) => v
+                .parse()
+                .map(Label::Score)
+                .map_err(|_| DataError { line: Some(ln), message: format!("label {v:?} is not a number") }),
+            None => v.parse().map(Label::Class).map_err(|_| DataError {
+                line: Some(ln),
+                message: format!("label {v:?} is not a class index (give the task to use class names)"),
+            }),
         }
     };
     let mut out = Vec::new();
     match format {
         Format::GlueTsv => {
-            let Some(layout) = &layout else { return err(None, "a glue_tsv dataset needs its task to know its columns") };
+            let Some(layout) = &layout else {
+                return err(None, "a glue_tsv dataset needs its task to know its columns");
+            };
             let mut it = lines(text);
-            let header: Option<Vec<&str>> = if layout.has_header { it.next().map(|(_, l)| l.split('\t').collect()) } else { None };
-            let cols: Vec<usize> = layout.text.iter().map(|c| c.index(header.as_deref())).collect::<Option<_>>().ok_or_else(|| DataError { line: Some(1), message: "the header lacks a text column of the task".into() })?;
+            let header: Option<Vec<&str>> =
+                if layout.has_header { it.next().map(|(_, l)| l.split('\t').collect()) } else { None };
+            let cols: Vec<usize> =
+                layout.text.iter().map(|c| c.index(header.as_deref())).collect::<Option<_>>().ok_or_else(|| {
+                    DataError { line: Some(1), message: "the header lacks a text column of the task".into() }
+                })?;
             let label_col = layout.label.index(header.as_deref());
             for (ln, line) in it {
                 let f: Vec<&str> = line.split('\t').collect();
@@ -489,12 +567,18 @@ pub fn examples(format: Format, task: Option<Task>, bytes: &[u8]) -> Result<Vec<
                     Some(v) => Some(parse_label(v.trim(), ln)?),
                     None => None,
                 };
-                out.push(Example { line: ln, text: f[cols[0]].trim().to_string(), text_pair: cols.get(1).map(|&c| f[c].trim().to_string()), label });
+                out.push(Example {
+                    line: ln,
+                    text: f[cols[0]].trim().to_string(),
+                    text_pair: cols.get(1).map(|&c| f[c].trim().to_string()),
+                    label,
+                });
             }
         }
         Format::Jsonl => {
             for (ln, line) in lines(text).filter(|(_, l)| !l.trim().is_empty()) {
-                let v: serde_json::Value = serde_json::from_str(line).map_err(|e| DataError { line: Some(ln), message: e.to_string() })?;
+                let v: serde_json::Value =
+                    serde_json::from_str(line).map_err(|e| DataError { line: Some(ln), message: e.to_string() })?;
                 let label = match v.get("label") {
                     None | Some(serde_json::Value::Null) => None,
                     Some(serde_json::Value::String(s)) => Some(parse_label(s, ln)?),
@@ -504,7 +588,10 @@ pub fn examples(format: Format, task: Option<Task>, bytes: &[u8]) -> Result<Vec<
                             Some(i) if (i as usize) < c.len() => Label::Class(i as usize),
                             _ => return err(ln, format!("label {n} is not a class index below {}", c.len())),
                         },
-                        None => Label::Class(n.as_u64().ok_or_else(|| DataError { line: Some(ln), message: format!("label {n} is not a class index") })? as usize),
+                        None => Label::Class(n.as_u64().ok_or_else(|| DataError {
+                            line: Some(ln),
+                            message: format!("label {n} is not a class index"),
+                        })? as usize),
                     }),
                     Some(_) => return err(ln, "label must be a string or a number"),
                 };
@@ -574,7 +661,8 @@ mod tests {
         assert!(e.message.contains("sentence2"));
         let e = validate(Format::Jsonl, None, b"{\"text\":\"a\"}\n{\"txt\":\"b\"}\n").unwrap_err();
         assert_eq!((e.line, e.message.as_str()), (Some(2), "missing text"));
-        let e = validate(Format::Jsonl, Some(Task::Rte), b"{\"text\":\"a\",\"text_pair\":\"b\",\"label\":5}\n").unwrap_err();
+        let e = validate(Format::Jsonl, Some(Task::Rte), b"{\"text\":\"a\",\"text_pair\":\"b\",\"label\":5}\n")
+            .unwrap_err();
         assert!(e.message.contains("class index"));
         let e = validate(Format::Jsonl, None, b"{\"text\":\"a\"}\nnot json\n").unwrap_err();
         assert_eq!(e.line, Some(2));
@@ -588,15 +676,35 @@ mod tests {
 
     #[test]
     fn examples_carry_labels_in_glue_order() {
-        let rte = examples(Format::GlueTsv, Some(Task::Rte), b"index\tsentence1\tsentence2\tlabel\n0\tA\tB\tnot_entailment\n1\tC\tD\tentailment\n").unwrap();
+        let rte = examples(
+            Format::GlueTsv,
+            Some(Task::Rte),
+            b"index\tsentence1\tsentence2\tlabel\n0\tA\tB\tnot_entailment\n1\tC\tD\tentailment\n",
+        )
+        .unwrap();
         assert_eq!(rte[0].label, Some(Label::Class(1)));
         assert_eq!(rte[1].label, Some(Label::Class(0)), "RTE: entailment = 0");
         assert_eq!((rte[1].line, rte[1].text.as_str(), rte[1].text_pair.as_deref()), (3, "C", Some("D")));
-        let stsb = examples(Format::Jsonl, Some(Task::Stsb), b"{\"text\": \"a\", \"text_pair\": \"b\", \"label\": 3.8}\n").unwrap();
+        let stsb =
+            examples(Format::Jsonl, Some(Task::Stsb), b"{\"text\": \"a\", \"text_pair\": \"b\", \"label\": 3.8}\n")
+                .unwrap();
         assert_eq!(stsb[0].label, Some(Label::Score(3.8)));
-        let named = examples(Format::Jsonl, Some(Task::Mnli), b"{\"text\": \"a\", \"label\": \"contradiction\"}\n{\"text\": \"b\", \"label\": 1}\n").unwrap();
-        assert_eq!(named.iter().map(|e| e.label).collect::<Vec<_>>(), vec![Some(Label::Class(2)), Some(Label::Class(1))]);
-        let bad = examples(Format::Jsonl, Some(Task::Mnli), b"{\"text\": \"a\", \"label\": 1}\n{\"text\": \"b\", \"label\": 7}\n").unwrap_err();
+        let named = examples(
+            Format::Jsonl,
+            Some(Task::Mnli),
+            b"{\"text\": \"a\", \"label\": \"contradiction\"}\n{\"text\": \"b\", \"label\": 1}\n",
+        )
+        .unwrap();
+        assert_eq!(
+            named.iter().map(|e| e.label).collect::<Vec<_>>(),
+            vec![Some(Label::Class(2)), Some(Label::Class(1))]
+        );
+        let bad = examples(
+            Format::Jsonl,
+            Some(Task::Mnli),
+            b"{\"text\": \"a\", \"label\": 1}\n{\"text\": \"b\", \"label\": 7}\n",
+        )
+        .unwrap_err();
         assert_eq!(bad.line, Some(2));
         // Real files: every row, labels as published (SST-2 dev: 444 negative, 428 positive).
         let sst2 = examples(Format::GlueTsv, Some(Task::Sst2), &shared("glue/SST-2/dev.tsv")).unwrap();

@@ -141,7 +141,9 @@ pub fn summarize(config_json: &[u8], header: &Header) -> Result<ModelSummary, St
     let family = Family::parse(model_type)
         .ok_or_else(|| format!("model_type {model_type:?} is not supported (supported: bert, roberta, distilbert)"))?;
     let (layers, hidden, heads, ffn) = match family {
-        Family::DistilBert => (get_u64(cfg, "n_layers")?, get_u64(cfg, "dim")?, get_u64(cfg, "n_heads")?, get_u64(cfg, "hidden_dim")?),
+        Family::DistilBert => {
+            (get_u64(cfg, "n_layers")?, get_u64(cfg, "dim")?, get_u64(cfg, "n_heads")?, get_u64(cfg, "hidden_dim")?)
+        }
         _ => (
             get_u64(cfg, "num_hidden_layers")?,
             get_u64(cfg, "hidden_size")?,
@@ -164,7 +166,10 @@ pub fn summarize(config_json: &[u8], header: &Header) -> Result<ModelSummary, St
     let tensors: BTreeMap<&str, &super::st::TensorInfo> =
         header.tensors.iter().map(|(n, t)| (canonical_name(family, n), t)).collect();
     let shape_of = |name: &str| -> Result<&Vec<u64>, String> {
-        tensors.get(name).map(|t| &t.shape).ok_or_else(|| format!("config.json describes tensor {name}, which the checkpoint lacks"))
+        tensors
+            .get(name)
+            .map(|t| &t.shape)
+            .ok_or_else(|| format!("config.json describes tensor {name}, which the checkpoint lacks"))
     };
     let expect = |name: &str, want: [u64; 2]| -> Result<(), String> {
         let got = shape_of(name)?;
@@ -210,8 +215,21 @@ pub fn summarize(config_json: &[u8], header: &Header) -> Result<ModelSummary, St
         parameters += t.numel();
         *per_dtype.entry(t.dtype).or_default() += t.numel();
     }
-    let dtype = per_dtype.iter().max_by_key(|(_, n)| **n).map(|(d, _)| *d).ok_or("the checkpoint holds no floating-point tensor")?;
-    Ok(ModelSummary { family, num_layers: layers, hidden_size: hidden, num_heads: heads, intermediate_size: ffn, vocab_size: vocab, parameters, dtype })
+    let dtype = per_dtype
+        .iter()
+        .max_by_key(|(_, n)| **n)
+        .map(|(d, _)| *d)
+        .ok_or("the checkpoint holds no floating-point tensor")?;
+    Ok(ModelSummary {
+        family,
+        num_layers: layers,
+        hidden_size: hidden,
+        num_heads: heads,
+        intermediate_size: ffn,
+        vocab_size: vocab,
+        parameters,
+        dtype,
+    })
 }
 
 /// `secateur_layers`: `[{"num_attention_heads": h, "intermediate_size": f}, ...]`, one per layer;
@@ -224,7 +242,11 @@ fn parse_secateur_layers(v: Option<&Value>, layers: u64, heads: u64) -> Result<O
     }
     let mut out = Vec::with_capacity(list.len());
     for (i, l) in list.iter().enumerate() {
-        let get = |k: &str| l.get(k).and_then(Value::as_u64).ok_or_else(|| format!("secateur_layers[{i}].{k} must be a non-negative integer"));
+        let get = |k: &str| {
+            l.get(k)
+                .and_then(Value::as_u64)
+                .ok_or_else(|| format!("secateur_layers[{i}].{k} must be a non-negative integer"))
+        };
         let (h, f) = (get("num_attention_heads")?, get("intermediate_size")?);
         if h > heads {
             return Err(format!("secateur_layers[{i}] has {h} heads, more than num_attention_heads {heads}"));

@@ -48,7 +48,12 @@ pub fn write_like(original: &Header, family: Family, w: &Weights) -> Result<Vec<
 
 /// As [`write_like`], with `rename` mapping each original canonical name to its name in `w`
 /// (`None`: the tensor is dropped). The family prefix of the original name is kept.
-pub fn write_renamed(original: &Header, family: Family, w: &Weights, rename: &dyn Fn(&str) -> Option<String>) -> Result<Vec<u8>> {
+pub fn write_renamed(
+    original: &Header,
+    family: Family,
+    w: &Weights,
+    rename: &dyn Fn(&str) -> Option<String>,
+) -> Result<Vec<u8>> {
     let mut order: Vec<(&String, &st::TensorInfo)> = original.tensors.iter().collect();
     order.sort_by_key(|(_, t)| t.begin);
     let mut out = Vec::with_capacity(order.len());
@@ -67,10 +72,12 @@ pub fn write_renamed(original: &Header, family: Family, w: &Weights, rename: &dy
 /// `config.json` for an export: `intermediate_size` set when every layer has the same FFN width;
 /// for the compact layout, each layer's head count and FFN width under `secateur_layers`.
 pub fn config_json(original: &[u8], cfg: &EncoderConfig, compact: bool) -> Result<Vec<u8>> {
-    let mut v: Value = serde_json::from_slice(original).map_err(|e| ModelError::Invalid(format!("config.json: {e}")))?;
+    let mut v: Value =
+        serde_json::from_slice(original).map_err(|e| ModelError::Invalid(format!("config.json: {e}")))?;
     let o = v.as_object_mut().ok_or_else(|| ModelError::Invalid("config.json is not an object".into()))?;
     let distil = cfg.family == Family::DistilBert;
-    let (layers_key, ffn_key) = if distil { ("n_layers", "hidden_dim") } else { ("num_hidden_layers", "intermediate_size") };
+    let (layers_key, ffn_key) =
+        if distil { ("n_layers", "hidden_dim") } else { ("num_hidden_layers", "intermediate_size") };
     o.insert(layers_key.into(), cfg.layers.len().into());
     let widths: std::collections::BTreeSet<usize> = cfg.layers.iter().map(|l| l.ffn).collect();
     if widths.len() == 1 {
@@ -83,7 +90,11 @@ pub fn config_json(original: &[u8], cfg: &EncoderConfig, compact: bool) -> Resul
     let heads = o.get(heads_key).and_then(Value::as_u64).unwrap_or(0) as usize;
     let standard = widths.len() <= 1 && cfg.layers.iter().all(|l| l.heads == heads);
     if compact || !standard {
-        let layers: Vec<Value> = cfg.layers.iter().map(|l| serde_json::json!({"num_attention_heads": l.heads, "intermediate_size": l.ffn})).collect();
+        let layers: Vec<Value> = cfg
+            .layers
+            .iter()
+            .map(|l| serde_json::json!({"num_attention_heads": l.heads, "intermediate_size": l.ffn}))
+            .collect();
         o.insert("secateur_layout".into(), "compact".into());
         o.insert("secateur_layers".into(), layers.into());
     } else {

@@ -14,7 +14,7 @@
 //!   CPU has them (chosen at run time), with a rational erf approximation and a polynomial exp.
 //!
 //! Used by [`super::model::Encoder::forward`]; `forward_observed` (calibration) and training keep
-//! the candle path. Tests hold the two within 1e-4 (tests/encoder.rs also checks both against
+//! the candle path. Tests hold the two within 1e-4 (tests/it/encoder.rs also checks both against
 //! Hugging Face).
 
 use super::model::Activation;
@@ -137,7 +137,11 @@ impl Seq {
             .enumerate()
             .map(|(b, m)| {
                 let keys = m.iter().rposition(|v| *v != 0).map_or(seq, |i| i + 1);
-                Seq { row: b * seq, queries: seq, bias: m[..keys].iter().map(|v| if *v != 0 { 0.0 } else { f32::MIN }).collect() }
+                Seq {
+                    row: b * seq,
+                    queries: seq,
+                    bias: m[..keys].iter().map(|v| if *v != 0 { 0.0 } else { f32::MIN }).collect(),
+                }
             })
             .collect()
     }
@@ -329,7 +333,9 @@ pub(crate) mod simd {
         let k = n.to_bits() as i32 - SHIFT.to_bits() as i32;
         let n = n - SHIFT;
         let r = x - n * 0.693_145_75 - n * 1.428_606_8e-6;
-        let p = 1.0 + r * (1.0 + r * (0.5 + r * (0.166_666_67 + r * (0.041_666_668 + r * (0.008_333_334 + r * 0.001_388_889)))));
+        let p = 1.0
+            + r * (1.0
+                + r * (0.5 + r * (0.166_666_67 + r * (0.041_666_668 + r * (0.008_333_334 + r * 0.001_388_889)))));
         f32::from_bits(((k + 127) << 23) as u32) * p
     }
 
@@ -543,7 +549,14 @@ mod tests {
             assert!((v - w).abs() < 1e-6);
         }
         let mut row = vec![1.0, 2.0, 3.0, 6.0];
-        simd::add_layer_norm_row(&mut row, &[0.5, 0.0, 0.0, 0.0], &[0.5, 0.0, 1.0, 0.0], &[1.0, 2.0, 1.0, 1.0], &[0.0, 0.0, 1.0, 0.0], 0.0);
+        simd::add_layer_norm_row(
+            &mut row,
+            &[0.5, 0.0, 0.0, 0.0],
+            &[0.5, 0.0, 1.0, 0.0],
+            &[1.0, 2.0, 1.0, 1.0],
+            &[0.0, 0.0, 1.0, 0.0],
+            0.0,
+        );
         // row + bias + residual = 2, 2, 4, 6: mean 3.5, variance 2.75.
         let s = 2.75f32.sqrt();
         for (v, w) in row.iter().zip([-1.5 / s, -3.0 / s, 0.5 / s + 1.0, 2.5 / s]) {

@@ -61,14 +61,24 @@ impl Head {
     /// The head of `kind` from `w` (canonical names) where all of its tensors are there with the
     /// right shapes, else freshly initialised from `seed`. A checkpoint whose output map has
     /// another number of outputs is refused (Hugging Face's `ignore_mismatched_sizes` case).
-    pub fn load_or_init(w: &Weights, family: Family, kind: HeadKind, hidden: usize, init_std: f64, seed: u64) -> Result<Head> {
+    pub fn load_or_init(
+        w: &Weights,
+        family: Family,
+        kind: HeadKind,
+        hidden: usize,
+        init_std: f64,
+        seed: u64,
+    ) -> Result<Head> {
         let maps = layout(family, kind, hidden);
         let mut found = Vec::new();
         for (name, out) in &maps {
             match (w.get(&format!("{name}.weight")), w.get(&format!("{name}.bias"))) {
                 (Ok(wt), Ok(b)) => {
                     if wt.dims() != [*out, hidden] || b.dims() != [*out] {
-                        return Err(ModelError::Invalid(format!("the checkpoint's {name} has shape {:?}; this task needs [{out}, {hidden}]", wt.dims())));
+                        return Err(ModelError::Invalid(format!(
+                            "the checkpoint's {name} has shape {:?}; this task needs [{out}, {hidden}]",
+                            wt.dims()
+                        )));
                     }
                     found.push(((*name).to_string(), wt, b));
                 }
@@ -76,7 +86,10 @@ impl Head {
             }
         }
         if found.len() == maps.len() {
-            let tensors = found.into_iter().flat_map(|(n, wt, b)| [(format!("{n}.weight"), wt), (format!("{n}.bias"), b)]).collect();
+            let tensors = found
+                .into_iter()
+                .flat_map(|(n, wt, b)| [(format!("{n}.weight"), wt), (format!("{n}.bias"), b)])
+                .collect();
             return Ok(Head { family, kind, tensors, fresh: false });
         }
         // BERT's pooler comes with most checkpoints even without a classifier: keep it.
@@ -174,9 +187,27 @@ impl Head {
             HeadKind::QuestionAnswering => 2,
             k => k.outputs(),
         };
-        let names: Vec<String> = (0..n).map(|i| label_names.and_then(|l| l.get(i)).map_or_else(|| format!("LABEL_{i}"), |s| s.to_string())).collect();
-        m.insert("id2label".into(), names.iter().enumerate().map(|(i, l)| (i.to_string(), serde_json::Value::from(l.clone()))).collect::<serde_json::Map<_, _>>().into());
-        m.insert("label2id".into(), names.iter().enumerate().map(|(i, l)| (l.clone(), serde_json::Value::from(i))).collect::<serde_json::Map<_, _>>().into());
+        let names: Vec<String> = (0..n)
+            .map(|i| label_names.and_then(|l| l.get(i)).map_or_else(|| format!("LABEL_{i}"), |s| s.to_string()))
+            .collect();
+        m.insert(
+            "id2label".into(),
+            names
+                .iter()
+                .enumerate()
+                .map(|(i, l)| (i.to_string(), serde_json::Value::from(l.clone())))
+                .collect::<serde_json::Map<_, _>>()
+                .into(),
+        );
+        m.insert(
+            "label2id".into(),
+            names
+                .iter()
+                .enumerate()
+                .map(|(i, l)| (l.clone(), serde_json::Value::from(i)))
+                .collect::<serde_json::Map<_, _>>()
+                .into(),
+        );
         match self.kind {
             HeadKind::Regression => m.insert("problem_type".into(), "regression".into()),
             HeadKind::Classification(_) => m.insert("problem_type".into(), "single_label_classification".into()),
@@ -189,15 +220,24 @@ impl Head {
 /// A task model in Hugging Face's layout: the encoder's tensors (canonical names in `w`: the
 /// embeddings and layers; any pooler or head of the input is left out) under the family prefix,
 /// then the head's; and `config.json` (the encoder's, with the task's entries). F32.
-pub fn export_task_model(config_json: &[u8], w: &Weights, head: &Head, label_names: Option<&[&str]>) -> Result<(Vec<u8>, Vec<u8>)> {
+pub fn export_task_model(
+    config_json: &[u8],
+    w: &Weights,
+    head: &Head,
+    label_names: Option<&[&str]>,
+) -> Result<(Vec<u8>, Vec<u8>)> {
     let family = head.family;
-    let mut cfg: serde_json::Value = serde_json::from_slice(config_json).map_err(|e| ModelError::Invalid(format!("config.json: {e}")))?;
+    let mut cfg: serde_json::Value =
+        serde_json::from_slice(config_json).map_err(|e| ModelError::Invalid(format!("config.json: {e}")))?;
     let obj = cfg.as_object_mut().ok_or_else(|| ModelError::Invalid("config.json is not an object".into()))?;
     for k in ["architectures", "id2label", "label2id", "num_labels", "problem_type"] {
         obj.remove(k);
     }
     obj.extend(head.config_entries(label_names));
-    let mut names: Vec<&String> = w.names().filter(|n| n.starts_with("embeddings.") || n.starts_with("encoder.") || n.starts_with("transformer.")).collect();
+    let mut names: Vec<&String> = w
+        .names()
+        .filter(|n| n.starts_with("embeddings.") || n.starts_with("encoder.") || n.starts_with("transformer."))
+        .collect();
     names.sort();
     let mut out = Vec::new();
     let push = |out: &mut Vec<(String, super::st::Dtype, Vec<u64>, Vec<u8>)>, name: String, t: &Tensor| -> Result<()> {
@@ -230,7 +270,11 @@ mod tests {
                 let head = Head::load_or_init(&w, fam, kind, 32, 0.02, 7).unwrap();
                 assert!(head.fresh);
                 let again = Head::load_or_init(&w, fam, kind, 32, 0.02, 7).unwrap();
-                assert_eq!(head.tensors[0].1.to_vec2::<f32>().unwrap(), again.tensors[0].1.to_vec2::<f32>().unwrap(), "seeded");
+                assert_eq!(
+                    head.tensors[0].1.to_vec2::<f32>().unwrap(),
+                    again.tensors[0].1.to_vec2::<f32>().unwrap(),
+                    "seeded"
+                );
                 let hs = Tensor::ones((2, 5, 32), DType::F32, &Device::Cpu).unwrap();
                 let logits = head.forward(&hs).unwrap();
                 let want: &[usize] = match kind {
@@ -245,7 +289,10 @@ mod tests {
                 let loaded = Head::load_or_init(&back, fam, kind, 32, 0.02, 99).unwrap();
                 assert!(!loaded.fresh, "{family} {kind:?}");
                 let again = loaded.forward(&hs).unwrap();
-                assert_eq!(again.flatten_all().unwrap().to_vec1::<f32>().unwrap(), logits.flatten_all().unwrap().to_vec1::<f32>().unwrap());
+                assert_eq!(
+                    again.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+                    logits.flatten_all().unwrap().to_vec1::<f32>().unwrap()
+                );
                 let cfg: serde_json::Value = serde_json::from_slice(&cfg).unwrap();
                 assert_eq!(cfg["architectures"][0], head.architecture());
                 // A head of another size is refused.

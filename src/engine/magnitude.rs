@@ -26,7 +26,13 @@ pub fn select_targets(family: Family, header: &Header, include: &[Regex], exclud
         .iter()
         .filter(|(_, t)| t.dtype.is_float())
         .map(|(n, _)| n)
-        .filter(|n| if include.is_empty() { is_encoder_linear_weight(family, n) } else { include.iter().any(|r| r.is_match(n)) })
+        .filter(|n| {
+            if include.is_empty() {
+                is_encoder_linear_weight(family, n)
+            } else {
+                include.iter().any(|r| r.is_match(n))
+            }
+        })
         .filter(|n| !exclude.iter().any(|r| r.is_match(n)))
         .cloned()
         .collect()
@@ -62,10 +68,16 @@ pub fn magnitudes(data: &[u8], dtype: Dtype) -> Vec<f32> {
 pub fn count_nonzeros(data: &[u8], dtype: Dtype) -> u64 {
     let s = dtype.size() as usize;
     match dtype {
-        Dtype::F32 => data.chunks_exact(4).filter(|c| f32::from_le_bytes((*c).try_into().unwrap()) != 0.0).count() as u64,
-        Dtype::F64 => data.chunks_exact(8).filter(|c| f64::from_le_bytes((*c).try_into().unwrap()) != 0.0).count() as u64,
+        Dtype::F32 => {
+            data.chunks_exact(4).filter(|c| f32::from_le_bytes((*c).try_into().unwrap()) != 0.0).count() as u64
+        }
+        Dtype::F64 => {
+            data.chunks_exact(8).filter(|c| f64::from_le_bytes((*c).try_into().unwrap()) != 0.0).count() as u64
+        }
         // f16/bf16: zero iff all bits but the sign are zero.
-        Dtype::F16 | Dtype::BF16 => data.chunks_exact(2).filter(|c| (u16::from_le_bytes([c[0], c[1]]) & 0x7fff) != 0).count() as u64,
+        Dtype::F16 | Dtype::BF16 => {
+            data.chunks_exact(2).filter(|c| (u16::from_le_bytes([c[0], c[1]]) & 0x7fff) != 0).count() as u64
+        }
         _ => data.chunks_exact(s).filter(|c| c.iter().any(|&b| b != 0)).count() as u64,
     }
 }
@@ -243,7 +255,10 @@ pub fn prune_nm_in_place<E>(
     for (i, (name, t)) in targets.iter().zip(infos).enumerate() {
         let cols = *t.shape.last().ok_or_else(|| format!("tensor {name} is a scalar"))? as usize;
         if t.shape.len() < 2 || !cols.is_multiple_of(pattern.m) {
-            return Err(format!("tensor {name} with shape {:?}: its input dimension is not a multiple of M = {}", t.shape, pattern.m));
+            return Err(format!(
+                "tensor {name} with shape {:?}: its input dimension is not a multiple of M = {}",
+                t.shape, pattern.m
+            ));
         }
         let s = t.dtype.size() as usize;
         let data = tensor_bytes(file, header, t);
@@ -386,10 +401,13 @@ pub mod radix {
                 flush(&mut h, &mut total);
                 total
             })
-            .reduce(|| vec![0u64; 1 << 16], |mut a, b| {
-                a.iter_mut().zip(b).for_each(|(x, y)| *x += y);
-                a
-            })
+            .reduce(
+                || vec![0u64; 1 << 16],
+                |mut a, b| {
+                    a.iter_mut().zip(b).for_each(|(x, y)| *x += y);
+                    a
+                },
+            )
     }
 
     /// The bucket holding the `k`-th smallest (0-based) and how many lie in lower buckets.
@@ -576,7 +594,13 @@ pub mod radix {
     /// so the loop vectorises), and a block is looked at key by key only when it holds a key of
     /// `[lo, hi]` (rare: the sub-range the counting pass chose is narrow).
     #[inline(always)]
-    fn zero_collect_words<T: Copy>(words: &mut [T], key: impl Fn(T) -> u32, keep: impl Fn(T, bool) -> T, lo: u32, hi: u32) -> Vec<(u32, u32)> {
+    fn zero_collect_words<T: Copy>(
+        words: &mut [T],
+        key: impl Fn(T) -> u32,
+        keep: impl Fn(T, bool) -> T,
+        lo: u32,
+        hi: u32,
+    ) -> Vec<(u32, u32)> {
         debug_assert!(lo <= hi && hi <= 0x7fff_ffff);
         let (lo, hi) = (lo as i32, hi as i32);
         let mut hits = Vec::new();
@@ -629,7 +653,8 @@ pub mod radix {
             let k = _mm256_and_si256(w, mask);
             let keep = _mm256_cmpgt_epi32(k, lo_1);
             unsafe { _mm256_storeu_si256(p, _mm256_and_si256(w, keep)) };
-            let mut inside = _mm256_movemask_ps(_mm256_castsi256_ps(_mm256_andnot_si256(_mm256_cmpgt_epi32(k, hi_v), keep))) as u32;
+            let mut inside =
+                _mm256_movemask_ps(_mm256_castsi256_ps(_mm256_andnot_si256(_mm256_cmpgt_epi32(k, hi_v), keep))) as u32;
             if inside != 0 {
                 // SAFETY: a __m256i is 8 u32 lanes.
                 let keys: [u32; 8] = unsafe { std::mem::transmute(k) };
@@ -714,15 +739,19 @@ pub mod radix {
     fn prune_by_bracket(pieces: &mut [Piece], k: u64) -> bool {
         let n: u64 = pieces.iter().map(|p| (p.data.len() / p.dtype.size() as usize) as u64).sum();
         let Some(cuts) = sample_bracket(pieces, n, k) else { return false };
-        let below = pieces.par_iter().map(|p| count_below_cuts(p, &cuts)).reduce(|| [0; CUTS], |a, b| std::array::from_fn(|c| a[c] + b[c]));
+        let below = pieces
+            .par_iter()
+            .map(|p| count_below_cuts(p, &cuts))
+            .reduce(|| [0; CUTS], |a, b| std::array::from_fn(|c| a[c] + b[c]));
         // The sub-range [cuts[i], cuts[i + 1]) holding the key of rank k - 1.
         let Some(i) = (0..CUTS - 1).find(|&i| below[i] < k && k <= below[i + 1]) else { return false };
         let (lo, hi, below) = (cuts[i], cuts[i + 1] - 1, below[i]);
-        let candidates: Vec<Vec<(u32, u32)>> = pieces.par_iter_mut().map(|p| zero_below_collect_range(p.data, p.dtype, lo, hi)).collect();
+        let candidates: Vec<Vec<(u32, u32)>> =
+            pieces.par_iter_mut().map(|p| zero_below_collect_range(p.data, p.dtype, lo, hi)).collect();
         let m = (k - below) as usize; // at least 1: below < k
-        // The m-th smallest candidate key is the threshold: every candidate below it goes, and
-        // of those equal to it the first ones in (piece, index) order, the order they were
-        // collected in.
+                                      // The m-th smallest candidate key is the threshold: every candidate below it goes, and
+                                      // of those equal to it the first ones in (piece, index) order, the order they were
+                                      // collected in.
         let mut keys: Vec<u32> = candidates.iter().flat_map(|c| c.iter().map(|&(_, key)| key)).collect();
         let threshold = *keys.select_nth_unstable(m - 1).1;
         let less = keys.iter().filter(|&&key| key < threshold).count();
@@ -770,7 +799,12 @@ pub mod radix {
         let floor = (bh as u32) << 16;
         let candidates: Vec<Vec<(u32, u16)>> = pieces
             .par_iter_mut()
-            .map(|p| zero_below_collect_range(p.data, p.dtype, floor, floor | 0xffff).into_iter().map(|(i, key)| (i, key as u16)).collect())
+            .map(|p| {
+                zero_below_collect_range(p.data, p.dtype, floor, floor | 0xffff)
+                    .into_iter()
+                    .map(|(i, key)| (i, key as u16))
+                    .collect()
+            })
             .collect();
         let mut lo = vec![0u64; 1 << 16];
         for c in &candidates {
@@ -794,7 +828,13 @@ pub mod radix {
                 .map(|i| {
                     rng = rng.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
                     let v = ((rng >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0;
-                    if i % 7 == 0 { 0.0 } else if i % 5 == 0 { (v * 8.0).round() / 8.0 } else { v }
+                    if i % 7 == 0 {
+                        0.0
+                    } else if i % 5 == 0 {
+                        (v * 8.0).round() / 8.0
+                    } else {
+                        v
+                    }
                 })
                 .collect();
             let mut out = Vec::new();
@@ -823,7 +863,13 @@ pub mod radix {
                 let mut sorted = keys(data, dtype);
                 sorted.sort_unstable();
                 // Cuts at keys and just above keys (an off-by-one in the comparison shows).
-                let cuts: [u32; CUTS] = std::array::from_fn(|c| if c == 0 { 0 } else { sorted[c * (sorted.len() - 1) / (CUTS - 1)] + (c % 2) as u32 });
+                let cuts: [u32; CUTS] = std::array::from_fn(|c| {
+                    if c == 0 {
+                        0
+                    } else {
+                        sorted[c * (sorted.len() - 1) / (CUTS - 1)] + (c % 2) as u32
+                    }
+                });
                 let want: [u64; CUTS] = cuts.map(|c| sorted.iter().filter(|&&k| k < c).count() as u64);
                 let mut piece_bytes = data.to_vec();
                 let piece = Piece { rank: 0, dtype, data: &mut piece_bytes };
@@ -831,13 +877,30 @@ pub mod radix {
                 #[cfg(target_arch = "x86_64")]
                 if is_x86_feature_detected!("avx2") {
                     // SAFETY: the CPU has AVX2.
-                    let got = unsafe { if dtype == Dtype::BF16 { count_below_avx2::<true>(data, &cuts) } else { count_below_avx2::<false>(data, &cuts) } };
+                    let got = unsafe {
+                        if dtype == Dtype::BF16 {
+                            count_below_avx2::<true>(data, &cuts)
+                        } else {
+                            count_below_avx2::<false>(data, &cuts)
+                        }
+                    };
                     assert_eq!(got, want, "avx2 {dtype:?} shift {shift}");
                 }
                 if shift == 0 {
                     let got = match dtype {
-                        Dtype::F32 => count_below_words(&data.chunks_exact(4).map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect::<Vec<_>>(), f32_key, &cuts),
-                        _ => count_below_words(&data.chunks_exact(2).map(|c| u16::from_le_bytes([c[0], c[1]])).collect::<Vec<_>>(), bf16_key, &cuts),
+                        Dtype::F32 => count_below_words(
+                            &data
+                                .chunks_exact(4)
+                                .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                                .collect::<Vec<_>>(),
+                            f32_key,
+                            &cuts,
+                        ),
+                        _ => count_below_words(
+                            &data.chunks_exact(2).map(|c| u16::from_le_bytes([c[0], c[1]])).collect::<Vec<_>>(),
+                            bf16_key,
+                            &cuts,
+                        ),
                     };
                     assert_eq!(got, want, "words {dtype:?}");
                 }
@@ -875,8 +938,10 @@ pub mod radix {
                     assert!(got == want_bytes, "avx2 shift {shift}");
                 }
                 if shift == 0 && dtype == Dtype::F32 {
-                    let mut words: Vec<u32> = data.chunks_exact(4).map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
-                    let hits = zero_collect_words(&mut words, f32_key, |w, keep| w & (keep as u32).wrapping_neg(), lo, hi);
+                    let mut words: Vec<u32> =
+                        data.chunks_exact(4).map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
+                    let hits =
+                        zero_collect_words(&mut words, f32_key, |w, keep| w & (keep as u32).wrapping_neg(), lo, hi);
                     assert_eq!(hits, want_hits, "words");
                     assert!(words.iter().flat_map(|w| w.to_le_bytes()).eq(want_bytes.iter().copied()), "words");
                 }
@@ -956,7 +1021,14 @@ fn nonzero_lines(file: &[u8], header: &Header, t: &TensorInfo, by_column: bool) 
 
 /// Fills `heads` and `ffn` of each layer report from the written file (and the input's header,
 /// for `before`). `head_dim` is hidden size / attention heads of the original config.
-pub fn fill_units(layers: &mut [LayerReport], file: &[u8], header: &Header, before: &Header, family: Family, head_dim: usize) {
+pub fn fill_units(
+    layers: &mut [LayerReport],
+    file: &[u8],
+    header: &Header,
+    before: &Header,
+    family: Family,
+    head_dim: usize,
+) {
     let names = family.layer_names();
     let find = |h: &Header, layer: usize, module: &str, kind: &str| -> Option<TensorInfo> {
         let canonical = format!("{}{module}.{kind}", family.layer_prefix(layer));
@@ -976,7 +1048,11 @@ pub fn fill_units(layers: &mut [LayerReport], file: &[u8], header: &Header, befo
         if width == 0 || out_nz.len() != in_nz.len() || !out_nz.len().is_multiple_of(width) {
             return None;
         }
-        let n = out_nz.chunks(width).zip(in_nz.chunks(width)).filter(|(o, i)| o.iter().any(|x| *x) && i.iter().any(|x| *x)).count();
+        let n = out_nz
+            .chunks(width)
+            .zip(in_nz.chunks(width))
+            .filter(|(o, i)| o.iter().any(|x| *x) && i.iter().any(|x| *x))
+            .count();
         Some((cols(&out_t) / width, n))
     };
     for l in layers.iter_mut() {
@@ -1012,7 +1088,16 @@ pub fn per_layer(tensors: &[TensorReport]) -> Vec<LayerReport> {
             e.1 += t.nonzeros;
         }
     }
-    by.into_iter().map(|(layer, (n, nz))| LayerReport { layer, parameters: n, nonzeros: nz, sparsity: ratio(n - nz, n), heads: None, ffn: None }).collect()
+    by.into_iter()
+        .map(|(layer, (n, nz))| LayerReport {
+            layer,
+            parameters: n,
+            nonzeros: nz,
+            sparsity: ratio(n - nz, n),
+            heads: None,
+            ffn: None,
+        })
+        .collect()
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -1089,7 +1174,12 @@ pub fn measure(file: &[u8], header: &Header, targets: &[String]) -> (Vec<TensorR
     measure_against(file, header, targets, header)
 }
 
-pub fn measure_against(file: &[u8], header: &Header, targets: &[String], before: &Header) -> (Vec<TensorReport>, Totals) {
+pub fn measure_against(
+    file: &[u8],
+    header: &Header,
+    targets: &[String],
+    before: &Header,
+) -> (Vec<TensorReport>, Totals) {
     let mut tensors = Vec::new();
     let mut totals = Totals {
         parameters_before: before.tensors.values().filter(|t| t.dtype.is_float()).map(|t| t.numel()).sum(),
@@ -1245,12 +1335,19 @@ mod tests {
         // Many ties (a half-zero tensor, rounded bf16 values) across pieces.
         let values: Vec<f32> = (0..700_000).map(|i| if i % 2 == 0 { 0.0 } else { ((i % 7) as f32) * 0.25 }).collect();
         for dtype in [Dtype::F32, Dtype::BF16] {
-            let file = st::serialize(&[("w".into(), dtype, vec![700, 1000], crate::engine::testing::encode(&values, dtype))], None);
+            let file = st::serialize(
+                &[("w".into(), dtype, vec![700, 1000], crate::engine::testing::encode(&values, dtype))],
+                None,
+            );
             let header = st::parse(&file).unwrap();
             for s in [0.3, 0.55, 0.6] {
                 let (mut a, mut b) = (file.clone(), file.clone());
-                prune_in_place(&mut a, &header, &["w".to_string()], Scope::Global, s, |_, _| Ok::<(), ()>(())).unwrap().unwrap();
-                prune_by_sorting(&mut b, &header, &["w".to_string()], Scope::Global, s, |_, _| Ok::<(), ()>(())).unwrap().unwrap();
+                prune_in_place(&mut a, &header, &["w".to_string()], Scope::Global, s, |_, _| Ok::<(), ()>(()))
+                    .unwrap()
+                    .unwrap();
+                prune_by_sorting(&mut b, &header, &["w".to_string()], Scope::Global, s, |_, _| Ok::<(), ()>(()))
+                    .unwrap()
+                    .unwrap();
                 assert!(a == b, "ties {dtype:?} {s}");
             }
         }
@@ -1303,17 +1400,24 @@ mod tests {
         let header = st::parse(&file).unwrap();
         let (mut x, mut y) = (file.clone(), file.clone());
         assert!(!radix::prune_smallest(&mut x, header.data_start as usize, &[&header.tensors["z"]], 150_000));
-        prune_by_sorting(&mut y, &header, &["z".to_string()], Scope::Global, 0.5, |_, _| Ok::<(), ()>(())).unwrap().unwrap();
+        prune_by_sorting(&mut y, &header, &["z".to_string()], Scope::Global, 0.5, |_, _| Ok::<(), ()>(()))
+            .unwrap()
+            .unwrap();
         assert!(x == y);
     }
 
     #[test]
     fn ties_are_broken_to_hit_the_exact_count() {
         let values = vec![1.0f32; 10];
-        let file = st::serialize(&[("w".into(), Dtype::F32, vec![10], crate::engine::testing::encode(&values, Dtype::F32))], None);
+        let file = st::serialize(
+            &[("w".into(), Dtype::F32, vec![10], crate::engine::testing::encode(&values, Dtype::F32))],
+            None,
+        );
         let header = st::parse(&file).unwrap();
         let mut out = file.clone();
-        prune_in_place(&mut out, &header, &["w".to_string()], Scope::Global, 0.3, |_, _| Ok::<(), ()>(())).unwrap().unwrap();
+        prune_in_place(&mut out, &header, &["w".to_string()], Scope::Global, 0.3, |_, _| Ok::<(), ()>(()))
+            .unwrap()
+            .unwrap();
         let (t, _) = measure(&out, &header, &["w".to_string()]);
         assert_eq!(t[0].nonzeros, 7);
     }
@@ -1338,8 +1442,10 @@ mod tests {
                     for (gb, ga) in before.chunks(p.m).zip(after.chunks(p.m)) {
                         // Exactly N survive (random weights are non-zero) and they are the largest.
                         assert_eq!(ga.iter().filter(|x| **x != 0.0).count(), p.n);
-                        let min_kept = gb.iter().zip(ga).filter(|(_, a)| **a != 0.0).map(|(b, _)| *b).fold(f32::MAX, f32::min);
-                        let max_cut = gb.iter().zip(ga).filter(|(_, a)| **a == 0.0).map(|(b, _)| *b).fold(0.0, f32::max);
+                        let min_kept =
+                            gb.iter().zip(ga).filter(|(_, a)| **a != 0.0).map(|(b, _)| *b).fold(f32::MAX, f32::min);
+                        let max_cut =
+                            gb.iter().zip(ga).filter(|(_, a)| **a == 0.0).map(|(b, _)| *b).fold(0.0, f32::max);
                         assert!(max_cut <= min_kept);
                     }
                 }
@@ -1355,7 +1461,9 @@ mod tests {
         let orig = m.safetensors();
         let header = st::parse(&orig).unwrap();
         let targets = select_targets(Family::Bert, &header, &[], &[]);
-        let err = prune_nm_in_place(&mut orig.clone(), &header, &targets, NmPattern { n: 2, m: 24 }, |_, _| Ok::<(), ()>(())).unwrap_err();
+        let err =
+            prune_nm_in_place(&mut orig.clone(), &header, &targets, NmPattern { n: 2, m: 24 }, |_, _| Ok::<(), ()>(()))
+                .unwrap_err();
         assert!(err.contains("multiple of M"), "{err}");
     }
 
@@ -1378,7 +1486,14 @@ mod tests {
         let header = st::parse(&orig).unwrap();
         let targets = select_targets(Family::Bert, &header, &[], &[]);
         let mut out = orig.clone();
-        let r = prune_in_place(&mut out, &header, &targets, Scope::Local, 0.5, |done, _| if done == 3 { Err("stop") } else { Ok(()) }).unwrap();
+        let r = prune_in_place(&mut out, &header, &targets, Scope::Local, 0.5, |done, _| {
+            if done == 3 {
+                Err("stop")
+            } else {
+                Ok(())
+            }
+        })
+        .unwrap();
         assert_eq!(r, Err("stop"));
     }
 }

@@ -109,21 +109,29 @@ impl EncoderConfig {
     /// Read `config.json` and take each layer's head count and FFN width from the tensors
     /// (`shapes` maps tensor names, with or without prefix, to shapes).
     pub fn from_checkpoint(config_json: &[u8], shapes: &HashMap<String, Vec<usize>>) -> Result<EncoderConfig> {
-        let v: Value = serde_json::from_slice(config_json).map_err(|e| ModelError::Invalid(format!("config.json: {e}")))?;
+        let v: Value =
+            serde_json::from_slice(config_json).map_err(|e| ModelError::Invalid(format!("config.json: {e}")))?;
         let cfg = v.as_object().ok_or_else(|| ModelError::Invalid("config.json is not an object".into()))?;
         let model_type = cfg.get("model_type").and_then(Value::as_str).unwrap_or("");
-        let family = Family::parse(model_type).ok_or_else(|| ModelError::Invalid(format!("unsupported model_type {model_type:?}")))?;
+        let family = Family::parse(model_type)
+            .ok_or_else(|| ModelError::Invalid(format!("unsupported model_type {model_type:?}")))?;
         let distil = family == Family::DistilBert;
         let (hidden, heads, layers, act_key) = if distil {
             (uint(cfg, "dim")?, uint(cfg, "n_heads")?, uint(cfg, "n_layers")?, "activation")
         } else {
-            (uint(cfg, "hidden_size")?, uint(cfg, "num_attention_heads")?, uint(cfg, "num_hidden_layers")?, "hidden_act")
+            (
+                uint(cfg, "hidden_size")?,
+                uint(cfg, "num_attention_heads")?,
+                uint(cfg, "num_hidden_layers")?,
+                "hidden_act",
+            )
         };
         if heads == 0 || hidden % heads != 0 {
             return invalid(format!("hidden size {hidden} is not a multiple of the head count {heads}"));
         }
         let act_name = cfg.get(act_key).and_then(Value::as_str).unwrap_or("gelu");
-        let activation = Activation::parse(act_name).ok_or_else(|| ModelError::Invalid(format!("unsupported activation {act_name:?}")))?;
+        let activation = Activation::parse(act_name)
+            .ok_or_else(|| ModelError::Invalid(format!("unsupported activation {act_name:?}")))?;
         let canon: HashMap<&str, &Vec<usize>> = shapes.iter().map(|(k, s)| (canonical_name(family, k), s)).collect();
         let names = family.layer_names();
         let head_dim = hidden / heads;
@@ -131,8 +139,10 @@ impl EncoderConfig {
         for i in 0..layers {
             let p = family.layer_prefix(i);
             let rows = |m: &str| canon.get(format!("{p}{m}.weight").as_str()).map(|s| s[0]);
-            let q = rows(names.query).ok_or_else(|| ModelError::Invalid(format!("missing {p}{}.weight", names.query)))?;
-            let ffn = rows(names.ffn_in).ok_or_else(|| ModelError::Invalid(format!("missing {p}{}.weight", names.ffn_in)))?;
+            let q =
+                rows(names.query).ok_or_else(|| ModelError::Invalid(format!("missing {p}{}.weight", names.query)))?;
+            let ffn =
+                rows(names.ffn_in).ok_or_else(|| ModelError::Invalid(format!("missing {p}{}.weight", names.ffn_in)))?;
             if q % head_dim != 0 {
                 return invalid(format!("layer {i}: query has {q} rows, not a multiple of the head size {head_dim}"));
             }
@@ -144,7 +154,11 @@ impl EncoderConfig {
             head_dim,
             vocab: uint(cfg, "vocab_size")?,
             max_positions: uint(cfg, "max_position_embeddings")?,
-            type_vocab: if distil { 0 } else { cfg.get("type_vocab_size").and_then(Value::as_u64).unwrap_or(2) as usize },
+            type_vocab: if distil {
+                0
+            } else {
+                cfg.get("type_vocab_size").and_then(Value::as_u64).unwrap_or(2) as usize
+            },
             eps: if distil { 1e-12 } else { cfg.get("layer_norm_eps").and_then(Value::as_f64).unwrap_or(1e-12) },
             pad_token_id: cfg.get("pad_token_id").and_then(Value::as_u64).unwrap_or(0) as u32,
             activation,
@@ -190,7 +204,10 @@ impl Weights {
     }
 
     pub fn get(&self, name: &str) -> Result<Tensor> {
-        self.tensors.get(name).cloned().ok_or_else(|| ModelError::Invalid(format!("the checkpoint has no tensor {name}")))
+        self.tensors
+            .get(name)
+            .cloned()
+            .ok_or_else(|| ModelError::Invalid(format!("the checkpoint has no tensor {name}")))
     }
 
     fn linear(&self, prefix: &str) -> Result<Linear> {
@@ -198,7 +215,11 @@ impl Weights {
     }
 
     fn norm(&self, prefix: &str, eps: f64) -> Result<Norm> {
-        Ok(Norm { weight: self.get(&format!("{prefix}.weight"))?, bias: self.get(&format!("{prefix}.bias"))?, eps: eps as f32 })
+        Ok(Norm {
+            weight: self.get(&format!("{prefix}.weight"))?,
+            bias: self.get(&format!("{prefix}.bias"))?,
+            eps: eps as f32,
+        })
     }
 }
 
@@ -246,7 +267,13 @@ impl Encoder {
         let mut layers = Vec::with_capacity(config.layers.len());
         for (i, shape) in config.layers.iter().enumerate() {
             let p = family.layer_prefix(i);
-            let opt = |m: &str| -> Result<Option<Linear>> { if shape.heads == 0 { Ok(None) } else { w.linear(&format!("{p}{m}")).map(Some) } };
+            let opt = |m: &str| -> Result<Option<Linear>> {
+                if shape.heads == 0 {
+                    Ok(None)
+                } else {
+                    w.linear(&format!("{p}{m}")).map(Some)
+                }
+            };
             layers.push(Layer {
                 shape: *shape,
                 q: opt(names.query)?,
@@ -262,7 +289,11 @@ impl Encoder {
         Ok(Encoder {
             word: w.get("embeddings.word_embeddings.weight")?,
             position: w.get("embeddings.position_embeddings.weight")?,
-            token_type: if config.type_vocab > 0 { Some(w.get("embeddings.token_type_embeddings.weight")?) } else { None },
+            token_type: if config.type_vocab > 0 {
+                Some(w.get("embeddings.token_type_embeddings.weight")?)
+            } else {
+                None
+            },
             emb_norm: w.norm("embeddings.LayerNorm", config.eps)?,
             layers,
             config,
@@ -273,7 +304,8 @@ impl Encoder {
     /// Load `config.json` + `model.safetensors` bytes.
     pub fn from_files(config_json: &[u8], safetensors: &[u8], device: &Device) -> Result<Encoder> {
         let family = {
-            let v: Value = serde_json::from_slice(config_json).map_err(|e| ModelError::Invalid(format!("config.json: {e}")))?;
+            let v: Value =
+                serde_json::from_slice(config_json).map_err(|e| ModelError::Invalid(format!("config.json: {e}")))?;
             let t = v.get("model_type").and_then(Value::as_str).unwrap_or("");
             Family::parse(t).ok_or_else(|| ModelError::Invalid(format!("unsupported model_type {t:?}")))?
         };
@@ -285,7 +317,10 @@ impl Encoder {
     fn position_ids(&self, input_ids: &Tensor) -> Result<Tensor> {
         let (b, t) = input_ids.dims2()?;
         if t > self.config.max_positions {
-            return invalid(format!("sequence length {t} exceeds max_position_embeddings {}", self.config.max_positions));
+            return invalid(format!(
+                "sequence length {t} exceeds max_position_embeddings {}",
+                self.config.max_positions
+            ));
         }
         match self.config.family {
             Family::Roberta => {
@@ -306,7 +341,10 @@ impl Encoder {
                 }
                 Ok(Tensor::from_vec(out, (b, t), input_ids.device())?)
             }
-            _ => Ok(Tensor::arange(0u32, t as u32, input_ids.device())?.unsqueeze(0)?.broadcast_as((b, t))?.contiguous()?),
+            _ => Ok(Tensor::arange(0u32, t as u32, input_ids.device())?
+                .unsqueeze(0)?
+                .broadcast_as((b, t))?
+                .contiguous()?),
         }
     }
 
@@ -314,7 +352,12 @@ impl Encoder {
     /// `attention_mask` `[batch, seq]` with 1 for real tokens and 0 for padding.
     ///
     /// On the CPU in f32 this runs the fused path of [`super::fast`]; elsewhere candle's ops.
-    pub fn forward(&self, input_ids: &Tensor, token_type_ids: Option<&Tensor>, attention_mask: &Tensor) -> Result<Tensor> {
+    pub fn forward(
+        &self,
+        input_ids: &Tensor,
+        token_type_ids: Option<&Tensor>,
+        attention_mask: &Tensor,
+    ) -> Result<Tensor> {
         match self.fast.get_or_init(|| self.fast_layers()) {
             Some(model) => self.forward_fast(model, input_ids, token_type_ids, attention_mask),
             None => self.forward_unfused(input_ids, token_type_ids, attention_mask),
@@ -322,11 +365,22 @@ impl Encoder {
     }
 
     /// [`Encoder::forward`] with candle's stock ops only (the reference for the fused path).
-    pub fn forward_unfused(&self, input_ids: &Tensor, token_type_ids: Option<&Tensor>, attention_mask: &Tensor) -> Result<Tensor> {
+    pub fn forward_unfused(
+        &self,
+        input_ids: &Tensor,
+        token_type_ids: Option<&Tensor>,
+        attention_mask: &Tensor,
+    ) -> Result<Tensor> {
         self.forward_observed(input_ids, token_type_ids, attention_mask, &mut |_, _, _| Ok(()))
     }
 
-    fn forward_fast(&self, model: &super::fast::FastModel, input_ids: &Tensor, token_type_ids: Option<&Tensor>, attention_mask: &Tensor) -> Result<Tensor> {
+    fn forward_fast(
+        &self,
+        model: &super::fast::FastModel,
+        input_ids: &Tensor,
+        token_type_ids: Option<&Tensor>,
+        attention_mask: &Tensor,
+    ) -> Result<Tensor> {
         let x = self.embedding_sum(input_ids, token_type_ids)?;
         let (b, t, h) = x.dims3()?;
         let mask = Self::mask_vec(attention_mask)?;
@@ -336,10 +390,22 @@ impl Encoder {
 
     /// The embeddings' LayerNorm and every layer of the fused path on `xs` (`[rows, hidden]`,
     /// the embedding sums of the rows `seqs` describe).
-    fn run_fast(&self, model: &super::fast::FastModel, mut xs: Vec<f32>, seqs: &[super::fast::Seq], h: usize) -> Vec<f32> {
+    fn run_fast(
+        &self,
+        model: &super::fast::FastModel,
+        mut xs: Vec<f32>,
+        seqs: &[super::fast::Seq],
+        h: usize,
+    ) -> Vec<f32> {
         let eps = self.config.eps as f32;
         super::fast::layer_norm(&mut xs, &model.emb_ln.0, &model.emb_ln.1, eps);
-        let d = super::fast::Dims { rows: xs.len() / h.max(1), hidden: h, head_dim: self.config.head_dim, eps, activation: self.config.activation };
+        let d = super::fast::Dims {
+            rows: xs.len() / h.max(1),
+            hidden: h,
+            head_dim: self.config.head_dim,
+            eps,
+            activation: self.config.activation,
+        };
         for l in &model.layers {
             xs = super::fast::layer(&xs, seqs, l, &d);
         }
@@ -348,7 +414,13 @@ impl Encoder {
 
     /// 1 for a real token, 0 for padding, whatever the mask's dtype.
     fn mask_vec(attention_mask: &Tensor) -> Result<Vec<u32>> {
-        Ok(attention_mask.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?.into_iter().map(|m| u32::from(m != 0.0)).collect())
+        Ok(attention_mask
+            .to_dtype(DType::F32)?
+            .flatten_all()?
+            .to_vec1::<f32>()?
+            .into_iter()
+            .map(|m| u32::from(m != 0.0))
+            .collect())
     }
 
     /// As [`Encoder::forward`] at the real tokens, computing nothing for padding: the real
@@ -356,10 +428,17 @@ impl Encoder {
     /// within each sequence), and padding positions of the result are 0 (the reference computes
     /// values there that nothing should read). Where the fused path does not apply, this is
     /// `forward` with padding positions zeroed.
-    pub fn forward_packed(&self, input_ids: &Tensor, token_type_ids: Option<&Tensor>, attention_mask: &Tensor) -> Result<Tensor> {
+    pub fn forward_packed(
+        &self,
+        input_ids: &Tensor,
+        token_type_ids: Option<&Tensor>,
+        attention_mask: &Tensor,
+    ) -> Result<Tensor> {
         let Some(model) = self.fast.get_or_init(|| self.fast_layers()) else {
             let y = self.forward(input_ids, token_type_ids, attention_mask)?;
-            let m = Tensor::from_vec(Self::mask_vec(attention_mask)?, attention_mask.dims2()?, y.device())?.to_dtype(y.dtype())?.unsqueeze(D::Minus1)?;
+            let m = Tensor::from_vec(Self::mask_vec(attention_mask)?, attention_mask.dims2()?, y.device())?
+                .to_dtype(y.dtype())?
+                .unsqueeze(D::Minus1)?;
             return Ok(y.broadcast_mul(&m)?);
         };
         let x = self.embedding_sum(input_ids, token_type_ids)?;
@@ -454,7 +533,9 @@ impl Encoder {
     fn embedding_sum(&self, input_ids: &Tensor, token_type_ids: Option<&Tensor>) -> Result<Tensor> {
         let (b, t) = input_ids.dims2()?;
         let h = self.config.hidden;
-        let lookup = |table: &Tensor, ids: &Tensor| -> candle_core::Result<Tensor> { table.embedding(&ids.flatten_all()?)?.reshape((b, t, h)) };
+        let lookup = |table: &Tensor, ids: &Tensor| -> candle_core::Result<Tensor> {
+            table.embedding(&ids.flatten_all()?)?.reshape((b, t, h))
+        };
         let mut x = (lookup(&self.word, input_ids)? + lookup(&self.position, &self.position_ids(input_ids)?)?)?;
         if let Some(tt) = &self.token_type {
             let ids = match token_type_ids {
@@ -476,7 +557,13 @@ impl Encoder {
 
     /// Runs layer `i` alone on its input `x`, showing `observe` the input of each linear map.
     /// Layer-wise methods (SparseGPT) step through the model with this.
-    pub fn layer_forward_observed(&self, i: usize, x: &Tensor, bias: &Tensor, observe: &mut dyn FnMut(Site, &Tensor) -> Result<()>) -> Result<Tensor> {
+    pub fn layer_forward_observed(
+        &self,
+        i: usize,
+        x: &Tensor,
+        bias: &Tensor,
+        observe: &mut dyn FnMut(Site, &Tensor) -> Result<()>,
+    ) -> Result<Tensor> {
         let layer = self.layers.get(i).ok_or_else(|| ModelError::Invalid(format!("layer {i} out of range")))?;
         self.layer_forward(layer, x, bias, observe)
     }
@@ -502,20 +589,32 @@ impl Encoder {
         };
         let slot = slot.ok_or_else(|| ModelError::Invalid(format!("layer {i} has no linear map {module}")))?;
         if slot.weight().dims() != weight.dims() {
-            return invalid(format!("layer {i} {module}: shape {:?} cannot replace {:?}", weight.dims(), slot.weight().dims()));
+            return invalid(format!(
+                "layer {i} {module}: shape {:?} cannot replace {:?}",
+                weight.dims(),
+                slot.weight().dims()
+            ));
         }
         *slot = Linear::new(weight, slot.bias().cloned());
         self.fast = std::sync::OnceLock::new();
         Ok(())
     }
 
-    fn layer_forward(&self, l: &Layer, x: &Tensor, bias: &Tensor, observe: &mut dyn FnMut(Site, &Tensor) -> Result<()>) -> Result<Tensor> {
+    fn layer_forward(
+        &self,
+        l: &Layer,
+        x: &Tensor,
+        bias: &Tensor,
+        observe: &mut dyn FnMut(Site, &Tensor) -> Result<()>,
+    ) -> Result<Tensor> {
         let (b, t, h) = x.dims3()?;
         observe(Site::Attention, x)?;
         let attn = match (&l.q, &l.k, &l.v) {
             (Some(q), Some(k), Some(v)) => {
                 let (nh, hd) = (l.shape.heads, self.config.head_dim);
-                let split = |y: Tensor| -> candle_core::Result<Tensor> { y.reshape((b, t, nh, hd))?.transpose(1, 2)?.contiguous() };
+                let split = |y: Tensor| -> candle_core::Result<Tensor> {
+                    y.reshape((b, t, nh, hd))?.transpose(1, 2)?.contiguous()
+                };
                 let q = split(q.forward(x)?)?;
                 let k = split(k.forward(x)?)?;
                 let v = split(v.forward(x)?)?;
@@ -559,13 +658,19 @@ mod tests {
     #[test]
     fn fused_forward_matches_candle_ops() {
         use crate::engine::structured::{apply, Surgery, UnitPlan};
-        let max_diff = |a: &Tensor, b: &Tensor| (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap();
+        let max_diff = |a: &Tensor, b: &Tensor| {
+            (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap()
+        };
         for family in ["bert", "roberta", "distilbert"] {
             let m = TinyModel { model_type: family, layers: 3, ..Default::default() };
             let enc = Encoder::from_files(m.config_json().as_bytes(), &m.safetensors(), &Device::Cpu).unwrap();
             // Padding at the end of one row, and a row of padding only.
             let (i, mut mask) = ids(3, 9, 64, 4);
-            mask = Tensor::cat(&[mask.narrow(0, 0, 2).unwrap(), Tensor::zeros((1, 9), DType::U32, &Device::Cpu).unwrap()], 0).unwrap();
+            mask = Tensor::cat(
+                &[mask.narrow(0, 0, 2).unwrap(), Tensor::zeros((1, 9), DType::U32, &Device::Cpu).unwrap()],
+                0,
+            )
+            .unwrap();
             let (fast, slow) = (enc.forward(&i, None, &mask).unwrap(), enc.forward_unfused(&i, None, &mask).unwrap());
             assert!(max_diff(&fast, &slow) < 1e-5, "{family}: {}", max_diff(&fast, &slow));
             // Packed: the same at real tokens, 0 at padding.
@@ -574,19 +679,33 @@ mod tests {
             let masked = slow.broadcast_mul(&keep).unwrap();
             assert!(max_diff(&packed, &masked) < 1e-5, "{family} packed: {}", max_diff(&packed, &masked));
             // A mask with a hole (left and middle padding) packs the same way.
-            let holes = Tensor::from_vec((0..27u32).map(|j| u32::from(j % 9 != 0 && j % 9 != 4)).collect::<Vec<_>>(), (3, 9), &Device::Cpu).unwrap();
-            let (p, s) = (enc.forward_packed(&i, None, &holes).unwrap(), enc.forward_unfused(&i, None, &holes).unwrap());
+            let holes = Tensor::from_vec(
+                (0..27u32).map(|j| u32::from(j % 9 != 0 && j % 9 != 4)).collect::<Vec<_>>(),
+                (3, 9),
+                &Device::Cpu,
+            )
+            .unwrap();
+            let (p, s) =
+                (enc.forward_packed(&i, None, &holes).unwrap(), enc.forward_unfused(&i, None, &holes).unwrap());
             let s = s.broadcast_mul(&holes.to_dtype(DType::F32).unwrap().unsqueeze(2).unwrap()).unwrap();
             assert!(max_diff(&p, &s) < 1e-5, "{family} holes: {}", max_diff(&p, &s));
-            let f = enc.forward(&i, None, &holes).unwrap().broadcast_mul(&holes.to_dtype(DType::F32).unwrap().unsqueeze(2).unwrap()).unwrap();
+            let f = enc
+                .forward(&i, None, &holes)
+                .unwrap()
+                .broadcast_mul(&holes.to_dtype(DType::F32).unwrap().unsqueeze(2).unwrap())
+                .unwrap();
             assert!(max_diff(&f, &s) < 1e-5, "{family} holes, padded: {}", max_diff(&f, &s));
             // Per-layer shapes, including a layer without heads.
             let fam = Family::parse(family).unwrap();
             let mut w = Weights::from_safetensors(&m.safetensors(), fam, &Device::Cpu).unwrap();
-            let plan = UnitPlan { heads: vec![vec![0, 2], vec![0, 1, 2, 3], vec![]], neurons: vec![vec![1, 2, 3], vec![], (0..40).collect()] };
+            let plan = UnitPlan {
+                heads: vec![vec![0, 2], vec![0, 1, 2, 3], vec![]],
+                neurons: vec![vec![1, 2, 3], vec![], (0..40).collect()],
+            };
             let cfg = apply(&mut w, &enc.config, &plan, Surgery::Remove).unwrap();
             let small = Encoder::load(cfg, &w).unwrap();
-            let (fast, slow) = (small.forward(&i, None, &mask).unwrap(), small.forward_unfused(&i, None, &mask).unwrap());
+            let (fast, slow) =
+                (small.forward(&i, None, &mask).unwrap(), small.forward_unfused(&i, None, &mask).unwrap());
             assert!(max_diff(&fast, &slow) < 1e-5, "{family} compact: {}", max_diff(&fast, &slow));
         }
     }
@@ -595,7 +714,12 @@ mod tests {
     fn reads_per_layer_shapes_and_runs_every_family() {
         for family in ["bert", "roberta", "distilbert"] {
             for dtype in [Dtype::F32, Dtype::F16, Dtype::BF16] {
-                let m = TinyModel { model_type: family, dtype, with_prefix_and_head: dtype == Dtype::F16, ..Default::default() };
+                let m = TinyModel {
+                    model_type: family,
+                    dtype,
+                    with_prefix_and_head: dtype == Dtype::F16,
+                    ..Default::default()
+                };
                 let enc = Encoder::from_files(m.config_json().as_bytes(), &m.safetensors(), &Device::Cpu).unwrap();
                 assert_eq!(enc.config.layers, vec![LayerShape { heads: 4, ffn: 64 }; 2]);
                 let (i, mask) = ids(2, 7, 64, 3);

@@ -154,7 +154,8 @@ pub fn prune(weight: &mut [f32], cols: usize, hessian: &Hessian, rule: Rule, opt
         if let Rule::Unstructured(s) = rule {
             let k = ((rows * count) as f64 * s) as usize;
             if k > 0 {
-                let scores: Vec<f64> = (0..count).flat_map(|c| w1.col_as_slice(c).iter().map(move |x| score(*x, c))).collect();
+                let scores: Vec<f64> =
+                    (0..count).flat_map(|c| w1.col_as_slice(c).iter().map(move |x| score(*x, c))).collect();
                 order.clear();
                 order.extend(0..rows * count);
                 // Ties go in index order, so the selection is deterministic.
@@ -265,7 +266,9 @@ pub fn prune_sequentially<E: From<ModelError>>(
             }
             for t in chosen {
                 let h = hessians.iter().find(|(s, _)| *s == t.site).and_then(|(_, h)| h.as_ref());
-                let h = h.ok_or_else(|| ModelError::Invalid(format!("no calibration input reached layer {l}'s {}", t.module)))?;
+                let h = h.ok_or_else(|| {
+                    ModelError::Invalid(format!("no calibration input reached layer {l}'s {}", t.module))
+                })?;
                 let w = prune(t, h)?;
                 enc.set_weight(l, t.module, w)?;
             }
@@ -376,7 +379,9 @@ mod tests {
             }
         }
         let mut w = noise(4, rows * cols);
-        assert!(prune(&mut w, cols, &h, Rule::NM(NmPattern { n: 2, m: 5 }), Options::default()).unwrap_err().contains("multiple of M"));
+        assert!(prune(&mut w, cols, &h, Rule::NM(NmPattern { n: 2, m: 5 }), Options::default())
+            .unwrap_err()
+            .contains("multiple of M"));
     }
 
     #[test]

@@ -144,7 +144,8 @@ pub fn parse_header(header_json: &[u8], header_len: u64, file_len: u64) -> Resul
     }
     let data_len = file_len - data_start;
     let text = std::str::from_utf8(header_json).map_err(|_| "header is not valid UTF-8".to_string())?;
-    let value: Value = serde_json::from_str(text.trim_end_matches(' ')).map_err(|e| format!("header is not valid JSON: {e}"))?;
+    let value: Value =
+        serde_json::from_str(text.trim_end_matches(' ')).map_err(|e| format!("header is not valid JSON: {e}"))?;
     let obj = value.as_object().ok_or("header is not a JSON object")?;
     let mut tensors = BTreeMap::new();
     let mut metadata = BTreeMap::new();
@@ -222,7 +223,8 @@ pub fn parse(bytes: &[u8]) -> Result<Header, String> {
     if n > MAX_HEADER_BYTES {
         return Err(format!("header length {n} exceeds the limit of {MAX_HEADER_BYTES} bytes"));
     }
-    let end = 8usize.checked_add(n as usize).filter(|&e| e <= bytes.len()).ok_or("header runs past the end of the file")?;
+    let end =
+        8usize.checked_add(n as usize).filter(|&e| e <= bytes.len()).ok_or("header runs past the end of the file")?;
     parse_header(&bytes[8..end], n, bytes.len() as u64)
 }
 
@@ -277,7 +279,10 @@ impl StreamProbe {
 }
 
 /// Build a safetensors file from (name, dtype, shape, raw little-endian bytes).
-pub fn serialize(tensors: &[(String, Dtype, Vec<u64>, Vec<u8>)], metadata: Option<&BTreeMap<String, String>>) -> Vec<u8> {
+pub fn serialize(
+    tensors: &[(String, Dtype, Vec<u64>, Vec<u8>)],
+    metadata: Option<&BTreeMap<String, String>>,
+) -> Vec<u8> {
     let mut header = serde_json::Map::new();
     if let Some(m) = metadata {
         header.insert("__metadata__".into(), serde_json::to_value(m).unwrap());
@@ -285,7 +290,10 @@ pub fn serialize(tensors: &[(String, Dtype, Vec<u64>, Vec<u8>)], metadata: Optio
     let mut offset = 0u64;
     for (name, dtype, shape, data) in tensors {
         let end = offset + data.len() as u64;
-        header.insert(name.clone(), serde_json::json!({"dtype": dtype.name(), "shape": shape, "data_offsets": [offset, end]}));
+        header.insert(
+            name.clone(),
+            serde_json::json!({"dtype": dtype.name(), "shape": shape, "data_offsets": [offset, end]}),
+        );
         offset = end;
     }
     let mut json = serde_json::to_vec(&Value::Object(header)).unwrap();
@@ -307,10 +315,7 @@ mod tests {
 
     fn sample() -> Vec<u8> {
         serialize(
-            &[
-                ("a".into(), Dtype::F32, vec![2, 3], vec![0u8; 24]),
-                ("b".into(), Dtype::F16, vec![4], vec![1u8; 8]),
-            ],
+            &[("a".into(), Dtype::F32, vec![2, 3], vec![0u8; 24]), ("b".into(), Dtype::F16, vec![4], vec![1u8; 8])],
             None,
         )
     }
@@ -342,7 +347,14 @@ mod tests {
     fn rejects_malformed_files() {
         let cases: Vec<(Vec<u8>, &str)> = vec![
             (vec![1, 2, 3], "shorter than the 8-byte"),
-            ({ let mut v = (MAX_HEADER_BYTES + 1).to_le_bytes().to_vec(); v.extend([0u8; 8]); v }, "exceeds the limit"),
+            (
+                {
+                    let mut v = (MAX_HEADER_BYTES + 1).to_le_bytes().to_vec();
+                    v.extend([0u8; 8]);
+                    v
+                },
+                "exceeds the limit",
+            ),
             (with_header("{not json", 0), "not valid JSON"),
             (with_header(r#"{"a":{"dtype":"F33","shape":[1],"data_offsets":[0,4]}}"#, 4), "unknown dtype"),
             (with_header(r#"{"a":{"dtype":"F32","shape":[2],"data_offsets":[0,4]}}"#, 4), "needs 8"),
@@ -356,7 +368,10 @@ mod tests {
                 "overlaps",
             ),
             (with_header(r#"{"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}}"#, 2), "past the data buffer"),
-            (with_header(r#"{"a":{"dtype":"U8","shape":[4294967296,4294967296,16],"data_offsets":[0,4]}}"#, 4), "overflows"),
+            (
+                with_header(r#"{"a":{"dtype":"U8","shape":[4294967296,4294967296,16],"data_offsets":[0,4]}}"#, 4),
+                "overflows",
+            ),
             (with_header(r#"{"__metadata__":{"k":1}}"#, 0), "not a string"),
         ];
         for (bytes, want) in cases {

@@ -102,7 +102,11 @@ pub fn neuron_norm_scores(w: &Weights, cfg: &EncoderConfig) -> Result<Vec<Vec<f3
 /// batches `(input_ids, attention_mask, token_type_ids)` run through `enc` (built from `w`):
 /// a head scores ‖X_h W_Oₕᵀ‖ (its context projected by its slice of the attention output map:
 /// exactly what it adds to the layer), a neuron ‖a_j‖·‖W_out[:, j]‖ (the norm of what it adds).
-pub fn activation_scores(enc: &Encoder, w: &Weights, batches: &[(Tensor, Tensor, Tensor)]) -> Result<(PerLayer, PerLayer)> {
+pub fn activation_scores(
+    enc: &Encoder,
+    w: &Weights,
+    batches: &[(Tensor, Tensor, Tensor)],
+) -> Result<(PerLayer, PerLayer)> {
     let cfg = &enc.config;
     let hd = cfg.head_dim;
     let mut heads: Vec<Vec<f64>> = cfg.layers.iter().map(|l| vec![0.0; l.heads]).collect();
@@ -173,7 +177,10 @@ pub fn renumbered(family: Family, removed: &[usize], name: &str) -> Option<Strin
 
 /// Drop whole layers; the remaining ones are renumbered from 0.
 pub fn remove_layers(w: &Weights, cfg: &EncoderConfig, removed: &[usize]) -> (Weights, EncoderConfig) {
-    let map = w.names().filter_map(|n| renumbered(cfg.family, removed, n).map(|to| (to, w.get(n).expect("listed")))).collect();
+    let map = w
+        .names()
+        .filter_map(|n| renumbered(cfg.family, removed, n).map(|to| (to, w.get(n).expect("listed"))))
+        .collect();
     let mut out = cfg.clone();
     out.layers = cfg.layers.iter().enumerate().filter(|(i, _)| !removed.contains(i)).map(|(_, l)| *l).collect();
     (Weights::from_map(map), out)
@@ -184,7 +191,11 @@ pub fn remove_layers(w: &Weights, cfg: &EncoderConfig, removed: &[usize]) -> (We
 pub fn select_lowest(scores: &[Vec<f32>], count_global: Option<usize>, per_layer: Option<&[usize]>) -> Vec<Vec<usize>> {
     match (count_global, per_layer) {
         (Some(n), _) => {
-            let mut all: Vec<(f32, usize, usize)> = scores.iter().enumerate().flat_map(|(l, s)| s.iter().enumerate().map(move |(u, v)| (*v, l, u))).collect();
+            let mut all: Vec<(f32, usize, usize)> = scores
+                .iter()
+                .enumerate()
+                .flat_map(|(l, s)| s.iter().enumerate().map(move |(u, v)| (*v, l, u)))
+                .collect();
             all.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)).then(a.2.cmp(&b.2)));
             let mut out = vec![Vec::new(); scores.len()];
             for (_, l, u) in all.into_iter().take(n) {
@@ -209,7 +220,10 @@ pub fn select_lowest(scores: &[Vec<f32>], count_global: Option<usize>, per_layer
 }
 
 fn keep_index(total: usize, removed: &[usize], group: usize, device: &candle_core::Device) -> Result<Tensor> {
-    let keep: Vec<u32> = (0..total).filter(|u| !removed.contains(u)).flat_map(|u| (u * group..(u + 1) * group).map(|x| x as u32)).collect();
+    let keep: Vec<u32> = (0..total)
+        .filter(|u| !removed.contains(u))
+        .flat_map(|u| (u * group..(u + 1) * group).map(|x| x as u32))
+        .collect();
     Ok(Tensor::from_vec(keep.clone(), keep.len(), device)?)
 }
 
@@ -256,7 +270,8 @@ pub fn apply(w: &mut Weights, cfg: &EncoderConfig, plan: &UnitPlan, how: Surgery
         }
         if how == Surgery::Remove {
             let removed = |u: &[Vec<usize>]| u.get(i).map_or(0, Vec::len);
-            out.layers[i] = LayerShape { heads: shape.heads - removed(&plan.heads), ffn: shape.ffn - removed(&plan.neurons) };
+            out.layers[i] =
+                LayerShape { heads: shape.heads - removed(&plan.heads), ffn: shape.ffn - removed(&plan.neurons) };
         }
     }
     Ok(out)
@@ -279,18 +294,26 @@ mod tests {
 
     fn run(w: &Weights, cfg: &EncoderConfig) -> Tensor {
         let enc = Encoder::load(cfg.clone(), w).unwrap();
-        let ids = Tensor::from_vec((0..2 * 10).map(|i| 5 + (i * 7 % 50) as u32).collect::<Vec<_>>(), (2, 10), &Device::Cpu).unwrap();
-        let mask = Tensor::from_vec([vec![1u32; 10], [vec![1u32; 6], vec![0u32; 4]].concat()].concat(), (2, 10), &Device::Cpu).unwrap();
+        let ids =
+            Tensor::from_vec((0..2 * 10).map(|i| 5 + (i * 7 % 50) as u32).collect::<Vec<_>>(), (2, 10), &Device::Cpu)
+                .unwrap();
+        let mask =
+            Tensor::from_vec([vec![1u32; 10], [vec![1u32; 6], vec![0u32; 4]].concat()].concat(), (2, 10), &Device::Cpu)
+                .unwrap();
         enc.forward(&ids, None, &mask).unwrap()
     }
 
     #[test]
     fn activation_scores_measure_what_each_unit_adds() {
         let (_, w, cfg) = setup("bert");
-        let ids = Tensor::from_vec((0..2 * 10).map(|i| 5 + (i * 7 % 50) as u32).collect::<Vec<_>>(), (2, 10), &Device::Cpu).unwrap();
+        let ids =
+            Tensor::from_vec((0..2 * 10).map(|i| 5 + (i * 7 % 50) as u32).collect::<Vec<_>>(), (2, 10), &Device::Cpu)
+                .unwrap();
         let full = Tensor::ones((2, 10), DType::U32, &Device::Cpu).unwrap();
         let batch = |mask: &Tensor| vec![(ids.clone(), mask.clone(), ids.zeros_like().unwrap())];
-        let scores = |w: &Weights, mask: &Tensor| activation_scores(&Encoder::load(cfg.clone(), w).unwrap(), w, &batch(mask)).unwrap();
+        let scores = |w: &Weights, mask: &Tensor| {
+            activation_scores(&Encoder::load(cfg.clone(), w).unwrap(), w, &batch(mask)).unwrap()
+        };
         let (heads, neurons) = scores(&w, &full);
         assert_eq!(heads.iter().map(Vec::len).collect::<Vec<_>>(), vec![4; 3]);
         assert_eq!(neurons.iter().map(Vec::len).collect::<Vec<_>>(), vec![64; 3]);
@@ -303,7 +326,8 @@ mod tests {
         let hd = cfg.head_dim;
         let scale = |t: &Tensor, from: usize, len: usize, by: f64| {
             let cols = t.dim(1).unwrap();
-            let f: Vec<f32> = (0..cols).map(|c| if (from..from + len).contains(&c) { by as f32 } else { 1.0 }).collect();
+            let f: Vec<f32> =
+                (0..cols).map(|c| if (from..from + len).contains(&c) { by as f32 } else { 1.0 }).collect();
             t.broadcast_mul(&Tensor::new(f, &Device::Cpu).unwrap()).unwrap()
         };
         w2.insert(o, scale(&scale(&w.get(o).unwrap(), hd, hd, 2.0), 2 * hd, hd, 0.0));
@@ -318,7 +342,9 @@ mod tests {
         assert_eq!(n2[0][7], 0.0);
         assert!((n2[0][8] - neurons[0][8]).abs() < 1e-4 * neurons[0][8]);
         // Padding tokens add nothing: masking the last 4 tokens of row 1 lowers every score.
-        let half = Tensor::from_vec([vec![1u32; 10], [vec![1u32; 6], vec![0u32; 4]].concat()].concat(), (2, 10), &Device::Cpu).unwrap();
+        let half =
+            Tensor::from_vec([vec![1u32; 10], [vec![1u32; 6], vec![0u32; 4]].concat()].concat(), (2, 10), &Device::Cpu)
+                .unwrap();
         let (h3, n3) = scores(&w, &half);
         assert!(h3[0].iter().zip(&heads[0]).all(|(a, b)| a < b));
         assert!(n3[0].iter().zip(&neurons[0]).all(|(a, b)| a <= b));
@@ -329,21 +355,39 @@ mod tests {
         for family in ["bert", "roberta", "distilbert"] {
             let (_, w, cfg) = setup(family);
             // Layer 0: two heads and half the neurons; layer 1: every head; layer 2: nothing.
-            let plan = UnitPlan { heads: vec![vec![1, 3], vec![0, 1, 2, 3], vec![]], neurons: vec![(0..64).step_by(2).collect(), vec![5], vec![]] };
+            let plan = UnitPlan {
+                heads: vec![vec![1, 3], vec![0, 1, 2, 3], vec![]],
+                neurons: vec![(0..64).step_by(2).collect(), vec![5], vec![]],
+            };
             let mut removed = Weights::from_map(w.names().map(|n| (n.clone(), w.get(n).unwrap())).collect());
             let cfg_removed = apply(&mut removed, &cfg, &plan, Surgery::Remove).unwrap();
-            assert_eq!(cfg_removed.layers, vec![LayerShape { heads: 2, ffn: 32 }, LayerShape { heads: 0, ffn: 63 }, LayerShape { heads: 4, ffn: 64 }]);
+            assert_eq!(
+                cfg_removed.layers,
+                vec![
+                    LayerShape { heads: 2, ffn: 32 },
+                    LayerShape { heads: 0, ffn: 63 },
+                    LayerShape { heads: 4, ffn: 64 }
+                ]
+            );
             let mut zeroed = Weights::from_map(w.names().map(|n| (n.clone(), w.get(n).unwrap())).collect());
             let cfg_zeroed = apply(&mut zeroed, &cfg, &plan, Surgery::Zero).unwrap();
             assert_eq!(cfg_zeroed, cfg);
             // The compact checkpoint's shapes are what a fresh load reads back.
-            assert_eq!(EncoderConfig::from_checkpoint(TinyModel { model_type: family, layers: 3, ..Default::default() }.config_json().as_bytes(), &removed.shapes()).unwrap(), cfg_removed);
+            assert_eq!(
+                EncoderConfig::from_checkpoint(
+                    TinyModel { model_type: family, layers: 3, ..Default::default() }.config_json().as_bytes(),
+                    &removed.shapes()
+                )
+                .unwrap(),
+                cfg_removed
+            );
             let a = run(&removed, &cfg_removed);
             let b = run(&zeroed, &cfg_zeroed);
             let d = (a - &b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap();
             assert!(d < 1e-5, "{family}: {d}");
             let dense = run(&w, &cfg);
-            let changed = (dense - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap();
+            let changed =
+                (dense - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap();
             assert!(changed > 1e-3, "{family}: pruning should change the output");
         }
     }
@@ -353,18 +397,37 @@ mod tests {
         for family in ["bert", "distilbert"] {
             let (_, w, cfg) = setup(family);
             let fam = Family::parse(family).unwrap();
-            assert_eq!(renumbered(fam, &[1], &format!("{}attention.q_lin.weight", fam.layer_prefix(2))), Some(format!("{}attention.q_lin.weight", fam.layer_prefix(1))));
+            assert_eq!(
+                renumbered(fam, &[1], &format!("{}attention.q_lin.weight", fam.layer_prefix(2))),
+                Some(format!("{}attention.q_lin.weight", fam.layer_prefix(1)))
+            );
             assert_eq!(renumbered(fam, &[1], &format!("{}x", fam.layer_prefix(1))), None);
-            assert_eq!(renumbered(fam, &[1], "embeddings.word_embeddings.weight"), Some("embeddings.word_embeddings.weight".into()));
+            assert_eq!(
+                renumbered(fam, &[1], "embeddings.word_embeddings.weight"),
+                Some("embeddings.word_embeddings.weight".into())
+            );
             let (w2, cfg2) = remove_layers(&w, &cfg, &[1]);
             assert_eq!(cfg2.layers.len(), 2);
-            let again = EncoderConfig::from_checkpoint(TinyModel { model_type: family, layers: 2, ..Default::default() }.config_json().as_bytes(), &w2.shapes()).unwrap();
+            let again = EncoderConfig::from_checkpoint(
+                TinyModel { model_type: family, layers: 2, ..Default::default() }.config_json().as_bytes(),
+                &w2.shapes(),
+            )
+            .unwrap();
             assert_eq!(again, cfg2, "the renumbered tensors read back as a 2-layer model");
             // Dropping the last layer is running the first two of the original.
             let (w3, cfg3) = remove_layers(&w, &cfg, &[2]);
             let mut first_two = cfg.clone();
             first_two.layers.truncate(2);
-            let d = (run(&w3, &cfg3) - run(&w, &first_two)).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap();
+            let d = (run(&w3, &cfg3) - run(&w, &first_two))
+                .unwrap()
+                .abs()
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .max(0)
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
             assert_eq!(d, 0.0);
             let scores = layer_norm_scores(&w, &cfg).unwrap();
             assert_eq!(scores.len(), 3);

@@ -20,7 +20,17 @@ pub struct TinyModel {
 
 impl Default for TinyModel {
     fn default() -> Self {
-        TinyModel { model_type: "bert", layers: 2, hidden: 32, heads: 4, ffn: 64, vocab: 64, dtype: Dtype::F32, with_prefix_and_head: false, seed: 7 }
+        TinyModel {
+            model_type: "bert",
+            layers: 2,
+            hidden: 32,
+            heads: 4,
+            ffn: 64,
+            vocab: 64,
+            dtype: Dtype::F32,
+            with_prefix_and_head: false,
+            seed: 7,
+        }
     }
 }
 
@@ -75,7 +85,14 @@ impl TinyModel {
         t.push((format!("{pre}embeddings.LayerNorm.bias"), vec![h]));
         for i in 0..self.layers {
             let linears: Vec<(&str, [u64; 2])> = if distil {
-                vec![("attention.q_lin", [h, h]), ("attention.k_lin", [h, h]), ("attention.v_lin", [h, h]), ("attention.out_lin", [h, h]), ("ffn.lin1", [f, h]), ("ffn.lin2", [h, f])]
+                vec![
+                    ("attention.q_lin", [h, h]),
+                    ("attention.k_lin", [h, h]),
+                    ("attention.v_lin", [h, h]),
+                    ("attention.out_lin", [h, h]),
+                    ("ffn.lin1", [f, h]),
+                    ("ffn.lin2", [h, f]),
+                ]
             } else {
                 vec![
                     ("attention.self.query", [h, h]),
@@ -91,7 +108,11 @@ impl TinyModel {
                 t.push((format!("{pre}{root}.{i}.{m}.weight"), s.to_vec()));
                 t.push((format!("{pre}{root}.{i}.{m}.bias"), vec![s[0]]));
             }
-            let norms: &[&str] = if distil { &["sa_layer_norm", "output_layer_norm"] } else { &["attention.output.LayerNorm", "output.LayerNorm"] };
+            let norms: &[&str] = if distil {
+                &["sa_layer_norm", "output_layer_norm"]
+            } else {
+                &["attention.output.LayerNorm", "output.LayerNorm"]
+            };
             for n in norms {
                 t.push((format!("{pre}{root}.{i}.{n}.weight"), vec![h]));
                 t.push((format!("{pre}{root}.{i}.{n}.bias"), vec![h]));

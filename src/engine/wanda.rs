@@ -79,9 +79,13 @@ mod tests {
         assert_eq!(norms["encoder.layer.1.output.dense.weight"].len(), 64);
         assert!(norms.values().all(|v| v.iter().all(|x| *x > 0.0)));
         // Padding tokens do not count: padding half of row 1 changes the norms.
-        let half = Tensor::from_vec([vec![1u32; 8], vec![1, 1, 1, 1, 0, 0, 0, 0]].concat(), (2, 8), &Device::Cpu).unwrap();
+        let half =
+            Tensor::from_vec([vec![1u32; 8], vec![1, 1, 1, 1, 0, 0, 0, 0]].concat(), (2, 8), &Device::Cpu).unwrap();
         let n2 = input_norms(&enc, &[(ids, half, tt)]).unwrap();
-        assert!(n2["encoder.layer.0.attention.self.query.weight"][0] < norms["encoder.layer.0.attention.self.query.weight"][0]);
+        assert!(
+            n2["encoder.layer.0.attention.self.query.weight"][0]
+                < norms["encoder.layer.0.attention.self.query.weight"][0]
+        );
     }
 
     #[test]
@@ -89,7 +93,10 @@ mod tests {
         let w = vec![1.0, -2.0, 3.0, -4.0, 0.5, 0.5, 0.5, 0.5];
         let norms = vec![4.0, 1.0, 1.0, 0.1];
         // Row 0 scores 4, 2, 3, 0.4; row 1 scores 2, 0.5, 0.5, 0.05.
-        assert_eq!(mask(&w, 4, &norms, Rule::Unstructured(0.5)), vec![false, true, false, true, false, true, false, true]);
+        assert_eq!(
+            mask(&w, 4, &norms, Rule::Unstructured(0.5)),
+            vec![false, true, false, true, false, true, false, true]
+        );
         let nm = Rule::NM(NmPattern { n: 1, m: 2 });
         assert_eq!(mask(&w, 4, &norms, nm), vec![false, true, false, true, false, true, false, true]);
     }

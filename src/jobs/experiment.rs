@@ -5,19 +5,23 @@
 //! the database, served by `GET /v1/jobs/{id}/result`), and `result.json` sums them up.
 
 use super::experiment_spec::{ExperimentMethod, ExperimentRequest, ScheduleKind};
-use super::spec::Granularity;
 use super::prune::{model_err, write_model};
+use super::spec::Granularity;
 use super::{Executor, JobContext, JobError};
 use crate::data::{self, Task};
 use crate::engine::arch::Family;
+use crate::engine::export;
 use crate::engine::heads::{export_task_model, Head};
 use crate::engine::magnitude::{self, NmPattern, Report, Scope};
 use crate::engine::model::{EncoderConfig, Weights};
 use crate::engine::st;
-use crate::engine::export;
 use crate::engine::structured::{self, Surgery, UnitPlan};
 use crate::engine::wanda::Rule;
-use crate::train::experiment::{evaluate, examples, forward_ms, head_kind, linear_targets, lowest_layers, lowest_units, without_layers, prune_calibrated, prune_one_shot, removed_units, sparsity_of, squad_evaluate, squad_train_examples, unit_norm_scores, zero_units, Calibrated, Shape};
+use crate::train::experiment::{
+    evaluate, examples, forward_ms, head_kind, linear_targets, lowest_layers, lowest_units, prune_calibrated,
+    prune_one_shot, removed_units, sparsity_of, squad_evaluate, squad_train_examples, unit_norm_scores, without_layers,
+    zero_units, Calibrated, Shape,
+};
 use crate::train::gradual::{gradient_pass, Criterion, GradualPruner, Ramp, Scores};
 use crate::train::loss::Distill;
 use crate::train::net::{Dropout, Net};
@@ -121,7 +125,8 @@ impl Progress<'_> {
             extra.extend(pr.buffers());
         }
         let notes = serde_json::to_string(&resume).map_err(|e| JobError::Internal(e.into()))?;
-        self.ctx.write_scratch(CHECKPOINT, Bytes::from(trainer::checkpoint_with_notes(net, masks, state, &extra, &notes)))
+        self.ctx
+            .write_scratch(CHECKPOINT, Bytes::from(trainer::checkpoint_with_notes(net, masks, state, &extra, &notes)))
     }
 }
 
@@ -137,7 +142,10 @@ impl Observer for Progress<'_> {
         }
         self.losses.push(info.loss);
         let every = (info.total / 10).max(1);
-        if info.step < info.total && info.step >= self.last_checkpoint.0 + every && self.last_checkpoint.1.elapsed() >= self.ctx.checkpoint_interval {
+        if info.step < info.total
+            && info.step >= self.last_checkpoint.0 + every
+            && self.last_checkpoint.1.elapsed() >= self.ctx.checkpoint_interval
+        {
             masks.apply(net);
             if let Err(e) = self.checkpoint(net, masks, state) {
                 self.failed = Some(e);
@@ -145,7 +153,8 @@ impl Observer for Progress<'_> {
             }
             self.last_checkpoint = (info.step, Instant::now());
         }
-        if self.ctx.progress(self.stage, self.plan.at(self.stage, info.step as f64 / info.total.max(1) as f64)).is_err() {
+        if self.ctx.progress(self.stage, self.plan.at(self.stage, info.step as f64 / info.total.max(1) as f64)).is_err()
+        {
             self.stopped = true;
             return Control::Stop;
         }
@@ -162,11 +171,17 @@ enum TaskData {
 fn read_rows(ctx: &JobContext, id: &str, task: Task, field: &str) -> Result<Vec<data::Example>, JobError> {
     let (format, dtask, bytes) = ctx.read_dataset(id)?;
     if format == data::Format::GlueTsv && dtask != Some(task) {
-        return Err(JobError::Failed(format!("{field}: the dataset is a {} file, not {}", dtask.map_or("task-less".into(), |t| t.name()), task.name())));
+        return Err(JobError::Failed(format!(
+            "{field}: the dataset is a {} file, not {}",
+            dtask.map_or("task-less".into(), |t| t.name()),
+            task.name()
+        )));
     }
     let rows = data::examples(format, Some(task), &bytes).map_err(|e| JobError::Failed(format!("{field}: {e}")))?;
     if rows.iter().any(|r| r.label.is_none()) {
-        return Err(JobError::Failed(format!("{field}: the dataset has unlabelled rows (a GLUE test file?); experiments need labels")));
+        return Err(JobError::Failed(format!(
+            "{field}: the dataset has unlabelled rows (a GLUE test file?); experiments need labels"
+        )));
     }
     if rows.is_empty() {
         return Err(JobError::Failed(format!("{field}: the dataset holds no examples")));
@@ -242,7 +257,9 @@ fn latency(net: &Net, batch: &[Example], compact: bool) -> Result<f64, JobError>
 
 fn shape_of(p: &super::experiment_spec::ExperimentPruning) -> Result<Shape, JobError> {
     Ok(match p.granularity {
-        Granularity::NM => Shape::NM(NmPattern::parse(p.pattern.as_deref().unwrap_or_default()).map_err(JobError::Failed)?),
+        Granularity::NM => {
+            Shape::NM(NmPattern::parse(p.pattern.as_deref().unwrap_or_default()).map_err(JobError::Failed)?)
+        }
         _ => Shape::Unstructured { sparsity: p.sparsity.unwrap_or(0.0), scope: p.scope.unwrap_or(Scope::Global) },
     })
 }
@@ -274,31 +291,51 @@ impl Executor for ExperimentExecutor {
         let started = Instant::now();
         let config_json = ctx.read_model_file("config.json")?;
         let weights = ctx.read_model_file("model.safetensors")?;
-        let tok_bytes = ctx.read_model_file("tokenizer.json").map_err(|_| JobError::Failed("experiments tokenize with the model's own tokenizer: upload tokenizer.json with the model".into()))?;
-        let tok = tokenizers::Tokenizer::from_bytes(&tok_bytes).map_err(|e| JobError::Failed(format!("tokenizer.json: {e}")))?;
+        let tok_bytes = ctx.read_model_file("tokenizer.json").map_err(|_| {
+            JobError::Failed(
+                "experiments tokenize with the model's own tokenizer: upload tokenizer.json with the model".into(),
+            )
+        })?;
+        let tok = tokenizers::Tokenizer::from_bytes(&tok_bytes)
+            .map_err(|e| JobError::Failed(format!("tokenizer.json: {e}")))?;
         let family = {
-            let v: serde_json::Value = serde_json::from_slice(&config_json).map_err(|e| JobError::Failed(format!("config.json: {e}")))?;
-            Family::parse(v.get("model_type").and_then(|m| m.as_str()).unwrap_or("")).ok_or_else(|| JobError::Failed("config.json: unsupported model_type".into()))?
+            let v: serde_json::Value =
+                serde_json::from_slice(&config_json).map_err(|e| JobError::Failed(format!("config.json: {e}")))?;
+            Family::parse(v.get("model_type").and_then(|m| m.as_str()).unwrap_or(""))
+                .ok_or_else(|| JobError::Failed("config.json: unsupported model_type".into()))?
         };
         let w = Weights::from_safetensors(&weights, family, &Device::Cpu).map_err(model_err)?;
         let config = EncoderConfig::from_checkpoint(&config_json, &w.shapes()).map_err(model_err)?;
         let kind = head_kind(task).ok_or_else(|| JobError::Failed(format!("task {} has no head", task.name())))?;
-        let init_std = serde_json::from_slice::<serde_json::Value>(&config_json).ok().and_then(|v| v.get("initializer_range").and_then(|x| x.as_f64())).unwrap_or(0.02);
+        let init_std = serde_json::from_slice::<serde_json::Value>(&config_json)
+            .ok()
+            .and_then(|v| v.get("initializer_range").and_then(|x| x.as_f64()))
+            .unwrap_or(0.02);
         let seed = req.finetune.as_ref().map_or(42, |f| f.seed);
         let head = Head::load_or_init(&w, family, kind, config.hidden, init_std, seed).map_err(model_err)?;
         let fresh_head = head.fresh;
         let mut net = Net::new(config, &w, &head, Dropout::from_config(&config_json, family)).map_err(model_err)?;
         drop((w, head, weights));
         let data = load_data(ctx, &req)?;
-        let eval_len = req.recovery.as_ref().map(|r| r.max_seq_len).or(req.finetune.as_ref().map(|f| f.max_seq_len)).unwrap_or(128);
+        let eval_len = req
+            .recovery
+            .as_ref()
+            .map(|r| r.max_seq_len)
+            .or(req.finetune.as_ref().map(|f| f.max_seq_len))
+            .unwrap_or(128);
         let glue_eval = match &data {
             TaskData::Glue { eval_rows, .. } => examples(&tok, eval_rows, eval_len).map_err(JobError::Failed)?,
             TaskData::Squad { .. } => Vec::new(),
         };
         let train_set = |len: usize, max: Option<usize>| -> Result<Vec<Example>, JobError> {
             match &data {
-                TaskData::Glue { rows, .. } => examples(&tok, &rows[..max.unwrap_or(usize::MAX).min(rows.len())], len).map_err(JobError::Failed),
-                TaskData::Squad { questions, .. } => squad_train_examples(&tok, &questions[..max.unwrap_or(usize::MAX).min(questions.len())], len).map_err(JobError::Failed),
+                TaskData::Glue { rows, .. } => {
+                    examples(&tok, &rows[..max.unwrap_or(usize::MAX).min(rows.len())], len).map_err(JobError::Failed)
+                }
+                TaskData::Squad { questions, .. } => {
+                    squad_train_examples(&tok, &questions[..max.unwrap_or(usize::MAX).min(questions.len())], len)
+                        .map_err(JobError::Failed)
+                }
             }
         };
         let score = |net: &Net| -> Result<Scored, JobError> {
@@ -328,7 +365,8 @@ impl Executor for ExperimentExecutor {
                     Ok(Scored { metrics: e.metrics, lines })
                 }
                 TaskData::Squad { eval_questions, .. } => {
-                    let (metrics, answers) = squad_evaluate(net, &tok, eval_questions, eval_len, 32).map_err(JobError::Failed)?;
+                    let (metrics, answers) =
+                        squad_evaluate(net, &tok, eval_questions, eval_len, 32).map_err(JobError::Failed)?;
                     let lines = eval_questions.iter().zip(answers).map(|(q, a)| json!({"id": q.id, "prediction": a, "label": q.answers.iter().map(|x| x.1.clone()).collect::<Vec<_>>()})).collect();
                     Ok(Scored { metrics, lines })
                 }
@@ -350,7 +388,8 @@ impl Executor for ExperimentExecutor {
         let layers_loaded = net.config.layers.len();
         // A checkpoint left by an earlier claim of this job: go on from its stage.
         let checkpoint = ctx.read_scratch(CHECKPOINT)?;
-        let resumed: Option<Resume> = checkpoint.as_ref().and_then(|b| trainer::checkpoint_notes(b)).and_then(|n| serde_json::from_str(&n).ok());
+        let resumed: Option<Resume> =
+            checkpoint.as_ref().and_then(|b| trainer::checkpoint_notes(b)).and_then(|n| serde_json::from_str(&n).ok());
         let mut resume = Resume::default();
         let mut teacher_values: Option<BTreeMap<String, Vec<f32>>> = None;
         let mut restored: Option<(Masks, State, BTreeMap<String, Vec<f32>>)> = None;
@@ -366,7 +405,12 @@ impl Executor for ExperimentExecutor {
             for (name, value) in r.stages.iter().filter(|(n, _)| n != "loading") {
                 ctx.record_stage(name, value.clone())?;
             }
-            teacher_values = Some(extra.iter().filter_map(|(k, v)| k.strip_prefix("teacher/").map(|n| (n.to_string(), v.clone()))).collect());
+            teacher_values = Some(
+                extra
+                    .iter()
+                    .filter_map(|(k, v)| k.strip_prefix("teacher/").map(|n| (n.to_string(), v.clone())))
+                    .collect(),
+            );
             restored = Some((m, st, extra));
             resume = r.clone();
             tracing::info!(job_id = %ctx.job.id, stage = %r.stage, step = restored.as_ref().map_or(0, |x| x.1.step), "resuming from a checkpoint");
@@ -389,12 +433,31 @@ impl Executor for ExperimentExecutor {
         if let (Some(f), true) = (&req.finetune, resume_at.as_deref().is_none_or(|s| s == "finetune")) {
             let t = Instant::now();
             let set = train_set(f.max_seq_len, f.max_train_samples)?;
-            let s = Schedule { epochs: f.epochs, max_steps: f.max_steps, learning_rate: f.learning_rate as f32, batch_size: f.batch_size, seed: f.seed, group_by_length, ..Default::default() };
+            let s = Schedule {
+                epochs: f.epochs,
+                max_steps: f.max_steps,
+                learning_rate: f.learning_rate as f32,
+                batch_size: f.batch_size,
+                seed: f.seed,
+                group_by_length,
+                ..Default::default()
+            };
             let (mut free, mut state) = match restored.take() {
                 Some((m, st, _)) => (m, st),
                 None => (Masks::none(&net), State::new(&s)),
             };
-            let mut obs = Progress { ctx, plan: &plan, stage: "finetune", pruner: None, stopped: false, failed: None, losses: resume.losses.clone(), resume: resume.clone(), teacher: None, last_checkpoint: (state.step, Instant::now()) };
+            let mut obs = Progress {
+                ctx,
+                plan: &plan,
+                stage: "finetune",
+                pruner: None,
+                stopped: false,
+                failed: None,
+                losses: resume.losses.clone(),
+                resume: resume.clone(),
+                teacher: None,
+                last_checkpoint: (state.step, Instant::now()),
+            };
             trainer::train(&mut net, &set, &s, &mut free, &mut state, None, &mut obs).map_err(model_err)?;
             if let Some(e) = obs.failed {
                 return Err(e);
@@ -444,7 +507,10 @@ impl Executor for ExperimentExecutor {
             if resume_at.as_deref() != Some("recover") {
                 ctx.progress("prune", plan.at("prune", 0.0))?;
                 let t = Instant::now();
-                let score_set = train_set(rec.map_or(128, |r| r.max_seq_len), Some(rec.and_then(|r| r.max_train_samples).unwrap_or(usize::MAX).min(1024)))?;
+                let score_set = train_set(
+                    rec.map_or(128, |r| r.max_seq_len),
+                    Some(rec.and_then(|r| r.max_train_samples).unwrap_or(usize::MAX).min(1024)),
+                )?;
                 let mut head_scores = None;
                 if !gradual {
                     masks = match (p.granularity, p.method) {
@@ -452,7 +518,10 @@ impl Executor for ExperimentExecutor {
                             let n = net.config.layers.len();
                             let count = ((n as f64) * p.sparsity.unwrap_or(0.0)).round() as usize;
                             if count >= n {
-                                return Err(JobError::Failed(format!("pruning.sparsity {} would remove all {n} layers", p.sparsity.unwrap_or(0.0))));
+                                return Err(JobError::Failed(format!(
+                                    "pruning.sparsity {} would remove all {n} layers",
+                                    p.sparsity.unwrap_or(0.0)
+                                )));
                             }
                             resume.removed_layers = lowest_layers(&net, count).map_err(model_err)?;
                             net = without_layers(&net, &resume.removed_layers).map_err(model_err)?;
@@ -474,7 +543,11 @@ impl Executor for ExperimentExecutor {
                             prune_neurons(&mut net, p.sparsity.unwrap_or(0.0), p.scope.unwrap_or(Scope::Global), none)?
                         }
                         (_, ExperimentMethod::Wanda | ExperimentMethod::Sparsegpt) => {
-                            let how = if p.method == ExperimentMethod::Wanda { Calibrated::Wanda } else { Calibrated::SparseGpt };
+                            let how = if p.method == ExperimentMethod::Wanda {
+                                Calibrated::Wanda
+                            } else {
+                                Calibrated::SparseGpt
+                            };
                             let rule = match shape_of(p)? {
                                 Shape::NM(pat) => Rule::NM(pat),
                                 Shape::Unstructured { sparsity, .. } => Rule::Unstructured(sparsity),
@@ -491,14 +564,25 @@ impl Executor for ExperimentExecutor {
                     ctx.record_stage("prune", json!({"metrics": metrics_json(&e), "sparsity": sparsity_of(&net, &targets), "seconds": t.elapsed().as_secs_f64(), "head_scores": head_scores, "layers_removed": (p.granularity == Granularity::Layers).then_some(&resume.removed_layers)}))?;
                     resume.pruned = Some(e.metrics);
                 } else {
-                    ctx.record_stage("prune", json!({"schedule": p.schedule.kind, "note": "pruning happens during recovery"}))?;
+                    ctx.record_stage(
+                        "prune",
+                        json!({"schedule": p.schedule.kind, "note": "pruning happens during recovery"}),
+                    )?;
                 }
                 resume.stages = ctx.stages();
             }
             if let Some(r) = rec {
                 let t = Instant::now();
                 let set = train_set(r.max_seq_len, r.max_train_samples)?;
-                let s = Schedule { epochs: r.epochs, max_steps: r.max_steps, learning_rate: r.learning_rate as f32, batch_size: r.batch_size, seed: r.seed, group_by_length, ..Default::default() };
+                let s = Schedule {
+                    epochs: r.epochs,
+                    max_steps: r.max_steps,
+                    learning_rate: r.learning_rate as f32,
+                    batch_size: r.batch_size,
+                    seed: r.seed,
+                    group_by_length,
+                    ..Default::default()
+                };
                 let total = s.total_steps(set.len());
                 let mut state = State::new(&s);
                 let mut scores_back = None;
@@ -509,24 +593,50 @@ impl Executor for ExperimentExecutor {
                 }
                 let pruner = if gradual {
                     let end = p.schedule.end_step.unwrap_or(total * 7 / 10).max(p.schedule.start_step + 1);
-                    let ramp = if p.schedule.kind == ScheduleKind::Cubic { Ramp::Cubic } else { Ramp::Iterative { rounds: ((end - p.schedule.start_step) / p.schedule.every.max(1)).max(1) } };
+                    let ramp = if p.schedule.kind == ScheduleKind::Cubic {
+                        Ramp::Cubic
+                    } else {
+                        Ramp::Iterative { rounds: ((end - p.schedule.start_step) / p.schedule.every.max(1)).max(1) }
+                    };
                     let scores = Scores::new(&net, targets.clone(), criterion);
-                    let mut pruner = GradualPruner::new(scores, ramp, (p.schedule.start_step, end, p.schedule.every), p.sparsity.unwrap_or(0.0), p.scope.unwrap_or(Scope::Global));
+                    let mut pruner = GradualPruner::new(
+                        scores,
+                        ramp,
+                        (p.schedule.start_step, end, p.schedule.every),
+                        p.sparsity.unwrap_or(0.0),
+                        p.scope.unwrap_or(Scope::Global),
+                    );
                     if criterion == Criterion::Movement {
                         // Movement pruning's own top-k: masks re-chosen at every step of the ramp.
                         pruner = pruner.regrowing(&net);
                     }
                     if let Some(extra) = &scores_back {
                         pruner.reached = resume.reached;
-                        pruner.restore_buffers(extra).map_err(|e| JobError::Internal(anyhow::anyhow!("resuming the recovery stage: {e}")))?;
+                        pruner
+                            .restore_buffers(extra)
+                            .map_err(|e| JobError::Internal(anyhow::anyhow!("resuming the recovery stage: {e}")))?;
                     }
                     Some(pruner)
                 } else {
                     None
                 };
-                let teacher = r.distill.as_ref().map(|d| (&dense, Distill { temperature: d.temperature as f32, alpha: d.alpha as f32 }));
+                let teacher = r
+                    .distill
+                    .as_ref()
+                    .map(|d| (&dense, Distill { temperature: d.temperature as f32, alpha: d.alpha as f32 }));
                 let losses = if resume_at.as_deref() == Some("recover") { resume.losses.clone() } else { Vec::new() };
-                let mut obs = Progress { ctx, plan: &plan, stage: "recover", pruner, stopped: false, failed: None, losses, resume: resume.clone(), teacher: teacher.map(|t| t.0), last_checkpoint: (state.step, Instant::now()) };
+                let mut obs = Progress {
+                    ctx,
+                    plan: &plan,
+                    stage: "recover",
+                    pruner,
+                    stopped: false,
+                    failed: None,
+                    losses,
+                    resume: resume.clone(),
+                    teacher: teacher.map(|t| t.0),
+                    last_checkpoint: (state.step, Instant::now()),
+                };
                 trainer::train(&mut net, &set, &s, &mut masks, &mut state, teacher, &mut obs).map_err(model_err)?;
                 if let Some(e) = obs.failed {
                     return Err(e);
@@ -548,7 +658,10 @@ impl Executor for ExperimentExecutor {
             }
             ctx.progress("final_eval", plan.at("final_eval", 0.0))?;
             let after = score(&net)?;
-            ctx.record_stage("final_eval", json!({"metrics": metrics_json(&after), "sparsity": sparsity_of(&net, &targets)}))?;
+            ctx.record_stage(
+                "final_eval",
+                json!({"metrics": metrics_json(&after), "sparsity": sparsity_of(&net, &targets)}),
+            )?;
             last_eval = Some(after);
         }
         let after = match last_eval {
@@ -556,8 +669,12 @@ impl Executor for ExperimentExecutor {
             None => score(&net)?,
         };
         let (baseline_m, before_m, pruned_m) = (resume.baseline.clone(), resume.before.clone(), resume.pruned.clone());
-        let structured_pruning = req.pruning.as_ref().is_some_and(|p| matches!(p.granularity, Granularity::Heads | Granularity::Neurons | Granularity::Layers));
-        let latency_after = if measure_latency { Some(latency(&net, &latency_batch, structured_pruning)?) } else { None };
+        let structured_pruning = req
+            .pruning
+            .as_ref()
+            .is_some_and(|p| matches!(p.granularity, Granularity::Heads | Granularity::Neurons | Granularity::Layers));
+        let latency_after =
+            if measure_latency { Some(latency(&net, &latency_batch, structured_pruning)?) } else { None };
         let units = structured_pruning.then(|| {
             let plan = removed_units(&net);
             let count = |v: &[Vec<usize>]| v.iter().map(Vec::len).sum::<usize>();
@@ -574,10 +691,16 @@ impl Executor for ExperimentExecutor {
         let names: Vec<String> = targets.iter().map(|&i| format!("{}.{}", family.name(), net.params[i].name)).collect();
         let (tensors, totals) = magnitude::measure(&st_bytes, &header, &names);
         let mut report = Report {
-            method: req.pruning.as_ref().map_or("none".into(), |p| serde_json::to_value(p.method).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default()),
+            method: req.pruning.as_ref().map_or("none".into(), |p| {
+                serde_json::to_value(p.method).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default()
+            }),
             parameters: json!(req.pruning),
-            granularity: req.pruning.as_ref().map_or("unstructured".into(), |p| serde_json::to_value(p.granularity).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default()),
-            scope: req.pruning.as_ref().and_then(|p| p.scope).unwrap_or(if req.pruning.as_ref().is_some_and(|p| p.method.calibrated()) { Scope::Local } else { Scope::Global }),
+            granularity: req.pruning.as_ref().map_or("unstructured".into(), |p| {
+                serde_json::to_value(p.granularity).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default()
+            }),
+            scope: req.pruning.as_ref().and_then(|p| p.scope).unwrap_or(
+                if req.pruning.as_ref().is_some_and(|p| p.method.calibrated()) { Scope::Local } else { Scope::Global },
+            ),
             requested_sparsity: req.pruning.as_ref().and_then(|p| p.sparsity).unwrap_or(0.0),
             pattern: req.pruning.as_ref().and_then(|p| p.pattern.clone()),
             include: Vec::new(),
@@ -592,7 +715,8 @@ impl Executor for ExperimentExecutor {
         if req.export.compact {
             // The same task model with the removed units sliced out (nothing to slice after
             // unstructured pruning: then the files equal the default ones).
-            let c_cfg = structured::apply(&mut w, &net.config, &removed_units(&net), Surgery::Remove).map_err(model_err)?;
+            let c_cfg =
+                structured::apply(&mut w, &net.config, &removed_units(&net), Surgery::Remove).map_err(model_err)?;
             let c_json = export::config_json(&config_json, &c_cfg, true).map_err(model_err)?;
             let (c_config, c_bytes) = export_task_model(&c_json, &w, &head, task.label_names()).map_err(model_err)?;
             let c_header = st::parse(&c_bytes).map_err(|e| JobError::Internal(anyhow::anyhow!(e)))?;
@@ -603,7 +727,10 @@ impl Executor for ExperimentExecutor {
         if req.pruning.is_some() {
             ctx.write_artifact("masks.safetensors", Bytes::from(masks_bytes))?;
         }
-        ctx.write_artifact("report.json", Bytes::from(serde_json::to_vec_pretty(&report).map_err(|e| JobError::Internal(e.into()))?))?;
+        ctx.write_artifact(
+            "report.json",
+            Bytes::from(serde_json::to_vec_pretty(&report).map_err(|e| JobError::Internal(e.into()))?),
+        )?;
         let mut lines = String::new();
         for l in &after.lines {
             lines.push_str(&l.to_string());
@@ -620,7 +747,10 @@ impl Executor for ExperimentExecutor {
             "latency_ms": {"before": latency_before, "after": latency_after, "speedup": latency_before.zip(latency_after).map(|(b, a)| b / a), "batch": latency_batch.len(),
                 "note": if structured_pruning { "median of 5 forwards of one evaluation batch in Secateur's runtime; after: removed heads, neurons and layers physically gone (the compact layout)" } else { "median of 5 forwards of one evaluation batch in Secateur's runtime (dense kernels: zeroed weights are still multiplied)" }},
         });
-        ctx.write_artifact("result.json", Bytes::from(serde_json::to_vec_pretty(&result).map_err(|e| JobError::Internal(e.into()))?))?;
+        ctx.write_artifact(
+            "result.json",
+            Bytes::from(serde_json::to_vec_pretty(&result).map_err(|e| JobError::Internal(e.into()))?),
+        )?;
         ctx.record_stage("export", json!({"summary": result}))?;
         ctx.clear_scratch()?;
         ctx.progress("done", 1.0)

@@ -91,7 +91,15 @@ pub struct TrainSpec {
 
 impl Default for TrainSpec {
     fn default() -> Self {
-        TrainSpec { epochs: d_epochs_ft(), max_steps: None, learning_rate: d_lr_ft(), batch_size: d_batch(), max_seq_len: d_len(), max_train_samples: None, seed: d_seed() }
+        TrainSpec {
+            epochs: d_epochs_ft(),
+            max_steps: None,
+            learning_rate: d_lr_ft(),
+            batch_size: d_batch(),
+            max_seq_len: d_len(),
+            max_train_samples: None,
+            seed: d_seed(),
+        }
     }
 }
 
@@ -294,7 +302,16 @@ fn uuid_ok(s: &str) -> bool {
 }
 
 #[allow(clippy::too_many_arguments)]
-fn check_training(errs: &mut Vec<FieldError>, at: &str, epochs: u32, max_steps: Option<u64>, lr: f64, batch: usize, len: usize, samples: Option<usize>) {
+fn check_training(
+    errs: &mut Vec<FieldError>,
+    at: &str,
+    epochs: u32,
+    max_steps: Option<u64>,
+    lr: f64,
+    batch: usize,
+    len: usize,
+    samples: Option<usize>,
+) {
     if !(1..=100).contains(&epochs) {
         errs.push(FieldError::new(format!("{at}.epochs"), format!("{at}.epochs must be in 1..=100")));
     }
@@ -313,7 +330,10 @@ fn check_training(errs: &mut Vec<FieldError>, at: &str, epochs: u32, max_steps: 
         errs.push(FieldError::new(format!("{at}.max_seq_len"), format!("{at}.max_seq_len must be in 8..=512")));
     }
     if samples == Some(0) {
-        errs.push(FieldError::new(format!("{at}.max_train_samples"), format!("{at}.max_train_samples must be at least 1")));
+        errs.push(FieldError::new(
+            format!("{at}.max_train_samples"),
+            format!("{at}.max_train_samples must be at least 1"),
+        ));
     }
 }
 
@@ -335,13 +355,34 @@ impl ExperimentRequest {
             _ => {}
         }
         if let Some(f) = &self.finetune {
-            check_training(&mut errs, "finetune", f.epochs, f.max_steps, f.learning_rate, f.batch_size, f.max_seq_len, f.max_train_samples);
+            check_training(
+                &mut errs,
+                "finetune",
+                f.epochs,
+                f.max_steps,
+                f.learning_rate,
+                f.batch_size,
+                f.max_seq_len,
+                f.max_train_samples,
+            );
         }
         if let Some(r) = &self.recovery {
-            check_training(&mut errs, "recovery", r.epochs, r.max_steps, r.learning_rate, r.batch_size, r.max_seq_len, r.max_train_samples);
+            check_training(
+                &mut errs,
+                "recovery",
+                r.epochs,
+                r.max_steps,
+                r.learning_rate,
+                r.batch_size,
+                r.max_seq_len,
+                r.max_train_samples,
+            );
             if let Some(d) = &r.distill {
                 if !(d.temperature.is_finite() && d.temperature > 0.0 && d.temperature <= 100.0) {
-                    errs.push(FieldError::new("recovery.distill.temperature", "recovery.distill.temperature must be in (0, 100]"));
+                    errs.push(FieldError::new(
+                        "recovery.distill.temperature",
+                        "recovery.distill.temperature must be in (0, 100]",
+                    ));
                 }
                 if !(d.alpha.is_finite() && (0.0..=1.0).contains(&d.alpha)) {
                     errs.push(FieldError::new("recovery.distill.alpha", "recovery.distill.alpha must be in [0, 1]"));
@@ -350,36 +391,58 @@ impl ExperimentRequest {
         }
         if let Some(e) = self.evaluation.max_eval_samples {
             if e == 0 {
-                errs.push(FieldError::new("evaluation.max_eval_samples", "evaluation.max_eval_samples must be at least 1"));
+                errs.push(FieldError::new(
+                    "evaluation.max_eval_samples",
+                    "evaluation.max_eval_samples must be at least 1",
+                ));
             }
         }
         if let Some(p) = &self.pruning {
-            let m = serde_json::to_value(p.method).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default();
+            let m =
+                serde_json::to_value(p.method).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default();
             match p.granularity {
                 Granularity::Unstructured => {}
                 Granularity::NM if p.method != ExperimentMethod::HeadImportance => {}
-                Granularity::Heads if matches!(p.method, ExperimentMethod::Magnitude | ExperimentMethod::HeadImportance) => {}
+                Granularity::Heads
+                    if matches!(p.method, ExperimentMethod::Magnitude | ExperimentMethod::HeadImportance) => {}
                 Granularity::Neurons | Granularity::Layers if p.method == ExperimentMethod::Magnitude => {}
                 g => {
-                    let g = serde_json::to_value(g).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default();
+                    let g =
+                        serde_json::to_value(g).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default();
                     errs.push(FieldError::new("pruning.granularity", format!("method {m} with granularity {g} is not available in experiment jobs (unstructured and n:m: magnitude, taylor, movement, wanda, sparsegpt; heads: magnitude, head_importance; neurons and layers: magnitude)")));
                 }
             }
             if p.method.calibrated() {
                 if p.scope == Some(Scope::Global) {
-                    let why = if p.method == ExperimentMethod::Wanda { "compares weights within each output row" } else { "reconstructs each linear map on its own" };
-                    errs.push(FieldError::new("pruning.scope", format!("pruning.scope must be local for {m}: it {why}")));
+                    let why = if p.method == ExperimentMethod::Wanda {
+                        "compares weights within each output row"
+                    } else {
+                        "reconstructs each linear map on its own"
+                    };
+                    errs.push(FieldError::new(
+                        "pruning.scope",
+                        format!("pruning.scope must be local for {m}: it {why}"),
+                    ));
                 }
                 if p.schedule.kind != ScheduleKind::OneShot {
-                    errs.push(FieldError::new("pruning.schedule.kind", format!("{m} prunes once (one_shot) before recovery")));
+                    errs.push(FieldError::new(
+                        "pruning.schedule.kind",
+                        format!("{m} prunes once (one_shot) before recovery"),
+                    ));
                 }
                 if let Some(n) = p.calibration_samples {
                     if !(1..=4096).contains(&n) {
-                        errs.push(FieldError::new("pruning.calibration_samples", "pruning.calibration_samples must be in 1..=4096"));
+                        errs.push(FieldError::new(
+                            "pruning.calibration_samples",
+                            "pruning.calibration_samples must be in 1..=4096",
+                        ));
                     }
                 }
             } else if p.calibration_samples.is_some() {
-                errs.push(FieldError::new("pruning.calibration_samples", "pruning.calibration_samples applies to methods wanda and sparsegpt only"));
+                errs.push(FieldError::new(
+                    "pruning.calibration_samples",
+                    "pruning.calibration_samples applies to methods wanda and sparsegpt only",
+                ));
             }
             match p.neuron_sparsity {
                 Some(_) if p.granularity != Granularity::Heads => errs.push(FieldError::new("pruning.neuron_sparsity", "pruning.neuron_sparsity applies to granularity heads only (granularity neurons uses pruning.sparsity)")),
@@ -387,7 +450,10 @@ impl ExperimentRequest {
                 _ => {}
             }
             if p.granularity == Granularity::Layers && p.scope == Some(Scope::Local) {
-                errs.push(FieldError::new("pruning.scope", "granularity layers removes the weakest layers of the model: pruning.scope must be global"));
+                errs.push(FieldError::new(
+                    "pruning.scope",
+                    "granularity layers removes the weakest layers of the model: pruning.scope must be global",
+                ));
             }
             if p.method == ExperimentMethod::HeadImportance && p.granularity != Granularity::Heads {
                 errs.push(FieldError::new("pruning.granularity", "head_importance prunes granularity heads"));
@@ -395,10 +461,16 @@ impl ExperimentRequest {
             match (p.granularity, p.sparsity, &p.pattern) {
                 (Granularity::NM, s, pat) => {
                     if s.is_some() {
-                        errs.push(FieldError::new("pruning.sparsity", "leave pruning.sparsity out for n:m: pruning.pattern sets it"));
+                        errs.push(FieldError::new(
+                            "pruning.sparsity",
+                            "leave pruning.sparsity out for n:m: pruning.pattern sets it",
+                        ));
                     }
                     match pat.as_deref().map(crate::engine::magnitude::NmPattern::parse) {
-                        None => errs.push(FieldError::new("pruning.pattern", "pruning.pattern is required for n:m (e.g. \"2:4\")")),
+                        None => errs.push(FieldError::new(
+                            "pruning.pattern",
+                            "pruning.pattern is required for n:m (e.g. \"2:4\")",
+                        )),
                         Some(Err(e)) => errs.push(FieldError::new("pruning.pattern", e)),
                         Some(Ok(_)) => {}
                     }
@@ -406,32 +478,49 @@ impl ExperimentRequest {
                 (_, s, pat) => {
                     match s {
                         None => errs.push(FieldError::new("pruning.sparsity", "pruning.sparsity is required")),
-                        Some(s) if !(s.is_finite() && (0.0..1.0).contains(&s)) => errs.push(FieldError::new("pruning.sparsity", "pruning.sparsity must be in [0, 1)")),
+                        Some(s) if !(s.is_finite() && (0.0..1.0).contains(&s)) => {
+                            errs.push(FieldError::new("pruning.sparsity", "pruning.sparsity must be in [0, 1)"))
+                        }
                         _ => {}
                     }
                     if pat.is_some() {
-                        errs.push(FieldError::new("pruning.pattern", "pruning.pattern applies to granularity n:m only"));
+                        errs.push(FieldError::new(
+                            "pruning.pattern",
+                            "pruning.pattern applies to granularity n:m only",
+                        ));
                     }
                 }
             }
             let sch = &p.schedule;
             if sch.kind != ScheduleKind::OneShot {
                 if self.recovery.is_none() {
-                    errs.push(FieldError::new("pruning.schedule.kind", "a gradual schedule prunes during recovery: give recovery"));
+                    errs.push(FieldError::new(
+                        "pruning.schedule.kind",
+                        "a gradual schedule prunes during recovery: give recovery",
+                    ));
                 }
                 if p.granularity != Granularity::Unstructured {
                     errs.push(FieldError::new("pruning.schedule.kind", "gradual schedules prune unstructured weights"));
                 }
                 if !(1..=1_000_000).contains(&sch.every) {
-                    errs.push(FieldError::new("pruning.schedule.every", "pruning.schedule.every must be in 1..=1000000"));
+                    errs.push(FieldError::new(
+                        "pruning.schedule.every",
+                        "pruning.schedule.every must be in 1..=1000000",
+                    ));
                 }
                 if let Some(end) = sch.end_step {
                     if end <= sch.start_step {
-                        errs.push(FieldError::new("pruning.schedule.end_step", "pruning.schedule.end_step must be after start_step"));
+                        errs.push(FieldError::new(
+                            "pruning.schedule.end_step",
+                            "pruning.schedule.end_step must be after start_step",
+                        ));
                     }
                 }
             } else if sch.start_step != 0 || sch.end_step.is_some() {
-                errs.push(FieldError::new("pruning.schedule.start_step", "start_step and end_step apply to gradual schedules (iterative, cubic)"));
+                errs.push(FieldError::new(
+                    "pruning.schedule.start_step",
+                    "start_step and end_step apply to gradual schedules (iterative, cubic)",
+                ));
             }
         } else if self.recovery.is_some() {
             errs.push(FieldError::new("recovery", "recovery fine-tunes a pruned model: give pruning"));

@@ -91,16 +91,23 @@ impl JobContext {
     pub fn read_model_file(&self, name: &str) -> Result<Bytes, JobError> {
         let path = model_path(&self.job.model_id, name);
         self.rt.block_on(self.artifacts.get(&path)).map_err(|e| match e {
-            object_store::Error::NotFound { .. } => JobError::Failed(format!("the model's file {name} is missing from the artifact store")),
+            object_store::Error::NotFound { .. } => {
+                JobError::Failed(format!("the model's file {name} is missing from the artifact store"))
+            }
             e => JobError::Internal(e.into()),
         })
     }
 
     /// A dataset the job reads: its format, task and bytes.
     pub fn read_dataset(&self, id: &str) -> Result<(crate::data::Format, Option<crate::data::Task>, Bytes), JobError> {
-        let (format, task) = *self.datasets.get(id).ok_or_else(|| JobError::Failed(format!("dataset {id} is not available to this job (deleted?)")))?;
+        let (format, task) = *self
+            .datasets
+            .get(id)
+            .ok_or_else(|| JobError::Failed(format!("dataset {id} is not available to this job (deleted?)")))?;
         let bytes = self.rt.block_on(self.artifacts.get(&crate::artifacts::dataset_path(id))).map_err(|e| match e {
-            object_store::Error::NotFound { .. } => JobError::Failed(format!("dataset {id}'s file is missing from the artifact store")),
+            object_store::Error::NotFound { .. } => {
+                JobError::Failed(format!("dataset {id}'s file is missing from the artifact store"))
+            }
             e => JobError::Internal(e.into()),
         })?;
         Ok((format, task, bytes))
@@ -148,7 +155,8 @@ impl JobContext {
             st.len() as i64 - 1
         };
         if let Some((store, owner)) = &self.store {
-            let ours = self.rt.block_on(store.record_stage(&self.job.id, owner, position, name, &result.to_string()))?;
+            let ours =
+                self.rt.block_on(store.record_stage(&self.job.id, owner, position, name, &result.to_string()))?;
             if !ours {
                 return Err(JobError::Stopped);
             }
@@ -186,17 +194,26 @@ pub fn run_local(
     use anyhow::Context;
     let mut v: serde_json::Value = serde_json::from_slice(spec_json).context("the spec is not valid JSON")?;
     let obj = v.as_object_mut().context("the spec must be a JSON object")?;
-    anyhow::ensure!(obj.get("kind").and_then(|k| k.as_str()).is_none_or(|k| k == "prune"), "this spec is not a prune job's (for an experiment, use `secateur experiment`)");
+    anyhow::ensure!(
+        obj.get("kind").and_then(|k| k.as_str()).is_none_or(|k| k == "prune"),
+        "this spec is not a prune job's (for an experiment, use `secateur experiment`)"
+    );
     // The calibration file stands in for a dataset id.
     let mut datasets = Vec::new();
     if let Some(c) = calibration {
         let cal = obj.entry("calibration").or_insert_with(|| serde_json::json!({}));
         let cal = cal.as_object_mut().context("calibration must be an object")?;
-        anyhow::ensure!(!cal.contains_key("dataset_id"), "the spec names calibration.dataset_id; locally the data is --calibration");
+        anyhow::ensure!(
+            !cal.contains_key("dataset_id"),
+            "the spec names calibration.dataset_id; locally the data is --calibration"
+        );
         cal.insert("dataset_id".into(), LOCAL_IDS[0].into());
         datasets.push((LOCAL_IDS[0], c));
     } else {
-        anyhow::ensure!(!obj.contains_key("calibration"), "the spec asks for calibration: give the data with --calibration FILE");
+        anyhow::ensure!(
+            !obj.contains_key("calibration"),
+            "the spec asks for calibration: give the data with --calibration FILE"
+        );
     }
     run_local_spec(v, model_dir, datasets, out_dir, on_progress)
 }
@@ -248,8 +265,13 @@ fn run_local_spec(
     let executor = executor_for(kind.name()).context("unknown job kind")?;
     // A private artifact store: the model's files linked in, the outputs written under jobs/.
     let scratch = tempfile_dir(out_dir)?;
-    let model_files: Vec<String> = crate::api::models::MODEL_FILES.iter().filter(|f| model_dir.join(f).is_file()).map(|f| f.to_string()).collect();
-    anyhow::ensure!(model_files.iter().any(|f| f == "model.safetensors"), "{} has no model.safetensors", model_dir.display());
+    let model_files: Vec<String> =
+        crate::api::models::MODEL_FILES.iter().filter(|f| model_dir.join(f).is_file()).map(|f| f.to_string()).collect();
+    anyhow::ensure!(
+        model_files.iter().any(|f| f == "model.safetensors"),
+        "{} has no model.safetensors",
+        model_dir.display()
+    );
     let models = scratch.join("models").join(&model_id);
     std::fs::create_dir_all(&models)?;
     for f in &model_files {
@@ -259,7 +281,8 @@ fn run_local_spec(
     let mut datasets = std::collections::HashMap::new();
     for (id, c) in &local {
         let bytes = std::fs::read(c.path).with_context(|| format!("reading {}", c.path.display()))?;
-        let summary = crate::data::validate(c.format, c.task, &bytes).map_err(|e| anyhow::anyhow!("{}: {e}", c.path.display()))?;
+        let summary = crate::data::validate(c.format, c.task, &bytes)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", c.path.display()))?;
         anyhow::ensure!(summary.rows > 0, "{} holds no rows", c.path.display());
         let dir = scratch.join("datasets").join(id);
         std::fs::create_dir_all(&dir)?;

@@ -73,15 +73,26 @@ impl Executor for PruneExecutor {
             Method::Magnitude => {}
         }
         match req.pruning.granularity {
-            Granularity::Unstructured | Granularity::NM => unstructured(ctx, &req, &config, weights, &header, summary.family)?,
-            Granularity::Heads | Granularity::Neurons => structured_job(ctx, &req, &config, &weights, &header, summary.family)?,
+            Granularity::Unstructured | Granularity::NM => {
+                unstructured(ctx, &req, &config, weights, &header, summary.family)?
+            }
+            Granularity::Heads | Granularity::Neurons => {
+                structured_job(ctx, &req, &config, &weights, &header, summary.family)?
+            }
             Granularity::Layers => layers_job(ctx, &req, &config, &weights, &header, summary.family)?,
         }
         ctx.progress("writing", 1.0)
     }
 }
 
-fn unstructured(ctx: &JobContext, req: &JobRequest, config: &Bytes, weights: Bytes, header: &Header, family: Family) -> Result<(), JobError> {
+fn unstructured(
+    ctx: &JobContext,
+    req: &JobRequest,
+    config: &Bytes,
+    weights: Bytes,
+    header: &Header,
+    family: Family,
+) -> Result<(), JobError> {
     let targets = chosen_targets(req, header, family)?;
     ctx.progress("pruning", 0.1)?;
     let mut out = weights.to_vec();
@@ -95,12 +106,25 @@ fn unstructured(ctx: &JobContext, req: &JobRequest, config: &Bytes, weights: Byt
         }
         _ => {
             let s = sparsity(req)?;
-            magnitude::prune_in_place(&mut out, header, &targets, req.pruning.scope(), s, step).map_err(JobError::Failed)??;
+            magnitude::prune_in_place(&mut out, header, &targets, req.pruning.scope(), s, step)
+                .map_err(JobError::Failed)??;
             (s, None)
         }
     };
     ctx.progress("writing", 0.85)?;
-    finish_in_place(ctx, req, family, "magnitude", config, out, header, &targets, requested, pattern, serde_json::Value::Null)
+    finish_in_place(
+        ctx,
+        req,
+        family,
+        "magnitude",
+        config,
+        out,
+        header,
+        &targets,
+        requested,
+        pattern,
+        serde_json::Value::Null,
+    )
 }
 
 /// The tensors to prune: the encoder's linear weights, or the `include`/`exclude` choice.
@@ -120,14 +144,22 @@ fn chosen_targets(req: &JobRequest, header: &Header, family: Family) -> Result<V
 /// Hidden size / attention heads from `config.json` (`dim` / `n_heads` for DistilBERT).
 fn head_dim(config: &[u8]) -> usize {
     let v: serde_json::Value = serde_json::from_slice(config).unwrap_or_default();
-    let get = |a: &str, b: &str| v.get(a).or_else(|| v.get(b)).and_then(serde_json::Value::as_u64).unwrap_or(0) as usize;
+    let get =
+        |a: &str, b: &str| v.get(a).or_else(|| v.get(b)).and_then(serde_json::Value::as_u64).unwrap_or(0) as usize;
     let (hidden, heads) = (get("hidden_size", "dim"), get("num_attention_heads", "n_heads"));
     hidden.checked_div(heads).unwrap_or(0)
 }
 
 /// Per-layer report of a written file: parameters, non-zeros, and heads / FFN neurons before,
 /// stored and active.
-fn layer_reports(tensors: &[magnitude::TensorReport], file: &[u8], header: &Header, before: &Header, config: &[u8], family: Family) -> Vec<magnitude::LayerReport> {
+fn layer_reports(
+    tensors: &[magnitude::TensorReport],
+    file: &[u8],
+    header: &Header,
+    before: &Header,
+    config: &[u8],
+    family: Family,
+) -> Vec<magnitude::LayerReport> {
     let mut layers = magnitude::per_layer(tensors);
     magnitude::fill_units(&mut layers, file, header, before, family, head_dim(config));
     layers
@@ -212,7 +244,14 @@ fn touched(family: Family, header: &Header, plan: &structured::UnitPlan) -> Vec<
     out
 }
 
-fn structured_job(ctx: &JobContext, req: &JobRequest, config: &Bytes, weights: &Bytes, header: &Header, family: Family) -> Result<(), JobError> {
+fn structured_job(
+    ctx: &JobContext,
+    req: &JobRequest,
+    config: &Bytes,
+    weights: &Bytes,
+    header: &Header,
+    family: Family,
+) -> Result<(), JobError> {
     let w = Weights::from_safetensors(weights, family, &Device::Cpu).map_err(model_err)?;
     let cfg = EncoderConfig::from_checkpoint(config, &w.shapes()).map_err(model_err)?;
     ctx.progress("scoring", 0.2)?;
@@ -284,7 +323,12 @@ fn structured_job(ctx: &JobContext, req: &JobRequest, config: &Bytes, weights: &
     let targets = touched(family, header, &plan);
     let (tensors, totals) = magnitude::measure_against(&hf_bytes, &hf_header, &targets, header);
     let layers = layer_reports(&tensors, &hf_bytes, &hf_header, header, config, family);
-    write_model(ctx, "", Bytes::from(hf_bytes), Bytes::from(export::config_json(config, &hf_cfg, false).map_err(model_err)?))?;
+    write_model(
+        ctx,
+        "",
+        Bytes::from(hf_bytes),
+        Bytes::from(export::config_json(config, &hf_cfg, false).map_err(model_err)?),
+    )?;
     let mut compact_totals = None;
     if req.export.compact {
         ctx.progress("writing", 0.8)?;
@@ -293,7 +337,12 @@ fn structured_job(ctx: &JobContext, req: &JobRequest, config: &Bytes, weights: &
         let c_bytes = export::write_like(header, family, &c).map_err(model_err)?;
         let c_header = st::parse(&c_bytes).map_err(|e| JobError::Internal(anyhow::anyhow!(e)))?;
         compact_totals = Some(magnitude::measure_against(&c_bytes, &c_header, &targets, header).1);
-        write_model(ctx, "compact/", Bytes::from(c_bytes), Bytes::from(export::config_json(config, &c_cfg, true).map_err(model_err)?))?;
+        write_model(
+            ctx,
+            "compact/",
+            Bytes::from(c_bytes),
+            Bytes::from(export::config_json(config, &c_cfg, true).map_err(model_err)?),
+        )?;
     }
     let report = Report {
         method: "magnitude".into(),
@@ -321,19 +370,29 @@ type Batch = (candle_core::Tensor, candle_core::Tensor, candle_core::Tensor);
 
 fn calibration_batches(ctx: &JobContext, req: &JobRequest) -> Result<Vec<Batch>, JobError> {
     let method = req.pruning.method.name();
-    let cal = req.calibration.as_ref().ok_or_else(|| JobError::Internal(anyhow::anyhow!("a validated {method} spec lacks calibration")))?;
+    let cal = req
+        .calibration
+        .as_ref()
+        .ok_or_else(|| JobError::Internal(anyhow::anyhow!("a validated {method} spec lacks calibration")))?;
     let (format, task, data) = ctx.read_dataset(&cal.dataset_id)?;
-    let texts = crate::data::texts(format, task, &data, cal.samples).map_err(|e| JobError::Failed(format!("calibration dataset: {e}")))?;
+    let texts = crate::data::texts(format, task, &data, cal.samples)
+        .map_err(|e| JobError::Failed(format!("calibration dataset: {e}")))?;
     if texts.is_empty() {
         return Err(JobError::Failed("the calibration dataset holds no text".into()));
     }
     if !ctx.model_files.iter().any(|f| f == "tokenizer.json") {
-        return Err(JobError::Failed(format!("{method} tokenizes calibration text with the model's tokenizer.json, which this model lacks")));
+        return Err(JobError::Failed(format!(
+            "{method} tokenizes calibration text with the model's tokenizer.json, which this model lacks"
+        )));
     }
-    let mut tok = tokenizers::Tokenizer::from_bytes(ctx.read_model_file("tokenizer.json")?).map_err(|e| JobError::Failed(format!("tokenizer.json: {e}")))?;
+    let mut tok = tokenizers::Tokenizer::from_bytes(ctx.read_model_file("tokenizer.json")?)
+        .map_err(|e| JobError::Failed(format!("tokenizer.json: {e}")))?;
     tok.with_truncation(Some(tokenizers::TruncationParams { max_length: cal.max_seq_len, ..Default::default() }))
         .map_err(|e| JobError::Failed(format!("tokenizer.json: {e}")))?;
-    tok.with_padding(Some(tokenizers::PaddingParams { strategy: tokenizers::PaddingStrategy::BatchLongest, ..Default::default() }));
+    tok.with_padding(Some(tokenizers::PaddingParams {
+        strategy: tokenizers::PaddingStrategy::BatchLongest,
+        ..Default::default()
+    }));
     let mut batches = Vec::new();
     for chunk in texts.chunks(8) {
         let inputs: Vec<tokenizers::EncodeInput> = chunk
@@ -343,11 +402,23 @@ fn calibration_batches(ctx: &JobContext, req: &JobRequest) -> Result<Vec<Batch>,
                 None => a.as_str().into(),
             })
             .collect();
-        let e = tok.encode_batch(inputs, true).map_err(|e| JobError::Failed(format!("tokenizing calibration text: {e}")))?;
+        let e = tok
+            .encode_batch(inputs, true)
+            .map_err(|e| JobError::Failed(format!("tokenizing calibration text: {e}")))?;
         let (b, t) = (e.len(), e[0].get_ids().len());
-        let flat = |f: &dyn Fn(&tokenizers::Encoding) -> &[u32]| candle_core::Tensor::from_vec(e.iter().flat_map(|x| f(x).to_vec()).collect::<Vec<u32>>(), (b, t), &Device::Cpu);
+        let flat = |f: &dyn Fn(&tokenizers::Encoding) -> &[u32]| {
+            candle_core::Tensor::from_vec(
+                e.iter().flat_map(|x| f(x).to_vec()).collect::<Vec<u32>>(),
+                (b, t),
+                &Device::Cpu,
+            )
+        };
         let to_job = |e: candle_core::Error| JobError::Internal(e.into());
-        batches.push((flat(&|x| x.get_ids()).map_err(to_job)?, flat(&|x| x.get_attention_mask()).map_err(to_job)?, flat(&|x| x.get_type_ids()).map_err(to_job)?));
+        batches.push((
+            flat(&|x| x.get_ids()).map_err(to_job)?,
+            flat(&|x| x.get_attention_mask()).map_err(to_job)?,
+            flat(&|x| x.get_type_ids()).map_err(to_job)?,
+        ));
     }
     Ok(batches)
 }
@@ -356,7 +427,10 @@ fn calibration_batches(ctx: &JobContext, req: &JobRequest) -> Result<Vec<Batch>,
 fn calibration_tokens(batches: &[Batch]) -> Result<u64, JobError> {
     let mut n = 0u64;
     for (_, mask, _) in batches {
-        n += mask.to_dtype(candle_core::DType::F64).and_then(|m| m.sum_all()?.to_scalar::<f64>()).map_err(|e| JobError::Internal(e.into()))? as u64;
+        n += mask
+            .to_dtype(candle_core::DType::F64)
+            .and_then(|m| m.sum_all()?.to_scalar::<f64>())
+            .map_err(|e| JobError::Internal(e.into()))? as u64;
     }
     Ok(n)
 }
@@ -380,7 +454,14 @@ fn calibrated_rule(req: &JobRequest) -> Result<(crate::engine::wanda::Rule, f64,
 /// already pruned; in each layer the Hessians of its linear maps' inputs are collected, every
 /// chosen map is pruned and reconstructed, and the layer's output (with the pruned maps) becomes
 /// the next layer's input.
-fn sparsegpt_job(ctx: &JobContext, req: &JobRequest, config: &Bytes, weights: Bytes, header: &Header, family: Family) -> Result<(), JobError> {
+fn sparsegpt_job(
+    ctx: &JobContext,
+    req: &JobRequest,
+    config: &Bytes,
+    weights: Bytes,
+    header: &Header,
+    family: Family,
+) -> Result<(), JobError> {
     use crate::engine::model::{Encoder, Site};
     use crate::engine::sparsegpt::{self, Options};
     let batches = calibration_batches(ctx, req)?;
@@ -388,15 +469,28 @@ fn sparsegpt_job(ctx: &JobContext, req: &JobRequest, config: &Bytes, weights: By
     let targets = chosen_targets(req, header, family)?;
     let (rule, requested, pattern) = calibrated_rule(req)?;
     let defaults = Options::default();
-    let opts = Options { block: req.pruning.block_size.unwrap_or(defaults.block), damp: req.pruning.dampening.unwrap_or(defaults.damp) };
+    let opts = Options {
+        block: req.pruning.block_size.unwrap_or(defaults.block),
+        damp: req.pruning.dampening.unwrap_or(defaults.damp),
+    };
     let sites = [Site::Attention, Site::AttentionOutput, Site::FfnIn, Site::FfnOut];
     let mut chosen: Vec<(sparsegpt::Target, &String)> = Vec::new();
     for name in &targets {
         let canonical = arch::canonical_name(family, name);
         let found = (0..enc.num_layers()).find_map(|layer| {
-            sites.iter().find_map(|&site| site.modules(family).into_iter().find(|m| canonical == format!("{}{m}.weight", family.layer_prefix(layer))).map(|module| sparsegpt::Target { layer, module, site }))
+            sites.iter().find_map(|&site| {
+                site.modules(family)
+                    .into_iter()
+                    .find(|m| canonical == format!("{}{m}.weight", family.layer_prefix(layer)))
+                    .map(|module| sparsegpt::Target { layer, module, site })
+            })
         });
-        chosen.push((found.ok_or_else(|| JobError::Failed(format!("sparsegpt applies to the encoder's linear weights; {name} is not one")))?, name));
+        chosen.push((
+            found.ok_or_else(|| {
+                JobError::Failed(format!("sparsegpt applies to the encoder's linear weights; {name} is not one"))
+            })?,
+            name,
+        ));
     }
     let to_job = |e: candle_core::Error| JobError::Internal(e.into());
     let mut out = weights.to_vec();
@@ -412,11 +506,18 @@ fn sparsegpt_job(ctx: &JobContext, req: &JobRequest, config: &Bytes, weights: By
             let t = &header.tensors[name];
             let cols = *t.shape.last().unwrap_or(&0) as usize;
             if t.shape.len() != 2 || cols != h.cols() {
-                return Err(JobError::Failed(format!("tensor {name}: shape {:?} does not match its input of {} features", t.shape, h.cols())));
+                return Err(JobError::Failed(format!(
+                    "tensor {name}: shape {:?} does not match its input of {} features",
+                    t.shape,
+                    h.cols()
+                )));
             }
             let (a, b) = ((header.data_start + t.begin) as usize, (header.data_start + t.end) as usize);
-            let mut values = st::floats(&out[a..b], t.dtype).ok_or_else(|| JobError::Failed(format!("tensor {name}: sparsegpt needs a float tensor, not {}", t.dtype.name())))?;
-            sparsegpt::prune(&mut values, cols, h, rule, opts).map_err(|e| JobError::Failed(format!("tensor {name}: {e}")))?;
+            let mut values = st::floats(&out[a..b], t.dtype).ok_or_else(|| {
+                JobError::Failed(format!("tensor {name}: sparsegpt needs a float tensor, not {}", t.dtype.name()))
+            })?;
+            sparsegpt::prune(&mut values, cols, h, rule, opts)
+                .map_err(|e| JobError::Failed(format!("tensor {name}: {e}")))?;
             st::write_floats(&values, t.dtype, &mut out[a..b]);
             // Later layers see the map as written (rounded to its dtype).
             let written = st::floats(&out[a..b], t.dtype).unwrap_or(values);
@@ -428,7 +529,14 @@ fn sparsegpt_job(ctx: &JobContext, req: &JobRequest, config: &Bytes, weights: By
     finish_in_place(ctx, req, family, "sparsegpt", config, out, header, &targets, requested, pattern, extra)
 }
 
-fn wanda_job(ctx: &JobContext, req: &JobRequest, config: &Bytes, weights: Bytes, header: &Header, family: Family) -> Result<(), JobError> {
+fn wanda_job(
+    ctx: &JobContext,
+    req: &JobRequest,
+    config: &Bytes,
+    weights: Bytes,
+    header: &Header,
+    family: Family,
+) -> Result<(), JobError> {
     use crate::engine::wanda;
     let batches = calibration_batches(ctx, req)?;
     let enc = crate::engine::model::Encoder::from_files(config, &weights, &Device::Cpu).map_err(model_err)?;
@@ -441,7 +549,8 @@ fn wanda_job(ctx: &JobContext, req: &JobRequest, config: &Bytes, weights: Bytes,
         }
         ctx.progress("calibrating", 0.05 + 0.45 * (i + 1) as f64 / batches.len() as f64)?;
     }
-    let norms: std::collections::HashMap<String, Vec<f64>> = norms.into_iter().map(|(k, v)| (k, v.into_iter().map(f64::sqrt).collect())).collect();
+    let norms: std::collections::HashMap<String, Vec<f64>> =
+        norms.into_iter().map(|(k, v)| (k, v.into_iter().map(f64::sqrt).collect())).collect();
     drop(enc);
     let targets = chosen_targets(req, header, family)?;
     let (rule, requested, pattern) = calibrated_rule(req)?;
@@ -449,16 +558,23 @@ fn wanda_job(ctx: &JobContext, req: &JobRequest, config: &Bytes, weights: Bytes,
     drop(weights);
     for (i, name) in targets.iter().enumerate() {
         let t = &header.tensors[name];
-        let n = norms
-            .get(arch::canonical_name(family, name))
-            .ok_or_else(|| JobError::Failed(format!("wanda applies to the encoder's linear weights; {name} is not one")))?;
+        let n = norms.get(arch::canonical_name(family, name)).ok_or_else(|| {
+            JobError::Failed(format!("wanda applies to the encoder's linear weights; {name} is not one"))
+        })?;
         let cols = *t.shape.last().unwrap_or(&0) as usize;
         if t.shape.len() != 2 || cols != n.len() {
-            return Err(JobError::Failed(format!("tensor {name}: shape {:?} does not match its input of {} features", t.shape, n.len())));
+            return Err(JobError::Failed(format!(
+                "tensor {name}: shape {:?} does not match its input of {} features",
+                t.shape,
+                n.len()
+            )));
         }
         if let wanda::Rule::NM(p) = rule {
             if !cols.is_multiple_of(p.m) {
-                return Err(JobError::Failed(format!("tensor {name}: its input dimension {cols} is not a multiple of M = {}", p.m)));
+                return Err(JobError::Failed(format!(
+                    "tensor {name}: its input dimension {cols} is not a multiple of M = {}",
+                    p.m
+                )));
             }
         }
         let (a, b) = ((header.data_start + t.begin) as usize, (header.data_start + t.end) as usize);
@@ -477,7 +593,14 @@ fn wanda_job(ctx: &JobContext, req: &JobRequest, config: &Bytes, weights: Bytes,
 
 /// Whole layers: removed physically in every layout (transformers loads fewer layers), so the
 /// `hf` and `compact` files are the same.
-fn layers_job(ctx: &JobContext, req: &JobRequest, config: &Bytes, weights: &Bytes, header: &Header, family: Family) -> Result<(), JobError> {
+fn layers_job(
+    ctx: &JobContext,
+    req: &JobRequest,
+    config: &Bytes,
+    weights: &Bytes,
+    header: &Header,
+    family: Family,
+) -> Result<(), JobError> {
     let w = Weights::from_safetensors(weights, family, &Device::Cpu).map_err(model_err)?;
     let cfg = EncoderConfig::from_checkpoint(config, &w.shapes()).map_err(model_err)?;
     ctx.progress("scoring", 0.2)?;
@@ -492,7 +615,8 @@ fn layers_job(ctx: &JobContext, req: &JobRequest, config: &Bytes, weights: &Byte
     let removed = structured::select_lowest(&[scores], Some(n), None).remove(0);
     ctx.progress("pruning", 0.4)?;
     let (pruned, new_cfg) = structured::remove_layers(&w, &cfg, &removed);
-    let bytes = export::write_renamed(header, family, &pruned, &|name| structured::renumbered(family, &removed, name)).map_err(model_err)?;
+    let bytes = export::write_renamed(header, family, &pruned, &|name| structured::renumbered(family, &removed, name))
+        .map_err(model_err)?;
     let out_header = st::parse(&bytes).map_err(|e| JobError::Internal(anyhow::anyhow!(e)))?;
     ctx.progress("writing", 0.7)?;
     let (tensors, totals) = magnitude::measure_against(&bytes, &out_header, &[], header);
@@ -500,7 +624,12 @@ fn layers_job(ctx: &JobContext, req: &JobRequest, config: &Bytes, weights: &Byte
     let bytes = Bytes::from(bytes);
     write_model(ctx, "", bytes.clone(), Bytes::from(export::config_json(config, &new_cfg, false).map_err(model_err)?))?;
     if req.export.compact {
-        write_model(ctx, "compact/", bytes, Bytes::from(export::config_json(config, &new_cfg, true).map_err(model_err)?))?;
+        write_model(
+            ctx,
+            "compact/",
+            bytes,
+            Bytes::from(export::config_json(config, &new_cfg, true).map_err(model_err)?),
+        )?;
     }
     let report = Report {
         method: "magnitude".into(),

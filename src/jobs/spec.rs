@@ -51,7 +51,9 @@ impl JobSpec {
 
 /// Parse a request body of either kind, routed by its `kind`.
 pub fn parse_spec(body: &[u8]) -> Result<JobSpec, FieldError> {
-    let kind = serde_json::from_slice::<serde_json::Value>(body).ok().and_then(|v| v.get("kind").and_then(|k| k.as_str()).map(str::to_string));
+    let kind = serde_json::from_slice::<serde_json::Value>(body)
+        .ok()
+        .and_then(|v| v.get("kind").and_then(|k| k.as_str()).map(str::to_string));
     if kind.as_deref() == Some("experiment") {
         let req: super::experiment_spec::ExperimentRequest = deserialize_named(body)?;
         match req.validate().into_iter().next() {
@@ -266,13 +268,17 @@ impl JobRequest {
         match (p.granularity, p.sparsity, &p.pattern) {
             (Granularity::NM, sparsity, pattern) => {
                 if sparsity.is_some() {
-                    errs.push(FieldError::new("pruning.sparsity", "leave pruning.sparsity out for n:m: pruning.pattern sets it"));
+                    errs.push(FieldError::new(
+                        "pruning.sparsity",
+                        "leave pruning.sparsity out for n:m: pruning.pattern sets it",
+                    ));
                 }
                 if p.count.is_some() {
                     errs.push(FieldError::new("pruning.count", "pruning.count applies to heads, neurons and layers"));
                 }
                 match pattern {
-                    None => errs.push(FieldError::new("pruning.pattern", "pruning.pattern is required for n:m (e.g. \"2:4\")")),
+                    None => errs
+                        .push(FieldError::new("pruning.pattern", "pruning.pattern is required for n:m (e.g. \"2:4\")")),
                     Some(pat) => {
                         if let Err(e) = crate::engine::magnitude::NmPattern::parse(pat) {
                             errs.push(FieldError::new("pruning.pattern", e));
@@ -283,13 +289,19 @@ impl JobRequest {
             (g, sparsity, pattern) => {
                 let structured = matches!(g, Granularity::Heads | Granularity::Neurons | Granularity::Layers);
                 match (sparsity, p.count) {
-                    (Some(_), Some(_)) => errs.push(FieldError::new("pruning.count", "give pruning.sparsity or pruning.count, not both")),
-                    (None, Some(0)) => errs.push(FieldError::new("pruning.count", "pruning.count must be at least 1")),
-                    (None, Some(_)) if !structured => {
-                        errs.push(FieldError::new("pruning.count", "pruning.count applies to heads, neurons and layers; use pruning.sparsity"))
+                    (Some(_), Some(_)) => {
+                        errs.push(FieldError::new("pruning.count", "give pruning.sparsity or pruning.count, not both"))
                     }
+                    (None, Some(0)) => errs.push(FieldError::new("pruning.count", "pruning.count must be at least 1")),
+                    (None, Some(_)) if !structured => errs.push(FieldError::new(
+                        "pruning.count",
+                        "pruning.count applies to heads, neurons and layers; use pruning.sparsity",
+                    )),
                     (None, Some(_)) => {}
-                    (None, None) if structured => errs.push(FieldError::new("pruning.sparsity", "pruning.sparsity (a fraction) or pruning.count (a number of units) is required")),
+                    (None, None) if structured => errs.push(FieldError::new(
+                        "pruning.sparsity",
+                        "pruning.sparsity (a fraction) or pruning.count (a number of units) is required",
+                    )),
                     (None, None) => errs.push(FieldError::new("pruning.sparsity", "pruning.sparsity is required")),
                     (Some(s), None) if !(s.is_finite() && (0.0..1.0).contains(&s)) => {
                         errs.push(FieldError::new("pruning.sparsity", "pruning.sparsity must be in [0, 1)"))
@@ -307,11 +319,18 @@ impl JobRequest {
                 errs.push(FieldError::new("pruning.granularity", format!("{m} prunes unstructured or n:m")));
             }
             if p.scope == Some(Scope::Global) {
-                let why = if p.method == Method::Wanda { "compares weights within each output row" } else { "reconstructs each linear map on its own" };
+                let why = if p.method == Method::Wanda {
+                    "compares weights within each output row"
+                } else {
+                    "reconstructs each linear map on its own"
+                };
                 errs.push(FieldError::new("pruning.scope", format!("{m} {why}: pruning.scope must be local")));
             }
             if self.calibration.is_none() {
-                errs.push(FieldError::new("calibration", format!("{m} needs calibration text: {{\"dataset_id\": ...}}")));
+                errs.push(FieldError::new(
+                    "calibration",
+                    format!("{m} needs calibration text: {{\"dataset_id\": ...}}"),
+                ));
             }
         }
         if p.method == Method::Sparsegpt {
@@ -328,19 +347,31 @@ impl JobRequest {
         } else {
             for (set, name) in [(p.block_size.is_some(), "block_size"), (p.dampening.is_some(), "dampening")] {
                 if set {
-                    errs.push(FieldError::new(format!("pruning.{name}"), format!("pruning.{name} applies to method sparsegpt only")));
+                    errs.push(FieldError::new(
+                        format!("pruning.{name}"),
+                        format!("pruning.{name} applies to method sparsegpt only"),
+                    ));
                 }
             }
         }
         let by_activations = p.importance == Some(Importance::Activations);
         if p.importance.is_some() && !matches!(p.granularity, Granularity::Heads | Granularity::Neurons) {
-            errs.push(FieldError::new("pruning.importance", "pruning.importance applies to granularity heads or neurons"));
+            errs.push(FieldError::new(
+                "pruning.importance",
+                "pruning.importance applies to granularity heads or neurons",
+            ));
         } else if by_activations && self.calibration.is_none() {
-            errs.push(FieldError::new("calibration", "importance from activations needs calibration text: {\"dataset_id\": ...}"));
+            errs.push(FieldError::new(
+                "calibration",
+                "importance from activations needs calibration text: {\"dataset_id\": ...}",
+            ));
         }
         if let Some(c) = &self.calibration {
             if uuid::Uuid::parse_str(&c.dataset_id).is_err() {
-                errs.push(FieldError::new("calibration.dataset_id", "calibration.dataset_id must be a dataset id (a UUID)"));
+                errs.push(FieldError::new(
+                    "calibration.dataset_id",
+                    "calibration.dataset_id must be a dataset id (a UUID)",
+                ));
             }
             if !(1..=4096).contains(&c.samples) {
                 errs.push(FieldError::new("calibration.samples", "calibration.samples must be in 1..=4096"));
@@ -349,16 +380,25 @@ impl JobRequest {
                 errs.push(FieldError::new("calibration.max_seq_len", "calibration.max_seq_len must be in 8..=512"));
             }
             if !p.method.calibrated() && !by_activations {
-                errs.push(FieldError::new("calibration", "calibration text is used by wanda, sparsegpt and importance from activations only"));
+                errs.push(FieldError::new(
+                    "calibration",
+                    "calibration text is used by wanda, sparsegpt and importance from activations only",
+                ));
             }
         }
         if p.granularity == Granularity::Layers && p.scope == Some(Scope::Local) {
-            errs.push(FieldError::new("pruning.scope", "layers are removed across the model: pruning.scope must be global"));
+            errs.push(FieldError::new(
+                "pruning.scope",
+                "layers are removed across the model: pruning.scope must be global",
+            ));
         }
         if matches!(p.granularity, Granularity::Heads | Granularity::Neurons | Granularity::Layers) {
             for (list, name) in [(&p.include, "include"), (&p.exclude, "exclude")] {
                 if !list.is_empty() {
-                    errs.push(FieldError::new(format!("pruning.{name}"), format!("pruning.{name} applies to unstructured pruning only")));
+                    errs.push(FieldError::new(
+                        format!("pruning.{name}"),
+                        format!("pruning.{name} applies to unstructured pruning only"),
+                    ));
                 }
             }
         }
@@ -366,7 +406,10 @@ impl JobRequest {
             for (i, pat) in list.iter().enumerate() {
                 if let Err(e) = regex::Regex::new(pat) {
                     let first = e.to_string().lines().last().unwrap_or_default().trim().to_string();
-                    errs.push(FieldError::new(format!("pruning.{name}[{i}]"), format!("not a valid regular expression: {first}")));
+                    errs.push(FieldError::new(
+                        format!("pruning.{name}[{i}]"),
+                        format!("not a valid regular expression: {first}"),
+                    ));
                 }
             }
         }
@@ -385,7 +428,10 @@ mod tests {
 
     #[test]
     fn valid_spec_parses_with_defaults() {
-        let r = parse_request(br#"{"model_id":"0192f7a0-0000-7000-8000-000000000000","pruning":{"method":"magnitude","sparsity":0.5}}"#).unwrap();
+        let r = parse_request(
+            br#"{"model_id":"0192f7a0-0000-7000-8000-000000000000","pruning":{"method":"magnitude","sparsity":0.5}}"#,
+        )
+        .unwrap();
         assert_eq!(r.kind, JobKind::Prune);
         assert_eq!(r.pruning.scope(), Scope::Global);
         assert!(r.pruning.include.is_empty());
@@ -395,44 +441,230 @@ mod tests {
     fn every_fault_names_its_field() {
         let id = "0192f7a0-0000-7000-8000-000000000000";
         let cases = [
-            (format!(r#"{{"model_id":"{id}","pruning":{{"method":"magnitude","sparsity":1.0}}}}"#), "pruning.sparsity", "must be in [0, 1)"),
-            (format!(r#"{{"model_id":"{id}","pruning":{{"method":"magnitude","sparsity":-0.1}}}}"#), "pruning.sparsity", "must be in [0, 1)"),
-            (format!(r#"{{"model_id":"{id}","pruning":{{"method":"magnitude","sparsity":"half"}}}}"#), "pruning.sparsity", "invalid type"),
-            (format!(r#"{{"model_id":"{id}","pruning":{{"method":"wanda2","sparsity":0.5}}}}"#), "pruning.method", "unknown variant"),
-            (format!(r#"{{"model_id":"{id}","pruning":{{"method":"magnitude","scope":"world","sparsity":0.5}}}}"#), "pruning.scope", "unknown variant"),
-            (format!(r#"{{"model_id":"{id}","pruning":{{"method":"magnitude","sparsity":0.5,"bogus":1}}}}"#), "pruning.bogus", "unknown field"),
+            (
+                format!(r#"{{"model_id":"{id}","pruning":{{"method":"magnitude","sparsity":1.0}}}}"#),
+                "pruning.sparsity",
+                "must be in [0, 1)",
+            ),
+            (
+                format!(r#"{{"model_id":"{id}","pruning":{{"method":"magnitude","sparsity":-0.1}}}}"#),
+                "pruning.sparsity",
+                "must be in [0, 1)",
+            ),
+            (
+                format!(r#"{{"model_id":"{id}","pruning":{{"method":"magnitude","sparsity":"half"}}}}"#),
+                "pruning.sparsity",
+                "invalid type",
+            ),
+            (
+                format!(r#"{{"model_id":"{id}","pruning":{{"method":"wanda2","sparsity":0.5}}}}"#),
+                "pruning.method",
+                "unknown variant",
+            ),
+            (
+                format!(r#"{{"model_id":"{id}","pruning":{{"method":"magnitude","scope":"world","sparsity":0.5}}}}"#),
+                "pruning.scope",
+                "unknown variant",
+            ),
+            (
+                format!(r#"{{"model_id":"{id}","pruning":{{"method":"magnitude","sparsity":0.5,"bogus":1}}}}"#),
+                "pruning.bogus",
+                "unknown field",
+            ),
             (format!(r#"{{"model_id":"{id}","pruning":{{"method":"magnitude"}}}}"#), "pruning.sparsity", "is required"),
-            (format!(r#"{{"model_id":"{id}","pruning":{{"method":"magnitude","granularity":"n:m"}}}}"#), "pruning.pattern", "is required"),
-            (format!(r#"{{"model_id":"{id}","pruning":{{"method":"magnitude","granularity":"n:m","pattern":"4:2"}}}}"#), "pruning.pattern", "0 < N < M"),
-            (format!(r#"{{"model_id":"{id}","pruning":{{"method":"magnitude","granularity":"n:m","pattern":"2:4","sparsity":0.5}}}}"#), "pruning.sparsity", "leave pruning.sparsity out"),
-            (format!(r#"{{"model_id":"{id}","pruning":{{"method":"magnitude","sparsity":0.5,"pattern":"2:4"}}}}"#), "pruning.pattern", "n:m only"),
-            (format!(r#"{{"model_id":"{id}","extra":true,"pruning":{{"method":"magnitude","sparsity":0.5}}}}"#), "extra", "unknown field"),
-            (format!(r#"{{"model_id":"{id}","pruning":{{"method":"magnitude","sparsity":0.5,"include":["ok","(unclosed"]}}}}"#), "pruning.include[1]", "regular expression"),
+            (
+                format!(r#"{{"model_id":"{id}","pruning":{{"method":"magnitude","granularity":"n:m"}}}}"#),
+                "pruning.pattern",
+                "is required",
+            ),
+            (
+                format!(
+                    r#"{{"model_id":"{id}","pruning":{{"method":"magnitude","granularity":"n:m","pattern":"4:2"}}}}"#
+                ),
+                "pruning.pattern",
+                "0 < N < M",
+            ),
+            (
+                format!(
+                    r#"{{"model_id":"{id}","pruning":{{"method":"magnitude","granularity":"n:m","pattern":"2:4","sparsity":0.5}}}}"#
+                ),
+                "pruning.sparsity",
+                "leave pruning.sparsity out",
+            ),
+            (
+                format!(r#"{{"model_id":"{id}","pruning":{{"method":"magnitude","sparsity":0.5,"pattern":"2:4"}}}}"#),
+                "pruning.pattern",
+                "n:m only",
+            ),
+            (
+                format!(r#"{{"model_id":"{id}","extra":true,"pruning":{{"method":"magnitude","sparsity":0.5}}}}"#),
+                "extra",
+                "unknown field",
+            ),
+            (
+                format!(
+                    r#"{{"model_id":"{id}","pruning":{{"method":"magnitude","sparsity":0.5,"include":["ok","(unclosed"]}}}}"#
+                ),
+                "pruning.include[1]",
+                "regular expression",
+            ),
             (r#"{"model_id":"nope","pruning":{"method":"magnitude","sparsity":0.5}}"#.to_string(), "model_id", "UUID"),
-            (format!(r#"{{"model_id":"{id}","pruning":{{"method":"magnitude","granularity":"rows","sparsity":0.5}}}}"#), "pruning.granularity", "unknown variant"),
-            (format!(r#"{{"model_id":"{id}","pruning":{{"method":"magnitude","granularity":"heads","sparsity":0.5,"include":["x"]}}}}"#), "pruning.include", "unstructured pruning only"),
-            (format!(r#"{{"model_id":"{id}","pruning":{{"method":"magnitude","sparsity":0.5}},"export":{{"compact":1}}}}"#), "export.compact", "invalid type"),
-            (format!(r#"{{"model_id":"{id}","pruning":{{"method":"magnitude","granularity":"layers","scope":"local","sparsity":0.5}}}}"#), "pruning.scope", "must be global"),
-            (format!(r#"{{"model_id":"{id}","pruning":{{"method":"wanda","sparsity":0.5}}}}"#), "calibration", "needs calibration"),
-            (format!(r#"{{"model_id":"{id}","pruning":{{"method":"wanda","scope":"global","sparsity":0.5}},"calibration":{{"dataset_id":"{id}"}}}}"#), "pruning.scope", "must be local"),
-            (format!(r#"{{"model_id":"{id}","pruning":{{"method":"wanda","granularity":"heads","sparsity":0.5}},"calibration":{{"dataset_id":"{id}"}}}}"#), "pruning.granularity", "unstructured or n:m"),
-            (format!(r#"{{"model_id":"{id}","pruning":{{"method":"wanda","sparsity":0.5}},"calibration":{{"dataset_id":"{id}","samples":0}}}}"#), "calibration.samples", "1..=4096"),
-            (format!(r#"{{"model_id":"{id}","pruning":{{"method":"magnitude","sparsity":0.5}},"calibration":{{"dataset_id":"{id}"}}}}"#), "calibration", "used by wanda, sparsegpt and importance"),
-            (format!(r#"{{"model_id":"{id}","pruning":{{"method":"magnitude","granularity":"heads","sparsity":0.5,"count":2}}}}"#), "pruning.count", "not both"),
-            (format!(r#"{{"model_id":"{id}","pruning":{{"method":"magnitude","granularity":"heads"}}}}"#), "pruning.sparsity", "or pruning.count"),
-            (format!(r#"{{"model_id":"{id}","pruning":{{"method":"magnitude","granularity":"heads","count":0}}}}"#), "pruning.count", "at least 1"),
-            (format!(r#"{{"model_id":"{id}","pruning":{{"method":"magnitude","count":10}}}}"#), "pruning.count", "heads, neurons and layers"),
-            (format!(r#"{{"model_id":"{id}","pruning":{{"method":"magnitude","granularity":"n:m","pattern":"2:4","count":10}}}}"#), "pruning.count", "heads, neurons and layers"),
-            (format!(r#"{{"model_id":"{id}","pruning":{{"method":"magnitude","granularity":"layers","count":1,"importance":"activations"}}}}"#), "pruning.importance", "heads or neurons"),
-            (format!(r#"{{"model_id":"{id}","pruning":{{"method":"magnitude","granularity":"heads","count":1,"importance":"activations"}}}}"#), "calibration", "needs calibration"),
-            (format!(r#"{{"model_id":"{id}","pruning":{{"method":"magnitude","granularity":"heads","count":1,"importance":"neurons"}}}}"#), "pruning.importance", "unknown variant"),
-            (format!(r#"{{"model_id":"{id}","pruning":{{"method":"sparsegpt","scope":"global","sparsity":0.5}},"calibration":{{"dataset_id":"{id}"}}}}"#), "pruning.scope", "must be local"),
-            (format!(r#"{{"model_id":"{id}","pruning":{{"method":"sparsegpt","sparsity":0.5}}}}"#), "calibration", "sparsegpt needs calibration"),
-            (format!(r#"{{"model_id":"{id}","pruning":{{"method":"sparsegpt","granularity":"layers","sparsity":0.5}},"calibration":{{"dataset_id":"{id}"}}}}"#), "pruning.granularity", "unstructured or n:m"),
-            (format!(r#"{{"model_id":"{id}","pruning":{{"method":"sparsegpt","sparsity":0.5,"dampening":0}},"calibration":{{"dataset_id":"{id}"}}}}"#), "pruning.dampening", "(0, 1]"),
-            (format!(r#"{{"model_id":"{id}","pruning":{{"method":"sparsegpt","sparsity":0.5,"block_size":0}},"calibration":{{"dataset_id":"{id}"}}}}"#), "pruning.block_size", "1..=4096"),
-            (format!(r#"{{"model_id":"{id}","pruning":{{"method":"magnitude","sparsity":0.5,"dampening":0.1}}}}"#), "pruning.dampening", "sparsegpt only"),
-            (format!(r#"{{"model_id":"{id}","pruning":{{"method":"magnitude","sparsity":0.5}},"export":{{"layout":"hf"}}}}"#), "export.layout", "unknown field"),
+            (
+                format!(
+                    r#"{{"model_id":"{id}","pruning":{{"method":"magnitude","granularity":"rows","sparsity":0.5}}}}"#
+                ),
+                "pruning.granularity",
+                "unknown variant",
+            ),
+            (
+                format!(
+                    r#"{{"model_id":"{id}","pruning":{{"method":"magnitude","granularity":"heads","sparsity":0.5,"include":["x"]}}}}"#
+                ),
+                "pruning.include",
+                "unstructured pruning only",
+            ),
+            (
+                format!(
+                    r#"{{"model_id":"{id}","pruning":{{"method":"magnitude","sparsity":0.5}},"export":{{"compact":1}}}}"#
+                ),
+                "export.compact",
+                "invalid type",
+            ),
+            (
+                format!(
+                    r#"{{"model_id":"{id}","pruning":{{"method":"magnitude","granularity":"layers","scope":"local","sparsity":0.5}}}}"#
+                ),
+                "pruning.scope",
+                "must be global",
+            ),
+            (
+                format!(r#"{{"model_id":"{id}","pruning":{{"method":"wanda","sparsity":0.5}}}}"#),
+                "calibration",
+                "needs calibration",
+            ),
+            (
+                format!(
+                    r#"{{"model_id":"{id}","pruning":{{"method":"wanda","scope":"global","sparsity":0.5}},"calibration":{{"dataset_id":"{id}"}}}}"#
+                ),
+                "pruning.scope",
+                "must be local",
+            ),
+            (
+                format!(
+                    r#"{{"model_id":"{id}","pruning":{{"method":"wanda","granularity":"heads","sparsity":0.5}},"calibration":{{"dataset_id":"{id}"}}}}"#
+                ),
+                "pruning.granularity",
+                "unstructured or n:m",
+            ),
+            (
+                format!(
+                    r#"{{"model_id":"{id}","pruning":{{"method":"wanda","sparsity":0.5}},"calibration":{{"dataset_id":"{id}","samples":0}}}}"#
+                ),
+                "calibration.samples",
+                "1..=4096",
+            ),
+            (
+                format!(
+                    r#"{{"model_id":"{id}","pruning":{{"method":"magnitude","sparsity":0.5}},"calibration":{{"dataset_id":"{id}"}}}}"#
+                ),
+                "calibration",
+                "used by wanda, sparsegpt and importance",
+            ),
+            (
+                format!(
+                    r#"{{"model_id":"{id}","pruning":{{"method":"magnitude","granularity":"heads","sparsity":0.5,"count":2}}}}"#
+                ),
+                "pruning.count",
+                "not both",
+            ),
+            (
+                format!(r#"{{"model_id":"{id}","pruning":{{"method":"magnitude","granularity":"heads"}}}}"#),
+                "pruning.sparsity",
+                "or pruning.count",
+            ),
+            (
+                format!(r#"{{"model_id":"{id}","pruning":{{"method":"magnitude","granularity":"heads","count":0}}}}"#),
+                "pruning.count",
+                "at least 1",
+            ),
+            (
+                format!(r#"{{"model_id":"{id}","pruning":{{"method":"magnitude","count":10}}}}"#),
+                "pruning.count",
+                "heads, neurons and layers",
+            ),
+            (
+                format!(
+                    r#"{{"model_id":"{id}","pruning":{{"method":"magnitude","granularity":"n:m","pattern":"2:4","count":10}}}}"#
+                ),
+                "pruning.count",
+                "heads, neurons and layers",
+            ),
+            (
+                format!(
+                    r#"{{"model_id":"{id}","pruning":{{"method":"magnitude","granularity":"layers","count":1,"importance":"activations"}}}}"#
+                ),
+                "pruning.importance",
+                "heads or neurons",
+            ),
+            (
+                format!(
+                    r#"{{"model_id":"{id}","pruning":{{"method":"magnitude","granularity":"heads","count":1,"importance":"activations"}}}}"#
+                ),
+                "calibration",
+                "needs calibration",
+            ),
+            (
+                format!(
+                    r#"{{"model_id":"{id}","pruning":{{"method":"magnitude","granularity":"heads","count":1,"importance":"neurons"}}}}"#
+                ),
+                "pruning.importance",
+                "unknown variant",
+            ),
+            (
+                format!(
+                    r#"{{"model_id":"{id}","pruning":{{"method":"sparsegpt","scope":"global","sparsity":0.5}},"calibration":{{"dataset_id":"{id}"}}}}"#
+                ),
+                "pruning.scope",
+                "must be local",
+            ),
+            (
+                format!(r#"{{"model_id":"{id}","pruning":{{"method":"sparsegpt","sparsity":0.5}}}}"#),
+                "calibration",
+                "sparsegpt needs calibration",
+            ),
+            (
+                format!(
+                    r#"{{"model_id":"{id}","pruning":{{"method":"sparsegpt","granularity":"layers","sparsity":0.5}},"calibration":{{"dataset_id":"{id}"}}}}"#
+                ),
+                "pruning.granularity",
+                "unstructured or n:m",
+            ),
+            (
+                format!(
+                    r#"{{"model_id":"{id}","pruning":{{"method":"sparsegpt","sparsity":0.5,"dampening":0}},"calibration":{{"dataset_id":"{id}"}}}}"#
+                ),
+                "pruning.dampening",
+                "(0, 1]",
+            ),
+            (
+                format!(
+                    r#"{{"model_id":"{id}","pruning":{{"method":"sparsegpt","sparsity":0.5,"block_size":0}},"calibration":{{"dataset_id":"{id}"}}}}"#
+                ),
+                "pruning.block_size",
+                "1..=4096",
+            ),
+            (
+                format!(r#"{{"model_id":"{id}","pruning":{{"method":"magnitude","sparsity":0.5,"dampening":0.1}}}}"#),
+                "pruning.dampening",
+                "sparsegpt only",
+            ),
+            (
+                format!(
+                    r#"{{"model_id":"{id}","pruning":{{"method":"magnitude","sparsity":0.5}},"export":{{"layout":"hf"}}}}"#
+                ),
+                "export.layout",
+                "unknown field",
+            ),
             ("{\"model_id\":".to_string(), "body", "EOF"),
         ];
         for (body, field, msg) in cases {

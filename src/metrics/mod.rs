@@ -215,11 +215,18 @@ mod tests {
         assert_eq!(normalize_answer("an apple, a pear"), "apple pear");
         assert_eq!(normalize_answer("theatre"), "theatre", "articles only as whole words");
         assert_eq!(normalize_answer("l'an"), "lan", "punctuation goes first");
-        assert_eq!(normalize_answer("l\u{2019}an"), "l\u{2019}", "a non-ASCII mark is a word boundary, as in Python's re");
+        assert_eq!(
+            normalize_answer("l\u{2019}an"),
+            "l\u{2019}",
+            "a non-ASCII mark is a word boundary, as in Python's re"
+        );
         assert!(squad_exact("the Eiffel tower", "Eiffel Tower."));
         assert!((squad_f1("Eiffel tower in Paris", "the Eiffel Tower") - 2.0 * 0.5 * 1.0 / 1.5).abs() < 1e-15);
         assert_eq!(squad_f1("a", "the"), 0.0);
-        let questions = vec![("q1".to_string(), vec!["Denver Broncos".to_string(), "the Broncos".to_string()]), ("q2".to_string(), vec!["1990".to_string()])];
+        let questions = vec![
+            ("q1".to_string(), vec!["Denver Broncos".to_string(), "the Broncos".to_string()]),
+            ("q2".to_string(), vec!["1990".to_string()]),
+        ];
         let preds: HashMap<String, String> = [("q1".to_string(), "Broncos".to_string())].into();
         let (em, f1) = squad(&questions, &preds);
         assert_eq!(em, 50.0);

@@ -94,21 +94,25 @@ impl Worker {
         tracing::info!(parent: &span, job_id = %job.id, worker = %self.owner, "job claimed");
         let outcome = self.execute(&job, &release).await;
         let (status, error) = match outcome {
-            Outcome::Succeeded(artifacts) => match self.store.finish_succeeded(&job.id, &self.owner, &artifacts).await {
-                Ok(true) => ("succeeded", None),
-                Ok(false) => ("lease_lost", None),
-                Err(e) => {
-                    tracing::error!(parent: &span, error = %format!("{e:#}"), "recording success failed");
-                    ("error", None)
+            Outcome::Succeeded(artifacts) => {
+                match self.store.finish_succeeded(&job.id, &self.owner, &artifacts).await {
+                    Ok(true) => ("succeeded", None),
+                    Ok(false) => ("lease_lost", None),
+                    Err(e) => {
+                        tracing::error!(parent: &span, error = %format!("{e:#}"), "recording success failed");
+                        ("error", None)
+                    }
                 }
-            },
+            }
             Outcome::Failed(msg) => ("failed", Some(msg)),
             Outcome::Stopped(StopReason::Cancelled) => ("cancelled", None),
             Outcome::Stopped(StopReason::LeaseLost) => ("lease_lost", None),
             Outcome::Stopped(StopReason::Shutdown) => ("released", None),
         };
         let recorded = match status {
-            "failed" | "cancelled" => self.store.finish_unsuccessful(&job.id, &self.owner, status, error.as_deref()).await,
+            "failed" | "cancelled" => {
+                self.store.finish_unsuccessful(&job.id, &self.owner, status, error.as_deref()).await
+            }
             "released" => self.store.release_job(&job.id, &self.owner).await,
             _ => Ok(true),
         };
@@ -117,7 +121,8 @@ impl Worker {
         }
         let secs = started.elapsed().as_secs_f64();
         metrics::counter!("secateur_jobs_finished_total", "kind" => job.kind.clone(), "outcome" => status).increment(1);
-        metrics::histogram!("secateur_job_duration_seconds", "kind" => job.kind.clone(), "outcome" => status).record(secs);
+        metrics::histogram!("secateur_job_duration_seconds", "kind" => job.kind.clone(), "outcome" => status)
+            .record(secs);
         tracing::info!(parent: &span, job_id = %job.id, worker = %self.owner, outcome = status, error = error.as_deref().unwrap_or(""), seconds = secs, "job ended");
     }
 

@@ -69,7 +69,9 @@ pub struct ArtifactRow {
 /// What a heartbeat learned.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Heartbeat {
-    Renewed { cancel_requested: bool },
+    Renewed {
+        cancel_requested: bool,
+    },
     /// The lease is no longer ours (expired and re-claimed, or the job was finished elsewhere).
     Lost,
 }
@@ -87,11 +89,13 @@ pub struct NewJob<'a> {
 
 impl Store {
     async fn job_by_key(&self, tenant_id: &str, key: &str) -> anyhow::Result<Option<JobRow>> {
-        Ok(sqlx::query_as::<_, JobRow>(&format!("SELECT {JOB_COLS} FROM jobs WHERE tenant_id = $1 AND idempotency_key = $2"))
-            .bind(tenant_id)
-            .bind(key)
-            .fetch_optional(&self.pool)
-            .await?)
+        Ok(sqlx::query_as::<_, JobRow>(&format!(
+            "SELECT {JOB_COLS} FROM jobs WHERE tenant_id = $1 AND idempotency_key = $2"
+        ))
+        .bind(tenant_id)
+        .bind(key)
+        .fetch_optional(&self.pool)
+        .await?)
     }
 
     pub async fn create_job(&self, new: NewJob<'_>) -> anyhow::Result<CreateOutcome> {
@@ -167,7 +171,13 @@ impl Store {
             .await?)
     }
 
-    pub async fn list_jobs(&self, tenant_id: &str, status: Option<&str>, before: Option<&str>, limit: i64) -> anyhow::Result<Vec<JobRow>> {
+    pub async fn list_jobs(
+        &self,
+        tenant_id: &str,
+        status: Option<&str>,
+        before: Option<&str>,
+        limit: i64,
+    ) -> anyhow::Result<Vec<JobRow>> {
         Ok(sqlx::query_as::<_, JobRow>(&format!(
             "SELECT {JOB_COLS} FROM jobs WHERE tenant_id = $1 AND ($2 = '' OR status = $2) AND ($3 = '' OR id < $3) \
              ORDER BY id DESC LIMIT $4"
@@ -326,7 +336,13 @@ impl Store {
     }
 
     /// End a running job `failed` or `cancelled` (guarded by the lease).
-    pub async fn finish_unsuccessful(&self, id: &str, owner: &str, status: &str, error: Option<&str>) -> anyhow::Result<bool> {
+    pub async fn finish_unsuccessful(
+        &self,
+        id: &str,
+        owner: &str,
+        status: &str,
+        error: Option<&str>,
+    ) -> anyhow::Result<bool> {
         let now = now_ms();
         let r = sqlx::query(
             "UPDATE jobs SET status = $1, stage = $1, error = $2, finished_at = $3, updated_at = $3, \
@@ -360,7 +376,10 @@ impl Store {
 
     /// The models and datasets a job reads.
     pub async fn job_inputs(&self, job_id: &str) -> anyhow::Result<Vec<String>> {
-        let rows = sqlx::query("SELECT resource_id FROM job_inputs WHERE job_id = $1 ORDER BY resource_id").bind(job_id).fetch_all(&self.pool).await?;
+        let rows = sqlx::query("SELECT resource_id FROM job_inputs WHERE job_id = $1 ORDER BY resource_id")
+            .bind(job_id)
+            .fetch_all(&self.pool)
+            .await?;
         rows.into_iter().map(|r| Ok(r.try_get("resource_id")?)).collect()
     }
 
@@ -370,7 +389,9 @@ impl Store {
             .fetch_all(&self.pool)
             .await?;
         rows.into_iter()
-            .map(|r| Ok(ArtifactRow { name: r.try_get("name")?, bytes: r.try_get("bytes")?, sha256: r.try_get("sha256")? }))
+            .map(|r| {
+                Ok(ArtifactRow { name: r.try_get("name")?, bytes: r.try_get("bytes")?, sha256: r.try_get("sha256")? })
+            })
             .collect()
     }
 
@@ -395,7 +416,14 @@ pub struct StageRow {
 impl Store {
     /// Records the outcome of stage `position` of a job, only while the lease is ours; position 0
     /// starts the record over (a job claimed again runs its stages again).
-    pub async fn record_stage(&self, job_id: &str, owner: &str, position: i64, name: &str, result: &str) -> anyhow::Result<bool> {
+    pub async fn record_stage(
+        &self,
+        job_id: &str,
+        owner: &str,
+        position: i64,
+        name: &str,
+        result: &str,
+    ) -> anyhow::Result<bool> {
         // Single statements guarded by the lease (no read-then-write transaction: SQLite would
         // refuse to upgrade it while the progress updater writes).
         if position == 0 {
@@ -423,9 +451,22 @@ impl Store {
 
     /// The recorded stages of a job, in order.
     pub async fn job_stages(&self, job_id: &str) -> anyhow::Result<Vec<StageRow>> {
-        let rows = sqlx::query("SELECT position, name, attempt, result, recorded_at FROM job_stages WHERE job_id = $1 ORDER BY position").bind(job_id).fetch_all(&self.pool).await?;
+        let rows = sqlx::query(
+            "SELECT position, name, attempt, result, recorded_at FROM job_stages WHERE job_id = $1 ORDER BY position",
+        )
+        .bind(job_id)
+        .fetch_all(&self.pool)
+        .await?;
         rows.into_iter()
-            .map(|r| Ok(StageRow { position: r.try_get("position")?, name: r.try_get("name")?, attempt: r.try_get("attempt")?, result: r.try_get("result")?, recorded_at: r.try_get("recorded_at")? }))
+            .map(|r| {
+                Ok(StageRow {
+                    position: r.try_get("position")?,
+                    name: r.try_get("name")?,
+                    attempt: r.try_get("attempt")?,
+                    result: r.try_get("result")?,
+                    recorded_at: r.try_get("recorded_at")?,
+                })
+            })
             .collect()
     }
 }

@@ -76,7 +76,13 @@ impl Store {
         Ok(row.try_get("n")?)
     }
 
-    pub async fn insert_api_key(&self, tenant_id: &str, key_hash: &str, prefix: &str, is_admin: bool) -> anyhow::Result<String> {
+    pub async fn insert_api_key(
+        &self,
+        tenant_id: &str,
+        key_hash: &str,
+        prefix: &str,
+        is_admin: bool,
+    ) -> anyhow::Result<String> {
         let id = uuid::Uuid::now_v7().to_string();
         sqlx::query("INSERT INTO api_keys (id, tenant_id, key_hash, prefix, is_admin, created_at) VALUES ($1, $2, $3, $4, $5, $6)")
             .bind(&id)
@@ -110,23 +116,25 @@ impl Store {
     }
 
     pub async fn insert_model(&self, m: &ModelRow) -> anyhow::Result<()> {
-        sqlx::query(&format!("INSERT INTO models ({MODEL_COLS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)"))
-            .bind(&m.id)
-            .bind(&m.tenant_id)
-            .bind(&m.name)
-            .bind(&m.model_type)
-            .bind(m.num_layers)
-            .bind(m.hidden_size)
-            .bind(m.num_heads)
-            .bind(m.intermediate_size)
-            .bind(m.parameters)
-            .bind(&m.dtype)
-            .bind(m.bytes)
-            .bind(&m.sha256)
-            .bind(&m.files)
-            .bind(m.created_at)
-            .execute(&self.pool)
-            .await?;
+        sqlx::query(&format!(
+            "INSERT INTO models ({MODEL_COLS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)"
+        ))
+        .bind(&m.id)
+        .bind(&m.tenant_id)
+        .bind(&m.name)
+        .bind(&m.model_type)
+        .bind(m.num_layers)
+        .bind(m.hidden_size)
+        .bind(m.num_heads)
+        .bind(m.intermediate_size)
+        .bind(m.parameters)
+        .bind(&m.dtype)
+        .bind(m.bytes)
+        .bind(&m.sha256)
+        .bind(&m.files)
+        .bind(m.created_at)
+        .execute(&self.pool)
+        .await?;
         Ok(())
     }
 
@@ -140,7 +148,12 @@ impl Store {
 
     /// Newest first; `before` is the last id of the previous page (ids are UUIDv7, so their
     /// text order is their creation order).
-    pub async fn list_models(&self, tenant_id: &str, before: Option<&str>, limit: i64) -> anyhow::Result<Vec<ModelRow>> {
+    pub async fn list_models(
+        &self,
+        tenant_id: &str,
+        before: Option<&str>,
+        limit: i64,
+    ) -> anyhow::Result<Vec<ModelRow>> {
         Ok(sqlx::query_as::<_, ModelRow>(&format!(
             "SELECT {MODEL_COLS} FROM models WHERE tenant_id = $1 AND ($2 = '' OR id < $2) ORDER BY id DESC LIMIT $3"
         ))
@@ -152,7 +165,12 @@ impl Store {
     }
 
     /// Delete a model or dataset row unless a queued or running job reads it.
-    pub async fn delete_resource(&self, table: ResourceTable, tenant_id: &str, id: &str) -> anyhow::Result<DeleteOutcome> {
+    pub async fn delete_resource(
+        &self,
+        table: ResourceTable,
+        tenant_id: &str,
+        id: &str,
+    ) -> anyhow::Result<DeleteOutcome> {
         let mut tx = self.pool.begin().await?;
         let exists = sqlx::query(&format!("SELECT id FROM {} WHERE tenant_id = $1 AND id = $2", table.name()))
             .bind(tenant_id)
@@ -199,14 +217,21 @@ impl Store {
     }
 
     pub async fn get_dataset(&self, tenant_id: &str, id: &str) -> anyhow::Result<Option<DatasetRow>> {
-        Ok(sqlx::query_as::<_, DatasetRow>(&format!("SELECT {DATASET_COLS} FROM datasets WHERE tenant_id = $1 AND id = $2"))
-            .bind(tenant_id)
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await?)
+        Ok(sqlx::query_as::<_, DatasetRow>(&format!(
+            "SELECT {DATASET_COLS} FROM datasets WHERE tenant_id = $1 AND id = $2"
+        ))
+        .bind(tenant_id)
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?)
     }
 
-    pub async fn list_datasets(&self, tenant_id: &str, before: Option<&str>, limit: i64) -> anyhow::Result<Vec<DatasetRow>> {
+    pub async fn list_datasets(
+        &self,
+        tenant_id: &str,
+        before: Option<&str>,
+        limit: i64,
+    ) -> anyhow::Result<Vec<DatasetRow>> {
         Ok(sqlx::query_as::<_, DatasetRow>(&format!(
             "SELECT {DATASET_COLS} FROM datasets WHERE tenant_id = $1 AND ($2 = '' OR id < $2) ORDER BY id DESC LIMIT $3"
         ))

@@ -18,7 +18,9 @@ pub fn length_grouped(lengths: &[usize], batch: usize, seed: u64) -> Vec<Vec<usi
         mega.sort_by(|&a, &b| lengths[b].cmp(&lengths[a]).then(a.cmp(&b)));
         batches.extend(mega.chunks(batch).map(<[usize]>::to_vec));
     }
-    if let Some(longest) = batches.iter().position(|b| b.iter().any(|&i| Some(lengths[i]) == lengths.iter().max().copied())) {
+    if let Some(longest) =
+        batches.iter().position(|b| b.iter().any(|&i| Some(lengths[i]) == lengths.iter().max().copied()))
+    {
         batches.swap(0, longest);
     }
     batches
@@ -55,7 +57,13 @@ pub struct Padded {
 /// Pads `(ids, type_ids)` sequences with `pad_id` to the longest of them.
 pub fn pad(seqs: &[(&[u32], &[u32])], pad_id: u32) -> Padded {
     let len = seqs.iter().map(|(i, _)| i.len()).max().unwrap_or(0);
-    let mut p = Padded { rows: seqs.len(), len, ids: Vec::with_capacity(seqs.len() * len), mask: Vec::with_capacity(seqs.len() * len), type_ids: Vec::with_capacity(seqs.len() * len) };
+    let mut p = Padded {
+        rows: seqs.len(),
+        len,
+        ids: Vec::with_capacity(seqs.len() * len),
+        mask: Vec::with_capacity(seqs.len() * len),
+        type_ids: Vec::with_capacity(seqs.len() * len),
+    };
     for (ids, tt) in seqs {
         assert_eq!(ids.len(), tt.len(), "ids and type ids differ in length");
         p.ids.extend_from_slice(ids);
@@ -83,7 +91,9 @@ mod tests {
         assert_eq!(batches.iter().filter(|b| b.len() < 8).count(), 0, "1000 = 125 × 8");
         assert!(batches[0].iter().any(|&i| lengths[i] == 124), "the longest example comes first");
         // Padding: tokens in padded batches vs real tokens, far below a random order's.
-        let cost = |bs: &[Vec<usize>]| bs.iter().map(|b| b.len() * b.iter().map(|&i| lengths[i]).max().unwrap()).sum::<usize>() as f64;
+        let cost = |bs: &[Vec<usize>]| {
+            bs.iter().map(|b| b.len() * b.iter().map(|&i| lengths[i]).max().unwrap()).sum::<usize>() as f64
+        };
         let real: usize = lengths.iter().sum();
         let random: Vec<Vec<usize>> = (0..1000).collect::<Vec<_>>().chunks(8).map(<[usize]>::to_vec).collect();
         assert!(cost(&batches) < 1.1 * real as f64, "{} vs {real}", cost(&batches));

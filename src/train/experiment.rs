@@ -14,8 +14,8 @@ use crate::engine::model::{Encoder, ModelError, Site};
 use crate::engine::sparsegpt;
 use crate::engine::structured::{self, unit_edits, UnitEdit, UnitPlan};
 use crate::engine::wanda::{self, Rule};
-use candle_core::{Device, Tensor};
 use crate::metrics;
+use candle_core::{Device, Tensor};
 use std::collections::BTreeMap;
 
 /// The head a GLUE task needs.
@@ -56,7 +56,8 @@ pub struct Evaluation {
 pub fn score(task: Task, pred: &[f64], gold: &[Target]) -> BTreeMap<String, f64> {
     let mut m = BTreeMap::new();
     if task == Task::Stsb {
-        let g: Vec<f64> = gold.iter().map(|t| if let Target::Score(s) = t { f64::from(*s) } else { f64::NAN }).collect();
+        let g: Vec<f64> =
+            gold.iter().map(|t| if let Target::Score(s) = t { f64::from(*s) } else { f64::NAN }).collect();
         m.insert("pearson".into(), metrics::pearson(pred, &g));
         m.insert("spearman".into(), metrics::spearman(pred, &g));
         return m;
@@ -79,7 +80,12 @@ pub fn evaluate(net: &Net, task: Task, data: &[Example], batch: usize) -> Result
         .iter()
         .map(|l| match net.kind {
             HeadKind::Regression => f64::from(l[0]),
-            _ => l.iter().enumerate().fold((0, f32::NEG_INFINITY), |best, (i, v)| if *v > best.1 { (i, *v) } else { best }).0 as f64,
+            _ => {
+                l.iter()
+                    .enumerate()
+                    .fold((0, f32::NEG_INFINITY), |best, (i, v)| if *v > best.1 { (i, *v) } else { best })
+                    .0 as f64
+            }
         })
         .collect();
     let gold: Vec<Target> = data.iter().map(|e| e.target).collect();
@@ -93,11 +99,17 @@ pub fn squad_stride(max_len: usize) -> usize {
 
 /// SQuAD training examples: every window of every question with an answer, labelled with the
 /// first gold answer's tokens (or `[CLS]` when the window does not hold it).
-pub fn squad_train_examples(tok: &tokenizers::Tokenizer, qs: &[data::SquadQuestion], max_len: usize) -> Result<Vec<Example>, String> {
+pub fn squad_train_examples(
+    tok: &tokenizers::Tokenizer,
+    qs: &[data::SquadQuestion],
+    max_len: usize,
+) -> Result<Vec<Example>, String> {
     let mut out = Vec::new();
     for q in qs.iter().filter(|q| !q.answers.is_empty()) {
         let (start, text) = &q.answers[0];
-        let ws = super::squad::windows(tok, &q.question, &q.context, Some((*start, text)), max_len, squad_stride(max_len)).map_err(|e| format!("question {}: {e}", q.id))?;
+        let ws =
+            super::squad::windows(tok, &q.question, &q.context, Some((*start, text)), max_len, squad_stride(max_len))
+                .map_err(|e| format!("question {}: {e}", q.id))?;
         for w in ws {
             let (s, e) = w.label.unwrap_or((0, 0));
             out.push(Example { ids: w.input_ids, type_ids: w.type_ids, target: Target::Span(s, e) });
@@ -108,13 +120,24 @@ pub fn squad_train_examples(tok: &tokenizers::Tokenizer, qs: &[data::SquadQuesti
 
 /// A SQuAD evaluation: `exact_match` and `f1` (percent, SQuAD v1.1) and the answer per
 /// question.
-pub fn squad_evaluate(net: &Net, tok: &tokenizers::Tokenizer, qs: &[data::SquadQuestion], max_len: usize, batch: usize) -> Result<(BTreeMap<String, f64>, Vec<String>), String> {
+pub fn squad_evaluate(
+    net: &Net,
+    tok: &tokenizers::Tokenizer,
+    qs: &[data::SquadQuestion],
+    max_len: usize,
+    batch: usize,
+) -> Result<(BTreeMap<String, f64>, Vec<String>), String> {
     let mut windows = Vec::new();
     let mut examples = Vec::new();
     for q in qs {
-        let ws = super::squad::windows(tok, &q.question, &q.context, None, max_len, squad_stride(max_len)).map_err(|e| format!("question {}: {e}", q.id))?;
+        let ws = super::squad::windows(tok, &q.question, &q.context, None, max_len, squad_stride(max_len))
+            .map_err(|e| format!("question {}: {e}", q.id))?;
         for w in &ws {
-            examples.push(Example { ids: w.input_ids.clone(), type_ids: w.type_ids.clone(), target: Target::Span(0, 0) });
+            examples.push(Example {
+                ids: w.input_ids.clone(),
+                type_ids: w.type_ids.clone(),
+                target: Target::Span(0, 0),
+            });
         }
         windows.push(ws);
     }
@@ -131,7 +154,8 @@ pub fn squad_evaluate(net: &Net, tok: &tokenizers::Tokenizer, qs: &[data::SquadQ
         predictions.insert(q.id.clone(), a.clone());
         answers.push(a);
     }
-    let gold: Vec<(String, Vec<String>)> = qs.iter().map(|q| (q.id.clone(), q.answers.iter().map(|a| a.1.clone()).collect())).collect();
+    let gold: Vec<(String, Vec<String>)> =
+        qs.iter().map(|q| (q.id.clone(), q.answers.iter().map(|a| a.1.clone()).collect())).collect();
     let (em, f1) = metrics::squad(&gold, &predictions);
     let mut m = BTreeMap::new();
     m.insert("exact_match".to_string(), em);
@@ -147,7 +171,11 @@ pub fn linear_targets(net: &Net) -> Vec<usize> {
     net.params
         .iter()
         .enumerate()
-        .filter(|(_, p)| p.shape.len() == 2 && modules.iter().any(|m| p.name.ends_with(&format!(".{m}.weight"))) && (p.name.starts_with("encoder.") || p.name.starts_with("transformer.")))
+        .filter(|(_, p)| {
+            p.shape.len() == 2
+                && modules.iter().any(|m| p.name.ends_with(&format!(".{m}.weight")))
+                && (p.name.starts_with("encoder.") || p.name.starts_with("transformer."))
+        })
         .map(|(i, _)| i)
         .collect()
 }
@@ -201,7 +229,13 @@ pub fn prune_by_scores(net: &mut Net, targets: &[usize], scores: &[Vec<f32>], sh
 
 /// One-shot pruning by a criterion: magnitude needs nothing else; Taylor and movement
 /// accumulate their scores over one pass of `data` (eval mode, no update).
-pub fn prune_one_shot(net: &mut Net, criterion: Criterion, data: &[Example], batch: usize, shape: Shape) -> Result<Masks, ModelError> {
+pub fn prune_one_shot(
+    net: &mut Net,
+    criterion: Criterion,
+    data: &[Example],
+    batch: usize,
+    shape: Shape,
+) -> Result<Masks, ModelError> {
     let targets = linear_targets(net);
     let mut scores = Scores::new(net, targets.clone(), criterion);
     if criterion != Criterion::Magnitude {
@@ -253,7 +287,9 @@ pub fn prune_calibrated(net: &mut Net, method: Calibrated, calib: &[Example], ru
             let norms = wanda::input_norms(&enc, &batches)?;
             for &i in &targets {
                 let p = &mut net.params[i];
-                let n = norms.get(&p.name).ok_or_else(|| ModelError::Invalid(format!("no calibration input reached {}", p.name)))?;
+                let n = norms
+                    .get(&p.name)
+                    .ok_or_else(|| ModelError::Invalid(format!("no calibration input reached {}", p.name)))?;
                 let prune = wanda::mask(&p.value, p.shape[1], n, rule);
                 p.value.iter_mut().zip(prune).filter(|(_, pr)| *pr).for_each(|(v, _)| *v = 0.0);
             }
@@ -264,7 +300,10 @@ pub fn prune_calibrated(net: &mut Net, method: Calibrated, calib: &[Example], ru
             for layer in 0..enc.num_layers() {
                 for site in sites {
                     for module in site.modules(family) {
-                        if net.index_of(&format!("{}{module}.weight", family.layer_prefix(layer))).is_some_and(|i| targets.contains(&i)) {
+                        if net
+                            .index_of(&format!("{}{module}.weight", family.layer_prefix(layer)))
+                            .is_some_and(|i| targets.contains(&i))
+                        {
                             chosen.push(sparsegpt::Target { layer, module, site });
                         }
                     }
@@ -279,7 +318,8 @@ pub fn prune_calibrated(net: &mut Net, method: Calibrated, calib: &[Example], ru
                     let i = net.index_of(&name).expect("a chosen target");
                     let p = &mut net.params[i];
                     let (rows, cols) = (p.shape[0], p.shape[1]);
-                    sparsegpt::prune(&mut p.value, cols, h, rule, sparsegpt::Options::default()).map_err(|e| ModelError::Invalid(format!("{name}: {e}")))?;
+                    sparsegpt::prune(&mut p.value, cols, h, rule, sparsegpt::Options::default())
+                        .map_err(|e| ModelError::Invalid(format!("{name}: {e}")))?;
                     Ok(Tensor::from_vec(p.value.clone(), (rows, cols), &Device::Cpu)?)
                 },
                 &mut |_| Ok(()),
@@ -324,7 +364,12 @@ pub fn removed_units(net: &Net) -> UnitPlan {
             let Some(i) = net.index_of(&format!("{prefix}{module}.weight")) else { return Vec::new() };
             let p = &net.params[i];
             let (rows, cols) = (p.shape[0], p.shape[1]);
-            (0..cols / group).filter(|u| (0..rows).all(|r| p.value[r * cols + u * group..r * cols + (u + 1) * group].iter().all(|v| *v == 0.0))).collect()
+            (0..cols / group)
+                .filter(|u| {
+                    (0..rows)
+                        .all(|r| p.value[r * cols + u * group..r * cols + (u + 1) * group].iter().all(|v| *v == 0.0))
+                })
+                .collect()
         };
         plan.heads.push(zero_cols(names.attn_out, hd));
         plan.neurons.push(zero_cols(names.ffn_out, 1));
@@ -358,7 +403,11 @@ pub fn lowest_units(scores: &[Vec<f32>], sparsity: f64, scope: Scope) -> Vec<Vec
 /// ([`removed_units`]) are physically removed first, so the smaller model is what runs.
 pub fn forward_ms(net: &Net, batch: &[Example], compact: bool, runs: usize) -> Result<f64, ModelError> {
     let (mut w, _) = net.to_weights()?;
-    let config = if compact { structured::apply(&mut w, &net.config, &removed_units(net), structured::Surgery::Remove)? } else { net.config.clone() };
+    let config = if compact {
+        structured::apply(&mut w, &net.config, &removed_units(net), structured::Surgery::Remove)?
+    } else {
+        net.config.clone()
+    };
     let enc = Encoder::load(config, &w)?;
     let idx: Vec<usize> = (0..batch.len()).collect();
     let (b, _) = batch_of(batch, &idx, net.config.pad_token_id);
@@ -391,7 +440,9 @@ pub fn zero_units(net: &mut Net, plan: &UnitPlan, masks: &mut Masks) {
                 if rows {
                     keep[u * group * c..(u + 1) * group * c].iter_mut().for_each(|k| *k = false);
                 } else {
-                    (0..r).for_each(|row| keep[row * c + u * group..row * c + (u + 1) * group].iter_mut().for_each(|k| *k = false));
+                    (0..r).for_each(|row| {
+                        keep[row * c + u * group..row * c + (u + 1) * group].iter_mut().for_each(|k| *k = false)
+                    });
                 }
             }
         }
@@ -401,7 +452,9 @@ pub fn zero_units(net: &mut Net, plan: &UnitPlan, masks: &mut Masks) {
 
 /// Fraction of zeros over the targets.
 pub fn sparsity_of(net: &Net, targets: &[usize]) -> f64 {
-    let (z, n) = targets.iter().fold((0usize, 0usize), |(z, n), &i| (z + net.params[i].value.iter().filter(|v| **v == 0.0).count(), n + net.params[i].value.len()));
+    let (z, n) = targets.iter().fold((0usize, 0usize), |(z, n), &i| {
+        (z + net.params[i].value.iter().filter(|v| **v == 0.0).count(), n + net.params[i].value.len())
+    });
     if n == 0 {
         0.0
     } else {
@@ -422,7 +475,13 @@ mod tests {
 
     /// Last hidden state of `enc` on the calibration batches.
     fn run(enc: &Encoder, net: &Net, calib: &[Example]) -> Vec<f32> {
-        calibration_batches(net, calib).unwrap().iter().flat_map(|(ids, mask, tt)| enc.forward(ids, Some(tt), mask).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap()).collect()
+        calibration_batches(net, calib)
+            .unwrap()
+            .iter()
+            .flat_map(|(ids, mask, tt)| {
+                enc.forward(ids, Some(tt), mask).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap()
+            })
+            .collect()
     }
 
     /// Last hidden state of the net's encoder on the calibration batches.
@@ -454,9 +513,18 @@ mod tests {
         assert!(masks.0.iter().enumerate().all(|(i, m)| m.is_some() == targets.contains(&i)));
         // Wanda's rule on these weights with norms from the engine's own encoder.
         let (w, _) = dense.to_weights().unwrap();
-        let norms = wanda::input_norms(&Encoder::load(dense.config.clone(), &w).unwrap(), &calibration_batches(&dense, &calib).unwrap()).unwrap();
+        let norms = wanda::input_norms(
+            &Encoder::load(dense.config.clone(), &w).unwrap(),
+            &calibration_batches(&dense, &calib).unwrap(),
+        )
+        .unwrap();
         let q = targets[0];
-        let direct = wanda::mask(&dense.params[q].value, dense.params[q].shape[1], &norms[&dense.params[q].name], Rule::Unstructured(0.5));
+        let direct = wanda::mask(
+            &dense.params[q].value,
+            dense.params[q].shape[1],
+            &norms[&dense.params[q].name],
+            Rule::Unstructured(0.5),
+        );
         assert_eq!(masks.0[q].as_ref().unwrap().iter().map(|k| !k).collect::<Vec<_>>(), direct);
         // SparseGPT 2:4: every group of 4 inputs keeps at most 2, and the reconstruction beats
         // magnitude 2:4 on the calibration inputs' final hidden states.
@@ -464,7 +532,11 @@ mod tests {
         let mut gpt = dense.clone();
         prune_calibrated(&mut gpt, Calibrated::SparseGpt, &calib, Rule::NM(pat)).unwrap();
         for &i in &targets {
-            assert!(gpt.params[i].value.chunks(4).all(|g| g.iter().filter(|v| **v != 0.0).count() <= 2), "{}", gpt.params[i].name);
+            assert!(
+                gpt.params[i].value.chunks(4).all(|g| g.iter().filter(|v| **v != 0.0).count() <= 2),
+                "{}",
+                gpt.params[i].name
+            );
         }
         let mut mag = dense.clone();
         prune_one_shot(&mut mag, Criterion::Magnitude, &calib, 8, Shape::NM(pat)).unwrap();
@@ -486,7 +558,8 @@ mod tests {
         assert_eq!(lowest_layers(&net, 1).unwrap(), vec![0]);
         let smaller = without_layers(&net, &[0]).unwrap();
         assert_eq!(smaller.config.layers.len(), layers - 1);
-        let per_layer = |n: &Net| n.params.iter().filter(|p| p.name.starts_with(&n.config.family.layer_prefix(0))).count();
+        let per_layer =
+            |n: &Net| n.params.iter().filter(|p| p.name.starts_with(&n.config.family.layer_prefix(0))).count();
         assert_eq!(smaller.params.len(), net.params.len() - per_layer(&net));
         // Each later layer moves down by one with its values; the head is unchanged.
         for (from, to) in (1..layers).map(|l| (l, l - 1)) {
@@ -496,9 +569,13 @@ mod tests {
                 assert_eq!(p.value, q.value, "{}", p.name);
             }
         }
-        let head: Vec<&Vec<f32>> = net.params.iter().filter(|p| p.name.starts_with("classifier")).map(|p| &p.value).collect();
+        let head: Vec<&Vec<f32>> =
+            net.params.iter().filter(|p| p.name.starts_with("classifier")).map(|p| &p.value).collect();
         assert!(!head.is_empty());
-        assert_eq!(head, smaller.params.iter().filter(|p| p.name.starts_with("classifier")).map(|p| &p.value).collect::<Vec<_>>());
+        assert_eq!(
+            head,
+            smaller.params.iter().filter(|p| p.name.starts_with("classifier")).map(|p| &p.value).collect::<Vec<_>>()
+        );
         let calib = calibration(4);
         let (b, _) = super::super::trainer::batch_of(&calib, &[0, 1, 2, 3], smaller.config.pad_token_id);
         assert!(smaller.forward(&b, None).unwrap().logits.iter().all(|v| v.is_finite()));

@@ -55,7 +55,10 @@ pub struct Scores {
 
 impl Scores {
     pub fn new(net: &Net, targets: Vec<usize>, criterion: Criterion) -> Scores {
-        let values: Vec<Vec<f32>> = targets.iter().map(|&i| if criterion == Criterion::Magnitude { Vec::new() } else { vec![0.0; net.params[i].value.len()] }).collect();
+        let values: Vec<Vec<f32>> = targets
+            .iter()
+            .map(|&i| if criterion == Criterion::Magnitude { Vec::new() } else { vec![0.0; net.params[i].value.len()] })
+            .collect();
         let adam = (criterion == Criterion::Movement).then(|| ScoreAdam { m: values.clone(), v: values.clone(), t: 0 });
         Scores { criterion, targets, values, adam }
     }
@@ -84,12 +87,15 @@ impl Scores {
             let (c1, c2) = (1.0 - b1.powi(a.t.min(1 << 20) as i32), 1.0 - b2.powi(a.t.min(1 << 20) as i32));
             for (t, (s, &i)) in self.values.iter_mut().zip(&self.targets).enumerate() {
                 let (w, g) = (shadow.map_or(&net.params[i].value, |sh| &sh[t]), &grads.0[i]);
-                s.par_iter_mut().zip(a.m[t].par_iter_mut().zip(a.v[t].par_iter_mut())).zip(w.par_iter().zip(g.par_iter())).for_each(|((s, (m, v)), (w, g))| {
-                    let d = w * g;
-                    *m = b1 * *m + (1.0 - b1) * d;
-                    *v = b2 * *v + (1.0 - b2) * d * d;
-                    *s -= (*m / c1) / ((*v / c2).sqrt() + ScoreAdam::EPS);
-                });
+                s.par_iter_mut()
+                    .zip(a.m[t].par_iter_mut().zip(a.v[t].par_iter_mut()))
+                    .zip(w.par_iter().zip(g.par_iter()))
+                    .for_each(|((s, (m, v)), (w, g))| {
+                        let d = w * g;
+                        *m = b1 * *m + (1.0 - b1) * d;
+                        *v = b2 * *v + (1.0 - b2) * d * d;
+                        *s -= (*m / c1) / ((*v / c2).sqrt() + ScoreAdam::EPS);
+                    });
             }
             return;
         }
@@ -105,7 +111,9 @@ impl Scores {
     /// The scores now (for magnitude: |w| of the current weights).
     pub fn current(&self, net: &Net) -> Vec<Vec<f32>> {
         match self.criterion {
-            Criterion::Magnitude => self.targets.iter().map(|&i| net.params[i].value.iter().map(|v| v.abs()).collect()).collect(),
+            Criterion::Magnitude => {
+                self.targets.iter().map(|&i| net.params[i].value.iter().map(|v| v.abs()).collect()).collect()
+            }
             _ => self.values.clone(),
         }
     }
@@ -150,7 +158,11 @@ pub fn select(scores: &[Vec<f32>], existing: &[Option<&[bool]>], sparsity: f64, 
             let n = parts.iter().map(|p| p.len()).sum();
             select_lowest(&parts, existing, count(n))
         }
-        Scope::Local => scores.iter().zip(existing).flat_map(|(s, e)| select_lowest(&[s.as_slice()], &[*e], count(s.len()))).collect(),
+        Scope::Local => scores
+            .iter()
+            .zip(existing)
+            .flat_map(|(s, e)| select_lowest(&[s.as_slice()], &[*e], count(s.len())))
+            .collect(),
     }
 }
 
@@ -174,7 +186,11 @@ fn select_lowest(parts: &[&[f32]], existing: &[Option<&[bool]>], k: usize) -> Ve
     if k == 0 {
         return parts.iter().map(|p| vec![true; p.len()]).collect();
     }
-    let chunks: Vec<(usize, usize, usize)> = parts.iter().enumerate().flat_map(|(t, p)| (0..p.len()).step_by(CHUNK).map(move |a| (t, a, (a + CHUNK).min(p.len())))).collect();
+    let chunks: Vec<(usize, usize, usize)> = parts
+        .iter()
+        .enumerate()
+        .flat_map(|(t, p)| (0..p.len()).step_by(CHUNK).map(move |a| (t, a, (a + CHUNK).min(p.len()))))
+        .collect();
     let hist = chunks
         .par_iter()
         .fold(
@@ -186,16 +202,23 @@ fn select_lowest(parts: &[&[f32]], existing: &[Option<&[bool]>], k: usize) -> Ve
                 h
             },
         )
-        .reduce(|| vec![0u64; 1 << 16], |mut a, b| {
-            a.iter_mut().zip(b).for_each(|(a, b)| *a += b);
-            a
-        });
+        .reduce(
+            || vec![0u64; 1 << 16],
+            |mut a, b| {
+                a.iter_mut().zip(b).for_each(|(a, b)| *a += b);
+                a
+            },
+        );
     // The bucket holding the k-th lowest, and how many lie in lower buckets.
     let (bucket, below) = crate::engine::magnitude::radix::locate(&hist, (k - 1) as u64);
     let below = below as usize;
     let mut inside: Vec<(u32, u32, u32)> = chunks
         .par_iter()
-        .flat_map_iter(|&(t, a, b)| (a..b).filter_map(move |j| Some(key(t, j)).filter(|k| (k >> 16) as usize == bucket).map(|k| (k, t as u32, j as u32))))
+        .flat_map_iter(|&(t, a, b)| {
+            (a..b).filter_map(move |j| {
+                Some(key(t, j)).filter(|k| (k >> 16) as usize == bucket).map(|k| (k, t as u32, j as u32))
+            })
+        })
         .collect();
     let (_, threshold, _) = inside.select_nth_unstable(k - below - 1);
     let threshold = *threshold;
@@ -204,7 +227,10 @@ fn select_lowest(parts: &[&[f32]], existing: &[Option<&[bool]>], k: usize) -> Ve
         .enumerate()
         .map(|(t, p)| {
             let mut keep = vec![false; p.len()];
-            keep.par_iter_mut().enumerate().with_min_len(4096).for_each(|(j, f)| *f = (key(t, j), t as u32, j as u32) > threshold);
+            keep.par_iter_mut()
+                .enumerate()
+                .with_min_len(4096)
+                .for_each(|(j, f)| *f = (key(t, j), t as u32, j as u32) > threshold);
             keep
         })
         .collect()
@@ -215,7 +241,9 @@ fn select_lowest(parts: &[&[f32]], existing: &[Option<&[bool]>], k: usize) -> Ve
 pub enum Ramp {
     Cubic,
     /// `rounds` equal-fraction rounds.
-    Iterative { rounds: u64 },
+    Iterative {
+        rounds: u64,
+    },
     /// All at `start`.
     OneShot,
 }
@@ -246,7 +274,13 @@ pub struct GradualPruner {
 
 impl GradualPruner {
     /// A pruner with sticky masks, nothing pruned yet.
-    pub fn new(scores: Scores, ramp: Ramp, (start, end, every): (u64, u64, u64), target: f64, scope: Scope) -> GradualPruner {
+    pub fn new(
+        scores: Scores,
+        ramp: Ramp,
+        (start, end, every): (u64, u64, u64),
+        target: f64,
+        scope: Scope,
+    ) -> GradualPruner {
         GradualPruner { scores, ramp, start, end, every, target, scope, reached: 0.0, shadow: None }
     }
 
@@ -261,7 +295,8 @@ impl GradualPruner {
     /// regrowing masks), in one list that [`Self::buffers`] and [`Self::restore_buffers`]
     /// share, so no piece of state can be saved without being restored.
     fn slots(&mut self) -> Vec<(String, &mut Vec<f32>)> {
-        let mut out: Vec<(String, &mut Vec<f32>)> = self.scores.values.iter_mut().enumerate().map(|(i, v)| (format!("scores/{i}"), v)).collect();
+        let mut out: Vec<(String, &mut Vec<f32>)> =
+            self.scores.values.iter_mut().enumerate().map(|(i, v)| (format!("scores/{i}"), v)).collect();
         if let Some(a) = self.scores.adam.as_mut() {
             for (i, (m, v)) in a.m.iter_mut().zip(a.v.iter_mut()).enumerate() {
                 out.push((format!("scores_m/{i}"), m));
@@ -294,7 +329,13 @@ impl GradualPruner {
         for (name, slot) in self.slots() {
             match saved.get(&name) {
                 Some(v) if v.len() == slot.len() => slot.clone_from(v),
-                Some(v) => return Err(format!("the checkpoint's pruner buffer {name} holds {} values, the pruner {}", v.len(), slot.len())),
+                Some(v) => {
+                    return Err(format!(
+                        "the checkpoint's pruner buffer {name} holds {} values, the pruner {}",
+                        v.len(),
+                        slot.len()
+                    ))
+                }
                 None => return Err(format!("the checkpoint lacks the pruner's buffer {name}")),
             }
         }
@@ -315,7 +356,9 @@ impl GradualPruner {
     }
 
     fn due(&self, step: u64) -> bool {
-        step >= self.start && (step <= self.end) && ((step - self.start).is_multiple_of(self.every.max(1)) || step == self.end)
+        step >= self.start
+            && (step <= self.end)
+            && ((step - self.start).is_multiple_of(self.every.max(1)) || step == self.end)
     }
 
     /// Prunes the masks to the ramp's sparsity at `step` (the caller applies them to `net`).
@@ -327,7 +370,8 @@ impl GradualPruner {
         let keep = match &self.shadow {
             None => {
                 let scores = self.scores.current(net);
-                let existing: Vec<Option<&[bool]>> = self.scores.targets.iter().map(|&i| masks.0[i].as_deref()).collect();
+                let existing: Vec<Option<&[bool]>> =
+                    self.scores.targets.iter().map(|&i| masks.0[i].as_deref()).collect();
                 select(&scores, &existing, s, self.scope)
             }
             Some(shadow) => {
@@ -395,7 +439,12 @@ impl Observer for GradualPruner {
 /// One pass over `data` without updates (eval mode): accumulates gradient scores (Taylor,
 /// movement) and, per layer and head, |∂L/∂ξ| of a head mask ξ summed over batches, normalised
 /// per layer by its L2 norm as Michel et al. do.
-pub fn gradient_pass(net: &Net, data: &[Example], batch: usize, scores: Option<&mut Scores>) -> Result<Vec<Vec<f32>>, ModelError> {
+pub fn gradient_pass(
+    net: &Net,
+    data: &[Example],
+    batch: usize,
+    scores: Option<&mut Scores>,
+) -> Result<Vec<Vec<f32>>, ModelError> {
     let lengths: Vec<usize> = data.iter().map(|e| e.ids.len()).collect();
     let heads = net.heads();
     let mut importance: Vec<Vec<f32>> = heads.iter().map(|&h| vec![0.0; h]).collect();
@@ -447,8 +496,21 @@ mod tests {
         let targets = linear_targets(&net);
         let dense = net.clone();
         let mut masks = Masks::none(&net);
-        let mut sticky = GradualPruner::new(Scores::new(&net, targets.clone(), Criterion::Movement), Ramp::OneShot, (0, 10, 1), 0.5, Scope::Global);
-        let mut regrow = GradualPruner::new(Scores::new(&net, targets.clone(), Criterion::Movement), Ramp::OneShot, (0, 10, 1), 0.5, Scope::Global).regrowing(&net);
+        let mut sticky = GradualPruner::new(
+            Scores::new(&net, targets.clone(), Criterion::Movement),
+            Ramp::OneShot,
+            (0, 10, 1),
+            0.5,
+            Scope::Global,
+        );
+        let mut regrow = GradualPruner::new(
+            Scores::new(&net, targets.clone(), Criterion::Movement),
+            Ramp::OneShot,
+            (0, 10, 1),
+            0.5,
+            Scope::Global,
+        )
+        .regrowing(&net);
         // Scores = |w|: the first selection prunes the smaller half.
         for p in [&mut sticky, &mut regrow] {
             p.scores.values = targets.iter().map(|&i| net.params[i].value.iter().map(|v| v.abs()).collect()).collect();
@@ -482,8 +544,21 @@ mod tests {
         // weight times the weight kept behind the mask, so their scores keep moving.
         let mut net = dense.clone();
         let mut masks = Masks::none(&net);
-        let mut p = GradualPruner::new(Scores::new(&net, targets.clone(), Criterion::Movement), Ramp::OneShot, (1, 100, 1), 0.5, Scope::Global).regrowing(&net);
-        let s = |steps| Schedule { epochs: 1, max_steps: Some(steps), batch_size: 8, learning_rate: 1e-3, ..Default::default() };
+        let mut p = GradualPruner::new(
+            Scores::new(&net, targets.clone(), Criterion::Movement),
+            Ramp::OneShot,
+            (1, 100, 1),
+            0.5,
+            Scope::Global,
+        )
+        .regrowing(&net);
+        let s = |steps| Schedule {
+            epochs: 1,
+            max_steps: Some(steps),
+            batch_size: 8,
+            learning_rate: 1e-3,
+            ..Default::default()
+        };
         let data = calibration(32);
         let mut state = State::new(&s(1));
         train(&mut net, &data, &s(1), &mut masks, &mut state, None, &mut p).unwrap();
@@ -513,7 +588,16 @@ mod tests {
         use crate::train::trainer::{train, Schedule};
         let mut net = tiny_net();
         let targets = linear_targets(&net);
-        let fresh = |net: &Net| GradualPruner::new(Scores::new(net, targets.clone(), Criterion::Movement), Ramp::Cubic, (1, 100, 1), 0.5, Scope::Global).regrowing(net);
+        let fresh = |net: &Net| {
+            GradualPruner::new(
+                Scores::new(net, targets.clone(), Criterion::Movement),
+                Ramp::Cubic,
+                (1, 100, 1),
+                0.5,
+                Scope::Global,
+            )
+            .regrowing(net)
+        };
         let mut p = fresh(&net);
         let mut masks = Masks::none(&net);
         let s = Schedule { epochs: 1, max_steps: Some(3), batch_size: 8, learning_rate: 1e-3, ..Default::default() };
@@ -528,7 +612,10 @@ mod tests {
         // A checkpoint missing a buffer, or with one of the wrong size, is refused by name.
         let mut short = saved.clone();
         short.remove("shadow/1");
-        assert_eq!(fresh(&tiny_net()).restore_buffers(&short).unwrap_err(), "the checkpoint lacks the pruner's buffer shadow/1");
+        assert_eq!(
+            fresh(&tiny_net()).restore_buffers(&short).unwrap_err(),
+            "the checkpoint lacks the pruner's buffer shadow/1"
+        );
         let mut wrong = saved.clone();
         wrong.insert("scores_m/0".into(), vec![0.0; 3]);
         assert!(fresh(&tiny_net()).restore_buffers(&wrong).unwrap_err().contains("scores_m/0 holds 3 values"));
@@ -542,7 +629,15 @@ mod tests {
         use crate::train::trainer::{checkpoint_with_notes, restore, Schedule};
         let mut net = tiny_net();
         let targets = linear_targets(&net);
-        let fresh = |net: &Net| GradualPruner::new(Scores::new(net, targets.clone(), Criterion::Magnitude), Ramp::Cubic, (1, 10, 1), 0.5, Scope::Global);
+        let fresh = |net: &Net| {
+            GradualPruner::new(
+                Scores::new(net, targets.clone(), Criterion::Magnitude),
+                Ramp::Cubic,
+                (1, 10, 1),
+                0.5,
+                Scope::Global,
+            )
+        };
         let mut p = fresh(&net);
         let extra: std::collections::BTreeMap<String, Vec<f32>> = p.buffers().into_iter().collect();
         assert_eq!(extra.len(), targets.len());
@@ -569,16 +664,32 @@ mod tests {
             plain.accumulate(&net, &grads);
         }
         let (a, p) = (&adam.values[0], &plain.values[0]);
-        assert!((a[0] - 10.0).abs() < 1e-3 && (a[1] - 10.0).abs() < 1e-3, "steady movement scores one per step whatever the weight: {:?}", &a[..3]);
+        assert!(
+            (a[0] - 10.0).abs() < 1e-3 && (a[1] - 10.0).abs() < 1e-3,
+            "steady movement scores one per step whatever the weight: {:?}",
+            &a[..3]
+        );
         assert!(a[2].abs() < 2.0, "noise scores little: {}", a[2]);
-        assert!((p[0] - 0.1).abs() < 1e-6 && (p[1] - 1e-4).abs() < 1e-9 && p[2].abs() < 1e-6, "plain sums of -w·g: {:?}", &p[..3]);
+        assert!(
+            (p[0] - 0.1).abs() < 1e-6 && (p[1] - 1e-4).abs() < 1e-9 && p[2].abs() < 1e-6,
+            "plain sums of -w·g: {:?}",
+            &p[..3]
+        );
     }
 
     /// The rule `select` implements, by sorting.
-    fn select_by_sorting(scores: &[Vec<f32>], existing: &[Option<&[bool]>], sparsity: f64, scope: Scope) -> Vec<Vec<bool>> {
-        let ranked = |t: usize, j: usize| if existing[t].is_some_and(|e| !e[j]) { f32::NEG_INFINITY } else { scores[t][j] };
+    fn select_by_sorting(
+        scores: &[Vec<f32>],
+        existing: &[Option<&[bool]>],
+        sparsity: f64,
+        scope: Scope,
+    ) -> Vec<Vec<bool>> {
+        let ranked =
+            |t: usize, j: usize| if existing[t].is_some_and(|e| !e[j]) { f32::NEG_INFINITY } else { scores[t][j] };
         let groups: Vec<Vec<(usize, usize)>> = match scope {
-            Scope::Global => vec![scores.iter().enumerate().flat_map(|(t, s)| (0..s.len()).map(move |j| (t, j))).collect()],
+            Scope::Global => {
+                vec![scores.iter().enumerate().flat_map(|(t, s)| (0..s.len()).map(move |j| (t, j))).collect()]
+            }
             Scope::Local => scores.iter().enumerate().map(|(t, s)| (0..s.len()).map(|j| (t, j)).collect()).collect(),
         };
         let mut keep: Vec<Vec<bool>> = scores.iter().map(|s| vec![true; s.len()]).collect();
@@ -600,12 +711,28 @@ mod tests {
             // Sizes across the 65,536-element chunks; few distinct values (many ties, within
             // and across tensors), negative scores and zeros of both signs.
             let sizes = [rng.gen_range(1..3000), rng.gen_range(60_000..140_000), rng.gen_range(1..50)];
-            let scores: Vec<Vec<f32>> = sizes.iter().map(|&n| (0..n).map(|_| [-2.5, -0.0, 0.0, 1e-30, 0.25, 3.0, f32::MAX][rng.gen_range(0..7)] * if round % 2 == 0 { 1.0 } else { rng.gen::<f32>() }).collect()).collect();
-            let prior: Vec<Vec<bool>> = sizes.iter().map(|&n| (0..n).map(|_| rng.gen::<f32>() > 0.3).collect()).collect();
-            let existing: Vec<Option<&[bool]>> = prior.iter().enumerate().map(|(t, p)| (t != 1 || round % 3 != 0).then_some(p.as_slice())).collect();
+            let scores: Vec<Vec<f32>> = sizes
+                .iter()
+                .map(|&n| {
+                    (0..n)
+                        .map(|_| {
+                            [-2.5, -0.0, 0.0, 1e-30, 0.25, 3.0, f32::MAX][rng.gen_range(0..7)]
+                                * if round % 2 == 0 { 1.0 } else { rng.gen::<f32>() }
+                        })
+                        .collect()
+                })
+                .collect();
+            let prior: Vec<Vec<bool>> =
+                sizes.iter().map(|&n| (0..n).map(|_| rng.gen::<f32>() > 0.3).collect()).collect();
+            let existing: Vec<Option<&[bool]>> =
+                prior.iter().enumerate().map(|(t, p)| (t != 1 || round % 3 != 0).then_some(p.as_slice())).collect();
             for sparsity in [0.0, 0.1, 0.5, 0.8, 1.0, rng.gen::<f64>()] {
                 for scope in [Scope::Global, Scope::Local] {
-                    assert_eq!(select(&scores, &existing, sparsity, scope), select_by_sorting(&scores, &existing, sparsity, scope), "round {round} sparsity {sparsity} {scope:?}");
+                    assert_eq!(
+                        select(&scores, &existing, sparsity, scope),
+                        select_by_sorting(&scores, &existing, sparsity, scope),
+                        "round {round} sparsity {sparsity} {scope:?}"
+                    );
                 }
             }
         }

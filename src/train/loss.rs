@@ -65,20 +65,30 @@ fn log_softmax(row: &[f32], t: f32) -> Vec<f64> {
 
 /// T²·KL(softmax(teacher/T) ‖ softmax(student/T)), averaged over rows (`batchmean`); gradient
 /// scaled by `weight`, added to `grad`.
-pub fn soft_cross_entropy(student: &[f32], teacher: &[f32], classes: usize, temperature: f32, weight: f32, grad: &mut [f32]) -> f64 {
+pub fn soft_cross_entropy(
+    student: &[f32],
+    teacher: &[f32],
+    classes: usize,
+    temperature: f32,
+    weight: f32,
+    grad: &mut [f32],
+) -> f64 {
     let rows = student.len() / classes.max(1);
     if rows == 0 {
         return 0.0;
     }
     let t2 = f64::from(temperature) * f64::from(temperature);
     let mut total = 0f64;
-    for ((s, tch), g) in student.chunks_exact(classes).zip(teacher.chunks_exact(classes)).zip(grad.chunks_exact_mut(classes)) {
+    for ((s, tch), g) in
+        student.chunks_exact(classes).zip(teacher.chunks_exact(classes)).zip(grad.chunks_exact_mut(classes))
+    {
         let (ls, lt) = (log_softmax(s, temperature), log_softmax(tch, temperature));
         for j in 0..classes {
             let pt = lt[j].exp();
             total += pt * (lt[j] - ls[j]);
             // d/ds_j of T²·KL = T²·(p_s − p_t)/T.
-            *g.get_mut(j).expect("class") += weight * (f64::from(temperature) * (ls[j].exp() - pt) / rows as f64) as f32;
+            *g.get_mut(j).expect("class") +=
+                weight * (f64::from(temperature) * (ls[j].exp() - pt) / rows as f64) as f32;
         }
     }
     t2 * total / rows as f64
@@ -116,15 +126,21 @@ pub fn task_loss(logits: &[f32], targets: &Targets, len: usize, teacher: Option<
             let split = |v: &[f32], k: usize| -> Vec<f32> { v.iter().skip(k).step_by(2).copied().collect() };
             let (start, end) = (split(logits, 0), split(logits, 1));
             let (mut gs, mut ge) = (vec![0f32; start.len()], vec![0f32; end.len()]);
-            let lab = |k: usize| -> Vec<Option<usize>> { spans.iter().map(|&(s, e)| Some(if k == 0 { s } else { e }).filter(|&p| p < len)).collect() };
+            let lab = |k: usize| -> Vec<Option<usize>> {
+                spans.iter().map(|&(s, e)| Some(if k == 0 { s } else { e }).filter(|&p| p < len)).collect()
+            };
             let half = 0.5 * hard_weight;
             if hard_weight != 0.0 {
-                loss += f64::from(half) * (cross_entropy(&start, len, &lab(0), half, &mut gs) + cross_entropy(&end, len, &lab(1), half, &mut ge));
+                loss += f64::from(half)
+                    * (cross_entropy(&start, len, &lab(0), half, &mut gs)
+                        + cross_entropy(&end, len, &lab(1), half, &mut ge));
             }
             if let Some((t, d)) = teacher {
                 let (ts, te) = (split(t, 0), split(t, 1));
                 let w = 0.5 * d.alpha;
-                loss += f64::from(w) * (soft_cross_entropy(&start, &ts, len, d.temperature, w, &mut gs) + soft_cross_entropy(&end, &te, len, d.temperature, w, &mut ge));
+                loss += f64::from(w)
+                    * (soft_cross_entropy(&start, &ts, len, d.temperature, w, &mut gs)
+                        + soft_cross_entropy(&end, &te, len, d.temperature, w, &mut ge));
             }
             for (i, (a, b)) in gs.into_iter().zip(ge).enumerate() {
                 grad[2 * i] = a;

@@ -32,6 +32,12 @@ pub(crate) mod testing {
 
     /// `n` short token sequences of varying length with alternating labels.
     pub fn calibration(n: usize) -> Vec<Example> {
-        (0..n).map(|i| Example { ids: (0..6 + i % 5).map(|j| 2 + ((i * 13 + j * 7) % 60) as u32).collect(), type_ids: vec![0; 6 + i % 5], target: Target::Class(i % 2) }).collect()
+        (0..n)
+            .map(|i| Example {
+                ids: (0..6 + i % 5).map(|j| 2 + ((i * 13 + j * 7) % 60) as u32).collect(),
+                type_ids: vec![0; 6 + i % 5],
+                target: Target::Class(i % 2),
+            })
+            .collect()
     }
 }

@@ -12,7 +12,7 @@
 //! train mode: dropout after the embeddings' LayerNorm, on the attention probabilities, after
 //! the attention output map (BERT, RoBERTa) and after the FFN, and in the classification head
 //! where each family has it; padding ids get no embedding gradient (`padding_idx`). With dropout
-//! off, gradients match PyTorch's (tests/training.rs).
+//! off, gradients match PyTorch's (tests/it/training.rs).
 
 use crate::engine::arch::Family;
 use crate::engine::fast::{simd, threads, Seq};
@@ -79,10 +79,21 @@ impl Dropout {
         let v: serde_json::Value = serde_json::from_slice(config_json).unwrap_or_default();
         let f = |k: &str, d: f64| v.get(k).and_then(serde_json::Value::as_f64).unwrap_or(d) as f32;
         match family {
-            Family::DistilBert => Dropout { hidden: f("dropout", 0.1), attention: f("attention_dropout", 0.1), classifier: f("seq_classif_dropout", 0.2) },
+            Family::DistilBert => Dropout {
+                hidden: f("dropout", 0.1),
+                attention: f("attention_dropout", 0.1),
+                classifier: f("seq_classif_dropout", 0.2),
+            },
             _ => {
                 let hidden = f("hidden_dropout_prob", 0.1);
-                Dropout { hidden, attention: f("attention_probs_dropout_prob", 0.1), classifier: v.get("classifier_dropout").and_then(serde_json::Value::as_f64).map_or(hidden, |x| x as f32) }
+                Dropout {
+                    hidden,
+                    attention: f("attention_probs_dropout_prob", 0.1),
+                    classifier: v
+                        .get("classifier_dropout")
+                        .and_then(serde_json::Value::as_f64)
+                        .map_or(hidden, |x| x as f32),
+                }
             }
         }
     }
@@ -135,7 +146,17 @@ impl View {
 /// # Safety
 /// The views and `dst` must describe memory valid for those shapes; `dst` must not alias them.
 #[allow(clippy::too_many_arguments)]
-unsafe fn mm(m: usize, n: usize, k: usize, dst: *mut f32, dst_rs: usize, acc: bool, a: View, b: View, par: Parallelism) {
+unsafe fn mm(
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: *mut f32,
+    dst_rs: usize,
+    acc: bool,
+    a: View,
+    b: View,
+    par: Parallelism,
+) {
     if m == 0 || n == 0 {
         return;
     }
@@ -147,7 +168,27 @@ unsafe fn mm(m: usize, n: usize, k: usize, dst: *mut f32, dst_rs: usize, acc: bo
         }
         return;
     }
-    gemm::gemm(m, n, k, dst, 1, dst_rs as isize, acc, a.ptr, a.cs, a.rs, b.ptr, b.cs, b.rs, 1.0, 1.0, false, false, false, par);
+    gemm::gemm(
+        m,
+        n,
+        k,
+        dst,
+        1,
+        dst_rs as isize,
+        acc,
+        a.ptr,
+        a.cs,
+        a.rs,
+        b.ptr,
+        b.cs,
+        b.rs,
+        1.0,
+        1.0,
+        false,
+        false,
+        false,
+        par,
+    );
 }
 
 /// `x [rows, inp] · wᵀ + b` into a new `[rows, out]` buffer.
@@ -163,7 +204,17 @@ fn linear(x: &[f32], rows: usize, w: &[f32], b: &[f32], out: usize, inp: usize) 
 /// Backward of `y = x·wᵀ + b`: dw += dyᵀ·x, db += Σ dy; returns dx = dy·w when asked for, or
 /// adds it to `dx_acc`.
 #[allow(clippy::too_many_arguments)]
-fn linear_back(dy: &[f32], x: &[f32], rows: usize, w: &[f32], out: usize, inp: usize, dw: &mut [f32], db: &mut [f32], dx: Option<(&mut [f32], bool)>) {
+fn linear_back(
+    dy: &[f32],
+    x: &[f32],
+    rows: usize,
+    w: &[f32],
+    out: usize,
+    inp: usize,
+    dw: &mut [f32],
+    db: &mut [f32],
+    dx: Option<(&mut [f32], bool)>,
+) {
     unsafe {
         mm(out, inp, rows, dw.as_mut_ptr(), inp, true, View::rows(dy, out).t(), View::rows(x, inp), threads());
     }
@@ -222,7 +273,11 @@ impl Mask {
         if p <= 0.0 {
             return None;
         }
-        Some(Mask { key: splitmix(seed ^ splitmix(site)), threshold: (f64::from(p) * 4_294_967_296.0).min(4_294_967_295.0) as u32, scale: 1.0 / (1.0 - p) })
+        Some(Mask {
+            key: splitmix(seed ^ splitmix(site)),
+            threshold: (f64::from(p) * 4_294_967_296.0).min(4_294_967_295.0) as u32,
+            scale: 1.0 / (1.0 - p),
+        })
     }
     #[inline]
     fn factor(&self, i: usize) -> f32 {
@@ -264,12 +319,18 @@ fn layer_norm_keep(y: &mut [f32], residual: &[f32], gamma: &[f32], beta: &[f32],
     let mut xhat = vec![0f32; y.len()];
     let mut rstd = vec![0f32; rows];
     let zeros = vec![0f32; h];
-    y.par_chunks_mut(h * ROWS).zip(xhat.par_chunks_mut(h * ROWS)).zip(rstd.par_chunks_mut(ROWS)).enumerate().for_each(|(c, ((ys, xs), rs))| {
-        for (r, (row, xh)) in ys.chunks_exact_mut(h).zip(xs.chunks_exact_mut(h)).enumerate() {
-            let res = if residual.is_empty() { &zeros[..] } else { &residual[(c * ROWS + r) * h..(c * ROWS + r + 1) * h] };
-            rs[r] = simd::add_layer_norm_keep(row, res, gamma, beta, eps, xh);
-        }
-    });
+    y.par_chunks_mut(h * ROWS).zip(xhat.par_chunks_mut(h * ROWS)).zip(rstd.par_chunks_mut(ROWS)).enumerate().for_each(
+        |(c, ((ys, xs), rs))| {
+            for (r, (row, xh)) in ys.chunks_exact_mut(h).zip(xs.chunks_exact_mut(h)).enumerate() {
+                let res = if residual.is_empty() {
+                    &zeros[..]
+                } else {
+                    &residual[(c * ROWS + r) * h..(c * ROWS + r + 1) * h]
+                };
+                rs[r] = simd::add_layer_norm_keep(row, res, gamma, beta, eps, xh);
+            }
+        },
+    );
     Ln { xhat, rstd }
 }
 
@@ -375,19 +436,33 @@ impl Net {
             fn lin(&mut self, prefix: String) -> Result<Lin, ModelError> {
                 let wt = self.w.get(&format!("{prefix}.weight"))?;
                 let (out, inp) = wt.dims2()?;
-                Ok(Lin { w: self.add(format!("{prefix}.weight"), &wt)?, b: self.named(format!("{prefix}.bias"))?, out, inp })
+                Ok(Lin {
+                    w: self.add(format!("{prefix}.weight"), &wt)?,
+                    b: self.named(format!("{prefix}.bias"))?,
+                    out,
+                    inp,
+                })
             }
         }
         let mut b = Builder { w, params: Vec::new() };
         let word = b.named("embeddings.word_embeddings.weight".into())?;
         let position = b.named("embeddings.position_embeddings.weight".into())?;
-        let token_type = if config.type_vocab > 0 { Some(b.named("embeddings.token_type_embeddings.weight".into())?) } else { None };
+        let token_type =
+            if config.type_vocab > 0 { Some(b.named("embeddings.token_type_embeddings.weight".into())?) } else { None };
         let ln = b.norm("embeddings.LayerNorm".into())?;
         let names = config.family.layer_names();
         let mut layers = Vec::new();
         for (i, shape) in config.layers.iter().enumerate() {
             let p = config.family.layer_prefix(i);
-            let qkv = if shape.heads == 0 { None } else { Some([b.lin(format!("{p}{}", names.query))?, b.lin(format!("{p}{}", names.key))?, b.lin(format!("{p}{}", names.value))?]) };
+            let qkv = if shape.heads == 0 {
+                None
+            } else {
+                Some([
+                    b.lin(format!("{p}{}", names.query))?,
+                    b.lin(format!("{p}{}", names.key))?,
+                    b.lin(format!("{p}{}", names.value))?,
+                ])
+            };
             let o = b.lin(format!("{p}{}", names.attn_out))?;
             let ln1 = b.norm(format!("{p}{}", names.attn_norm))?;
             let ffn_in = b.lin(format!("{p}{}", names.ffn_in))?;
@@ -398,9 +473,21 @@ impl Net {
         let mut head_ix = Vec::new();
         for pair in head.tensors().chunks(2) {
             let (out, inp) = pair[0].1.dims2()?;
-            head_ix.push(Lin { w: b.add(pair[0].0.clone(), &pair[0].1)?, b: b.add(pair[1].0.clone(), &pair[1].1)?, out, inp });
+            head_ix.push(Lin {
+                w: b.add(pair[0].0.clone(), &pair[0].1)?,
+                b: b.add(pair[1].0.clone(), &pair[1].1)?,
+                out,
+                inp,
+            });
         }
-        Ok(Net { kind: head.kind, params: b.params, dropout, packing: true, ix: Ix { word, position, token_type, ln, layers, head: head_ix }, config })
+        Ok(Net {
+            kind: head.kind,
+            params: b.params,
+            dropout,
+            packing: true,
+            ix: Ix { word, position, token_type, ln, layers, head: head_ix },
+            config,
+        })
     }
 
     /// Zero gradients shaped like the parameters.
@@ -442,7 +529,10 @@ impl Net {
 
     fn positions(&self, b: &Batch) -> Result<Vec<u32>, ModelError> {
         if b.len > self.config.max_positions {
-            return Err(ModelError::Invalid(format!("sequence length {} exceeds max_position_embeddings {}", b.len, self.config.max_positions)));
+            return Err(ModelError::Invalid(format!(
+                "sequence length {} exceeds max_position_embeddings {}",
+                b.len, self.config.max_positions
+            )));
         }
         Ok(match self.config.family {
             Family::Roberta => {
@@ -484,10 +574,15 @@ impl Net {
             return Err(ModelError::Invalid("an empty batch".into()));
         }
         if b.ids.len() != padded_rows || b.mask.len() != padded_rows || b.type_ids.len() != padded_rows {
-            return Err(ModelError::Invalid(format!("a batch of {} x {} needs that many ids, mask and type ids", b.rows, b.len)));
+            return Err(ModelError::Invalid(format!(
+                "a batch of {} x {} needs that many ids, mask and type ids",
+                b.rows, b.len
+            )));
         }
-        let packed = self.packing && self.kind != HeadKind::QuestionAnswering && (0..b.rows).all(|r| b.mask[r * b.len] != 0);
-        let keep: Vec<usize> = if packed { (0..padded_rows).filter(|&i| b.mask[i] != 0).collect() } else { (0..padded_rows).collect() };
+        let packed =
+            self.packing && self.kind != HeadKind::QuestionAnswering && (0..b.rows).all(|r| b.mask[r * b.len] != 0);
+        let keep: Vec<usize> =
+            if packed { (0..padded_rows).filter(|&i| b.mask[i] != 0).collect() } else { (0..padded_rows).collect() };
         let n = keep.len();
         let all_positions = self.positions(b)?;
         let position: Vec<u32> = keep.iter().map(|&i| all_positions[i]).collect();
@@ -495,7 +590,12 @@ impl Net {
         let type_ids: Vec<u32> = keep.iter().map(|&i| b.type_ids[i]).collect();
         let p = |i: usize| &self.params[i].value;
         let types = if self.ix.token_type.is_some() { &b.type_ids[..] } else { &[] };
-        for (&id, what, size) in b.ids.iter().map(|i| (i, "token id", c.vocab)).chain(types.iter().map(|i| (i, "token type id", c.type_vocab))) {
+        for (&id, what, size) in b
+            .ids
+            .iter()
+            .map(|i| (i, "token id", c.vocab))
+            .chain(types.iter().map(|i| (i, "token type id", c.type_vocab)))
+        {
             if id as usize >= size {
                 return Err(ModelError::Invalid(format!("{what} {id} out of range (size {size})")));
             }
@@ -523,7 +623,8 @@ impl Net {
         } else {
             Seq::padded(&b.mask, b.len)
         };
-        let first_rows: Vec<usize> = if packed { seqs.iter().map(|s| s.row).collect() } else { (0..b.rows).map(|r| r * b.len).collect() };
+        let first_rows: Vec<usize> =
+            if packed { seqs.iter().map(|s| s.row).collect() } else { (0..b.rows).map(|r| r * b.len).collect() };
         let mut offsets = Vec::with_capacity(seqs.len());
         let mut total = 0;
         let max_heads = self.ix.layers.iter().map(|l| l.heads).max().unwrap_or(0);
@@ -567,7 +668,8 @@ impl Net {
                 linear(last, tape.n, p(l.w), p(l.b), l.out, l.inp)
             }
             _ => {
-                let mut first: Vec<f32> = tape.first_rows.iter().flat_map(|&r| last[r * h..][..h].iter().copied()).collect();
+                let mut first: Vec<f32> =
+                    tape.first_rows.iter().flat_map(|&r| last[r * h..][..h].iter().copied()).collect();
                 if self.config.family == Family::Roberta {
                     apply_drop(Mask::new(tape.seed, self.dropout.classifier, site(HEAD, 0)), &mut first);
                 }
@@ -587,7 +689,16 @@ impl Net {
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn layer_forward(&self, li: usize, l: &LayerIx, x: &[f32], n: usize, seqs: &[Seq], offsets: &[Vec<usize>], seed: Option<u64>) -> (Vec<f32>, LayerTape) {
+    fn layer_forward(
+        &self,
+        li: usize,
+        l: &LayerIx,
+        x: &[f32],
+        n: usize,
+        seqs: &[Seq],
+        offsets: &[Vec<usize>],
+        seed: Option<u64>,
+    ) -> (Vec<f32>, LayerTape) {
         let c = &self.config;
         let h = c.hidden;
         let p = |i: usize| &self.params[i].value;
@@ -601,10 +712,23 @@ impl Net {
                     }
                 });
                 for (j, m) in maps.iter().enumerate() {
-                    unsafe { mm(n, w, h, qkv.as_mut_ptr().add(j * w), 3 * w, true, View::rows(x, h), View::rows(p(m.w), h).t(), threads()) };
+                    unsafe {
+                        mm(
+                            n,
+                            w,
+                            h,
+                            qkv.as_mut_ptr().add(j * w),
+                            3 * w,
+                            true,
+                            View::rows(x, h),
+                            View::rows(p(m.w), h).t(),
+                            threads(),
+                        )
+                    };
                 }
                 let mask = Mask::new(seed, self.dropout.attention, site(li, 1));
-                let total = offsets.iter().zip(seqs).map(|(o, s)| o[l.heads - 1] + s.queries * s.bias.len()).max().unwrap_or(0);
+                let total =
+                    offsets.iter().zip(seqs).map(|(o, s)| o[l.heads - 1] + s.queries * s.bias.len()).max().unwrap_or(0);
                 let mut probs = vec![0f32; total];
                 let ctx = attention_forward(&qkv, seqs, offsets, &mut probs, n, l.heads, c.head_dim, mask);
                 let a = linear(&ctx, n, p(l.o.w), p(l.o.b), h, w);
@@ -644,7 +768,13 @@ impl Net {
     /// Backward pass from the logits' gradient, accumulating into `grads`. `head_grads`, when
     /// given, accumulates per layer and head the gradient with respect to a multiplicative
     /// mask on the head's context (Michel et al. 2019): Σ ∂L/∂ctx_h · ctx_h.
-    pub fn backward(&self, tape: &Tape, dlogits: &[f32], grads: &mut Grads, mut head_grads: Option<&mut Vec<Vec<f32>>>) {
+    pub fn backward(
+        &self,
+        tape: &Tape,
+        dlogits: &[f32],
+        grads: &mut Grads,
+        mut head_grads: Option<&mut Vec<Vec<f32>>>,
+    ) {
         let c = &self.config;
         let h = c.hidden;
         let n = tape.n;
@@ -680,7 +810,17 @@ impl Net {
                 let mut dfirst = vec![0f32; rows * h];
                 {
                     let (gw, gb) = two(g, l0.w, l0.b);
-                    linear_back(&dhid, &tape.head.first, rows, p(l0.w), l0.out, l0.inp, gw, gb, Some((&mut dfirst, false)));
+                    linear_back(
+                        &dhid,
+                        &tape.head.first,
+                        rows,
+                        p(l0.w),
+                        l0.out,
+                        l0.inp,
+                        gw,
+                        gb,
+                        Some((&mut dfirst, false)),
+                    );
                 }
                 if self.config.family == Family::Roberta {
                     apply_drop(Mask::new(tape.seed, self.dropout.classifier, site(HEAD, 0)), &mut dfirst);
@@ -722,7 +862,17 @@ impl Net {
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn layer_backward(&self, li: usize, l: &LayerIx, t: &LayerTape, x: &[f32], mut dout: Vec<f32>, tape: &Tape, g: &mut [Vec<f32>], head_grads: Option<&mut Vec<f32>>) -> Vec<f32> {
+    fn layer_backward(
+        &self,
+        li: usize,
+        l: &LayerIx,
+        t: &LayerTape,
+        x: &[f32],
+        mut dout: Vec<f32>,
+        tape: &Tape,
+        g: &mut [Vec<f32>],
+        head_grads: Option<&mut Vec<f32>>,
+    ) -> Vec<f32> {
         let c = &self.config;
         let h = c.hidden;
         let n = tape.n;
@@ -803,9 +953,33 @@ impl Net {
         col_sums(&dqkv, 3 * w, &mut bias_grads);
         for (j, m) in maps.iter().enumerate() {
             let gw = &mut g[m.w];
-            unsafe { mm(w, h, n, gw.as_mut_ptr(), h, true, View { ptr: dqkv.as_ptr().add(j * w), rs: 3 * w as isize, cs: 1 }.t(), View::rows(x, h), threads()) };
+            unsafe {
+                mm(
+                    w,
+                    h,
+                    n,
+                    gw.as_mut_ptr(),
+                    h,
+                    true,
+                    View { ptr: dqkv.as_ptr().add(j * w), rs: 3 * w as isize, cs: 1 }.t(),
+                    View::rows(x, h),
+                    threads(),
+                )
+            };
             g[m.b].iter_mut().zip(&bias_grads[j * w..(j + 1) * w]).for_each(|(a, v)| *a += v);
-            unsafe { mm(n, h, w, dx.as_mut_ptr(), h, true, View { ptr: dqkv.as_ptr().add(j * w), rs: 3 * w as isize, cs: 1 }, View::rows(p(m.w), h), threads()) };
+            unsafe {
+                mm(
+                    n,
+                    h,
+                    w,
+                    dx.as_mut_ptr(),
+                    h,
+                    true,
+                    View { ptr: dqkv.as_ptr().add(j * w), rs: 3 * w as isize, cs: 1 },
+                    View::rows(p(m.w), h),
+                    threads(),
+                )
+            };
         }
         dx
     }
@@ -838,7 +1012,16 @@ impl Shared {
 /// Training attention: `qkv [n, 3w]` → context `[n, w]`, filling each (sequence, head) block
 /// of `probs` with softmax(QKᵀ/√d + mask) before dropout.
 #[allow(clippy::too_many_arguments)]
-fn attention_forward(qkv: &[f32], seqs: &[Seq], offsets: &[Vec<usize>], probs: &mut [f32], n: usize, heads: usize, hd: usize, mask: Option<Mask>) -> Vec<f32> {
+fn attention_forward(
+    qkv: &[f32],
+    seqs: &[Seq],
+    offsets: &[Vec<usize>],
+    probs: &mut [f32],
+    n: usize,
+    heads: usize,
+    hd: usize,
+    mask: Option<Mask>,
+) -> Vec<f32> {
     let width = heads * hd;
     let rs = 3 * width;
     let mut ctx = vec![0f32; n * width];
@@ -858,7 +1041,17 @@ fn attention_forward(qkv: &[f32], seqs: &[Seq], offsets: &[Vec<usize>], probs: &
         // sequence's rows; Q, K, V are strided windows of `qkv`.
         unsafe {
             let s = std::slice::from_raw_parts_mut(pr.at(off), t * keys);
-            mm(t, keys, hd, s.as_mut_ptr(), keys, false, View { ptr: qkv.as_ptr().add(base), rs: rs as isize, cs: 1 }, View { ptr: qkv.as_ptr().add(base + width), rs: rs as isize, cs: 1 }.t(), Parallelism::None);
+            mm(
+                t,
+                keys,
+                hd,
+                s.as_mut_ptr(),
+                keys,
+                false,
+                View { ptr: qkv.as_ptr().add(base), rs: rs as isize, cs: 1 },
+                View { ptr: qkv.as_ptr().add(base + width), rs: rs as isize, cs: 1 }.t(),
+                Parallelism::None,
+            );
             for row in s.chunks_exact_mut(keys) {
                 row.iter_mut().for_each(|v| *v *= scale);
                 simd::softmax_row(row, &sq.bias);
@@ -875,7 +1068,17 @@ fn attention_forward(qkv: &[f32], seqs: &[Seq], offsets: &[Vec<usize>], probs: &
                 }
                 None => s,
             };
-            mm(t, hd, keys, out.at(sq.row * width + hh * hd), width, false, View::rows(pv, keys), View { ptr: qkv.as_ptr().add(base + 2 * width), rs: rs as isize, cs: 1 }, Parallelism::None);
+            mm(
+                t,
+                hd,
+                keys,
+                out.at(sq.row * width + hh * hd),
+                width,
+                false,
+                View::rows(pv, keys),
+                View { ptr: qkv.as_ptr().add(base + 2 * width), rs: rs as isize, cs: 1 },
+                Parallelism::None,
+            );
         }
     });
     ctx
@@ -883,7 +1086,17 @@ fn attention_forward(qkv: &[f32], seqs: &[Seq], offsets: &[Vec<usize>], probs: &
 
 /// Backward of [`attention_forward`]: dQ, dK, dV into a new `[n, 3w]` buffer.
 #[allow(clippy::too_many_arguments)]
-fn attention_backward(qkv: &[f32], probs: &[f32], dctx: &[f32], seqs: &[Seq], offsets: &[Vec<usize>], n: usize, heads: usize, hd: usize, mask: Option<Mask>) -> Vec<f32> {
+fn attention_backward(
+    qkv: &[f32],
+    probs: &[f32],
+    dctx: &[f32],
+    seqs: &[Seq],
+    offsets: &[Vec<usize>],
+    n: usize,
+    heads: usize,
+    hd: usize,
+    mask: Option<Mask>,
+) -> Vec<f32> {
     let width = heads * hd;
     let rs = 3 * width;
     let mut dqkv = vec![0f32; n * rs];
@@ -909,7 +1122,17 @@ fn attention_backward(qkv: &[f32], probs: &[f32], dctx: &[f32], seqs: &[Seq], of
             mm(keys, hd, t, out.at(base + 2 * width), rs, false, View::rows(&pd, keys).t(), dc, Parallelism::None);
             // dP_drop = dctx · Vᵀ, dP = mask(dP_drop)
             let mut dp = vec![0f32; t * keys];
-            mm(t, keys, hd, dp.as_mut_ptr(), keys, false, dc, View { ptr: qkv.as_ptr().add(base + 2 * width), rs: rs as isize, cs: 1 }.t(), Parallelism::None);
+            mm(
+                t,
+                keys,
+                hd,
+                dp.as_mut_ptr(),
+                keys,
+                false,
+                dc,
+                View { ptr: qkv.as_ptr().add(base + 2 * width), rs: rs as isize, cs: 1 }.t(),
+                Parallelism::None,
+            );
             if let Some(d) = mask {
                 for (j, x) in dp.iter_mut().enumerate() {
                     *x *= d.factor(off + j);
@@ -923,10 +1146,29 @@ fn attention_backward(qkv: &[f32], probs: &[f32], dctx: &[f32], seqs: &[Seq], of
                 }
             }
             // dQ = dS · K, dK = dSᵀ · Q
-            mm(t, hd, keys, out.at(base), rs, false, View::rows(&dp, keys), View { ptr: qkv.as_ptr().add(base + width), rs: rs as isize, cs: 1 }, Parallelism::None);
-            mm(keys, hd, t, out.at(base + width), rs, false, View::rows(&dp, keys).t(), View { ptr: qkv.as_ptr().add(base), rs: rs as isize, cs: 1 }, Parallelism::None);
+            mm(
+                t,
+                hd,
+                keys,
+                out.at(base),
+                rs,
+                false,
+                View::rows(&dp, keys),
+                View { ptr: qkv.as_ptr().add(base + width), rs: rs as isize, cs: 1 },
+                Parallelism::None,
+            );
+            mm(
+                keys,
+                hd,
+                t,
+                out.at(base + width),
+                rs,
+                false,
+                View::rows(&dp, keys).t(),
+                View { ptr: qkv.as_ptr().add(base), rs: rs as isize, cs: 1 },
+                Parallelism::None,
+            );
         }
     });
     dqkv
 }
-

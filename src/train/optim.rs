@@ -58,7 +58,10 @@ impl AdamW {
         let step_size = lr / bias1;
         for p in params.iter_mut() {
             assert_eq!(p.value.len(), p.grad.len(), "{}: values and gradient differ in length", p.name);
-            let (m, v) = self.moments.entry(p.name.to_string()).or_insert_with(|| (vec![0.0; p.grad.len()], vec![0.0; p.grad.len()]));
+            let (m, v) = self
+                .moments
+                .entry(p.name.to_string())
+                .or_insert_with(|| (vec![0.0; p.grad.len()], vec![0.0; p.grad.len()]));
             let decay = if decays(p.name) { 1.0 - lr * c.weight_decay } else { 1.0 };
             const CHUNK: usize = 1 << 14;
             p.value

@@ -31,7 +31,14 @@ pub enum Error {
 
 /// The windows of one question. `answer`: the answer's first character in the context and its
 /// text (training); `None` for evaluation.
-pub fn windows(tok: &Tokenizer, question: &str, context: &str, answer: Option<(usize, &str)>, max_len: usize, stride: usize) -> Result<Vec<Window>, Error> {
+pub fn windows(
+    tok: &Tokenizer,
+    question: &str,
+    context: &str,
+    answer: Option<(usize, &str)>,
+    max_len: usize,
+    stride: usize,
+) -> Result<Vec<Window>, Error> {
     use tokenizers::PostProcessor;
     let terr = |e: tokenizers::Error| Error::Tokenizer(e.to_string());
     let mut plain = tok.clone();
@@ -53,13 +60,17 @@ pub fn windows(tok: &Tokenizer, question: &str, context: &str, answer: Option<(u
     let rest = c.take_overflowing();
     parts.push(c);
     parts.extend(rest);
-    let all = parts.into_iter().map(|part| plain.post_process(q.clone(), Some(part), true).map_err(terr)).collect::<Result<Vec<_>, _>>()?;
+    let all = parts
+        .into_iter()
+        .map(|part| plain.post_process(q.clone(), Some(part), true).map_err(terr))
+        .collect::<Result<Vec<_>, _>>()?;
     let answer_span = answer.map(|(start, text)| (start, start + text.chars().count()));
     Ok(all
         .into_iter()
         .map(|e| {
             let seq = e.get_sequence_ids();
-            let context_spans: Vec<Option<(usize, usize)>> = seq.iter().zip(e.get_offsets()).map(|(s, o)| (*s == Some(1)).then_some(*o)).collect();
+            let context_spans: Vec<Option<(usize, usize)>> =
+                seq.iter().zip(e.get_offsets()).map(|(s, o)| (*s == Some(1)).then_some(*o)).collect();
             let label = answer_span.map(|(a, b)| {
                 let first = context_spans.iter().position(Option::is_some);
                 let last = context_spans.iter().rposition(Option::is_some);
@@ -80,7 +91,14 @@ pub fn windows(tok: &Tokenizer, question: &str, context: &str, answer: Option<(u
 
 /// The answer text for one question from its windows and their start/end logits (one row per
 /// window, one value per token); empty when no window has a valid span.
-pub fn decode(context: &str, windows: &[Window], start_logits: &[Vec<f32>], end_logits: &[Vec<f32>], n_best: usize, max_answer_len: usize) -> String {
+pub fn decode(
+    context: &str,
+    windows: &[Window],
+    start_logits: &[Vec<f32>],
+    end_logits: &[Vec<f32>],
+    n_best: usize,
+    max_answer_len: usize,
+) -> String {
     let mut best: Option<(f32, usize, usize)> = None;
     for ((w, sl), el) in windows.iter().zip(start_logits).zip(end_logits) {
         let top = |v: &[f32]| -> Vec<usize> {
@@ -139,7 +157,9 @@ mod tests {
                 assert_eq!(&prev[prev.len() - 4..], &spans[..4], "window {i}");
             }
             match w.label.unwrap() {
-                (0, 0) => assert!(!spans.iter().any(|s| s.0 == start) || !spans.iter().any(|s| &context[s.0..s.1] == "w21")),
+                (0, 0) => {
+                    assert!(!spans.iter().any(|s| s.0 == start) || !spans.iter().any(|s| &context[s.0..s.1] == "w21"))
+                }
                 (s, e) => assert_eq!(&context[w.context_spans[s].unwrap().0..w.context_spans[e].unwrap().1], "w20 w21"),
             }
         }
@@ -157,7 +177,8 @@ mod tests {
         let mut el = sl.clone();
         // Window 2: a good span over its 3rd-5th context tokens; window 0: a better score on
         // [CLS] (not context) and a reversed span, both invalid.
-        let ctx_idx = |w: &Window, n: usize| w.context_spans.iter().enumerate().filter(|(_, s)| s.is_some()).nth(n).unwrap().0;
+        let ctx_idx =
+            |w: &Window, n: usize| w.context_spans.iter().enumerate().filter(|(_, s)| s.is_some()).nth(n).unwrap().0;
         let (s, e) = (ctx_idx(&ws[2], 2), ctx_idx(&ws[2], 4));
         sl[2][s] = 5.0;
         el[2][e] = 5.0;

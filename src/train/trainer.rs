@@ -58,7 +58,18 @@ pub struct Schedule {
 
 impl Default for Schedule {
     fn default() -> Self {
-        Schedule { epochs: 1, max_steps: None, learning_rate: 5e-5, batch_size: 32, accumulation: 1, warmup_ratio: 0.06, weight_decay: 0.01, max_grad_norm: Some(1.0), seed: 42, group_by_length: false }
+        Schedule {
+            epochs: 1,
+            max_steps: None,
+            learning_rate: 5e-5,
+            batch_size: 32,
+            accumulation: 1,
+            warmup_ratio: 0.06,
+            weight_decay: 0.01,
+            max_grad_norm: Some(1.0),
+            seed: 42,
+            group_by_length: false,
+        }
     }
 }
 
@@ -173,12 +184,21 @@ impl Observer for Quiet {}
 
 /// A padded batch of examples and their targets.
 pub fn batch_of(examples: &[Example], idx: &[usize], pad_id: u32) -> (Padded, Targets) {
-    let seqs: Vec<(&[u32], &[u32])> = idx.iter().map(|&i| (examples[i].ids.as_slice(), examples[i].type_ids.as_slice())).collect();
+    let seqs: Vec<(&[u32], &[u32])> =
+        idx.iter().map(|&i| (examples[i].ids.as_slice(), examples[i].type_ids.as_slice())).collect();
     let b = pad(&seqs, pad_id);
     let targets = match examples.get(idx[0]).map(|e| e.target) {
-        Some(Target::Score(_)) => Targets::Scores(idx.iter().map(|&i| if let Target::Score(s) = examples[i].target { s } else { f32::NAN }).collect()),
-        Some(Target::Span(..)) => Targets::Spans(idx.iter().map(|&i| if let Target::Span(s, e) = examples[i].target { (s, e) } else { (usize::MAX, usize::MAX) }).collect()),
-        _ => Targets::Classes(idx.iter().map(|&i| if let Target::Class(c) = examples[i].target { c } else { 0 }).collect()),
+        Some(Target::Score(_)) => Targets::Scores(
+            idx.iter().map(|&i| if let Target::Score(s) = examples[i].target { s } else { f32::NAN }).collect(),
+        ),
+        Some(Target::Span(..)) => Targets::Spans(
+            idx.iter()
+                .map(|&i| if let Target::Span(s, e) = examples[i].target { (s, e) } else { (usize::MAX, usize::MAX) })
+                .collect(),
+        ),
+        _ => Targets::Classes(
+            idx.iter().map(|&i| if let Target::Class(c) = examples[i].target { c } else { 0 }).collect(),
+        ),
     };
     (b, targets)
 }
@@ -192,7 +212,10 @@ fn check_targets(kind: HeadKind, data: &[Example]) -> Result<(), ModelError> {
             _ => false,
         };
         if !ok {
-            return Err(ModelError::Invalid(format!("example {i}: target {:?} does not fit a {kind:?} head", e.target)));
+            return Err(ModelError::Invalid(format!(
+                "example {i}: target {:?} does not fit a {kind:?} head",
+                e.target
+            )));
         }
     }
     Ok(())
@@ -200,13 +223,22 @@ fn check_targets(kind: HeadKind, data: &[Example]) -> Result<(), ModelError> {
 
 /// Trains `net` from `state` until the schedule's last step (or an observer stops it).
 /// Returns the mean loss of the steps run here.
-pub fn train(net: &mut Net, data: &[Example], s: &Schedule, masks: &mut Masks, state: &mut State, teacher: Option<(&Net, Distill)>, obs: &mut dyn Observer) -> Result<f64, ModelError> {
+pub fn train(
+    net: &mut Net,
+    data: &[Example],
+    s: &Schedule,
+    masks: &mut Masks,
+    state: &mut State,
+    teacher: Option<(&Net, Distill)>,
+    obs: &mut dyn Observer,
+) -> Result<f64, ModelError> {
     if data.is_empty() {
         return Err(ModelError::Invalid("no training examples".into()));
     }
     check_targets(net.kind, data)?;
     let lengths: Vec<usize> = data.iter().map(|e| e.ids.len()).collect();
-    let (total, warmup, per_epoch) = (s.total_steps(data.len()), s.warmup_steps(data.len()), s.steps_per_epoch(data.len()));
+    let (total, warmup, per_epoch) =
+        (s.total_steps(data.len()), s.warmup_steps(data.len()), s.steps_per_epoch(data.len()));
     let pad_id = net.config.pad_token_id;
     let mut grads = net.zero_grads();
     let mut order: Option<(u64, Vec<Vec<usize>>)> = None;
@@ -216,7 +248,14 @@ pub fn train(net: &mut Net, data: &[Example], s: &Schedule, masks: &mut Masks, s
         let epoch = state.step / per_epoch;
         if order.as_ref().map(|o| o.0) != Some(epoch) {
             let seed = s.seed.wrapping_add(epoch);
-            order = Some((epoch, if s.group_by_length { length_grouped(&lengths, s.batch_size, seed) } else { shuffled(lengths.len(), s.batch_size, seed) }));
+            order = Some((
+                epoch,
+                if s.group_by_length {
+                    length_grouped(&lengths, s.batch_size, seed)
+                } else {
+                    shuffled(lengths.len(), s.batch_size, seed)
+                },
+            ));
         }
         let batches = &order.as_ref().expect("order").1;
         let k = (state.step % per_epoch) as usize * s.accumulation;
@@ -242,7 +281,12 @@ pub fn train(net: &mut Net, data: &[Example], s: &Schedule, masks: &mut Masks, s
             let mut gs: Vec<&mut [f32]> = grads.0.iter_mut().map(|g| g.as_mut_slice()).collect();
             clip_grad_norm(&mut gs, max);
         }
-        let mut params: Vec<Param> = net.params.iter_mut().zip(&grads.0).map(|(p, g)| Param { name: &p.name, value: &mut p.value, grad: g }).collect();
+        let mut params: Vec<Param> = net
+            .params
+            .iter_mut()
+            .zip(&grads.0)
+            .map(|(p, g)| Param { name: &p.name, value: &mut p.value, grad: g })
+            .collect();
         state.adam.update(&mut params, lr);
         masks.apply(net);
         state.step += 1;
@@ -284,7 +328,13 @@ pub fn checkpoint(net: &Net, masks: &Masks, state: &State, extra: &BTreeMap<Stri
 }
 
 /// [`checkpoint`] with a free-form text (a caller's own JSON, say) kept in the file's metadata.
-pub fn checkpoint_with_notes(net: &Net, masks: &Masks, state: &State, extra: &BTreeMap<String, Vec<f32>>, notes: &str) -> Vec<u8> {
+pub fn checkpoint_with_notes(
+    net: &Net,
+    masks: &Masks,
+    state: &State,
+    extra: &BTreeMap<String, Vec<f32>>,
+    notes: &str,
+) -> Vec<u8> {
     let f = |v: &[f32]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
     let mut t: Vec<(String, Dtype, Vec<u64>, Vec<u8>)> = Vec::new();
     for (i, p) in net.params.iter().enumerate() {
@@ -305,7 +355,16 @@ pub fn checkpoint_with_notes(net: &Net, masks: &Masks, state: &State, extra: &BT
     meta.insert("step".to_string(), state.step.to_string());
     meta.insert("adam_step".to_string(), state.adam.step.to_string());
     meta.insert("notes".to_string(), notes.to_string());
-    meta.insert("adam_config".to_string(), serde_json::json!([state.adam.config.beta1, state.adam.config.beta2, state.adam.config.eps, state.adam.config.weight_decay]).to_string());
+    meta.insert(
+        "adam_config".to_string(),
+        serde_json::json!([
+            state.adam.config.beta1,
+            state.adam.config.beta2,
+            state.adam.config.eps,
+            state.adam.config.weight_decay
+        ])
+        .to_string(),
+    );
     st::serialize(&t, Some(&meta))
 }
 
@@ -348,6 +407,10 @@ pub fn restore(net: &mut Net, bytes: &[u8]) -> Result<Restored, ModelError> {
             masks.0[i] = Some(data[t.begin as usize..t.end as usize].iter().map(|b| *b != 0).collect());
         }
     }
-    let extra = h.tensors.keys().filter_map(|k| k.strip_prefix("extra/").map(|n| (n.to_string(), floats(k).unwrap_or_default()))).collect();
+    let extra = h
+        .tensors
+        .keys()
+        .filter_map(|k| k.strip_prefix("extra/").map(|n| (n.to_string(), floats(k).unwrap_or_default())))
+        .collect();
     Ok((masks, State { step, adam }, extra))
 }
