@@ -1,6 +1,6 @@
 //! The HTTP API against a real server on port 0, on SQLite and on PostgreSQL.
 
-mod common;
+use crate::common;
 
 use common::{model_files, problem, Db, TestApp, TestOptions};
 use reqwest::StatusCode;
@@ -76,7 +76,10 @@ async fn model_upload_get_list_download_delete(db: Db) {
         assert_eq!(r.status(), StatusCode::OK);
         assert_eq!(&r.bytes().await.unwrap()[..], &bytes[..], "{name}");
     }
-    assert_eq!(problem(app.get(&format!("/v1/models/{id}/files/vocab.txt")).send().await.unwrap()).await.0, StatusCode::NOT_FOUND);
+    assert_eq!(
+        problem(app.get(&format!("/v1/models/{id}/files/vocab.txt")).send().await.unwrap()).await.0,
+        StatusCode::NOT_FOUND
+    );
     // Pagination.
     let id2 = app.create_model(&TinyModel { seed: 2, ..Default::default() }).await;
     let id3 = app.create_model(&TinyModel { seed: 3, ..Default::default() }).await;
@@ -135,8 +138,24 @@ async fn bad_model_uploads_are_rejected_and_leave_nothing(db: Db) {
         (with("tokenizer.json", b"{\"model\": {\"type\": \"WordPiece\"".to_vec()), "tokenizer.json", "not valid JSON"),
         (good[1..].to_vec(), "config.json", "missing"),
         (vec![good[0].clone(), good[1].clone()], "tokenizer.json", "tokenizer is required"),
-        ({ let mut v = good.clone(); v.push(("pytorch_model.bin", vec![0u8; 10])); v }, "pytorch_model.bin", "unexpected part"),
-        ({ let mut v = good.clone(); v.push(("config.json", good[0].1.clone())); v }, "config.json", "twice"),
+        (
+            {
+                let mut v = good.clone();
+                v.push(("pytorch_model.bin", vec![0u8; 10]));
+                v
+            },
+            "pytorch_model.bin",
+            "unexpected part",
+        ),
+        (
+            {
+                let mut v = good.clone();
+                v.push(("config.json", good[0].1.clone()));
+                v
+            },
+            "config.json",
+            "twice",
+        ),
     ];
     for (files, field, msg) in cases {
         let r = app.upload_model(files).await;
@@ -171,12 +190,16 @@ async fn datasets_are_validated_on_upload(db: Db) {
     assert_eq!(r.status(), StatusCode::CREATED);
     let sq: Value = r.json().await.unwrap();
     assert_eq!(sq["rows"], 10570);
-    let r = app.upload_dataset(b"{\"text\":\"a\",\"label\":1}\n{\"text\":\"b\",\"label\":0}\n".to_vec(), "jsonl", None).await;
+    let r = app
+        .upload_dataset(b"{\"text\":\"a\",\"label\":1}\n{\"text\":\"b\",\"label\":0}\n".to_vec(), "jsonl", None)
+        .await;
     assert_eq!(r.status(), StatusCode::CREATED);
     let list: Value = app.get("/v1/datasets").send().await.unwrap().json().await.unwrap();
     assert_eq!(list["items"].as_array().unwrap().len(), 3);
     // Faults name the line.
-    let (s, body) = problem(app.upload_dataset(b"sentence\tlabel\nfine\t1\nbroken row\n".to_vec(), "glue_tsv", Some("sst2")).await).await;
+    let (s, body) =
+        problem(app.upload_dataset(b"sentence\tlabel\nfine\t1\nbroken row\n".to_vec(), "glue_tsv", Some("sst2")).await)
+            .await;
     assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY);
     assert_eq!(body["errors"][0]["field"], "file");
     assert!(body["errors"][0]["message"].as_str().unwrap().starts_with("line 3:"), "{body}");
@@ -222,19 +245,32 @@ fn check_pruned(orig: &[u8], pruned: &[u8], scope: &str, sparsity: f64) {
 
 async fn magnitude_jobs_prune_as_requested(db: Db) {
     let app = TestApp::spawn(db).await;
-    for (dtype, scope, sparsity) in [(Dtype::F32, "global", 0.5), (Dtype::F16, "local", 0.7), (Dtype::BF16, "global", 0.3), (Dtype::F32, "local", 0.9)] {
+    for (dtype, scope, sparsity) in [
+        (Dtype::F32, "global", 0.5),
+        (Dtype::F16, "local", 0.7),
+        (Dtype::BF16, "global", 0.3),
+        (Dtype::F32, "local", 0.9),
+    ] {
         let m = TinyModel { dtype, ..Default::default() };
         let files = model_files(&m);
         let model = app.create_model(&m).await;
-        let job = app.submit_ok(&json!({"model_id": model, "pruning": {"method": "magnitude", "scope": scope, "sparsity": sparsity}})).await;
+        let job = app
+            .submit_ok(
+                &json!({"model_id": model, "pruning": {"method": "magnitude", "scope": scope, "sparsity": sparsity}}),
+            )
+            .await;
         let done = app.wait_for(&job, &["succeeded", "failed"], WAIT).await;
         assert_eq!(done["status"], "succeeded", "{done}");
         assert_eq!(done["progress"], 1.0);
         assert_eq!(done["attempts"], 1);
         assert!(done["started_at"].is_string() && done["finished_at"].is_string());
-        let list: Vec<Value> = app.get(&format!("/v1/jobs/{job}/artifacts")).send().await.unwrap().json().await.unwrap();
+        let list: Vec<Value> =
+            app.get(&format!("/v1/jobs/{job}/artifacts")).send().await.unwrap().json().await.unwrap();
         let names: Vec<&str> = list.iter().map(|a| a["name"].as_str().unwrap()).collect();
-        assert_eq!(names, vec!["config.json", "masks.safetensors", "model.safetensors", "report.json", "tokenizer.json"]);
+        assert_eq!(
+            names,
+            vec!["config.json", "masks.safetensors", "model.safetensors", "report.json", "tokenizer.json"]
+        );
         let pruned = app.artifact(&job, "model.safetensors").await;
         check_pruned(&files[1].1, &pruned, scope, sparsity);
         assert_eq!(app.artifact(&job, "config.json").await, files[0].1);
@@ -262,7 +298,13 @@ async fn magnitude_jobs_prune_as_requested(db: Db) {
         assert_eq!(layers.len(), 2);
         for l in layers {
             let i = l["layer"].as_u64().unwrap();
-            let sum: u64 = report["tensors"].as_array().unwrap().iter().filter(|x| x["name"].as_str().unwrap().contains(&format!("layer.{i}."))).map(|x| x["numel"].as_u64().unwrap()).sum();
+            let sum: u64 = report["tensors"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|x| x["name"].as_str().unwrap().contains(&format!("layer.{i}.")))
+                .map(|x| x["numel"].as_u64().unwrap())
+                .sum();
             assert_eq!(l["parameters"].as_u64().unwrap(), sum);
         }
         // The masks say exactly which weights were kept.
@@ -290,15 +332,26 @@ async fn structured_jobs_export_hf_and_compact_layouts(db: Db) {
     for dtype in [Dtype::F32, Dtype::BF16] {
         let m = TinyModel { dtype, layers: 3, ..Default::default() };
         let model = app.create_model(&m).await;
-        for (granularity, scope) in [("heads", "local"), ("neurons", "local"), ("heads", "global"), ("neurons", "global")] {
+        for (granularity, scope) in
+            [("heads", "local"), ("neurons", "local"), ("heads", "global"), ("neurons", "global")]
+        {
             let job = app
                 .submit_ok(&json!({"model_id": model, "pruning": {"method": "magnitude", "granularity": granularity, "scope": scope, "sparsity": 0.5}, "export": {"compact": true}}))
                 .await;
             let done = app.wait_for(&job, &["succeeded", "failed"], WAIT).await;
             assert_eq!(done["status"], "succeeded", "{done}");
-            let list: Vec<Value> = app.get(&format!("/v1/jobs/{job}/artifacts")).send().await.unwrap().json().await.unwrap();
+            let list: Vec<Value> =
+                app.get(&format!("/v1/jobs/{job}/artifacts")).send().await.unwrap().json().await.unwrap();
             let names: Vec<&str> = list.iter().map(|a| a["name"].as_str().unwrap()).collect();
-            for n in ["model.safetensors", "config.json", "tokenizer.json", "report.json", "compact/model.safetensors", "compact/config.json", "compact/tokenizer.json"] {
+            for n in [
+                "model.safetensors",
+                "config.json",
+                "tokenizer.json",
+                "report.json",
+                "compact/model.safetensors",
+                "compact/config.json",
+                "compact/tokenizer.json",
+            ] {
                 assert!(names.contains(&n), "{n} missing from {names:?}");
             }
             let hf_w = app.artifact(&job, "model.safetensors").await;
@@ -323,11 +376,18 @@ async fn structured_jobs_export_hf_and_compact_layouts(db: Db) {
                 .iter()
                 .map(|l| {
                     let r = l.as_array().unwrap().len();
-                    if granularity == "heads" { LayerShape { heads: units - r, ffn: 64 } } else { LayerShape { heads: 4, ffn: units - r } }
+                    if granularity == "heads" {
+                        LayerShape { heads: units - r, ffn: 64 }
+                    } else {
+                        LayerShape { heads: 4, ffn: units - r }
+                    }
                 })
                 .collect();
             assert_eq!(compact.config.layers, kept);
-            assert!(c_w.len() < hf_w.len() || (granularity == "neurons" && scope == "local"), "compact should be smaller");
+            assert!(
+                c_w.len() < hf_w.len() || (granularity == "neurons" && scope == "local"),
+                "compact should be smaller"
+            );
             // hf: heads keep their shapes; a uniform neuron cut is physically removed.
             let hf_cfg: Value = serde_json::from_slice(&hf_c).unwrap();
             if granularity == "heads" {
@@ -337,7 +397,8 @@ async fn structured_jobs_export_hf_and_compact_layouts(db: Db) {
                 assert_eq!(hf_cfg["intermediate_size"], 32);
                 assert_eq!(hf.config.layers, vec![LayerShape { heads: 4, ffn: 32 }; 3]);
             }
-            let ids = Tensor::from_vec((0..16u32).map(|i| 5 + i * 3 % 50).collect::<Vec<_>>(), (2, 8), &Device::Cpu).unwrap();
+            let ids =
+                Tensor::from_vec((0..16u32).map(|i| 5 + i * 3 % 50).collect::<Vec<_>>(), (2, 8), &Device::Cpu).unwrap();
             let mask = Tensor::ones((2, 8), candle_core::DType::U32, &Device::Cpu).unwrap();
             let a = hf.forward(&ids, None, &mask).unwrap();
             let b = compact.forward(&ids, None, &mask).unwrap();
@@ -345,8 +406,15 @@ async fn structured_jobs_export_hf_and_compact_layouts(db: Db) {
             assert!(d < 1e-5, "{granularity}/{scope}/{dtype:?}: hf and compact differ by {d}");
             let t = report["tensors"].as_array().unwrap();
             let reshaped = t.iter().any(|t| t["shape_before"] != t["shape"]);
-            assert_eq!(reshaped, granularity == "neurons" && scope == "local", "only a uniform neuron cut changes hf shapes");
-            assert!(report["compact"]["parameters"].as_u64().unwrap() < report["totals"]["parameters"].as_u64().unwrap() || granularity == "neurons" && scope == "local");
+            assert_eq!(
+                reshaped,
+                granularity == "neurons" && scope == "local",
+                "only a uniform neuron cut changes hf shapes"
+            );
+            assert!(
+                report["compact"]["parameters"].as_u64().unwrap() < report["totals"]["parameters"].as_u64().unwrap()
+                    || granularity == "neurons" && scope == "local"
+            );
             // Per layer: units before, stored in the hf file, and still active, from the tensors.
             for (l, layer) in report["layers"].as_array().unwrap().iter().enumerate() {
                 let r = removed[l].as_array().unwrap().len() as u64;
@@ -406,17 +474,25 @@ async fn structured_targets_by_count_and_by_activations(db: Db) {
     let app = TestApp::spawn(db).await;
     let m = TinyModel { layers: 3, ..Default::default() };
     let model = app.create_model(&m).await;
-    let lines: String = (0..24).map(|i| format!("{{\"text\": \"w{} w{} w{} w{}\"}}\n", 5 + i % 50, 7 + i % 40, 9 + i % 30, 11 + i % 20)).collect();
+    let lines: String = (0..24)
+        .map(|i| format!("{{\"text\": \"w{} w{} w{} w{}\"}}\n", 5 + i % 50, 7 + i % 40, 9 + i % 30, 11 + i % 20))
+        .collect();
     let ds: Value = app.upload_dataset(lines.into_bytes(), "jsonl", None).await.json().await.unwrap();
     let ds = ds["id"].as_str().unwrap().to_string();
     // More than the model has is refused at submission, with the field.
-    for (granularity, scope, count) in [("heads", "local", 5), ("heads", "global", 13), ("neurons", "local", 64), ("layers", "global", 3)] {
+    for (granularity, scope, count) in
+        [("heads", "local", 5), ("heads", "global", 13), ("neurons", "local", 64), ("layers", "global", 3)]
+    {
         let (s, body) = problem(app.submit(&json!({"model_id": model, "pruning": {"method": "magnitude", "granularity": granularity, "scope": scope, "count": count}})).await).await;
         assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{granularity} {scope} {count}: {body}");
         assert_eq!(body["errors"][0]["field"], "pruning.count", "{body}");
     }
-    let removed = |report: &Value, what: &str| -> Vec<usize> { report["removed"][what].as_array().unwrap().iter().map(|l| l.as_array().unwrap().len()).collect() };
-    for (granularity, scope, count, per_layer) in [("heads", "local", 3, vec![3, 3, 3]), ("neurons", "local", 10, vec![10, 10, 10])] {
+    let removed = |report: &Value, what: &str| -> Vec<usize> {
+        report["removed"][what].as_array().unwrap().iter().map(|l| l.as_array().unwrap().len()).collect()
+    };
+    for (granularity, scope, count, per_layer) in
+        [("heads", "local", 3, vec![3, 3, 3]), ("neurons", "local", 10, vec![10, 10, 10])]
+    {
         let job = app.submit_ok(&json!({"model_id": model, "pruning": {"method": "magnitude", "granularity": granularity, "scope": scope, "count": count}})).await;
         let done = app.wait_for(&job, &["succeeded", "failed"], WAIT).await;
         assert_eq!(done["status"], "succeeded", "{done}");
@@ -429,7 +505,9 @@ async fn structured_targets_by_count_and_by_activations(db: Db) {
     let report: Value = serde_json::from_slice(&app.artifact(&job, "report.json").await).unwrap();
     assert_eq!(removed(&report, "heads").iter().sum::<usize>(), 5);
     assert_eq!(report["requested_sparsity"], 5.0 / 12.0);
-    let job = app.submit_ok(&json!({"model_id": model, "pruning": {"method": "magnitude", "granularity": "layers", "count": 2}})).await;
+    let job = app
+        .submit_ok(&json!({"model_id": model, "pruning": {"method": "magnitude", "granularity": "layers", "count": 2}}))
+        .await;
     app.wait_for(&job, &["succeeded"], WAIT).await;
     let report: Value = serde_json::from_slice(&app.artifact(&job, "report.json").await).unwrap();
     assert_eq!(report["removed"]["layers"].as_array().unwrap().len(), 2);
@@ -459,11 +537,16 @@ async fn layer_jobs_drop_and_renumber_whole_layers(db: Db) {
     let m = TinyModel { layers: 4, with_prefix_and_head: true, dtype: Dtype::F16, ..Default::default() };
     let orig = m.safetensors();
     let model = app.create_model(&m).await;
-    let job = app.submit_ok(&json!({"model_id": model, "pruning": {"method": "magnitude", "granularity": "layers", "sparsity": 0.5}})).await;
+    let job = app
+        .submit_ok(
+            &json!({"model_id": model, "pruning": {"method": "magnitude", "granularity": "layers", "sparsity": 0.5}}),
+        )
+        .await;
     let done = app.wait_for(&job, &["succeeded", "failed"], WAIT).await;
     assert_eq!(done["status"], "succeeded", "{done}");
     let report: Value = serde_json::from_slice(&app.artifact(&job, "report.json").await).unwrap();
-    let removed: Vec<usize> = report["removed"]["layers"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as usize).collect();
+    let removed: Vec<usize> =
+        report["removed"]["layers"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as usize).collect();
     assert_eq!(removed.len(), 2, "{report}");
     let cfg: Value = serde_json::from_slice(&app.artifact(&job, "config.json").await).unwrap();
     assert_eq!(cfg["num_hidden_layers"], 2);
@@ -488,10 +571,19 @@ async fn layer_jobs_drop_and_renumber_whole_layers(db: Db) {
     }
     assert_eq!(kept, h.tensors.len());
     assert!(!h.tensors.keys().any(|n| n.contains("layer.2.") || n.contains("layer.3.")));
-    let enc = secateur::engine::model::Encoder::from_files(&serde_json::to_vec(&cfg).unwrap(), &out, &candle_core::Device::Cpu).unwrap();
+    let enc = secateur::engine::model::Encoder::from_files(
+        &serde_json::to_vec(&cfg).unwrap(),
+        &out,
+        &candle_core::Device::Cpu,
+    )
+    .unwrap();
     assert_eq!(enc.config.layers.len(), 2);
     // Removing every layer is refused.
-    let job = app.submit_ok(&json!({"model_id": model, "pruning": {"method": "magnitude", "granularity": "layers", "sparsity": 0.9}})).await;
+    let job = app
+        .submit_ok(
+            &json!({"model_id": model, "pruning": {"method": "magnitude", "granularity": "layers", "sparsity": 0.9}}),
+        )
+        .await;
     let done = app.wait_for(&job, &["succeeded", "failed"], WAIT).await;
     assert_eq!(done["status"], "failed");
     assert!(done["error"].as_str().unwrap().contains("leave none"), "{done}");
@@ -503,7 +595,9 @@ async fn wanda_jobs_prune_each_row_with_calibration_text(db: Db) {
     let m = TinyModel::default();
     let orig = m.safetensors();
     let model = app.create_model(&m).await;
-    let lines: String = (0..40).map(|i| format!("{{\"text\": \"w{} w{} w{} w{}\"}}\n", 5 + i % 50, 7 + i % 40, 9 + i % 30, 11 + i % 20)).collect();
+    let lines: String = (0..40)
+        .map(|i| format!("{{\"text\": \"w{} w{} w{} w{}\"}}\n", 5 + i % 50, 7 + i % 40, 9 + i % 30, 11 + i % 20))
+        .collect();
     let ds: Value = app.upload_dataset(lines.into_bytes(), "jsonl", None).await.json().await.unwrap();
     let ds = ds["id"].as_str().unwrap().to_string();
     let unknown = uuid::Uuid::now_v7().to_string();
@@ -564,7 +658,18 @@ async fn sparsegpt_jobs_prune_and_reconstruct_with_calibration_text(db: Db) {
     let m = TinyModel::default();
     let orig = m.safetensors();
     let model = app.create_model(&m).await;
-    let lines: String = (0..40).map(|i| format!("{{\"text\": \"w{} w{} w{} w{} w{}\"}}\n", 5 + i % 50, 7 + i % 40, 9 + i % 30, 11 + i % 20, 13 + i % 7)).collect();
+    let lines: String = (0..40)
+        .map(|i| {
+            format!(
+                "{{\"text\": \"w{} w{} w{} w{} w{}\"}}\n",
+                5 + i % 50,
+                7 + i % 40,
+                9 + i % 30,
+                11 + i % 20,
+                13 + i % 7
+            )
+        })
+        .collect();
     let ds: Value = app.upload_dataset(lines.into_bytes(), "jsonl", None).await.json().await.unwrap();
     let ds = ds["id"].as_str().unwrap().to_string();
     let (s, body) = problem(app.submit(&json!({"model_id": model, "pruning": {"method": "sparsegpt", "sparsity": 0.5, "dampening": 2.0}, "calibration": {"dataset_id": ds}})).await).await;
@@ -666,13 +771,22 @@ async fn include_and_exclude_choose_tensors(db: Db) {
     let done = app.wait_for(&job, &["succeeded", "failed"], WAIT).await;
     assert_eq!(done["status"], "succeeded", "{done}");
     let report: Value = serde_json::from_slice(&app.artifact(&job, "report.json").await).unwrap();
-    let pruned: Vec<&str> = report["tensors"].as_array().unwrap().iter().filter(|t| t["pruned"] == true).map(|t| t["name"].as_str().unwrap()).collect();
-    assert_eq!(pruned, vec![
-        "bert.encoder.layer.0.intermediate.dense.weight",
-        "bert.encoder.layer.0.output.dense.weight",
-        "bert.encoder.layer.1.intermediate.dense.weight",
-        "bert.encoder.layer.1.output.dense.weight",
-    ]);
+    let pruned: Vec<&str> = report["tensors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|t| t["pruned"] == true)
+        .map(|t| t["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        pruned,
+        vec![
+            "bert.encoder.layer.0.intermediate.dense.weight",
+            "bert.encoder.layer.0.output.dense.weight",
+            "bert.encoder.layer.1.intermediate.dense.weight",
+            "bert.encoder.layer.1.output.dense.weight",
+        ]
+    );
     // A pattern set that leaves nothing fails the job with a clear reason.
     let job = app.submit_ok(&json!({"model_id": model, "pruning": {"method": "magnitude", "sparsity": 0.5, "include": ["no-such-tensor"]}})).await;
     let done = app.wait_for(&job, &["succeeded", "failed"], WAIT).await;
@@ -684,13 +798,37 @@ async fn job_specs_are_validated(db: Db) {
     let app = TestApp::spawn_with(db, TestOptions { workers: 0, ..Default::default() }).await;
     let model = app.create_model(&TinyModel::default()).await;
     let cases = [
-        (json!({"model_id": model, "pruning": {"method": "magnitude", "sparsity": 1.5}}), "pruning.sparsity", "pruning.sparsity must be in [0, 1)"),
-        (json!({"model_id": model, "pruning": {"method": "magnitude", "sparsity": 0.5, "colour": "red"}}), "pruning.colour", "unknown field"),
+        (
+            json!({"model_id": model, "pruning": {"method": "magnitude", "sparsity": 1.5}}),
+            "pruning.sparsity",
+            "pruning.sparsity must be in [0, 1)",
+        ),
+        (
+            json!({"model_id": model, "pruning": {"method": "magnitude", "sparsity": 0.5, "colour": "red"}}),
+            "pruning.colour",
+            "unknown field",
+        ),
         (json!({"model_id": model, "pruning": {"method": "magnitude"}}), "pruning.sparsity", "is required"),
-        (json!({"model_id": model, "pruning": {"method": "magnitude", "granularity": "n:m", "pattern": "2:5"}}), "pruning.pattern", "multiple of M"),
-        (json!({"model_id": model, "pruning": {"method": "random", "sparsity": 0.5}}), "pruning.method", "unknown variant"),
-        (json!({"model_id": model, "pruning": {"method": "magnitude", "sparsity": 0.5, "exclude": ["("]}}), "pruning.exclude[0]", "regular expression"),
-        (json!({"model_id": uuid::Uuid::now_v7().to_string(), "pruning": {"method": "magnitude", "sparsity": 0.5}}), "model_id", "no model"),
+        (
+            json!({"model_id": model, "pruning": {"method": "magnitude", "granularity": "n:m", "pattern": "2:5"}}),
+            "pruning.pattern",
+            "multiple of M",
+        ),
+        (
+            json!({"model_id": model, "pruning": {"method": "random", "sparsity": 0.5}}),
+            "pruning.method",
+            "unknown variant",
+        ),
+        (
+            json!({"model_id": model, "pruning": {"method": "magnitude", "sparsity": 0.5, "exclude": ["("]}}),
+            "pruning.exclude[0]",
+            "regular expression",
+        ),
+        (
+            json!({"model_id": uuid::Uuid::now_v7().to_string(), "pruning": {"method": "magnitude", "sparsity": 0.5}}),
+            "model_id",
+            "no model",
+        ),
         (json!({"pruning": {"method": "magnitude", "sparsity": 0.5}}), "model_id", "missing field"),
     ];
     for (spec, field, msg) in cases {
@@ -756,7 +894,10 @@ async fn cancel_queued_running_and_finished_jobs(db: Db) {
     let j: Value = r.json().await.unwrap();
     assert_eq!(j["status"], "cancelled");
     assert!(j["finished_at"].is_string());
-    assert_eq!(problem(app.post(&format!("/v1/jobs/{job}/cancel")).send().await.unwrap()).await.0, StatusCode::CONFLICT);
+    assert_eq!(
+        problem(app.post(&format!("/v1/jobs/{job}/cancel")).send().await.unwrap()).await.0,
+        StatusCode::CONFLICT
+    );
     let listed: Value = app.get("/v1/jobs?status=cancelled").send().await.unwrap().json().await.unwrap();
     assert_eq!(listed["items"][0]["id"], job);
     let listed: Value = app.get("/v1/jobs?status=queued").send().await.unwrap().json().await.unwrap();
@@ -764,7 +905,9 @@ async fn cancel_queued_running_and_finished_jobs(db: Db) {
     // Running: a slow worker (each progress step sleeps) stops at its next check.
     let app = TestApp::spawn_with(db, TestOptions { workers: 1, step_delay_ms: 400, ..Default::default() }).await;
     let model = app.create_model(&TinyModel::default()).await;
-    let job = app.submit_ok(&json!({"model_id": model, "pruning": {"method": "magnitude", "scope": "local", "sparsity": 0.5}})).await;
+    let job = app
+        .submit_ok(&json!({"model_id": model, "pruning": {"method": "magnitude", "scope": "local", "sparsity": 0.5}}))
+        .await;
     app.wait_for(&job, &["running"], WAIT).await;
     let r = app.post(&format!("/v1/jobs/{job}/cancel")).send().await.unwrap();
     assert_eq!(r.status(), StatusCode::ACCEPTED);
@@ -787,13 +930,16 @@ async fn cancel_queued_running_and_finished_jobs(db: Db) {
 async fn events_stream_until_the_job_ends(db: Db) {
     let app = TestApp::spawn_with(db, TestOptions { workers: 1, step_delay_ms: 30, ..Default::default() }).await;
     let model = app.create_model(&TinyModel::default()).await;
-    let job = app.submit_ok(&json!({"model_id": model, "pruning": {"method": "magnitude", "scope": "local", "sparsity": 0.5}})).await;
+    let job = app
+        .submit_ok(&json!({"model_id": model, "pruning": {"method": "magnitude", "scope": "local", "sparsity": 0.5}}))
+        .await;
     let r = app.get(&format!("/v1/jobs/{job}/events")).send().await.unwrap();
     assert_eq!(r.status(), StatusCode::OK);
     assert!(r.headers()["content-type"].to_str().unwrap().starts_with("text/event-stream"));
     // The stream ends by itself when the job ends.
     let body = tokio::time::timeout(WAIT, r.text()).await.expect("the event stream did not end").unwrap();
-    let events: Vec<Value> = body.lines().filter_map(|l| l.strip_prefix("data: ")).map(|d| serde_json::from_str(d).unwrap()).collect();
+    let events: Vec<Value> =
+        body.lines().filter_map(|l| l.strip_prefix("data: ")).map(|d| serde_json::from_str(d).unwrap()).collect();
     assert!(body.lines().any(|l| l == "event: job"));
     assert!(events.len() >= 3, "{body}");
     assert_eq!(events.last().unwrap()["status"], "succeeded");
@@ -835,7 +981,13 @@ async fn tenants_are_isolated_on_every_route(db: Db) {
         assert!(bodies.iter().all(|b| b == &bodies[0]));
     }
     // Submitting a job on another tenant's model is the same as on an unknown one.
-    let r = c.post(app.url("/v1/jobs")).bearer_auth(&other).json(&json!({"model_id": model, "pruning": {"method": "magnitude", "sparsity": 0.5}})).send().await.unwrap();
+    let r = c
+        .post(app.url("/v1/jobs"))
+        .bearer_auth(&other)
+        .json(&json!({"model_id": model, "pruning": {"method": "magnitude", "sparsity": 0.5}}))
+        .send()
+        .await
+        .unwrap();
     let (s, body) = problem(r).await;
     assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY);
     assert_eq!(body["errors"][0]["message"], "no model with this id");
@@ -856,7 +1008,10 @@ async fn metrics_and_docs_are_served(db: Db) {
     let job = app.submit_ok(&json!({"model_id": model, "pruning": {"method": "magnitude", "sparsity": 0.5}})).await;
     app.wait_for(&job, &["succeeded"], WAIT).await;
     let text = app.client.get(app.url("/metrics")).send().await.unwrap().text().await.unwrap();
-    assert!(text.contains("secateur_http_requests_total{method=\"POST\",route=\"/v1/models\",status=\"201\"}"), "{text}");
+    assert!(
+        text.contains("secateur_http_requests_total{method=\"POST\",route=\"/v1/models\",status=\"201\"}"),
+        "{text}"
+    );
     assert!(text.contains("secateur_jobs{status=\"succeeded\"} 1"), "{text}");
     assert!(text.contains("secateur_queue_depth 0"), "{text}");
     assert!(text.contains("secateur_job_duration_seconds_bucket"), "{text}");

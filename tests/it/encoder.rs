@@ -1,7 +1,7 @@
 //! Our encoder against candle-transformers' `BertModel` (same outputs on an unpruned model):
 //! on tiny random checkpoints, and on the real MiniLM with a padded batch of real sentences.
 
-mod common;
+use crate::common;
 
 use candle_core::{DType, Device, Tensor};
 use common::minilm::max_diff_unpadded;

@@ -3,7 +3,7 @@
 //! (`GET /v1/jobs/{id}/result`), and the artifacts (pruned task model, masks, report,
 //! predictions that re-score to the reported metrics).
 
-mod common;
+use crate::common;
 
 use common::{problem, Db, TestApp};
 use reqwest::StatusCode;
@@ -54,11 +54,19 @@ async fn experiments_validate_run_and_report(db: Db) {
     };
     let cases = [
         (with(json!({"task": {"name": "sst2", "dataset_id": train}})), "task.eval_dataset_id"),
-        (with(json!({"task": {"name": "sst2", "dataset_id": train, "eval_dataset_id": dev, "eval_fraction": 0.1}})), "task.eval_fraction"),
+        (
+            with(json!({"task": {"name": "sst2", "dataset_id": train, "eval_dataset_id": dev, "eval_fraction": 0.1}})),
+            "task.eval_fraction",
+        ),
         (with(json!({"task": {"name": "sst2", "dataset_id": rte, "eval_dataset_id": dev}})), "task.dataset_id"),
         (with(json!({"task": {"name": "squad", "dataset_id": train, "eval_dataset_id": dev}})), "task.dataset_id"),
         (with(json!({"task": {"name": "sst3", "dataset_id": train, "eval_dataset_id": dev}})), "task.name"),
-        (with(json!({"task": {"name": "sst2", "dataset_id": uuid::Uuid::new_v4().to_string(), "eval_dataset_id": dev}})), "task.dataset_id"),
+        (
+            with(
+                json!({"task": {"name": "sst2", "dataset_id": uuid::Uuid::new_v4().to_string(), "eval_dataset_id": dev}}),
+            ),
+            "task.dataset_id",
+        ),
         (with(json!({"recovery": {"epochs": 1}})), "recovery"),
         (with(json!({"finetune": {"learning_rate": 0}})), "finetune.learning_rate"),
         (with(json!({"finetune": {"batch_size": 0}})), "finetune.batch_size"),
@@ -67,8 +75,14 @@ async fn experiments_validate_run_and_report(db: Db) {
         (with(json!({"pruning": {"method": "magnitude", "sparsity": 1.5}})), "pruning.sparsity"),
         (with(json!({"pruning": {"method": "magnitude", "granularity": "n:m"}})), "pruning.pattern"),
         (with(json!({"pruning": {"method": "head_importance", "sparsity": 0.5}})), "pruning.granularity"),
-        (with(json!({"pruning": {"method": "movement", "sparsity": 0.5, "schedule": {"kind": "cubic"}}})), "pruning.schedule.kind"),
-        (with(json!({"pruning": {"method": "magnitude", "sparsity": 0.5}, "recovery": {"distill": {"alpha": 2}}})), "recovery.distill.alpha"),
+        (
+            with(json!({"pruning": {"method": "movement", "sparsity": 0.5, "schedule": {"kind": "cubic"}}})),
+            "pruning.schedule.kind",
+        ),
+        (
+            with(json!({"pruning": {"method": "magnitude", "sparsity": 0.5}, "recovery": {"distill": {"alpha": 2}}})),
+            "recovery.distill.alpha",
+        ),
         (with(json!({"pruning": {"method": "magnitude", "granularity": "n:m", "pattern": "3:5"}})), "pruning.pattern"),
     ];
     for (body, field) in cases {
@@ -91,12 +105,18 @@ async fn experiments_validate_run_and_report(db: Db) {
     let result: Value = app.get(&format!("/v1/jobs/{job}/result")).send().await.unwrap().json().await.unwrap();
     assert_eq!(result["complete"], true);
     let names: Vec<&str> = result["stages"].as_array().unwrap().iter().map(|s| s["name"].as_str().unwrap()).collect();
-    assert_eq!(names, ["loading", "baseline_eval", "finetune", "dense_eval", "prune", "recover", "final_eval", "export"]);
+    assert_eq!(
+        names,
+        ["loading", "baseline_eval", "finetune", "dense_eval", "prune", "recover", "final_eval", "export"]
+    );
     for k in ["baseline", "before", "pruned", "after"] {
         let a = result["metrics"][k]["accuracy"].as_f64().unwrap_or_else(|| panic!("{k}: {result}"));
         assert!((0.0..=1.0).contains(&a));
     }
-    assert!(result["metrics"]["before"]["accuracy"].as_f64().unwrap() >= 0.75, "fine-tuning learns the toy task: {result}");
+    assert!(
+        result["metrics"]["before"]["accuracy"].as_f64().unwrap() >= 0.75,
+        "fine-tuning learns the toy task: {result}"
+    );
     assert_eq!(result["stages"][2]["result"]["steps"], 10 * 12);
     assert!((result["summary"]["sparsity"].as_f64().unwrap() - 0.5).abs() < 1e-9, "{result}");
     assert!(result["summary"]["latency_ms"]["before"].as_f64().unwrap() > 0.0);
@@ -165,13 +185,15 @@ async fn experiments_validate_run_and_report(db: Db) {
     let p = app.submit_ok(&json!({"model_id": model, "pruning": {"method": "magnitude", "sparsity": 0.5}})).await;
     app.wait_for(&p, &["succeeded"], WAIT).await;
     let r: Value = app.get(&format!("/v1/jobs/{p}/result")).send().await.unwrap().json().await.unwrap();
-    assert_eq!(r["stages"].as_array().unwrap().iter().map(|s| s["name"].clone()).collect::<Vec<_>>(), vec![json!("export")]);
+    assert_eq!(
+        r["stages"].as_array().unwrap().iter().map(|s| s["name"].clone()).collect::<Vec<_>>(),
+        vec![json!("export")]
+    );
     assert_eq!(r["summary"]["totals"]["target_sparsity"], 0.5);
     assert_eq!(r["metrics"], json!({"baseline": null, "before": null, "pruned": null, "after": null}));
     let missing = app.get(&format!("/v1/jobs/{}/result", uuid::Uuid::new_v4())).send().await.unwrap();
     assert_eq!(missing.status(), StatusCode::NOT_FOUND);
 }
-
 
 /// A worker that stops (shutdown: the job is released) in the middle of recovery; another
 /// worker claims the job again and resumes from the last checkpoint, ending with the same
@@ -200,7 +222,12 @@ async fn resumes(db: Db, pruning: Value) {
         "evaluation": {"latency": false}});
     let worker = |delay: u64| {
         let artifacts = Artifacts::local(&app.dir.path().join("artifacts")).unwrap();
-        Arc::new(Worker { store: app.store.clone(), artifacts, args: common::worker_args(1, delay), owner: format!("w-{}", uuid::Uuid::new_v4()) })
+        Arc::new(Worker {
+            store: app.store.clone(),
+            artifacts,
+            args: common::worker_args(1, delay),
+            owner: format!("w-{}", uuid::Uuid::new_v4()),
+        })
     };
     // Interrupted: a slow worker shut down once recovery is under way.
     let interrupted = app.submit_ok(&spec).await;
@@ -233,12 +260,20 @@ async fn resumes(db: Db, pruning: Value) {
     let recover = result["stages"].as_array().unwrap().iter().find(|s| s["name"] == "recover").unwrap();
     assert_eq!(recover["result"]["resumed"], true, "{result}");
     let names: Vec<&str> = result["stages"].as_array().unwrap().iter().map(|s| s["name"].as_str().unwrap()).collect();
-    assert_eq!(names, ["loading", "baseline_eval", "finetune", "dense_eval", "prune", "recover", "final_eval", "export"]);
+    assert_eq!(
+        names,
+        ["loading", "baseline_eval", "finetune", "dense_eval", "prune", "recover", "final_eval", "export"]
+    );
     let other: Value = app.get(&format!("/v1/jobs/{straight}/result")).send().await.unwrap().json().await.unwrap();
     assert_eq!(result["metrics"], other["metrics"]);
-    assert_eq!(app.artifact(&interrupted, "model.safetensors").await, app.artifact(&straight, "model.safetensors").await, "resumed == uninterrupted");
+    assert_eq!(
+        app.artifact(&interrupted, "model.safetensors").await,
+        app.artifact(&straight, "model.safetensors").await,
+        "resumed == uninterrupted"
+    );
     // The checkpoint is gone once the job has succeeded, and never listed as an artifact.
-    let listed: Value = app.get(&format!("/v1/jobs/{interrupted}/artifacts")).send().await.unwrap().json().await.unwrap();
+    let listed: Value =
+        app.get(&format!("/v1/jobs/{interrupted}/artifacts")).send().await.unwrap().json().await.unwrap();
     assert!(listed.as_array().unwrap().iter().all(|a| !a["name"].as_str().unwrap().contains("scratch")), "{listed}");
     assert!(app.stored_files().iter().all(|f| !f.contains("_scratch")), "{:?}", app.stored_files());
 }
@@ -296,16 +331,24 @@ async fn squad_experiments_score_exact_match_and_f1(db: Db) {
     let preds = String::from_utf8(app.artifact(&job, "predictions.jsonl").await).unwrap();
     let rows: Vec<Value> = preds.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     assert_eq!(rows.len(), 8);
-    assert!(rows.iter().all(|r| r["id"].as_str().unwrap().starts_with("q6-") || r["id"].as_str().unwrap().starts_with("q7-")));
+    assert!(rows
+        .iter()
+        .all(|r| r["id"].as_str().unwrap().starts_with("q6-") || r["id"].as_str().unwrap().starts_with("q7-")));
     let exact = rows.iter().filter(|r| r["label"].as_array().unwrap().iter().any(|g| g == &r["prediction"])).count();
-    assert!((100.0 * exact as f64 / 8.0 - result["metrics"]["after"]["exact_match"].as_f64().unwrap()).abs() < 1e-9, "{result}");
+    assert!(
+        (100.0 * exact as f64 / 8.0 - result["metrics"]["after"]["exact_match"].as_f64().unwrap()).abs() < 1e-9,
+        "{result}"
+    );
 }
 
 /// The floats of one tensor of a safetensors file.
 fn tensor(bytes: &[u8], name: &str) -> (Vec<f32>, Vec<u64>) {
     let h = st::parse(bytes).unwrap();
     let t = &h.tensors[name];
-    (st::floats(&bytes[(h.data_start + t.begin) as usize..(h.data_start + t.end) as usize], t.dtype).unwrap(), t.shape.clone())
+    (
+        st::floats(&bytes[(h.data_start + t.begin) as usize..(h.data_start + t.end) as usize], t.dtype).unwrap(),
+        t.shape.clone(),
+    )
 }
 
 /// Wanda/SparseGPT starting points (calibrated on the training data) and structured heads +
@@ -325,14 +368,26 @@ async fn calibrated_and_structured_experiments(db: Db) {
     let cases = [
         (with(json!({"method": "wanda", "scope": "global", "sparsity": 0.5})), "pruning.scope"),
         (with(json!({"method": "sparsegpt", "sparsity": 0.5, "schedule": {"kind": "cubic"}})), "pruning.schedule.kind"),
-        (with(json!({"method": "sparsegpt", "sparsity": 0.5, "calibration_samples": 0})), "pruning.calibration_samples"),
-        (with(json!({"method": "magnitude", "sparsity": 0.5, "calibration_samples": 16})), "pruning.calibration_samples"),
+        (
+            with(json!({"method": "sparsegpt", "sparsity": 0.5, "calibration_samples": 0})),
+            "pruning.calibration_samples",
+        ),
+        (
+            with(json!({"method": "magnitude", "sparsity": 0.5, "calibration_samples": 16})),
+            "pruning.calibration_samples",
+        ),
         (with(json!({"method": "wanda", "granularity": "heads", "sparsity": 0.5})), "pruning.granularity"),
         (with(json!({"method": "taylor", "granularity": "neurons", "sparsity": 0.5})), "pruning.granularity"),
         (with(json!({"method": "magnitude", "sparsity": 0.5, "neuron_sparsity": 0.5})), "pruning.neuron_sparsity"),
-        (with(json!({"method": "magnitude", "granularity": "heads", "sparsity": 0.5, "neuron_sparsity": 1.0})), "pruning.neuron_sparsity"),
+        (
+            with(json!({"method": "magnitude", "granularity": "heads", "sparsity": 0.5, "neuron_sparsity": 1.0})),
+            "pruning.neuron_sparsity",
+        ),
         (with(json!({"method": "taylor", "granularity": "layers", "sparsity": 0.5})), "pruning.granularity"),
-        (with(json!({"method": "magnitude", "granularity": "layers", "scope": "local", "sparsity": 0.5})), "pruning.scope"),
+        (
+            with(json!({"method": "magnitude", "granularity": "layers", "scope": "local", "sparsity": 0.5})),
+            "pruning.scope",
+        ),
     ];
     for (body, field) in cases {
         let (s, p) = problem(app.submit(&body).await).await;
@@ -341,7 +396,11 @@ async fn calibrated_and_structured_experiments(db: Db) {
     }
 
     // SparseGPT 2:4 from 16 calibration examples; recovery keeps the pattern.
-    let job = app.submit_ok(&with(json!({"method": "sparsegpt", "granularity": "n:m", "pattern": "2:4", "calibration_samples": 16}))).await;
+    let job = app
+        .submit_ok(&with(
+            json!({"method": "sparsegpt", "granularity": "n:m", "pattern": "2:4", "calibration_samples": 16}),
+        ))
+        .await;
     let done = app.wait_for(&job, &["succeeded", "failed"], WAIT).await;
     assert_eq!(done["status"], "succeeded", "{done}");
     let result: Value = app.get(&format!("/v1/jobs/{job}/result")).send().await.unwrap().json().await.unwrap();
@@ -358,15 +417,25 @@ async fn calibrated_and_structured_experiments(db: Db) {
     }
 
     // Half of the heads and half of the FFN neurons in every layer.
-    let mut body = with(json!({"method": "magnitude", "granularity": "heads", "scope": "local", "sparsity": 0.5, "neuron_sparsity": 0.5}));
+    let mut body = with(
+        json!({"method": "magnitude", "granularity": "heads", "scope": "local", "sparsity": 0.5, "neuron_sparsity": 0.5}),
+    );
     body["export"] = json!({"compact": true});
     let job = app.submit_ok(&body).await;
     let done = app.wait_for(&job, &["succeeded", "failed"], WAIT).await;
     assert_eq!(done["status"], "succeeded", "{done}");
     let result: Value = app.get(&format!("/v1/jobs/{job}/result")).send().await.unwrap().json().await.unwrap();
     let summary = &result["summary"];
-    assert_eq!(summary["units"], json!({"heads_removed": 4, "heads": 8, "neurons_removed": 64, "neurons": 128, "layers_removed": [], "layers": 2}), "{summary}");
-    assert!(summary["latency_ms"]["after"].as_f64().unwrap() > 0.0 && summary["latency_ms"]["speedup"].as_f64().unwrap() > 0.0, "{summary}");
+    assert_eq!(
+        summary["units"],
+        json!({"heads_removed": 4, "heads": 8, "neurons_removed": 64, "neurons": 128, "layers_removed": [], "layers": 2}),
+        "{summary}"
+    );
+    assert!(
+        summary["latency_ms"]["after"].as_f64().unwrap() > 0.0
+            && summary["latency_ms"]["speedup"].as_f64().unwrap() > 0.0,
+        "{summary}"
+    );
     assert!(summary["latency_ms"]["note"].as_str().unwrap().contains("physically"), "{summary}");
     let out = app.artifact(&job, "model.safetensors").await;
     for l in 0..2 {
@@ -384,11 +453,25 @@ async fn calibrated_and_structured_experiments(db: Db) {
     let c_cfg = app.artifact(&job, "compact%2Fconfig.json").await;
     let hf_cfg = app.artifact(&job, "config.json").await;
     let report: Value = serde_json::from_slice(&app.artifact(&job, "report.json").await).unwrap();
-    assert!(report["compact"]["parameters"].as_u64().unwrap() < report["totals"]["parameters"].as_u64().unwrap(), "{report}");
+    assert!(
+        report["compact"]["parameters"].as_u64().unwrap() < report["totals"]["parameters"].as_u64().unwrap(),
+        "{report}"
+    );
     let dev = candle_core::Device::Cpu;
-    let ids = candle_core::Tensor::from_vec((0..16u32).map(|i| 5 + i * 3 % 50).collect::<Vec<_>>(), (2, 8), &dev).unwrap();
-    let mask = candle_core::Tensor::from_vec([vec![1u32; 8], vec![1, 1, 1, 1, 1, 0, 0, 0]].concat(), (2, 8), &dev).unwrap();
-    let run = |cfg: &[u8], st: &[u8]| secateur::engine::model::Encoder::from_files(cfg, st, &dev).unwrap().forward(&ids, None, &mask).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    let ids =
+        candle_core::Tensor::from_vec((0..16u32).map(|i| 5 + i * 3 % 50).collect::<Vec<_>>(), (2, 8), &dev).unwrap();
+    let mask =
+        candle_core::Tensor::from_vec([vec![1u32; 8], vec![1, 1, 1, 1, 1, 0, 0, 0]].concat(), (2, 8), &dev).unwrap();
+    let run = |cfg: &[u8], st: &[u8]| {
+        secateur::engine::model::Encoder::from_files(cfg, st, &dev)
+            .unwrap()
+            .forward(&ids, None, &mask)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap()
+    };
     let (a, b) = (run(&hf_cfg, &out), run(&c_cfg, &compact));
     assert!(a.iter().zip(&b).all(|(x, y)| (x - y).abs() < 1e-5), "compact = zero-filled");
 
@@ -418,7 +501,12 @@ async fn calibrated_and_structured_experiments(db: Db) {
     assert!(done["error"].as_str().unwrap_or_default().contains("pruning.sparsity"), "{done}");
 }
 
-backend_tests!(experiments_validate_run_and_report, a_reclaimed_experiment_resumes_from_its_checkpoint, squad_experiments_score_exact_match_and_f1, calibrated_and_structured_experiments);
+backend_tests!(
+    experiments_validate_run_and_report,
+    a_reclaimed_experiment_resumes_from_its_checkpoint,
+    squad_experiments_score_exact_match_and_f1,
+    calibrated_and_structured_experiments
+);
 
 /// `secateur experiment` runs the worker's code on local files: the same spec gives the same
 /// files as the job; faults are reported with the field.
@@ -476,11 +564,18 @@ async fn the_local_command_writes_what_the_job_writes() {
     }
     let h = st::parse(&std::fs::read(out.join("model.safetensors")).unwrap()).unwrap();
     assert!(h.tensors.contains_key("classifier.weight"));
-    assert!(!std::fs::read_dir(&out).unwrap().any(|e| e.unwrap().file_name().to_string_lossy().starts_with(".secateur")), "no scratch left");
+    assert!(
+        !std::fs::read_dir(&out).unwrap().any(|e| e.unwrap().file_name().to_string_lossy().starts_with(".secateur")),
+        "no scratch left"
+    );
     let mut bad = local.clone();
     bad["recovery"]["learning_rate"] = json!(-1);
     std::fs::write(dir.path().join("bad.json"), bad.to_string()).unwrap();
     let r = run("bad.json");
     assert!(!r.status.success());
-    assert!(String::from_utf8_lossy(&r.stderr).contains("recovery.learning_rate"), "{}", String::from_utf8_lossy(&r.stderr));
+    assert!(
+        String::from_utf8_lossy(&r.stderr).contains("recovery.learning_rate"),
+        "{}",
+        String::from_utf8_lossy(&r.stderr)
+    );
 }

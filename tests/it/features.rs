@@ -2,7 +2,7 @@
 //! MiniLM tokenizer: the same token ids and type ids as Hugging Face's tokenizer called with
 //! truncation=True, at a length that truncates many pairs and at one that truncates none.
 
-mod common;
+use crate::common;
 
 use secateur::data::{examples, Format, Task};
 use secateur::train::features::encode;
@@ -12,14 +12,17 @@ use serde_json::{json, Value};
 fn sentences_and_pairs_match_hugging_face() {
     let dir = common::minilm::dir();
     let tok = tokenizers::Tokenizer::from_file(dir.join("tokenizer.json")).unwrap();
-    let shared = |p: &str| std::fs::read(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data/glue").join(p)).unwrap();
+    let shared = |p: &str| {
+        std::fs::read(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data/glue").join(p)).unwrap()
+    };
     let mut ex = examples(Format::GlueTsv, Some(Task::Mrpc), &shared("MRPC/dev.tsv")).unwrap();
     ex.truncate(150);
     ex.extend(examples(Format::GlueTsv, Some(Task::Sst2), &shared("SST-2/dev.tsv")).unwrap().into_iter().take(150));
     for max_len in [32, 128] {
         let ours = encode(&tok, &ex, max_len).unwrap();
         let input = json!({"text": ex.iter().map(|e| &e.text).collect::<Vec<_>>(), "text_pair": ex.iter().map(|e| &e.text_pair).collect::<Vec<_>>(), "max_len": max_len});
-        let theirs: Vec<Value> = serde_json::from_value(common::refenv::run_json("encode_pairs.py", &[&dir], &input)).unwrap();
+        let theirs: Vec<Value> =
+            serde_json::from_value(common::refenv::run_json("encode_pairs.py", &[&dir], &input)).unwrap();
         let mut truncated = 0;
         for (i, (o, t)) in ours.iter().zip(&theirs).enumerate() {
             let ids: Vec<u32> = serde_json::from_value(t["ids"].clone()).unwrap();

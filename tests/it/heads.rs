@@ -3,7 +3,7 @@
 //! `AutoModelForSequenceClassification` / `AutoModelForQuestionAnswering` with no missing or
 //! unexpected weights, and give our logits to 1e-4.
 
-mod common;
+use crate::common;
 
 use candle_core::{DType, Device, Tensor};
 use secateur::engine::arch::Family;
@@ -21,9 +21,16 @@ fn task_models_load_in_transformers_with_our_logits() {
     let tmp = tempfile::tempdir().unwrap();
     // A padded batch: ids in the tiny vocabulary and in MiniLM's.
     let (b, t) = (3, 12);
-    let ids = Tensor::from_vec((0..b * t).map(|i| 5 + (i as u32 * 7) % 50).collect::<Vec<_>>(), (b, t), &Device::Cpu).unwrap();
-    let mask = Tensor::from_vec((0..b * t).map(|i| u32::from(!(i / t == 2 && i % t >= 7))).collect::<Vec<_>>(), (b, t), &Device::Cpu).unwrap();
-    let tt = Tensor::from_vec((0..b * t).map(|i| u32::from(i % t >= 6)).collect::<Vec<_>>(), (b, t), &Device::Cpu).unwrap();
+    let ids = Tensor::from_vec((0..b * t).map(|i| 5 + (i as u32 * 7) % 50).collect::<Vec<_>>(), (b, t), &Device::Cpu)
+        .unwrap();
+    let mask = Tensor::from_vec(
+        (0..b * t).map(|i| u32::from(!(i / t == 2 && i % t >= 7))).collect::<Vec<_>>(),
+        (b, t),
+        &Device::Cpu,
+    )
+    .unwrap();
+    let tt =
+        Tensor::from_vec((0..b * t).map(|i| u32::from(i % t >= 6)).collect::<Vec<_>>(), (b, t), &Device::Cpu).unwrap();
 
     // (config.json, model.safetensors) of every input model.
     let mut models: Vec<(String, Vec<u8>, Vec<u8>)> = ["bert", "roberta", "distilbert"]
@@ -34,7 +41,11 @@ fn task_models_load_in_transformers_with_our_logits() {
         })
         .collect();
     let real = common::minilm::dir();
-    models.push(("minilm".into(), std::fs::read(real.join("config.json")).unwrap(), std::fs::read(real.join("model.safetensors")).unwrap()));
+    models.push((
+        "minilm".into(),
+        std::fs::read(real.join("config.json")).unwrap(),
+        std::fs::read(real.join("model.safetensors")).unwrap(),
+    ));
 
     let mut ours = Vec::new();
     let mut dirs: Vec<(PathBuf, &str)> = Vec::new();
@@ -43,7 +54,11 @@ fn task_models_load_in_transformers_with_our_logits() {
         let family = Family::parse(v["model_type"].as_str().unwrap()).unwrap();
         let w = Weights::from_safetensors(st, family, &Device::Cpu).unwrap();
         let hidden = v.get("hidden_size").or_else(|| v.get("dim")).unwrap().as_u64().unwrap() as usize;
-        for (kind, name) in [(HeadKind::Classification(3), "classification"), (HeadKind::Regression, "classification"), (HeadKind::QuestionAnswering, "qa")] {
+        for (kind, name) in [
+            (HeadKind::Classification(3), "classification"),
+            (HeadKind::Regression, "classification"),
+            (HeadKind::QuestionAnswering, "qa"),
+        ] {
             let head = Head::load_or_init(&w, family, kind, hidden, 0.02, 11).unwrap();
             let (c, s) = export_task_model(cfg, &w, &head, None).unwrap();
             let dir = tmp.path().join(format!("{label}-{kind:?}"));
@@ -68,7 +83,8 @@ fn task_models_load_in_transformers_with_our_logits() {
                 let (s, e) = Head::split_qa(&logits).unwrap();
                 // Only real tokens: padding positions are not compared.
                 let keep = mask.to_dtype(DType::F32).unwrap();
-                max_diff(&(s * &keep).unwrap(), &(&hf["start_logits"] * &keep).unwrap()).max(max_diff(&(e * &keep).unwrap(), &(&hf["end_logits"] * &keep).unwrap()))
+                max_diff(&(s * &keep).unwrap(), &(&hf["start_logits"] * &keep).unwrap())
+                    .max(max_diff(&(e * &keep).unwrap(), &(&hf["end_logits"] * &keep).unwrap()))
             }
             _ => max_diff(&logits, &hf["logits"]),
         };

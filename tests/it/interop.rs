@@ -3,14 +3,19 @@
 //! `hf` exports of pruning jobs load with `AutoModel.from_pretrained` as they are and compute
 //! what our encoder computes on them.
 
-mod common;
+use crate::common;
 
 use candle_core::Device;
 use common::minilm::{max_diff_unpadded, sst2_batch};
 use secateur::engine::model::Encoder;
 use std::path::Path;
 
-fn ours(dir: &Path, ids: &candle_core::Tensor, mask: &candle_core::Tensor, tt: &candle_core::Tensor) -> candle_core::Tensor {
+fn ours(
+    dir: &Path,
+    ids: &candle_core::Tensor,
+    mask: &candle_core::Tensor,
+    tt: &candle_core::Tensor,
+) -> candle_core::Tensor {
     let cfg = std::fs::read(dir.join("config.json")).unwrap();
     let w = std::fs::read(dir.join("model.safetensors")).unwrap();
     Encoder::from_files(&cfg, &w, &Device::Cpu).unwrap().forward(ids, Some(tt), mask).unwrap()
@@ -21,9 +26,18 @@ fn minilm_and_its_hf_exports_match_transformers() {
     let model = common::minilm::dir();
     let work = tempfile::tempdir().unwrap();
     let specs = [
-        ("heads", r#"{"pruning": {"method": "magnitude", "granularity": "heads", "scope": "local", "sparsity": 0.5}, "export": {"compact": true}}"#),
-        ("neurons", r#"{"pruning": {"method": "magnitude", "granularity": "neurons", "scope": "local", "sparsity": 0.5}, "export": {"compact": true}}"#),
-        ("neurons-global", r#"{"pruning": {"method": "magnitude", "granularity": "neurons", "scope": "global", "sparsity": 0.3}}"#),
+        (
+            "heads",
+            r#"{"pruning": {"method": "magnitude", "granularity": "heads", "scope": "local", "sparsity": 0.5}, "export": {"compact": true}}"#,
+        ),
+        (
+            "neurons",
+            r#"{"pruning": {"method": "magnitude", "granularity": "neurons", "scope": "local", "sparsity": 0.5}, "export": {"compact": true}}"#,
+        ),
+        (
+            "neurons-global",
+            r#"{"pruning": {"method": "magnitude", "granularity": "neurons", "scope": "global", "sparsity": 0.3}}"#,
+        ),
         ("nm", r#"{"pruning": {"method": "magnitude", "granularity": "n:m", "pattern": "2:4"}}"#),
         ("global", r#"{"pruning": {"method": "magnitude", "scope": "global", "sparsity": 0.6}}"#),
         ("layers", r#"{"pruning": {"method": "magnitude", "granularity": "layers", "sparsity": 0.5}}"#),
@@ -60,8 +74,14 @@ fn wanda_mask_equals_the_paper_rule_in_pytorch() {
     use secateur::engine::wanda::{input_norms, mask, Rule};
     let model = common::minilm::dir();
     let tok = tokenizers::Tokenizer::from_file(model.join("tokenizer.json")).unwrap();
-    let sst2 = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data/glue/SST-2/dev.tsv")).unwrap();
-    let seqs: Vec<Vec<u32>> = sst2.lines().skip(1).take(16).map(|l| tok.encode(l.split('\t').next().unwrap().trim(), true).unwrap().get_ids().to_vec()).collect();
+    let sst2 = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data/glue/SST-2/dev.tsv"))
+        .unwrap();
+    let seqs: Vec<Vec<u32>> = sst2
+        .lines()
+        .skip(1)
+        .take(16)
+        .map(|l| tok.encode(l.split('\t').next().unwrap().trim(), true).unwrap().get_ids().to_vec())
+        .collect();
     // One sentence per batch: no padding, as in the paper's calibration.
     let batches: Vec<_> = seqs
         .iter()
@@ -94,8 +114,10 @@ fn wanda_mask_equals_the_paper_rule_in_pytorch() {
     for (name, their_mask) in &theirs {
         let w = &weights[name];
         let (rows, cols) = w.dims2().unwrap();
-        let ours = mask(&w.flatten_all().unwrap().to_vec1::<f32>().unwrap(), cols, &norms[name], Rule::Unstructured(0.5));
-        let theirs: Vec<bool> = their_mask.flatten_all().unwrap().to_vec1::<u8>().unwrap().into_iter().map(|b| b == 1).collect();
+        let ours =
+            mask(&w.flatten_all().unwrap().to_vec1::<f32>().unwrap(), cols, &norms[name], Rule::Unstructured(0.5));
+        let theirs: Vec<bool> =
+            their_mask.flatten_all().unwrap().to_vec1::<u8>().unwrap().into_iter().map(|b| b == 1).collect();
         assert_eq!(ours.len(), rows * cols);
         let differ = ours.iter().zip(&theirs).filter(|(a, b)| a != b).count();
         assert_eq!(differ, 0, "{name}: {differ} of {} mask entries differ", rows * cols);

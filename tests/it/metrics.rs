@@ -3,7 +3,7 @@
 //! pseudo-random labels and scores (with ties), and varied predictions for every question of
 //! the real SQuAD dev set.
 
-mod common;
+use crate::common;
 
 use secateur::metrics;
 use serde_json::{json, Value};
@@ -26,8 +26,11 @@ fn metrics_match_scikit_learn_scipy_and_the_official_squad_script() {
     // Classification: binary (balanced, skewed, a constant prediction) and three classes.
     let mut classification = Vec::new();
     for (name, classes, n, skew) in [("binary", 2, 500, 50), ("skewed", 2, 300, 90), ("three", 3, 400, 0)] {
-        let gold: Vec<i64> = (0..n).map(|_| if skew > 0 { i64::from(rng.below(100) >= skew) } else { rng.below(classes) as i64 }).collect();
-        let pred: Vec<i64> = gold.iter().map(|g| if rng.below(100) < 70 { *g } else { rng.below(classes) as i64 }).collect();
+        let gold: Vec<i64> = (0..n)
+            .map(|_| if skew > 0 { i64::from(rng.below(100) >= skew) } else { rng.below(classes) as i64 })
+            .collect();
+        let pred: Vec<i64> =
+            gold.iter().map(|g| if rng.below(100) < 70 { *g } else { rng.below(classes) as i64 }).collect();
         classification.push((name.to_string(), classes == 2, pred, gold));
     }
     let gold: Vec<i64> = (0..50).map(|_| rng.below(2) as i64).collect();
@@ -36,7 +39,8 @@ fn metrics_match_scikit_learn_scipy_and_the_official_squad_script() {
     let mut regression = Vec::new();
     for (name, step) in [("stsb", 0.2), ("coarse", 1.0)] {
         let gold: Vec<f64> = (0..400).map(|_| (rng.below(26) as f64 * 0.2 / step).round() * step).collect();
-        let pred: Vec<f64> = gold.iter().map(|g| ((g + (rng.below(200) as f64 - 100.0) / 60.0) / step).round() * step).collect();
+        let pred: Vec<f64> =
+            gold.iter().map(|g| ((g + (rng.below(200) as f64 - 100.0) / 60.0) / step).round() * step).collect();
         regression.push((name.to_string(), pred, gold));
     }
     // SQuAD: every dev question; predictions vary from exact to partial to wrong to missing.
@@ -49,7 +53,8 @@ fn metrics_match_scikit_learn_scipy_and_the_official_squad_script() {
             let context = para["context"].as_str().unwrap();
             for qa in para["qas"].as_array().unwrap() {
                 let id = qa["id"].as_str().unwrap().to_string();
-                let golds: Vec<String> = qa["answers"].as_array().unwrap().iter().map(|a| a["text"].as_str().unwrap().to_string()).collect();
+                let golds: Vec<String> =
+                    qa["answers"].as_array().unwrap().iter().map(|a| a["text"].as_str().unwrap().to_string()).collect();
                 let g = &golds[rng.below(golds.len() as u64) as usize];
                 let words: Vec<&str> = g.split_whitespace().collect();
                 let ctx_words: Vec<&str> = context.split_whitespace().collect();
@@ -71,7 +76,15 @@ fn metrics_match_scikit_learn_scipy_and_the_official_squad_script() {
             }
         }
     }
-    let strings = ["The  Eiffel Tower!", "l\u{2019}an", "Ärger an Bord", "a\u{1f}the b", "THE. An, a;", "état-major", "x\u{a0}the y"];
+    let strings = [
+        "The  Eiffel Tower!",
+        "l\u{2019}an",
+        "Ärger an Bord",
+        "a\u{1f}the b",
+        "THE. An, a;",
+        "état-major",
+        "x\u{a0}the y",
+    ];
     let input = json!({
         "classification": classification.iter().map(|(n, b, p, g)| json!({"name": n, "binary": b, "pred": p, "gold": g})).collect::<Vec<_>>(),
         "regression": regression.iter().map(|(n, p, g)| json!({"name": n, "pred": p, "gold": g})).collect::<Vec<_>>(),
@@ -96,7 +109,11 @@ fn metrics_match_scikit_learn_scipy_and_the_official_squad_script() {
         close(&format!("{name} spearman"), metrics::spearman(pred, gold), &want[name.as_str()]["spearman"]);
     }
     let (em, f1) = metrics::squad(&questions, &predictions);
-    eprintln!("squad over {} questions ({} predicted): exact_match {em:.4}, f1 {f1:.4}", questions.len(), predictions.len());
+    eprintln!(
+        "squad over {} questions ({} predicted): exact_match {em:.4}, f1 {f1:.4}",
+        questions.len(),
+        predictions.len()
+    );
     close("squad exact_match", em, &want["squad"]["exact_match"]);
     close("squad f1", f1, &want["squad"]["f1"]);
     assert!(em > 10.0 && em < 90.0 && f1 > em, "the predictions should span the range: {em} {f1}");

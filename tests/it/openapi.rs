@@ -24,9 +24,20 @@ fn every_route_is_described_with_its_errors() {
     let spec: serde_json::Value = serde_json::from_str(&secateur::api::openapi().to_pretty_json().unwrap()).unwrap();
     let paths = spec["paths"].as_object().unwrap();
     for p in [
-        "/v1/models", "/v1/models/{id}", "/v1/models/{id}/files/{name}", "/v1/datasets", "/v1/datasets/{id}", "/v1/jobs",
-        "/v1/jobs/{id}", "/v1/jobs/{id}/cancel", "/v1/jobs/{id}/events", "/v1/jobs/{id}/artifacts", "/v1/jobs/{id}/artifacts/{name}",
-        "/healthz", "/readyz", "/metrics",
+        "/v1/models",
+        "/v1/models/{id}",
+        "/v1/models/{id}/files/{name}",
+        "/v1/datasets",
+        "/v1/datasets/{id}",
+        "/v1/jobs",
+        "/v1/jobs/{id}",
+        "/v1/jobs/{id}/cancel",
+        "/v1/jobs/{id}/events",
+        "/v1/jobs/{id}/artifacts",
+        "/v1/jobs/{id}/artifacts/{name}",
+        "/healthz",
+        "/readyz",
+        "/metrics",
     ] {
         assert!(paths.contains_key(p), "{p} missing from the spec");
     }

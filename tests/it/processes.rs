@@ -2,7 +2,7 @@
 //! artifact store. Worker death (SIGKILL), two workers on one PostgreSQL, graceful SIGTERM,
 //! and the memory bound of streamed uploads.
 
-mod common;
+use crate::common;
 
 use common::{fresh_database, model_files, Db};
 use secateur::engine::testing::TinyModel;
@@ -70,7 +70,8 @@ impl Proc {
     /// Peak and current resident memory (kB).
     fn memory_kb(&self) -> (u64, u64) {
         let s = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
-        let get = |k: &str| s.lines().find(|l| l.starts_with(k)).unwrap().split_whitespace().nth(1).unwrap().parse().unwrap();
+        let get =
+            |k: &str| s.lines().find(|l| l.starts_with(k)).unwrap().split_whitespace().nth(1).unwrap().parse().unwrap();
         (get("VmHWM:"), get("VmRSS:"))
     }
 }
@@ -97,7 +98,17 @@ impl Cluster {
         let dir = tempfile::tempdir().unwrap();
         let db_url = fresh_database(db, dir.path()).await;
         let data = dir.path().to_str().unwrap().to_string();
-        let api = Proc::start(&["--data-dir", &data, "--database-url", &db_url, "serve", "--listen", "127.0.0.1:0", "--workers", "0"]);
+        let api = Proc::start(&[
+            "--data-dir",
+            &data,
+            "--database-url",
+            &db_url,
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--workers",
+            "0",
+        ]);
         let listening = api.wait_log("listening", Duration::from_secs(30));
         let base = format!("http://{}", listening["addr"].as_str().unwrap());
         let key_path = dir.path().join("admin.key");
@@ -119,7 +130,19 @@ impl Cluster {
 
     fn worker(&self, extra: &[&str]) -> Proc {
         let data = self.dir.path().to_str().unwrap();
-        let mut args = vec!["--data-dir", data, "--database-url", &self.db_url, "worker", "--lease-seconds", "2", "--heartbeat-ms", "200", "--poll-ms", "100"];
+        let mut args = vec![
+            "--data-dir",
+            data,
+            "--database-url",
+            &self.db_url,
+            "worker",
+            "--lease-seconds",
+            "2",
+            "--heartbeat-ms",
+            "200",
+            "--poll-ms",
+            "100",
+        ];
         args.extend_from_slice(extra);
         Proc::start(&args)
     }
@@ -133,20 +156,37 @@ impl Cluster {
         for (name, bytes) in files {
             form = form.part(name, reqwest::multipart::Part::bytes(bytes).file_name(name));
         }
-        let r = self.client.post(format!("{}/v1/models", self.base)).bearer_auth(&self.key).multipart(form).send().await.unwrap();
+        let r = self
+            .client
+            .post(format!("{}/v1/models", self.base))
+            .bearer_auth(&self.key)
+            .multipart(form)
+            .send()
+            .await
+            .unwrap();
         assert_eq!(r.status(), 201);
         r.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_string()
     }
 
     async fn submit(&self, model: &str, sparsity: f64) -> String {
-        let spec = json!({"model_id": model, "pruning": {"method": "magnitude", "scope": "local", "sparsity": sparsity}});
-        let r = self.client.post(format!("{}/v1/jobs", self.base)).bearer_auth(&self.key).json(&spec).send().await.unwrap();
+        let spec =
+            json!({"model_id": model, "pruning": {"method": "magnitude", "scope": "local", "sparsity": sparsity}});
+        let r =
+            self.client.post(format!("{}/v1/jobs", self.base)).bearer_auth(&self.key).json(&spec).send().await.unwrap();
         assert_eq!(r.status(), 202);
         r.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_string()
     }
 
     async fn job(&self, id: &str) -> Value {
-        self.client.get(format!("{}/v1/jobs/{id}", self.base)).bearer_auth(&self.key).send().await.unwrap().json().await.unwrap()
+        self.client
+            .get(format!("{}/v1/jobs/{id}", self.base))
+            .bearer_auth(&self.key)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
     }
 
     async fn wait_until(&self, id: &str, pred: impl Fn(&Value) -> bool, timeout: Duration) -> Value {
@@ -162,11 +202,27 @@ impl Cluster {
     }
 
     async fn artifacts(&self, id: &str) -> Vec<Value> {
-        self.client.get(format!("{}/v1/jobs/{id}/artifacts", self.base)).bearer_auth(&self.key).send().await.unwrap().json().await.unwrap()
+        self.client
+            .get(format!("{}/v1/jobs/{id}/artifacts", self.base))
+            .bearer_auth(&self.key)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
     }
 
     async fn report(&self, id: &str) -> Value {
-        self.client.get(format!("{}/v1/jobs/{id}/artifacts/report.json", self.base)).bearer_auth(&self.key).send().await.unwrap().json().await.unwrap()
+        self.client
+            .get(format!("{}/v1/jobs/{id}/artifacts/report.json", self.base))
+            .bearer_auth(&self.key)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
     }
 }
 
@@ -176,23 +232,30 @@ async fn killed_worker_job_is_finished_by_another(db: Db) {
     let job = c.submit(&model, 0.5).await;
     // Worker A is slow (each of the ~15 progress steps sleeps 300 ms).
     let a = c.worker(&["--job-step-delay-ms", "300"]);
-    c.wait_until(&job, |j| j["status"] == "running" && j["progress"].as_f64().unwrap() > 0.2, Duration::from_secs(30)).await;
+    c.wait_until(&job, |j| j["status"] == "running" && j["progress"].as_f64().unwrap() > 0.2, Duration::from_secs(30))
+        .await;
     a.signal(libc::SIGKILL);
     drop(a);
     let mid = c.job(&job).await;
     assert_eq!(mid["status"], "running", "{mid}");
     assert_eq!(mid["attempts"], 1);
     let b = c.worker(&[]);
-    let done = c.wait_until(&job, |j| j["status"] != "running" && j["status"] != "queued", Duration::from_secs(30)).await;
+    let done =
+        c.wait_until(&job, |j| j["status"] != "running" && j["status"] != "queued", Duration::from_secs(30)).await;
     assert_eq!(done["status"], "succeeded", "{done}");
     assert_eq!(done["attempts"], 2, "claimed once by each worker");
     let names: Vec<String> = c.artifacts(&job).await.iter().map(|a| a["name"].as_str().unwrap().to_string()).collect();
-    assert_eq!(names, vec!["config.json", "masks.safetensors", "model.safetensors", "report.json", "tokenizer.json"], "nothing lost or duplicated");
+    assert_eq!(
+        names,
+        vec!["config.json", "masks.safetensors", "model.safetensors", "report.json", "tokenizer.json"],
+        "nothing lost or duplicated"
+    );
     let report = c.report(&job).await;
     assert!((report["totals"]["target_sparsity"].as_f64().unwrap() - 0.5).abs() < 1e-3);
     let claims: Vec<Value> = b.logs().into_iter().filter(|l| l["message"] == "job claimed").collect();
     assert_eq!(claims.len(), 1);
-    let list: Value = c.client.get(format!("{}/v1/jobs", c.base)).bearer_auth(&c.key).send().await.unwrap().json().await.unwrap();
+    let list: Value =
+        c.client.get(format!("{}/v1/jobs", c.base)).bearer_auth(&c.key).send().await.unwrap().json().await.unwrap();
     assert_eq!(list["items"].as_array().unwrap().len(), 1);
 }
 
@@ -213,7 +276,8 @@ async fn sigterm_releases_running_jobs_and_exits_zero(db: Db) {
     assert_eq!(c.job(&queued_later).await["status"], "queued");
     let _b = c.worker(&[]);
     for id in [&job, &queued_later] {
-        let done = c.wait_until(id, |j| j["status"] == "succeeded" || j["status"] == "failed", Duration::from_secs(30)).await;
+        let done =
+            c.wait_until(id, |j| j["status"] == "succeeded" || j["status"] == "failed", Duration::from_secs(30)).await;
         assert_eq!(done["status"], "succeeded", "{done}");
         assert_eq!(done["attempts"], 1);
     }
@@ -237,7 +301,13 @@ async fn cli_creates_keys_for_new_tenants(db: Db) {
     let c = Cluster::start(db).await;
     c.upload(&TinyModel::default()).await;
     let data = c.dir.path().to_str().unwrap();
-    let run = |args: &[&str]| Command::new(env!("CARGO_BIN_EXE_secateur")).args(["--data-dir", data, "--database-url", &c.db_url]).args(args).output().unwrap();
+    let run = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_secateur"))
+            .args(["--data-dir", data, "--database-url", &c.db_url])
+            .args(args)
+            .output()
+            .unwrap()
+    };
     let out = run(&["migrate"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let out = run(&["apikey", "create", "--tenant", "acme"]);
@@ -247,7 +317,11 @@ async fn cli_creates_keys_for_new_tenants(db: Db) {
     assert!(!String::from_utf8_lossy(&out.stderr).contains(&key), "the key was logged");
     let r = c.client.get(format!("{}/v1/models", c.base)).bearer_auth(&key).send().await.unwrap();
     assert_eq!(r.status(), 200);
-    assert_eq!(r.json::<Value>().await.unwrap()["items"].as_array().unwrap().len(), 0, "acme sees nothing of the default tenant");
+    assert_eq!(
+        r.json::<Value>().await.unwrap()["items"].as_array().unwrap().len(),
+        0,
+        "acme sees nothing of the default tenant"
+    );
     let out = run(&["apikey", "create", "--tenant", " "]);
     assert!(!out.status.success());
 }
@@ -271,7 +345,8 @@ async fn local_prune_cli_writes_what_the_job_writes_sqlite() {
     let spec = json!({"model_id": model, "pruning": pruning, "export": {"compact": true}});
     let r = c.client.post(format!("{}/v1/jobs", c.base)).bearer_auth(&c.key).json(&spec).send().await.unwrap();
     let job = r.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_string();
-    let done = c.wait_until(&job, |j| j["status"] == "succeeded" || j["status"] == "failed", Duration::from_secs(30)).await;
+    let done =
+        c.wait_until(&job, |j| j["status"] == "succeeded" || j["status"] == "failed", Duration::from_secs(30)).await;
     assert_eq!(done["status"], "succeeded", "{done}");
     let arts = c.artifacts(&job).await;
     // The same spec, without model_id, against the same files on disk.
@@ -282,7 +357,8 @@ async fn local_prune_cli_writes_what_the_job_writes_sqlite() {
         std::fs::write(model_dir.join(name), bytes).unwrap();
     }
     let spec_path = dir.path().join("spec.json");
-    std::fs::write(&spec_path, serde_json::to_vec(&json!({"pruning": pruning, "export": {"compact": true}})).unwrap()).unwrap();
+    std::fs::write(&spec_path, serde_json::to_vec(&json!({"pruning": pruning, "export": {"compact": true}})).unwrap())
+        .unwrap();
     let out = dir.path().join("out");
     let run = Command::new(env!("CARGO_BIN_EXE_secateur"))
         .args(["prune", "--model"])
@@ -300,10 +376,19 @@ async fn local_prune_cli_writes_what_the_job_writes_sqlite() {
         use sha2::Digest;
         assert_eq!(hex::encode(sha2::Sha256::digest(&bytes)), a["sha256"].as_str().unwrap(), "{name} differs");
     }
-    let written = std::fs::read_dir(&out).unwrap().count() + std::fs::read_dir(out.join("compact")).unwrap().count() - 1;
+    let written =
+        std::fs::read_dir(&out).unwrap().count() + std::fs::read_dir(out.join("compact")).unwrap().count() - 1;
     assert_eq!(written, arts.len(), "no scratch files left behind");
     std::fs::write(&spec_path, br#"{"pruning": {"method": "magnitude", "sparsity": 1.5}}"#).unwrap();
-    let bad = Command::new(env!("CARGO_BIN_EXE_secateur")).args(["prune", "--model"]).arg(&model_dir).arg("--spec").arg(&spec_path).arg("--out").arg(&out).output().unwrap();
+    let bad = Command::new(env!("CARGO_BIN_EXE_secateur"))
+        .args(["prune", "--model"])
+        .arg(&model_dir)
+        .arg("--spec")
+        .arg(&spec_path)
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .unwrap();
     assert!(!bad.status.success());
     assert!(String::from_utf8_lossy(&bad.stderr).contains("pruning.sparsity"));
 }
@@ -324,7 +409,16 @@ async fn large_uploads_stream_in_bounded_memory_sqlite() {
     let grew_mb = peak_after.saturating_sub(peak_before.min(rss_before)) as f64 / 1024.0;
     eprintln!("peak RSS grew by {grew_mb:.1} MB for a {size}-byte upload");
     assert!(grew_mb < 64.0, "peak RSS grew by {grew_mb:.1} MB for a {size}-byte upload");
-    let m: Value = c.client.get(format!("{}/v1/models/{id}", c.base)).bearer_auth(&c.key).send().await.unwrap().json().await.unwrap();
+    let m: Value = c
+        .client
+        .get(format!("{}/v1/models/{id}", c.base))
+        .bearer_auth(&c.key)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(m["bytes"], size);
 }
 
@@ -341,12 +435,17 @@ async fn two_workers_never_run_the_same_job_postgres() {
     let a = c.worker(&["--job-step-delay-ms", "20"]);
     let b = c.worker(&["--job-step-delay-ms", "20"]);
     for id in &jobs {
-        let done = c.wait_until(id, |j| j["status"] == "succeeded" || j["status"] == "failed", Duration::from_secs(60)).await;
+        let done =
+            c.wait_until(id, |j| j["status"] == "succeeded" || j["status"] == "failed", Duration::from_secs(60)).await;
         assert_eq!(done["status"], "succeeded", "{done}");
         assert_eq!(done["attempts"], 1, "{done}");
     }
     let claimed = |p: &Proc| -> Vec<String> {
-        p.logs().into_iter().filter(|l| l["message"] == "job claimed").map(|l| l["job_id"].as_str().unwrap().to_string()).collect()
+        p.logs()
+            .into_iter()
+            .filter(|l| l["message"] == "job claimed")
+            .map(|l| l["job_id"].as_str().unwrap().to_string())
+            .collect()
     };
     let (ca, cb) = (claimed(&a), claimed(&b));
     assert!(!ca.is_empty() && !cb.is_empty(), "both workers should have claimed jobs: {} / {}", ca.len(), cb.len());

