@@ -176,6 +176,10 @@ fn hashes(dir: &Path) -> BTreeMap<String, String> {
     out
 }
 
+fn sst2_file(path: &Path) -> LocalDataset<'_> {
+    LocalDataset { path, format: Format::GlueTsv, task: Some(Task::Sst2) }
+}
+
 fn golden_path() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden/outputs.txt")
 }
@@ -223,8 +227,7 @@ fn pruned_outputs_equal_the_recorded_golden_hashes() {
         let mut v: serde_json::Value = serde_json::from_str(spec).unwrap();
         v["task"] = serde_json::json!({"name": "sst2"});
         let out = work.path().join("out/exp").join(case);
-        let ds = |p: &Path| LocalDataset { path: p, format: Format::GlueTsv, task: Some(Task::Sst2) };
-        run_local_experiment(v.to_string().as_bytes(), tiny, ds(&train), Some(ds(&dev)), &out, |_| {})
+        run_local_experiment(v.to_string().as_bytes(), tiny, sst2_file(&train), Some(sst2_file(&dev)), &out, |_| {})
             .unwrap_or_else(|e| panic!("{case}: {e:#}"));
         for (file, h) in hashes(&out) {
             got.push(format!("tiny-bert-f32 {case} {file} {h}"));
