@@ -75,21 +75,65 @@ pub fn tune_allocator() {
     }
 }
 
+/// The service: its store and artifacts, wired into the HTTP API and the worker pool the same
+/// way for `serve`, `worker` and the test harness.
+#[derive(Clone)]
+pub struct Service {
+    pub store: Store,
+    pub artifacts: Artifacts,
+}
+
+impl Service {
+    /// Opens the store (running migrations) and the artifact store.
+    pub async fn open(args: &StoreArgs) -> anyhow::Result<Service> {
+        let (store, artifacts) = open(args).await?;
+        Ok(Service { store, artifacts })
+    }
+
+    /// The HTTP API over this service.
+    pub fn router(&self, server: &ServerArgs, worker: &WorkerArgs) -> axum::Router {
+        api::router(AppState {
+            store: self.store.clone(),
+            artifacts: self.artifacts.clone(),
+            max_upload_bytes: server.max_upload_bytes,
+            max_dataset_bytes: server.max_dataset_bytes,
+            max_attempts: worker.max_attempts,
+            metrics: metrics_handle(),
+        })
+    }
+
+    /// Serves the API on the listener (when given) and runs `worker.workers` job slots until
+    /// `shutdown` is cancelled; then stops taking requests and drains the workers.
+    pub async fn run(
+        self,
+        http: Option<(tokio::net::TcpListener, ServerArgs)>,
+        worker: WorkerArgs,
+        shutdown: CancellationToken,
+    ) -> anyhow::Result<()> {
+        metrics_handle();
+        let router = http.map(|(listener, server)| (listener, self.router(&server, &worker)));
+        let workers = (worker.workers > 0).then(|| {
+            let w = Arc::new(Worker { store: self.store.clone(), artifacts: self.artifacts.clone(), args: worker, owner: worker_name() });
+            tokio::spawn(w.run(shutdown.clone()))
+        });
+        if let Some((listener, router)) = router {
+            let s = shutdown.clone();
+            axum::serve(listener, router).with_graceful_shutdown(async move { s.cancelled().await }).await?;
+        }
+        if let Some(w) = workers {
+            w.await?;
+        }
+        Ok(())
+    }
+}
+
 /// `secateur serve`: API and (unless `workers` is 0) workers in one process.
 pub async fn serve(store_args: StoreArgs, server: ServerArgs, worker: WorkerArgs) -> anyhow::Result<()> {
-    let (store, artifacts) = open(&store_args).await?;
+    let service = Service::open(&store_args).await?;
     let key_path = store_args.data_dir.join("admin.key");
-    if crate::api::auth::bootstrap_admin_key(&store, &key_path).await? {
+    if crate::api::auth::bootstrap_admin_key(&service.store, &key_path).await? {
         tracing::info!(path = %key_path.display(), "created the first API key (tenant \"default\"); it is in this file, readable only by this user");
     }
-    let state = AppState {
-        store: store.clone(),
-        artifacts: artifacts.clone(),
-        max_upload_bytes: server.max_upload_bytes,
-        max_dataset_bytes: server.max_dataset_bytes,
-        max_attempts: worker.max_attempts,
-        metrics: metrics_handle(),
-    };
     let listener =
         tokio::net::TcpListener::bind(server.listen).await.with_context(|| format!("binding {}", server.listen))?;
     let addr = listener.local_addr()?;
@@ -98,28 +142,11 @@ pub async fn serve(store_args: StoreArgs, server: ServerArgs, worker: WorkerArgs
         "authenticate with: Authorization: Bearer $(cat {}) (or create a key: secateur apikey create --tenant NAME)",
         key_path.display()
     );
-    let shutdown = shutdown_signal();
-    let workers = if worker.workers > 0 {
-        let w = Arc::new(Worker { store, artifacts, args: worker, owner: worker_name() });
-        let s = shutdown.clone();
-        Some(tokio::spawn(w.run(s)))
-    } else {
-        None
-    };
-    let s = shutdown.clone();
-    axum::serve(listener, api::router(state)).with_graceful_shutdown(async move { s.cancelled().await }).await?;
-    if let Some(w) = workers {
-        w.await?;
-    }
-    Ok(())
+    service.run(Some((listener, server)), worker, shutdown_signal()).await
 }
 
 /// `secateur worker`: workers only.
 pub async fn worker(store_args: StoreArgs, worker: WorkerArgs) -> anyhow::Result<()> {
-    let (store, artifacts) = open(&store_args).await?;
-    metrics_handle();
-    let shutdown = shutdown_signal();
-    let w = Arc::new(Worker { store, artifacts, args: worker, owner: worker_name() });
-    w.run(shutdown).await;
-    Ok(())
+    let service = Service::open(&store_args).await?;
+    service.run(None, worker, shutdown_signal()).await
 }

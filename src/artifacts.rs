@@ -21,14 +21,33 @@ pub struct Stored {
     pub sha256: String,
 }
 
-pub fn model_path(model_id: &str, file: &str) -> Path {
-    Path::from(format!("models/{model_id}/{file}"))
+/// Where an object lives in the store (the layout below is the only place paths are spelled).
+pub type Key = Path;
+
+pub fn model_prefix(model_id: &str) -> String {
+    format!("models/{model_id}")
 }
-pub fn dataset_path(dataset_id: &str) -> Path {
-    Path::from(format!("datasets/{dataset_id}/data"))
+pub fn model_path(model_id: &str, file: &str) -> Key {
+    Path::from(format!("{}/{file}", model_prefix(model_id)))
 }
-pub fn job_artifact_path(job_id: &str, name: &str) -> Path {
-    Path::from(format!("jobs/{job_id}/{name}"))
+pub fn dataset_prefix(dataset_id: &str) -> String {
+    format!("datasets/{dataset_id}")
+}
+pub fn dataset_path(dataset_id: &str) -> Key {
+    Path::from(format!("{}/data", dataset_prefix(dataset_id)))
+}
+pub fn job_prefix(job_id: &str) -> String {
+    format!("jobs/{job_id}")
+}
+pub fn job_artifact_path(job_id: &str, name: &str) -> Key {
+    Path::from(format!("{}/{name}", job_prefix(job_id)))
+}
+/// A job's own files for resuming (beside its artifacts, never listed as one).
+pub fn scratch_prefix(job_id: &str) -> String {
+    format!("{}/_scratch", job_prefix(job_id))
+}
+pub fn scratch_path(job_id: &str, name: &str) -> Key {
+    Path::from(format!("{}/{name}", scratch_prefix(job_id)))
 }
 
 /// An in-progress streamed write that hashes what it writes.
@@ -63,10 +82,6 @@ impl Artifacts {
         Ok(Artifacts { store: Arc::new(fs) })
     }
 
-    pub fn from_store(store: Arc<dyn ObjectStore>) -> Artifacts {
-        Artifacts { store }
-    }
-
     pub async fn writer(&self, path: &Path) -> anyhow::Result<Writer> {
         let upload = self.store.put_multipart(path).await?;
         Ok(Writer {
@@ -82,24 +97,29 @@ impl Artifacts {
         Ok(stored)
     }
 
-    pub async fn get(&self, path: &Path) -> Result<Bytes, object_store::Error> {
-        self.store.get(path).await?.bytes().await
+    /// The object's bytes; `None` when there is no such object.
+    pub async fn get(&self, path: &Path) -> anyhow::Result<Option<Bytes>> {
+        match self.store.get(path).await {
+            Ok(r) => Ok(Some(r.bytes().await?)),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
     }
 
-    /// The object as a stream of chunks and its size, for downloads.
+    /// The object as a stream of chunks and its size, for downloads; `None` when there is no
+    /// such object.
     pub async fn get_stream(
         &self,
         path: &Path,
-    ) -> Result<(u64, impl Stream<Item = Result<Bytes, object_store::Error>> + Send + 'static), object_store::Error>
-    {
-        let r = self.store.get(path).await?;
-        let size = r.meta.size;
-        Ok((size as u64, r.into_stream()))
-    }
-
-    pub async fn copy(&self, from: &Path, to: &Path) -> anyhow::Result<()> {
-        self.store.copy(from, to).await?;
-        Ok(())
+    ) -> anyhow::Result<Option<(u64, impl Stream<Item = std::io::Result<Bytes>> + Send + 'static)>> {
+        match self.store.get(path).await {
+            Ok(r) => {
+                let size = r.meta.size;
+                Ok(Some((size as u64, r.into_stream().map_err(std::io::Error::other))))
+            }
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// Delete every object under `prefix` (a model, dataset or job folder).

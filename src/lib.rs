@@ -5,6 +5,7 @@
 pub mod api;
 pub mod app;
 pub mod artifacts;
+pub mod catalog;
 pub mod config;
 pub mod data;
 pub mod engine;
@@ -13,3 +14,4 @@ pub mod metrics;
 pub mod queue;
 pub mod store;
 pub mod train;
+pub mod validation;

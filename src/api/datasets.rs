@@ -155,7 +155,7 @@ async fn create_dataset(
         created_at: now_ms(),
     };
     if let Err(e) = st.store.insert_dataset(&row).await {
-        let _ = st.artifacts.delete_prefix(&format!("datasets/{id}")).await;
+        let _ = st.artifacts.delete_prefix(&crate::artifacts::dataset_prefix(&id)).await;
         return Err(e.into());
     }
     Ok((StatusCode::CREATED, Json(row.into())))
@@ -196,7 +196,7 @@ async fn delete_dataset(State(st): State<AppState>, Auth(p): Auth, Path(id): Pat
         DeleteOutcome::NotFound => Err(ApiError::NotFound("no dataset with this id".into())),
         DeleteOutcome::InUse => Err(ApiError::Conflict("a queued or running job uses this dataset".into())),
         DeleteOutcome::Deleted => {
-            st.artifacts.delete_prefix(&format!("datasets/{id}")).await?;
+            st.artifacts.delete_prefix(&crate::artifacts::dataset_prefix(&id)).await?;
             Ok(StatusCode::NO_CONTENT)
         }
     }

@@ -5,7 +5,7 @@ use super::auth::Auth;
 use super::problem::{ApiError, ApiResult};
 use super::{download, path_id, AppState, List, PageQuery};
 use crate::artifacts::job_artifact_path;
-use crate::jobs::experiment_spec::ExperimentRequest;
+use crate::jobs::spec::ExperimentRequest;
 use crate::jobs::spec::{parse_spec, JobRequest, JobSpec};
 use crate::store::{rfc3339, CancelOutcome, CreateOutcome, JobRow, NewJob};
 use axum::body::Bytes;
@@ -155,7 +155,8 @@ async fn create_job(State(st): State<AppState>, Auth(p): Auth, headers: HeaderMa
     // the same request for Idempotency-Key.
     let spec = match spec {
         JobSpec::Prune(req) => {
-            check_against_model(&req, &model)?;
+            crate::jobs::spec::check_against_model(&req, &model_shape(&model))
+                .map_err(|e| ApiError::Validation(vec![e]))?;
             if let Some(c) = &req.calibration {
                 let id = uuid::Uuid::parse_str(&c.dataset_id).map_err(ApiError::internal)?.to_string();
                 if st.store.get_dataset(&p.tenant_id, &id).await?.is_none() {
@@ -210,8 +211,7 @@ async fn check_experiment(
     inputs: &mut Vec<String>,
 ) -> ApiResult<ExperimentRequest> {
     req.model_id = model.id.clone();
-    let files: Vec<crate::api::models::ModelFile> = serde_json::from_str(&model.files).unwrap_or_default();
-    if !files.iter().any(|f| f.name == "tokenizer.json") {
+    if !model.files.contains("tokenizer.json") {
         return Err(ApiError::invalid(
             "model_id",
             "experiments tokenize with the model's own tokenizer: this model was uploaded without tokenizer.json",
@@ -242,61 +242,17 @@ async fn check_experiment(
             inputs.push(id);
         }
     }
-    if let Some(p) = &req.pruning {
-        if let (crate::jobs::spec::Granularity::NM, Some(pat)) = (p.granularity, &p.pattern) {
-            check_nm_fits(pat, model)?;
-        }
-    }
+    req.check_against_model(&model_shape(model)).map_err(|e| ApiError::Validation(vec![e]))?;
     Ok(req)
 }
 
-/// Checks that need the model: an N:M group size must divide the input dimension of every
-/// default target (the hidden size and the FFN width); a unit count must fit the model as its
-/// config states it (a compact checkpoint with fewer units in some layer is checked when the
-/// job runs).
-fn check_against_model(req: &JobRequest, model: &crate::store::ModelRow) -> ApiResult<()> {
-    use crate::jobs::spec::Granularity;
-    if let Some(count) = req.pruning.count {
-        let local = req.pruning.scope() == crate::engine::magnitude::Scope::Local;
-        let (layers, heads, ffn) = (model.num_layers as u64, model.num_heads as u64, model.intermediate_size as u64);
-        // Every head of a layer may go (the block then adds its output bias); every neuron or
-        // every layer may not.
-        let (max, what) = match (req.pruning.granularity, local) {
-            (Granularity::Heads, true) => (heads, format!("{heads} heads per layer")),
-            (Granularity::Heads, false) => (layers * heads, format!("{} heads", layers * heads)),
-            (Granularity::Neurons, true) => (ffn - 1, format!("{ffn} FFN neurons per layer, one of which must stay")),
-            (Granularity::Neurons, false) => {
-                (layers * ffn - 1, format!("{} FFN neurons, one of which must stay", layers * ffn))
-            }
-            (Granularity::Layers, _) => (layers - 1, format!("{layers} layers, one of which must stay")),
-            _ => (u64::MAX, String::new()),
-        };
-        if count > max {
-            return Err(ApiError::invalid(
-                "pruning.count",
-                format!("pruning.count {count} is more than the model allows: it has {what}"),
-            ));
-        }
+fn model_shape(m: &crate::store::ModelRow) -> crate::jobs::spec::ModelShape {
+    crate::jobs::spec::ModelShape {
+        num_layers: m.num_layers as u64,
+        num_heads: m.num_heads as u64,
+        hidden_size: m.hidden_size as u64,
+        intermediate_size: m.intermediate_size as u64,
     }
-    if let (Granularity::NM, Some(p), true) =
-        (req.pruning.granularity, &req.pruning.pattern, req.pruning.include.is_empty())
-    {
-        check_nm_fits(p, model)?;
-    }
-    Ok(())
-}
-
-/// An N:M group size must divide the input dimension of every default target: the hidden size
-/// and the FFN width.
-fn check_nm_fits(pattern: &str, model: &crate::store::ModelRow) -> ApiResult<()> {
-    if let Ok(pat) = crate::engine::magnitude::NmPattern::parse(pattern) {
-        for (what, n) in [("hidden size", model.hidden_size), ("FFN width", model.intermediate_size)] {
-            if !(n as usize).is_multiple_of(pat.m) {
-                return Err(ApiError::invalid("pruning.pattern", format!("M = {} must divide the input dimension of every pruned matrix, which is not a multiple of M here: the model's {what} is {n}", pat.m)));
-            }
-        }
-    }
-    Ok(())
 }
 
 /// List jobs, newest first.

@@ -199,13 +199,11 @@ pub fn path_id(id: &str) -> Result<String, ApiError> {
 /// Stream a stored object as a download.
 pub async fn download(
     artifacts: &Artifacts,
-    path: &object_store::path::Path,
+    path: &crate::artifacts::Key,
     name: &str,
 ) -> Result<Response, ApiError> {
-    let (size, stream) = match artifacts.get_stream(path).await {
-        Ok(s) => s,
-        Err(object_store::Error::NotFound { .. }) => return Err(ApiError::NotFound(format!("file {name} not found"))),
-        Err(e) => return Err(e.into()),
+    let Some((size, stream)) = artifacts.get_stream(path).await? else {
+        return Err(ApiError::NotFound(format!("file {name} not found")));
     };
     let ctype = if name.ends_with(".json") {
         "application/json"

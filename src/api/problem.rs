@@ -10,21 +10,7 @@ use utoipa::ToSchema;
 
 pub const PROBLEM_JSON: &str = "application/problem+json";
 
-/// One field-level fault inside a validation problem.
-#[derive(Debug, Clone, Serialize, ToSchema, PartialEq)]
-pub struct FieldError {
-    /// Where the fault is: a JSON path (`pruning.sparsity`), a multipart part name
-    /// (`model.safetensors`) or a query parameter.
-    pub field: String,
-    /// What is wrong with it.
-    pub message: String,
-}
-
-impl FieldError {
-    pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
-        Self { field: field.into(), message: message.into() }
-    }
-}
+pub use crate::validation::FieldError;
 
 /// The problem document (RFC 9457).
 #[derive(Debug, Serialize, ToSchema)]
@@ -66,18 +52,6 @@ impl ApiError {
         ApiError::Validation(vec![FieldError::new(field, message)])
     }
     pub fn internal(e: impl Into<anyhow::Error>) -> Self {
-        ApiError::Internal(e.into())
-    }
-}
-
-impl From<sqlx::Error> for ApiError {
-    fn from(e: sqlx::Error) -> Self {
-        ApiError::Internal(e.into())
-    }
-}
-
-impl From<object_store::Error> for ApiError {
-    fn from(e: object_store::Error) -> Self {
         ApiError::Internal(e.into())
     }
 }

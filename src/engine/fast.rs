@@ -17,7 +17,7 @@
 //! the candle path. Tests hold the two within 1e-4 (tests/it/encoder.rs also checks both against
 //! Hugging Face).
 
-use super::model::Activation;
+use super::activation::Activation;
 use gemm::Parallelism;
 use rayon::prelude::*;
 

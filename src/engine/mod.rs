@@ -1,6 +1,7 @@
 //! The model engine: checkpoint container validation, architecture checks, pruning.
 //! Plain Rust, no HTTP and no database.
 
+pub mod activation;
 pub mod arch;
 pub mod export;
 pub mod fast;

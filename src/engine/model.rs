@@ -4,6 +4,7 @@
 //! with or without the family prefix; f32/f16/bf16 checkpoints computed in f32.
 
 use super::arch::{canonical_name, Family, LayerNames};
+use super::activation::Activation;
 use candle_core::{DType, Device, Module, Tensor, D};
 use candle_nn::Linear;
 use serde_json::Value;
@@ -23,32 +24,6 @@ fn invalid<T>(msg: impl Into<String>) -> Result<T> {
     Err(ModelError::Invalid(msg.into()))
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Activation {
-    /// Exact GELU (erf), Hugging Face's `gelu`.
-    Gelu,
-    /// Tanh approximation (`gelu_new`, `gelu_pytorch_tanh`).
-    GeluTanh,
-    Relu,
-}
-
-impl Activation {
-    fn parse(s: &str) -> Option<Activation> {
-        match s {
-            "gelu" => Some(Activation::Gelu),
-            "gelu_new" | "gelu_pytorch_tanh" | "gelu_fast" => Some(Activation::GeluTanh),
-            "relu" => Some(Activation::Relu),
-            _ => None,
-        }
-    }
-    fn apply(self, x: &Tensor) -> candle_core::Result<Tensor> {
-        match self {
-            Activation::Gelu => x.gelu_erf(),
-            Activation::GeluTanh => x.gelu(),
-            Activation::Relu => x.relu(),
-        }
-    }
-}
 
 /// Where a linear map's input is observed inside a layer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -4,7 +4,7 @@
 //! report and predictions. Each stage's outcome is recorded as it ends (`JobContext::record_stage`:
 //! the database, served by `GET /v1/jobs/{id}/result`), and `result.json` sums them up.
 
-use super::experiment_spec::{ExperimentMethod, ExperimentRequest, ScheduleKind};
+use super::spec::{ExperimentMethod, ExperimentRequest, ScheduleKind};
 use super::prune::{model_err, write_model};
 use super::spec::Granularity;
 use super::{Executor, JobContext, JobError};
@@ -255,7 +255,7 @@ fn latency(net: &Net, batch: &[Example], compact: bool) -> Result<f64, JobError>
     forward_ms(net, batch, compact, 5).map_err(model_err)
 }
 
-fn shape_of(p: &super::experiment_spec::ExperimentPruning) -> Result<Shape, JobError> {
+fn shape_of(p: &super::spec::ExperimentPruning) -> Result<Shape, JobError> {
     Ok(match p.granularity {
         Granularity::NM => {
             Shape::NM(NmPattern::parse(p.pattern.as_deref().unwrap_or_default()).map_err(JobError::Failed)?)

@@ -4,11 +4,10 @@
 //! artifacts through [`JobContext::write_artifact`]. Executors run on a blocking thread.
 
 pub mod experiment;
-pub mod experiment_spec;
 pub mod prune;
 pub mod spec;
 
-use crate::artifacts::{job_artifact_path, model_path, Artifacts};
+use crate::artifacts::{job_artifact_path, model_path, scratch_path, scratch_prefix, Artifacts};
 use crate::store::{ArtifactRow, JobRow};
 use bytes::Bytes;
 use std::sync::Mutex;
@@ -89,12 +88,8 @@ impl JobContext {
     }
 
     pub fn read_model_file(&self, name: &str) -> Result<Bytes, JobError> {
-        let path = model_path(&self.job.model_id, name);
-        self.rt.block_on(self.artifacts.get(&path)).map_err(|e| match e {
-            object_store::Error::NotFound { .. } => {
-                JobError::Failed(format!("the model's file {name} is missing from the artifact store"))
-            }
-            e => JobError::Internal(e.into()),
+        self.rt.block_on(self.artifacts.get(&model_path(&self.job.model_id, name)))?.ok_or_else(|| {
+            JobError::Failed(format!("the model's file {name} is missing from the artifact store"))
         })
     }
 
@@ -104,12 +99,10 @@ impl JobContext {
             .datasets
             .get(id)
             .ok_or_else(|| JobError::Failed(format!("dataset {id} is not available to this job (deleted?)")))?;
-        let bytes = self.rt.block_on(self.artifacts.get(&crate::artifacts::dataset_path(id))).map_err(|e| match e {
-            object_store::Error::NotFound { .. } => {
-                JobError::Failed(format!("dataset {id}'s file is missing from the artifact store"))
-            }
-            e => JobError::Internal(e.into()),
-        })?;
+        let bytes = self
+            .rt
+            .block_on(self.artifacts.get(&crate::artifacts::dataset_path(id)))?
+            .ok_or_else(|| JobError::Failed(format!("dataset {id}'s file is missing from the artifact store")))?;
         Ok((format, task, bytes))
     }
 
@@ -128,22 +121,18 @@ impl JobContext {
     /// Keeps a file for this job's own later use (a checkpoint to resume from when the job is
     /// claimed again): beside the artifacts, but not one of them.
     pub fn write_scratch(&self, name: &str, data: Bytes) -> Result<(), JobError> {
-        self.rt.block_on(self.artifacts.put(&job_artifact_path(&self.job.id, &format!("_scratch/{name}")), data))?;
+        self.rt.block_on(self.artifacts.put(&scratch_path(&self.job.id, name), data))?;
         Ok(())
     }
 
     /// A file kept by [`JobContext::write_scratch`], if there is one.
     pub fn read_scratch(&self, name: &str) -> Result<Option<Bytes>, JobError> {
-        match self.rt.block_on(self.artifacts.get(&job_artifact_path(&self.job.id, &format!("_scratch/{name}")))) {
-            Ok(b) => Ok(Some(b)),
-            Err(object_store::Error::NotFound { .. }) => Ok(None),
-            Err(e) => Err(JobError::Internal(e.into())),
-        }
+        Ok(self.rt.block_on(self.artifacts.get(&scratch_path(&self.job.id, name)))?)
     }
 
     /// Deletes the job's scratch files.
     pub fn clear_scratch(&self) -> Result<(), JobError> {
-        self.rt.block_on(self.artifacts.delete_prefix(&format!("jobs/{}/_scratch", self.job.id)))?;
+        self.rt.block_on(self.artifacts.delete_prefix(&scratch_prefix(&self.job.id)))?;
         Ok(())
     }
 
@@ -261,12 +250,17 @@ fn run_local_spec(
     let model_id = uuid::Uuid::nil().to_string();
     obj.insert("model_id".into(), model_id.clone().into());
     let spec = spec::parse_spec(&serde_json::to_vec(&v)?).map_err(|e| anyhow::anyhow!("{}: {}", e.field, e.message))?;
+    let summary = crate::catalog::inspect_dir(model_dir).map_err(|errors| {
+        let all: Vec<String> = errors.iter().map(|e| format!("{}: {}", e.field, e.message)).collect();
+        anyhow::anyhow!("{}: {}", model_dir.display(), all.join("; "))
+    })?;
+    spec::check_spec_against_model(&spec, &summary.shape).map_err(|e| anyhow::anyhow!("{}: {}", e.field, e.message))?;
     let kind = spec.kind();
     let executor = executor_for(kind.name()).context("unknown job kind")?;
     // A private artifact store: the model's files linked in, the outputs written under jobs/.
     let scratch = tempfile_dir(out_dir)?;
     let model_files: Vec<String> =
-        crate::api::models::MODEL_FILES.iter().filter(|f| model_dir.join(f).is_file()).map(|f| f.to_string()).collect();
+        crate::catalog::MODEL_FILES.iter().filter(|f| model_dir.join(f).is_file()).map(|f| f.to_string()).collect();
     anyhow::ensure!(
         model_files.iter().any(|f| f == "model.safetensors"),
         "{} has no model.safetensors",

@@ -138,7 +138,6 @@ impl Worker {
                 return Outcome::Failed("internal error while loading the model (see the worker log)".into());
             }
         };
-        let files: Vec<crate::api::models::ModelFile> = serde_json::from_str(&model.files).unwrap_or_default();
         let mut datasets = std::collections::HashMap::new();
         let inputs = match self.store.job_inputs(&job.id).await {
             Ok(i) => i,
@@ -158,7 +157,7 @@ impl Worker {
         let (ptx, mut prx) = watch::channel(Progress { stage: "starting".into(), fraction: 0.0 });
         let ctx = JobContext {
             job: job.clone(),
-            model_files: files.into_iter().map(|f| f.name).collect(),
+            model_files: model.files.names().map(str::to_string).collect(),
             artifacts: self.artifacts.clone(),
             rt: tokio::runtime::Handle::current(),
             progress: ptx,

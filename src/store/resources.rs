@@ -17,9 +17,39 @@ pub struct ModelRow {
     pub dtype: String,
     pub bytes: i64,
     pub sha256: String,
-    /// JSON array of stored files.
-    pub files: String,
+    /// The stored files (a JSON array in the database).
+    #[sqlx(try_from = "String")]
+    pub files: ModelFiles,
     pub created_at: i64,
+}
+
+/// One stored file of a model.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+pub struct ModelFile {
+    pub name: String,
+    pub bytes: u64,
+    pub sha256: String,
+}
+
+/// A model's files, stored as a JSON array in its row. A row that does not hold such an array
+/// is a read error, not an empty list.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ModelFiles(pub Vec<ModelFile>);
+
+impl ModelFiles {
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.0.iter().map(|f| f.name.as_str())
+    }
+    pub fn contains(&self, name: &str) -> bool {
+        self.names().any(|n| n == name)
+    }
+}
+
+impl TryFrom<String> for ModelFiles {
+    type Error = serde_json::Error;
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        serde_json::from_str(&s).map(ModelFiles)
+    }
 }
 
 #[derive(Debug, Clone, sqlx::FromRow)]
@@ -131,7 +161,7 @@ impl Store {
         .bind(&m.dtype)
         .bind(m.bytes)
         .bind(&m.sha256)
-        .bind(&m.files)
+        .bind(serde_json::to_string(&m.files.0)?)
         .bind(m.created_at)
         .execute(&self.pool)
         .await?;

@@ -17,7 +17,8 @@
 use crate::engine::arch::Family;
 use crate::engine::fast::{simd, threads, Seq};
 use crate::engine::heads::{Head, HeadKind};
-use crate::engine::model::{Activation, EncoderConfig, ModelError, Weights};
+use crate::engine::activation::Activation;
+use crate::engine::model::{EncoderConfig, ModelError, Weights};
 use candle_core::{Device, Tensor};
 use gemm::Parallelism;
 use rayon::prelude::*;

@@ -86,23 +86,24 @@ impl Drop for Proc {
 /// A data dir, a database, an API process (no workers), its key and a client.
 struct Cluster {
     dir: tempfile::TempDir,
-    db_url: String,
     api: Proc,
     base: String,
     key: String,
     client: reqwest::Client,
+    /// Last: dropped after the processes are gone.
+    db: common::TestDb,
 }
 
 impl Cluster {
     async fn start(db: Db) -> Cluster {
         let dir = tempfile::tempdir().unwrap();
-        let db_url = fresh_database(db, dir.path()).await;
+        let db = fresh_database(db, dir.path()).await;
         let data = dir.path().to_str().unwrap().to_string();
         let api = Proc::start(&[
             "--data-dir",
             &data,
             "--database-url",
-            &db_url,
+            &db.url,
             "serve",
             "--listen",
             "127.0.0.1:0",
@@ -125,7 +126,7 @@ impl Cluster {
             assert!(Instant::now() < deadline, "no log line carries request id {rid}: {:?}", api.lines.lock().unwrap());
             std::thread::sleep(Duration::from_millis(20));
         }
-        Cluster { dir, db_url, api, base, key, client }
+        Cluster { dir, api, base, key, client, db }
     }
 
     fn worker(&self, extra: &[&str]) -> Proc {
@@ -134,7 +135,7 @@ impl Cluster {
             "--data-dir",
             data,
             "--database-url",
-            &self.db_url,
+            &self.db.url,
             "worker",
             "--lease-seconds",
             "2",
@@ -303,7 +304,7 @@ async fn cli_creates_keys_for_new_tenants(db: Db) {
     let data = c.dir.path().to_str().unwrap();
     let run = |args: &[&str]| {
         Command::new(env!("CARGO_BIN_EXE_secateur"))
-            .args(["--data-dir", data, "--database-url", &c.db_url])
+            .args(["--data-dir", data, "--database-url", &c.db.url])
             .args(args)
             .output()
             .unwrap()

@@ -7,15 +7,13 @@ pub mod refenv;
 
 use reqwest::multipart::{Form, Part};
 use reqwest::StatusCode;
-use secateur::api::{self, AppState};
+use secateur::app::Service;
 use secateur::artifacts::Artifacts;
-use secateur::config::WorkerArgs;
+use secateur::config::{ServerArgs, WorkerArgs};
 use secateur::engine::testing::TinyModel;
-use secateur::queue::Worker;
 use secateur::store::Store;
 use serde_json::Value;
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
@@ -30,10 +28,16 @@ pub fn pg_admin_url() -> String {
     std::env::var("SECATEUR_TEST_DATABASE_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
 }
 
-/// A fresh database URL for one test (and the data dir).
-pub async fn fresh_database(db: Db, dir: &std::path::Path) -> String {
+/// A fresh database for one test: a new SQLite file in `dir`, or a new PostgreSQL database,
+/// dropped when this guard is.
+pub struct TestDb {
+    pub url: String,
+    pg_name: Option<String>,
+}
+
+pub async fn fresh_database(db: Db, dir: &std::path::Path) -> TestDb {
     match db {
-        Db::Sqlite => format!("sqlite://{}?mode=rwc", dir.join("secateur.db").display()),
+        Db::Sqlite => TestDb { url: format!("sqlite://{}?mode=rwc", dir.join("secateur.db").display()), pg_name: None },
         Db::Postgres => {
             use sqlx::Connection;
             let admin = pg_admin_url();
@@ -43,7 +47,27 @@ pub async fn fresh_database(db: Db, dir: &std::path::Path) -> String {
                 .expect("PostgreSQL is not reachable (set SECATEUR_TEST_DATABASE_URL)");
             sqlx::query(&format!("CREATE DATABASE {name}")).execute(&mut conn).await.unwrap();
             let (base, _) = admin.rsplit_once('/').unwrap();
-            format!("{base}/{name}")
+            TestDb { url: format!("{base}/{name}"), pg_name: Some(name) }
+        }
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        let Some(name) = self.pg_name.take() else { return };
+        // On a thread of its own: the test's runtime may be the one being dropped.
+        let dropped = std::thread::spawn(move || {
+            use sqlx::Connection;
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            rt.block_on(async {
+                let mut conn = sqlx::PgConnection::connect(&pg_admin_url()).await?;
+                sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).execute(&mut conn).await?;
+                Ok::<_, sqlx::Error>(())
+            })
+        })
+        .join();
+        if let Ok(Err(e)) = dropped {
+            eprintln!("dropping a test database failed: {e}");
         }
     }
 }
@@ -67,6 +91,8 @@ pub struct TestApp {
     pub dir: tempfile::TempDir,
     pub client: reqwest::Client,
     shutdown: CancellationToken,
+    /// Last: dropped after the service was told to stop.
+    _db: TestDb,
 }
 
 pub fn worker_args(workers: usize, step_delay_ms: u64) -> WorkerArgs {
@@ -89,39 +115,27 @@ impl TestApp {
 
     pub async fn spawn_with(db: Db, opts: TestOptions) -> TestApp {
         let dir = tempfile::tempdir().unwrap();
-        let url = fresh_database(db, dir.path()).await;
-        let store = Store::connect(&url).await.unwrap();
+        let db = fresh_database(db, dir.path()).await;
+        let store = Store::connect(&db.url).await.unwrap();
         store.migrate().await.unwrap();
         let artifacts = Artifacts::local(&dir.path().join("artifacts")).unwrap();
         let key = secateur::api::auth::create_key(&store, "tenant-a", false).await.unwrap();
-        let state = AppState {
-            store: store.clone(),
-            artifacts: artifacts.clone(),
-            max_upload_bytes: opts.max_upload_bytes,
-            max_dataset_bytes: opts.max_upload_bytes,
-            max_attempts: 3,
-            metrics: secateur::app::metrics_handle(),
-        };
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = format!("http://{}", listener.local_addr().unwrap());
         let shutdown = CancellationToken::new();
-        let s = shutdown.clone();
+        let server = ServerArgs {
+            listen: listener.local_addr().unwrap(),
+            max_upload_bytes: opts.max_upload_bytes,
+            max_dataset_bytes: opts.max_upload_bytes,
+        };
+        let service = Service { store: store.clone(), artifacts };
+        let run = service.run(Some((listener, server)), worker_args(opts.workers, opts.step_delay_ms), shutdown.clone());
         tokio::spawn(async move {
-            axum::serve(listener, api::router(state))
-                .with_graceful_shutdown(async move { s.cancelled().await })
-                .await
-                .unwrap();
+            if let Err(e) = run.await {
+                eprintln!("the test service stopped with an error: {e:#}");
+            }
         });
-        if opts.workers > 0 {
-            let w = Arc::new(Worker {
-                store: store.clone(),
-                artifacts,
-                args: worker_args(opts.workers, opts.step_delay_ms),
-                owner: format!("test-worker-{}", uuid::Uuid::new_v4()),
-            });
-            tokio::spawn(w.run(shutdown.clone()));
-        }
-        TestApp { addr, key, store, dir, client: reqwest::Client::new(), shutdown }
+        TestApp { addr, key, store, dir, client: reqwest::Client::new(), shutdown, _db: db }
     }
 
     pub fn url(&self, path: &str) -> String {

@@ -1,7 +1,8 @@
 //! Job specs: what `POST /v1/jobs` accepts. Unknown fields are rejected and every field is
 //! validated with a message that names it.
 
-use crate::api::problem::FieldError;
+pub use crate::catalog::ModelShape;
+use crate::validation::{deserialize_named, FieldError};
 use crate::engine::magnitude::Scope;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -23,67 +24,6 @@ impl JobKind {
             JobKind::Experiment => "experiment",
         }
     }
-}
-
-/// The body of `POST /v1/jobs`: a prune job (`kind` left out or `prune`) or an experiment
-/// (`kind: experiment`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
-#[serde(untagged)]
-pub enum JobSpec {
-    Prune(JobRequest),
-    Experiment(super::experiment_spec::ExperimentRequest),
-}
-
-impl JobSpec {
-    pub fn kind(&self) -> JobKind {
-        match self {
-            JobSpec::Prune(_) => JobKind::Prune,
-            JobSpec::Experiment(_) => JobKind::Experiment,
-        }
-    }
-    pub fn model_id(&self) -> &str {
-        match self {
-            JobSpec::Prune(r) => &r.model_id,
-            JobSpec::Experiment(r) => &r.model_id,
-        }
-    }
-}
-
-/// Parse a request body of either kind, routed by its `kind`.
-pub fn parse_spec(body: &[u8]) -> Result<JobSpec, FieldError> {
-    let kind = serde_json::from_slice::<serde_json::Value>(body)
-        .ok()
-        .and_then(|v| v.get("kind").and_then(|k| k.as_str()).map(str::to_string));
-    if kind.as_deref() == Some("experiment") {
-        let req: super::experiment_spec::ExperimentRequest = deserialize_named(body)?;
-        match req.validate().into_iter().next() {
-            Some(e) => Err(e),
-            None => Ok(JobSpec::Experiment(req)),
-        }
-    } else {
-        parse_request(body).map(JobSpec::Prune)
-    }
-}
-
-/// Deserialize, turning serde's complaint into a field error.
-fn deserialize_named<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, FieldError> {
-    let de = &mut serde_json::Deserializer::from_slice(body);
-    serde_path_to_error::deserialize(de).map_err(|e| {
-        let path = e.path().to_string();
-        let inner = e.into_inner();
-        let msg = inner.to_string();
-        // serde reports a missing field at its parent: name the field itself.
-        let named = msg.split('`').nth(1).filter(|_| msg.starts_with("missing field"));
-        let field = match (named, path.as_str()) {
-            _ if inner.is_syntax() || inner.is_eof() => "body".to_string(),
-            (Some(n), ".") => n.to_string(),
-            (Some(n), p) => format!("{p}.{n}"),
-            (None, ".") => "body".to_string(),
-            (None, p) => p.to_string(),
-        };
-        let msg = msg.split(" at line ").next().unwrap_or(&msg).to_string();
-        FieldError::new(field, msg)
-    })
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
@@ -415,6 +355,54 @@ impl JobRequest {
         }
         errs
     }
+}
+
+/// Checks that need the model: an N:M group size must divide the input dimension of every
+/// default target (the hidden size and the FFN width); a unit count must fit the model as its
+/// config states it (a compact checkpoint with fewer units in some layer is checked when the
+/// job runs).
+pub fn check_against_model(req: &JobRequest, model: &ModelShape) -> Result<(), FieldError> {
+    if let Some(count) = req.pruning.count {
+        let local = req.pruning.scope() == Scope::Local;
+        let (layers, heads, ffn) = (model.num_layers, model.num_heads, model.intermediate_size);
+        // Every head of a layer may go (the block then adds its output bias); every neuron or
+        // every layer may not.
+        let (max, what) = match (req.pruning.granularity, local) {
+            (Granularity::Heads, true) => (heads, format!("{heads} heads per layer")),
+            (Granularity::Heads, false) => (layers * heads, format!("{} heads", layers * heads)),
+            (Granularity::Neurons, true) => (ffn - 1, format!("{ffn} FFN neurons per layer, one of which must stay")),
+            (Granularity::Neurons, false) => {
+                (layers * ffn - 1, format!("{} FFN neurons, one of which must stay", layers * ffn))
+            }
+            (Granularity::Layers, _) => (layers - 1, format!("{layers} layers, one of which must stay")),
+            _ => (u64::MAX, String::new()),
+        };
+        if count > max {
+            return Err(FieldError::new(
+                "pruning.count",
+                format!("pruning.count {count} is more than the model allows: it has {what}"),
+            ));
+        }
+    }
+    if let (Granularity::NM, Some(p), true) =
+        (req.pruning.granularity, &req.pruning.pattern, req.pruning.include.is_empty())
+    {
+        check_nm_fits(p, model)?;
+    }
+    Ok(())
+}
+
+/// An N:M group size must divide the input dimension of every default target: the hidden size
+/// and the FFN width.
+pub fn check_nm_fits(pattern: &str, model: &ModelShape) -> Result<(), FieldError> {
+    if let Ok(pat) = crate::engine::magnitude::NmPattern::parse(pattern) {
+        for (what, n) in [("hidden size", model.hidden_size), ("FFN width", model.intermediate_size)] {
+            if !(n as usize).is_multiple_of(pat.m) {
+                return Err(FieldError::new("pruning.pattern", format!("M = {} must divide the input dimension of every pruned matrix, which is not a multiple of M here: the model's {what} is {n}", pat.m)));
+            }
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -2,8 +2,8 @@
 //! on a task, with metrics before and after. Unknown fields are refused; every field is
 //! validated with a message that names it.
 
-use super::spec::Granularity;
-use crate::api::problem::FieldError;
+use super::prune::Granularity;
+use crate::validation::FieldError;
 use crate::data::Task;
 use crate::engine::magnitude::Scope;
 use serde::{Deserialize, Serialize};
@@ -274,7 +274,7 @@ impl Default for EvaluationSpec {
     "evaluation": {"latency": true}}))]
 pub struct ExperimentRequest {
     /// `experiment`.
-    pub kind: super::spec::JobKind,
+    pub kind: super::prune::JobKind,
     /// The model (an id from `POST /v1/models`); with a task head for this task, or without
     /// one (a fresh head is initialised; give `finetune` then).
     pub model_id: String,
@@ -294,7 +294,7 @@ pub struct ExperimentRequest {
     /// and FFN neurons physically gone and per-layer shapes in its `config.json` (Secateur's
     /// runtime loads it); the default files keep them zero-filled (transformers loads those).
     #[serde(default)]
-    pub export: super::spec::ExportSpec,
+    pub export: super::prune::ExportSpec,
 }
 
 fn uuid_ok(s: &str) -> bool {
@@ -528,3 +528,16 @@ impl ExperimentRequest {
         errs
     }
 }
+impl ExperimentRequest {
+    /// The checks that need the stored model: an N:M group size must fit its matrices.
+    pub fn check_against_model(&self, model: &super::prune::ModelShape) -> Result<(), FieldError> {
+        match &self.pruning {
+            Some(p) => match (p.granularity, &p.pattern) {
+                (Granularity::NM, Some(pat)) => super::prune::check_nm_fits(pat, model),
+                _ => Ok(()),
+            },
+            None => Ok(()),
+        }
+    }
+}
+
