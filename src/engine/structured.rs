@@ -284,6 +284,36 @@ mod tests {
     use crate::engine::testing::TinyModel;
     use candle_core::Device;
 
+    /// The fused forward runs per-layer shapes as the candle ops do, including a layer
+    /// without heads and one without all but a few FFN neurons.
+    #[test]
+    fn removed_units_run_fused_as_unfused() {
+        use candle_core::Tensor;
+        let max_diff = |a: &Tensor, b: &Tensor| {
+            (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap()
+        };
+        let ids =
+            Tensor::from_vec((0..27u32).map(|j| 5 + (j * 7) % 59).collect::<Vec<_>>(), (3, 9), &Device::Cpu).unwrap();
+        let mask = Tensor::from_vec(
+            (0..27u32).map(|j| u32::from(j < 23 && j % 9 < 7 || j < 9)).collect::<Vec<_>>(),
+            (3, 9),
+            &Device::Cpu,
+        )
+        .unwrap();
+        for family in ["bert", "roberta", "distilbert"] {
+            let (_, mut w, config) = setup(family);
+            let plan = UnitPlan {
+                heads: vec![vec![0, 2], vec![0, 1, 2, 3], vec![]],
+                neurons: vec![vec![1, 2, 3], vec![], (0..40).collect()],
+            };
+            let cfg = apply(&mut w, &config, &plan, Surgery::Remove).unwrap();
+            let small = Encoder::load(cfg, &w).unwrap();
+            let (fast, slow) =
+                (small.forward(&ids, None, &mask).unwrap(), small.forward_unfused(&ids, None, &mask).unwrap());
+            assert!(max_diff(&fast, &slow) < 1e-5, "{family} compact: {}", max_diff(&fast, &slow));
+        }
+    }
+
     fn setup(family: &'static str) -> (TinyModel, Weights, EncoderConfig) {
         let m = TinyModel { model_type: family, layers: 3, ..Default::default() };
         let fam = Family::parse(family).unwrap();

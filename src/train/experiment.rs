@@ -163,22 +163,7 @@ pub fn squad_evaluate(
     Ok((m, answers))
 }
 
-/// The encoder's linear weights (query, key, value, attention output, FFN in and out of every
-/// layer): the default pruning targets, as parameter indices.
-pub fn linear_targets(net: &Net) -> Vec<usize> {
-    let names = net.config.family.layer_names();
-    let modules = [names.query, names.key, names.value, names.attn_out, names.ffn_in, names.ffn_out];
-    net.params
-        .iter()
-        .enumerate()
-        .filter(|(_, p)| {
-            p.shape.len() == 2
-                && modules.iter().any(|m| p.name.ends_with(&format!(".{m}.weight")))
-                && (p.name.starts_with("encoder.") || p.name.starts_with("transformer."))
-        })
-        .map(|(i, _)| i)
-        .collect()
-}
+pub use super::net::linear_targets;
 
 /// How one-shot pruning chooses.
 #[derive(Debug, Clone, Copy, PartialEq)]

@@ -489,7 +489,7 @@ mod tests {
 
     #[test]
     fn regrowing_masks_bring_weights_back_with_their_values() {
-        use crate::train::experiment::linear_targets;
+        use crate::train::net::linear_targets;
         use crate::train::testing::{calibration, tiny_net};
         use crate::train::trainer::{train, Schedule};
         let mut net = tiny_net();
@@ -583,7 +583,7 @@ mod tests {
 
     #[test]
     fn pruner_state_round_trips_through_its_buffers() {
-        use crate::train::experiment::linear_targets;
+        use crate::train::net::linear_targets;
         use crate::train::testing::{calibration, tiny_net};
         use crate::train::trainer::{train, Schedule};
         let mut net = tiny_net();
@@ -624,7 +624,7 @@ mod tests {
     #[test]
     fn a_magnitude_ramp_resumes_through_a_checkpoint() {
         // Magnitude keeps no scores (empty buffers): they must survive the checkpoint file too.
-        use crate::train::experiment::linear_targets;
+        use crate::train::net::linear_targets;
         use crate::train::testing::tiny_net;
         use crate::train::trainer::{checkpoint_with_notes, restore, Schedule};
         let mut net = tiny_net();
@@ -648,7 +648,7 @@ mod tests {
 
     #[test]
     fn movement_scores_take_adam_normalised_steps() {
-        use crate::train::experiment::linear_targets;
+        use crate::train::net::linear_targets;
         use crate::train::testing::tiny_net;
         let mut net = tiny_net();
         let i = linear_targets(&net)[0];

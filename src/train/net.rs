@@ -1,7 +1,7 @@
 //! The trainable task model: encoder + head over flat f32 parameters, a training forward pass
 //! that keeps what its backward needs, and a hand-written backward pass.
 //!
-//! Why not candle's autograd: `../shared/DESIGN.md` measured it at 0.28x PyTorch per training
+//! Why not candle's autograd: `docs/design-notes.md` measured it at 0.28x PyTorch per training
 //! step (its fused LayerNorm and `softmax_last_dim` silently have no gradient; element-wise ops
 //! allocate a fresh buffer each; AdamW over tensors is 10x slower). Here every linear map is one
 //! `gemm` call forward and two backward; attention, LayerNorm, GELU and dropout are fused
@@ -14,10 +14,10 @@
 //! where each family has it; padding ids get no embedding gradient (`padding_idx`). With dropout
 //! off, gradients match PyTorch's (tests/it/training.rs).
 
+use crate::engine::activation::Activation;
 use crate::engine::arch::Family;
 use crate::engine::fast::{simd, threads, Seq};
 use crate::engine::heads::{Head, HeadKind};
-use crate::engine::activation::Activation;
 use crate::engine::model::{EncoderConfig, ModelError, Weights};
 use candle_core::{Device, Tensor};
 use gemm::Parallelism;
@@ -519,13 +519,6 @@ impl Net {
     /// Number of heads of each layer.
     pub fn heads(&self) -> Vec<usize> {
         self.ix.layers.iter().map(|l| if l.qkv.is_some() { l.heads } else { 0 }).collect()
-    }
-
-    /// Parameter indices of layer `i`'s query, key, value and attention output weights (for
-    /// head masks and head pruning), when the layer has attention.
-    pub fn attention_weights(&self, i: usize) -> Option<[usize; 4]> {
-        let l = &self.ix.layers[i];
-        l.qkv.map(|[q, k, v]| [q.w, k.w, v.w, l.o.w])
     }
 
     fn positions(&self, b: &Batch) -> Result<Vec<u32>, ModelError> {
@@ -1172,4 +1165,21 @@ fn attention_backward(
         }
     });
     dqkv
+}
+
+/// The encoder's linear weights (query, key, value, attention output, FFN in and out of every
+/// layer): the default pruning targets, as parameter indices.
+pub fn linear_targets(net: &Net) -> Vec<usize> {
+    let names = net.config.family.layer_names();
+    let modules = [names.query, names.key, names.value, names.attn_out, names.ffn_in, names.ffn_out];
+    net.params
+        .iter()
+        .enumerate()
+        .filter(|(_, p)| {
+            p.shape.len() == 2
+                && modules.iter().any(|m| p.name.ends_with(&format!(".{m}.weight")))
+                && (p.name.starts_with("encoder.") || p.name.starts_with("transformer."))
+        })
+        .map(|(i, _)| i)
+        .collect()
 }

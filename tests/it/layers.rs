@@ -303,7 +303,7 @@ fn the_checker_sees_imports_of_every_form() {
     let text = r#"
         use crate::engine::{arch, st::{self, Header}};
         use super::spec::JobRequest;
-        mod inner { fn f() { let _ = super::super::store::now_ms(); } }
+        mod inner { fn f() { let _ = super::super::super::store::now_ms(); } }
         #[derive(sqlx::FromRow)]
         struct S;
         fn g() { tokio::spawn(async {}); let _ = crate::api::problem::Problem::x(); }
