@@ -20,15 +20,7 @@ use std::time::Duration;
 use utoipa::ToSchema;
 use utoipa_axum::{router::OpenApiRouter, routes};
 
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
-#[serde(rename_all = "snake_case")]
-pub enum JobStatus {
-    Queued,
-    Running,
-    Succeeded,
-    Failed,
-    Cancelled,
-}
+pub use crate::store::JobStatus;
 
 /// A job and where it stands.
 #[derive(Debug, Serialize, ToSchema)]
@@ -61,13 +53,13 @@ pub struct Job {
 impl From<JobRow> for Job {
     fn from(r: JobRow) -> Self {
         Job {
-            status: serde_json::from_value(serde_json::Value::String(r.status.clone())).unwrap_or(JobStatus::Failed),
+            status: r.status,
             spec: serde_json::from_str(&r.spec).unwrap_or_default(),
             id: r.id,
             kind: r.kind,
             model_id: r.model_id,
-            eta_seconds: match (r.status.as_str(), r.started_at) {
-                ("running", Some(started)) if r.progress > 0.0 && r.progress < 1.0 => {
+            eta_seconds: match (r.status, r.started_at) {
+                (JobStatus::Running, Some(started)) if r.progress > 0.0 && r.progress < 1.0 => {
                     let elapsed = (crate::store::now_ms() - started).max(0) as f64 / 1e3;
                     Some((elapsed * (1.0 - r.progress) / r.progress).round())
                 }
@@ -263,15 +255,13 @@ async fn list_jobs(
     Query(q): Query<JobListQuery>,
 ) -> ApiResult<Json<List<Job>>> {
     let page = PageQuery { limit: q.limit, cursor: q.cursor }.parse()?;
-    if let Some(s) = &q.status {
-        if serde_json::from_value::<JobStatus>(serde_json::Value::String(s.clone())).is_err() {
-            return Err(ApiError::invalid(
-                "status",
-                "status must be one of queued, running, succeeded, failed, cancelled",
-            ));
-        }
-    }
-    let rows = st.store.list_jobs(&p.tenant_id, q.status.as_deref(), page.before.as_deref(), page.limit).await?;
+    let status = match &q.status {
+        Some(s) => Some(JobStatus::parse(s).ok_or_else(|| {
+            ApiError::invalid("status", "status must be one of queued, running, succeeded, failed, cancelled")
+        })?),
+        None => None,
+    };
+    let rows = st.store.list_jobs(&p.tenant_id, status, page.before.as_deref(), page.limit).await?;
     Ok(Json(List::new(rows.into_iter().map(Job::from).collect(), page.limit, |j| j.id.clone())))
 }
 
@@ -339,8 +329,7 @@ async fn get_result(State(st): State<AppState>, Auth(p): Auth, Path(id): Path<St
         metric("final_eval").or_else(|| if stages.iter().any(|s| s.name == "export") { before.clone() } else { None });
     let summary =
         stages.iter().find(|s| s.name == "export").and_then(|s| s.result.get("summary").cloned()).unwrap_or_default();
-    let status: JobStatus =
-        serde_json::from_value(serde_json::Value::String(job.status.clone())).unwrap_or(JobStatus::Failed);
+    let status = job.status;
     Ok(Json(JobResult {
         job_id: job.id,
         kind: job.kind,
@@ -363,7 +352,9 @@ async fn cancel_job(State(st): State<AppState>, Auth(p): Auth, Path(id): Path<St
     match st.store.cancel_job(&p.tenant_id, &id).await? {
         CancelOutcome::Cancelled(r) => Ok((StatusCode::OK, Json(Job::from(r))).into_response()),
         CancelOutcome::Requested(r) => Ok((StatusCode::ACCEPTED, Json(Job::from(r))).into_response()),
-        CancelOutcome::Finished(r) => Err(ApiError::Conflict(format!("the job has already ended ({})", r.status))),
+        CancelOutcome::Finished(r) => {
+            Err(ApiError::Conflict(format!("the job has already ended ({})", r.status.name())))
+        }
         CancelOutcome::NotFound => Err(ApiError::NotFound("no job with this id".into())),
     }
 }
@@ -392,7 +383,7 @@ async fn job_events(State(st): State<AppState>, Auth(p): Auth, Path(id): Path<St
                     }
                 }
             };
-            let key = (row.status.clone(), row.stage.clone(), row.progress, row.attempts);
+            let key = (row.status, row.stage.clone(), row.progress, row.attempts);
             if f.last.as_ref() != Some(&key) {
                 f.done = row.is_terminal();
                 f.last = Some(key);
@@ -409,7 +400,7 @@ struct Follow {
     st: AppState,
     tenant: String,
     next: Option<JobRow>,
-    last: Option<(String, Option<String>, f64, i64)>,
+    last: Option<(JobStatus, Option<String>, f64, i64)>,
     done: bool,
 }
 

@@ -88,9 +88,9 @@ impl JobContext {
     }
 
     pub fn read_model_file(&self, name: &str) -> Result<Bytes, JobError> {
-        self.rt.block_on(self.artifacts.get(&model_path(&self.job.model_id, name)))?.ok_or_else(|| {
-            JobError::Failed(format!("the model's file {name} is missing from the artifact store"))
-        })
+        self.rt
+            .block_on(self.artifacts.get(&model_path(&self.job.model_id, name)))?
+            .ok_or_else(|| JobError::Failed(format!("the model's file {name} is missing from the artifact store")))
     }
 
     /// A dataset the job reads: its format, task and bytes.
@@ -296,7 +296,7 @@ fn run_local_spec(
         kind: kind.name().into(),
         model_id,
         spec: spec_text,
-        status: "running".into(),
+        status: crate::store::JobStatus::Running,
         stage: None,
         progress: 0.0,
         attempts: 1,

@@ -6,7 +6,7 @@
 use crate::artifacts::Artifacts;
 use crate::config::WorkerArgs;
 use crate::jobs::{executor_for, JobContext, JobError, Progress};
-use crate::store::{Heartbeat, JobRow, Store};
+use crate::store::{Heartbeat, JobRow, Store, Unsuccessful};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::{watch, Semaphore};
@@ -25,6 +25,32 @@ pub fn worker_name() -> String {
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_else(|_| "host".into());
     let suffix = uuid::Uuid::new_v4().simple().to_string();
     format!("{}-{}-{}", host.trim(), std::process::id(), &suffix[..8])
+}
+
+/// How a claimed job ended for this worker (its `outcome` label in logs and metrics).
+enum Ended {
+    Succeeded,
+    Failed(String),
+    Cancelled,
+    /// Another worker owns the job now: nothing more is written.
+    LeaseLost,
+    /// Shutdown: handed back to the queue.
+    Released,
+    /// Success could not be written; the lease will expire and the job be claimed again.
+    NotRecorded,
+}
+
+impl Ended {
+    fn name(&self) -> &'static str {
+        match self {
+            Ended::Succeeded => "succeeded",
+            Ended::Failed(_) => "failed",
+            Ended::Cancelled => "cancelled",
+            Ended::LeaseLost => "lease_lost",
+            Ended::Released => "released",
+            Ended::NotRecorded => "error",
+        }
+    }
 }
 
 /// Why a running job stopped early.
@@ -93,29 +119,39 @@ impl Worker {
         let span = tracing::info_span!("job", job_id = %job.id, kind = %job.kind, attempt = job.attempts);
         tracing::info!(parent: &span, job_id = %job.id, worker = %self.owner, "job claimed");
         let outcome = self.execute(&job, &release).await;
-        let (status, error) = match outcome {
+        let ended = match outcome {
             Outcome::Succeeded(artifacts) => {
                 match self.store.finish_succeeded(&job.id, &self.owner, &artifacts).await {
-                    Ok(true) => ("succeeded", None),
-                    Ok(false) => ("lease_lost", None),
+                    Ok(true) => Ended::Succeeded,
+                    Ok(false) => Ended::LeaseLost,
                     Err(e) => {
                         tracing::error!(parent: &span, error = %format!("{e:#}"), "recording success failed");
-                        ("error", None)
+                        Ended::NotRecorded
                     }
                 }
             }
-            Outcome::Failed(msg) => ("failed", Some(msg)),
-            Outcome::Stopped(StopReason::Cancelled) => ("cancelled", None),
-            Outcome::Stopped(StopReason::LeaseLost) => ("lease_lost", None),
-            Outcome::Stopped(StopReason::Shutdown) => ("released", None),
+            Outcome::Failed(msg) => Ended::Failed(msg),
+            Outcome::Stopped(StopReason::Cancelled) => Ended::Cancelled,
+            Outcome::Stopped(StopReason::LeaseLost) => Ended::LeaseLost,
+            Outcome::Stopped(StopReason::Shutdown) => Ended::Released,
         };
-        let recorded = match status {
-            "failed" | "cancelled" => {
-                self.store.finish_unsuccessful(&job.id, &self.owner, status, error.as_deref()).await
+        let recorded = match &ended {
+            Ended::Failed(msg) => {
+                self.store.finish_unsuccessful(&job.id, &self.owner, Unsuccessful::Failed, Some(msg)).await
             }
-            "released" => self.store.release_job(&job.id, &self.owner).await,
-            _ => Ok(true),
+            Ended::Cancelled => {
+                self.store.finish_unsuccessful(&job.id, &self.owner, Unsuccessful::Cancelled, None).await
+            }
+            Ended::Released => self.store.release_job(&job.id, &self.owner).await,
+            Ended::Succeeded | Ended::LeaseLost | Ended::NotRecorded => Ok(true),
         };
+        let (status, error) = (
+            ended.name(),
+            match &ended {
+                Ended::Failed(m) => Some(m.clone()),
+                _ => None,
+            },
+        );
         if let Err(e) = recorded {
             tracing::error!(parent: &span, error = %format!("{e:#}"), "recording the job's outcome failed; its lease will expire");
         }

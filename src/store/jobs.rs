@@ -13,7 +13,8 @@ pub struct JobRow {
     pub kind: String,
     pub model_id: String,
     pub spec: String,
-    pub status: String,
+    #[sqlx(try_from = "String")]
+    pub status: JobStatus,
     pub stage: Option<String>,
     pub progress: f64,
     pub attempts: i64,
@@ -32,8 +33,56 @@ pub struct JobRow {
 
 impl JobRow {
     pub fn is_terminal(&self) -> bool {
-        matches!(self.status.as_str(), "succeeded" | "failed" | "cancelled")
+        self.status.is_terminal()
     }
+}
+
+/// Where a job stands; stored as its snake_case name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum JobStatus {
+    Queued,
+    Running,
+    Succeeded,
+    Failed,
+    Cancelled,
+}
+
+impl JobStatus {
+    pub const ALL: [JobStatus; 5] =
+        [JobStatus::Queued, JobStatus::Running, JobStatus::Succeeded, JobStatus::Failed, JobStatus::Cancelled];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            JobStatus::Queued => "queued",
+            JobStatus::Running => "running",
+            JobStatus::Succeeded => "succeeded",
+            JobStatus::Failed => "failed",
+            JobStatus::Cancelled => "cancelled",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<JobStatus> {
+        JobStatus::ALL.into_iter().find(|j| j.name() == s)
+    }
+
+    pub fn is_terminal(self) -> bool {
+        matches!(self, JobStatus::Succeeded | JobStatus::Failed | JobStatus::Cancelled)
+    }
+}
+
+impl TryFrom<String> for JobStatus {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        JobStatus::parse(&s).ok_or_else(|| format!("unknown job status {s:?}"))
+    }
+}
+
+/// How a running job ended, as the worker records it (guarded by its lease).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unsuccessful {
+    Failed,
+    Cancelled,
 }
 
 const JOB_COLS: &str = "id, tenant_id, kind, model_id, spec, status, stage, progress, attempts, max_attempts, error, \
@@ -174,7 +223,7 @@ impl Store {
     pub async fn list_jobs(
         &self,
         tenant_id: &str,
-        status: Option<&str>,
+        status: Option<JobStatus>,
         before: Option<&str>,
         limit: i64,
     ) -> anyhow::Result<Vec<JobRow>> {
@@ -183,7 +232,7 @@ impl Store {
              ORDER BY id DESC LIMIT $4"
         ))
         .bind(tenant_id)
-        .bind(status.unwrap_or(""))
+        .bind(status.map(JobStatus::name).unwrap_or(""))
         .bind(before.unwrap_or(""))
         .bind(limit)
         .fetch_all(&self.pool)
@@ -220,7 +269,7 @@ impl Store {
             // Between the two updates the job may have been claimed (then finished): report
             // what it is now.
             Some(row) if row.is_terminal() => CancelOutcome::Finished(row),
-            Some(row) if row.status == "running" => {
+            Some(row) if row.status == JobStatus::Running => {
                 // It was queued at the first update and claimed before the second: ask again.
                 Box::pin(self.cancel_job(tenant_id, id)).await?
             }
@@ -340,16 +389,20 @@ impl Store {
         &self,
         id: &str,
         owner: &str,
-        status: &str,
+        status: Unsuccessful,
         error: Option<&str>,
     ) -> anyhow::Result<bool> {
+        let status = match status {
+            Unsuccessful::Failed => JobStatus::Failed,
+            Unsuccessful::Cancelled => JobStatus::Cancelled,
+        };
         let now = now_ms();
         let r = sqlx::query(
             "UPDATE jobs SET status = $1, stage = $1, error = $2, finished_at = $3, updated_at = $3, \
                lease_owner = NULL, lease_expires_at = NULL \
              WHERE id = $4 AND status = 'running' AND lease_owner = $5",
         )
-        .bind(status)
+        .bind(status.name())
         .bind(error)
         .bind(now)
         .bind(id)

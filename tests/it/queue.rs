@@ -54,7 +54,10 @@ async fn expired_leases_are_reclaimed_until_attempts_run_out(db: Db) {
     assert_eq!(s.heartbeat(&job.id, "worker-a", 60_000).await.unwrap(), Heartbeat::Lost);
     assert!(!s.set_progress(&job.id, "worker-a", "pruning", 0.5).await.unwrap());
     assert!(!s.finish_succeeded(&job.id, "worker-a", &[]).await.unwrap());
-    assert!(!s.finish_unsuccessful(&job.id, "worker-a", "failed", Some("late")).await.unwrap());
+    assert!(!s
+        .finish_unsuccessful(&job.id, "worker-a", secateur::store::Unsuccessful::Failed, Some("late"))
+        .await
+        .unwrap());
     // B dies too: no attempts are left, so nobody may claim it and it ends failed with the reason.
     tokio::time::sleep(Duration::from_millis(20)).await;
     assert!(s.claim_job("worker-c", 60_000).await.unwrap().is_none());
@@ -78,7 +81,7 @@ async fn a_cancelled_job_cannot_be_overwritten_by_its_worker(db: Db) {
     let r = app.post(&format!("/v1/jobs/{}/cancel", job.id)).send().await.unwrap();
     assert_eq!(r.status(), StatusCode::ACCEPTED);
     assert_eq!(s.heartbeat(&job.id, "worker-a", 60_000).await.unwrap(), Heartbeat::Renewed { cancel_requested: true });
-    assert!(s.finish_unsuccessful(&job.id, "worker-a", "cancelled", None).await.unwrap());
+    assert!(s.finish_unsuccessful(&job.id, "worker-a", secateur::store::Unsuccessful::Cancelled, None).await.unwrap());
     // The worker's (late) success cannot overwrite it.
     assert!(!s.finish_succeeded(&job.id, "worker-a", &[]).await.unwrap());
     let j: Value = app.get(&format!("/v1/jobs/{}", job.id)).send().await.unwrap().json().await.unwrap();
