@@ -66,7 +66,7 @@ pub fn shutdown_signal() -> CancellationToken {
 }
 
 /// glibc returns large freed buffers to the OS at once and maps fresh ones for every big
-/// allocation; tensor code allocates many tens-of-MB buffers, so keep them (see DESIGN.md).
+/// allocation; tensor code allocates many tens-of-MB buffers, so keep them (docs/design-notes.md).
 pub fn tune_allocator() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     unsafe {
@@ -113,7 +113,12 @@ impl Service {
         metrics_handle();
         let router = http.map(|(listener, server)| (listener, self.router(&server, &worker)));
         let workers = (worker.workers > 0).then(|| {
-            let w = Arc::new(Worker { store: self.store.clone(), artifacts: self.artifacts.clone(), args: worker, owner: worker_name() });
+            let w = Arc::new(Worker {
+                store: self.store.clone(),
+                artifacts: self.artifacts.clone(),
+                args: worker,
+                owner: worker_name(),
+            });
             tokio::spawn(w.run(shutdown.clone()))
         });
         if let Some((listener, router)) = router {

@@ -5,13 +5,18 @@
 //! whether they form a model.
 
 use crate::engine::{arch, st};
-use crate::store::ModelFile;
 use crate::validation::FieldError;
 use serde::Deserialize;
 
 /// Files a model may hold (each an upload part named after the file).
-pub const MODEL_FILES: &[&str] =
-    &["config.json", "model.safetensors", "tokenizer.json", "vocab.txt", "tokenizer_config.json", "special_tokens_map.json"];
+pub const MODEL_FILES: &[&str] = &[
+    "config.json",
+    "model.safetensors",
+    "tokenizer.json",
+    "vocab.txt",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+];
 /// Small files are also kept in memory while they stream, to be validated; this bounds them.
 const MAX_SMALL_FILE: usize = 64 * 1024 * 1024;
 
@@ -61,14 +66,20 @@ impl ModelUpload {
         if self.parts.iter().any(|(n, _)| n == name) {
             return Err(FieldError::new(name, "this file appears twice"));
         }
-        let probe = if name == "model.safetensors" { Probe::Weights(st::StreamProbe::default()) } else { Probe::Small(Vec::new()) };
+        let probe = if name == "model.safetensors" {
+            Probe::Weights(st::StreamProbe::default())
+        } else {
+            Probe::Small(Vec::new())
+        };
         self.parts.push((name.to_string(), probe));
         Ok(())
     }
 
     /// The next bytes of the part begun last.
     pub fn feed(&mut self, chunk: &[u8]) -> Result<(), FieldError> {
-        let Some((name, probe)) = self.parts.last_mut() else { return Err(FieldError::new("body", "no part has begun")) };
+        let Some((name, probe)) = self.parts.last_mut() else {
+            return Err(FieldError::new("body", "no part has begun"));
+        };
         match probe {
             Probe::Weights(p) => p.feed(chunk),
             Probe::Small(buf) => {
@@ -108,8 +119,8 @@ impl ModelUpload {
                 Probe::Weights(_) => None,
             }
         };
-        let summary =
-            arch::summarize(small("config.json").unwrap(), &header).map_err(|e| one(FieldError::new("config.json", e)))?;
+        let summary = arch::summarize(small("config.json").unwrap(), &header)
+            .map_err(|e| one(FieldError::new("config.json", e)))?;
         for n in ["tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"] {
             if let Some(bytes) = small(n) {
                 check_json_file(n, bytes).map_err(one)?;

@@ -197,11 +197,7 @@ pub fn path_id(id: &str) -> Result<String, ApiError> {
 }
 
 /// Stream a stored object as a download.
-pub async fn download(
-    artifacts: &Artifacts,
-    path: &crate::artifacts::Key,
-    name: &str,
-) -> Result<Response, ApiError> {
+pub async fn download(artifacts: &Artifacts, path: &crate::artifacts::Key, name: &str) -> Result<Response, ApiError> {
     let Some((size, stream)) = artifacts.get_stream(path).await? else {
         return Err(ApiError::NotFound(format!("file {name} not found")));
     };

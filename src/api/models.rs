@@ -5,7 +5,7 @@ use super::auth::Auth;
 use super::problem::{ApiError, ApiResult};
 use super::{download, path_id, upload, AppState, List, PageQuery};
 use crate::artifacts::{model_path, Writer};
-use crate::catalog::ModelUpload;
+use crate::catalog;
 use crate::store::{now_ms, rfc3339, DeleteOutcome, ModelFile, ModelFiles, ModelRow, ResourceTable};
 use axum::body::Body;
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
@@ -137,7 +137,7 @@ async fn receive_model(
     mp: &mut multer::Multipart<'static>,
 ) -> ApiResult<(Vec<ModelFile>, crate::catalog::ModelSummary)> {
     let limit = st.max_upload_bytes;
-    let mut upload = ModelUpload::default();
+    let mut upload = catalog::ModelUpload::default();
     let mut files: Vec<ModelFile> = Vec::new();
     let mut total = 0u64;
     while let Some(mut field) = mp.next_field().await.map_err(upload::malformed)? {
@@ -167,7 +167,13 @@ async fn receive_model(
     Ok((files, summary))
 }
 
-fn model_row(id: &str, tenant_id: &str, name: Option<String>, files: Vec<ModelFile>, s: crate::catalog::ModelSummary) -> ModelRow {
+fn model_row(
+    id: &str,
+    tenant_id: &str,
+    name: Option<String>,
+    files: Vec<ModelFile>,
+    s: crate::catalog::ModelSummary,
+) -> ModelRow {
     ModelRow {
         id: id.to_string(),
         tenant_id: tenant_id.to_string(),

@@ -2,7 +2,7 @@
 //!
 //! Stock candle spends most of an encoder forward outside the matrix multiplies: one fresh
 //! buffer per element-wise op, four layout copies per attention block, a scalar erf in GELU and
-//! softmax with separate scale/mask passes (`../shared/DESIGN.md` measured 0.5x PyTorch). Here:
+//! softmax with separate scale/mask passes (`docs/design-notes.md` measured 0.5x PyTorch). Here:
 //! - every linear map is one `gemm` call writing into a buffer pre-filled with its bias;
 //!   query/key/value are one map with the three weights stacked;
 //! - attention reads each head straight out of the stacked Q/K/V rows (strided gemm), applies

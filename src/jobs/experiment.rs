@@ -4,9 +4,9 @@
 //! report and predictions. Each stage's outcome is recorded as it ends (`JobContext::record_stage`:
 //! the database, served by `GET /v1/jobs/{id}/result`), and `result.json` sums them up.
 
-use super::spec::{ExperimentMethod, ExperimentRequest, ScheduleKind};
 use super::prune::{model_err, write_model};
 use super::spec::Granularity;
+use super::spec::{ExperimentMethod, ExperimentRequest, ScheduleKind};
 use super::{Executor, JobContext, JobError};
 use crate::data::{self, Task};
 use crate::engine::arch::Family;

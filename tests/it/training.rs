@@ -2,7 +2,7 @@
 //! of every parameter equal PyTorch's (transformers' task models, same weights, same batch) for
 //! BERT, RoBERTa and DistilBERT with classification, regression and QA heads, and for the real
 //! MiniLM on real sentences, where every trainable tensor receives a non-zero gradient (candle's
-//! fused LayerNorm silently blocks gradients: ../shared/DESIGN.md). With dropout on, the
+//! fused LayerNorm silently blocks gradients: docs/design-notes.md). With dropout on, the
 //! gradient is the derivative of the same (seeded) function.
 
 use crate::common;

@@ -3,9 +3,9 @@
 //! validated with a message that names it.
 
 use super::prune::Granularity;
-use crate::validation::FieldError;
 use crate::data::Task;
 use crate::engine::magnitude::Scope;
+use crate::validation::FieldError;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
@@ -540,4 +540,3 @@ impl ExperimentRequest {
         }
     }
 }
-

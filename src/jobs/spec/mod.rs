@@ -53,7 +53,6 @@ pub fn parse_spec(body: &[u8]) -> Result<JobSpec, FieldError> {
     }
 }
 
-
 /// The checks of a spec of either kind that need the stored model: the API makes them against
 /// the model's row, the local commands against the model directory.
 pub fn check_spec_against_model(spec: &JobSpec, model: &ModelShape) -> Result<(), FieldError> {

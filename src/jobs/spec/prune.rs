@@ -2,8 +2,8 @@
 //! validated with a message that names it.
 
 pub use crate::catalog::ModelShape;
-use crate::validation::{deserialize_named, FieldError};
 use crate::engine::magnitude::Scope;
+use crate::validation::{deserialize_named, FieldError};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 

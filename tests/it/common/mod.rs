@@ -129,7 +129,8 @@ impl TestApp {
             max_dataset_bytes: opts.max_upload_bytes,
         };
         let service = Service { store: store.clone(), artifacts };
-        let run = service.run(Some((listener, server)), worker_args(opts.workers, opts.step_delay_ms), shutdown.clone());
+        let run =
+            service.run(Some((listener, server)), worker_args(opts.workers, opts.step_delay_ms), shutdown.clone());
         tokio::spawn(async move {
             if let Err(e) = run.await {
                 eprintln!("the test service stopped with an error: {e:#}");
