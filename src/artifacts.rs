@@ -115,7 +115,7 @@ impl Artifacts {
         match self.store.get(path).await {
             Ok(r) => {
                 let size = r.meta.size;
-                Ok(Some((size as u64, r.into_stream().map_err(std::io::Error::other))))
+                Ok(Some((size, r.into_stream().map_err(std::io::Error::other))))
             }
             Err(object_store::Error::NotFound { .. }) => Ok(None),
             Err(e) => Err(e.into()),

@@ -81,9 +81,7 @@ impl Collector {
             }
         };
         let mut rest = &segments[..];
-        if first == "crate" || first == "secateur" {
-            rest = &rest[1..];
-        } else if first == "self" {
+        if matches!(first.as_str(), "crate" | "secateur" | "self") {
             rest = &rest[1..];
         }
         while rest.first().is_some_and(|s| s == "super") {
