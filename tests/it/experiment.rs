@@ -5,7 +5,7 @@
 
 use crate::common;
 
-use common::{problem, Db, TestApp};
+use common::{problem, toy_sst2, Db, TestApp};
 use reqwest::StatusCode;
 use secateur::engine::st;
 use secateur::engine::testing::TinyModel;
@@ -13,22 +13,6 @@ use serde_json::{json, Value};
 use std::time::Duration;
 
 const WAIT: Duration = Duration::from_secs(120);
-
-/// An SST-2-layout TSV over the tiny vocabulary: label 1 when `w9` occurs.
-fn toy_sst2(n: usize, seed: usize) -> Vec<u8> {
-    let mut s = String::from("sentence\tlabel\n");
-    for i in 0..n {
-        // Both labels at every length (else length parity would give the label away).
-        let len = 3 + ((i / 2) * 7 + seed) % 8;
-        let mut words: Vec<String> = (0..len).map(|j| format!("w{}", 10 + (i * 13 + j * 5 + seed) % 50)).collect();
-        let label = i % 2;
-        if label == 1 {
-            words[i % len] = "w9".into();
-        }
-        s.push_str(&format!("{}\t{label}\n", words.join(" ")));
-    }
-    s.into_bytes()
-}
 
 async fn dataset(app: &TestApp, bytes: Vec<u8>, task: &str) -> String {
     let r = app.upload_dataset(bytes, "glue_tsv", Some(task)).await;

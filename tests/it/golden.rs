@@ -10,6 +10,7 @@
 
 use crate::common;
 
+use common::toy_sst2;
 use secateur::data::{Format, Task};
 use secateur::engine::st::Dtype;
 use secateur::engine::testing::TinyModel;
@@ -135,20 +136,6 @@ const EXPERIMENTS: &[(&str, &str)] = &[
         r#"{"pruning": {"method": "sparsegpt", "granularity": "n:m", "pattern": "2:4", "calibration_samples": 16}, "recovery": {"epochs": 1, "learning_rate": 1e-3, "batch_size": 8, "max_seq_len": 32}, "evaluation": {"latency": false}}"#,
     ),
 ];
-
-/// An SST-2-layout TSV over the tiny vocabulary: label 1 when `w9` occurs.
-fn toy_sst2(n: usize, seed: usize) -> Vec<u8> {
-    let mut s = String::from("sentence\tlabel\n");
-    for i in 0..n {
-        let len = 3 + ((i / 2) * 7 + seed) % 8;
-        let mut words: Vec<String> = (0..len).map(|j| format!("w{}", 10 + (i * 13 + j * 5 + seed) % 50)).collect();
-        if i % 2 == 1 {
-            words[i % len] = "w9".into();
-        }
-        s.push_str(&format!("{}\t{}\n", words.join(" "), i % 2));
-    }
-    s.into_bytes()
-}
 
 fn write_tiny(dir: &Path, m: &TinyModel) -> PathBuf {
     std::fs::create_dir_all(dir).unwrap();

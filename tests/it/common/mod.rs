@@ -250,6 +250,22 @@ impl Drop for TestApp {
     }
 }
 
+/// An SST-2-layout TSV over the tiny vocabulary: label 1 when `w9` occurs.
+pub fn toy_sst2(n: usize, seed: usize) -> Vec<u8> {
+    let mut s = String::from("sentence\tlabel\n");
+    for i in 0..n {
+        // Both labels at every length (else length parity would give the label away).
+        let len = 3 + ((i / 2) * 7 + seed) % 8;
+        let mut words: Vec<String> = (0..len).map(|j| format!("w{}", 10 + (i * 13 + j * 5 + seed) % 50)).collect();
+        let label = i % 2;
+        if label == 1 {
+            words[i % len] = "w9".into();
+        }
+        s.push_str(&format!("{}\t{label}\n", words.join(" ")));
+    }
+    s.into_bytes()
+}
+
 pub fn model_files(m: &TinyModel) -> Vec<(&'static str, Vec<u8>)> {
     vec![
         ("config.json", m.config_json().into_bytes()),
