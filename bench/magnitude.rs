@@ -5,9 +5,10 @@
 //!
 //!   cargo bench --bench magnitude            # or bench/magnitude.sh for the PyTorch comparison
 
-use secateur::engine::arch::Family;
-use secateur::engine::magnitude::{prune_in_place, select_targets, Scope};
-use secateur::engine::st;
+use secateur::engine::io::st;
+use secateur::engine::model::arch::Family;
+use secateur::engine::prune::magnitude::{prune_in_place, select_targets};
+use secateur::engine::prune::Scope;
 use secateur::engine::testing::TinyModel;
 use std::time::Instant;
 

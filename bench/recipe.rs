@@ -49,18 +49,19 @@
 
 use candle_core::Device;
 use secateur::data::{self, Format, Task};
-use secateur::engine::heads::Head;
-use secateur::engine::magnitude::{NmPattern, Scope};
+use secateur::engine::model::heads::Head;
 use secateur::engine::model::{EncoderConfig, Weights};
-use secateur::engine::structured::UnitPlan;
-use secateur::engine::wanda::Rule;
+use secateur::engine::prune::select::select;
+use secateur::engine::prune::structured::UnitPlan;
+use secateur::engine::prune::wanda::Rule;
+use secateur::engine::prune::{NmPattern, Scope};
 use secateur::train::experiment::{
     evaluate, examples, forward_ms, head_kind, linear_targets, lowest_units, prune_by_scores, prune_calibrated,
     prune_one_shot, sparsity_of, unit_norm_scores, zero_units, Calibrated, Shape,
 };
-use secateur::train::gradual::{select, Criterion, GradualPruner, Ramp, Scores};
+use secateur::train::gradual::{Criterion, GradualPruner, Ramp, Scores};
 use secateur::train::loss::Distill;
-use secateur::train::net::{Dropout, Grads, Net};
+use secateur::train::net::{Grads, Net};
 use secateur::train::trainer::{train, Control, Masks, Observer, Quiet, Schedule, State, StepInfo};
 use std::time::Instant;
 
@@ -135,14 +136,15 @@ fn main() {
     let config_json = std::fs::read(dir.join("config.json")).unwrap();
     let w = Weights::from_safetensors(
         &std::fs::read(dir.join("model.safetensors")).unwrap(),
-        secateur::engine::arch::Family::Bert,
+        secateur::engine::model::arch::Family::Bert,
         &Device::Cpu,
     )
     .unwrap();
     let config = EncoderConfig::from_checkpoint(&config_json, &w.shapes()).unwrap();
     let head = Head::load_or_init(&w, config.family, head_kind(task).unwrap(), config.hidden, 0.02, seed).unwrap();
     let mut dense =
-        Net::new(config, &w, &head, Dropout::from_config(&config_json, secateur::engine::arch::Family::Bert)).unwrap();
+        Net::new(config, &w, &head, secateur::engine::model::ModelConfig::parse(&config_json).unwrap().dropout)
+            .unwrap();
     let fresh = dense.clone();
     drop((w, head));
     let sched =

@@ -9,11 +9,11 @@
 //!   bench/train.sh      # interleaved with PyTorch; see BENCHMARKS.md
 
 use candle_core::Device;
-use secateur::engine::heads::{Head, HeadKind};
+use secateur::engine::model::heads::{Head, HeadKind};
 use secateur::engine::model::{EncoderConfig, Weights};
 use secateur::train::batch::Padded;
 use secateur::train::loss::{task_loss, Targets};
-use secateur::train::net::{Dropout, Net};
+use secateur::train::net::Net;
 use secateur::train::optim::{clip_grad_norm, AdamW, AdamWConfig, Param};
 use std::time::Instant;
 
@@ -46,13 +46,13 @@ fn main() {
     let config_json = std::fs::read(dir.join("config.json")).unwrap();
     let w = Weights::from_safetensors(
         &std::fs::read(dir.join("model.safetensors")).unwrap(),
-        secateur::engine::arch::Family::Bert,
+        secateur::engine::model::arch::Family::Bert,
         &Device::Cpu,
     )
     .unwrap();
     let config = EncoderConfig::from_checkpoint(&config_json, &w.shapes()).unwrap();
     let head = Head::load_or_init(&w, config.family, HeadKind::Classification(2), config.hidden, 0.02, 42).unwrap();
-    let dropout = Dropout::from_config(&config_json, config.family);
+    let dropout = secateur::engine::model::ModelConfig::parse(&config_json).unwrap().dropout;
     let mut net = Net::new(config, &w, &head, dropout).unwrap();
     drop((w, head));
     // SECATEUR_BENCH_PADDED=1: compute every padded position, as PyTorch does.

@@ -1,10 +1,11 @@
 //! What the service stores as a model, and how an upload is checked while it streams: which
 //! files a model directory may hold, and the inspection of each (the safetensors header through
-//! `engine::st::StreamProbe`, `config.json` against the tensors through `engine::arch`, the
+//! `engine::io::st::StreamProbe`, `config.json` against the tensors through `engine::model::arch`, the
 //! tokenizer files for shape). The HTTP layer streams the parts and stores them; this decides
 //! whether they form a model.
 
-use crate::engine::{arch, st};
+use crate::engine::io::st;
+use crate::engine::model::config;
 use crate::validation::FieldError;
 use serde::Deserialize;
 
@@ -119,7 +120,7 @@ impl ModelUpload {
                 Probe::Weights(_) => None,
             }
         };
-        let summary = arch::summarize(small("config.json").unwrap(), &header)
+        let summary = config::summarize(small("config.json").unwrap(), &header)
             .map_err(|e| one(FieldError::new("config.json", e)))?;
         for n in ["tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"] {
             if let Some(bytes) = small(n) {

@@ -7,7 +7,7 @@ use super::{download, path_id, AppState, List, PageQuery};
 use crate::artifacts::job_artifact_path;
 use crate::jobs::spec::ExperimentRequest;
 use crate::jobs::spec::{parse_spec, JobRequest, JobSpec};
-use crate::store::{rfc3339, CancelOutcome, CreateOutcome, JobRow, NewJob};
+use crate::store::{rfc3339, CancelOutcome, CreateOutcome, JobRow, NewJob, Stage};
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
@@ -294,9 +294,8 @@ pub struct JobResult {
 
 #[derive(Debug, Serialize, ToSchema)]
 pub struct StageResult {
-    /// `loading`, `baseline_eval`, `finetune`, `dense_eval`, `prune`, `recover`, `final_eval`,
-    /// `export`.
-    pub name: String,
+    /// The stage (experiments run them in the order listed).
+    pub name: Stage,
     /// The claim of the job that ran it.
     pub attempt: i64,
     pub recorded_at: String,
@@ -315,20 +314,20 @@ async fn get_result(State(st): State<AppState>, Auth(p): Auth, Path(id): Path<St
     let stages: Vec<StageResult> = rows
         .into_iter()
         .map(|r| StageResult {
-            name: r.name,
+            name: r.stage,
             attempt: r.attempt,
             recorded_at: rfc3339(r.recorded_at),
             result: serde_json::from_str(&r.result).unwrap_or_default(),
         })
         .collect();
-    let metric = |stage: &str| stages.iter().find(|s| s.name == stage).and_then(|s| s.result.get("metrics").cloned());
-    let baseline = metric("baseline_eval");
-    let before = metric("dense_eval").or_else(|| baseline.clone());
-    let pruned = metric("prune");
-    let after =
-        metric("final_eval").or_else(|| if stages.iter().any(|s| s.name == "export") { before.clone() } else { None });
-    let summary =
-        stages.iter().find(|s| s.name == "export").and_then(|s| s.result.get("summary").cloned()).unwrap_or_default();
+    let recorded = |stage: Stage| stages.iter().find(|s| s.name == stage).map(|s| &s.result);
+    let metric = |stage: Stage| recorded(stage).and_then(|r| r.get("metrics").cloned());
+    let baseline = metric(Stage::BaselineEval);
+    let before = metric(Stage::DenseEval).or_else(|| baseline.clone());
+    let pruned = metric(Stage::Prune);
+    let exported = recorded(Stage::Export);
+    let after = metric(Stage::FinalEval).or_else(|| exported.and(before.clone()));
+    let summary = exported.and_then(|r| r.get("summary").cloned()).unwrap_or_default();
     let status = job.status;
     Ok(Json(JobResult {
         job_id: job.id,

@@ -1,15 +1,16 @@
-//! The model engine: checkpoint container validation, architecture checks, pruning.
-//! Plain Rust, no HTTP and no database.
+//! The model engine: plain Rust, no HTTP and no database.
+//!
+//! - [`model`]: what a checkpoint is — the families' tensor naming and configuration, the check
+//!   that config and tensors agree, the encoder with its weights and task heads;
+//! - [`cpu`]: the CPU kernels (fused f32 forward, activations);
+//! - [`prune`]: the pruning methods (magnitude with its radix selection, N:M, Wanda, SparseGPT,
+//!   structured surgery) and their shared vocabulary (`Scope`, `NmPattern`);
+//! - [`io`]: the safetensors container and the export layouts;
+//! - [`report`]: `report.json`, measured from the written bytes, that every method produces.
 
-pub mod activation;
-pub mod arch;
-pub mod export;
-pub mod fast;
-pub mod heads;
-pub mod magnitude;
+pub mod cpu;
+pub mod io;
 pub mod model;
-pub mod sparsegpt;
-pub mod st;
-pub mod structured;
+pub mod prune;
+pub mod report;
 pub mod testing;
-pub mod wanda;

@@ -1,7 +1,7 @@
 //! Tiny random BERT-family checkpoints built in code, for tests, benchmarks and demos.
 //! Nothing here downloads anything.
 
-use super::st::{serialize, Dtype};
+use super::io::st::{serialize, Dtype};
 use rand::{rngs::StdRng, Rng, SeedableRng};
 
 #[derive(Debug, Clone)]

@@ -6,17 +6,18 @@
 
 use super::prune::{model_err, write_model};
 use super::spec::Granularity;
-use super::spec::{ExperimentMethod, ExperimentRequest, ScheduleKind};
+use super::spec::{ExperimentMethod, ExperimentRequest, ScheduleKind, TrainSpec};
 use super::{Executor, JobContext, JobError};
 use crate::data::{self, Task};
-use crate::engine::arch::Family;
-use crate::engine::export;
-use crate::engine::heads::{export_task_model, Head};
-use crate::engine::magnitude::{self, NmPattern, Report, Scope};
-use crate::engine::model::{EncoderConfig, Weights};
-use crate::engine::st;
-use crate::engine::structured::{self, Surgery, UnitPlan};
-use crate::engine::wanda::Rule;
+use crate::engine::io::export;
+use crate::engine::io::st;
+use crate::engine::model::heads::{export_task_model, Head};
+use crate::engine::model::{EncoderConfig, ModelConfig, Weights};
+use crate::engine::prune::structured::{self, Surgery, UnitPlan};
+use crate::engine::prune::wanda::Rule;
+use crate::engine::prune::{NmPattern, Scope};
+use crate::engine::report::{self, Report};
+use crate::store::Stage;
 use crate::train::experiment::{
     evaluate, examples, forward_ms, head_kind, linear_targets, lowest_layers, lowest_units, prune_calibrated,
     prune_one_shot, removed_units, sparsity_of, squad_evaluate, squad_train_examples, unit_norm_scores, without_layers,
@@ -24,7 +25,7 @@ use crate::train::experiment::{
 };
 use crate::train::gradual::{gradient_pass, Criterion, GradualPruner, Ramp, Scores};
 use crate::train::loss::Distill;
-use crate::train::net::{Dropout, Net};
+use crate::train::net::Net;
 use crate::train::trainer::{self, Control, Example, Masks, Observer, Schedule, State, StepInfo};
 use bytes::Bytes;
 use candle_core::Device;
@@ -35,33 +36,47 @@ use std::time::Instant;
 
 pub struct ExperimentExecutor;
 
+/// The trainer's schedule for a training stage (fine-tuning, or recovery through
+/// `RecoverySpec::training`).
+fn schedule(t: &TrainSpec, group_by_length: bool) -> Schedule {
+    Schedule {
+        epochs: t.epochs,
+        max_steps: t.max_steps,
+        learning_rate: t.learning_rate as f32,
+        batch_size: t.batch_size,
+        seed: t.seed,
+        group_by_length,
+        ..Default::default()
+    }
+}
+
 /// Share of the job's progress each stage takes (loading and evaluations are small).
 struct Plan {
-    stages: Vec<(&'static str, f64)>,
+    stages: Vec<(Stage, f64)>,
 }
 
 impl Plan {
     fn new(req: &ExperimentRequest) -> Plan {
-        let mut stages = vec![("loading", 0.02), ("baseline_eval", 0.04)];
+        let mut stages = vec![(Stage::Loading, 0.02), (Stage::BaselineEval, 0.04)];
         if req.finetune.is_some() {
-            stages.push(("finetune", 0.4));
-            stages.push(("dense_eval", 0.04));
+            stages.push((Stage::Finetune, 0.4));
+            stages.push((Stage::DenseEval, 0.04));
         }
         if req.pruning.is_some() {
-            stages.push(("prune", 0.06));
+            stages.push((Stage::Prune, 0.06));
         }
         if req.recovery.is_some() {
-            stages.push(("recover", 0.4));
+            stages.push((Stage::Recover, 0.4));
         }
         if req.pruning.is_some() {
-            stages.push(("final_eval", 0.04));
+            stages.push((Stage::FinalEval, 0.04));
         }
-        stages.push(("export", 0.02));
+        stages.push((Stage::Export, 0.02));
         let total: f64 = stages.iter().map(|s| s.1).sum();
         Plan { stages: stages.into_iter().map(|(n, w)| (n, w / total)).collect() }
     }
     /// The job's progress at `fraction` of stage `name`.
-    fn at(&self, name: &str, fraction: f64) -> f64 {
+    fn at(&self, name: Stage, fraction: f64) -> f64 {
         let mut before = 0.0;
         for (n, w) in &self.stages {
             if *n == name {
@@ -77,8 +92,9 @@ impl Plan {
 /// the stages before it recorded, so that a job claimed again goes on from there.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 struct Resume {
-    stage: String,
-    stages: Vec<(String, serde_json::Value)>,
+    /// The stage the checkpoint was taken in.
+    stage: Option<Stage>,
+    stages: Vec<(Stage, serde_json::Value)>,
     baseline: BTreeMap<String, f64>,
     before: BTreeMap<String, f64>,
     pruned: Option<BTreeMap<String, f64>>,
@@ -99,7 +115,7 @@ const CHECKPOINT: &str = "checkpoint.safetensors";
 struct Progress<'a> {
     ctx: &'a JobContext,
     plan: &'a Plan,
-    stage: &'static str,
+    stage: Stage,
     pruner: Option<GradualPruner>,
     stopped: bool,
     failed: Option<JobError>,
@@ -118,7 +134,7 @@ impl Progress<'_> {
             }
         }
         let mut resume = self.resume.clone();
-        resume.stage = self.stage.to_string();
+        resume.stage = Some(self.stage);
         resume.losses = self.losses.clone();
         if let Some(pr) = self.pruner.as_mut() {
             resume.reached = pr.reached;
@@ -153,7 +169,10 @@ impl Observer for Progress<'_> {
             }
             self.last_checkpoint = (info.step, Instant::now());
         }
-        if self.ctx.progress(self.stage, self.plan.at(self.stage, info.step as f64 / info.total.max(1) as f64)).is_err()
+        if self
+            .ctx
+            .progress(self.stage.name(), self.plan.at(self.stage, info.step as f64 / info.total.max(1) as f64))
+            .is_err()
         {
             self.stopped = true;
             return Control::Stop;
@@ -287,7 +306,7 @@ impl Executor for ExperimentExecutor {
         let req: ExperimentRequest = serde_json::from_str(&ctx.job.spec).map_err(|e| JobError::Internal(e.into()))?;
         let plan = Plan::new(&req);
         let task = req.task.name;
-        ctx.progress("loading", 0.0)?;
+        ctx.progress(Stage::Loading.name(), 0.0)?;
         let started = Instant::now();
         let config_json = ctx.read_model_file("config.json")?;
         let weights = ctx.read_model_file("model.safetensors")?;
@@ -298,23 +317,17 @@ impl Executor for ExperimentExecutor {
         })?;
         let tok = tokenizers::Tokenizer::from_bytes(&tok_bytes)
             .map_err(|e| JobError::Failed(format!("tokenizer.json: {e}")))?;
-        let family = {
-            let v: serde_json::Value =
-                serde_json::from_slice(&config_json).map_err(|e| JobError::Failed(format!("config.json: {e}")))?;
-            Family::parse(v.get("model_type").and_then(|m| m.as_str()).unwrap_or(""))
-                .ok_or_else(|| JobError::Failed("config.json: unsupported model_type".into()))?
-        };
+        let model_config =
+            ModelConfig::parse(&config_json).map_err(|e| JobError::Failed(format!("config.json: {e}")))?;
+        let family = model_config.family;
         let w = Weights::from_safetensors(&weights, family, &Device::Cpu).map_err(model_err)?;
-        let config = EncoderConfig::from_checkpoint(&config_json, &w.shapes()).map_err(model_err)?;
+        let config = EncoderConfig::new(&model_config, &w.shapes()).map_err(model_err)?;
         let kind = head_kind(task).ok_or_else(|| JobError::Failed(format!("task {} has no head", task.name())))?;
-        let init_std = serde_json::from_slice::<serde_json::Value>(&config_json)
-            .ok()
-            .and_then(|v| v.get("initializer_range").and_then(|x| x.as_f64()))
-            .unwrap_or(0.02);
+        let init_std = model_config.initializer_range;
         let seed = req.finetune.as_ref().map_or(42, |f| f.seed);
         let head = Head::load_or_init(&w, family, kind, config.hidden, init_std, seed).map_err(model_err)?;
         let fresh_head = head.fresh;
-        let mut net = Net::new(config, &w, &head, Dropout::from_config(&config_json, family)).map_err(model_err)?;
+        let mut net = Net::new(config, &w, &head, model_config.dropout).map_err(model_err)?;
         drop((w, head, weights));
         let data = load_data(ctx, &req)?;
         let eval_len = req
@@ -376,7 +389,7 @@ impl Executor for ExperimentExecutor {
             TaskData::Glue { rows, eval_rows } => (rows.len(), eval_rows.len()),
             TaskData::Squad { questions, eval_questions } => (questions.len(), eval_questions.len()),
         };
-        ctx.record_stage("loading", json!({"seconds": started.elapsed().as_secs_f64(), "train_examples": train_count, "eval_examples": eval_count, "fresh_head": fresh_head}))?;
+        ctx.record_stage(Stage::Loading, json!({"seconds": started.elapsed().as_secs_f64(), "train_examples": train_count, "eval_examples": eval_count, "fresh_head": fresh_head}))?;
         let group_by_length = task == Task::Squad;
 
         let latency_batch: Vec<Example> = match &data {
@@ -402,8 +415,8 @@ impl Executor for ExperimentExecutor {
                 targets = linear_targets(&net);
             }
             let (m, st, extra) = trainer::restore(&mut net, bytes).map_err(model_err)?;
-            for (name, value) in r.stages.iter().filter(|(n, _)| n != "loading") {
-                ctx.record_stage(name, value.clone())?;
+            for (stage, value) in r.stages.iter().filter(|(n, _)| *n != Stage::Loading) {
+                ctx.record_stage(*stage, value.clone())?;
             }
             teacher_values = Some(
                 extra
@@ -413,35 +426,27 @@ impl Executor for ExperimentExecutor {
             );
             restored = Some((m, st, extra));
             resume = r.clone();
-            tracing::info!(job_id = %ctx.job.id, stage = %r.stage, step = restored.as_ref().map_or(0, |x| x.1.step), "resuming from a checkpoint");
+            tracing::info!(job_id = %ctx.job.id, stage = ?r.stage, step = restored.as_ref().map_or(0, |x| x.1.step), "resuming from a checkpoint");
         }
-        let resume_at = resumed.as_ref().map(|r| r.stage.clone());
+        let resume_at = resumed.as_ref().and_then(|r| r.stage);
         let mut last_eval: Option<Scored> = None;
         // Baseline.
         if resume_at.is_none() {
-            ctx.progress("baseline_eval", plan.at("baseline_eval", 0.0))?;
+            ctx.progress(Stage::BaselineEval.name(), plan.at(Stage::BaselineEval, 0.0))?;
             let t = Instant::now();
             let baseline = score(&net)?;
             let rec = json!({"metrics": metrics_json(&baseline), "seconds": t.elapsed().as_secs_f64(), "fresh_head": fresh_head});
-            ctx.record_stage("baseline_eval", rec.clone())?;
+            ctx.record_stage(Stage::BaselineEval, rec.clone())?;
             resume.stages = ctx.stages();
             resume.baseline = baseline.metrics.clone();
             resume.before = baseline.metrics.clone();
             last_eval = Some(baseline);
         }
         // Dense fine-tuning.
-        if let (Some(f), true) = (&req.finetune, resume_at.as_deref().is_none_or(|s| s == "finetune")) {
+        if let (Some(f), true) = (&req.finetune, resume_at.is_none_or(|s| s == Stage::Finetune)) {
             let t = Instant::now();
             let set = train_set(f.max_seq_len, f.max_train_samples)?;
-            let s = Schedule {
-                epochs: f.epochs,
-                max_steps: f.max_steps,
-                learning_rate: f.learning_rate as f32,
-                batch_size: f.batch_size,
-                seed: f.seed,
-                group_by_length,
-                ..Default::default()
-            };
+            let s = schedule(f, group_by_length);
             let (mut free, mut state) = match restored.take() {
                 Some((m, st, _)) => (m, st),
                 None => (Masks::none(&net), State::new(&s)),
@@ -449,7 +454,7 @@ impl Executor for ExperimentExecutor {
             let mut obs = Progress {
                 ctx,
                 plan: &plan,
-                stage: "finetune",
+                stage: Stage::Finetune,
                 pruner: None,
                 stopped: false,
                 failed: None,
@@ -466,17 +471,17 @@ impl Executor for ExperimentExecutor {
                 return Err(JobError::Stopped);
             }
             let loss = obs.losses.iter().sum::<f64>() / obs.losses.len().max(1) as f64;
-            ctx.record_stage("finetune", json!({"steps": state.step, "mean_loss": loss, "last_loss": obs.losses.last(), "seconds": t.elapsed().as_secs_f64(), "resumed": resume_at.is_some()}))?;
-            ctx.progress("dense_eval", plan.at("dense_eval", 0.0))?;
+            ctx.record_stage(Stage::Finetune, json!({"steps": state.step, "mean_loss": loss, "last_loss": obs.losses.last(), "seconds": t.elapsed().as_secs_f64(), "resumed": resume_at.is_some()}))?;
+            ctx.progress(Stage::DenseEval.name(), plan.at(Stage::DenseEval, 0.0))?;
             let before = score(&net)?;
-            ctx.record_stage("dense_eval", json!({"metrics": metrics_json(&before)}))?;
+            ctx.record_stage(Stage::DenseEval, json!({"metrics": metrics_json(&before)}))?;
             resume.stages = ctx.stages();
             resume.before = before.metrics.clone();
             resume.losses.clear();
             last_eval = Some(before);
         }
-        let latency_before = match resume_at.as_deref() {
-            Some("recover") => resume.latency_before,
+        let latency_before = match resume_at {
+            Some(Stage::Recover) => resume.latency_before,
             _ if measure_latency => Some(latency(&net, &latency_batch, false)?),
             _ => None,
         };
@@ -484,7 +489,7 @@ impl Executor for ExperimentExecutor {
         if let Some(p) = &req.pruning {
             // The teacher: the dense model (restored from the checkpoint when resuming).
             let dense = match &teacher_values {
-                Some(values) if resume_at.as_deref() == Some("recover") => {
+                Some(values) if resume_at == Some(Stage::Recover) => {
                     let mut d = unreduced.take().unwrap_or_else(|| net.clone());
                     for param in d.params.iter_mut() {
                         if let Some(v) = values.get(&param.name) {
@@ -504,8 +509,8 @@ impl Executor for ExperimentExecutor {
                 ExperimentMethod::Wanda | ExperimentMethod::Sparsegpt => Criterion::Magnitude,
             };
             let mut masks = Masks::none(&net);
-            if resume_at.as_deref() != Some("recover") {
-                ctx.progress("prune", plan.at("prune", 0.0))?;
+            if resume_at != Some(Stage::Recover) {
+                ctx.progress(Stage::Prune.name(), plan.at(Stage::Prune, 0.0))?;
                 let t = Instant::now();
                 let score_set = train_set(
                     rec.map_or(128, |r| r.max_seq_len),
@@ -561,11 +566,11 @@ impl Executor for ExperimentExecutor {
                         masks = prune_neurons(&mut net, ns, p.scope.unwrap_or(Scope::Global), masks)?;
                     }
                     let e = score(&net)?;
-                    ctx.record_stage("prune", json!({"metrics": metrics_json(&e), "sparsity": sparsity_of(&net, &targets), "seconds": t.elapsed().as_secs_f64(), "head_scores": head_scores, "layers_removed": (p.granularity == Granularity::Layers).then_some(&resume.removed_layers)}))?;
+                    ctx.record_stage(Stage::Prune, json!({"metrics": metrics_json(&e), "sparsity": sparsity_of(&net, &targets), "seconds": t.elapsed().as_secs_f64(), "head_scores": head_scores, "layers_removed": (p.granularity == Granularity::Layers).then_some(&resume.removed_layers)}))?;
                     resume.pruned = Some(e.metrics);
                 } else {
                     ctx.record_stage(
-                        "prune",
+                        Stage::Prune,
                         json!({"schedule": p.schedule.kind, "note": "pruning happens during recovery"}),
                     )?;
                 }
@@ -574,15 +579,7 @@ impl Executor for ExperimentExecutor {
             if let Some(r) = rec {
                 let t = Instant::now();
                 let set = train_set(r.max_seq_len, r.max_train_samples)?;
-                let s = Schedule {
-                    epochs: r.epochs,
-                    max_steps: r.max_steps,
-                    learning_rate: r.learning_rate as f32,
-                    batch_size: r.batch_size,
-                    seed: r.seed,
-                    group_by_length,
-                    ..Default::default()
-                };
+                let s = schedule(&r.training(), group_by_length);
                 let total = s.total_steps(set.len());
                 let mut state = State::new(&s);
                 let mut scores_back = None;
@@ -624,11 +621,11 @@ impl Executor for ExperimentExecutor {
                     .distill
                     .as_ref()
                     .map(|d| (&dense, Distill { temperature: d.temperature as f32, alpha: d.alpha as f32 }));
-                let losses = if resume_at.as_deref() == Some("recover") { resume.losses.clone() } else { Vec::new() };
+                let losses = if resume_at == Some(Stage::Recover) { resume.losses.clone() } else { Vec::new() };
                 let mut obs = Progress {
                     ctx,
                     plan: &plan,
-                    stage: "recover",
+                    stage: Stage::Recover,
                     pruner,
                     stopped: false,
                     failed: None,
@@ -654,12 +651,12 @@ impl Executor for ExperimentExecutor {
                     }
                 }
                 let loss = obs.losses.iter().sum::<f64>() / obs.losses.len().max(1) as f64;
-                ctx.record_stage("recover", json!({"steps": state.step, "mean_loss": loss, "last_loss": obs.losses.last(), "distill": r.distill, "seconds": t.elapsed().as_secs_f64(), "resumed": resume_at.as_deref() == Some("recover")}))?;
+                ctx.record_stage(Stage::Recover, json!({"steps": state.step, "mean_loss": loss, "last_loss": obs.losses.last(), "distill": r.distill, "seconds": t.elapsed().as_secs_f64(), "resumed": resume_at == Some(Stage::Recover)}))?;
             }
-            ctx.progress("final_eval", plan.at("final_eval", 0.0))?;
+            ctx.progress(Stage::FinalEval.name(), plan.at(Stage::FinalEval, 0.0))?;
             let after = score(&net)?;
             ctx.record_stage(
-                "final_eval",
+                Stage::FinalEval,
                 json!({"metrics": metrics_json(&after), "sparsity": sparsity_of(&net, &targets)}),
             )?;
             last_eval = Some(after);
@@ -682,14 +679,14 @@ impl Executor for ExperimentExecutor {
         });
 
         // Export.
-        ctx.progress("export", plan.at("export", 0.0))?;
+        ctx.progress(Stage::Export.name(), plan.at(Stage::Export, 0.0))?;
         let (mut w, head) = net.to_weights().map_err(model_err)?;
         // config.json with the layer count (and FFN width) of the model as trained.
         let out_json = export::config_json(&config_json, &net.config, false).map_err(model_err)?;
         let (cfg, st_bytes) = export_task_model(&out_json, &w, &head, task.label_names()).map_err(model_err)?;
         let header = st::parse(&st_bytes).map_err(|e| JobError::Internal(anyhow::anyhow!(e)))?;
         let names: Vec<String> = targets.iter().map(|&i| format!("{}.{}", family.name(), net.params[i].name)).collect();
-        let (tensors, totals) = magnitude::measure(&st_bytes, &header, &names);
+        let (tensors, totals) = report::measure(&st_bytes, &header, &names);
         let mut report = Report {
             method: req.pruning.as_ref().map_or("none".into(), |p| {
                 serde_json::to_value(p.method).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default()
@@ -706,12 +703,12 @@ impl Executor for ExperimentExecutor {
             include: Vec::new(),
             exclude: Vec::new(),
             removed: None,
-            layers: magnitude::per_layer(&tensors),
+            layers: report::per_layer(&tensors),
             tensors,
             totals: totals.clone(),
             compact: None,
         };
-        let masks_bytes = magnitude::masks_file(&st_bytes, &header, &names);
+        let masks_bytes = report::masks_file(&st_bytes, &header, &names);
         if req.export.compact {
             // The same task model with the removed units sliced out (nothing to slice after
             // unstructured pruning: then the files equal the default ones).
@@ -720,7 +717,7 @@ impl Executor for ExperimentExecutor {
             let c_json = export::config_json(&config_json, &c_cfg, true).map_err(model_err)?;
             let (c_config, c_bytes) = export_task_model(&c_json, &w, &head, task.label_names()).map_err(model_err)?;
             let c_header = st::parse(&c_bytes).map_err(|e| JobError::Internal(anyhow::anyhow!(e)))?;
-            report.compact = Some(magnitude::measure_against(&c_bytes, &c_header, &names, &header).1);
+            report.compact = Some(report::measure_against(&c_bytes, &c_header, &names, &header).1);
             write_model(ctx, "compact/", Bytes::from(c_bytes), Bytes::from(c_config))?;
         }
         write_model(ctx, "", Bytes::from(st_bytes), Bytes::from(cfg))?;
@@ -751,7 +748,7 @@ impl Executor for ExperimentExecutor {
             "result.json",
             Bytes::from(serde_json::to_vec_pretty(&result).map_err(|e| JobError::Internal(e.into()))?),
         )?;
-        ctx.record_stage("export", json!({"summary": result}))?;
+        ctx.record_stage(Stage::Export, json!({"summary": result}))?;
         ctx.clear_scratch()?;
         ctx.progress("done", 1.0)
     }

@@ -8,7 +8,7 @@ pub mod prune;
 pub mod spec;
 
 use crate::artifacts::{job_artifact_path, model_path, scratch_path, scratch_prefix, Artifacts};
-use crate::store::{ArtifactRow, JobRow};
+use crate::store::{ArtifactRow, Claim, JobRow, Stage};
 use bytes::Bytes;
 use std::sync::Mutex;
 use std::time::Duration;
@@ -58,10 +58,11 @@ pub struct JobContext {
     pub(crate) produced: Mutex<Vec<ArtifactRow>>,
     /// Datasets the job may read, with their format and task.
     pub(crate) datasets: std::collections::HashMap<String, (crate::data::Format, Option<crate::data::Task>)>,
-    /// Where stage outcomes are recorded (`None` for local runs) and the lease owner.
-    pub(crate) store: Option<(crate::store::Store, String)>,
+    /// The worker's hold on the job, through which stage outcomes are recorded (`None` for
+    /// local runs).
+    pub(crate) claim: Option<Claim>,
     /// Stages recorded by this run, in order.
-    pub(crate) stages: Mutex<Vec<(String, serde_json::Value)>>,
+    pub(crate) stages: Mutex<Vec<(Stage, serde_json::Value)>>,
     /// The least time between two checkpoints of a training stage.
     pub(crate) checkpoint_interval: Duration,
 }
@@ -137,15 +138,14 @@ impl JobContext {
     }
 
     /// Records what a stage found (served by `GET /v1/jobs/{id}/result`), in order.
-    pub fn record_stage(&self, name: &str, result: serde_json::Value) -> Result<(), JobError> {
+    pub fn record_stage(&self, stage: Stage, result: serde_json::Value) -> Result<(), JobError> {
         let position = {
             let mut st = self.stages.lock().unwrap();
-            st.push((name.to_string(), result.clone()));
+            st.push((stage, result.clone()));
             st.len() as i64 - 1
         };
-        if let Some((store, owner)) = &self.store {
-            let ours =
-                self.rt.block_on(store.record_stage(&self.job.id, owner, position, name, &result.to_string()))?;
+        if let Some(claim) = &self.claim {
+            let ours = self.rt.block_on(claim.record_stage(position, stage, &result.to_string()))?;
             if !ours {
                 return Err(JobError::Stopped);
             }
@@ -154,7 +154,7 @@ impl JobContext {
     }
 
     /// The stages recorded by this run.
-    pub fn stages(&self) -> Vec<(String, serde_json::Value)> {
+    pub fn stages(&self) -> Vec<(Stage, serde_json::Value)> {
         self.stages.lock().unwrap().clone()
     }
 
@@ -331,7 +331,7 @@ fn run_local_spec(
         step_delay: Duration::ZERO,
         produced: Mutex::new(Vec::new()),
         datasets,
-        store: None,
+        claim: None,
         stages: Mutex::new(Vec::new()),
         checkpoint_interval: Duration::from_secs(30),
     };

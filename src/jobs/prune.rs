@@ -4,11 +4,15 @@
 
 use super::spec::{Granularity, JobRequest, Method};
 use super::{Executor, JobContext, JobError};
-use crate::engine::arch::{self, Family};
-use crate::engine::magnitude::{self, RemovedUnits, Report};
-use crate::engine::model::{EncoderConfig, ModelError, Weights};
-use crate::engine::st::{self, Header};
-use crate::engine::{export, structured};
+use crate::engine::io::export;
+use crate::engine::io::st::{self, Header};
+use crate::engine::model::arch::{self, Family};
+use crate::engine::model::config;
+use crate::engine::model::{EncoderConfig, ModelConfig, ModelError, Weights};
+use crate::engine::prune::structured;
+use crate::engine::prune::{self, magnitude, select};
+use crate::engine::report::{self, RemovedUnits, Report};
+use crate::store::Stage;
 use bytes::Bytes;
 use candle_core::Device;
 
@@ -50,7 +54,7 @@ fn finish(ctx: &JobContext, report: &Report) -> Result<(), JobError> {
         "totals": report.totals,
         "compact": report.compact,
     });
-    ctx.record_stage("export", serde_json::json!({ "summary": summary }))
+    ctx.record_stage(Stage::Export, serde_json::json!({ "summary": summary }))
 }
 
 impl Executor for PruneExecutor {
@@ -60,26 +64,24 @@ impl Executor for PruneExecutor {
         let config = ctx.read_model_file("config.json")?;
         let weights = ctx.read_model_file("model.safetensors")?;
         let header = st::parse(&weights).map_err(|e| JobError::Failed(format!("model.safetensors: {e}")))?;
-        let summary = arch::summarize(&config, &header).map_err(|e| JobError::Failed(format!("config.json: {e}")))?;
+        let model = ModelConfig::parse(&config)
+            .and_then(|m| config::check(&m, &header).map(|_| m))
+            .map_err(|e| JobError::Failed(format!("config.json: {e}")))?;
         match req.pruning.method {
             Method::Wanda => {
-                wanda_job(ctx, &req, &config, weights, &header, summary.family)?;
+                wanda_job(ctx, &req, &config, weights, &header, &model)?;
                 return ctx.progress("writing", 1.0);
             }
             Method::Sparsegpt => {
-                sparsegpt_job(ctx, &req, &config, weights, &header, summary.family)?;
+                sparsegpt_job(ctx, &req, &config, weights, &header, &model)?;
                 return ctx.progress("writing", 1.0);
             }
             Method::Magnitude => {}
         }
         match req.pruning.granularity {
-            Granularity::Unstructured | Granularity::NM => {
-                unstructured(ctx, &req, &config, weights, &header, summary.family)?
-            }
-            Granularity::Heads | Granularity::Neurons => {
-                structured_job(ctx, &req, &config, &weights, &header, summary.family)?
-            }
-            Granularity::Layers => layers_job(ctx, &req, &config, &weights, &header, summary.family)?,
+            Granularity::Unstructured | Granularity::NM => unstructured(ctx, &req, &config, weights, &header, &model)?,
+            Granularity::Heads | Granularity::Neurons => structured_job(ctx, &req, &config, &weights, &header, &model)?,
+            Granularity::Layers => layers_job(ctx, &req, &config, &weights, &header, &model)?,
         }
         ctx.progress("writing", 1.0)
     }
@@ -91,8 +93,9 @@ fn unstructured(
     config: &Bytes,
     weights: Bytes,
     header: &Header,
-    family: Family,
+    model: &ModelConfig,
 ) -> Result<(), JobError> {
+    let family = model.family;
     let targets = chosen_targets(req, header, family)?;
     ctx.progress("pruning", 0.1)?;
     let mut out = weights.to_vec();
@@ -100,7 +103,7 @@ fn unstructured(
     let step = |done: usize, total: usize| ctx.progress("pruning", 0.1 + 0.7 * done as f64 / total as f64);
     let (requested, pattern) = match (req.pruning.granularity, &req.pruning.pattern) {
         (Granularity::NM, Some(p)) => {
-            let pat = magnitude::NmPattern::parse(p).map_err(JobError::Failed)?;
+            let pat = prune::NmPattern::parse(p).map_err(JobError::Failed)?;
             magnitude::prune_nm_in_place(&mut out, header, &targets, pat, step).map_err(JobError::Failed)??;
             (pat.sparsity(), Some(p.clone()))
         }
@@ -115,7 +118,7 @@ fn unstructured(
     finish_in_place(
         ctx,
         req,
-        family,
+        model,
         "magnitude",
         config,
         out,
@@ -141,27 +144,18 @@ fn chosen_targets(req: &JobRequest, header: &Header, family: Family) -> Result<V
 
 /// After weights were zeroed in place (shapes unchanged): the report, the masks, the model
 /// (also as `compact/` when asked: for these methods it is the same file).
-/// Hidden size / attention heads from `config.json` (`dim` / `n_heads` for DistilBERT).
-fn head_dim(config: &[u8]) -> usize {
-    let v: serde_json::Value = serde_json::from_slice(config).unwrap_or_default();
-    let get =
-        |a: &str, b: &str| v.get(a).or_else(|| v.get(b)).and_then(serde_json::Value::as_u64).unwrap_or(0) as usize;
-    let (hidden, heads) = (get("hidden_size", "dim"), get("num_attention_heads", "n_heads"));
-    hidden.checked_div(heads).unwrap_or(0)
-}
-
 /// Per-layer report of a written file: parameters, non-zeros, and heads / FFN neurons before,
 /// stored and active.
 fn layer_reports(
-    tensors: &[magnitude::TensorReport],
+    tensors: &[report::TensorReport],
     file: &[u8],
     header: &Header,
     before: &Header,
-    config: &[u8],
+    head_dim: usize,
     family: Family,
-) -> Vec<magnitude::LayerReport> {
-    let mut layers = magnitude::per_layer(tensors);
-    magnitude::fill_units(&mut layers, file, header, before, family, head_dim(config));
+) -> Vec<report::LayerReport> {
+    let mut layers = report::per_layer(tensors);
+    report::fill_units(&mut layers, file, header, before, family, head_dim);
     layers
 }
 
@@ -185,7 +179,7 @@ fn parameters(req: &JobRequest, extra: serde_json::Value) -> serde_json::Value {
 fn finish_in_place(
     ctx: &JobContext,
     req: &JobRequest,
-    family: Family,
+    model: &ModelConfig,
     method: &str,
     config: &Bytes,
     out: Vec<u8>,
@@ -196,7 +190,7 @@ fn finish_in_place(
     extra: serde_json::Value,
 ) -> Result<(), JobError> {
     ctx.progress("writing", 0.9)?;
-    let (tensors, totals) = magnitude::measure(&out, header, targets);
+    let (tensors, totals) = report::measure(&out, header, targets);
     let report = Report {
         method: method.into(),
         parameters: parameters(req, extra),
@@ -207,12 +201,12 @@ fn finish_in_place(
         include: req.pruning.include.clone(),
         exclude: req.pruning.exclude.clone(),
         removed: None,
-        layers: layer_reports(&tensors, &out, header, header, config, family),
+        layers: layer_reports(&tensors, &out, header, header, model.head_dim() as usize, model.family),
         tensors,
         totals,
         compact: None,
     };
-    ctx.write_artifact("masks.safetensors", Bytes::from(magnitude::masks_file(&out, header, targets)))?;
+    ctx.write_artifact("masks.safetensors", Bytes::from(report::masks_file(&out, header, targets)))?;
     let out = Bytes::from(out);
     write_model(ctx, "", out.clone(), config.clone())?;
     if req.export.compact {
@@ -250,10 +244,11 @@ fn structured_job(
     config: &Bytes,
     weights: &Bytes,
     header: &Header,
-    family: Family,
+    model: &ModelConfig,
 ) -> Result<(), JobError> {
+    let family = model.family;
     let w = Weights::from_safetensors(weights, family, &Device::Cpu).map_err(model_err)?;
-    let cfg = EncoderConfig::from_checkpoint(config, &w.shapes()).map_err(model_err)?;
+    let cfg = EncoderConfig::new(model, &w.shapes()).map_err(model_err)?;
     ctx.progress("scoring", 0.2)?;
     let heads = req.pruning.granularity == Granularity::Heads;
     let units: Vec<usize> = cfg.layers.iter().map(|l| if heads { l.heads } else { l.ffn }).collect();
@@ -274,7 +269,7 @@ fn structured_job(
     let what = if heads { "heads" } else { "neurons" };
     let total: usize = units.iter().sum();
     let removed = match req.pruning.scope() {
-        magnitude::Scope::Global => {
+        prune::Scope::Global => {
             let n = match req.pruning.count {
                 Some(c) => c as usize,
                 None => (sparsity(req)? * total as f64).round() as usize,
@@ -282,9 +277,9 @@ fn structured_job(
             if n > total || (!heads && n == total) {
                 return Err(JobError::Failed(format!("cannot remove {n} of the model's {total} {what}")));
             }
-            structured::select_lowest(&scores, Some(n), None)
+            select::lowest_units(&scores, Some(n), None)
         }
-        magnitude::Scope::Local => {
+        prune::Scope::Local => {
             let mut per = Vec::with_capacity(units.len());
             for (i, &u) in units.iter().enumerate() {
                 let n = match req.pruning.count {
@@ -296,7 +291,7 @@ fn structured_job(
                 }
                 per.push(n);
             }
-            structured::select_lowest(&scores, None, Some(&per))
+            select::lowest_units(&scores, None, Some(&per))
         }
     };
     let s = removed.iter().map(Vec::len).sum::<usize>() as f64 / total.max(1) as f64;
@@ -321,8 +316,8 @@ fn structured_job(
     ctx.progress("writing", 0.6)?;
     let hf_header = st::parse(&hf_bytes).map_err(|e| JobError::Internal(anyhow::anyhow!(e)))?;
     let targets = touched(family, header, &plan);
-    let (tensors, totals) = magnitude::measure_against(&hf_bytes, &hf_header, &targets, header);
-    let layers = layer_reports(&tensors, &hf_bytes, &hf_header, header, config, family);
+    let (tensors, totals) = report::measure_against(&hf_bytes, &hf_header, &targets, header);
+    let layers = layer_reports(&tensors, &hf_bytes, &hf_header, header, model.head_dim() as usize, family);
     write_model(
         ctx,
         "",
@@ -336,7 +331,7 @@ fn structured_job(
         let c_cfg = structured::apply(&mut c, &cfg, &plan, structured::Surgery::Remove).map_err(model_err)?;
         let c_bytes = export::write_like(header, family, &c).map_err(model_err)?;
         let c_header = st::parse(&c_bytes).map_err(|e| JobError::Internal(anyhow::anyhow!(e)))?;
-        compact_totals = Some(magnitude::measure_against(&c_bytes, &c_header, &targets, header).1);
+        compact_totals = Some(report::measure_against(&c_bytes, &c_header, &targets, header).1);
         write_model(
             ctx,
             "compact/",
@@ -436,11 +431,11 @@ fn calibration_tokens(batches: &[Batch]) -> Result<u64, JobError> {
 }
 
 /// The rule of an unstructured or N:M spec, the sparsity it asks for, and its pattern.
-fn calibrated_rule(req: &JobRequest) -> Result<(crate::engine::wanda::Rule, f64, Option<String>), JobError> {
-    use crate::engine::wanda::Rule;
+fn calibrated_rule(req: &JobRequest) -> Result<(crate::engine::prune::wanda::Rule, f64, Option<String>), JobError> {
+    use crate::engine::prune::wanda::Rule;
     Ok(match (req.pruning.granularity, &req.pruning.pattern) {
         (Granularity::NM, Some(p)) => {
-            let pat = magnitude::NmPattern::parse(p).map_err(JobError::Failed)?;
+            let pat = prune::NmPattern::parse(p).map_err(JobError::Failed)?;
             (Rule::NM(pat), pat.sparsity(), Some(p.clone()))
         }
         _ => {
@@ -460,12 +455,13 @@ fn sparsegpt_job(
     config: &Bytes,
     weights: Bytes,
     header: &Header,
-    family: Family,
+    model: &ModelConfig,
 ) -> Result<(), JobError> {
+    let family = model.family;
     use crate::engine::model::{Encoder, Site};
-    use crate::engine::sparsegpt::{self, Options};
+    use crate::engine::prune::sparsegpt::{self, Options};
     let batches = calibration_batches(ctx, req)?;
-    let mut enc = Encoder::from_files(config, &weights, &Device::Cpu).map_err(model_err)?;
+    let mut enc = Encoder::from_weights(model, &weights, &Device::Cpu).map_err(model_err)?;
     let targets = chosen_targets(req, header, family)?;
     let (rule, requested, pattern) = calibrated_rule(req)?;
     let defaults = Options::default();
@@ -526,7 +522,7 @@ fn sparsegpt_job(
         &mut |l| ctx.progress("pruning", 0.05 + 0.8 * (l + 1) as f64 / (last + 1) as f64),
     )?;
     let extra = serde_json::json!({"block_size": opts.block, "dampening": opts.damp, "calibration_sequences": batches.iter().map(|b| b.0.dims()[0]).sum::<usize>(), "calibration_tokens": calibration_tokens(&batches)?});
-    finish_in_place(ctx, req, family, "sparsegpt", config, out, header, &targets, requested, pattern, extra)
+    finish_in_place(ctx, req, model, "sparsegpt", config, out, header, &targets, requested, pattern, extra)
 }
 
 fn wanda_job(
@@ -535,11 +531,12 @@ fn wanda_job(
     config: &Bytes,
     weights: Bytes,
     header: &Header,
-    family: Family,
+    model: &ModelConfig,
 ) -> Result<(), JobError> {
-    use crate::engine::wanda;
+    let family = model.family;
+    use crate::engine::prune::wanda;
     let batches = calibration_batches(ctx, req)?;
-    let enc = crate::engine::model::Encoder::from_files(config, &weights, &Device::Cpu).map_err(model_err)?;
+    let enc = crate::engine::model::Encoder::from_weights(model, &weights, &Device::Cpu).map_err(model_err)?;
     ctx.progress("calibrating", 0.05)?;
     let mut norms = std::collections::HashMap::new();
     for (i, b) in batches.iter().enumerate() {
@@ -588,7 +585,7 @@ fn wanda_job(
         ctx.progress("pruning", 0.5 + 0.35 * (i + 1) as f64 / targets.len() as f64)?;
     }
     let extra = serde_json::json!({"calibration_sequences": batches.iter().map(|b| b.0.dims()[0]).sum::<usize>(), "calibration_tokens": calibration_tokens(&batches)?});
-    finish_in_place(ctx, req, family, "wanda", config, out, header, &targets, requested, pattern, extra)
+    finish_in_place(ctx, req, model, "wanda", config, out, header, &targets, requested, pattern, extra)
 }
 
 /// Whole layers: removed physically in every layout (transformers loads fewer layers), so the
@@ -599,10 +596,11 @@ fn layers_job(
     config: &Bytes,
     weights: &Bytes,
     header: &Header,
-    family: Family,
+    model: &ModelConfig,
 ) -> Result<(), JobError> {
+    let family = model.family;
     let w = Weights::from_safetensors(weights, family, &Device::Cpu).map_err(model_err)?;
-    let cfg = EncoderConfig::from_checkpoint(config, &w.shapes()).map_err(model_err)?;
+    let cfg = EncoderConfig::new(model, &w.shapes()).map_err(model_err)?;
     ctx.progress("scoring", 0.2)?;
     let scores = structured::layer_norm_scores(&w, &cfg).map_err(model_err)?;
     let n = match req.pruning.count {
@@ -612,15 +610,15 @@ fn layers_job(
     if n >= cfg.layers.len() {
         return Err(JobError::Failed(format!("removing {n} of {} layers would leave none", cfg.layers.len())));
     }
-    let removed = structured::select_lowest(&[scores], Some(n), None).remove(0);
+    let removed = select::lowest_units(&[scores], Some(n), None).remove(0);
     ctx.progress("pruning", 0.4)?;
     let (pruned, new_cfg) = structured::remove_layers(&w, &cfg, &removed);
     let bytes = export::write_renamed(header, family, &pruned, &|name| structured::renumbered(family, &removed, name))
         .map_err(model_err)?;
     let out_header = st::parse(&bytes).map_err(|e| JobError::Internal(anyhow::anyhow!(e)))?;
     ctx.progress("writing", 0.7)?;
-    let (tensors, totals) = magnitude::measure_against(&bytes, &out_header, &[], header);
-    let layers = layer_reports(&tensors, &bytes, &out_header, header, config, family);
+    let (tensors, totals) = report::measure_against(&bytes, &out_header, &[], header);
+    let layers = layer_reports(&tensors, &bytes, &out_header, header, model.head_dim() as usize, family);
     let bytes = Bytes::from(bytes);
     write_model(ctx, "", bytes.clone(), Bytes::from(export::config_json(config, &new_cfg, false).map_err(model_err)?))?;
     if req.export.compact {

@@ -6,7 +6,7 @@
 use crate::artifacts::Artifacts;
 use crate::config::WorkerArgs;
 use crate::jobs::{executor_for, JobContext, JobError, Progress};
-use crate::store::{Heartbeat, JobRow, Store, Unsuccessful};
+use crate::store::{Claim, Heartbeat, JobRow, Store, Unsuccessful};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::{watch, Semaphore};
@@ -75,12 +75,12 @@ impl Worker {
                 _ = shutdown.cancelled() => break,
                 p = slots.clone().acquire_owned() => p.expect("semaphore closed"),
             };
-            match self.store.claim_job(&self.owner, self.args.lease().as_millis() as i64).await {
-                Ok(Some(job)) => {
+            match self.store.claim(&self.owner, self.args.lease().as_millis() as i64).await {
+                Ok(Some((job, claim))) => {
                     let me = self.clone();
                     let release = release.clone();
                     running.spawn(async move {
-                        me.run_job(job, release).await;
+                        me.run_job(job, claim, release).await;
                         drop(permit);
                     });
                 }
@@ -114,35 +114,29 @@ impl Worker {
         tracing::info!(worker = %self.owner, "worker stopped");
     }
 
-    async fn run_job(&self, job: JobRow, release: CancellationToken) {
+    async fn run_job(&self, job: JobRow, claim: Claim, release: CancellationToken) {
         let started = Instant::now();
         let span = tracing::info_span!("job", job_id = %job.id, kind = %job.kind, attempt = job.attempts);
         tracing::info!(parent: &span, job_id = %job.id, worker = %self.owner, "job claimed");
-        let outcome = self.execute(&job, &release).await;
+        let outcome = self.execute(&job, &claim, &release).await;
         let ended = match outcome {
-            Outcome::Succeeded(artifacts) => {
-                match self.store.finish_succeeded(&job.id, &self.owner, &artifacts).await {
-                    Ok(true) => Ended::Succeeded,
-                    Ok(false) => Ended::LeaseLost,
-                    Err(e) => {
-                        tracing::error!(parent: &span, error = %format!("{e:#}"), "recording success failed");
-                        Ended::NotRecorded
-                    }
+            Outcome::Succeeded(artifacts) => match claim.succeed(&artifacts).await {
+                Ok(true) => Ended::Succeeded,
+                Ok(false) => Ended::LeaseLost,
+                Err(e) => {
+                    tracing::error!(parent: &span, error = %format!("{e:#}"), "recording success failed");
+                    Ended::NotRecorded
                 }
-            }
+            },
             Outcome::Failed(msg) => Ended::Failed(msg),
             Outcome::Stopped(StopReason::Cancelled) => Ended::Cancelled,
             Outcome::Stopped(StopReason::LeaseLost) => Ended::LeaseLost,
             Outcome::Stopped(StopReason::Shutdown) => Ended::Released,
         };
         let recorded = match &ended {
-            Ended::Failed(msg) => {
-                self.store.finish_unsuccessful(&job.id, &self.owner, Unsuccessful::Failed, Some(msg)).await
-            }
-            Ended::Cancelled => {
-                self.store.finish_unsuccessful(&job.id, &self.owner, Unsuccessful::Cancelled, None).await
-            }
-            Ended::Released => self.store.release_job(&job.id, &self.owner).await,
+            Ended::Failed(msg) => claim.end(Unsuccessful::Failed, Some(msg)).await,
+            Ended::Cancelled => claim.end(Unsuccessful::Cancelled, None).await,
+            Ended::Released => claim.release().await,
             Ended::Succeeded | Ended::LeaseLost | Ended::NotRecorded => Ok(true),
         };
         let (status, error) = (
@@ -162,7 +156,7 @@ impl Worker {
         tracing::info!(parent: &span, job_id = %job.id, worker = %self.owner, outcome = status, error = error.as_deref().unwrap_or(""), seconds = secs, "job ended");
     }
 
-    async fn execute(&self, job: &JobRow, release: &CancellationToken) -> Outcome {
+    async fn execute(&self, job: &JobRow, claim: &Claim, release: &CancellationToken) -> Outcome {
         let Some(executor) = executor_for(&job.kind) else {
             return Outcome::Failed(format!("unknown job kind {:?}", job.kind));
         };
@@ -201,7 +195,7 @@ impl Worker {
             step_delay: Duration::from_millis(self.args.job_step_delay_ms),
             produced: Mutex::new(Vec::new()),
             datasets,
-            store: Some((self.store.clone(), self.owner.clone())),
+            claim: Some(claim.clone()),
             stages: Mutex::new(Vec::new()),
             checkpoint_interval: Duration::from_secs(self.args.checkpoint_interval_secs),
         };
@@ -218,7 +212,7 @@ impl Worker {
             tokio::select! {
                 r = &mut handle => break r,
                 _ = beat.tick() => {
-                    match self.store.heartbeat(&job.id, &self.owner, lease_ms).await {
+                    match claim.heartbeat(lease_ms).await {
                         Ok(Heartbeat::Renewed { cancel_requested: true }) => {
                             reason.get_or_insert(StopReason::Cancelled);
                             stop.cancel();
@@ -236,7 +230,7 @@ impl Worker {
                 changed = prx.changed(), if progress_open => {
                     if changed.is_err() { progress_open = false; continue; }
                     let p = prx.borrow_and_update().clone();
-                    if let Err(e) = self.store.set_progress(&job.id, &self.owner, &p.stage, p.fraction).await {
+                    if let Err(e) = claim.progress(&p.stage, p.fraction).await {
                         tracing::warn!(error = %format!("{e:#}"), "recording progress failed");
                     }
                 }

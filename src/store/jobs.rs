@@ -455,11 +455,118 @@ impl Store {
     }
 }
 
+/// A worker's hold on a claimed job: every write it makes is guarded by the lease (`status =
+/// 'running' AND lease_owner = owner`), so a worker that lost the lease writes nothing more. The
+/// queue renews it, the executor records progress and stages through it, and the queue ends it.
+#[derive(Clone)]
+pub struct Claim {
+    store: Store,
+    job_id: String,
+    owner: String,
+}
+
+impl Claim {
+    pub fn job_id(&self) -> &str {
+        &self.job_id
+    }
+
+    /// Renew the lease for `lease_ms`; also says whether a cancel was asked for.
+    pub async fn heartbeat(&self, lease_ms: i64) -> anyhow::Result<Heartbeat> {
+        self.store.heartbeat(&self.job_id, &self.owner, lease_ms).await
+    }
+
+    pub async fn progress(&self, stage: &str, fraction: f64) -> anyhow::Result<bool> {
+        self.store.set_progress(&self.job_id, &self.owner, stage, fraction).await
+    }
+
+    /// Record stage `position`'s outcome (see [`Store::record_stage`]); false: the lease is gone.
+    pub async fn record_stage(&self, position: i64, stage: Stage, result: &str) -> anyhow::Result<bool> {
+        self.store.record_stage(&self.job_id, &self.owner, position, stage, result).await
+    }
+
+    pub async fn succeed(&self, artifacts: &[ArtifactRow]) -> anyhow::Result<bool> {
+        self.store.finish_succeeded(&self.job_id, &self.owner, artifacts).await
+    }
+
+    pub async fn end(&self, how: Unsuccessful, error: Option<&str>) -> anyhow::Result<bool> {
+        self.store.finish_unsuccessful(&self.job_id, &self.owner, how, error).await
+    }
+
+    /// Put the job back in the queue (shutdown); the attempt does not count.
+    pub async fn release(&self) -> anyhow::Result<bool> {
+        self.store.release_job(&self.job_id, &self.owner).await
+    }
+}
+
+impl Store {
+    /// Claim the oldest claimable job for `owner` (see [`Store::claim_job`]) and hand back the
+    /// hold on it.
+    pub async fn claim(&self, owner: &str, lease_ms: i64) -> anyhow::Result<Option<(JobRow, Claim)>> {
+        Ok(self.claim_job(owner, lease_ms).await?.map(|job| {
+            let claim = Claim { store: self.clone(), job_id: job.id.clone(), owner: owner.to_string() };
+            (job, claim)
+        }))
+    }
+}
+
+/// A stage whose outcome a job records (`job_stages`), served by `GET /v1/jobs/{id}/result`. An
+/// experiment runs them in this order (those its spec asks for); a prune job records `export`.
+/// Stored as its snake_case name, which is also the progress stage while it runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Stage {
+    Loading,
+    BaselineEval,
+    Finetune,
+    DenseEval,
+    Prune,
+    Recover,
+    FinalEval,
+    Export,
+}
+
+impl Stage {
+    pub const ALL: [Stage; 8] = [
+        Stage::Loading,
+        Stage::BaselineEval,
+        Stage::Finetune,
+        Stage::DenseEval,
+        Stage::Prune,
+        Stage::Recover,
+        Stage::FinalEval,
+        Stage::Export,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Stage::Loading => "loading",
+            Stage::BaselineEval => "baseline_eval",
+            Stage::Finetune => "finetune",
+            Stage::DenseEval => "dense_eval",
+            Stage::Prune => "prune",
+            Stage::Recover => "recover",
+            Stage::FinalEval => "final_eval",
+            Stage::Export => "export",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Stage> {
+        Stage::ALL.into_iter().find(|st| st.name() == s)
+    }
+}
+
+impl TryFrom<String> for Stage {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        Stage::parse(&s).ok_or_else(|| format!("unknown stage {s:?}"))
+    }
+}
+
 /// One recorded stage of a job.
 #[derive(Debug, Clone, PartialEq)]
 pub struct StageRow {
     pub position: i64,
-    pub name: String,
+    pub stage: Stage,
     pub attempt: i64,
     /// JSON.
     pub result: String,
@@ -474,7 +581,7 @@ impl Store {
         job_id: &str,
         owner: &str,
         position: i64,
-        name: &str,
+        stage: Stage,
         result: &str,
     ) -> anyhow::Result<bool> {
         // Single statements guarded by the lease (no read-then-write transaction: SQLite would
@@ -493,7 +600,7 @@ impl Store {
         )
         .bind(job_id)
         .bind(position)
-        .bind(name)
+        .bind(stage.name())
         .bind(result)
         .bind(now_ms())
         .bind(owner)
@@ -514,7 +621,7 @@ impl Store {
             .map(|r| {
                 Ok(StageRow {
                     position: r.try_get("position")?,
-                    name: r.try_get("name")?,
+                    stage: Stage::try_from(r.try_get::<String, _>("name")?).map_err(anyhow::Error::msg)?,
                     attempt: r.try_get("attempt")?,
                     result: r.try_get("result")?,
                     recorded_at: r.try_get("recorded_at")?,

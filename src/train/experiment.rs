@@ -4,16 +4,16 @@
 //! first-order Taylor, movement; unstructured or N:M) with the masks that recovery keeps.
 
 use super::features;
-use super::gradual::{select, Criterion, Scores};
+use super::gradual::{Criterion, Scores};
 use super::net::Net;
 use super::trainer::{batch_of, predict, Example, Masks, Target};
 use crate::data::{self, Label, Task};
-use crate::engine::heads::HeadKind;
-use crate::engine::magnitude::{NmPattern, Scope};
+use crate::engine::model::heads::HeadKind;
 use crate::engine::model::{Encoder, ModelError, Site};
-use crate::engine::sparsegpt;
-use crate::engine::structured::{self, unit_edits, UnitEdit, UnitPlan};
-use crate::engine::wanda::{self, Rule};
+use crate::engine::prune::sparsegpt;
+use crate::engine::prune::structured::{self, unit_edits, UnitEdit, UnitPlan};
+use crate::engine::prune::wanda::{self, Rule};
+use crate::engine::prune::{select, NmPattern, Scope};
 use crate::metrics;
 use candle_core::{Device, Tensor};
 use std::collections::BTreeMap;
@@ -196,7 +196,7 @@ pub fn prune_by_scores(net: &mut Net, targets: &[usize], scores: &[Vec<f32>], sh
     let mut masks = Masks::none(net);
     match shape {
         Shape::Unstructured { sparsity, scope } => {
-            let keep = select(scores, &vec![None; targets.len()], sparsity, scope);
+            let keep = select::select(scores, &vec![None; targets.len()], sparsity, scope);
             for (&i, k) in targets.iter().zip(keep) {
                 masks.0[i] = Some(k);
             }
@@ -319,11 +319,7 @@ pub fn prune_calibrated(net: &mut Net, method: Calibrated, calib: &[Example], ru
 pub fn lowest_layers(net: &Net, count: usize) -> Result<Vec<usize>, ModelError> {
     let (w, _) = net.to_weights()?;
     let scores = structured::layer_norm_scores(&w, &net.config)?;
-    let mut order: Vec<usize> = (0..scores.len()).collect();
-    order.sort_by(|a, b| scores[*a].total_cmp(&scores[*b]).then(a.cmp(b)));
-    let mut removed = order[..count.min(order.len())].to_vec();
-    removed.sort_unstable();
-    Ok(removed)
+    Ok(select::lowest_units(&[scores], Some(count), None).remove(0))
 }
 
 /// `net` with the layers `removed` physically gone and the rest renumbered (the engine's
@@ -362,7 +358,7 @@ pub fn removed_units(net: &Net) -> UnitPlan {
     plan
 }
 
-pub use crate::engine::structured::PerLayer;
+pub use crate::engine::prune::structured::PerLayer;
 
 /// The norm scores of every head (its query/key/value rows and attention-output columns) and
 /// FFN neuron (its input row and output column), per layer.
@@ -375,10 +371,10 @@ pub fn unit_norm_scores(net: &Net) -> Result<(PerLayer, PerLayer), ModelError> {
 pub fn lowest_units(scores: &[Vec<f32>], sparsity: f64, scope: Scope) -> Vec<Vec<usize>> {
     let total: usize = scores.iter().map(Vec::len).sum();
     match scope {
-        Scope::Global => structured::select_lowest(scores, Some((total as f64 * sparsity).round() as usize), None),
+        Scope::Global => select::lowest_units(scores, Some((total as f64 * sparsity).round() as usize), None),
         Scope::Local => {
             let counts: Vec<usize> = scores.iter().map(|s| (s.len() as f64 * sparsity).round() as usize).collect();
-            structured::select_lowest(scores, None, Some(&counts))
+            select::lowest_units(scores, None, Some(&counts))
         }
     }
 }
@@ -568,7 +564,7 @@ mod tests {
 
     #[test]
     fn zeroed_units_are_read_back_and_equal_their_physical_removal() {
-        use crate::engine::structured::{apply, Surgery};
+        use crate::engine::prune::structured::{apply, Surgery};
         let mut net = tiny_net();
         let plan = UnitPlan { heads: vec![vec![1], vec![0, 3]], neurons: vec![vec![2, 5, 63], vec![]] };
         let mut masks = Masks::none(&net);

@@ -7,8 +7,9 @@
 use super::loss::task_loss;
 use super::net::{Grads, Net};
 use super::trainer::{batch_of, Control, Example, Masks, Observer, State, StepInfo};
-use crate::engine::magnitude::Scope;
 use crate::engine::model::ModelError;
+use crate::engine::prune::select::select;
+use crate::engine::prune::Scope;
 use rayon::prelude::*;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -139,101 +140,6 @@ pub fn iterative(round: u64, rounds: u64, target: f64) -> f64 {
         return target;
     }
     1.0 - (1.0 - target).powf(round.min(rounds) as f64 / rounds as f64)
-}
-
-/// Keep flags leaving `sparsity` of the elements pruned, the lowest scores first, over all
-/// tensors together (`Global`) or in each tensor (`Local`). Elements already pruned (`false`
-/// in `existing`) stay pruned and count towards the sparsity. Ties go to the lower index
-/// (earlier tensor, then earlier element).
-///
-/// Regrowing masks call this at every optimizer step over all of MiniLM's 10.6M scores, so it
-/// neither sorts nor copies them: a parallel histogram of the high 16 bits of an
-/// order-preserving key finds the bucket that holds the threshold, only that bucket's elements
-/// are collected for an exact selection, and one parallel pass writes the flags.
-pub fn select(scores: &[Vec<f32>], existing: &[Option<&[bool]>], sparsity: f64, scope: Scope) -> Vec<Vec<bool>> {
-    let count = |n: usize| (((n as f64) * sparsity).round() as usize).min(n);
-    match scope {
-        Scope::Global => {
-            let parts: Vec<&[f32]> = scores.iter().map(|s| s.as_slice()).collect();
-            let n = parts.iter().map(|p| p.len()).sum();
-            select_lowest(&parts, existing, count(n))
-        }
-        Scope::Local => scores
-            .iter()
-            .zip(existing)
-            .flat_map(|(s, e)| select_lowest(&[s.as_slice()], &[*e], count(s.len())))
-            .collect(),
-    }
-}
-
-/// The key of a score that orders as `f32::total_cmp` does; an element already pruned gets 0,
-/// below every kept one.
-#[inline]
-fn rank_key(v: f32, kept: bool) -> u32 {
-    let b = v.to_bits();
-    let k = if b >> 31 == 1 { !b } else { b | 0x8000_0000 };
-    if kept {
-        k.max(1)
-    } else {
-        0
-    }
-}
-
-/// Keep flags with the `k` lowest (key, tensor, element) of `parts` pruned.
-fn select_lowest(parts: &[&[f32]], existing: &[Option<&[bool]>], k: usize) -> Vec<Vec<bool>> {
-    const CHUNK: usize = 1 << 16;
-    let key = |t: usize, j: usize| rank_key(parts[t][j], existing[t].is_none_or(|e| e[j]));
-    if k == 0 {
-        return parts.iter().map(|p| vec![true; p.len()]).collect();
-    }
-    let chunks: Vec<(usize, usize, usize)> = parts
-        .iter()
-        .enumerate()
-        .flat_map(|(t, p)| (0..p.len()).step_by(CHUNK).map(move |a| (t, a, (a + CHUNK).min(p.len()))))
-        .collect();
-    let hist = chunks
-        .par_iter()
-        .fold(
-            || vec![0u64; 1 << 16],
-            |mut h, &(t, a, b)| {
-                for j in a..b {
-                    h[(key(t, j) >> 16) as usize] += 1;
-                }
-                h
-            },
-        )
-        .reduce(
-            || vec![0u64; 1 << 16],
-            |mut a, b| {
-                a.iter_mut().zip(b).for_each(|(a, b)| *a += b);
-                a
-            },
-        );
-    // The bucket holding the k-th lowest, and how many lie in lower buckets.
-    let (bucket, below) = crate::engine::magnitude::radix::locate(&hist, (k - 1) as u64);
-    let below = below as usize;
-    let mut inside: Vec<(u32, u32, u32)> = chunks
-        .par_iter()
-        .flat_map_iter(|&(t, a, b)| {
-            (a..b).filter_map(move |j| {
-                Some(key(t, j)).filter(|k| (k >> 16) as usize == bucket).map(|k| (k, t as u32, j as u32))
-            })
-        })
-        .collect();
-    let (_, threshold, _) = inside.select_nth_unstable(k - below - 1);
-    let threshold = *threshold;
-    parts
-        .iter()
-        .enumerate()
-        .map(|(t, p)| {
-            let mut keep = vec![false; p.len()];
-            keep.par_iter_mut()
-                .enumerate()
-                .with_min_len(4096)
-                .for_each(|(j, f)| *f = (key(t, j), t as u32, j as u32) > threshold);
-            keep
-        })
-        .collect()
 }
 
 /// How sparsity rises during training.
@@ -675,82 +581,5 @@ mod tests {
             "plain sums of -w·g: {:?}",
             &p[..3]
         );
-    }
-
-    /// The rule `select` implements, by sorting.
-    fn select_by_sorting(
-        scores: &[Vec<f32>],
-        existing: &[Option<&[bool]>],
-        sparsity: f64,
-        scope: Scope,
-    ) -> Vec<Vec<bool>> {
-        let ranked =
-            |t: usize, j: usize| if existing[t].is_some_and(|e| !e[j]) { f32::NEG_INFINITY } else { scores[t][j] };
-        let groups: Vec<Vec<(usize, usize)>> = match scope {
-            Scope::Global => {
-                vec![scores.iter().enumerate().flat_map(|(t, s)| (0..s.len()).map(move |j| (t, j))).collect()]
-            }
-            Scope::Local => scores.iter().enumerate().map(|(t, s)| (0..s.len()).map(|j| (t, j)).collect()).collect(),
-        };
-        let mut keep: Vec<Vec<bool>> = scores.iter().map(|s| vec![true; s.len()]).collect();
-        for mut g in groups {
-            let k = ((g.len() as f64 * sparsity).round() as usize).min(g.len());
-            g.sort_by(|a, b| ranked(a.0, a.1).total_cmp(&ranked(b.0, b.1)).then(a.cmp(b)));
-            for &(t, j) in &g[..k] {
-                keep[t][j] = false;
-            }
-        }
-        keep
-    }
-
-    #[test]
-    fn selection_matches_sorting_with_ties_signs_and_prior_masks() {
-        use rand::{rngs::StdRng, Rng, SeedableRng};
-        let mut rng = StdRng::seed_from_u64(7);
-        for round in 0..20 {
-            // Sizes across the 65,536-element chunks; few distinct values (many ties, within
-            // and across tensors), negative scores and zeros of both signs.
-            let sizes = [rng.gen_range(1..3000), rng.gen_range(60_000..140_000), rng.gen_range(1..50)];
-            let scores: Vec<Vec<f32>> = sizes
-                .iter()
-                .map(|&n| {
-                    (0..n)
-                        .map(|_| {
-                            [-2.5, -0.0, 0.0, 1e-30, 0.25, 3.0, f32::MAX][rng.gen_range(0..7)]
-                                * if round % 2 == 0 { 1.0 } else { rng.gen::<f32>() }
-                        })
-                        .collect()
-                })
-                .collect();
-            let prior: Vec<Vec<bool>> =
-                sizes.iter().map(|&n| (0..n).map(|_| rng.gen::<f32>() > 0.3).collect()).collect();
-            let existing: Vec<Option<&[bool]>> =
-                prior.iter().enumerate().map(|(t, p)| (t != 1 || round % 3 != 0).then_some(p.as_slice())).collect();
-            for sparsity in [0.0, 0.1, 0.5, 0.8, 1.0, rng.gen::<f64>()] {
-                for scope in [Scope::Global, Scope::Local] {
-                    assert_eq!(
-                        select(&scores, &existing, sparsity, scope),
-                        select_by_sorting(&scores, &existing, sparsity, scope),
-                        "round {round} sparsity {sparsity} {scope:?}"
-                    );
-                }
-            }
-        }
-    }
-
-    #[test]
-    fn selection_global_local_and_sticky() {
-        let scores = vec![vec![5.0, 1.0, 3.0, 4.0], vec![0.5, 6.0]];
-        let g = select(&scores, &[None, None], 0.5, Scope::Global);
-        assert_eq!(g, vec![vec![true, false, false, true], vec![false, true]]);
-        let l = select(&scores, &[None, None], 0.5, Scope::Local);
-        assert_eq!(l, vec![vec![true, false, false, true], vec![false, true]]);
-        // An element already pruned stays pruned even with the best score.
-        let existing = [true, true, true, true];
-        let prior = [false, true];
-        let s = select(&scores, &[Some(&existing), Some(&prior)], 1.0 / 6.0, Scope::Global);
-        assert_eq!(s, vec![vec![true; 4], vec![false, true]]);
-        let s = select(&scores, &[None, Some(&[true, false])], 2.0 / 6.0, Scope::Global);
-        assert_eq!(s, vec![vec![true; 4], vec![false, false]]);
     }
 }

@@ -17,11 +17,11 @@ pub mod trainer;
 pub(crate) mod testing {
     use super::net::Net;
     use super::trainer::{Example, Target};
-    use crate::engine::heads::HeadKind;
+    use crate::engine::model::heads::HeadKind;
 
     pub fn tiny_net() -> Net {
-        use crate::engine::arch::Family;
-        use crate::engine::heads::Head;
+        use crate::engine::model::arch::Family;
+        use crate::engine::model::heads::Head;
         use crate::engine::model::{EncoderConfig, Weights};
         let m = crate::engine::testing::TinyModel { ffn: 64, ..Default::default() };
         let w = Weights::from_safetensors(&m.safetensors(), Family::Bert, &candle_core::Device::Cpu).unwrap();

@@ -12,9 +12,9 @@ use super::batch::{by_length, length_grouped, pad, shuffled, Padded};
 use super::loss::{task_loss, Distill, Targets};
 use super::net::{splitmix, Grads, Net};
 use super::optim::{clip_grad_norm, linear_warmup_decay, AdamW, AdamWConfig, Param};
-use crate::engine::heads::HeadKind;
+use crate::engine::io::st::{self, Dtype};
+use crate::engine::model::heads::HeadKind;
 use crate::engine::model::ModelError;
-use crate::engine::st::{self, Dtype};
 use rayon::prelude::*;
 use std::collections::BTreeMap;
 

@@ -4,8 +4,8 @@ use crate::common;
 
 use common::{model_files, problem, Db, TestApp, TestOptions};
 use reqwest::StatusCode;
-use secateur::engine::magnitude::count_nonzeros;
-use secateur::engine::st::{self, Dtype};
+use secateur::engine::io::st::count_nonzeros;
+use secateur::engine::io::st::{self, Dtype};
 use secateur::engine::testing::TinyModel;
 use serde_json::{json, Value};
 use std::time::Duration;
@@ -223,11 +223,11 @@ fn check_pruned(orig: &[u8], pruned: &[u8], scope: &str, sparsity: f64) {
     let h2 = st::parse(pruned).unwrap();
     assert_eq!(h.tensors, h2.tensors, "names, dtypes, shapes and offsets are kept");
     assert_eq!(orig[..h.data_start as usize], pruned[..h.data_start as usize]);
-    let fam = secateur::engine::arch::Family::Bert;
+    let fam = secateur::engine::model::arch::Family::Bert;
     let (mut zeros, mut total, mut count) = (0u64, 0u64, 0u64);
     for (name, t) in &h.tensors {
         let r = (h.data_start + t.begin) as usize..(h.data_start + t.end) as usize;
-        if secateur::engine::arch::is_encoder_linear_weight(fam, name) {
+        if secateur::engine::model::arch::is_encoder_linear_weight(fam, name) {
             let z = t.numel() - count_nonzeros(&pruned[r], t.dtype);
             count += 1;
             if scope == "local" {
@@ -553,11 +553,11 @@ async fn layer_jobs_drop_and_renumber_whole_layers(db: Db) {
     let out = app.artifact(&job, "model.safetensors").await;
     let (h, h0) = (st::parse(&out).unwrap(), st::parse(&orig).unwrap());
     // Every written tensor is an original one, byte for byte, under its renumbered name.
-    let fam = secateur::engine::arch::Family::Bert;
+    let fam = secateur::engine::model::arch::Family::Bert;
     let mut kept = 0;
     for (name, t0) in &h0.tensors {
-        let canonical = secateur::engine::arch::canonical_name(fam, name);
-        match secateur::engine::structured::renumbered(fam, &removed, canonical) {
+        let canonical = secateur::engine::model::arch::canonical_name(fam, name);
+        match secateur::engine::prune::structured::renumbered(fam, &removed, canonical) {
             None => {}
             Some(new) => {
                 let t = &h.tensors[&format!("bert.{new}").replace("bert.classifier", "classifier")];
@@ -590,7 +590,8 @@ async fn layer_jobs_drop_and_renumber_whole_layers(db: Db) {
 }
 
 async fn wanda_jobs_prune_each_row_with_calibration_text(db: Db) {
-    use secateur::engine::magnitude::{count_nonzeros, satisfies_nm, NmPattern};
+    use secateur::engine::io::st::count_nonzeros;
+    use secateur::engine::prune::{magnitude::satisfies_nm, NmPattern};
     let app = TestApp::spawn(db).await;
     let m = TinyModel::default();
     let orig = m.safetensors();
@@ -610,11 +611,11 @@ async fn wanda_jobs_prune_each_row_with_calibration_text(db: Db) {
     assert_eq!(done["status"], "succeeded", "{done}");
     let out = app.artifact(&job, "model.safetensors").await;
     let h = st::parse(&out).unwrap();
-    let fam = secateur::engine::arch::Family::Bert;
+    let fam = secateur::engine::model::arch::Family::Bert;
     let mut differs_from_magnitude = false;
     for (name, t) in &h.tensors {
         let r = (h.data_start + t.begin) as usize..(h.data_start + t.end) as usize;
-        if !secateur::engine::arch::is_encoder_linear_weight(fam, name) {
+        if !secateur::engine::model::arch::is_encoder_linear_weight(fam, name) {
             assert_eq!(out[r.clone()], orig[r], "{name} changed");
             continue;
         }
@@ -624,8 +625,8 @@ async fn wanda_jobs_prune_each_row_with_calibration_text(db: Db) {
             // Every output row loses exactly half its weights...
             assert_eq!(count_nonzeros(row, t.dtype), (cols - cols / 2) as u64, "{name}");
             // ...and not always the smallest ones: the input norms weigh in.
-            let mags = secateur::engine::magnitude::magnitudes(orig_row, t.dtype);
-            let kept = secateur::engine::magnitude::magnitudes(row, t.dtype);
+            let mags = secateur::engine::prune::magnitude::magnitudes(orig_row, t.dtype);
+            let kept = secateur::engine::prune::magnitude::magnitudes(row, t.dtype);
             let max_cut = mags.iter().zip(&kept).filter(|(_, k)| **k == 0.0).map(|(m, _)| *m).fold(0.0, f32::max);
             let min_kept = mags.iter().zip(&kept).filter(|(_, k)| **k != 0.0).map(|(m, _)| *m).fold(f32::MAX, f32::min);
             differs_from_magnitude |= max_cut > min_kept;
@@ -642,7 +643,7 @@ async fn wanda_jobs_prune_each_row_with_calibration_text(db: Db) {
     let out = app.artifact(&job, "model.safetensors").await;
     let h = st::parse(&out).unwrap();
     for (name, t) in &h.tensors {
-        if secateur::engine::arch::is_encoder_linear_weight(fam, name) {
+        if secateur::engine::model::arch::is_encoder_linear_weight(fam, name) {
             let r = (h.data_start + t.begin) as usize..(h.data_start + t.end) as usize;
             assert!(satisfies_nm(&out[r.clone()], t.dtype, NmPattern { n: 2, m: 4 }), "{name}");
             assert_eq!(count_nonzeros(&out[r], t.dtype) * 2, t.numel());
@@ -653,7 +654,8 @@ async fn wanda_jobs_prune_each_row_with_calibration_text(db: Db) {
 }
 
 async fn sparsegpt_jobs_prune_and_reconstruct_with_calibration_text(db: Db) {
-    use secateur::engine::magnitude::{count_nonzeros, satisfies_nm, NmPattern};
+    use secateur::engine::io::st::count_nonzeros;
+    use secateur::engine::prune::{magnitude::satisfies_nm, NmPattern};
     let app = TestApp::spawn(db).await;
     let m = TinyModel::default();
     let orig = m.safetensors();
@@ -680,11 +682,11 @@ async fn sparsegpt_jobs_prune_and_reconstruct_with_calibration_text(db: Db) {
     assert_eq!(done["status"], "succeeded", "{done}");
     let out = app.artifact(&job, "model.safetensors").await;
     let h = st::parse(&out).unwrap();
-    let fam = secateur::engine::arch::Family::Bert;
+    let fam = secateur::engine::model::arch::Family::Bert;
     let mut updated = 0;
     for (name, t) in &h.tensors {
         let r = (h.data_start + t.begin) as usize..(h.data_start + t.end) as usize;
-        if !secateur::engine::arch::is_encoder_linear_weight(fam, name) {
+        if !secateur::engine::model::arch::is_encoder_linear_weight(fam, name) {
             assert_eq!(out[r.clone()], orig[r], "{name} changed");
             continue;
         }
@@ -713,7 +715,7 @@ async fn sparsegpt_jobs_prune_and_reconstruct_with_calibration_text(db: Db) {
     let h = st::parse(&out).unwrap();
     for (name, t) in &h.tensors {
         let r = (h.data_start + t.begin) as usize..(h.data_start + t.end) as usize;
-        if secateur::engine::arch::is_encoder_linear_weight(fam, name) && name.contains("layer.1.") {
+        if secateur::engine::model::arch::is_encoder_linear_weight(fam, name) && name.contains("layer.1.") {
             assert!(satisfies_nm(&out[r.clone()], t.dtype, NmPattern { n: 2, m: 4 }), "{name}");
             assert_eq!(count_nonzeros(&out[r], t.dtype) * 2, t.numel());
         } else {
@@ -730,7 +732,7 @@ async fn sparsegpt_jobs_prune_and_reconstruct_with_calibration_text(db: Db) {
 }
 
 async fn nm_jobs_hold_the_pattern_in_every_group(db: Db) {
-    use secateur::engine::magnitude::{satisfies_nm, NmPattern};
+    use secateur::engine::prune::{magnitude::satisfies_nm, NmPattern};
     let app = TestApp::spawn(db).await;
     for (dtype, pattern) in [(Dtype::F32, "2:4"), (Dtype::F16, "4:8"), (Dtype::BF16, "1:4")] {
         let m = TinyModel { dtype, ..Default::default() };
@@ -745,7 +747,10 @@ async fn nm_jobs_hold_the_pattern_in_every_group(db: Db) {
         let mut checked = 0;
         for (name, t) in &h.tensors {
             let r = (h.data_start + t.begin) as usize..(h.data_start + t.end) as usize;
-            if secateur::engine::arch::is_encoder_linear_weight(secateur::engine::arch::Family::Bert, name) {
+            if secateur::engine::model::arch::is_encoder_linear_weight(
+                secateur::engine::model::arch::Family::Bert,
+                name,
+            ) {
                 assert!(satisfies_nm(&out[r], t.dtype, p), "{name}");
                 checked += 1;
             } else {

@@ -7,7 +7,7 @@ use crate::common;
 
 use common::{problem, toy_sst2, Db, TestApp};
 use reqwest::StatusCode;
-use secateur::engine::st;
+use secateur::engine::io::st;
 use secateur::engine::testing::TinyModel;
 use serde_json::{json, Value};
 use std::time::Duration;
@@ -474,7 +474,7 @@ async fn calibrated_and_structured_experiments(db: Db) {
     assert_eq!(cfg["num_hidden_layers"], 1, "{cfg}");
     let out = app.artifact(&job, "model.safetensors").await;
     assert_eq!(tensor(&out, "bert.encoder.layer.0.output.dense.weight").1, vec![32, 64]);
-    let h = secateur::engine::st::parse(&out).unwrap();
+    let h = secateur::engine::io::st::parse(&out).unwrap();
     assert!(h.tensors.keys().all(|k| !k.contains("layer.1.")), "{:?}", h.tensors.keys().collect::<Vec<_>>());
     // The exported task model loads in our runtime.
     secateur::engine::model::Encoder::from_files(&serde_json::to_vec(&cfg).unwrap(), &out, &dev).unwrap();

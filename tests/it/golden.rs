@@ -12,7 +12,7 @@ use crate::common;
 
 use common::toy_sst2;
 use secateur::data::{Format, Task};
-use secateur::engine::st::Dtype;
+use secateur::engine::io::st::Dtype;
 use secateur::engine::testing::TinyModel;
 use secateur::jobs::{run_local, run_local_experiment, LocalDataset};
 use sha2::{Digest, Sha256};

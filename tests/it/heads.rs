@@ -6,8 +6,8 @@
 use crate::common;
 
 use candle_core::{DType, Device, Tensor};
-use secateur::engine::arch::Family;
-use secateur::engine::heads::{export_task_model, Head, HeadKind};
+use secateur::engine::model::arch::Family;
+use secateur::engine::model::heads::{export_task_model, Head, HeadKind};
 use secateur::engine::model::{Encoder, Weights};
 use secateur::engine::testing::TinyModel;
 use std::path::PathBuf;

@@ -71,7 +71,7 @@ fn minilm_and_its_hf_exports_match_transformers() {
 /// activations taken from real sentences: every encoder linear map, bit for bit.
 #[test]
 fn wanda_mask_equals_the_paper_rule_in_pytorch() {
-    use secateur::engine::wanda::{input_norms, mask, Rule};
+    use secateur::engine::prune::wanda::{input_norms, mask, Rule};
     let model = common::minilm::dir();
     let tok = tokenizers::Tokenizer::from_file(model.join("tokenizer.json")).unwrap();
     let sst2 = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data/glue/SST-2/dev.tsv"))

@@ -9,12 +9,13 @@
 use crate::common;
 
 use candle_core::{DType, Device, Tensor};
-use secateur::engine::arch::{is_encoder_linear_weight, Family};
-use secateur::engine::magnitude::{prune_in_place, prune_nm_in_place, NmPattern, Scope};
+use secateur::engine::io::st;
+use secateur::engine::model::arch::{is_encoder_linear_weight, Family};
 use secateur::engine::model::Encoder;
-use secateur::engine::sparsegpt::{self, Hessian, Options};
-use secateur::engine::st;
-use secateur::engine::wanda::{input_norms, mask, Rule};
+use secateur::engine::prune::magnitude::{prune_in_place, prune_nm_in_place};
+use secateur::engine::prune::sparsegpt::{self, Hessian, Options};
+use secateur::engine::prune::wanda::{input_norms, mask, Rule};
+use secateur::engine::prune::{NmPattern, Scope};
 use std::collections::HashMap;
 
 /// One sentence per batch (no padding).

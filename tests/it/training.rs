@@ -8,9 +8,9 @@
 use crate::common;
 
 use candle_core::{DType, Device, Tensor};
-use secateur::engine::arch::Family;
-use secateur::engine::heads::{export_task_model, Head, HeadKind};
-use secateur::engine::model::{EncoderConfig, Weights};
+use secateur::engine::model::arch::Family;
+use secateur::engine::model::heads::{export_task_model, Head, HeadKind};
+use secateur::engine::model::{EncoderConfig, ModelConfig, Weights};
 use secateur::engine::testing::TinyModel;
 use secateur::train::batch::Padded;
 use secateur::train::loss::{task_loss, Targets};
@@ -193,9 +193,8 @@ fn dropout_gradients_are_the_derivative_of_the_seeded_function() {
     for family in ["bert", "roberta", "distilbert"] {
         let tm = TinyModel { model_type: family, ..Default::default() };
         let cfg = tm.config_json();
-        let family_ = Family::parse(family).unwrap();
         let dropout = Dropout { hidden: 0.1, attention: 0.1, classifier: 0.2 };
-        assert_eq!(Dropout::from_config(cfg.as_bytes(), family_).hidden, 0.1);
+        assert_eq!(ModelConfig::parse(cfg.as_bytes()).unwrap().dropout.hidden, 0.1);
         let b = tiny_batch(tm.vocab as u32, if family == "roberta" { 1 } else { 0 }, 4, 9, false);
         for (kind, targets) in [
             (HeadKind::Classification(2), Targets::Classes(vec![0, 1, 1, 0])),

@@ -4,7 +4,7 @@
 
 use super::prune::Granularity;
 use crate::data::Task;
-use crate::engine::magnitude::Scope;
+use crate::engine::prune::Scope;
 use crate::validation::FieldError;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -143,6 +143,24 @@ pub struct RecoverySpec {
     /// Distil from the dense model; absent: the task loss alone.
     #[serde(default)]
     pub distill: Option<DistillSpec>,
+}
+
+impl RecoverySpec {
+    /// The training run it asks for (its own defaults: 2 epochs at 3e-5), as a fine-tuning
+    /// stage would be given: one type for validation and the trainer. (The wire format keeps
+    /// the fields at the top of `recovery`, with their own defaults and docs; serde cannot
+    /// flatten a struct into one that denies unknown fields.)
+    pub fn training(&self) -> TrainSpec {
+        TrainSpec {
+            epochs: self.epochs,
+            max_steps: self.max_steps,
+            learning_rate: self.learning_rate,
+            batch_size: self.batch_size,
+            max_seq_len: self.max_seq_len,
+            max_train_samples: self.max_train_samples,
+            seed: self.seed,
+        }
+    }
 }
 
 /// How pruning criteria are computed in an experiment.
@@ -301,17 +319,9 @@ fn uuid_ok(s: &str) -> bool {
     uuid::Uuid::parse_str(s).is_ok()
 }
 
-#[allow(clippy::too_many_arguments)]
-fn check_training(
-    errs: &mut Vec<FieldError>,
-    at: &str,
-    epochs: u32,
-    max_steps: Option<u64>,
-    lr: f64,
-    batch: usize,
-    len: usize,
-    samples: Option<usize>,
-) {
+fn check_training(errs: &mut Vec<FieldError>, at: &str, t: &TrainSpec) {
+    let (epochs, max_steps, lr, batch, len, samples) =
+        (t.epochs, t.max_steps, t.learning_rate, t.batch_size, t.max_seq_len, t.max_train_samples);
     if !(1..=100).contains(&epochs) {
         errs.push(FieldError::new(format!("{at}.epochs"), format!("{at}.epochs must be in 1..=100")));
     }
@@ -355,28 +365,10 @@ impl ExperimentRequest {
             _ => {}
         }
         if let Some(f) = &self.finetune {
-            check_training(
-                &mut errs,
-                "finetune",
-                f.epochs,
-                f.max_steps,
-                f.learning_rate,
-                f.batch_size,
-                f.max_seq_len,
-                f.max_train_samples,
-            );
+            check_training(&mut errs, "finetune", f);
         }
         if let Some(r) = &self.recovery {
-            check_training(
-                &mut errs,
-                "recovery",
-                r.epochs,
-                r.max_steps,
-                r.learning_rate,
-                r.batch_size,
-                r.max_seq_len,
-                r.max_train_samples,
-            );
+            check_training(&mut errs, "recovery", &r.training());
             if let Some(d) = &r.distill {
                 if !(d.temperature.is_finite() && d.temperature > 0.0 && d.temperature <= 100.0) {
                     errs.push(FieldError::new(
@@ -466,7 +458,7 @@ impl ExperimentRequest {
                             "leave pruning.sparsity out for n:m: pruning.pattern sets it",
                         ));
                     }
-                    match pat.as_deref().map(crate::engine::magnitude::NmPattern::parse) {
+                    match pat.as_deref().map(crate::engine::prune::NmPattern::parse) {
                         None => errs.push(FieldError::new(
                             "pruning.pattern",
                             "pruning.pattern is required for n:m (e.g. \"2:4\")",

@@ -2,7 +2,7 @@
 //! validated with a message that names it.
 
 pub use crate::catalog::ModelShape;
-use crate::engine::magnitude::Scope;
+use crate::engine::prune::Scope;
 use crate::validation::{deserialize_named, FieldError};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -220,7 +220,7 @@ impl JobRequest {
                     None => errs
                         .push(FieldError::new("pruning.pattern", "pruning.pattern is required for n:m (e.g. \"2:4\")")),
                     Some(pat) => {
-                        if let Err(e) = crate::engine::magnitude::NmPattern::parse(pat) {
+                        if let Err(e) = crate::engine::prune::NmPattern::parse(pat) {
                             errs.push(FieldError::new("pruning.pattern", e));
                         }
                     }
@@ -395,7 +395,7 @@ pub fn check_against_model(req: &JobRequest, model: &ModelShape) -> Result<(), F
 /// An N:M group size must divide the input dimension of every default target: the hidden size
 /// and the FFN width.
 pub fn check_nm_fits(pattern: &str, model: &ModelShape) -> Result<(), FieldError> {
-    if let Ok(pat) = crate::engine::magnitude::NmPattern::parse(pattern) {
+    if let Ok(pat) = crate::engine::prune::NmPattern::parse(pattern) {
         for (what, n) in [("hidden size", model.hidden_size), ("FFN width", model.intermediate_size)] {
             if !(n as usize).is_multiple_of(pat.m) {
                 return Err(FieldError::new("pruning.pattern", format!("M = {} must divide the input dimension of every pruned matrix, which is not a multiple of M here: the model's {what} is {n}", pat.m)));

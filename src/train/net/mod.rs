@@ -14,19 +14,18 @@
 //! where each family has it; padding ids get no embedding gradient (`padding_idx`). With dropout
 //! off, gradients match PyTorch's (tests/it/training.rs).
 
-use crate::engine::activation::Activation;
-use crate::engine::arch::Family;
-use crate::engine::fast::{simd, threads, Seq};
-use crate::engine::heads::{Head, HeadKind};
+use crate::engine::cpu::activation::Activation;
+use crate::engine::cpu::fused::Seq;
+use crate::engine::cpu::{simd, threads};
+use crate::engine::model::arch::Family;
+use crate::engine::model::heads::{Head, HeadKind};
 use crate::engine::model::{EncoderConfig, ModelError, Weights};
 use candle_core::{Device, Tensor};
-use gemm::Parallelism;
 use rayon::prelude::*;
 
-mod kernels;
-
-pub(crate) use kernels::splitmix;
-use kernels::*;
+pub(crate) use crate::engine::cpu::backprop::splitmix;
+use crate::engine::cpu::backprop::*;
+use crate::engine::cpu::{linear, mm, View};
 
 /// One named parameter (canonical Hugging Face name without the family prefix for the
 /// encoder; the head's own names otherwise), row-major.
@@ -68,42 +67,7 @@ struct Ix {
     head: Vec<Lin>,
 }
 
-/// Dropout probabilities, as the checkpoint's `config.json` sets them.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Dropout {
-    /// Embeddings, attention output (BERT, RoBERTa) and FFN output.
-    pub hidden: f32,
-    pub attention: f32,
-    /// In the classification head.
-    pub classifier: f32,
-}
-
-impl Dropout {
-    pub const NONE: Dropout = Dropout { hidden: 0.0, attention: 0.0, classifier: 0.0 };
-
-    pub fn from_config(config_json: &[u8], family: Family) -> Dropout {
-        let v: serde_json::Value = serde_json::from_slice(config_json).unwrap_or_default();
-        let f = |k: &str, d: f64| v.get(k).and_then(serde_json::Value::as_f64).unwrap_or(d) as f32;
-        match family {
-            Family::DistilBert => Dropout {
-                hidden: f("dropout", 0.1),
-                attention: f("attention_dropout", 0.1),
-                classifier: f("seq_classif_dropout", 0.2),
-            },
-            _ => {
-                let hidden = f("hidden_dropout_prob", 0.1);
-                Dropout {
-                    hidden,
-                    attention: f("attention_probs_dropout_prob", 0.1),
-                    classifier: v
-                        .get("classifier_dropout")
-                        .and_then(serde_json::Value::as_f64)
-                        .map_or(hidden, |x| x as f32),
-                }
-            }
-        }
-    }
-}
+pub use crate::engine::model::Dropout;
 
 /// The gradient of every parameter, in the order of [`Net::params`].
 #[derive(Debug, Clone, PartialEq)]
@@ -433,7 +397,7 @@ impl Net {
         match self.kind {
             HeadKind::QuestionAnswering => {
                 let l = self.ix.head[0];
-                linear(last, tape.n, p(l.w), p(l.b), l.out, l.inp)
+                linear(last, tape.n, l.inp, p(l.w), l.out, Some(p(l.b)))
             }
             _ => {
                 let mut first: Vec<f32> =
@@ -442,14 +406,14 @@ impl Net {
                     apply_drop(Mask::new(tape.seed, self.dropout.classifier, site(HEAD, 0)), &mut first);
                 }
                 let (l0, l1) = (self.ix.head[0], self.ix.head[1]);
-                let mut hid = linear(&first, tape.rows, p(l0.w), p(l0.b), l0.out, l0.inp);
+                let mut hid = linear(&first, tape.rows, l0.inp, p(l0.w), l0.out, Some(p(l0.b)));
                 match self.config.family {
                     Family::DistilBert => hid.iter_mut().for_each(|v| *v = v.max(0.0)),
                     _ => hid.iter_mut().for_each(|v| *v = v.tanh()),
                 }
                 let mut dropped = hid.clone();
                 apply_drop(Mask::new(tape.seed, self.dropout.classifier, site(HEAD, 1)), &mut dropped);
-                let logits = linear(&dropped, tape.rows, p(l1.w), p(l1.b), l1.out, l1.inp);
+                let logits = linear(&dropped, tape.rows, l1.inp, p(l1.w), l1.out, Some(p(l1.b)));
                 tape.head = HeadTape { first, hidden: hid };
                 logits
             }
@@ -499,7 +463,7 @@ impl Net {
                     offsets.iter().zip(seqs).map(|(o, s)| o[l.heads - 1] + s.queries * s.bias.len()).max().unwrap_or(0);
                 let mut probs = vec![0f32; total];
                 let ctx = attention_forward(&qkv, seqs, offsets, &mut probs, n, l.heads, c.head_dim, mask);
-                let a = linear(&ctx, n, p(l.o.w), p(l.o.b), h, w);
+                let a = linear(&ctx, n, w, p(l.o.w), h, Some(p(l.o.b)));
                 (qkv, probs, ctx, a)
             }
             None => (Vec::new(), Vec::new(), Vec::new(), (0..n).flat_map(|_| p(l.o.b).iter().copied()).collect()),
@@ -510,9 +474,9 @@ impl Net {
         let eps = c.eps as f32;
         let ln1 = layer_norm_keep(&mut a, x, p(l.ln1[0]), p(l.ln1[1]), eps);
         let ffn = l.ffn_in.out;
-        let f0 = linear(&a, n, p(l.ffn_in.w), p(l.ffn_in.b), ffn, h);
+        let f0 = linear(&a, n, h, p(l.ffn_in.w), ffn, Some(p(l.ffn_in.b)));
         let g = self.activate(&f0, ffn);
-        let mut o = linear(&g, n, p(l.ffn_out.w), p(l.ffn_out.b), h, ffn);
+        let mut o = linear(&g, n, ffn, p(l.ffn_out.w), h, Some(p(l.ffn_out.b)));
         drop(g);
         apply_drop(Mask::new(seed, self.dropout.hidden, site(li, 3)), &mut o);
         let ln2 = layer_norm_keep(&mut o, &a, p(l.ln2[0]), p(l.ln2[1]), eps);

@@ -2,19 +2,10 @@
 //! bytes: the header is untouched (same names, dtypes, shapes), pruned weights become zero in
 //! their own dtype, and every other byte stays as it was.
 
-use super::arch::{is_encoder_linear_weight, Family};
-use super::st::{Dtype, Header, TensorInfo};
+use super::{NmPattern, Scope};
+use crate::engine::io::st::{count_nonzeros, Dtype, Header, TensorInfo};
+use crate::engine::model::arch::{is_encoder_linear_weight, Family};
 use regex::Regex;
-use serde::{Deserialize, Serialize};
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
-#[serde(rename_all = "lowercase")]
-pub enum Scope {
-    /// One threshold over all prunable tensors.
-    Global,
-    /// The requested sparsity in every prunable tensor.
-    Local,
-}
 
 /// Which tensors are pruned: with no `include` pattern, the encoder's linear weights; with
 /// `include`, every floating-point tensor whose name matches one of them. `exclude` removes
@@ -59,27 +50,9 @@ fn resolve_targets<'h>(header: &'h Header, targets: &[String]) -> Result<Vec<&'h
 
 /// |w| of every element, as f32 (ordering is all that matters).
 pub fn magnitudes(data: &[u8], dtype: Dtype) -> Vec<f32> {
-    let mut v = super::st::floats(data, dtype).expect("checked by check_prunable_dtype");
+    let mut v = crate::engine::io::st::floats(data, dtype).expect("checked by check_prunable_dtype");
     v.iter_mut().for_each(|x| *x = x.abs());
     v
-}
-
-/// Number of non-zero elements (±0 both count as zero).
-pub fn count_nonzeros(data: &[u8], dtype: Dtype) -> u64 {
-    let s = dtype.size() as usize;
-    match dtype {
-        Dtype::F32 => {
-            data.chunks_exact(4).filter(|c| f32::from_le_bytes((*c).try_into().unwrap()) != 0.0).count() as u64
-        }
-        Dtype::F64 => {
-            data.chunks_exact(8).filter(|c| f64::from_le_bytes((*c).try_into().unwrap()) != 0.0).count() as u64
-        }
-        // f16/bf16: zero iff all bits but the sign are zero.
-        Dtype::F16 | Dtype::BF16 => {
-            data.chunks_exact(2).filter(|c| (u16::from_le_bytes([c[0], c[1]]) & 0x7fff) != 0).count() as u64
-        }
-        _ => data.chunks_exact(s).filter(|c| c.iter().any(|&b| b != 0)).count() as u64,
-    }
 }
 
 /// The k-th smallest value (0-based) of `v` under total order; `v` is reordered.
@@ -218,30 +191,6 @@ pub fn prune_by_sorting<E>(
     Ok(Ok(()))
 }
 
-/// An N:M pattern: in every group of M consecutive weights along the input dimension (a row
-/// of the `[out, in]` weight), at most N are non-zero (as sparse tensor cores expect).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct NmPattern {
-    pub n: usize,
-    pub m: usize,
-}
-
-impl NmPattern {
-    /// Parse `"2:4"`; requires 0 < N < M ≤ 64.
-    pub fn parse(s: &str) -> Result<NmPattern, String> {
-        let (a, b) = s.split_once(':').ok_or_else(|| format!("{s:?} is not of the form N:M (e.g. 2:4)"))?;
-        let n: usize = a.trim().parse().map_err(|_| format!("{s:?}: N is not a whole number"))?;
-        let m: usize = b.trim().parse().map_err(|_| format!("{s:?}: M is not a whole number"))?;
-        if n == 0 || n >= m || m > 64 {
-            return Err(format!("{s:?}: need 0 < N < M <= 64"));
-        }
-        Ok(NmPattern { n, m })
-    }
-    pub fn sparsity(self) -> f64 {
-        1.0 - self.n as f64 / self.m as f64
-    }
-}
-
 /// Prune every target to an N:M pattern in place: in each group of M consecutive weights of a
 /// row, the M−N smallest by magnitude become zero (ties: the earlier one goes first).
 pub fn prune_nm_in_place<E>(
@@ -287,14 +236,12 @@ pub fn satisfies_nm(data: &[u8], dtype: Dtype, pattern: NmPattern) -> bool {
 }
 
 pub mod radix;
-mod report;
-
-pub use report::*;
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::engine::{st, testing::TinyModel};
+    use crate::engine::report::measure;
+    use crate::engine::{io::st, testing::TinyModel};
 
     fn prune(m: &TinyModel, scope: Scope, s: f64) -> (Vec<u8>, Vec<u8>, Header, Vec<String>) {
         let orig = m.safetensors();

@@ -3,11 +3,12 @@
 //! checkpoint loads. Post-LayerNorm blocks as in BERT, RoBERTa and DistilBERT; tensor names
 //! with or without the family prefix; f32/f16/bf16 checkpoints computed in f32.
 
-use super::activation::Activation;
 use super::arch::{canonical_name, Family, LayerNames};
+use super::config::ModelConfig;
+use crate::engine::cpu::activation::Activation;
+use crate::engine::cpu::fused;
 use candle_core::{DType, Device, Module, Tensor, D};
 use candle_nn::Linear;
-use serde_json::Value;
 use std::collections::HashMap;
 
 pub type Result<T> = std::result::Result<T, ModelError>;
@@ -72,38 +73,20 @@ pub struct EncoderConfig {
     pub layers: Vec<LayerShape>,
 }
 
-fn uint(cfg: &serde_json::Map<String, Value>, key: &str) -> Result<usize> {
-    match cfg.get(key).and_then(Value::as_u64) {
-        Some(n) => Ok(n as usize),
-        None => invalid(format!("config.json: missing or bad {key}")),
-    }
-}
-
 impl EncoderConfig {
     /// Read `config.json` and take each layer's head count and FFN width from the tensors
     /// (`shapes` maps tensor names, with or without prefix, to shapes).
     pub fn from_checkpoint(config_json: &[u8], shapes: &HashMap<String, Vec<usize>>) -> Result<EncoderConfig> {
-        let v: Value =
-            serde_json::from_slice(config_json).map_err(|e| ModelError::Invalid(format!("config.json: {e}")))?;
-        let cfg = v.as_object().ok_or_else(|| ModelError::Invalid("config.json is not an object".into()))?;
-        let model_type = cfg.get("model_type").and_then(Value::as_str).unwrap_or("");
-        let family = Family::parse(model_type)
-            .ok_or_else(|| ModelError::Invalid(format!("unsupported model_type {model_type:?}")))?;
-        let distil = family == Family::DistilBert;
-        let (hidden, heads, layers, act_key) = if distil {
-            (uint(cfg, "dim")?, uint(cfg, "n_heads")?, uint(cfg, "n_layers")?, "activation")
-        } else {
-            (
-                uint(cfg, "hidden_size")?,
-                uint(cfg, "num_attention_heads")?,
-                uint(cfg, "num_hidden_layers")?,
-                "hidden_act",
-            )
-        };
-        if heads == 0 || hidden % heads != 0 {
-            return invalid(format!("hidden size {hidden} is not a multiple of the head count {heads}"));
-        }
-        let act_name = cfg.get(act_key).and_then(Value::as_str).unwrap_or("gelu");
+        let cfg = ModelConfig::parse(config_json).map_err(|e| ModelError::Invalid(format!("config.json: {e}")))?;
+        EncoderConfig::new(&cfg, shapes)
+    }
+
+    /// The encoder's configuration: `cfg`'s sizes, each layer's head count and FFN width from
+    /// the tensors.
+    pub fn new(cfg: &ModelConfig, shapes: &HashMap<String, Vec<usize>>) -> Result<EncoderConfig> {
+        let family = cfg.family;
+        let (hidden, heads, layers) = (cfg.hidden_size as usize, cfg.num_heads as usize, cfg.num_layers as usize);
+        let act_name = cfg.activation.as_str();
         let activation = Activation::parse(act_name)
             .ok_or_else(|| ModelError::Invalid(format!("unsupported activation {act_name:?}")))?;
         let canon: HashMap<&str, &Vec<usize>> = shapes.iter().map(|(k, s)| (canonical_name(family, k), s)).collect();
@@ -122,19 +105,18 @@ impl EncoderConfig {
             }
             shapes_out.push(LayerShape { heads: q / head_dim, ffn });
         }
+        let max_positions = cfg
+            .max_positions
+            .ok_or_else(|| ModelError::Invalid("config.json: missing or bad max_position_embeddings".into()))?;
         Ok(EncoderConfig {
             family,
             hidden,
             head_dim,
-            vocab: uint(cfg, "vocab_size")?,
-            max_positions: uint(cfg, "max_position_embeddings")?,
-            type_vocab: if distil {
-                0
-            } else {
-                cfg.get("type_vocab_size").and_then(Value::as_u64).unwrap_or(2) as usize
-            },
-            eps: if distil { 1e-12 } else { cfg.get("layer_norm_eps").and_then(Value::as_f64).unwrap_or(1e-12) },
-            pad_token_id: cfg.get("pad_token_id").and_then(Value::as_u64).unwrap_or(0) as u32,
+            vocab: cfg.vocab_size as usize,
+            max_positions: max_positions as usize,
+            type_vocab: cfg.type_vocab as usize,
+            eps: cfg.layer_norm_eps,
+            pad_token_id: cfg.pad_token_id,
             activation,
             layers: shapes_out,
         })
@@ -224,9 +206,9 @@ struct Layer {
 
 pub struct Encoder {
     pub config: EncoderConfig,
-    /// The weights laid out for the fused CPU forward (`super::fast`), built on first use; `None`
+    /// The weights laid out for the fused CPU forward (`crate::engine::cpu::fused`), built on first use; `None`
     /// when the encoder is not on the CPU in f32.
-    fast: std::sync::OnceLock<Option<super::fast::FastModel>>,
+    fast: std::sync::OnceLock<Option<fused::FastModel>>,
     word: Tensor,
     position: Tensor,
     token_type: Option<Tensor>,
@@ -277,14 +259,14 @@ impl Encoder {
 
     /// Load `config.json` + `model.safetensors` bytes.
     pub fn from_files(config_json: &[u8], safetensors: &[u8], device: &Device) -> Result<Encoder> {
-        let family = {
-            let v: Value =
-                serde_json::from_slice(config_json).map_err(|e| ModelError::Invalid(format!("config.json: {e}")))?;
-            let t = v.get("model_type").and_then(Value::as_str).unwrap_or("");
-            Family::parse(t).ok_or_else(|| ModelError::Invalid(format!("unsupported model_type {t:?}")))?
-        };
-        let w = Weights::from_safetensors(safetensors, family, device)?;
-        let config = EncoderConfig::from_checkpoint(config_json, &w.shapes())?;
+        let cfg = ModelConfig::parse(config_json).map_err(|e| ModelError::Invalid(format!("config.json: {e}")))?;
+        Encoder::from_weights(&cfg, safetensors, device)
+    }
+
+    /// Load `model.safetensors` bytes described by a parsed `config.json`.
+    pub fn from_weights(cfg: &ModelConfig, safetensors: &[u8], device: &Device) -> Result<Encoder> {
+        let w = Weights::from_safetensors(safetensors, cfg.family, device)?;
+        let config = EncoderConfig::new(cfg, &w.shapes())?;
         Encoder::load(config, &w)
     }
 
@@ -325,7 +307,7 @@ impl Encoder {
     /// Last hidden state `[batch, seq, hidden]`. `input_ids` u32 `[batch, seq]`;
     /// `attention_mask` `[batch, seq]` with 1 for real tokens and 0 for padding.
     ///
-    /// On the CPU in f32 this runs the fused path of [`super::fast`]; elsewhere candle's ops.
+    /// On the CPU in f32 this runs the fused path of [`crate::engine::cpu::fused`]; elsewhere candle's ops.
     pub fn forward(
         &self,
         input_ids: &Tensor,
@@ -350,7 +332,7 @@ impl Encoder {
 
     fn forward_fast(
         &self,
-        model: &super::fast::FastModel,
+        model: &fused::FastModel,
         input_ids: &Tensor,
         token_type_ids: Option<&Tensor>,
         attention_mask: &Tensor,
@@ -358,22 +340,16 @@ impl Encoder {
         let x = self.embedding_sum(input_ids, token_type_ids)?;
         let (b, t, h) = x.dims3()?;
         let mask = Self::mask_vec(attention_mask)?;
-        let xs = self.run_fast(model, x.flatten_all()?.to_vec1::<f32>()?, &super::fast::Seq::padded(&mask, t), h);
+        let xs = self.run_fast(model, x.flatten_all()?.to_vec1::<f32>()?, &fused::Seq::padded(&mask, t), h);
         Ok(Tensor::from_vec(xs, (b, t, h), x.device())?)
     }
 
     /// The embeddings' LayerNorm and every layer of the fused path on `xs` (`[rows, hidden]`,
     /// the embedding sums of the rows `seqs` describe).
-    fn run_fast(
-        &self,
-        model: &super::fast::FastModel,
-        mut xs: Vec<f32>,
-        seqs: &[super::fast::Seq],
-        h: usize,
-    ) -> Vec<f32> {
+    fn run_fast(&self, model: &fused::FastModel, mut xs: Vec<f32>, seqs: &[fused::Seq], h: usize) -> Vec<f32> {
         let eps = self.config.eps as f32;
-        super::fast::layer_norm(&mut xs, &model.emb_ln.0, &model.emb_ln.1, eps);
-        let d = super::fast::Dims {
+        fused::layer_norm(&mut xs, &model.emb_ln.0, &model.emb_ln.1, eps);
+        let d = fused::Dims {
             rows: xs.len() / h.max(1),
             hidden: h,
             head_dim: self.config.head_dim,
@@ -381,7 +357,7 @@ impl Encoder {
             activation: self.config.activation,
         };
         for l in &model.layers {
-            xs = super::fast::layer(&xs, seqs, l, &d);
+            xs = fused::layer(&xs, seqs, l, &d);
         }
         xs
     }
@@ -431,7 +407,7 @@ impl Encoder {
             lengths.push(n);
         }
         drop(all);
-        let xs = self.run_fast(model, xs, &super::fast::Seq::packed(&lengths), h);
+        let xs = self.run_fast(model, xs, &fused::Seq::packed(&lengths), h);
         let mut out = vec![0f32; b * t * h];
         let mut src = xs.chunks_exact(h);
         for (i, m) in mask.iter().enumerate() {
@@ -443,7 +419,7 @@ impl Encoder {
     }
 
     /// Copies of the layers' weights for the fused path, when every one is an f32 CPU tensor.
-    fn fast_layers(&self) -> Option<super::fast::FastModel> {
+    fn fast_layers(&self) -> Option<fused::FastModel> {
         let v = |t: &Tensor| -> Option<Vec<f32>> {
             if !t.device().is_cpu() || t.dtype() != DType::F32 {
                 return None;
@@ -464,7 +440,7 @@ impl Encoder {
             let (wo, bo) = lin(&l.o)?;
             let (wi, bi) = lin(&l.ffn_in)?;
             let (wf, bf) = lin(&l.ffn_out)?;
-            out.push(super::fast::FastLayer {
+            out.push(fused::FastLayer {
                 heads: if wqkv.is_empty() { 0 } else { l.shape.heads },
                 wqkv,
                 bqkv,
@@ -478,7 +454,7 @@ impl Encoder {
                 ln2: (v(&l.out_norm.weight)?, v(&l.out_norm.bias)?),
             });
         }
-        Some(super::fast::FastModel { emb_ln: (v(&self.emb_norm.weight)?, v(&self.emb_norm.bias)?), layers: out })
+        Some(fused::FastModel { emb_ln: (v(&self.emb_norm.weight)?, v(&self.emb_norm.bias)?), layers: out })
     }
 
     /// As [`Encoder::forward`], showing `observe(layer, site, input)` the input of every linear
@@ -613,7 +589,7 @@ impl Encoder {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::engine::st::Dtype;
+    use crate::engine::io::st::Dtype;
     use crate::engine::testing::TinyModel;
 
     fn ids(b: usize, t: usize, vocab: u32, pad_last: usize) -> (Tensor, Tensor) {

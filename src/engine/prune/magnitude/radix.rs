@@ -8,7 +8,7 @@
 //! keys of the narrow sub-range holding the threshold. Every pass runs in parallel over pieces
 //! of the tensors.
 
-use super::{Dtype, TensorInfo};
+use crate::engine::io::st::{Dtype, TensorInfo};
 use rayon::prelude::*;
 
 const PIECE: usize = 1 << 18;

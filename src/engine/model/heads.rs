@@ -12,7 +12,7 @@
 //! otherwise (normal with std `initializer_range`, zero bias, seeded), as `from_pretrained` does.
 
 use super::arch::Family;
-use super::model::{ModelError, Result, Weights};
+use super::encoder::{ModelError, Result, Weights};
 use candle_core::{DType, Device, Module, Tensor, D};
 use candle_nn::Linear;
 use rand::{Rng, SeedableRng};
@@ -240,10 +240,13 @@ pub fn export_task_model(
         .collect();
     names.sort();
     let mut out = Vec::new();
-    let push = |out: &mut Vec<(String, super::st::Dtype, Vec<u64>, Vec<u8>)>, name: String, t: &Tensor| -> Result<()> {
+    let push = |out: &mut Vec<(String, crate::engine::io::st::Dtype, Vec<u64>, Vec<u8>)>,
+                name: String,
+                t: &Tensor|
+     -> Result<()> {
         let shape = t.dims().iter().map(|d| *d as u64).collect();
         let v = t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
-        out.push((name, super::st::Dtype::F32, shape, v.iter().flat_map(|x| x.to_le_bytes()).collect()));
+        out.push((name, crate::engine::io::st::Dtype::F32, shape, v.iter().flat_map(|x| x.to_le_bytes()).collect()));
         Ok(())
     };
     for n in names {
@@ -252,7 +255,7 @@ pub fn export_task_model(
     for (n, t) in head.hf_tensors() {
         push(&mut out, n, &t)?;
     }
-    Ok((serde_json::to_vec_pretty(&cfg).expect("JSON value serializes"), super::st::serialize(&out, None)))
+    Ok((serde_json::to_vec_pretty(&cfg).expect("JSON value serializes"), crate::engine::io::st::serialize(&out, None)))
 }
 
 #[cfg(test)]

@@ -1,9 +1,10 @@
 //! `report.json`: what a pruning run did, measured from the bytes it wrote (per tensor, per layer
 //! with heads and FFN neurons, totals), and the masks file.
 
-use super::{count_nonzeros, Scope};
-use crate::engine::arch::Family;
-use crate::engine::st::{Dtype, Header, TensorInfo};
+use super::io::st::count_nonzeros;
+use super::prune::Scope;
+use crate::engine::io::st::{Dtype, Header, TensorInfo};
+use crate::engine::model::arch::Family;
 use serde::{Deserialize, Serialize};
 
 /// Per-tensor line of `report.json`.
@@ -90,7 +91,7 @@ pub fn fill_units(
         let canonical = format!("{}{module}.{kind}", family.layer_prefix(layer));
         h.tensors
             .iter()
-            .find(|(n, _)| crate::engine::arch::canonical_name(family, n) == canonical)
+            .find(|(n, _)| crate::engine::model::arch::canonical_name(family, n) == canonical)
             .map(|(_, t)| t.clone())
     };
     let cols = |t: &TensorInfo| *t.shape.last().unwrap_or(&0) as usize;
@@ -309,5 +310,5 @@ pub fn masks_file(file: &[u8], header: &Header, targets: &[String]) -> Vec<u8> {
         let bits: Vec<u8> = file[a..b].chunks_exact(s).map(|c| (count_nonzeros(c, t.dtype) == 1) as u8).collect();
         out.push((name.clone(), Dtype::U8, t.shape.clone(), bits));
     }
-    crate::engine::st::serialize(&out, None)
+    crate::engine::io::st::serialize(&out, None)
 }

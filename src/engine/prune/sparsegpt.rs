@@ -12,9 +12,9 @@
 //! exactly `floor(rows × block × sparsity)` weights per block (the reference keeps one more on
 //! ties at the threshold) and that `H` and its factor are computed in f64.
 
-use super::magnitude::NmPattern;
-use super::model::{Encoder, ModelError, Site};
 use super::wanda::Rule;
+use super::NmPattern;
+use crate::engine::model::{Encoder, ModelError, Site};
 use candle_core::{DType, Tensor};
 use faer::linalg::matmul::matmul;
 use faer::linalg::triangular_inverse::invert_lower_triangular;

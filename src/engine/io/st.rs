@@ -95,6 +95,24 @@ pub fn floats(data: &[u8], dtype: Dtype) -> Option<Vec<f32>> {
     })
 }
 
+/// Number of non-zero elements (±0 both count as zero).
+pub fn count_nonzeros(data: &[u8], dtype: Dtype) -> u64 {
+    let s = dtype.size() as usize;
+    match dtype {
+        Dtype::F32 => {
+            data.chunks_exact(4).filter(|c| f32::from_le_bytes((*c).try_into().unwrap()) != 0.0).count() as u64
+        }
+        Dtype::F64 => {
+            data.chunks_exact(8).filter(|c| f64::from_le_bytes((*c).try_into().unwrap()) != 0.0).count() as u64
+        }
+        // f16/bf16: zero iff all bits but the sign are zero.
+        Dtype::F16 | Dtype::BF16 => {
+            data.chunks_exact(2).filter(|c| (u16::from_le_bytes([c[0], c[1]]) & 0x7fff) != 0).count() as u64
+        }
+        _ => data.chunks_exact(s).filter(|c| c.iter().any(|&b| b != 0)).count() as u64,
+    }
+}
+
 /// Writes `values` into `out` in `dtype` (round to nearest); false for other dtypes or a length
 /// mismatch, leaving `out` untouched.
 pub fn write_floats(values: &[f32], dtype: Dtype, out: &mut [u8]) -> bool {

@@ -3,89 +3,15 @@
 //! counter-based hash instead of stored, LayerNorm keeping what its backward needs, and attention
 //! per (sequence, head) with the probabilities kept for the backward pass.
 
-use super::*;
-
-/// Matrix view for gemm: element (i, j) at `ptr + i·rs + j·cs`.
-#[derive(Clone, Copy)]
-pub(super) struct View {
-    pub(super) ptr: *const f32,
-    pub(super) rs: isize,
-    pub(super) cs: isize,
-}
-
-impl View {
-    pub(super) fn rows(s: &[f32], cols: usize) -> View {
-        View { ptr: s.as_ptr(), rs: cols as isize, cs: 1 }
-    }
-    pub(super) fn t(self) -> View {
-        View { ptr: self.ptr, rs: self.cs, cs: self.rs }
-    }
-}
-
-/// `dst [m, n]` (row stride `dst_rs`) ← (`dst` +) `a [m, k] · b [k, n]`.
-///
-/// # Safety
-/// The views and `dst` must describe memory valid for those shapes; `dst` must not alias them.
-#[allow(clippy::too_many_arguments)]
-pub(super) unsafe fn mm(
-    m: usize,
-    n: usize,
-    k: usize,
-    dst: *mut f32,
-    dst_rs: usize,
-    acc: bool,
-    a: View,
-    b: View,
-    par: Parallelism,
-) {
-    if m == 0 || n == 0 {
-        return;
-    }
-    if k == 0 {
-        if !acc {
-            for i in 0..m {
-                std::ptr::write_bytes(dst.add(i * dst_rs), 0, n);
-            }
-        }
-        return;
-    }
-    gemm::gemm(
-        m,
-        n,
-        k,
-        dst,
-        1,
-        dst_rs as isize,
-        acc,
-        a.ptr,
-        a.cs,
-        a.rs,
-        b.ptr,
-        b.cs,
-        b.rs,
-        1.0,
-        1.0,
-        false,
-        false,
-        false,
-        par,
-    );
-}
-
-/// `x [rows, inp] · wᵀ + b` into a new `[rows, out]` buffer.
-pub(super) fn linear(x: &[f32], rows: usize, w: &[f32], b: &[f32], out: usize, inp: usize) -> Vec<f32> {
-    let mut y = Vec::with_capacity(rows * out);
-    for _ in 0..rows {
-        y.extend_from_slice(b);
-    }
-    unsafe { mm(rows, out, inp, y.as_mut_ptr(), out, true, View::rows(x, inp), View::rows(w, inp).t(), threads()) };
-    y
-}
+use super::{mm, simd, threads, View};
+use crate::engine::cpu::fused::Seq;
+use gemm::Parallelism;
+use rayon::prelude::*;
 
 /// Backward of `y = x·wᵀ + b`: dw += dyᵀ·x, db += Σ dy; returns dx = dy·w when asked for, or
 /// adds it to `dx_acc`.
 #[allow(clippy::too_many_arguments)]
-pub(super) fn linear_back(
+pub(crate) fn linear_back(
     dy: &[f32],
     x: &[f32],
     rows: usize,
@@ -106,7 +32,7 @@ pub(super) fn linear_back(
 }
 
 /// `acc[j] += Σ_i m[i, j]` for row-major `m` with `cols` columns.
-pub(super) fn col_sums(m: &[f32], cols: usize, acc: &mut [f32]) {
+pub(crate) fn col_sums(m: &[f32], cols: usize, acc: &mut [f32]) {
     if cols == 0 {
         return;
     }
@@ -142,14 +68,14 @@ pub(crate) fn splitmix(mut z: u64) -> u64 {
 /// A dropout mask that is never stored: element `i` is kept when a hash of (key, i) clears
 /// the threshold, so the backward pass recomputes the same mask.
 #[derive(Debug, Clone, Copy)]
-pub(super) struct Mask {
-    pub(super) key: u64,
-    pub(super) threshold: u32,
-    pub(super) scale: f32,
+pub(crate) struct Mask {
+    pub(crate) key: u64,
+    pub(crate) threshold: u32,
+    pub(crate) scale: f32,
 }
 
 impl Mask {
-    pub(super) fn new(seed: Option<u64>, p: f32, site: u64) -> Option<Mask> {
+    pub(crate) fn new(seed: Option<u64>, p: f32, site: u64) -> Option<Mask> {
         let seed = seed?;
         if p <= 0.0 {
             return None;
@@ -161,7 +87,7 @@ impl Mask {
         })
     }
     #[inline]
-    pub(super) fn factor(&self, i: usize) -> f32 {
+    pub(crate) fn factor(&self, i: usize) -> f32 {
         if (splitmix(self.key.wrapping_add(i as u64)) >> 32) as u32 >= self.threshold {
             self.scale
         } else {
@@ -169,7 +95,7 @@ impl Mask {
         }
     }
     /// x ← x·mask/(1−p) over a buffer whose first element has index `start`.
-    pub(super) fn apply(&self, x: &mut [f32], start: usize) {
+    pub(crate) fn apply(&self, x: &mut [f32], start: usize) {
         x.par_chunks_mut(1 << 14).enumerate().for_each(|(c, xs)| {
             let base = start + c * (1 << 14);
             for (j, v) in xs.iter_mut().enumerate() {
@@ -179,22 +105,22 @@ impl Mask {
     }
 }
 
-pub(super) fn apply_drop(d: Option<Mask>, x: &mut [f32]) {
+pub(crate) fn apply_drop(d: Option<Mask>, x: &mut [f32]) {
     if let Some(d) = d {
         d.apply(x, 0);
     }
 }
 
 /// LayerNorm state kept for the backward pass.
-pub(super) struct Ln {
-    pub(super) xhat: Vec<f32>,
-    pub(super) rstd: Vec<f32>,
+pub(crate) struct Ln {
+    pub(crate) xhat: Vec<f32>,
+    pub(crate) rstd: Vec<f32>,
 }
 
-pub(super) const ROWS: usize = 16;
+pub(crate) const ROWS: usize = 16;
 
 /// y ← LayerNorm(y + residual) row by row (`residual` empty: none), keeping x̂ and 1/σ.
-pub(super) fn layer_norm_keep(y: &mut [f32], residual: &[f32], gamma: &[f32], beta: &[f32], eps: f32) -> Ln {
+pub(crate) fn layer_norm_keep(y: &mut [f32], residual: &[f32], gamma: &[f32], beta: &[f32], eps: f32) -> Ln {
     let h = gamma.len();
     let rows = y.len() / h;
     let mut xhat = vec![0f32; y.len()];
@@ -216,7 +142,7 @@ pub(super) fn layer_norm_keep(y: &mut [f32], residual: &[f32], gamma: &[f32], be
 }
 
 /// LayerNorm backward in place on `dy`, accumulating dγ, dβ.
-pub(super) fn layer_norm_back(dy: &mut [f32], ln: &Ln, gamma: &[f32], dgamma: &mut [f32], dbeta: &mut [f32]) {
+pub(crate) fn layer_norm_back(dy: &mut [f32], ln: &Ln, gamma: &[f32], dgamma: &mut [f32], dbeta: &mut [f32]) {
     let h = gamma.len();
     let partial: Vec<(Vec<f32>, Vec<f32>)> = dy
         .par_chunks_mut(h * ROWS * 4)
@@ -237,7 +163,7 @@ pub(super) fn layer_norm_back(dy: &mut [f32], ln: &Ln, gamma: &[f32], dgamma: &m
 }
 
 /// Two distinct gradients mutably.
-pub(super) fn two(g: &mut [Vec<f32>], a: usize, b: usize) -> (&mut [f32], &mut [f32]) {
+pub(crate) fn two(g: &mut [Vec<f32>], a: usize, b: usize) -> (&mut [f32], &mut [f32]) {
     assert_ne!(a, b);
     if a < b {
         let (l, r) = g.split_at_mut(b);
@@ -249,13 +175,13 @@ pub(super) fn two(g: &mut [Vec<f32>], a: usize, b: usize) -> (&mut [f32], &mut [
 }
 
 #[derive(Clone, Copy)]
-pub(super) struct Shared(*mut f32);
+pub(crate) struct Shared(*mut f32);
 unsafe impl Send for Shared {}
 unsafe impl Sync for Shared {}
 
 impl Shared {
     /// The pointer (a method, so that closures capture the whole `Send` wrapper).
-    pub(super) fn at(self, offset: usize) -> *mut f32 {
+    pub(crate) fn at(self, offset: usize) -> *mut f32 {
         unsafe { self.0.add(offset) }
     }
 }
@@ -263,7 +189,7 @@ impl Shared {
 /// Training attention: `qkv [n, 3w]` → context `[n, w]`, filling each (sequence, head) block
 /// of `probs` with softmax(QKᵀ/√d + mask) before dropout.
 #[allow(clippy::too_many_arguments)]
-pub(super) fn attention_forward(
+pub(crate) fn attention_forward(
     qkv: &[f32],
     seqs: &[Seq],
     offsets: &[Vec<usize>],
@@ -337,7 +263,7 @@ pub(super) fn attention_forward(
 
 /// Backward of [`attention_forward`]: dQ, dK, dV into a new `[n, 3w]` buffer.
 #[allow(clippy::too_many_arguments)]
-pub(super) fn attention_backward(
+pub(crate) fn attention_backward(
     qkv: &[f32],
     probs: &[f32],
     dctx: &[f32],

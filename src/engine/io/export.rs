@@ -1,9 +1,9 @@
 //! Writing a (possibly reshaped) model back as a Hugging Face directory: every tensor under its
 //! original name and dtype, in the original file order; `config.json` updated for the layout.
 
-use super::arch::{canonical_name, Family};
-use super::model::{EncoderConfig, ModelError, Result, Weights};
 use super::st::{self, Dtype, Header};
+use crate::engine::model::arch::{canonical_name, Family};
+use crate::engine::model::{EncoderConfig, ModelError, Result, Weights};
 use candle_core::{DType, Tensor};
 use serde_json::Value;
 

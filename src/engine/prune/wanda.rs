@@ -2,8 +2,8 @@
 //! feature j over the calibration tokens, compared within each output row. Unstructured (the
 //! lowest `floor(in × sparsity)` of every row, as the paper's code does) or N:M.
 
-use super::magnitude::NmPattern;
-use super::model::{Encoder, Result};
+use super::NmPattern;
+use crate::engine::model::{Encoder, Result};
 use candle_core::{DType, Tensor, D};
 use std::collections::HashMap;
 

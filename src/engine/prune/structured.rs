@@ -3,8 +3,8 @@
 //! zero query/key/value rows and biases of a head, or a zero FFN input row and bias of a neuron,
 //! give exactly the output of removing it).
 
-use super::arch::Family;
-use super::model::{Encoder, EncoderConfig, LayerShape, Result, Site, Weights};
+use crate::engine::model::arch::Family;
+use crate::engine::model::{Encoder, EncoderConfig, LayerShape, Result, Site, Weights};
 use candle_core::{DType, Tensor, D};
 
 /// One score per unit (head or FFN neuron), per layer.
@@ -184,39 +184,6 @@ pub fn remove_layers(w: &Weights, cfg: &EncoderConfig, removed: &[usize]) -> (We
     let mut out = cfg.clone();
     out.layers = cfg.layers.iter().enumerate().filter(|(i, _)| !removed.contains(i)).map(|(_, l)| *l).collect();
     (Weights::from_map(map), out)
-}
-
-/// Choose the lowest-scoring units: `count` of them across all layers (`global`), or `count`
-/// in each layer (`per_layer`). Ties go to the lower index. Returns sorted indices per layer.
-pub fn select_lowest(scores: &[Vec<f32>], count_global: Option<usize>, per_layer: Option<&[usize]>) -> Vec<Vec<usize>> {
-    match (count_global, per_layer) {
-        (Some(n), _) => {
-            let mut all: Vec<(f32, usize, usize)> = scores
-                .iter()
-                .enumerate()
-                .flat_map(|(l, s)| s.iter().enumerate().map(move |(u, v)| (*v, l, u)))
-                .collect();
-            all.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)).then(a.2.cmp(&b.2)));
-            let mut out = vec![Vec::new(); scores.len()];
-            for (_, l, u) in all.into_iter().take(n) {
-                out[l].push(u);
-            }
-            out.iter_mut().for_each(|v| v.sort_unstable());
-            out
-        }
-        (None, Some(counts)) => scores
-            .iter()
-            .zip(counts)
-            .map(|(s, &n)| {
-                let mut idx: Vec<usize> = (0..s.len()).collect();
-                idx.sort_by(|&a, &b| s[a].total_cmp(&s[b]).then(a.cmp(&b)));
-                let mut v: Vec<usize> = idx.into_iter().take(n).collect();
-                v.sort_unstable();
-                v
-            })
-            .collect(),
-        (None, None) => vec![Vec::new(); scores.len()],
-    }
 }
 
 fn keep_index(total: usize, removed: &[usize], group: usize, device: &candle_core::Device) -> Result<Tensor> {
@@ -472,9 +439,5 @@ mod tests {
         assert!(hs.iter().all(|l| l.len() == 4 && l.iter().all(|s| *s > 0.0)));
         let ns = neuron_norm_scores(&w, &cfg).unwrap();
         assert!(ns.iter().all(|l| l.len() == 64));
-        let scores = vec![vec![3.0, 1.0, 2.0], vec![0.5, 4.0, 1.0]];
-        assert_eq!(select_lowest(&scores, Some(3), None), vec![vec![1], vec![0, 2]]);
-        assert_eq!(select_lowest(&scores, None, Some(&[1, 2])), vec![vec![1], vec![0, 2]]);
-        assert_eq!(select_lowest(&[vec![1.0, 1.0, 1.0]], Some(2), None), vec![vec![0, 1]]);
     }
 }

@@ -1,0 +1,266 @@
+//! Element-wise kernels (exp, erf, GELU and its tanh form with their gradients, softmax with an
+//! additive bias, LayerNorm with and without residual, its backward): each has a portable body,
+//! compiled a second time with AVX2 and FMA enabled and chosen at run time when the CPU has them.
+//! Inference (`fused`) and training (`backprop`) call the same ones.
+
+macro_rules! dispatch {
+    ($(#[$m:meta])* pub fn $name:ident($($arg:ident: $ty:ty),*) $(-> $ret:ty)? $body:block) => {
+        $(#[$m])*
+        pub fn $name($($arg: $ty),*) $(-> $ret)? {
+            #[inline(always)]
+            fn imp($($arg: $ty),*) $(-> $ret)? $body
+            #[cfg(target_arch = "x86_64")]
+            {
+                #[target_feature(enable = "avx2,fma")]
+                unsafe fn avx2($($arg: $ty),*) $(-> $ret)? {
+                    imp($($arg),*)
+                }
+                if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+                    // SAFETY: the CPU has the features `avx2` was compiled for.
+                    return unsafe { avx2($($arg),*) };
+                }
+            }
+            imp($($arg),*)
+        }
+    };
+}
+
+/// e^x for x ≤ 0 ... 88, 2 ulp: 2^n · p(r) with x = n·ln2 + r, |r| ≤ ln2/2.
+#[inline(always)]
+pub fn exp(x: f32) -> f32 {
+    let x = x.clamp(-87.0, 88.0);
+    // Round to nearest with the 1.5·2^23 trick (vectorises, unlike `round`).
+    const SHIFT: f32 = 12582912.0;
+    let n = x * std::f32::consts::LOG2_E + SHIFT;
+    let k = n.to_bits() as i32 - SHIFT.to_bits() as i32;
+    let n = n - SHIFT;
+    let r = x - n * 0.693_145_75 - n * 1.428_606_8e-6;
+    let p = 1.0
+        + r * (1.0 + r * (0.5 + r * (0.166_666_67 + r * (0.041_666_668 + r * (0.008_333_334 + r * 0.001_388_889)))));
+    f32::from_bits(((k + 127) << 23) as u32) * p
+}
+
+/// erf with Eigen's rational approximation (`generic_fast_erf_float`, as XLA uses it):
+/// about 1e-7 absolute error; erf(±4) is ±1 in f32.
+#[inline(always)]
+pub fn erf(x: f32) -> f32 {
+    let x = x.clamp(-4.0, 4.0);
+    let x2 = x * x;
+    let mut p = x2 * -2.726_142_3e-10 + 2.770_681_4e-8;
+    p = x2 * p + -2.101_024e-6;
+    p = x2 * p + -5.692_506_4e-5;
+    p = x2 * p + -7.349_906_3e-4;
+    p = x2 * p + -2.954_600_1e-3;
+    p = x2 * p + -1.609_603_3e-2;
+    p *= x;
+    let mut q = x2 * -1.456_607_2e-5 + -2.133_740_6e-4;
+    q = x2 * q + -1.682_827e-3;
+    q = x2 * q + -7.373_329_2e-3;
+    q = x2 * q + -1.426_474e-2;
+    p / q
+}
+
+dispatch! {
+    /// Exact GELU of x + bias: y·(1 + erf(y/√2))/2.
+    pub fn bias_gelu(x: &mut [f32], bias: &[f32]) {
+        for (v, b) in x.iter_mut().zip(bias) {
+            let y = *v + *b;
+            *v = 0.5 * y * (1.0 + erf(y * std::f32::consts::FRAC_1_SQRT_2));
+        }
+    }
+}
+
+dispatch! {
+    /// GELU of x + bias, tanh approximation: y·(1 + tanh(√(2/π)(y + 0.044715y³)))/2, with
+    /// tanh(u) = 1 − 2/(e^{2u} + 1).
+    pub fn bias_gelu_tanh(x: &mut [f32], bias: &[f32]) {
+        for (v, b) in x.iter_mut().zip(bias) {
+            let y = *v + *b;
+            let u = 0.797_884_6 * (y + 0.044715 * y * y * y);
+            let t = 1.0 - 2.0 / (exp(2.0 * u) + 1.0);
+            *v = 0.5 * y * (1.0 + t);
+        }
+    }
+}
+
+dispatch! {
+    /// softmax(row + bias) in place.
+    pub fn softmax_row(row: &mut [f32], bias: &[f32]) {
+        let mut max = f32::NEG_INFINITY;
+        for (v, b) in row.iter_mut().zip(bias) {
+            *v += *b;
+            max = max.max(*v);
+        }
+        let mut sum = 0.0;
+        for v in row.iter_mut() {
+            *v = exp(*v - max);
+            sum += *v;
+        }
+        let inv = 1.0 / sum;
+        for v in row.iter_mut() {
+            *v *= inv;
+        }
+    }
+}
+
+dispatch! {
+    /// row ← LayerNorm(row + bias + residual)·γ + β (two-pass mean and variance, as
+    /// PyTorch).
+    pub fn add_layer_norm_row(row: &mut [f32], bias: &[f32], residual: &[f32], gamma: &[f32], beta: &[f32], eps: f32) {
+        let h = row.len() as f32;
+        let mut sum = 0.0;
+        for ((v, b), r) in row.iter_mut().zip(bias).zip(residual) {
+            *v += *b + *r;
+            sum += *v;
+        }
+        let mean = sum / h;
+        let mut var = 0.0;
+        for v in row.iter() {
+            let c = *v - mean;
+            var += c * c;
+        }
+        let inv = 1.0 / (var / h + eps).sqrt();
+        for ((v, g), b) in row.iter_mut().zip(gamma).zip(beta) {
+            *v = (*v - mean) * inv * *g + *b;
+        }
+    }
+}
+dispatch! {
+    /// Training LayerNorm: row ← LayerNorm(row + residual)·γ + β, keeping x̂ (the normalised
+    /// input) for the backward pass; returns 1/σ.
+    pub fn add_layer_norm_keep(row: &mut [f32], residual: &[f32], gamma: &[f32], beta: &[f32], eps: f32, xhat: &mut [f32]) -> f32 {
+        let h = row.len() as f32;
+        let mut sum = 0.0;
+        for (v, r) in row.iter_mut().zip(residual) {
+            *v += *r;
+            sum += *v;
+        }
+        let mean = sum / h;
+        let mut var = 0.0;
+        for v in row.iter() {
+            let c = *v - mean;
+            var += c * c;
+        }
+        let inv = 1.0 / (var / h + eps).sqrt();
+        for (((v, x), g), b) in row.iter_mut().zip(xhat.iter_mut()).zip(gamma).zip(beta) {
+            *x = (*v - mean) * inv;
+            *v = *x * *g + *b;
+        }
+        inv
+    }
+}
+
+dispatch! {
+    /// LayerNorm backward for one row: `dy` (the output's gradient) becomes the input's,
+    /// dx = (g − mean(g) − x̂·mean(g·x̂))/σ with g = dy·γ; dγ += dy·x̂, dβ += dy.
+    pub fn layer_norm_grad_row(dy: &mut [f32], xhat: &[f32], rstd: f32, gamma: &[f32], dgamma: &mut [f32], dbeta: &mut [f32]) {
+        let h = dy.len() as f32;
+        let (mut sg, mut sgx) = (0.0, 0.0);
+        for i in 0..dy.len() {
+            dgamma[i] += dy[i] * xhat[i];
+            dbeta[i] += dy[i];
+            let g = dy[i] * gamma[i];
+            sg += g;
+            sgx += g * xhat[i];
+        }
+        let (mg, mgx) = (sg / h, sgx / h);
+        for i in 0..dy.len() {
+            dy[i] = (dy[i] * gamma[i] - mg - xhat[i] * mgx) * rstd;
+        }
+    }
+}
+
+dispatch! {
+    /// dy ← dy·GELU'(y) (exact GELU): Φ(y) + y·φ(y).
+    pub fn gelu_grad(dy: &mut [f32], y: &[f32]) {
+        for (d, y) in dy.iter_mut().zip(y) {
+            let cdf = 0.5 * (1.0 + erf(*y * std::f32::consts::FRAC_1_SQRT_2));
+            let pdf = 0.398_942_3 * exp(-0.5 * *y * *y);
+            *d *= cdf + *y * pdf;
+        }
+    }
+}
+
+dispatch! {
+    /// dy ← dy·GELU'(y), tanh approximation.
+    pub fn gelu_tanh_grad(dy: &mut [f32], y: &[f32]) {
+        for (d, y) in dy.iter_mut().zip(y) {
+            let u = 0.797_884_6 * (*y + 0.044715 * *y * *y * *y);
+            let t = 1.0 - 2.0 / (exp(2.0 * u) + 1.0);
+            *d *= 0.5 * (1.0 + t) + 0.5 * *y * (1.0 - t * t) * 0.797_884_6 * (1.0 + 3.0 * 0.044715 * *y * *y);
+        }
+    }
+}
+
+dispatch! {
+    /// y ← GELU(x) (exact), out of place.
+    pub fn gelu_into(y: &mut [f32], x: &[f32]) {
+        for (v, x) in y.iter_mut().zip(x) {
+            *v = 0.5 * *x * (1.0 + erf(*x * std::f32::consts::FRAC_1_SQRT_2));
+        }
+    }
+}
+
+dispatch! {
+    /// y ← GELU(x), tanh approximation, out of place.
+    pub fn gelu_tanh_into(y: &mut [f32], x: &[f32]) {
+        for (v, x) in y.iter_mut().zip(x) {
+            let u = 0.797_884_6 * (*x + 0.044715 * *x * *x * *x);
+            let t = 1.0 - 2.0 / (exp(2.0 * u) + 1.0);
+            *v = 0.5 * *x * (1.0 + t);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, Tensor};
+
+    #[test]
+    fn exp_erf_and_gelu_are_accurate() {
+        for i in -2000..=2000 {
+            let x = i as f32 * 0.01;
+            let e = exp(x);
+            let want = (x as f64).exp();
+            assert!(((e as f64) - want).abs() <= 3e-7 * want, "exp({x}) = {e}, want {want}");
+        }
+        assert_eq!(exp(f32::MIN), exp(-87.0));
+        assert!(exp(f32::MIN) < 1e-37);
+        let xs: Vec<f32> = (-1000..=1000).map(|i| i as f32 * 0.007).collect();
+        let mut ours: Vec<f32> = xs.iter().map(|x| x - 0.5).collect();
+        bias_gelu(&mut ours, &vec![0.5; xs.len()]);
+        let reference = Tensor::new(xs.as_slice(), &Device::Cpu).unwrap().gelu_erf().unwrap().to_vec1::<f32>().unwrap();
+        let worst = ours.iter().zip(&reference).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
+        assert!(worst < 1e-6, "gelu differs from candle's gelu_erf by {worst}");
+        let mut ours: Vec<f32> = xs.iter().map(|x| x + 0.25).collect();
+        bias_gelu_tanh(&mut ours, &vec![-0.25; xs.len()]);
+        let reference = Tensor::new(xs.as_slice(), &Device::Cpu).unwrap().gelu().unwrap().to_vec1::<f32>().unwrap();
+        let worst = ours.iter().zip(&reference).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
+        assert!(worst < 1e-6, "gelu_tanh differs from candle's gelu by {worst}");
+    }
+
+    #[test]
+    fn softmax_and_layer_norm_rows() {
+        let mut row = vec![1.0, 2.0, 3.0, 4.0];
+        softmax_row(&mut row, &[0.0, 0.0, f32::MIN, 0.0]);
+        let z = 1f32.exp() + 2f32.exp() + 4f32.exp();
+        for (v, w) in row.iter().zip([1f32.exp() / z, 2f32.exp() / z, 0.0, 4f32.exp() / z]) {
+            assert!((v - w).abs() < 1e-6);
+        }
+        let mut row = vec![1.0, 2.0, 3.0, 6.0];
+        add_layer_norm_row(
+            &mut row,
+            &[0.5, 0.0, 0.0, 0.0],
+            &[0.5, 0.0, 1.0, 0.0],
+            &[1.0, 2.0, 1.0, 1.0],
+            &[0.0, 0.0, 1.0, 0.0],
+            0.0,
+        );
+        // row + bias + residual = 2, 2, 4, 6: mean 3.5, variance 2.75.
+        let s = 2.75f32.sqrt();
+        for (v, w) in row.iter().zip([-1.5 / s, -3.0 / s, 0.5 / s + 1.0, 2.5 / s]) {
+            assert!((v - w).abs() < 1e-6, "{v} vs {w}");
+        }
+    }
+}

@@ -1,0 +1,12 @@
+//! What a checkpoint is: `config.json` parsed once per family (`config`), the families' tensor
+//! naming and the check that config and tensors agree (`arch`), the encoder that
+//! runs it with per-layer head counts and FFN widths read from the tensors (`encoder`), and the
+//! task heads with Hugging Face's names (`heads`).
+
+pub mod arch;
+pub mod config;
+pub mod encoder;
+pub mod heads;
+
+pub use config::{Dropout, ModelConfig};
+pub use encoder::*;
