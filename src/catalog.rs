@@ -5,7 +5,7 @@
 //! whether they form a model.
 
 use crate::engine::io::st;
-use crate::engine::model::config;
+use crate::engine::model::config::{self, ModelConfig};
 use crate::validation::FieldError;
 use serde::Deserialize;
 
@@ -120,7 +120,8 @@ impl ModelUpload {
                 Probe::Weights(_) => None,
             }
         };
-        let summary = config::summarize(small("config.json").unwrap(), &header)
+        let (cfg, totals) = ModelConfig::parse(small("config.json").unwrap())
+            .and_then(|cfg| config::check(&cfg, &header).map(|t| (cfg, t)))
             .map_err(|e| one(FieldError::new("config.json", e)))?;
         for n in ["tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"] {
             if let Some(bytes) = small(n) {
@@ -134,15 +135,15 @@ impl ModelUpload {
             }
         }
         Ok(ModelSummary {
-            model_type: summary.family.name().to_string(),
+            model_type: cfg.family.name().to_string(),
             shape: ModelShape {
-                num_layers: summary.num_layers,
-                num_heads: summary.num_heads,
-                hidden_size: summary.hidden_size,
-                intermediate_size: summary.intermediate_size,
+                num_layers: cfg.num_layers,
+                num_heads: cfg.num_heads,
+                hidden_size: cfg.hidden_size,
+                intermediate_size: cfg.intermediate_size,
             },
-            parameters: summary.parameters,
-            dtype: summary.dtype.name().to_string(),
+            parameters: totals.parameters,
+            dtype: totals.dtype.name().to_string(),
         })
     }
 }

@@ -466,10 +466,6 @@ pub struct Claim {
 }
 
 impl Claim {
-    pub fn job_id(&self) -> &str {
-        &self.job_id
-    }
-
     /// Renew the lease for `lease_ms`; also says whether a cancel was asked for.
     pub async fn heartbeat(&self, lease_ms: i64) -> anyhow::Result<Heartbeat> {
         self.store.heartbeat(&self.job_id, &self.owner, lease_ms).await

@@ -207,29 +207,18 @@ impl ModelConfig {
     }
 }
 
-/// The sizes of a model as config.json states them, checked against its tensors.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ModelSummary {
-    pub family: Family,
-    pub num_layers: u64,
-    pub hidden_size: u64,
-    pub num_heads: u64,
-    pub intermediate_size: u64,
-    pub vocab_size: u64,
+/// What the tensors add to a config's sizes, found while checking the two against each other.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct TensorTotals {
     /// Elements of all floating-point tensors.
     pub parameters: u64,
     /// The floating-point dtype holding most parameters.
     pub dtype: Dtype,
 }
 
-/// Parse config.json and check it against the checkpoint's tensors.
-pub fn summarize(config_json: &[u8], header: &Header) -> Result<ModelSummary, String> {
-    check(&ModelConfig::parse(config_json)?, header)
-}
-
 /// Check a parsed config against the checkpoint's tensors: every layer's matrices have the
 /// shapes the config (with its `pruned_heads` or `secateur_layers`) implies.
-pub fn check(cfg: &ModelConfig, header: &Header) -> Result<ModelSummary, String> {
+pub fn check(cfg: &ModelConfig, header: &Header) -> Result<TensorTotals, String> {
     let family = cfg.family;
     let (layers, hidden, heads, ffn, vocab) =
         (cfg.num_layers, cfg.hidden_size, cfg.num_heads, cfg.intermediate_size, cfg.vocab_size);
@@ -293,16 +282,7 @@ pub fn check(cfg: &ModelConfig, header: &Header) -> Result<ModelSummary, String>
         .max_by_key(|(_, n)| **n)
         .map(|(d, _)| *d)
         .ok_or("the checkpoint holds no floating-point tensor")?;
-    Ok(ModelSummary {
-        family,
-        num_layers: layers,
-        hidden_size: hidden,
-        num_heads: heads,
-        intermediate_size: ffn,
-        vocab_size: vocab,
-        parameters,
-        dtype,
-    })
+    Ok(TensorTotals { parameters, dtype })
 }
 
 /// `secateur_layers`: `[{"num_attention_heads": h, "intermediate_size": f}, ...]`, one per layer;
