@@ -54,10 +54,10 @@ use secateur::engine::model::{EncoderConfig, Weights};
 use secateur::engine::prune::select::select;
 use secateur::engine::prune::structured::UnitPlan;
 use secateur::engine::prune::wanda::Rule;
-use secateur::engine::prune::{NmPattern, Scope};
+use secateur::engine::prune::{calibrated, NmPattern, Scope};
 use secateur::train::experiment::{
     evaluate, examples, forward_ms, head_kind, linear_targets, lowest_units, prune_by_scores, prune_calibrated,
-    prune_one_shot, sparsity_of, unit_norm_scores, zero_units, Calibrated, Shape,
+    prune_one_shot, sparsity_of, unit_norm_scores, zero_units, Shape,
 };
 use secateur::train::gradual::{Criterion, GradualPruner, Ramp, Scores};
 use secateur::train::loss::Distill;
@@ -197,8 +197,8 @@ fn main() {
         let has = |f: &str| parts.contains(&f);
         let (distill, pretrained) = (has("distill"), has("pretrained"));
         let calibrated = match parts[0] {
-            "wanda" => Some(Calibrated::Wanda),
-            "sparsegpt" => Some(Calibrated::SparseGpt),
+            "wanda" => Some(calibrated::Method::Wanda),
+            "sparsegpt" => Some(calibrated::Method::SparseGpt(Default::default())),
             _ => None,
         };
         let criterion = match parts[0] {

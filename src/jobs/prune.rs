@@ -67,16 +67,9 @@ impl Executor for PruneExecutor {
         let model = ModelConfig::parse(&config)
             .and_then(|m| config::check(&m, &header).map(|_| m))
             .map_err(|e| JobError::Failed(format!("config.json: {e}")))?;
-        match req.pruning.method {
-            Method::Wanda => {
-                wanda_job(ctx, &req, &config, weights, &header, &model)?;
-                return ctx.progress("writing", 1.0);
-            }
-            Method::Sparsegpt => {
-                sparsegpt_job(ctx, &req, &config, weights, &header, &model)?;
-                return ctx.progress("writing", 1.0);
-            }
-            Method::Magnitude => {}
+        if req.pruning.method != Method::Magnitude {
+            calibrated_job(ctx, &req, &config, weights, &header, &model)?;
+            return ctx.progress("writing", 1.0);
         }
         match req.pruning.granularity {
             Granularity::Unstructured | Granularity::NM => unstructured(ctx, &req, &config, weights, &header, &model)?,
@@ -361,7 +354,7 @@ fn structured_job(
 /// per-row rule (unstructured or N:M), zeroing in place like magnitude pruning.
 /// The job's calibration text, tokenized with the model's own tokenizer into batches of 8
 /// `(input_ids, attention_mask, token_type_ids)` padded to their longest sequence.
-type Batch = (candle_core::Tensor, candle_core::Tensor, candle_core::Tensor);
+use crate::engine::model::Batch;
 
 fn calibration_batches(ctx: &JobContext, req: &JobRequest) -> Result<Vec<Batch>, JobError> {
     let method = req.pruning.method.name();
@@ -445,11 +438,10 @@ fn calibrated_rule(req: &JobRequest) -> Result<(crate::engine::prune::wanda::Rul
     })
 }
 
-/// SparseGPT, layer by layer as the paper does: the calibration batches go through the layers
-/// already pruned; in each layer the Hessians of its linear maps' inputs are collected, every
-/// chosen map is pruned and reconstructed, and the layer's output (with the pruned maps) becomes
-/// the next layer's input.
-fn sparsegpt_job(
+/// Wanda or SparseGPT (`engine::prune::calibrated`) over the checkpoint's bytes: calibration
+/// text through our encoder, the chosen tensors zeroed (Wanda) or reconstructed (SparseGPT) in
+/// place, written like magnitude pruning.
+fn calibrated_job(
     ctx: &JobContext,
     req: &JobRequest,
     config: &Bytes,
@@ -457,11 +449,11 @@ fn sparsegpt_job(
     header: &Header,
     model: &ModelConfig,
 ) -> Result<(), JobError> {
+    use crate::engine::prune::calibrated::{self, Checkpoint, Step};
+    use crate::engine::prune::sparsegpt::Options;
     let family = model.family;
-    use crate::engine::model::{Encoder, Site};
-    use crate::engine::prune::sparsegpt::{self, Options};
     let batches = calibration_batches(ctx, req)?;
-    let mut enc = Encoder::from_weights(model, &weights, &Device::Cpu).map_err(model_err)?;
+    let mut enc = crate::engine::model::Encoder::from_weights(model, &weights, &Device::Cpu).map_err(model_err)?;
     let targets = chosen_targets(req, header, family)?;
     let (rule, requested, pattern) = calibrated_rule(req)?;
     let defaults = Options::default();
@@ -469,123 +461,40 @@ fn sparsegpt_job(
         block: req.pruning.block_size.unwrap_or(defaults.block),
         damp: req.pruning.dampening.unwrap_or(defaults.damp),
     };
-    let sites = [Site::Attention, Site::AttentionOutput, Site::FfnIn, Site::FfnOut];
-    let mut chosen: Vec<(sparsegpt::Target, &String)> = Vec::new();
-    for name in &targets {
-        let canonical = arch::canonical_name(family, name);
-        let found = (0..enc.num_layers()).find_map(|layer| {
-            sites.iter().find_map(|&site| {
-                site.modules(family)
-                    .into_iter()
-                    .find(|m| canonical == format!("{}{m}.weight", family.layer_prefix(layer)))
-                    .map(|module| sparsegpt::Target { layer, module, site })
-            })
-        });
-        chosen.push((
-            found.ok_or_else(|| {
-                JobError::Failed(format!("sparsegpt applies to the encoder's linear weights; {name} is not one"))
-            })?,
-            name,
-        ));
-    }
-    let to_job = |e: candle_core::Error| JobError::Internal(e.into());
+    let method = match req.pruning.method {
+        Method::Wanda => calibrated::Method::Wanda,
+        _ => calibrated::Method::SparseGpt(opts),
+    };
+    ctx.progress("calibrating", 0.05)?;
     let mut out = weights.to_vec();
     drop(weights);
-    let last = chosen.iter().map(|(t, _)| t.layer).max().unwrap_or(0);
-    let order: Vec<sparsegpt::Target> = chosen.iter().map(|(t, _)| *t).collect();
-    sparsegpt::prune_sequentially::<JobError>(
+    let mut view = Checkpoint::new(&mut out, header, family, &targets);
+    calibrated::prune::<JobError>(
+        method,
+        &mut view,
         &mut enc,
         &batches,
-        &order,
-        &mut |target, h| {
-            let name = chosen.iter().find(|(t, _)| *t == target).map(|(_, n)| *n).expect("a chosen target");
-            let t = &header.tensors[name];
-            let cols = *t.shape.last().unwrap_or(&0) as usize;
-            if t.shape.len() != 2 || cols != h.cols() {
-                return Err(JobError::Failed(format!(
-                    "tensor {name}: shape {:?} does not match its input of {} features",
-                    t.shape,
-                    h.cols()
-                )));
+        &Checkpoint::canonical(family, &targets),
+        rule,
+        &mut |step| match (method, step) {
+            (_, Step::Calibrated(i, n)) => ctx.progress("calibrating", 0.05 + 0.45 * i as f64 / n as f64),
+            (calibrated::Method::Wanda, Step::Pruned(i, n)) => {
+                ctx.progress("pruning", 0.5 + 0.35 * i as f64 / n as f64)
             }
-            let (a, b) = ((header.data_start + t.begin) as usize, (header.data_start + t.end) as usize);
-            let mut values = st::floats(&out[a..b], t.dtype).ok_or_else(|| {
-                JobError::Failed(format!("tensor {name}: sparsegpt needs a float tensor, not {}", t.dtype.name()))
-            })?;
-            sparsegpt::prune(&mut values, cols, h, rule, opts)
-                .map_err(|e| JobError::Failed(format!("tensor {name}: {e}")))?;
-            st::write_floats(&values, t.dtype, &mut out[a..b]);
-            // Later layers see the map as written (rounded to its dtype).
-            let written = st::floats(&out[a..b], t.dtype).unwrap_or(values);
-            candle_core::Tensor::from_vec(written, (t.shape[0] as usize, cols), &Device::Cpu).map_err(to_job)
+            (_, Step::Pruned(l, n)) => ctx.progress("pruning", 0.05 + 0.8 * l as f64 / n as f64),
         },
-        &mut |l| ctx.progress("pruning", 0.05 + 0.8 * (l + 1) as f64 / (last + 1) as f64),
     )?;
-    let extra = serde_json::json!({"block_size": opts.block, "dampening": opts.damp, "calibration_sequences": batches.iter().map(|b| b.0.dims()[0]).sum::<usize>(), "calibration_tokens": calibration_tokens(&batches)?});
-    finish_in_place(ctx, req, model, "sparsegpt", config, out, header, &targets, requested, pattern, extra)
-}
-
-fn wanda_job(
-    ctx: &JobContext,
-    req: &JobRequest,
-    config: &Bytes,
-    weights: Bytes,
-    header: &Header,
-    model: &ModelConfig,
-) -> Result<(), JobError> {
-    let family = model.family;
-    use crate::engine::prune::wanda;
-    let batches = calibration_batches(ctx, req)?;
-    let enc = crate::engine::model::Encoder::from_weights(model, &weights, &Device::Cpu).map_err(model_err)?;
-    ctx.progress("calibrating", 0.05)?;
-    let mut norms = std::collections::HashMap::new();
-    for (i, b) in batches.iter().enumerate() {
-        for (k, v) in wanda::input_norms(&enc, std::slice::from_ref(b)).map_err(model_err)? {
-            let acc: &mut Vec<f64> = norms.entry(k).or_insert_with(|| vec![0.0; v.len()]);
-            acc.iter_mut().zip(v).for_each(|(a, x)| *a += x * x);
-        }
-        ctx.progress("calibrating", 0.05 + 0.45 * (i + 1) as f64 / batches.len() as f64)?;
-    }
-    let norms: std::collections::HashMap<String, Vec<f64>> =
-        norms.into_iter().map(|(k, v)| (k, v.into_iter().map(f64::sqrt).collect())).collect();
     drop(enc);
-    let targets = chosen_targets(req, header, family)?;
-    let (rule, requested, pattern) = calibrated_rule(req)?;
-    let mut out = weights.to_vec();
-    drop(weights);
-    for (i, name) in targets.iter().enumerate() {
-        let t = &header.tensors[name];
-        let n = norms.get(arch::canonical_name(family, name)).ok_or_else(|| {
-            JobError::Failed(format!("wanda applies to the encoder's linear weights; {name} is not one"))
-        })?;
-        let cols = *t.shape.last().unwrap_or(&0) as usize;
-        if t.shape.len() != 2 || cols != n.len() {
-            return Err(JobError::Failed(format!(
-                "tensor {name}: shape {:?} does not match its input of {} features",
-                t.shape,
-                n.len()
-            )));
+    let (sequences, tokens) = (batches.iter().map(|b| b.0.dims()[0]).sum::<usize>(), calibration_tokens(&batches)?);
+    let extra = match method {
+        calibrated::Method::SparseGpt(o) => {
+            serde_json::json!({"block_size": o.block, "dampening": o.damp, "calibration_sequences": sequences, "calibration_tokens": tokens})
         }
-        if let wanda::Rule::NM(p) = rule {
-            if !cols.is_multiple_of(p.m) {
-                return Err(JobError::Failed(format!(
-                    "tensor {name}: its input dimension {cols} is not a multiple of M = {}",
-                    p.m
-                )));
-            }
+        calibrated::Method::Wanda => {
+            serde_json::json!({"calibration_sequences": sequences, "calibration_tokens": tokens})
         }
-        let (a, b) = ((header.data_start + t.begin) as usize, (header.data_start + t.end) as usize);
-        let mags = magnitude::magnitudes(&out[a..b], t.dtype);
-        let size = t.dtype.size() as usize;
-        for (j, prune) in wanda::mask(&mags, cols, n, rule).into_iter().enumerate() {
-            if prune {
-                out[a + j * size..a + (j + 1) * size].fill(0);
-            }
-        }
-        ctx.progress("pruning", 0.5 + 0.35 * (i + 1) as f64 / targets.len() as f64)?;
-    }
-    let extra = serde_json::json!({"calibration_sequences": batches.iter().map(|b| b.0.dims()[0]).sum::<usize>(), "calibration_tokens": calibration_tokens(&batches)?});
-    finish_in_place(ctx, req, model, "wanda", config, out, header, &targets, requested, pattern, extra)
+    };
+    finish_in_place(ctx, req, model, method.name(), config, out, header, &targets, requested, pattern, extra)
 }
 
 /// Whole layers: removed physically in every layout (transformers loads fewer layers), so the

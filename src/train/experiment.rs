@@ -9,10 +9,10 @@ use super::net::Net;
 use super::trainer::{batch_of, predict, Example, Masks, Target};
 use crate::data::{self, Label, Task};
 use crate::engine::model::heads::HeadKind;
-use crate::engine::model::{Encoder, ModelError, Site};
-use crate::engine::prune::sparsegpt;
+use crate::engine::model::{Batch, Encoder, ModelError};
+use crate::engine::prune::calibrated::{self, Method};
 use crate::engine::prune::structured::{self, unit_edits, UnitEdit, UnitPlan};
-use crate::engine::prune::wanda::{self, Rule};
+use crate::engine::prune::wanda::Rule;
 use crate::engine::prune::{select, NmPattern, Scope};
 use crate::metrics;
 use candle_core::{Device, Tensor};
@@ -230,18 +230,8 @@ pub fn prune_one_shot(
     Ok(prune_by_scores(net, &targets, &current, shape))
 }
 
-/// The engine's calibrated one-shot methods, run on the trainable model.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Calibrated {
-    /// |w|·‖X_j‖₂ compared within each output row (Sun et al. 2023).
-    Wanda,
-    /// Layer-wise OBS reconstruction (Frantar & Alistarh 2023), layer by layer through the
-    /// layers already pruned, with the engine's default block (128) and dampening (1%).
-    SparseGpt,
-}
-
 /// `(input_ids, attention_mask, token_type_ids)` batches of 8 examples, padded to their longest.
-fn calibration_batches(net: &Net, calib: &[Example]) -> Result<Vec<(Tensor, Tensor, Tensor)>, ModelError> {
+fn calibration_batches(net: &Net, calib: &[Example]) -> Result<Vec<Batch>, ModelError> {
     let idx: Vec<usize> = (0..calib.len()).collect();
     idx.chunks(8)
         .map(|c| {
@@ -252,65 +242,19 @@ fn calibration_batches(net: &Net, calib: &[Example]) -> Result<Vec<(Tensor, Tens
         .collect()
 }
 
-/// Wanda or SparseGPT over the net's encoder linear weights (each tensor to the rule's
-/// sparsity: per output row for Wanda, per block of columns for SparseGPT, or N:M), with the
-/// token ids of `calib` as calibration inputs. Returns the masks that keep the pruned weights
-/// at zero during recovery.
-pub fn prune_calibrated(net: &mut Net, method: Calibrated, calib: &[Example], rule: Rule) -> Result<Masks, ModelError> {
+/// Wanda or SparseGPT (`engine::prune::calibrated`, the code the prune job runs) over the net's
+/// encoder linear weights, with the token ids of `calib` as calibration inputs. Returns the
+/// masks that keep the pruned weights at zero during recovery.
+pub fn prune_calibrated(net: &mut Net, method: Method, calib: &[Example], rule: Rule) -> Result<Masks, ModelError> {
     if calib.is_empty() {
         return Err(ModelError::Invalid("calibrated pruning needs at least one calibration example".into()));
     }
-    let targets = linear_targets(net);
-    let names: Vec<String> = targets.iter().map(|&i| net.params[i].name.clone()).collect();
+    let names: Vec<String> = linear_targets(net).into_iter().map(|i| net.params[i].name.clone()).collect();
     let batches = calibration_batches(net, calib)?;
     let (w, _) = net.to_weights()?;
     let mut enc = Encoder::load(net.config.clone(), &w)?;
     drop(w);
-    let family = net.config.family;
-    match method {
-        Calibrated::Wanda => {
-            let norms = wanda::input_norms(&enc, &batches)?;
-            for &i in &targets {
-                let p = &mut net.params[i];
-                let n = norms
-                    .get(&p.name)
-                    .ok_or_else(|| ModelError::Invalid(format!("no calibration input reached {}", p.name)))?;
-                let prune = wanda::mask(&p.value, p.shape[1], n, rule);
-                p.value.iter_mut().zip(prune).filter(|(_, pr)| *pr).for_each(|(v, _)| *v = 0.0);
-            }
-        }
-        Calibrated::SparseGpt => {
-            let sites = [Site::Attention, Site::AttentionOutput, Site::FfnIn, Site::FfnOut];
-            let mut chosen = Vec::new();
-            for layer in 0..enc.num_layers() {
-                for site in sites {
-                    for module in site.modules(family) {
-                        if net
-                            .index_of(&format!("{}{module}.weight", family.layer_prefix(layer)))
-                            .is_some_and(|i| targets.contains(&i))
-                        {
-                            chosen.push(sparsegpt::Target { layer, module, site });
-                        }
-                    }
-                }
-            }
-            sparsegpt::prune_sequentially::<ModelError>(
-                &mut enc,
-                &batches,
-                &chosen,
-                &mut |t, h| {
-                    let name = format!("{}{}.weight", family.layer_prefix(t.layer), t.module);
-                    let i = net.index_of(&name).expect("a chosen target");
-                    let p = &mut net.params[i];
-                    let (rows, cols) = (p.shape[0], p.shape[1]);
-                    sparsegpt::prune(&mut p.value, cols, h, rule, sparsegpt::Options::default())
-                        .map_err(|e| ModelError::Invalid(format!("{name}: {e}")))?;
-                    Ok(Tensor::from_vec(p.value.clone(), (rows, cols), &Device::Cpu)?)
-                },
-                &mut |_| Ok(()),
-            )?;
-        }
-    }
+    calibrated::prune::<ModelError>(method, net, &mut enc, &batches, &names, rule, &mut |_| Ok(()))?;
     Ok(Masks::from_zeros(net, |n| names.iter().any(|t| t == n)))
 }
 
@@ -446,6 +390,7 @@ pub fn sparsity_of(net: &Net, targets: &[usize]) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::engine::prune::wanda;
     use crate::train::testing::{calibration, tiny_net};
 
     #[test]
@@ -483,7 +428,7 @@ mod tests {
         let reference = hidden(&dense, &calib);
         // Wanda, unstructured 50%: exactly half of every output row, masks = the zeros.
         let mut net = dense.clone();
-        let masks = prune_calibrated(&mut net, Calibrated::Wanda, &calib, Rule::Unstructured(0.5)).unwrap();
+        let masks = prune_calibrated(&mut net, Method::Wanda, &calib, Rule::Unstructured(0.5)).unwrap();
         for &i in &targets {
             let p = &net.params[i];
             for row in p.value.chunks(p.shape[1]) {
@@ -497,6 +442,7 @@ mod tests {
         let norms = wanda::input_norms(
             &Encoder::load(dense.config.clone(), &w).unwrap(),
             &calibration_batches(&dense, &calib).unwrap(),
+            &mut |_| Ok::<(), ModelError>(()),
         )
         .unwrap();
         let q = targets[0];
@@ -511,7 +457,7 @@ mod tests {
         // magnitude 2:4 on the calibration inputs' final hidden states.
         let pat = NmPattern { n: 2, m: 4 };
         let mut gpt = dense.clone();
-        prune_calibrated(&mut gpt, Calibrated::SparseGpt, &calib, Rule::NM(pat)).unwrap();
+        prune_calibrated(&mut gpt, Method::SparseGpt(Default::default()), &calib, Rule::NM(pat)).unwrap();
         for &i in &targets {
             assert!(
                 gpt.params[i].value.chunks(4).all(|g| g.iter().filter(|v| **v != 0.0).count() <= 2),
@@ -523,7 +469,7 @@ mod tests {
         prune_one_shot(&mut mag, Criterion::Magnitude, &calib, 8, Shape::NM(pat)).unwrap();
         let (e_gpt, e_mag) = (error(&hidden(&gpt, &calib), &reference), error(&hidden(&mag, &calib), &reference));
         assert!(e_gpt < e_mag, "sparsegpt {e_gpt} vs magnitude {e_mag}");
-        assert!(prune_calibrated(&mut dense.clone(), Calibrated::Wanda, &[], Rule::Unstructured(0.5)).is_err());
+        assert!(prune_calibrated(&mut dense.clone(), Method::Wanda, &[], Rule::Unstructured(0.5)).is_err());
     }
 
     #[test]

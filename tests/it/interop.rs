@@ -7,7 +7,7 @@ use crate::common;
 
 use candle_core::Device;
 use common::minilm::{max_diff_unpadded, sst2_batch};
-use secateur::engine::model::Encoder;
+use secateur::engine::model::{Encoder, ModelError};
 use std::path::Path;
 
 fn ours(
@@ -93,7 +93,7 @@ fn wanda_mask_equals_the_paper_rule_in_pytorch() {
     let cfg = std::fs::read(model.join("config.json")).unwrap();
     let bytes = std::fs::read(model.join("model.safetensors")).unwrap();
     let enc = Encoder::from_files(&cfg, &bytes, &Device::Cpu).unwrap();
-    let norms = input_norms(&enc, &batches).unwrap();
+    let norms = input_norms::<ModelError>(&enc, &batches, &mut |_| Ok(())).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let tokens = dir.path().join("tokens.json");
     std::fs::write(&tokens, serde_json::to_vec(&seqs).unwrap()).unwrap();

@@ -11,7 +11,7 @@ use crate::common;
 use candle_core::{DType, Device, Tensor};
 use secateur::engine::io::st;
 use secateur::engine::model::arch::{is_encoder_linear_weight, Family};
-use secateur::engine::model::Encoder;
+use secateur::engine::model::{Encoder, ModelError};
 use secateur::engine::prune::magnitude::{prune_in_place, prune_nm_in_place};
 use secateur::engine::prune::sparsegpt::{self, Hessian, Options};
 use secateur::engine::prune::wanda::{input_norms, mask, Rule};
@@ -84,7 +84,7 @@ fn wanda_and_sparsegpt_reconstruct_layer_outputs_better_than_magnitude() {
     let bytes = std::fs::read(dir.join("model.safetensors")).unwrap();
     let enc = Encoder::from_files(&cfg, &bytes, &Device::Cpu).unwrap();
     let calibration = batches(&dir, 0, 128);
-    let norms = input_norms(&enc, &calibration).unwrap();
+    let norms = input_norms::<ModelError>(&enc, &calibration, &mut |_| Ok(())).unwrap();
     let hs = hessians(&enc, &calibration);
     let eval = inputs(&enc, &batches(&dir, 128, 64));
     let header = st::parse(&bytes).unwrap();

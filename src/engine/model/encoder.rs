@@ -21,6 +21,10 @@ pub enum ModelError {
     Candle(#[from] candle_core::Error),
 }
 
+/// One batch of token ids `[batch, seq]` as the encoder takes it: `(input_ids, attention_mask,
+/// token_type_ids)`, u32, padded to the batch's longest sequence.
+pub type Batch = (Tensor, Tensor, Tensor);
+
 fn invalid<T>(msg: impl Into<String>) -> Result<T> {
     Err(ModelError::Invalid(msg.into()))
 }

@@ -1,10 +1,13 @@
 //! The pruning methods and their shared vocabulary: `Scope` (one threshold or one per tensor) and
 //! `NmPattern`. `magnitude` (global/local and N:M in place on a checkpoint's bytes, with the
 //! radix selection), `wanda` (|w|·‖x‖ per row), `sparsegpt` (OBS with lazy blocked updates, layer
-//! by layer), `structured` (head/neuron/layer scores, selection and surgery).
+//! by layer), `calibrated` (Wanda and SparseGPT driven over the `Matrices` view that a checkpoint
+//! and the trainable net both provide), `structured` (head/neuron/layer scores, selection and
+//! surgery).
 
 use serde::{Deserialize, Serialize};
 
+pub mod calibrated;
 pub mod magnitude;
 pub mod select;
 pub mod sparsegpt;

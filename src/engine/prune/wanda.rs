@@ -3,17 +3,22 @@
 //! lowest `floor(in × sparsity)` of every row, as the paper's code does) or N:M.
 
 use super::NmPattern;
-use crate::engine::model::{Encoder, Result};
-use candle_core::{DType, Tensor, D};
+use crate::engine::model::{Batch, Encoder, ModelError};
+use candle_core::{DType, D};
 use std::collections::HashMap;
 
 /// ‖X_j‖₂ over the non-padding tokens of every batch, for the input of every encoder linear map,
 /// by canonical weight name (e.g. `encoder.layer.0.attention.self.query.weight`).
-pub fn input_norms(enc: &Encoder, batches: &[(Tensor, Tensor, Tensor)]) -> Result<HashMap<String, Vec<f64>>> {
+/// `seen(n)` follows each batch (n batches done).
+pub fn input_norms<E: From<ModelError>>(
+    enc: &Encoder,
+    batches: &[Batch],
+    seen: &mut dyn FnMut(usize) -> std::result::Result<(), E>,
+) -> std::result::Result<HashMap<String, Vec<f64>>, E> {
     let family = enc.config.family;
     let mut sums: HashMap<String, Vec<f64>> = HashMap::new();
-    for (ids, mask, tt) in batches {
-        let m = mask.to_dtype(DType::F32)?.unsqueeze(D::Minus1)?;
+    for (i, (ids, mask, tt)) in batches.iter().enumerate() {
+        let m = mask.to_dtype(DType::F32).and_then(|m| m.unsqueeze(D::Minus1)).map_err(ModelError::from)?;
         enc.forward_observed(ids, Some(tt), mask, &mut |layer, site, x| {
             let sq = x.broadcast_mul(&m)?.sqr()?.sum((0, 1))?.to_dtype(DType::F64)?.to_vec1::<f64>()?;
             for module in site.modules(family) {
@@ -23,6 +28,7 @@ pub fn input_norms(enc: &Encoder, batches: &[(Tensor, Tensor, Tensor)]) -> Resul
             }
             Ok(())
         })?;
+        seen(i + 1)?;
     }
     Ok(sums.into_iter().map(|(k, v)| (k, v.into_iter().map(f64::sqrt).collect())).collect())
 }
@@ -65,7 +71,7 @@ pub enum Rule {
 mod tests {
     use super::*;
     use crate::engine::testing::TinyModel;
-    use candle_core::Device;
+    use candle_core::{Device, Tensor};
 
     #[test]
     fn norms_cover_every_linear_and_ignore_padding() {
@@ -74,14 +80,20 @@ mod tests {
         let ids = Tensor::from_vec((0..16u32).map(|i| 5 + i % 50).collect::<Vec<_>>(), (2, 8), &Device::Cpu).unwrap();
         let full = Tensor::ones((2, 8), DType::U32, &Device::Cpu).unwrap();
         let tt = ids.zeros_like().unwrap();
-        let norms = input_norms(&enc, &[(ids.clone(), full.clone(), tt.clone())]).unwrap();
+        let mut seen = Vec::new();
+        let norms = input_norms::<ModelError>(&enc, &[(ids.clone(), full.clone(), tt.clone())], &mut |n| {
+            seen.push(n);
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(seen, [1]);
         assert_eq!(norms.len(), 12);
         assert_eq!(norms["encoder.layer.1.output.dense.weight"].len(), 64);
         assert!(norms.values().all(|v| v.iter().all(|x| *x > 0.0)));
         // Padding tokens do not count: padding half of row 1 changes the norms.
         let half =
             Tensor::from_vec([vec![1u32; 8], vec![1, 1, 1, 1, 0, 0, 0, 0]].concat(), (2, 8), &Device::Cpu).unwrap();
-        let n2 = input_norms(&enc, &[(ids, half, tt)]).unwrap();
+        let n2 = input_norms::<ModelError>(&enc, &[(ids, half, tt)], &mut |_| Ok(())).unwrap();
         assert!(
             n2["encoder.layer.0.attention.self.query.weight"][0]
                 < norms["encoder.layer.0.attention.self.query.weight"][0]

@@ -17,6 +17,7 @@ use crate::engine::io::st;
 use crate::engine::model::arch::Family;
 use crate::engine::model::heads::{export_task_model, Head};
 use crate::engine::model::{EncoderConfig, ModelConfig, Weights};
+use crate::engine::prune::calibrated;
 use crate::engine::prune::structured::{self, Surgery, UnitPlan};
 use crate::engine::prune::wanda::Rule;
 use crate::engine::prune::{NmPattern, Scope};
@@ -25,7 +26,7 @@ use crate::store::Stage;
 use crate::train::experiment::{
     evaluate, examples, forward_ms, head_kind, linear_targets, lowest_layers, lowest_units, prune_calibrated,
     prune_one_shot, removed_units, sparsity_of, squad_evaluate, squad_train_examples, unit_norm_scores, without_layers,
-    zero_units, Calibrated, Shape,
+    zero_units, Shape,
 };
 use crate::train::gradual::{gradient_pass, Criterion, GradualPruner, Ramp, Scores};
 use crate::train::loss::Distill;
@@ -421,8 +422,12 @@ impl<'a> Run<'a> {
                     prune_neurons(&mut self.net, sparsity, scope, none)?
                 }
                 (_, ExperimentMethod::Wanda | ExperimentMethod::Sparsegpt) => {
-                    let how =
-                        if p.method == ExperimentMethod::Wanda { Calibrated::Wanda } else { Calibrated::SparseGpt };
+                    // The engine's defaults: experiments do not take SparseGPT's block and dampening.
+                    let how = if p.method == ExperimentMethod::Wanda {
+                        calibrated::Method::Wanda
+                    } else {
+                        calibrated::Method::SparseGpt(Default::default())
+                    };
                     let rule = match shape_of(p)? {
                         Shape::NM(pat) => Rule::NM(pat),
                         Shape::Unstructured { sparsity, .. } => Rule::Unstructured(sparsity),

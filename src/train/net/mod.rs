@@ -20,6 +20,7 @@ use crate::engine::cpu::{simd, threads};
 use crate::engine::model::arch::Family;
 use crate::engine::model::heads::{Head, HeadKind};
 use crate::engine::model::{EncoderConfig, ModelError, Weights};
+use crate::engine::prune::calibrated::Matrices;
 use candle_core::{Device, Tensor};
 use rayon::prelude::*;
 
@@ -714,6 +715,45 @@ impl Net {
             };
         }
         dx
+    }
+}
+
+/// The net's parameters as the calibrated methods' view of a model (f32: written exactly).
+impl Matrices for Net {
+    fn shape(&self, name: &str) -> Option<Vec<usize>> {
+        self.index_of(name).map(|i| self.params[i].shape.clone())
+    }
+
+    fn read(&self, name: &str) -> Result<Vec<f32>, ModelError> {
+        Ok(self.param(name)?.value.clone())
+    }
+
+    fn write(&mut self, name: &str, values: &[f32]) -> Result<Vec<f32>, ModelError> {
+        let p = self.param_mut(name)?;
+        if p.value.len() != values.len() {
+            return Err(ModelError::Invalid(format!("{name}: {} values for {} weights", values.len(), p.value.len())));
+        }
+        p.value.copy_from_slice(values);
+        Ok(p.value.clone())
+    }
+
+    fn zero(&mut self, name: &str, prune: &[bool]) -> Result<(), ModelError> {
+        let p = self.param_mut(name)?;
+        p.value.iter_mut().zip(prune).filter(|(_, pr)| **pr).for_each(|(v, _)| *v = 0.0);
+        Ok(())
+    }
+}
+
+impl Net {
+    fn param(&self, name: &str) -> Result<&Param, ModelError> {
+        self.index_of(name)
+            .map(|i| &self.params[i])
+            .ok_or_else(|| ModelError::Invalid(format!("the model has no tensor {name}")))
+    }
+
+    fn param_mut(&mut self, name: &str) -> Result<&mut Param, ModelError> {
+        let i = self.index_of(name).ok_or_else(|| ModelError::Invalid(format!("the model has no tensor {name}")))?;
+        Ok(&mut self.params[i])
     }
 }
 
