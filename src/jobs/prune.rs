@@ -246,7 +246,7 @@ fn structured_job(
     let heads = req.pruning.granularity == Granularity::Heads;
     let units: Vec<usize> = cfg.layers.iter().map(|l| if heads { l.heads } else { l.ffn }).collect();
     let scores: Vec<Vec<f32>> = if req.pruning.importance == Some(crate::jobs::spec::Importance::Activations) {
-        let batches = calibration_batches(ctx, req)?;
+        let batches = calibration_batches(ctx, req, model.pad_token_id)?;
         let enc = crate::engine::model::Encoder::load(cfg.clone(), &w).map_err(model_err)?;
         let (h, n) = structured::activation_scores(&enc, &w, &batches).map_err(model_err)?;
         if heads {
@@ -350,13 +350,12 @@ fn structured_job(
     finish(ctx, &report)
 }
 
-/// Wanda: activation statistics from calibration text through our encoder, then the paper's
-/// per-row rule (unstructured or N:M), zeroing in place like magnitude pruning.
-/// The job's calibration text, tokenized with the model's own tokenizer into batches of 8
-/// `(input_ids, attention_mask, token_type_ids)` padded to their longest sequence.
 use crate::engine::model::Batch;
 
-fn calibration_batches(ctx: &JobContext, req: &JobRequest) -> Result<Vec<Batch>, JobError> {
+/// The job's calibration text, tokenized with the model's own tokenizer (truncated to
+/// `max_seq_len`) and cut into batches of 8 padded to their longest with the model's pad token
+/// (`train::batch::encoder_batches`, as experiments batch theirs).
+fn calibration_batches(ctx: &JobContext, req: &JobRequest, pad_id: u32) -> Result<Vec<Batch>, JobError> {
     let method = req.pruning.method.name();
     let cal = req
         .calibration
@@ -377,38 +376,19 @@ fn calibration_batches(ctx: &JobContext, req: &JobRequest) -> Result<Vec<Batch>,
         .map_err(|e| JobError::Failed(format!("tokenizer.json: {e}")))?;
     tok.with_truncation(Some(tokenizers::TruncationParams { max_length: cal.max_seq_len, ..Default::default() }))
         .map_err(|e| JobError::Failed(format!("tokenizer.json: {e}")))?;
-    tok.with_padding(Some(tokenizers::PaddingParams {
-        strategy: tokenizers::PaddingStrategy::BatchLongest,
-        ..Default::default()
-    }));
-    let mut batches = Vec::new();
-    for chunk in texts.chunks(8) {
-        let inputs: Vec<tokenizers::EncodeInput> = chunk
-            .iter()
-            .map(|(a, b)| match b {
-                Some(b) => (a.as_str(), b.as_str()).into(),
-                None => a.as_str().into(),
-            })
-            .collect();
-        let e = tok
-            .encode_batch(inputs, true)
-            .map_err(|e| JobError::Failed(format!("tokenizing calibration text: {e}")))?;
-        let (b, t) = (e.len(), e[0].get_ids().len());
-        let flat = |f: &dyn Fn(&tokenizers::Encoding) -> &[u32]| {
-            candle_core::Tensor::from_vec(
-                e.iter().flat_map(|x| f(x).to_vec()).collect::<Vec<u32>>(),
-                (b, t),
-                &Device::Cpu,
-            )
-        };
-        let to_job = |e: candle_core::Error| JobError::Internal(e.into());
-        batches.push((
-            flat(&|x| x.get_ids()).map_err(to_job)?,
-            flat(&|x| x.get_attention_mask()).map_err(to_job)?,
-            flat(&|x| x.get_type_ids()).map_err(to_job)?,
-        ));
-    }
-    Ok(batches)
+    // Padding is the batches' own (whatever tokenizer.json says).
+    tok.with_padding(None);
+    let inputs: Vec<tokenizers::EncodeInput> = texts
+        .iter()
+        .map(|(a, b)| match b {
+            Some(b) => (a.as_str(), b.as_str()).into(),
+            None => a.as_str().into(),
+        })
+        .collect();
+    let encodings =
+        tok.encode_batch(inputs, true).map_err(|e| JobError::Failed(format!("tokenizing calibration text: {e}")))?;
+    let seqs: Vec<(&[u32], &[u32])> = encodings.iter().map(|e| (e.get_ids(), e.get_type_ids())).collect();
+    crate::train::batch::encoder_batches(&seqs, 8, pad_id).map_err(|e| JobError::Internal(e.into()))
 }
 
 /// Real (non-padding) tokens in the calibration batches.
@@ -452,7 +432,7 @@ fn calibrated_job(
     use crate::engine::prune::calibrated::{self, Checkpoint, Step};
     use crate::engine::prune::sparsegpt::Options;
     let family = model.family;
-    let batches = calibration_batches(ctx, req)?;
+    let batches = calibration_batches(ctx, req, model.pad_token_id)?;
     let mut enc = crate::engine::model::Encoder::from_weights(model, &weights, &Device::Cpu).map_err(model_err)?;
     let targets = chosen_targets(req, header, family)?;
     let (rule, requested, pattern) = calibrated_rule(req)?;

@@ -1,6 +1,8 @@
 //! Batches for fine-tuning and evaluation: grouped by length so that padding stays small, and
 //! padded to the longest sequence of each batch (never to a fixed length).
 
+use crate::engine::model::Batch;
+use candle_core::{Device, Tensor};
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 
@@ -76,6 +78,20 @@ pub fn pad(seqs: &[(&[u32], &[u32])], pad_id: u32) -> Padded {
     p
 }
 
+/// The sequences in consecutive batches of `size`, each padded with `pad_id` to its longest, as
+/// the encoder takes them: the calibration inputs of Wanda and SparseGPT, from a prune job's text
+/// and an experiment's examples alike.
+pub fn encoder_batches(seqs: &[(&[u32], &[u32])], size: usize, pad_id: u32) -> candle_core::Result<Vec<Batch>> {
+    assert!(size > 0, "batch size 0");
+    seqs.chunks(size)
+        .map(|c| {
+            let p = pad(c, pad_id);
+            let t = |v: &[u32]| Tensor::from_slice(v, (p.rows, p.len), &Device::Cpu);
+            Ok((t(&p.ids)?, t(&p.mask)?, t(&p.type_ids)?))
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -111,5 +127,21 @@ mod tests {
         assert_eq!(p.ids, vec![2, 7, 3, 2, 3, 0]);
         assert_eq!(p.mask, vec![1, 1, 1, 1, 1, 0]);
         assert_eq!(p.type_ids, vec![0, 0, 0, 0, 0, 0]);
+    }
+
+    #[test]
+    fn encoder_batches_cut_in_order_and_pad_each_to_its_own_longest() {
+        let seqs: Vec<(Vec<u32>, Vec<u32>)> =
+            vec![(vec![5, 6, 7], vec![0, 0, 1]), (vec![8], vec![0]), (vec![9, 10], vec![0, 1])];
+        let refs: Vec<(&[u32], &[u32])> = seqs.iter().map(|(i, t)| (i.as_slice(), t.as_slice())).collect();
+        let b = encoder_batches(&refs, 2, 1).unwrap();
+        assert_eq!(b.len(), 2);
+        let v = |t: &Tensor| t.to_vec2::<u32>().unwrap();
+        assert_eq!(v(&b[0].0), [[5, 6, 7], [8, 1, 1]]);
+        assert_eq!(v(&b[0].1), [[1, 1, 1], [1, 0, 0]]);
+        assert_eq!(v(&b[0].2), [[0, 0, 1], [0, 0, 0]]);
+        // The last batch holds the rest, padded to its own longest (2), not the first batch's.
+        assert_eq!(v(&b[1].0), [[9, 10]]);
+        assert_eq!(v(&b[1].1), [[1, 1]]);
     }
 }

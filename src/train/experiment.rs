@@ -230,16 +230,11 @@ pub fn prune_one_shot(
     Ok(prune_by_scores(net, &targets, &current, shape))
 }
 
-/// `(input_ids, attention_mask, token_type_ids)` batches of 8 examples, padded to their longest.
+/// `(input_ids, attention_mask, token_type_ids)` batches of 8 examples, padded to their longest
+/// (`batch::encoder_batches`, as the prune job batches its calibration text).
 fn calibration_batches(net: &Net, calib: &[Example]) -> Result<Vec<Batch>, ModelError> {
-    let idx: Vec<usize> = (0..calib.len()).collect();
-    idx.chunks(8)
-        .map(|c| {
-            let (b, _) = batch_of(calib, c, net.config.pad_token_id);
-            let t = |v: Vec<u32>| Tensor::from_vec(v, (b.rows, b.len), &Device::Cpu);
-            Ok((t(b.ids.clone())?, t(b.mask.clone())?, t(b.type_ids.clone())?))
-        })
-        .collect()
+    let seqs: Vec<(&[u32], &[u32])> = calib.iter().map(|e| (e.ids.as_slice(), e.type_ids.as_slice())).collect();
+    Ok(super::batch::encoder_batches(&seqs, 8, net.config.pad_token_id)?)
 }
 
 /// Wanda or SparseGPT (`engine::prune::calibrated`, the code the prune job runs) over the net's
