@@ -1,6 +1,7 @@
-//! The `prune` job: magnitude pruning of a stored model, unstructured (weights zeroed in place)
-//! or structured (attention heads, FFN neurons), exported in the Hugging Face layout and, on
-//! request, in the `compact` layout under `compact/`.
+//! The `prune` job: a stored model pruned by magnitude (unstructured or N:M weights zeroed in
+//! place; attention heads, FFN neurons or whole layers removed), by Wanda or by SparseGPT
+//! (`engine::prune::calibrated`, on calibration text), exported in the Hugging Face layout and,
+//! on request, in the `compact` layout under `compact/`.
 
 use super::spec::{Granularity, JobRequest, Method};
 use super::{Executor, JobContext, JobError};
@@ -8,7 +9,7 @@ use crate::engine::io::export;
 use crate::engine::io::st::{self, Header};
 use crate::engine::model::arch::{self, Family};
 use crate::engine::model::config;
-use crate::engine::model::{EncoderConfig, ModelConfig, ModelError, Weights};
+use crate::engine::model::{Batch, EncoderConfig, ModelConfig, ModelError, Weights};
 use crate::engine::prune::structured;
 use crate::engine::prune::{self, magnitude, select};
 use crate::engine::report::{self, RemovedUnits, Report};
@@ -349,8 +350,6 @@ fn structured_job(
     };
     finish(ctx, &report)
 }
-
-use crate::engine::model::Batch;
 
 /// The job's calibration text, tokenized with the model's own tokenizer (truncated to
 /// `max_seq_len`) and cut into batches of 8 padded to their longest with the model's pad token
