@@ -3,12 +3,14 @@
 //! radix selection), `wanda` (|w|·‖x‖ per row), `sparsegpt` (OBS with lazy blocked updates, layer
 //! by layer), `calibrated` (Wanda and SparseGPT driven over the `Matrices` view that a checkpoint
 //! and the trainable net both provide), `structured` (head/neuron/layer scores, selection and
-//! surgery).
+//! surgery), and `run`: the one entry point that prunes a checkpoint by a `Plan` and returns its
+//! report.
 
 use serde::{Deserialize, Serialize};
 
 pub mod calibrated;
 pub mod magnitude;
+pub mod run;
 pub mod select;
 pub mod sparsegpt;
 pub mod structured;

@@ -1,0 +1,594 @@
+//! The one entry point that prunes a checkpoint: [`run`] takes a validated [`Plan`], the
+//! checkpoint ([`Source`]) and, for the methods that need them, calibration batches; it prunes,
+//! hands the written model directories to a [`Sink`] (which stores them: the engine does no
+//! I/O) and returns the [`Report`] measured from the written bytes.
+//!
+//! Weight-level methods (magnitude unstructured and N:M, Wanda, SparseGPT) zero the chosen
+//! tensors in place, so every layout is the same file; structured ones (heads, neurons, layers)
+//! cut the model through [`structured`] and write an `hf` layout that transformers loads and,
+//! when asked, a `compact` one with everything removed.
+
+use super::calibrated::{self, Checkpoint, Step};
+use super::wanda::Rule;
+use super::{magnitude, select, structured, Scope};
+use crate::engine::io::export;
+use crate::engine::io::st::{self, Header};
+use crate::engine::model::arch::{self, Family};
+use crate::engine::model::{Batch, Encoder, EncoderConfig, ModelConfig, ModelError, Weights};
+use crate::engine::report::{self, RemovedUnits, Report, Totals};
+use bytes::Bytes;
+use candle_core::Device;
+
+/// What to prune and how, with every default resolved (built from a validated job spec).
+#[derive(Debug, Clone)]
+pub struct Plan {
+    pub kind: Kind,
+    pub scope: Scope,
+    /// Regular expressions choosing the weight-level methods' tensors (empty: the encoder's
+    /// linear weights) and removing some of them.
+    pub include: Vec<String>,
+    pub exclude: Vec<String>,
+    /// The N:M pattern as the spec wrote it (for the report).
+    pub pattern: Option<String>,
+    /// Also write the `compact` layout.
+    pub compact: bool,
+    /// The spec as run, the report's `parameters`; the method adds what it measured.
+    pub parameters: serde_json::Value,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub enum Kind {
+    /// Magnitude, unstructured (`scope`) or N:M.
+    Magnitude(Rule),
+    /// Wanda or SparseGPT on calibration batches.
+    Calibrated(calibrated::Method, Rule),
+    /// Attention heads or FFN neurons removed, scored by `importance`.
+    Units { unit: Unit, amount: Amount, importance: Importance },
+    /// Whole encoder layers removed (scored by the norm of their weights).
+    Layers(Amount),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unit {
+    Heads,
+    Neurons,
+}
+
+/// How many units a structured plan removes: a number (per layer with `local` scope), or a
+/// fraction rounded to the nearest unit.
+#[derive(Debug, Clone, Copy)]
+pub enum Amount {
+    Count(usize),
+    Sparsity(f64),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Importance {
+    /// The norm of the unit's weights.
+    Weights,
+    /// The norm of the unit's output over the calibration batches.
+    Activations,
+}
+
+impl Plan {
+    /// Whether [`run`] needs calibration batches for this plan.
+    pub fn needs_calibration(&self) -> bool {
+        matches!(self.kind, Kind::Calibrated(..) | Kind::Units { importance: Importance::Activations, .. })
+    }
+}
+
+/// The checkpoint to prune: its `config.json` (parsed as `model`, and as bytes so the export
+/// keeps every field it does not change) and its weights with their parsed header.
+pub struct Source<'a> {
+    pub config_json: &'a [u8],
+    pub model: &'a ModelConfig,
+    pub weights: Bytes,
+    pub header: &'a Header,
+}
+
+/// Where a model directory goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Layout {
+    /// The layout transformers loads unchanged (the job's main output).
+    Hf,
+    /// Every removed unit sliced out (`compact/`).
+    Compact,
+}
+
+/// What [`run`] produces, as it produces it, and how far it is.
+pub trait Sink<E> {
+    fn progress(&mut self, stage: &str, fraction: f64) -> Result<(), E>;
+    /// A model directory's weights and `config.json`.
+    fn model(&mut self, layout: Layout, weights: Bytes, config: Bytes) -> Result<(), E>;
+    /// `masks.safetensors` (weight-level methods): which weights of each target are kept.
+    fn masks(&mut self, masks: Bytes) -> Result<(), E>;
+}
+
+/// Prunes `src` by `plan`, writing through `sink`; `calibration` must be given when
+/// [`Plan::needs_calibration`]. Errors the user can fix are `ModelError::Invalid`.
+pub fn run<E: From<ModelError>>(
+    plan: &Plan,
+    src: Source,
+    calibration: Option<&[Batch]>,
+    sink: &mut dyn Sink<E>,
+) -> Result<Report, E> {
+    let batches = || calibration.ok_or_else(|| ModelError::Invalid("this plan needs calibration batches".into()));
+    match plan.kind {
+        Kind::Magnitude(rule) => magnitude_plan(plan, rule, src, sink),
+        Kind::Calibrated(method, rule) => calibrated_plan(plan, method, rule, src, batches()?, sink),
+        Kind::Units { unit, amount, importance } => {
+            let batches = if importance == Importance::Activations { Some(batches()?) } else { None };
+            units_plan(plan, unit, amount, batches, src, sink)
+        }
+        Kind::Layers(amount) => layers_plan(plan, amount, src, sink),
+    }
+}
+
+/// The report's first fields, what was asked; the rest is measured.
+struct Asked<'a> {
+    method: &'a str,
+    granularity: &'a str,
+    requested_sparsity: f64,
+    weight_level: bool,
+    extra: serde_json::Value,
+}
+
+fn report(plan: &Plan, asked: Asked, removed: Option<RemovedUnits>, measured: Measured) -> Report {
+    let mut parameters = plan.parameters.clone();
+    if let (Some(map), serde_json::Value::Object(extra)) = (parameters.as_object_mut(), asked.extra) {
+        map.extend(extra);
+    }
+    let list = |v: &Vec<String>| if asked.weight_level { v.clone() } else { Vec::new() };
+    Report {
+        method: asked.method.into(),
+        parameters,
+        granularity: asked.granularity.into(),
+        scope: plan.scope,
+        requested_sparsity: asked.requested_sparsity,
+        pattern: plan.pattern.clone().filter(|_| asked.weight_level),
+        include: list(&plan.include),
+        exclude: list(&plan.exclude),
+        removed,
+        layers: measured.layers,
+        tensors: measured.tensors,
+        totals: measured.totals,
+        compact: measured.compact,
+    }
+}
+
+struct Measured {
+    tensors: Vec<report::TensorReport>,
+    layers: Vec<report::LayerReport>,
+    totals: Totals,
+    compact: Option<Totals>,
+}
+
+/// Per-tensor and per-layer figures of a written file against the checkpoint it came from.
+fn measure(file: &[u8], header: &Header, targets: &[String], before: &Header, model: &ModelConfig) -> Measured {
+    let (tensors, totals) = report::measure_against(file, header, targets, before);
+    let mut layers = report::per_layer(&tensors);
+    report::fill_units(&mut layers, file, header, before, model.family, model.head_dim() as usize);
+    Measured { tensors, layers, totals, compact: None }
+}
+
+/// The weight-level methods' tensors: the encoder's linear weights, or the `include`/`exclude`
+/// choice.
+fn targets(plan: &Plan, header: &Header, family: Family) -> Result<Vec<String>, ModelError> {
+    let compile = |v: &[String]| v.iter().map(|p| regex::Regex::new(p)).collect::<Result<Vec<_>, _>>();
+    let include = compile(&plan.include).map_err(|e| ModelError::Invalid(e.to_string()))?;
+    let exclude = compile(&plan.exclude).map_err(|e| ModelError::Invalid(e.to_string()))?;
+    let targets = magnitude::select_targets(family, header, &include, &exclude);
+    if targets.is_empty() {
+        return Err(ModelError::Invalid("no tensor is left to prune after applying include/exclude".into()));
+    }
+    Ok(targets)
+}
+
+fn magnitude_plan<E: From<ModelError>>(
+    plan: &Plan,
+    rule: Rule,
+    src: Source,
+    sink: &mut dyn Sink<E>,
+) -> Result<Report, E> {
+    let targets = targets(plan, src.header, src.model.family)?;
+    sink.progress("pruning", 0.1)?;
+    let mut out = src.weights.to_vec();
+    drop(src.weights);
+    let step = |done: usize, total: usize| sink.progress("pruning", 0.1 + 0.7 * done as f64 / total as f64);
+    let (done, requested) = match rule {
+        Rule::NM(pat) => (magnitude::prune_nm_in_place(&mut out, src.header, &targets, pat, step), pat.sparsity()),
+        Rule::Unstructured(s) => (magnitude::prune_in_place(&mut out, src.header, &targets, plan.scope, s, step), s),
+    };
+    done.map_err(ModelError::Invalid)??;
+    sink.progress("writing", 0.85)?;
+    let asked = Asked {
+        method: "magnitude",
+        granularity: granularity(rule),
+        requested_sparsity: requested,
+        weight_level: true,
+        extra: serde_json::Value::Null,
+    };
+    finish_in_place(plan, asked, src.config_json, src.model, out, src.header, &targets, sink)
+}
+
+fn granularity(rule: Rule) -> &'static str {
+    match rule {
+        Rule::NM(_) => "n:m",
+        Rule::Unstructured(_) => "unstructured",
+    }
+}
+
+/// After weights were zeroed in place (shapes unchanged): the masks, the model (also as
+/// `compact` when asked: for these methods it is the same file) and the report.
+#[allow(clippy::too_many_arguments)]
+fn finish_in_place<E: From<ModelError>>(
+    plan: &Plan,
+    asked: Asked,
+    config_json: &[u8],
+    model: &ModelConfig,
+    out: Vec<u8>,
+    header: &Header,
+    targets: &[String],
+    sink: &mut dyn Sink<E>,
+) -> Result<Report, E> {
+    sink.progress("writing", 0.9)?;
+    let measured = measure(&out, header, targets, header, model);
+    let report = report(plan, asked, None, measured);
+    sink.masks(Bytes::from(report::masks_file(&out, header, targets)))?;
+    let (out, config) = (Bytes::from(out), Bytes::copy_from_slice(config_json));
+    sink.model(Layout::Hf, out.clone(), config.clone())?;
+    if plan.compact {
+        sink.model(Layout::Compact, out, config)?;
+    }
+    Ok(report)
+}
+
+/// Wanda or SparseGPT (`calibrated`) over the checkpoint's bytes: the calibration batches
+/// through our encoder, the chosen tensors zeroed (Wanda) or reconstructed (SparseGPT) in place,
+/// written like magnitude pruning.
+fn calibrated_plan<E: From<ModelError>>(
+    plan: &Plan,
+    method: calibrated::Method,
+    rule: Rule,
+    src: Source,
+    batches: &[Batch],
+    sink: &mut dyn Sink<E>,
+) -> Result<Report, E> {
+    let family = src.model.family;
+    let mut enc = Encoder::from_weights(src.model, &src.weights, &Device::Cpu)?;
+    let targets = targets(plan, src.header, family)?;
+    sink.progress("calibrating", 0.05)?;
+    let mut out = src.weights.to_vec();
+    drop(src.weights);
+    let mut view = Checkpoint::new(&mut out, src.header, family, &targets);
+    calibrated::prune::<E>(
+        method,
+        &mut view,
+        &mut enc,
+        batches,
+        &Checkpoint::canonical(family, &targets),
+        rule,
+        &mut |step| match (method, step) {
+            (_, Step::Calibrated(i, n)) => sink.progress("calibrating", 0.05 + 0.45 * i as f64 / n as f64),
+            (calibrated::Method::Wanda, Step::Pruned(i, n)) => {
+                sink.progress("pruning", 0.5 + 0.35 * i as f64 / n as f64)
+            }
+            (_, Step::Pruned(l, n)) => sink.progress("pruning", 0.05 + 0.8 * l as f64 / n as f64),
+        },
+    )?;
+    drop(enc);
+    let (sequences, tokens) = (batches.iter().map(|b| b.0.dims()[0]).sum::<usize>(), real_tokens(batches)?);
+    let extra = match method {
+        calibrated::Method::SparseGpt(o) => {
+            serde_json::json!({"block_size": o.block, "dampening": o.damp, "calibration_sequences": sequences, "calibration_tokens": tokens})
+        }
+        calibrated::Method::Wanda => {
+            serde_json::json!({"calibration_sequences": sequences, "calibration_tokens": tokens})
+        }
+    };
+    let requested = match rule {
+        Rule::NM(pat) => pat.sparsity(),
+        Rule::Unstructured(s) => s,
+    };
+    let asked = Asked {
+        method: method.name(),
+        granularity: granularity(rule),
+        requested_sparsity: requested,
+        weight_level: true,
+        extra,
+    };
+    finish_in_place(plan, asked, src.config_json, src.model, out, src.header, &targets, sink)
+}
+
+/// Real (non-padding) tokens in the calibration batches.
+fn real_tokens(batches: &[Batch]) -> Result<u64, ModelError> {
+    let mut n = 0u64;
+    for (_, mask, _) in batches {
+        n += mask.to_dtype(candle_core::DType::F64).and_then(|m| m.sum_all()?.to_scalar::<f64>())? as u64;
+    }
+    Ok(n)
+}
+
+/// The names of the tensors a structured plan touches (for the report's `pruned` flag).
+fn touched(family: Family, header: &Header, plan: &structured::UnitPlan) -> Vec<String> {
+    let n = family.layer_names();
+    let mut out = Vec::new();
+    for name in header.tensors.keys() {
+        let c = arch::canonical_name(family, name);
+        for (i, (h, u)) in plan.heads.iter().zip(&plan.neurons).enumerate() {
+            let p = family.layer_prefix(i);
+            let mut mods: Vec<&str> = Vec::new();
+            if !h.is_empty() {
+                mods.extend([n.query, n.key, n.value, n.attn_out]);
+            }
+            if !u.is_empty() {
+                mods.extend([n.ffn_in, n.ffn_out]);
+            }
+            if mods.iter().any(|m| c == format!("{p}{m}.weight") || c == format!("{p}{m}.bias")) {
+                out.push(name.clone());
+            }
+        }
+    }
+    out
+}
+
+/// How many of `of` units `amount` removes.
+fn count(amount: Amount, of: usize) -> usize {
+    match amount {
+        Amount::Count(c) => c,
+        Amount::Sparsity(s) => (s * of as f64).round() as usize,
+    }
+}
+
+/// Heads or neurons: scored, the lowest removed (across the model or in each layer). The `hf`
+/// layout zero-fills heads, and removes neurons when every layer loses the same number (one
+/// `intermediate_size`), zero-filling them otherwise; `compact` removes everything.
+fn units_plan<E: From<ModelError>>(
+    plan: &Plan,
+    unit: Unit,
+    amount: Amount,
+    calibration: Option<&[Batch]>,
+    src: Source,
+    sink: &mut dyn Sink<E>,
+) -> Result<Report, E> {
+    let (family, header) = (src.model.family, src.header);
+    let w = Weights::from_safetensors(&src.weights, family, &Device::Cpu)?;
+    let cfg = EncoderConfig::new(src.model, &w.shapes())?;
+    sink.progress("scoring", 0.2)?;
+    let heads = unit == Unit::Heads;
+    let units: Vec<usize> = cfg.layers.iter().map(|l| if heads { l.heads } else { l.ffn }).collect();
+    let scores: Vec<Vec<f32>> = match calibration {
+        Some(batches) => {
+            let enc = Encoder::load(cfg.clone(), &w)?;
+            let (h, n) = structured::activation_scores(&enc, &w, batches)?;
+            if heads {
+                h
+            } else {
+                n
+            }
+        }
+        None if heads => structured::head_norm_scores(&w, &cfg)?,
+        None => structured::neuron_norm_scores(&w, &cfg)?,
+    };
+    let what = if heads { "heads" } else { "neurons" };
+    let total: usize = units.iter().sum();
+    let removed = match plan.scope {
+        Scope::Global => {
+            let n = count(amount, total);
+            if n > total || (!heads && n == total) {
+                return Err(ModelError::Invalid(format!("cannot remove {n} of the model's {total} {what}")).into());
+            }
+            select::lowest_units(&scores, Some(n), None)
+        }
+        Scope::Local => {
+            let mut per = Vec::with_capacity(units.len());
+            for (i, &u) in units.iter().enumerate() {
+                let n = count(amount, u);
+                if n > u || (!heads && n == u) {
+                    return Err(ModelError::Invalid(format!("cannot remove {n} of layer {i}'s {u} {what}")).into());
+                }
+                per.push(n);
+            }
+            select::lowest_units(&scores, None, Some(&per))
+        }
+    };
+    let achieved = removed.iter().map(Vec::len).sum::<usize>() as f64 / total.max(1) as f64;
+    let none = vec![Vec::new(); cfg.layers.len()];
+    let cut = if heads {
+        structured::UnitPlan { heads: removed, neurons: none.clone() }
+    } else {
+        structured::UnitPlan { heads: none.clone(), neurons: removed }
+    };
+    sink.progress("pruning", 0.4)?;
+    let mut hf = w.clone();
+    let heads_only = structured::UnitPlan { heads: cut.heads.clone(), neurons: none.clone() };
+    let mut hf_cfg = structured::apply(&mut hf, &cfg, &heads_only, structured::Surgery::Zero)?;
+    let counts: std::collections::BTreeSet<usize> = cut.neurons.iter().map(Vec::len).collect();
+    let neuron_surgery = if counts.len() == 1 { structured::Surgery::Remove } else { structured::Surgery::Zero };
+    let neurons_only = structured::UnitPlan { heads: none, neurons: cut.neurons.clone() };
+    hf_cfg = structured::apply(&mut hf, &hf_cfg, &neurons_only, neuron_surgery)?;
+    let hf_bytes = export::write_like(header, family, &hf)?;
+    drop(hf);
+    sink.progress("writing", 0.6)?;
+    let targets = touched(family, header, &cut);
+    let mut measured = measure(&hf_bytes, &parsed(&hf_bytes)?, &targets, header, src.model);
+    sink.model(Layout::Hf, Bytes::from(hf_bytes), Bytes::from(export::config_json(src.config_json, &hf_cfg, false)?))?;
+    if plan.compact {
+        sink.progress("writing", 0.8)?;
+        let mut c = w.clone();
+        let c_cfg = structured::apply(&mut c, &cfg, &cut, structured::Surgery::Remove)?;
+        let c_bytes = export::write_like(header, family, &c)?;
+        measured.compact = Some(report::measure_against(&c_bytes, &parsed(&c_bytes)?, &targets, header).1);
+        sink.model(
+            Layout::Compact,
+            Bytes::from(c_bytes),
+            Bytes::from(export::config_json(src.config_json, &c_cfg, true)?),
+        )?;
+    }
+    let asked = Asked {
+        method: "magnitude",
+        granularity: what,
+        requested_sparsity: match amount {
+            Amount::Sparsity(s) => s,
+            Amount::Count(_) => achieved,
+        },
+        weight_level: false,
+        extra: serde_json::Value::Null,
+    };
+    let removed = RemovedUnits { heads: cut.heads, neurons: cut.neurons, layers: vec![] };
+    Ok(report(plan, asked, Some(removed), measured))
+}
+
+/// The header of a file the engine just wrote (a failure is a bug, not the user's).
+fn parsed(bytes: &[u8]) -> Result<Header, ModelError> {
+    st::parse(bytes).map_err(|e| ModelError::Candle(candle_core::Error::Msg(format!("re-reading our own export: {e}"))))
+}
+
+/// Whole layers, the lowest by weight norm: removed physically in every layout (transformers
+/// loads fewer layers), so the `hf` and `compact` files are the same.
+fn layers_plan<E: From<ModelError>>(
+    plan: &Plan,
+    amount: Amount,
+    src: Source,
+    sink: &mut dyn Sink<E>,
+) -> Result<Report, E> {
+    let (family, header) = (src.model.family, src.header);
+    let w = Weights::from_safetensors(&src.weights, family, &Device::Cpu)?;
+    let cfg = EncoderConfig::new(src.model, &w.shapes())?;
+    sink.progress("scoring", 0.2)?;
+    let scores = structured::layer_norm_scores(&w, &cfg)?;
+    let layers = cfg.layers.len();
+    let n = count(amount, layers);
+    if n >= layers {
+        return Err(ModelError::Invalid(format!("removing {n} of {layers} layers would leave none")).into());
+    }
+    let removed = select::lowest_units(&[scores], Some(n), None).remove(0);
+    sink.progress("pruning", 0.4)?;
+    let (pruned, new_cfg) = structured::remove_layers(&w, &cfg, &removed);
+    let bytes = export::write_renamed(header, family, &pruned, &|name| structured::renumbered(family, &removed, name))?;
+    sink.progress("writing", 0.7)?;
+    let mut measured = measure(&bytes, &parsed(&bytes)?, &[], header, src.model);
+    if plan.compact {
+        measured.compact = Some(measured.totals.clone());
+    }
+    let bytes = Bytes::from(bytes);
+    sink.model(Layout::Hf, bytes.clone(), Bytes::from(export::config_json(src.config_json, &new_cfg, false)?))?;
+    if plan.compact {
+        sink.model(Layout::Compact, bytes, Bytes::from(export::config_json(src.config_json, &new_cfg, true)?))?;
+    }
+    let asked = Asked {
+        method: "magnitude",
+        granularity: "layers",
+        requested_sparsity: match amount {
+            Amount::Sparsity(s) => s,
+            Amount::Count(_) => n as f64 / layers as f64,
+        },
+        weight_level: false,
+        extra: serde_json::Value::Null,
+    };
+    let removed = RemovedUnits { heads: vec![], neurons: vec![], layers: removed };
+    Ok(report(plan, asked, Some(removed), measured))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::testing::TinyModel;
+
+    /// Keeps what `run` hands over.
+    #[derive(Default)]
+    struct Kept {
+        models: Vec<(Layout, Bytes, Bytes)>,
+        masks: Option<Bytes>,
+        stages: Vec<String>,
+    }
+
+    impl Sink<ModelError> for Kept {
+        fn progress(&mut self, stage: &str, _: f64) -> Result<(), ModelError> {
+            self.stages.push(stage.into());
+            Ok(())
+        }
+        fn model(&mut self, layout: Layout, weights: Bytes, config: Bytes) -> Result<(), ModelError> {
+            self.models.push((layout, weights, config));
+            Ok(())
+        }
+        fn masks(&mut self, masks: Bytes) -> Result<(), ModelError> {
+            self.masks = Some(masks);
+            Ok(())
+        }
+    }
+
+    fn plan(kind: Kind, scope: Scope, compact: bool) -> Plan {
+        Plan {
+            kind,
+            scope,
+            include: vec![],
+            exclude: vec![],
+            pattern: None,
+            compact,
+            parameters: serde_json::json!({"asked": true}),
+        }
+    }
+
+    fn prune(m: &TinyModel, plan: &Plan) -> (Result<Report, ModelError>, Kept) {
+        let (config, weights) = (m.config_json(), m.safetensors());
+        let header = st::parse(&weights).unwrap();
+        let model = ModelConfig::parse(config.as_bytes()).unwrap();
+        let src =
+            Source { config_json: config.as_bytes(), model: &model, weights: Bytes::from(weights), header: &header };
+        let mut kept = Kept::default();
+        (run(plan, src, None, &mut kept), kept)
+    }
+
+    #[test]
+    fn magnitude_zeroes_exactly_the_requested_share_and_writes_one_file_per_layout() {
+        let p = plan(Kind::Magnitude(Rule::Unstructured(0.5)), Scope::Global, true);
+        let (report, kept) = prune(&TinyModel::default(), &p);
+        let report = report.unwrap();
+        assert_eq!(report.method, "magnitude");
+        assert_eq!(report.granularity, "unstructured");
+        assert_eq!(report.parameters, serde_json::json!({"asked": true}));
+        let t = &report.totals;
+        assert_eq!(t.target_parameters - t.target_nonzeros, t.target_parameters / 2);
+        let layouts: Vec<Layout> = kept.models.iter().map(|m| m.0).collect();
+        assert_eq!(layouts, [Layout::Hf, Layout::Compact]);
+        assert_eq!(kept.models[0].1, kept.models[1].1, "in-place methods write the same file twice");
+        assert!(kept.masks.is_some());
+        assert_eq!(kept.stages.last().map(String::as_str), Some("writing"));
+        let header = st::parse(&kept.models[0].1).unwrap();
+        assert_eq!(report::measure(&kept.models[0].1, &header, &[]).1.nonzeros, t.nonzeros);
+    }
+
+    #[test]
+    fn heads_are_counted_per_layer_and_compact_removes_them() {
+        let kind = Kind::Units { unit: Unit::Heads, amount: Amount::Count(1), importance: Importance::Weights };
+        let (report, kept) = prune(&TinyModel::default(), &plan(kind, Scope::Local, true));
+        let report = report.unwrap();
+        let removed = report.removed.unwrap();
+        assert!(removed.heads.iter().all(|h| h.len() == 1), "{:?}", removed.heads);
+        assert_eq!(report.requested_sparsity, 0.25);
+        assert!(kept.masks.is_none());
+        let (hf, compact) = (&kept.models[0], &kept.models[1]);
+        assert!(compact.1.len() < hf.1.len(), "compact drops the heads' rows and columns");
+        assert_eq!(report.compact.unwrap().bytes, compact.1.len() as u64);
+    }
+
+    #[test]
+    fn impossible_plans_are_refused_before_anything_is_written() {
+        let m = TinyModel::default();
+        let (r, kept) = prune(&m, &plan(Kind::Layers(Amount::Count(2)), Scope::Global, false));
+        assert!(matches!(r, Err(ModelError::Invalid(ref e)) if e.contains("would leave none")), "{r:?}");
+        assert!(kept.models.is_empty());
+        let kind = Kind::Units { unit: Unit::Neurons, amount: Amount::Sparsity(1.0), importance: Importance::Weights };
+        let (r, kept) = prune(&m, &plan(kind, Scope::Global, false));
+        assert!(matches!(r, Err(ModelError::Invalid(ref e)) if e.contains("cannot remove 128")), "{r:?}");
+        assert!(kept.models.is_empty());
+        let mut p = plan(Kind::Magnitude(Rule::Unstructured(0.5)), Scope::Global, false);
+        p.include = vec!["^nothing$".into()];
+        let (r, _) = prune(&m, &p);
+        assert!(matches!(r, Err(ModelError::Invalid(ref e)) if e.contains("no tensor is left")), "{r:?}");
+        let kind = Kind::Calibrated(calibrated::Method::Wanda, Rule::Unstructured(0.5));
+        let (r, _) = prune(&m, &plan(kind, Scope::Local, false));
+        assert!(matches!(r, Err(ModelError::Invalid(ref e)) if e.contains("calibration")), "{r:?}");
+    }
+}
