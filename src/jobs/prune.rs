@@ -156,9 +156,10 @@ fn parameters(req: &JobRequest) -> serde_json::Value {
     p
 }
 
-/// The job's calibration text, tokenized with the model's own tokenizer (truncated to
-/// `max_seq_len`) and cut into batches of 8 padded to their longest with the model's pad token
-/// (`train::batch::encoder_batches`, as experiments batch theirs).
+/// The job's calibration text, tokenized with the model's own tokenizer and truncated to
+/// `max_seq_len` as experiments tokenize theirs (`train::features::encode_texts`: Hugging Face's
+/// longest-first split of pairs), cut into batches of 8 padded to their longest with the model's
+/// pad token (`train::batch::encoder_batches`).
 fn calibration_batches(ctx: &JobContext, req: &JobRequest, pad_id: u32) -> Result<Vec<Batch>, JobError> {
     let method = req.pruning.method.name();
     let cal = req
@@ -176,21 +177,11 @@ fn calibration_batches(ctx: &JobContext, req: &JobRequest, pad_id: u32) -> Resul
             "{method} tokenizes calibration text with the model's tokenizer.json, which this model lacks"
         )));
     }
-    let mut tok = tokenizers::Tokenizer::from_bytes(ctx.read_model_file("tokenizer.json")?)
+    let tok = tokenizers::Tokenizer::from_bytes(ctx.read_model_file("tokenizer.json")?)
         .map_err(|e| JobError::Failed(format!("tokenizer.json: {e}")))?;
-    tok.with_truncation(Some(tokenizers::TruncationParams { max_length: cal.max_seq_len, ..Default::default() }))
-        .map_err(|e| JobError::Failed(format!("tokenizer.json: {e}")))?;
-    // Padding is the batches' own (whatever tokenizer.json says).
-    tok.with_padding(None);
-    let inputs: Vec<tokenizers::EncodeInput> = texts
-        .iter()
-        .map(|(a, b)| match b {
-            Some(b) => (a.as_str(), b.as_str()).into(),
-            None => a.as_str().into(),
-        })
-        .collect();
-    let encodings =
-        tok.encode_batch(inputs, true).map_err(|e| JobError::Failed(format!("tokenizing calibration text: {e}")))?;
-    let seqs: Vec<(&[u32], &[u32])> = encodings.iter().map(|e| (e.get_ids(), e.get_type_ids())).collect();
+    let texts: Vec<(&str, Option<&str>)> = texts.iter().map(|(a, b)| (a.as_str(), b.as_deref())).collect();
+    let encoded = crate::train::features::encode_texts(&tok, &texts, cal.max_seq_len)
+        .map_err(|e| JobError::Failed(format!("tokenizing calibration text: {e}")))?;
+    let seqs: Vec<(&[u32], &[u32])> = encoded.iter().map(|e| (e.ids.as_slice(), e.type_ids.as_slice())).collect();
     crate::train::batch::encoder_batches(&seqs, 8, pad_id).map_err(|e| JobError::Internal(e.into()))
 }

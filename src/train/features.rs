@@ -14,15 +14,21 @@ pub struct Encoded {
 }
 
 pub fn encode(tok: &Tokenizer, examples: &[Example], max_len: usize) -> Result<Vec<Encoded>, String> {
+    let texts: Vec<(&str, Option<&str>)> = examples.iter().map(|e| (e.text.as_str(), e.text_pair.as_deref())).collect();
+    encode_texts(tok, &texts, max_len)
+}
+
+/// [`encode`] over plain sentences and pairs (a prune job's calibration text).
+pub fn encode_texts(tok: &Tokenizer, texts: &[(&str, Option<&str>)], max_len: usize) -> Result<Vec<Encoded>, String> {
     use tokenizers::PostProcessor;
     let mut plain = tok.clone();
     plain.with_truncation(None).map_err(|e| e.to_string())?;
     plain.with_padding(None);
     let added = |pair: bool| plain.get_post_processor().map_or(0, |p| p.added_tokens(pair));
-    let mut out = Vec::with_capacity(examples.len());
-    for e in examples {
-        let mut a = plain.encode(e.text.as_str(), false).map_err(|e| e.to_string())?;
-        let mut b = e.text_pair.as_deref().map(|t| plain.encode(t, false)).transpose().map_err(|e| e.to_string())?;
+    let mut out = Vec::with_capacity(texts.len());
+    for &(text, pair) in texts {
+        let mut a = plain.encode(text, false).map_err(|e| e.to_string())?;
+        let mut b = pair.map(|t| plain.encode(t, false)).transpose().map_err(|e| e.to_string())?;
         let budget = max_len.saturating_sub(added(b.is_some()));
         // Longest first, as the reference tokenizer (Python `tokenizers`, which `transformers`
         // calls) computes it: the shorter sequence keeps what it has, up to half the budget;
