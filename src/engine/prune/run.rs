@@ -62,6 +62,16 @@ pub enum Amount {
     Sparsity(f64),
 }
 
+impl Amount {
+    /// The sparsity asked for: the fraction given, or for a count what it came to (`achieved`).
+    fn requested(self, achieved: f64) -> f64 {
+        match self {
+            Amount::Sparsity(s) => s,
+            Amount::Count(_) => achieved,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Importance {
     /// The norm of the unit's weights.
@@ -195,20 +205,28 @@ fn magnitude_plan<E: From<ModelError>>(
     let mut out = src.weights.to_vec();
     drop(src.weights);
     let step = |done: usize, total: usize| sink.progress("pruning", 0.1 + 0.7 * done as f64 / total as f64);
-    let (done, requested) = match rule {
-        Rule::NM(pat) => (magnitude::prune_nm_in_place(&mut out, src.header, &targets, pat, step), pat.sparsity()),
-        Rule::Unstructured(s) => (magnitude::prune_in_place(&mut out, src.header, &targets, plan.scope, s, step), s),
+    let done = match rule {
+        Rule::NM(pat) => magnitude::prune_nm_in_place(&mut out, src.header, &targets, pat, step),
+        Rule::Unstructured(s) => magnitude::prune_in_place(&mut out, src.header, &targets, plan.scope, s, step),
     };
     done.map_err(ModelError::Invalid)??;
     sink.progress("writing", 0.85)?;
     let asked = Asked {
         method: "magnitude",
         granularity: granularity(rule),
-        requested_sparsity: requested,
+        requested_sparsity: requested(rule),
         weight_level: true,
         extra: serde_json::Value::Null,
     };
     finish_in_place(plan, asked, src.config_json, src.model, out, src.header, &targets, sink)
+}
+
+/// The share of weights a rule zeroes.
+fn requested(rule: Rule) -> f64 {
+    match rule {
+        Rule::NM(pat) => pat.sparsity(),
+        Rule::Unstructured(s) => s,
+    }
 }
 
 fn granularity(rule: Rule) -> &'static str {
@@ -286,14 +304,10 @@ fn calibrated_plan<E: From<ModelError>>(
             serde_json::json!({"calibration_sequences": sequences, "calibration_tokens": tokens})
         }
     };
-    let requested = match rule {
-        Rule::NM(pat) => pat.sparsity(),
-        Rule::Unstructured(s) => s,
-    };
     let asked = Asked {
         method: method.name(),
         granularity: granularity(rule),
-        requested_sparsity: requested,
+        requested_sparsity: requested(rule),
         weight_level: true,
         extra,
     };
@@ -352,9 +366,7 @@ fn units_plan<E: From<ModelError>>(
     sink: &mut dyn Sink<E>,
 ) -> Result<Report, E> {
     let (family, header) = (src.model.family, src.header);
-    let w = Weights::from_safetensors(&src.weights, family, &Device::Cpu)?;
-    let cfg = EncoderConfig::new(src.model, &w.shapes())?;
-    sink.progress("scoring", 0.2)?;
+    let (w, cfg) = load_for_surgery(&src, sink)?;
     let heads = unit == Unit::Heads;
     let units: Vec<usize> = cfg.layers.iter().map(|l| if heads { l.heads } else { l.ffn }).collect();
     let scores: Vec<Vec<f32>> = match calibration {
@@ -428,15 +440,20 @@ fn units_plan<E: From<ModelError>>(
     let asked = Asked {
         method: "magnitude",
         granularity: what,
-        requested_sparsity: match amount {
-            Amount::Sparsity(s) => s,
-            Amount::Count(_) => achieved,
-        },
+        requested_sparsity: amount.requested(achieved),
         weight_level: false,
         extra: serde_json::Value::Null,
     };
     let removed = RemovedUnits { heads: cut.heads, neurons: cut.neurons, layers: vec![] };
     Ok(report(plan, asked, Some(removed), measured))
+}
+
+/// The checkpoint as weights and per-layer sizes, for the structured methods' scores and surgery.
+fn load_for_surgery<E: From<ModelError>>(src: &Source, sink: &mut dyn Sink<E>) -> Result<(Weights, EncoderConfig), E> {
+    let w = Weights::from_safetensors(&src.weights, src.model.family, &Device::Cpu)?;
+    let cfg = EncoderConfig::new(src.model, &w.shapes())?;
+    sink.progress("scoring", 0.2)?;
+    Ok((w, cfg))
 }
 
 /// The header of a file the engine just wrote (a failure is a bug, not the user's).
@@ -453,9 +470,7 @@ fn layers_plan<E: From<ModelError>>(
     sink: &mut dyn Sink<E>,
 ) -> Result<Report, E> {
     let (family, header) = (src.model.family, src.header);
-    let w = Weights::from_safetensors(&src.weights, family, &Device::Cpu)?;
-    let cfg = EncoderConfig::new(src.model, &w.shapes())?;
-    sink.progress("scoring", 0.2)?;
+    let (w, cfg) = load_for_surgery(&src, sink)?;
     let scores = structured::layer_norm_scores(&w, &cfg)?;
     let layers = cfg.layers.len();
     let n = count(amount, layers);
@@ -479,10 +494,7 @@ fn layers_plan<E: From<ModelError>>(
     let asked = Asked {
         method: "magnitude",
         granularity: "layers",
-        requested_sparsity: match amount {
-            Amount::Sparsity(s) => s,
-            Amount::Count(_) => n as f64 / layers as f64,
-        },
+        requested_sparsity: amount.requested(n as f64 / layers as f64),
         weight_level: false,
         extra: serde_json::Value::Null,
     };
