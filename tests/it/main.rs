@@ -6,6 +6,7 @@
 mod common;
 
 mod api;
+mod decoder;
 mod encoder;
 mod experiment;
 mod features;

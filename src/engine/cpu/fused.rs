@@ -103,26 +103,51 @@ impl Seq {
     }
 }
 
-/// Attention of every head: `qkv [rows, 3·heads·hd]` → context `[rows, heads·hd]`; rows that
-/// are no sequence's query stay 0.
-fn attention(qkv: &[f32], seqs: &[Seq], d: &Dims, heads: usize) -> Vec<f32> {
-    let hd = d.head_dim;
+/// The shape of one attention map: `heads` query heads sharing `kv_heads` key/value heads
+/// (grouped-query attention; query head h reads key/value head h / (heads / kv_heads)), scores
+/// scaled by `scale`, and with `causal` each query sees only the keys up to its own position.
+#[derive(Debug, Clone, Copy)]
+pub struct Attn {
+    pub heads: usize,
+    pub kv_heads: usize,
+    pub head_dim: usize,
+    pub scale: f32,
+    pub causal: bool,
+}
+
+impl Attn {
+    /// BERT's: every head its own keys and values, 1/√d, no causal mask.
+    pub fn bidirectional(heads: usize, head_dim: usize) -> Attn {
+        Attn { heads, kv_heads: heads, head_dim, scale: 1.0 / (head_dim as f32).sqrt(), causal: false }
+    }
+    /// Columns of one row of the stacked query|key|value map.
+    pub fn qkv_width(&self) -> usize {
+        (self.heads + 2 * self.kv_heads) * self.head_dim
+    }
+}
+
+/// Attention of every head: `qkv [rows, (heads + 2·kv_heads)·hd]` (queries, then keys, then
+/// values) → context `[rows, heads·hd]`; rows that are no sequence's query stay 0.
+pub fn attention(qkv: &[f32], seqs: &[Seq], rows: usize, a: &Attn) -> Vec<f32> {
+    let (hd, heads) = (a.head_dim, a.heads);
     let width = heads * hd;
-    let rs = 3 * width;
-    let mut ctx = vec![0f32; d.rows * width];
+    let rs = a.qkv_width();
+    debug_assert_eq!(qkv.len(), rows * rs);
+    let group = heads / a.kv_heads.max(1);
+    let mut ctx = vec![0f32; rows * width];
     let out = SharedMut(ctx.as_mut_ptr());
-    let scale = 1.0 / (hd as f32).sqrt();
     (0..seqs.len() * heads).into_par_iter().for_each(|task| {
         let (sq, h) = (&seqs[task / heads], task % heads);
         let (t, keys) = (sq.queries, sq.bias.len());
         if t == 0 || keys == 0 {
             return;
         }
-        let base = sq.row * rs + h * hd;
+        let row0 = sq.row * rs;
+        let (q, k, v) = (row0 + h * hd, row0 + width + (h / group) * hd, row0 + width + (a.kv_heads + h / group) * hd);
         let mut s = vec![0f32; t * keys];
-        // SAFETY: Q and K of this head are `[t, hd]` / `[keys, hd]` windows of `qkv` with row
-        // stride `rs`; `s` is `[t, keys]`; the context window `[t, hd]` at column h·hd of rows
-        // sq.row.. is written by this task only (sequences do not overlap).
+        // SAFETY: Q of this head and K, V of its group are `[t, hd]` / `[keys, hd]` windows of
+        // `qkv` with row stride `rs`; `s` is `[t, keys]`; the context window `[t, hd]` at column
+        // h·hd of rows sq.row.. is written by this task only (sequences do not overlap).
         unsafe {
             gemm::gemm(
                 t,
@@ -132,22 +157,28 @@ fn attention(qkv: &[f32], seqs: &[Seq], d: &Dims, heads: usize) -> Vec<f32> {
                 1,
                 keys as isize,
                 false,
-                qkv.as_ptr().add(base),
+                qkv.as_ptr().add(q),
                 1,
                 rs as isize,
-                qkv.as_ptr().add(base + width),
+                qkv.as_ptr().add(k),
                 rs as isize,
                 1,
                 0.0,
-                scale,
+                a.scale,
                 false,
                 false,
                 false,
                 Parallelism::None,
             );
         }
-        for row in s.chunks_exact_mut(keys) {
-            simd::softmax_row(row, &sq.bias);
+        for (i, row) in s.chunks_exact_mut(keys).enumerate() {
+            if a.causal {
+                let seen = (i + 1).min(keys);
+                simd::softmax_row(&mut row[..seen], &sq.bias[..seen]);
+                row[seen..].fill(0.0);
+            } else {
+                simd::softmax_row(row, &sq.bias);
+            }
         }
         // Captures the whole `SharedMut` (Send + Sync), not its raw-pointer field, which a
         // closure would otherwise capture alone since edition 2021.
@@ -165,7 +196,7 @@ fn attention(qkv: &[f32], seqs: &[Seq], d: &Dims, heads: usize) -> Vec<f32> {
                 s.as_ptr(),
                 1,
                 keys as isize,
-                qkv.as_ptr().add(base + 2 * width),
+                qkv.as_ptr().add(v),
                 1,
                 rs as isize,
                 0.0,
@@ -188,7 +219,7 @@ pub fn layer(x: &[f32], seqs: &[Seq], l: &FastLayer, d: &Dims) -> Vec<f32> {
         vec![0.0; n * h]
     } else {
         let qkv = linear(x, n, h, &l.wqkv, l.bqkv.len(), Some(&l.bqkv));
-        let ctx = attention(&qkv, seqs, d, l.heads);
+        let ctx = attention(&qkv, seqs, n, &Attn::bidirectional(l.heads, d.head_dim));
         drop(qkv);
         linear(&ctx, n, l.heads * d.head_dim, &l.wo, h, None)
     };
@@ -239,4 +270,117 @@ fn activate(x: &mut [f32], bias: &[f32], act: Activation) {
             }
         }
     });
+}
+
+/// `y ← RMSNorm(y)` row by row.
+pub fn rms_norm(y: &mut [f32], gamma: &[f32], eps: f32) {
+    y.par_chunks_mut(gamma.len() * ROWS_PER_TASK).for_each(|ys| {
+        for row in ys.chunks_exact_mut(gamma.len()) {
+            simd::rms_norm_row(row, gamma, eps);
+        }
+    });
+}
+
+/// `x ← act(x + bias)` row by row, for the MLPs whose input map has a bias (GPT-2).
+pub fn bias_activation(x: &mut [f32], bias: &[f32], act: Activation) {
+    activate(x, bias, act)
+}
+
+/// The SwiGLU unit: `gate_up [rows, 2·f]` (the stacked gate|up map, before its optional
+/// stacked `bias`) → `silu(gate)·up [rows, f]`.
+pub fn silu_mul(gate_up: &[f32], bias: &[f32], f: usize) -> Vec<f32> {
+    let rows = gate_up.len() / (2 * f).max(1);
+    let mut y = vec![0f32; rows * f];
+    if f == 0 {
+        return y;
+    }
+    y.par_chunks_mut(f * ROWS_PER_TASK).zip(gate_up.par_chunks(2 * f * ROWS_PER_TASK)).for_each(|(ys, gs)| {
+        for (row, g) in ys.chunks_exact_mut(f).zip(gs.chunks_exact(2 * f)) {
+            simd::silu_mul(row, g, bias);
+        }
+    });
+    y
+}
+
+/// Rotary positions on the query and key heads of `qkv [rows, a.qkv_width()]`, in place:
+/// row r is rotated by its angles `cos`/`sin [rows, hd/2]` (every head of a row alike).
+pub fn rope(qkv: &mut [f32], a: &Attn, cos: &[f32], sin: &[f32]) {
+    let (hd, rs) = (a.head_dim, a.qkv_width());
+    let half = hd / 2;
+    qkv.par_chunks_mut(rs).zip(cos.par_chunks(half)).zip(sin.par_chunks(half)).for_each(|((row, c), s)| {
+        for head in row[..(a.heads + a.kv_heads) * hd].chunks_exact_mut(hd) {
+            simd::rope_row(head, c, s);
+        }
+    });
+}
+
+/// `x ← x + y`, the residual stream's update.
+pub fn add_into(x: &mut [f32], y: &[f32]) {
+    x.par_chunks_mut(4096).zip(y.par_chunks(4096)).for_each(|(x, y)| {
+        for (a, b) in x.iter_mut().zip(y) {
+            *a += *b;
+        }
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Attention computed naively, one query at a time, in f64.
+    fn naive(qkv: &[f32], seqs: &[Seq], rows: usize, a: &Attn) -> Vec<f32> {
+        let (hd, rs) = (a.head_dim, a.qkv_width());
+        let mut out = vec![0f32; rows * a.heads * hd];
+        for sq in seqs {
+            for i in 0..sq.queries {
+                for h in 0..a.heads {
+                    let g = h / (a.heads / a.kv_heads);
+                    let q = &qkv[(sq.row + i) * rs + h * hd..][..hd];
+                    let keys = if a.causal { (i + 1).min(sq.bias.len()) } else { sq.bias.len() };
+                    let scores: Vec<f64> = (0..keys)
+                        .map(|j| {
+                            let k = &qkv[(sq.row + j) * rs + (a.heads + g) * hd..][..hd];
+                            let dot: f64 = q.iter().zip(k).map(|(x, y)| *x as f64 * *y as f64).sum();
+                            dot * a.scale as f64 + if sq.bias[j] == 0.0 { 0.0 } else { -1e30 }
+                        })
+                        .collect();
+                    let max = scores.iter().cloned().fold(f64::MIN, f64::max);
+                    let w: Vec<f64> = scores.iter().map(|s| (s - max).exp()).collect();
+                    let z: f64 = w.iter().sum();
+                    for d in 0..hd {
+                        let v: f64 = (0..keys)
+                            .map(|j| w[j] / z * qkv[(sq.row + j) * rs + (a.heads + a.kv_heads + g) * hd + d] as f64)
+                            .sum();
+                        out[(sq.row + i) * a.heads * hd + h * hd + d] = v as f32;
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn grouped_causal_attention_equals_the_naive_sum() {
+        let mut seed = 7u64;
+        let mut rnd = || {
+            seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            ((seed >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+        };
+        // Two padded sequences of 5: the first with its last two positions padding, the second
+        // left-padded by one.
+        let seqs = Seq::padded(&[1, 1, 1, 0, 0, 0, 1, 1, 1, 1], 5);
+        for (heads, kv_heads, causal) in [(4, 4, false), (4, 2, true), (6, 1, true), (2, 2, true)] {
+            let a = Attn { heads, kv_heads, head_dim: 4, scale: 0.37, causal };
+            let qkv: Vec<f32> = (0..10 * a.qkv_width()).map(|_| rnd()).collect();
+            let ours = attention(&qkv, &seqs, 10, &a);
+            let want = naive(&qkv, &seqs, 10, &a);
+            // Rows that are padding: their values are never read; compare the real tokens.
+            for r in [0, 1, 2, 6, 7, 8, 9] {
+                for c in 0..heads * 4 {
+                    let (x, y) = (ours[r * heads * 4 + c], want[r * heads * 4 + c]);
+                    assert!((x - y).abs() < 1e-5, "{heads}/{kv_heads} causal {causal}: row {r} col {c}: {x} vs {y}");
+                }
+            }
+        }
+    }
 }

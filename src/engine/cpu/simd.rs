@@ -1,5 +1,6 @@
 //! Element-wise kernels (exp, erf, GELU and its tanh form with their gradients, softmax with an
-//! additive bias, LayerNorm with and without residual, its backward): each has a portable body,
+//! additive bias, LayerNorm with and without residual, its backward; the decoders' RMSNorm,
+//! SwiGLU gate and rotary positions): each has a portable body,
 //! compiled a second time with AVX2 and FMA enabled and chosen at run time when the CPU has them.
 //! Inference (`fused`) and training (`backprop`) call the same ones.
 
@@ -212,6 +213,54 @@ dispatch! {
     }
 }
 
+dispatch! {
+    /// RMSNorm of one row, as Llama computes it: row ← (row·1/√(mean(row²) + ε))·γ.
+    pub fn rms_norm_row(row: &mut [f32], gamma: &[f32], eps: f32) {
+        let mut ss = 0.0;
+        for v in row.iter() {
+            ss += *v * *v;
+        }
+        let inv = 1.0 / (ss / row.len() as f32 + eps).sqrt();
+        for (v, g) in row.iter_mut().zip(gamma) {
+            *v = (*v * inv) * *g;
+        }
+    }
+}
+
+dispatch! {
+    /// The gated unit of a SwiGLU MLP: y ← silu(gate + b_gate)·(up + b_up), with silu(g) =
+    /// g/(1 + e^−g). `gate_up` is one row of the stacked gate|up map (`2·y.len()` values),
+    /// `bias` the stacked biases (empty without).
+    pub fn silu_mul(y: &mut [f32], gate_up: &[f32], bias: &[f32]) {
+        let (gate, up) = gate_up.split_at(y.len());
+        if bias.is_empty() {
+            for ((v, g), u) in y.iter_mut().zip(gate).zip(up) {
+                *v = *g / (1.0 + exp(-*g)) * *u;
+            }
+        } else {
+            let (bg, bu) = bias.split_at(y.len());
+            for ((((v, g), u), bg), bu) in y.iter_mut().zip(gate).zip(up).zip(bg).zip(bu) {
+                let g = *g + *bg;
+                *v = g / (1.0 + exp(-g)) * (*u + *bu);
+            }
+        }
+    }
+}
+
+dispatch! {
+    /// Rotary positions on one head's row `x` (`2·cos.len()` values), Hugging Face's
+    /// `rotate_half` pairing: (x_j, x_{j+d/2}) ← (x_j·cos_j − x_{j+d/2}·sin_j,
+    /// x_{j+d/2}·cos_j + x_j·sin_j).
+    pub fn rope_row(x: &mut [f32], cos: &[f32], sin: &[f32]) {
+        let (a, b) = x.split_at_mut(cos.len());
+        for (((a, b), c), s) in a.iter_mut().zip(b.iter_mut()).zip(cos).zip(sin) {
+            let (x1, x2) = (*a, *b);
+            *a = x1 * *c - x2 * *s;
+            *b = x2 * *c + x1 * *s;
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -238,6 +287,31 @@ mod tests {
         let reference = Tensor::new(xs.as_slice(), &Device::Cpu).unwrap().gelu().unwrap().to_vec1::<f32>().unwrap();
         let worst = ours.iter().zip(&reference).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
         assert!(worst < 1e-6, "gelu_tanh differs from candle's gelu by {worst}");
+    }
+
+    #[test]
+    fn rms_norm_silu_and_rope_rows() {
+        let mut row = vec![1.0, -2.0, 3.0, 4.0];
+        rms_norm_row(&mut row, &[1.0, 0.5, 2.0, 1.0], 1e-6);
+        // mean of squares 30/4 = 7.5.
+        let inv = 1.0 / (7.5f32 + 1e-6).sqrt();
+        for (v, w) in row.iter().zip([inv, -inv, 6.0 * inv, 4.0 * inv]) {
+            assert!((v - w).abs() < 1e-6, "{v} vs {w}");
+        }
+        let silu = |g: f32| g / (1.0 + (-g).exp());
+        let mut y = vec![0.0; 2];
+        silu_mul(&mut y, &[-1.0, 2.0, 3.0, 0.5], &[]);
+        assert!((y[0] - silu(-1.0) * 3.0).abs() < 1e-6 && (y[1] - silu(2.0) * 0.5).abs() < 1e-6, "{y:?}");
+        silu_mul(&mut y, &[-1.0, 2.0, 3.0, 0.5], &[1.0, 0.0, 0.0, -0.5]);
+        assert!(y[0].abs() < 1e-7 && (y[1] - 0.0).abs() < 1e-7, "{y:?}");
+        silu_mul(&mut y, &[-100.0, 100.0, 1.0, 1.0], &[]);
+        assert!(y[0].abs() < 1e-30 && (y[1] - 100.0).abs() < 1e-4, "{y:?}");
+        let mut x = vec![1.0, 2.0, 3.0, 4.0];
+        let (c, s) = (0.3f32.cos(), 0.3f32.sin());
+        rope_row(&mut x, &[1.0, c], &[0.0, s]);
+        for (v, w) in x.iter().zip([1.0, 2.0 * c - 4.0 * s, 3.0, 4.0 * c + 2.0 * s]) {
+            assert!((v - w).abs() < 1e-6, "{v} vs {w}");
+        }
     }
 
     #[test]

@@ -58,7 +58,7 @@ pub struct ModelConfig {
 
 /// A size: a positive integer.
 #[derive(Debug, Clone, Copy)]
-struct Positive(u64);
+pub(crate) struct Positive(pub(crate) u64);
 
 impl<'de> Deserialize<'de> for Positive {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
@@ -68,7 +68,7 @@ impl<'de> Deserialize<'de> for Positive {
 }
 
 /// An optional key whose value of the wrong type counts as absent.
-fn lenient<'de, D: Deserializer<'de>, T: DeserializeOwned>(d: D) -> Result<Option<T>, D::Error> {
+pub(crate) fn lenient<'de, D: Deserializer<'de>, T: DeserializeOwned>(d: D) -> Result<Option<T>, D::Error> {
     Ok(T::deserialize(Value::deserialize(d)?).ok())
 }
 
@@ -127,7 +127,7 @@ struct DistilBertKeys {
 }
 
 /// Deserialize one family's keys from the config object; a fault names its key.
-fn keys<T: DeserializeOwned>(cfg: &Value) -> Result<T, String> {
+pub(crate) fn keys<T: DeserializeOwned>(cfg: &Value) -> Result<T, String> {
     serde_path_to_error::deserialize(cfg).map_err(|e| {
         let path = e.path().to_string();
         let msg = e.into_inner().to_string();

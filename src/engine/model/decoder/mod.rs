@@ -1,0 +1,422 @@
+//! The decoder families (GPT-2, Llama, Qwen2): their checkpoints' tensor naming and our
+//! forward pass, composed of `engine::cpu`'s kernels (the same linear, attention, norms and
+//! activations the encoder uses, with grouped-query and causal attention, RMSNorm, the SwiGLU
+//! unit and rotary positions added there once).
+//!
+//! Pre-norm blocks: `h = x + attn(norm₁(x))`, `out = h + mlp(norm₂(h))`, a final norm, then the
+//! LM head (`lm_head.weight`, or the token embeddings when tied). Every layer's head counts,
+//! key/value head counts and MLP width are read from its tensors, so structurally pruned
+//! checkpoints load. Weights of any float dtype are computed in f32. Positions are those
+//! transformers uses when it is given no `position_ids`: 0, 1, … along each padded row (so a
+//! left-padded sequence's first real token is not at position 0, exactly as in transformers).
+//!
+//! The model is also usable layer by layer ([`Decoder::embed`], [`DecoderLayer::forward`],
+//! [`Decoder::head`]), which calibration and sequential pruning need.
+
+pub mod config;
+pub mod rope;
+
+pub use config::{DecoderConfig, DecoderKind, Mlp, RopeConfig, RopeScaling};
+
+use crate::engine::cpu::fused::{self, Attn, Seq};
+use crate::engine::cpu::linear;
+use crate::engine::io::st;
+use crate::engine::model::encoder::ModelError;
+use rope::Rope;
+use std::collections::BTreeMap;
+
+pub type Result<T> = std::result::Result<T, ModelError>;
+
+fn invalid<T>(msg: impl Into<String>) -> Result<T> {
+    Err(ModelError::Invalid(msg.into()))
+}
+
+impl DecoderKind {
+    /// The prefix of the base model's tensors in a task model's checkpoint.
+    fn prefix(self) -> &'static str {
+        match self {
+            DecoderKind::Gpt2 => "transformer.",
+            DecoderKind::Llama | DecoderKind::Qwen2 => "model.",
+        }
+    }
+    /// Prefix of layer `i`'s modules, e.g. `layers.3.`.
+    pub fn layer_prefix(self, i: usize) -> String {
+        match self {
+            DecoderKind::Gpt2 => format!("h.{i}."),
+            DecoderKind::Llama | DecoderKind::Qwen2 => format!("layers.{i}."),
+        }
+    }
+}
+
+/// A checkpoint's tensors by canonical name (the base model's prefix stripped; `lm_head.weight`
+/// stays as it is), read on demand from the safetensors bytes.
+pub struct Tensors<'a> {
+    data: &'a [u8],
+    tensors: BTreeMap<String, st::TensorInfo>,
+}
+
+impl<'a> Tensors<'a> {
+    pub fn parse(safetensors: &'a [u8], kind: DecoderKind) -> Result<Tensors<'a>> {
+        let header = st::parse(safetensors).map_err(|e| ModelError::Invalid(format!("model.safetensors: {e}")))?;
+        let data = &safetensors[header.data_start as usize..];
+        let tensors = header
+            .tensors
+            .into_iter()
+            .map(|(k, t)| (k.strip_prefix(kind.prefix()).map(str::to_string).unwrap_or(k), t))
+            .collect();
+        Ok(Tensors { data, tensors })
+    }
+
+    pub fn shape(&self, name: &str) -> Option<Vec<usize>> {
+        self.tensors.get(name).map(|t| t.shape.iter().map(|&d| d as usize).collect())
+    }
+
+    /// A float tensor's values in f32, with its shape checked against `shape`.
+    pub fn get(&self, name: &str, shape: &[usize]) -> Result<Vec<f32>> {
+        let Some(t) = self.tensors.get(name) else { return invalid(format!("the checkpoint has no tensor {name}")) };
+        let got: Vec<usize> = t.shape.iter().map(|&d| d as usize).collect();
+        if got != shape {
+            return invalid(format!("tensor {name} has shape {got:?}, expected {shape:?}"));
+        }
+        st::floats(&self.data[t.begin as usize..t.end as usize], t.dtype)
+            .ok_or_else(|| ModelError::Invalid(format!("tensor {name} has dtype {}, not a float", t.dtype.name())))
+    }
+
+    fn optional(&self, name: &str, shape: &[usize], present: bool) -> Result<Option<Vec<f32>>> {
+        present.then(|| self.get(name, shape)).transpose()
+    }
+
+    /// The rows of a 2-D tensor.
+    fn rows(&self, name: &str) -> Result<usize> {
+        match self.shape(name) {
+            Some(s) if s.len() == 2 => Ok(s[0]),
+            Some(s) => invalid(format!("tensor {name} has shape {s:?}, expected a matrix")),
+            None => invalid(format!("the checkpoint has no tensor {name}")),
+        }
+    }
+}
+
+/// `[rows, cols]` → `[cols, rows]` (GPT-2's `Conv1D` stores its weights as `[in, out]`).
+fn transpose(w: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+    let mut t = vec![0f32; w.len()];
+    for r in 0..rows {
+        for c in 0..cols {
+            t[c * rows + r] = w[r * cols + c];
+        }
+    }
+    t
+}
+
+/// LayerNorm (γ, β) or RMSNorm (γ).
+pub struct Norm {
+    gamma: Vec<f32>,
+    beta: Option<Vec<f32>>,
+    eps: f32,
+}
+
+impl Norm {
+    fn load(t: &Tensors, prefix: &str, cfg: &DecoderConfig) -> Result<Norm> {
+        let h = [cfg.hidden];
+        let layer_norm = cfg.kind == DecoderKind::Gpt2;
+        Ok(Norm {
+            gamma: t.get(&format!("{prefix}.weight"), &h)?,
+            beta: t.optional(&format!("{prefix}.bias"), &h, layer_norm)?,
+            eps: cfg.eps as f32,
+        })
+    }
+
+    /// The normalised copy of `x [rows, hidden]`.
+    fn apply(&self, x: &[f32]) -> Vec<f32> {
+        let mut y = x.to_vec();
+        match &self.beta {
+            Some(beta) => fused::layer_norm(&mut y, &self.gamma, beta, self.eps),
+            None => fused::rms_norm(&mut y, &self.gamma, self.eps),
+        }
+        y
+    }
+}
+
+/// One decoder block's weights, row-major f32, each linear map `[out, in]`.
+pub struct DecoderLayer {
+    pub attn: Attn,
+    /// The MLP's width.
+    pub ffn: usize,
+    mlp: Mlp,
+    hidden: usize,
+    norm1: Norm,
+    /// Query, key and value maps stacked: `[attn.qkv_width(), hidden]`.
+    wqkv: Vec<f32>,
+    bqkv: Option<Vec<f32>>,
+    /// `[hidden, heads·head_dim]`.
+    wo: Vec<f32>,
+    bo: Option<Vec<f32>>,
+    norm2: Norm,
+    /// `[ffn, hidden]`, or gate and up stacked `[2·ffn, hidden]` for SwiGLU.
+    w_in: Vec<f32>,
+    b_in: Option<Vec<f32>>,
+    /// `[hidden, ffn]`.
+    w_out: Vec<f32>,
+    b_out: Option<Vec<f32>>,
+}
+
+impl DecoderLayer {
+    /// Layer `i` of the checkpoint, its head counts and MLP width read from its tensors.
+    pub fn load(t: &Tensors, cfg: &DecoderConfig, i: usize) -> Result<DecoderLayer> {
+        let p = cfg.kind.layer_prefix(i);
+        let (h, hd) = (cfg.hidden, cfg.head_dim);
+        let per_head = |name: &str, rows: usize| -> Result<usize> {
+            if !rows.is_multiple_of(hd) {
+                return invalid(format!("tensor {name} has {rows} rows, not a multiple of the head size {hd}"));
+            }
+            Ok(rows / hd)
+        };
+        let scale = {
+            let mut s = if cfg.scale_attn_weights { (hd as f64).powf(-0.5) } else { 1.0 };
+            if cfg.scale_attn_by_inverse_layer_idx {
+                s /= (i + 1) as f64;
+            }
+            s as f32
+        };
+        let cat = |parts: Vec<Vec<f32>>| parts.concat();
+        let (attn, wqkv, bqkv, wo, bo, ffn, w_in, b_in, w_out, b_out);
+        match cfg.kind {
+            DecoderKind::Gpt2 => {
+                let c_attn = format!("{p}attn.c_attn.weight");
+                let width = match t.shape(&c_attn) {
+                    Some(s) if s.len() == 2 && s[0] == h && s[1] % 3 == 0 => s[1],
+                    Some(s) => {
+                        return invalid(format!("tensor {c_attn} has shape {s:?}, expected [{h}, 3·heads·{hd}]"))
+                    }
+                    None => return invalid(format!("the checkpoint has no tensor {c_attn}")),
+                };
+                let heads = per_head(&c_attn, width / 3)?;
+                attn = Attn { heads, kv_heads: heads, head_dim: hd, scale, causal: true };
+                wqkv = transpose(&t.get(&c_attn, &[h, width])?, h, width);
+                bqkv = Some(t.get(&format!("{p}attn.c_attn.bias"), &[width])?);
+                wo = transpose(&t.get(&format!("{p}attn.c_proj.weight"), &[heads * hd, h])?, heads * hd, h);
+                bo = Some(t.get(&format!("{p}attn.c_proj.bias"), &[h])?);
+                let c_fc = format!("{p}mlp.c_fc.weight");
+                ffn = match t.shape(&c_fc) {
+                    Some(s) if s.len() == 2 && s[0] == h => s[1],
+                    Some(s) => return invalid(format!("tensor {c_fc} has shape {s:?}, expected [{h}, width]")),
+                    None => return invalid(format!("the checkpoint has no tensor {c_fc}")),
+                };
+                w_in = transpose(&t.get(&c_fc, &[h, ffn])?, h, ffn);
+                b_in = Some(t.get(&format!("{p}mlp.c_fc.bias"), &[ffn])?);
+                w_out = transpose(&t.get(&format!("{p}mlp.c_proj.weight"), &[ffn, h])?, ffn, h);
+                b_out = Some(t.get(&format!("{p}mlp.c_proj.bias"), &[h])?);
+            }
+            DecoderKind::Llama | DecoderKind::Qwen2 => {
+                let a = |m: &str| format!("{p}self_attn.{m}");
+                let heads = per_head(&a("q_proj.weight"), t.rows(&a("q_proj.weight"))?)?;
+                let kv_heads = per_head(&a("k_proj.weight"), t.rows(&a("k_proj.weight"))?)?;
+                if (kv_heads == 0) != (heads == 0) || (kv_heads > 0 && heads % kv_heads != 0) {
+                    return invalid(format!(
+                        "layer {i}: {heads} query heads cannot share {kv_heads} key/value heads evenly"
+                    ));
+                }
+                attn = Attn { heads, kv_heads, head_dim: hd, scale, causal: true };
+                let (q, kv) = (heads * hd, kv_heads * hd);
+                let proj = |m: &str, rows: usize| t.get(&a(&format!("{m}.weight")), &[rows, h]);
+                wqkv = cat(vec![proj("q_proj", q)?, proj("k_proj", kv)?, proj("v_proj", kv)?]);
+                bqkv = if cfg.qkv_bias {
+                    let b = |m: &str, n: usize| t.get(&a(&format!("{m}.bias")), &[n]);
+                    Some(cat(vec![b("q_proj", q)?, b("k_proj", kv)?, b("v_proj", kv)?]))
+                } else {
+                    None
+                };
+                wo = t.get(&a("o_proj.weight"), &[h, q])?;
+                bo = t.optional(&a("o_proj.bias"), &[h], cfg.out_bias)?;
+                let m = |n: &str| format!("{p}mlp.{n}");
+                ffn = t.rows(&m("gate_proj.weight"))?;
+                w_in = cat(vec![t.get(&m("gate_proj.weight"), &[ffn, h])?, t.get(&m("up_proj.weight"), &[ffn, h])?]);
+                b_in = if cfg.mlp_bias {
+                    Some(cat(vec![t.get(&m("gate_proj.bias"), &[ffn])?, t.get(&m("up_proj.bias"), &[ffn])?]))
+                } else {
+                    None
+                };
+                w_out = t.get(&m("down_proj.weight"), &[h, ffn])?;
+                b_out = t.optional(&m("down_proj.bias"), &[h], cfg.mlp_bias)?;
+            }
+        }
+        let (n1, n2) = match cfg.kind {
+            DecoderKind::Gpt2 => ("ln_1", "ln_2"),
+            DecoderKind::Llama | DecoderKind::Qwen2 => ("input_layernorm", "post_attention_layernorm"),
+        };
+        Ok(DecoderLayer {
+            attn,
+            ffn,
+            mlp: cfg.mlp,
+            hidden: h,
+            norm1: Norm::load(t, &format!("{p}{n1}"), cfg)?,
+            wqkv,
+            bqkv,
+            wo,
+            bo,
+            norm2: Norm::load(t, &format!("{p}{n2}"), cfg)?,
+            w_in,
+            b_in,
+            w_out,
+            b_out,
+        })
+    }
+
+    /// The block on the residual stream `x [rows, hidden]`, in place. `rope` holds the rows'
+    /// rotary tables (`cos`, `sin`, each `[rows, head_dim/2]`) for the rotary families.
+    pub fn forward(&self, x: &mut [f32], seqs: &[Seq], rope: Option<&(Vec<f32>, Vec<f32>)>) {
+        let (h, rows) = (self.hidden, x.len() / self.hidden.max(1));
+        let a = &self.attn;
+        if a.heads > 0 {
+            let n = self.norm1.apply(x);
+            let mut qkv = linear(&n, rows, h, &self.wqkv, a.qkv_width(), self.bqkv.as_deref());
+            drop(n);
+            if let Some((cos, sin)) = rope {
+                fused::rope(&mut qkv, a, cos, sin);
+            }
+            let ctx = fused::attention(&qkv, seqs, rows, a);
+            drop(qkv);
+            let out = linear(&ctx, rows, a.heads * a.head_dim, &self.wo, h, self.bo.as_deref());
+            fused::add_into(x, &out);
+        } else if let Some(bo) = &self.bo {
+            // No head left: the attention output is its bias alone.
+            x.chunks_exact_mut(h).for_each(|r| r.iter_mut().zip(bo).for_each(|(v, b)| *v += b));
+        }
+        let n = self.norm2.apply(x);
+        let act = match self.mlp {
+            Mlp::Plain(activation) => {
+                let mut f = linear(&n, rows, h, &self.w_in, self.ffn, None);
+                let zeros;
+                let bias = match &self.b_in {
+                    Some(b) => b.as_slice(),
+                    None => {
+                        zeros = vec![0.0; self.ffn];
+                        &zeros
+                    }
+                };
+                fused::bias_activation(&mut f, bias, activation);
+                f
+            }
+            Mlp::SwiGlu => {
+                let gate_up = linear(&n, rows, h, &self.w_in, 2 * self.ffn, None);
+                fused::silu_mul(&gate_up, self.b_in.as_deref().unwrap_or(&[]), self.ffn)
+            }
+        };
+        drop(n);
+        let out = linear(&act, rows, self.ffn, &self.w_out, h, self.b_out.as_deref());
+        fused::add_into(x, &out);
+    }
+}
+
+/// What a forward pass returns: the final hidden states (after the final norm) and the LM
+/// head's logits, both row-major over the batch's rows.
+pub struct DecoderOutput {
+    pub hidden: Vec<f32>,
+    pub logits: Vec<f32>,
+}
+
+pub struct Decoder {
+    pub config: DecoderConfig,
+    /// `[vocab, hidden]`.
+    embed: Vec<f32>,
+    /// GPT-2's learned positions `[max_positions, hidden]`.
+    positions: Option<Vec<f32>>,
+    rope: Option<Rope>,
+    pub layers: Vec<DecoderLayer>,
+    final_norm: Norm,
+    /// `[vocab, hidden]`; `None` when tied to the embeddings.
+    lm_head: Option<Vec<f32>>,
+}
+
+impl Decoder {
+    /// Load a checkpoint's `config.json` and `model.safetensors`.
+    pub fn from_files(config_json: &[u8], safetensors: &[u8]) -> Result<Decoder> {
+        let config = DecoderConfig::parse(config_json).map_err(|e| ModelError::Invalid(format!("config.json: {e}")))?;
+        let t = Tensors::parse(safetensors, config.kind)?;
+        Decoder::load(config, &t)
+    }
+
+    pub fn load(config: DecoderConfig, t: &Tensors) -> Result<Decoder> {
+        let (v, h) = (config.vocab, config.hidden);
+        let (embed_name, norm_name) = match config.kind {
+            DecoderKind::Gpt2 => ("wte.weight", "ln_f"),
+            DecoderKind::Llama | DecoderKind::Qwen2 => ("embed_tokens.weight", "norm"),
+        };
+        let embed = t.get(embed_name, &[v, h])?;
+        let positions = match config.kind {
+            DecoderKind::Gpt2 => Some(t.get("wpe.weight", &[config.max_positions, h])?),
+            _ => None,
+        };
+        let layers = (0..config.layers).map(|i| DecoderLayer::load(t, &config, i)).collect::<Result<Vec<_>>>()?;
+        let final_norm = Norm::load(t, norm_name, &config)?;
+        let lm_head = if config.tie_embeddings { None } else { Some(t.get("lm_head.weight", &[v, h])?) };
+        let rope = config.rope.as_ref().map(|r| Rope::new(r, config.head_dim));
+        Ok(Decoder { config, embed, positions, rope, layers, final_norm, lm_head })
+    }
+
+    /// Each row's position: 0, 1, … along its sequence.
+    fn row_positions(seqs: &[Seq], rows: usize) -> Vec<usize> {
+        let mut pos = vec![0; rows];
+        for s in seqs {
+            for (i, p) in pos[s.row..s.row + s.queries].iter_mut().enumerate() {
+                *p = i;
+            }
+        }
+        pos
+    }
+
+    /// The residual stream entering the first block, `[ids.len(), hidden]`, and the rows'
+    /// rotary tables (rotary families).
+    #[allow(clippy::type_complexity)]
+    pub fn embed(&self, ids: &[u32], seqs: &[Seq]) -> Result<(Vec<f32>, Option<(Vec<f32>, Vec<f32>)>)> {
+        let h = self.config.hidden;
+        let pos = Decoder::row_positions(seqs, ids.len());
+        let mut x = Vec::with_capacity(ids.len() * h);
+        for (&id, &p) in ids.iter().zip(&pos) {
+            let id = id as usize;
+            if id >= self.config.vocab {
+                return invalid(format!("token id {id} is outside the vocabulary of {}", self.config.vocab));
+            }
+            let row = &self.embed[id * h..(id + 1) * h];
+            match &self.positions {
+                Some(wpe) => {
+                    if p >= self.config.max_positions {
+                        return invalid(format!(
+                            "position {p} is past the model's {} learned positions",
+                            self.config.max_positions
+                        ));
+                    }
+                    x.extend(row.iter().zip(&wpe[p * h..(p + 1) * h]).map(|(a, b)| a + b));
+                }
+                None => x.extend_from_slice(row),
+            }
+        }
+        let tables = self.rope.as_ref().map(|r| r.tables(pos.into_iter()));
+        Ok((x, tables))
+    }
+
+    /// The final norm and the LM head on the last block's output.
+    pub fn head(&self, x: &[f32]) -> DecoderOutput {
+        let h = self.config.hidden;
+        let hidden = self.final_norm.apply(x);
+        let w = self.lm_head.as_deref().unwrap_or(&self.embed);
+        let logits = linear(&hidden, hidden.len() / h, h, w, self.config.vocab, None);
+        DecoderOutput { hidden, logits }
+    }
+
+    /// The forward pass over `ids` laid out as `seqs` describe.
+    pub fn forward(&self, ids: &[u32], seqs: &[Seq]) -> Result<DecoderOutput> {
+        let (mut x, tables) = self.embed(ids, seqs)?;
+        for l in &self.layers {
+            l.forward(&mut x, seqs, tables.as_ref());
+        }
+        Ok(self.head(&x))
+    }
+
+    /// A padded batch `[batch, seq]` of ids with its attention mask (1 real, 0 padding).
+    pub fn forward_padded(&self, ids: &[u32], mask: &[u32], seq: usize) -> Result<DecoderOutput> {
+        if ids.len() != mask.len() || seq == 0 || !ids.len().is_multiple_of(seq) {
+            return invalid("input ids and attention mask must both be [batch, seq]");
+        }
+        self.forward(ids, &Seq::padded(mask, seq))
+    }
+}
