@@ -167,10 +167,8 @@ fn experiment_locally(
     let task = Task::parse(task_name)
         .with_context(|| format!("task.name {task_name:?}: expected one of {}", secateur::data::TASK_NAMES))?;
     fn local(path: &std::path::Path, task: Task) -> anyhow::Result<secateur::jobs::LocalDataset<'_>> {
-        let format = match path.extension().and_then(|e| e.to_str()) {
-            Some("tsv") => Format::GlueTsv,
-            Some("jsonl") => Format::Jsonl,
-            Some("json") => Format::SquadJson,
+        let format = match path.extension().and_then(|e| e.to_str()).and_then(Format::from_extension) {
+            Some(f) if f != Format::Text => f,
             _ => anyhow::bail!("{}: expected a .tsv, .jsonl or .json file", path.display()),
         };
         Ok(secateur::jobs::LocalDataset { path, format, task: Some(task) })
@@ -203,11 +201,8 @@ fn prune_locally(
     let calibration = match calibration {
         None => None,
         Some(path) => {
-            let format = match path.extension().and_then(|e| e.to_str()) {
-                Some("tsv") => Format::GlueTsv,
-                Some("jsonl") => Format::Jsonl,
-                Some("json") => Format::SquadJson,
-                _ => anyhow::bail!("--calibration {}: expected a .tsv, .jsonl or .json file", path.display()),
+            let Some(format) = path.extension().and_then(|e| e.to_str()).and_then(Format::from_extension) else {
+                anyhow::bail!("--calibration {}: expected a .tsv, .jsonl, .json or .txt file", path.display())
             };
             Some(secateur::jobs::LocalDataset { path, format, task })
         }

@@ -124,9 +124,9 @@ async fn create_dataset(
         *slot = Some(text.trim().to_string());
     }
     let file = file.ok_or_else(|| ApiError::invalid("file", "the part `file` is required"))?;
-    let format_s = format.ok_or_else(|| ApiError::invalid("format", "required: glue_tsv, jsonl or squad_json"))?;
+    let format_s = format.ok_or_else(|| ApiError::invalid("format", format!("required: {}", data::FORMAT_NAMES)))?;
     let format = Format::parse(&format_s).ok_or_else(|| {
-        ApiError::invalid("format", format!("unknown format {format_s:?}; expected glue_tsv, jsonl or squad_json"))
+        ApiError::invalid("format", format!("unknown format {format_s:?}; expected {}", data::FORMAT_NAMES))
     })?;
     let task = match task.filter(|t| !t.is_empty()) {
         None => None,

@@ -221,7 +221,13 @@ async fn check_experiment(
         };
         let dtask = d.task.as_deref().and_then(crate::data::Task::parse);
         let squad = task == crate::data::Task::Squad;
-        if (d.format == "squad_json") != squad || (d.format == "glue_tsv" && dtask != Some(task)) {
+        let format = crate::data::Format::parse(&d.format);
+        if format == Some(crate::data::Format::Text) {
+            return Err(ApiError::invalid(field, "the dataset is plain text: it holds no labelled examples"));
+        }
+        if (format == Some(crate::data::Format::SquadJson)) != squad
+            || (format == Some(crate::data::Format::GlueTsv) && dtask != Some(task))
+        {
             let what = d.task.clone().unwrap_or_else(|| d.format.clone());
             return Err(ApiError::invalid(field, format!("the dataset is for {what}, not {}", task.name())));
         }

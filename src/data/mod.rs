@@ -1,6 +1,7 @@
 //! Dataset formats and their validation on upload: GLUE TSV (with a task's column layout or as a
-//! plain consistent table), JSONL (`text`, optional `text_pair`, optional `label`), and SQuAD v1.1
-//! JSON. Plain Rust; the service calls [`validate`] and stores the [`Summary`].
+//! plain consistent table), JSONL (`text`, optional `text_pair`, optional `label`), SQuAD v1.1
+//! JSON, and plain text (UTF-8, documents separated by blank lines: language-model calibration
+//! and perplexity text). Plain Rust; the service calls [`validate`] and stores the [`Summary`].
 
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -11,7 +12,12 @@ pub enum Format {
     GlueTsv,
     Jsonl,
     SquadJson,
+    /// UTF-8 plain text; documents are separated by blank lines.
+    Text,
 }
+
+/// The formats' names, for messages.
+pub const FORMAT_NAMES: &str = "glue_tsv, jsonl, squad_json or text";
 
 impl Format {
     pub fn parse(s: &str) -> Option<Format> {
@@ -22,6 +28,17 @@ impl Format {
             Format::GlueTsv => "glue_tsv",
             Format::Jsonl => "jsonl",
             Format::SquadJson => "squad_json",
+            Format::Text => "text",
+        }
+    }
+    /// The format a local file's extension names (`.tsv`, `.jsonl`, `.json`, `.txt`).
+    pub fn from_extension(ext: &str) -> Option<Format> {
+        match ext {
+            "tsv" => Some(Format::GlueTsv),
+            "jsonl" => Some(Format::Jsonl),
+            "json" => Some(Format::SquadJson),
+            "txt" => Some(Format::Text),
+            _ => None,
         }
     }
 }
@@ -140,7 +157,7 @@ impl Task {
 /// What an upload held.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
 pub struct Summary {
-    /// Examples (TSV/JSONL rows, SQuAD questions).
+    /// Examples (TSV/JSONL rows, SQuAD questions, text documents).
     pub rows: u64,
     /// Column names (from the header, or the task's layout), or JSON keys seen.
     pub columns: Vec<String>,
@@ -150,7 +167,7 @@ pub struct Summary {
     /// Smallest and largest label (regression).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub label_range: Option<[f64; 2]>,
-    /// SQuAD: articles, paragraphs and gold answers.
+    /// SQuAD: articles, paragraphs and gold answers; text: documents and characters.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub counts: BTreeMap<String, u64>,
 }
@@ -174,6 +191,9 @@ pub fn validate(format: Format, task: Option<Task>, bytes: &[u8]) -> Result<Summ
     if format == Format::SquadJson && task.is_some_and(|t| t != Task::Squad) {
         return err(None, "format squad_json holds the squad task only");
     }
+    if format == Format::Text && task.is_some() {
+        return err(None, "format text holds no task: plain text has no labels (upload it without `task`)");
+    }
     let text = std::str::from_utf8(bytes).map_err(|e| {
         let line = bytes[..e.valid_up_to()].iter().filter(|&&b| b == b'\n').count() as u64 + 1;
         DataError { line: Some(line), message: "not valid UTF-8".into() }
@@ -183,7 +203,40 @@ pub fn validate(format: Format, task: Option<Task>, bytes: &[u8]) -> Result<Summ
         Format::GlueTsv => validate_tsv(text, task),
         Format::Jsonl => validate_jsonl(text, task),
         Format::SquadJson => validate_squad(text),
+        Format::Text => validate_text(text),
     }
+}
+
+/// A plain-text file's documents: runs of lines separated by blank (empty or whitespace-only)
+/// lines, each document's lines joined by `\n` (`\r\n` endings read as `\n`).
+pub fn documents(text: &str) -> Vec<String> {
+    let mut docs = Vec::new();
+    let mut cur: Vec<&str> = Vec::new();
+    for (_, line) in lines(text) {
+        if line.trim().is_empty() {
+            if !cur.is_empty() {
+                docs.push(cur.join("\n"));
+                cur.clear();
+            }
+        } else {
+            cur.push(line);
+        }
+    }
+    if !cur.is_empty() {
+        docs.push(cur.join("\n"));
+    }
+    docs
+}
+
+fn validate_text(text: &str) -> Result<Summary, DataError> {
+    let docs = documents(text);
+    if docs.is_empty() {
+        return err(None, "the file is empty (no text outside blank lines)");
+    }
+    let mut s = Summary { rows: docs.len() as u64, columns: vec!["text".into()], ..Default::default() };
+    s.counts.insert("documents".into(), docs.len() as u64);
+    s.counts.insert("characters".into(), docs.iter().map(|d| d.chars().count() as u64).sum());
+    Ok(s)
 }
 
 /// Lines with their 1-based numbers; a final empty line (trailing newline) is dropped.
@@ -487,6 +540,7 @@ pub fn texts(format: Format, task: Option<Task>, bytes: &[u8], limit: usize) -> 
                 out.push((t.to_string(), v.get("text_pair").and_then(|t| t.as_str()).map(str::to_string)));
             }
         }
+        Format::Text => out.extend(documents(text).into_iter().take(limit).map(|d| (d, None))),
         Format::SquadJson => {
             let f: SquadFile = serde_json::from_str(text)
                 .map_err(|e| DataError { line: Some(e.line() as u64), message: e.to_string() })?;
@@ -604,6 +658,7 @@ pub fn examples(format: Format, task: Option<Task>, bytes: &[u8]) -> Result<Vec<
             }
         }
         Format::SquadJson => return err(None, "squad_json holds questions, not classification examples"),
+        Format::Text => return err(None, "a text dataset holds plain text, not labelled examples"),
     }
     Ok(out)
 }
@@ -612,6 +667,25 @@ pub fn examples(format: Format, task: Option<Task>, bytes: &[u8]) -> Result<Vec<
 mod tests {
     use super::*;
     use std::path::PathBuf;
+
+    #[test]
+    fn text_files_are_documents_between_blank_lines() {
+        let t = b"First line\r\nof one.\n\n \t\n\nSecond.\n";
+        let s = validate(Format::Text, None, t).unwrap();
+        assert_eq!(s.rows, 2);
+        assert_eq!(s.counts["characters"], 25);
+        assert_eq!(documents(std::str::from_utf8(t).unwrap()), ["First line\nof one.", "Second."]);
+        let calib = texts(Format::Text, None, t, 1).unwrap();
+        assert_eq!(calib, [("First line\nof one.".to_string(), None)]);
+        assert!(validate(Format::Text, None, b"\n \n\n").unwrap_err().message.contains("empty"));
+        assert!(validate(Format::Text, None, b"").unwrap_err().message.contains("empty"));
+        let bad = validate(Format::Text, None, b"ok\nstill ok\n\xff\n").unwrap_err();
+        assert_eq!((bad.line, bad.message.as_str()), (Some(3), "not valid UTF-8"));
+        assert!(validate(Format::Text, Some(Task::Sst2), b"x").unwrap_err().message.contains("no task"));
+        assert!(examples(Format::Text, None, b"x").is_err());
+        // The real calibration text: 1,733 paragraphs.
+        assert_eq!(validate(Format::Text, None, &shared("text/wiki-train.txt")).unwrap().rows, 1733);
+    }
 
     fn shared(p: &str) -> Vec<u8> {
         let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/data").join(p);

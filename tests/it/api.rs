@@ -194,8 +194,23 @@ async fn datasets_are_validated_on_upload(db: Db) {
         .upload_dataset(b"{\"text\":\"a\",\"label\":1}\n{\"text\":\"b\",\"label\":0}\n".to_vec(), "jsonl", None)
         .await;
     assert_eq!(r.status(), StatusCode::CREATED);
+    let r = app.upload_dataset(shared("text/wiki-eval.txt"), "text", None).await;
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let txt: Value = r.json().await.unwrap();
+    assert_eq!((txt["rows"].clone(), txt["format"].clone()), (json!(334), json!("text")));
+    assert_eq!(txt["summary"]["counts"]["documents"], 334);
     let list: Value = app.get("/v1/datasets").send().await.unwrap().json().await.unwrap();
-    assert_eq!(list["items"].as_array().unwrap().len(), 3);
+    assert_eq!(list["items"].as_array().unwrap().len(), 4);
+    // Plain text: bad UTF-8 names its line, an empty file and a task are refused.
+    let (s, body) = problem(app.upload_dataset(b"fine\n\xc3\n".to_vec(), "text", None).await).await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(body["errors"][0]["field"], "file");
+    assert!(body["errors"][0]["message"].as_str().unwrap().starts_with("line 2: not valid UTF-8"), "{body}");
+    let (s, body) = problem(app.upload_dataset(b"\n\n".to_vec(), "text", None).await).await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(body["errors"][0]["message"].as_str().unwrap().contains("empty"), "{body}");
+    let (s, _) = problem(app.upload_dataset(b"words".to_vec(), "text", Some("sst2")).await).await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY);
     // Faults name the line.
     let (s, body) =
         problem(app.upload_dataset(b"sentence\tlabel\nfine\t1\nbroken row\n".to_vec(), "glue_tsv", Some("sst2")).await)
@@ -211,7 +226,7 @@ async fn datasets_are_validated_on_upload(db: Db) {
     let (_, body) = problem(app.post("/v1/datasets").multipart(form).send().await.unwrap()).await;
     assert_eq!(body["errors"][0]["field"], "file");
     let list: Value = app.get("/v1/datasets").send().await.unwrap().json().await.unwrap();
-    assert_eq!(list["items"].as_array().unwrap().len(), 3);
+    assert_eq!(list["items"].as_array().unwrap().len(), 4);
     assert_eq!(app.delete(&format!("/v1/datasets/{id}")).send().await.unwrap().status(), StatusCode::NO_CONTENT);
     assert_eq!(problem(app.get(&format!("/v1/datasets/{id}")).send().await.unwrap()).await.0, StatusCode::NOT_FOUND);
 }
