@@ -255,8 +255,8 @@ pub fn layer_norm(y: &mut [f32], gamma: &[f32], beta: &[f32], eps: f32) {
     });
 }
 
-/// `x ← act(x + bias)` row by row.
-fn activate(x: &mut [f32], bias: &[f32], act: Activation) {
+/// `x ← act(x + bias)` row by row (rows as wide as `bias`).
+pub fn activate(x: &mut [f32], bias: &[f32], act: Activation) {
     let w = bias.len();
     if w == 0 {
         return;
@@ -279,11 +279,6 @@ pub fn rms_norm(y: &mut [f32], gamma: &[f32], eps: f32) {
             simd::rms_norm_row(row, gamma, eps);
         }
     });
-}
-
-/// `x ← act(x + bias)` row by row, for the MLPs whose input map has a bias (GPT-2).
-pub fn bias_activation(x: &mut [f32], bias: &[f32], act: Activation) {
-    activate(x, bias, act)
 }
 
 /// The SwiGLU unit: `gate_up [rows, 2·f]` (the stacked gate|up map, before its optional

@@ -285,15 +285,8 @@ impl DecoderLayer {
         let act = match self.mlp {
             Mlp::Plain(activation) => {
                 let mut f = linear(&n, rows, h, &self.w_in, self.ffn, None);
-                let zeros;
-                let bias = match &self.b_in {
-                    Some(b) => b.as_slice(),
-                    None => {
-                        zeros = vec![0.0; self.ffn];
-                        &zeros
-                    }
-                };
-                fused::bias_activation(&mut f, bias, activation);
+                // `load` reads GPT-2's `c_fc.bias` (its only plain MLP), so the bias is there.
+                fused::activate(&mut f, self.b_in.as_deref().expect("a plain MLP's input bias"), activation);
                 f
             }
             Mlp::SwiGlu => {
