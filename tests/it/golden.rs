@@ -7,6 +7,14 @@
 //!
 //! When an output is meant to change, rerun with `SECATEUR_GOLDEN_WRITE=1` and say in the commit
 //! why each changed line changed.
+//!
+//! SparseGPT's weights and masks on MiniLM are left out (its `report.json` and the other files
+//! stay): they depend on the CPU. At the same commit (e0857b2) an AMD EPYC with AVX-512 wrote
+//! other bytes than the machine the lines were recorded on, for these four files only. The
+//! likely cause: the `gemm` crate under candle and faer sizes its blocks from the caches it
+//! detects at run time (gemm-common's `cache.rs`), which reorders the sums of the Hessian and of
+//! its factorisation in the last bits, and a weight at the edge of the adaptive mask flips. The
+//! tiny models' SparseGPT outputs are the same on both machines and stay in.
 
 use crate::common;
 
@@ -167,6 +175,11 @@ fn sst2_file(path: &Path) -> LocalDataset<'_> {
     LocalDataset { path, format: Format::GlueTsv, task: Some(Task::Sst2) }
 }
 
+/// The outputs whose bytes depend on the CPU's cache sizes (see the module's comment).
+fn machine_dependent(model: &str, case: &str, file: &str) -> bool {
+    model == "minilm" && case.starts_with("sparsegpt") && matches!(file, "model.safetensors" | "masks.safetensors")
+}
+
 fn golden_path() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden/outputs.txt")
 }
@@ -201,6 +214,9 @@ fn pruned_outputs_equal_the_recorded_golden_hashes() {
             run_local(spec.as_bytes(), model_dir, c, &out, |_| {})
                 .unwrap_or_else(|e| panic!("{model_name} {case}: {e:#}"));
             for (file, h) in hashes(&out) {
+                if machine_dependent(model_name, case, &file) {
+                    continue;
+                }
                 got.push(format!("{model_name} {case} {file} {h}"));
             }
             std::fs::remove_dir_all(&out).unwrap();
