@@ -6,7 +6,7 @@
 //!   cargo bench --bench magnitude            # or bench/magnitude.sh for the PyTorch comparison
 
 use secateur::engine::io::st;
-use secateur::engine::model::arch::Family;
+use secateur::engine::model::arch::{Arch, Family};
 use secateur::engine::prune::magnitude::{prune_in_place, select_targets};
 use secateur::engine::prune::Scope;
 use secateur::engine::testing::TinyModel;
@@ -21,7 +21,7 @@ fn median(mut v: Vec<f64>) -> f64 {
 
 fn bench(label: &str, file: &[u8]) {
     let header = st::parse(file).unwrap();
-    let targets = select_targets(Family::Bert, &header, &[], &[]);
+    let targets = select_targets(Arch::Encoder(Family::Bert), &header, &[], &[]);
     let n: u64 = targets.iter().map(|t| header.tensors[t].numel()).sum();
     let bytes: usize = targets.iter().map(|t| (header.tensors[t].end - header.tensors[t].begin) as usize).sum();
     let mut prune_ms = Vec::new();

@@ -46,8 +46,10 @@ pub struct ModelSummary {
 
 /// The dimensions of a model that a job spec is checked against (as its `config.json` states
 /// them; a compact checkpoint may have fewer units in some layer).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ModelShape {
+    /// `config.json`'s `model_type`, one of the supported families.
+    pub model_type: String,
     pub num_layers: u64,
     pub num_heads: u64,
     pub hidden_size: u64,
@@ -135,8 +137,9 @@ impl ModelUpload {
             }
         }
         Ok(ModelSummary {
-            model_type: cfg.family.name().to_string(),
+            model_type: cfg.arch.name().to_string(),
             shape: ModelShape {
+                model_type: cfg.arch.name().to_string(),
                 num_layers: cfg.num_layers,
                 num_heads: cfg.num_heads,
                 hidden_size: cfg.hidden_size,

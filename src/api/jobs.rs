@@ -246,6 +246,7 @@ async fn check_experiment(
 
 fn model_shape(m: &crate::store::ModelRow) -> crate::jobs::spec::ModelShape {
     crate::jobs::spec::ModelShape {
+        model_type: m.model_type.clone(),
         num_layers: m.num_layers as u64,
         num_heads: m.num_heads as u64,
         hidden_size: m.hidden_size as u64,

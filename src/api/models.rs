@@ -21,7 +21,8 @@ use utoipa_axum::{router::OpenApiRouter, routes};
 pub struct Model {
     pub id: String,
     pub name: Option<String>,
-    /// `bert`, `roberta` or `distilbert`.
+    /// The family: `bert`, `roberta`, `distilbert` (encoders), `gpt2`, `llama` or `qwen2`
+    /// (decoders).
     pub model_type: String,
     pub num_layers: i64,
     pub hidden_size: i64,

@@ -127,9 +127,11 @@ pub fn fill_units(
     }
 }
 
-/// The encoder layer a tensor belongs to, from its name.
+/// The block a tensor belongs to, from its name: `encoder.layer.N.` (BERT, RoBERTa),
+/// `transformer.layer.N.` (DistilBERT), `h.N.` (GPT-2), `layers.N.` (Llama, Qwen2), with or
+/// without the base model's prefix.
 pub fn layer_of(name: &str) -> Option<usize> {
-    ["encoder.layer.", "transformer.layer."].iter().find_map(|root| {
+    ["encoder.layer.", "transformer.layer.", "h.", "layers."].iter().find_map(|root| {
         let at = name.find(root)?;
         if at > 0 && !name[..at].ends_with('.') {
             return None;
@@ -311,4 +313,27 @@ pub fn masks_file(file: &[u8], header: &Header, targets: &[String]) -> Vec<u8> {
         out.push((name.clone(), Dtype::U8, t.shape.clone(), bits));
     }
     crate::engine::io::st::serialize(&out, None)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::layer_of;
+
+    #[test]
+    fn every_family_names_its_blocks() {
+        for (name, want) in [
+            ("bert.encoder.layer.11.output.dense.weight", Some(11)),
+            ("distilbert.transformer.layer.2.ffn.lin1.weight", Some(2)),
+            ("transformer.h.3.attn.c_attn.weight", Some(3)),
+            ("h.0.mlp.c_proj.bias", Some(0)),
+            ("model.layers.7.self_attn.q_proj.weight", Some(7)),
+            ("lm_head.weight", None),
+            ("transformer.wte.weight", None),
+            ("model.embed_tokens.weight", None),
+            ("embeddings.LayerNorm.weight", None),
+            ("classifier.weight", None),
+        ] {
+            assert_eq!(layer_of(name), want, "{name}");
+        }
+    }
 }

@@ -1,5 +1,5 @@
-//! Tiny random BERT-family checkpoints built in code, for tests, benchmarks and demos.
-//! Nothing here downloads anything.
+//! Tiny random checkpoints built in code, for tests, benchmarks and demos: BERT-family encoders
+//! ([`TinyModel`]) and decoders ([`TinyDecoder`]). Nothing here downloads anything.
 
 use super::io::st::{serialize, Dtype};
 use rand::{rngs::StdRng, Rng, SeedableRng};
@@ -174,5 +174,142 @@ impl TinyModel {
             "model": {"type": "WordPiece", "unk_token": "[UNK]", "continuing_subword_prefix": "##", "max_input_chars_per_word": 100, "vocab": vocab},
         }))
         .unwrap()
+    }
+}
+
+/// A tiny random decoder checkpoint (GPT-2, Llama or Qwen2) under the names and shapes a
+/// `…ForCausalLM` checkpoint has (`transformer.`/`model.` prefix; `lm_head.weight` when untied).
+#[derive(Debug, Clone)]
+pub struct TinyDecoder {
+    pub model_type: &'static str,
+    pub layers: u64,
+    pub hidden: u64,
+    pub heads: u64,
+    pub kv_heads: u64,
+    pub ffn: u64,
+    pub vocab: u64,
+    pub tied: bool,
+    pub dtype: Dtype,
+    pub seed: u64,
+}
+
+impl Default for TinyDecoder {
+    fn default() -> Self {
+        TinyDecoder {
+            model_type: "llama",
+            layers: 2,
+            hidden: 32,
+            heads: 4,
+            kv_heads: 2,
+            ffn: 48,
+            vocab: 64,
+            tied: false,
+            dtype: Dtype::F32,
+            seed: 11,
+        }
+    }
+}
+
+impl TinyDecoder {
+    pub fn config_json(&self) -> String {
+        let v = if self.model_type == "gpt2" {
+            serde_json::json!({
+                "model_type": "gpt2", "architectures": ["GPT2LMHeadModel"], "n_embd": self.hidden,
+                "n_layer": self.layers, "n_head": self.heads, "n_inner": self.ffn, "vocab_size": self.vocab,
+                "n_positions": 64, "tie_word_embeddings": self.tied,
+            })
+        } else {
+            let class = if self.model_type == "qwen2" { "Qwen2ForCausalLM" } else { "LlamaForCausalLM" };
+            serde_json::json!({
+                "model_type": self.model_type, "architectures": [class], "hidden_size": self.hidden,
+                "num_hidden_layers": self.layers, "num_attention_heads": self.heads,
+                "num_key_value_heads": self.kv_heads, "intermediate_size": self.ffn, "vocab_size": self.vocab,
+                "max_position_embeddings": 64, "tie_word_embeddings": self.tied, "rms_norm_eps": 1e-6,
+            })
+        };
+        serde_json::to_string_pretty(&v).unwrap()
+    }
+
+    /// (name, shape) of every tensor, as `GPT2LMHeadModel`, `LlamaForCausalLM` and
+    /// `Qwen2ForCausalLM` save them (written out here, not taken from the loader, so that a
+    /// test compares two independent statements of the layout).
+    pub fn tensor_shapes(&self) -> Vec<(String, Vec<u64>)> {
+        let (h, f, v) = (self.hidden, self.ffn, self.vocab);
+        let hd = h / self.heads;
+        let (q, kv) = (self.heads * hd, self.kv_heads * hd);
+        let mut t: Vec<(String, Vec<u64>)> = Vec::new();
+        if self.model_type == "gpt2" {
+            t.push(("transformer.wte.weight".into(), vec![v, h]));
+            t.push(("transformer.wpe.weight".into(), vec![64, h]));
+            for i in 0..self.layers {
+                for (m, s) in [
+                    ("ln_1.weight", vec![h]),
+                    ("ln_1.bias", vec![h]),
+                    ("attn.c_attn.weight", vec![h, 3 * q]),
+                    ("attn.c_attn.bias", vec![3 * q]),
+                    ("attn.c_proj.weight", vec![q, h]),
+                    ("attn.c_proj.bias", vec![h]),
+                    ("ln_2.weight", vec![h]),
+                    ("ln_2.bias", vec![h]),
+                    ("mlp.c_fc.weight", vec![h, f]),
+                    ("mlp.c_fc.bias", vec![f]),
+                    ("mlp.c_proj.weight", vec![f, h]),
+                    ("mlp.c_proj.bias", vec![h]),
+                ] {
+                    t.push((format!("transformer.h.{i}.{m}"), s));
+                }
+            }
+            t.push(("transformer.ln_f.weight".into(), vec![h]));
+            t.push(("transformer.ln_f.bias".into(), vec![h]));
+        } else {
+            t.push(("model.embed_tokens.weight".into(), vec![v, h]));
+            for i in 0..self.layers {
+                let mut block = vec![
+                    ("input_layernorm.weight", vec![h]),
+                    ("self_attn.q_proj.weight", vec![q, h]),
+                    ("self_attn.k_proj.weight", vec![kv, h]),
+                    ("self_attn.v_proj.weight", vec![kv, h]),
+                    ("self_attn.o_proj.weight", vec![h, q]),
+                    ("post_attention_layernorm.weight", vec![h]),
+                    ("mlp.gate_proj.weight", vec![f, h]),
+                    ("mlp.up_proj.weight", vec![f, h]),
+                    ("mlp.down_proj.weight", vec![h, f]),
+                ];
+                if self.model_type == "qwen2" {
+                    block.extend([
+                        ("self_attn.q_proj.bias", vec![q]),
+                        ("self_attn.k_proj.bias", vec![kv]),
+                        ("self_attn.v_proj.bias", vec![kv]),
+                    ]);
+                }
+                for (m, s) in block {
+                    t.push((format!("model.layers.{i}.{m}"), s));
+                }
+            }
+            t.push(("model.norm.weight".into(), vec![h]));
+        }
+        if !self.tied {
+            t.push(("lm_head.weight".into(), vec![v, h]));
+        }
+        t
+    }
+
+    pub fn safetensors(&self) -> Vec<u8> {
+        let mut rng = StdRng::seed_from_u64(self.seed);
+        let tensors: Vec<(String, Dtype, Vec<u64>, Vec<u8>)> = self
+            .tensor_shapes()
+            .into_iter()
+            .map(|(name, shape)| {
+                let n: u64 = shape.iter().product();
+                let norm = name.contains("norm") || name.contains("ln_");
+                let values: Vec<f32> = if norm && name.ends_with("weight") {
+                    (0..n).map(|_| 1.0 + rng.gen_range(-0.1f32..0.1)).collect()
+                } else {
+                    (0..n).map(|_| rng.gen_range(-0.2f32..0.2)).collect()
+                };
+                (name, self.dtype, shape, encode(&values, self.dtype))
+            })
+            .collect();
+        serialize(&tensors, None)
     }
 }

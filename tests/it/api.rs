@@ -123,7 +123,7 @@ async fn bad_model_uploads_are_rejected_and_leave_nothing(db: Db) {
     let mut huge_header = good[1].1.clone();
     huge_header[..8].copy_from_slice(&(1u64 << 40).to_le_bytes());
     let wrong_layers = TinyModel { layers: 3, ..m.clone() }.config_json().into_bytes();
-    let roberta_cfg = m.config_json().replace("\"bert\"", "\"gpt2\"").into_bytes();
+    let albert_cfg = m.config_json().replace("\"bert\"", "\"albert\"").into_bytes();
     // (files, the field at fault, what the message says)
     type Case<'a> = (Vec<(&'a str, Vec<u8>)>, &'a str, &'a str);
     let cases: Vec<Case> = vec![
@@ -132,7 +132,7 @@ async fn bad_model_uploads_are_rejected_and_leave_nothing(db: Db) {
         (with("model.safetensors", huge_header), "model.safetensors", "exceeds the limit"),
         (with("model.safetensors", b"short".to_vec()), "model.safetensors", "8-byte"),
         (with("config.json", wrong_layers), "config.json", "3 layers"),
-        (with("config.json", roberta_cfg), "config.json", "not supported"),
+        (with("config.json", albert_cfg), "config.json", "not supported"),
         (with("config.json", b"{".to_vec()), "config.json", "not valid JSON"),
         (with("tokenizer.json", b"[1,2]".to_vec()), "tokenizer.json", "not a tokenizer.json file"),
         (with("tokenizer.json", b"{\"model\": {\"type\": \"WordPiece\"".to_vec()), "tokenizer.json", "not valid JSON"),
@@ -242,7 +242,7 @@ fn check_pruned(orig: &[u8], pruned: &[u8], scope: &str, sparsity: f64) {
     let (mut zeros, mut total, mut count) = (0u64, 0u64, 0u64);
     for (name, t) in &h.tensors {
         let r = (h.data_start + t.begin) as usize..(h.data_start + t.end) as usize;
-        if secateur::engine::model::arch::is_encoder_linear_weight(fam, name) {
+        if secateur::engine::model::arch::Arch::Encoder(fam).is_linear_weight(name) {
             let z = t.numel() - count_nonzeros(&pruned[r], t.dtype);
             count += 1;
             if scope == "local" {
@@ -630,7 +630,7 @@ async fn wanda_jobs_prune_each_row_with_calibration_text(db: Db) {
     let mut differs_from_magnitude = false;
     for (name, t) in &h.tensors {
         let r = (h.data_start + t.begin) as usize..(h.data_start + t.end) as usize;
-        if !secateur::engine::model::arch::is_encoder_linear_weight(fam, name) {
+        if !secateur::engine::model::arch::Arch::Encoder(fam).is_linear_weight(name) {
             assert_eq!(out[r.clone()], orig[r], "{name} changed");
             continue;
         }
@@ -658,9 +658,9 @@ async fn wanda_jobs_prune_each_row_with_calibration_text(db: Db) {
     let out = app.artifact(&job, "model.safetensors").await;
     let h = st::parse(&out).unwrap();
     for (name, t) in &h.tensors {
-        if secateur::engine::model::arch::is_encoder_linear_weight(fam, name) {
+        if secateur::engine::model::arch::Arch::Encoder(fam).is_linear_weight(name) {
             let r = (h.data_start + t.begin) as usize..(h.data_start + t.end) as usize;
-            assert!(satisfies_nm(&out[r.clone()], t.dtype, NmPattern { n: 2, m: 4 }), "{name}");
+            assert!(satisfies_nm(&out[r.clone()], t.dtype, &t.shape, false, NmPattern { n: 2, m: 4 }), "{name}");
             assert_eq!(count_nonzeros(&out[r], t.dtype) * 2, t.numel());
         }
     }
@@ -701,7 +701,7 @@ async fn sparsegpt_jobs_prune_and_reconstruct_with_calibration_text(db: Db) {
     let mut updated = 0;
     for (name, t) in &h.tensors {
         let r = (h.data_start + t.begin) as usize..(h.data_start + t.end) as usize;
-        if !secateur::engine::model::arch::is_encoder_linear_weight(fam, name) {
+        if !secateur::engine::model::arch::Arch::Encoder(fam).is_linear_weight(name) {
             assert_eq!(out[r.clone()], orig[r], "{name} changed");
             continue;
         }
@@ -730,8 +730,8 @@ async fn sparsegpt_jobs_prune_and_reconstruct_with_calibration_text(db: Db) {
     let h = st::parse(&out).unwrap();
     for (name, t) in &h.tensors {
         let r = (h.data_start + t.begin) as usize..(h.data_start + t.end) as usize;
-        if secateur::engine::model::arch::is_encoder_linear_weight(fam, name) && name.contains("layer.1.") {
-            assert!(satisfies_nm(&out[r.clone()], t.dtype, NmPattern { n: 2, m: 4 }), "{name}");
+        if secateur::engine::model::arch::Arch::Encoder(fam).is_linear_weight(name) && name.contains("layer.1.") {
+            assert!(satisfies_nm(&out[r.clone()], t.dtype, &t.shape, false, NmPattern { n: 2, m: 4 }), "{name}");
             assert_eq!(count_nonzeros(&out[r], t.dtype) * 2, t.numel());
         } else {
             assert_eq!(out[r.clone()], orig[r], "{name} changed");
@@ -762,11 +762,10 @@ async fn nm_jobs_hold_the_pattern_in_every_group(db: Db) {
         let mut checked = 0;
         for (name, t) in &h.tensors {
             let r = (h.data_start + t.begin) as usize..(h.data_start + t.end) as usize;
-            if secateur::engine::model::arch::is_encoder_linear_weight(
-                secateur::engine::model::arch::Family::Bert,
-                name,
-            ) {
-                assert!(satisfies_nm(&out[r], t.dtype, p), "{name}");
+            if secateur::engine::model::arch::Arch::Encoder(secateur::engine::model::arch::Family::Bert)
+                .is_linear_weight(name)
+            {
+                assert!(satisfies_nm(&out[r], t.dtype, &t.shape, false, p), "{name}");
                 checked += 1;
             } else {
                 assert_eq!(out[r.clone()], orig[r], "{name} changed");
@@ -1046,7 +1045,93 @@ async fn metrics_and_docs_are_served(db: Db) {
     assert_eq!(js.status(), StatusCode::OK);
 }
 
+/// Decoder checkpoints (GPT-2 with its transposed `Conv1D` weights, Llama with grouped-query
+/// attention, Qwen2) are accepted on upload, checked against their tensors, and pruned by
+/// magnitude, unstructured and N:M along each matrix's input dimension; the methods not yet
+/// written for decoders, and experiments, are refused before a job is queued.
+async fn decoder_models_are_accepted_and_pruned_by_magnitude(db: Db) {
+    use secateur::engine::model::arch::Arch;
+    use secateur::engine::model::decoder::Decoder;
+    use secateur::engine::prune::{magnitude::satisfies_nm, NmPattern};
+    use secateur::engine::testing::TinyDecoder;
+    let app = TestApp::spawn(db).await;
+    let tokenizer = TinyModel::default().tokenizer_json().into_bytes();
+    let files = |m: &TinyDecoder| {
+        vec![
+            ("config.json", m.config_json().into_bytes()),
+            ("model.safetensors", m.safetensors()),
+            ("tokenizer.json", tokenizer.clone()),
+        ]
+    };
+    // A tensor whose shape the config contradicts is refused, naming it.
+    let m = TinyDecoder::default();
+    let mut bad = files(&m);
+    let mut cfg: Value = serde_json::from_slice(&bad[0].1).unwrap();
+    cfg["intermediate_size"] = json!(40);
+    bad[0].1 = serde_json::to_vec(&cfg).unwrap();
+    let (s, body) = problem(app.upload_model(bad).await).await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(body["errors"][0]["field"], "config.json");
+    assert!(body["errors"][0]["message"].as_str().unwrap().contains("layers.0.mlp."), "{body}");
+    for (model_type, tied) in [("gpt2", true), ("llama", false), ("qwen2", true)] {
+        let m = TinyDecoder { model_type, tied, dtype: Dtype::BF16, ..Default::default() };
+        let arch = Arch::parse(model_type).unwrap();
+        let orig = m.safetensors();
+        let r = app.upload_model(files(&m)).await;
+        assert_eq!(r.status(), StatusCode::CREATED);
+        let body: Value = r.json().await.unwrap();
+        assert_eq!(body["model_type"], model_type, "{body}");
+        assert_eq!((body["num_layers"].as_u64(), body["hidden_size"].as_u64()), (Some(2), Some(32)), "{body}");
+        let model = body["id"].as_str().unwrap().to_string();
+        for (pruning, nm) in [
+            (json!({"method": "magnitude", "sparsity": 0.5, "scope": "local"}), None),
+            (json!({"method": "magnitude", "granularity": "n:m", "pattern": "2:4"}), Some(NmPattern { n: 2, m: 4 })),
+        ] {
+            let job = app.submit_ok(&json!({"model_id": model, "pruning": pruning})).await;
+            let done = app.wait_for(&job, &["succeeded", "failed"], WAIT).await;
+            assert_eq!(done["status"], "succeeded", "{model_type}: {done}");
+            let out = app.artifact(&job, "model.safetensors").await;
+            let h = st::parse(&out).unwrap();
+            let mut pruned = 0;
+            for (name, t) in &h.tensors {
+                let r = (h.data_start + t.begin) as usize..(h.data_start + t.end) as usize;
+                if !arch.is_linear_weight(name) {
+                    assert_eq!(out[r.clone()], orig[r], "{name} changed");
+                    continue;
+                }
+                pruned += 1;
+                assert_eq!(count_nonzeros(&out[r.clone()], t.dtype) * 2, t.numel(), "{name}");
+                if let Some(p) = nm {
+                    assert!(satisfies_nm(&out[r], t.dtype, &t.shape, arch.stores_transposed(name), p), "{name}");
+                }
+            }
+            assert_eq!(pruned, if model_type == "gpt2" { 8 } else { 14 });
+            let report: Value = serde_json::from_slice(&app.artifact(&job, "report.json").await).unwrap();
+            assert_eq!(report["layers"].as_array().unwrap().len(), 2, "{report}");
+            assert_eq!(report["totals"]["target_sparsity"], 0.5);
+            Decoder::from_files(&app.artifact(&job, "config.json").await, &out).unwrap();
+        }
+        for (spec, field) in [
+            (json!({"method": "wanda", "sparsity": 0.5}), "pruning.method"),
+            (json!({"method": "magnitude", "granularity": "heads", "count": 1}), "pruning.granularity"),
+            (json!({"method": "magnitude", "granularity": "layers", "count": 1}), "pruning.granularity"),
+        ] {
+            let mut job = json!({"model_id": model, "pruning": spec});
+            if spec["method"] == "wanda" {
+                let ds: Value =
+                    app.upload_dataset(b"one two\n\nthree four\n".to_vec(), "text", None).await.json().await.unwrap();
+                job["calibration"] = json!({"dataset_id": ds["id"]});
+            }
+            let (s, body) = problem(app.submit(&job).await).await;
+            assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+            assert_eq!(body["errors"][0]["field"], field, "{body}");
+            assert!(body["errors"][0]["message"].as_str().unwrap().contains(model_type), "{body}");
+        }
+    }
+}
+
 backend_tests!(
+    decoder_models_are_accepted_and_pruned_by_magnitude,
     auth_is_required_and_errors_are_problems,
     model_upload_get_list_download_delete,
     bad_model_uploads_are_rejected_and_leave_nothing,

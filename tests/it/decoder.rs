@@ -3,10 +3,18 @@
 //! on a batch with right padding, left padding and none: the LM head's logits and the last
 //! hidden state at every real token, to 1e-4. The cases cover grouped-query attention, an
 //! explicit head size that is not hidden/heads, tied and untied LM heads, Qwen2's and Llama's
-//! optional biases, and the rotary scalings default, linear, llama3 and YaRN.
+//! optional biases, and the rotary scalings default, linear, llama3 and YaRN. Magnitude exports
+//! (unstructured and 2:4) of three of them load in transformers with every weight matched and
+//! give the same outputs as our forward.
 
 use crate::common;
+use bytes::Bytes;
+use secateur::engine::io::st;
 use secateur::engine::model::decoder::Decoder;
+use secateur::engine::model::{ModelConfig, ModelError};
+use secateur::engine::prune::run::{run, Kind, Layout, Plan, Sink, Source};
+use secateur::engine::prune::wanda::Rule;
+use secateur::engine::prune::{NmPattern, Scope};
 use serde_json::{json, Value};
 
 const SEQ: usize = 12;
@@ -79,15 +87,40 @@ fn decoder_forward_equals_transformers() {
         &json!({"input_ids": ids, "attention_mask": mask, "cases": cases}),
     );
     let (ids, mask): (Vec<u32>, Vec<u32>) = (ids.concat(), mask.concat());
-    for case in &cases {
-        let name = case["name"].as_str().unwrap();
-        let dir = work.path().join(name);
+    let names: Vec<&str> = cases.iter().map(|c| c["name"].as_str().unwrap()).collect();
+    compare(work.path(), &names, &ids, &mask, &theirs);
+
+    // Magnitude exports (unstructured and 2:4) of one checkpoint per family and dtype mix: they
+    // load in transformers with no missing, unexpected or mismatched weight (the script exits
+    // otherwise) and still give our outputs.
+    let mut pruned = Vec::new();
+    for name in ["gpt2-float32", "llama-gqa-llama3-bfloat16", "qwen2-yarn-float32"] {
+        for (tag, rule) in [("half", Rule::Unstructured(0.5)), ("2of4", Rule::NM(NmPattern { n: 2, m: 4 }))] {
+            let to = format!("{name}-{tag}");
+            prune_into(&work.path().join(name), &work.path().join(&to), rule);
+            pruned.push(to);
+        }
+    }
+    let load: Vec<Value> = pruned.iter().map(|n| json!({"name": n, "load": true})).collect();
+    let theirs = common::refenv::run_json(
+        "decoder_outputs.py",
+        &[work.path()],
+        &json!({"input_ids": batch().0, "attention_mask": batch().1, "cases": load}),
+    );
+    let names: Vec<&str> = pruned.iter().map(String::as_str).collect();
+    compare(work.path(), &names, &ids, &mask, &theirs);
+}
+
+/// Our forward on each named checkpoint against transformers' outputs, at every real token.
+fn compare(work: &std::path::Path, names: &[&str], ids: &[u32], mask: &[u32], theirs: &Value) {
+    for &name in names {
+        let dir = work.join(name);
         let model = Decoder::from_files(
             &std::fs::read(dir.join("config.json")).unwrap(),
             &std::fs::read(dir.join("model.safetensors")).unwrap(),
         )
         .unwrap_or_else(|e| panic!("{name}: {e}"));
-        let ours = model.forward_padded(&ids, &mask, SEQ).unwrap();
+        let ours = model.forward_padded(ids, mask, SEQ).unwrap();
         for (what, mine, width) in
             [("logits", &ours.logits, VOCAB as usize), ("hidden", &ours.hidden, model.config.hidden)]
         {
@@ -106,4 +139,42 @@ fn decoder_forward_equals_transformers() {
             assert!(worst < 1e-4, "{name} {what}: {worst}");
         }
     }
+}
+
+/// Prune the checkpoint in `from` by magnitude into a new directory `to`, through the engine's
+/// one entry point, as a prune job does.
+fn prune_into(from: &std::path::Path, to: &std::path::Path, rule: Rule) {
+    struct Dir<'a>(&'a std::path::Path);
+    impl Sink<ModelError> for Dir<'_> {
+        fn progress(&mut self, _: &str, _: f64) -> Result<(), ModelError> {
+            Ok(())
+        }
+        fn model(&mut self, layout: Layout, weights: Bytes, config: Bytes) -> Result<(), ModelError> {
+            assert_eq!(layout, Layout::Hf);
+            std::fs::write(self.0.join("model.safetensors"), weights).unwrap();
+            std::fs::write(self.0.join("config.json"), config).unwrap();
+            Ok(())
+        }
+        fn masks(&mut self, _: Bytes) -> Result<(), ModelError> {
+            Ok(())
+        }
+    }
+    let config = std::fs::read(from.join("config.json")).unwrap();
+    let weights = Bytes::from(std::fs::read(from.join("model.safetensors")).unwrap());
+    let header = st::parse(&weights).unwrap();
+    let model = ModelConfig::parse(&config).unwrap();
+    let plan = Plan {
+        kind: Kind::Magnitude(rule),
+        scope: Scope::Local,
+        include: vec![],
+        exclude: vec![],
+        pattern: None,
+        compact: false,
+        parameters: json!({}),
+    };
+    std::fs::create_dir_all(to).unwrap();
+    let src = Source { config_json: &config, model: &model, weights, header: &header };
+    let report = run(&plan, src, None, &mut Dir(to)).unwrap();
+    let t = &report.totals;
+    assert_eq!(t.target_parameters - t.target_nonzeros, t.target_parameters / 2, "{}", to.display());
 }

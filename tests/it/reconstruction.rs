@@ -10,7 +10,7 @@ use crate::common;
 
 use candle_core::{DType, Device, Tensor};
 use secateur::engine::io::st;
-use secateur::engine::model::arch::{is_encoder_linear_weight, Family};
+use secateur::engine::model::arch::{Arch, Family};
 use secateur::engine::model::{Encoder, ModelError};
 use secateur::engine::prune::magnitude::{prune_in_place, prune_nm_in_place};
 use secateur::engine::prune::sparsegpt::{self, Hessian, Options};
@@ -89,7 +89,7 @@ fn wanda_and_sparsegpt_reconstruct_layer_outputs_better_than_magnitude() {
     let eval = inputs(&enc, &batches(&dir, 128, 64));
     let header = st::parse(&bytes).unwrap();
     let targets: Vec<String> =
-        header.tensors.keys().filter(|n| is_encoder_linear_weight(Family::Bert, n)).cloned().collect();
+        header.tensors.keys().filter(|n| Arch::Encoder(Family::Bert).is_linear_weight(n)).cloned().collect();
     let dense = candle_core::safetensors::load_buffer(&bytes, &Device::Cpu).unwrap();
     let pattern = NmPattern { n: 2, m: 4 };
     for rule in [Rule::Unstructured(0.5), Rule::NM(pattern)] {
@@ -99,7 +99,10 @@ fn wanda_and_sparsegpt_reconstruct_layer_outputs_better_than_magnitude() {
             Rule::Unstructured(s) => {
                 prune_in_place(&mut mag, &header, &targets, Scope::Local, s, |_, _| Ok::<(), ()>(())).unwrap().unwrap()
             }
-            Rule::NM(p) => prune_nm_in_place(&mut mag, &header, &targets, p, |_, _| Ok::<(), ()>(())).unwrap().unwrap(),
+            Rule::NM(p) => {
+                let bert = Arch::Encoder(Family::Bert);
+                prune_nm_in_place(&mut mag, &header, bert, &targets, p, |_, _| Ok::<(), ()>(())).unwrap().unwrap()
+            }
         }
         let magnitude = candle_core::safetensors::load_buffer(&mag, &Device::Cpu).unwrap();
         let (mut tot_m, mut tot_w, mut tot_s, mut wins_w, mut wins_s) = (0.0, 0.0, 0.0, 0, 0);

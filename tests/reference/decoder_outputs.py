@@ -3,7 +3,9 @@
 usage: decoder_outputs.py WORK_DIR IN.json OUT.json
 
 IN.json: {"input_ids": [[...], ...], "attention_mask": [[...], ...], "cases": [{"name", "class":
-"gpt2" | "llama" | "qwen2", "config": {...}, "dtype": "float32" | "bfloat16", "seed"}]}.
+"gpt2" | "llama" | "qwen2", "config": {...}, "dtype": "float32" | "bfloat16", "seed"}]}. A case
+{"name", "load": true} instead names a checkpoint already under WORK_DIR/NAME (one Secateur
+wrote), which is only loaded and run.
 
 Each case's model is built from its config with the seed, every parameter perturbed (normal noise
 of std 0.1 on weights and biases, 1 + 0.1·noise on norm weights: freshly initialised models
@@ -39,19 +41,20 @@ ids = torch.tensor(spec["input_ids"], dtype=torch.long)
 mask = torch.tensor(spec["attention_mask"], dtype=torch.long)
 results = {}
 for case in spec["cases"]:
-    config_cls, model_cls = CLASSES[case["class"]]
-    torch.manual_seed(case["seed"])
-    model = model_cls(config_cls(**case["config"]))
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            noise = torch.randn_like(p) * 0.1
-            if "norm" in name or "ln_" in name:
-                p.copy_(p + noise if name.endswith("bias") else 1.0 + noise)
-            else:
-                p.add_(noise)
-    model = model.to(getattr(torch, case["dtype"]))
     path = f"{work}/{case['name']}"
-    model.save_pretrained(path)
+    if not case.get("load"):
+        config_cls, model_cls = CLASSES[case["class"]]
+        torch.manual_seed(case["seed"])
+        model = model_cls(config_cls(**case["config"]))
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                noise = torch.randn_like(p) * 0.1
+                if "norm" in name or "ln_" in name:
+                    p.copy_(p + noise if name.endswith("bias") else 1.0 + noise)
+                else:
+                    p.add_(noise)
+        model = model.to(getattr(torch, case["dtype"]))
+        model.save_pretrained(path)
     loaded, info = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, output_loading_info=True)
     problems = {k: list(v) for k, v in info.items() if v}
     if problems:

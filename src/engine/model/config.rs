@@ -8,9 +8,10 @@
 //! leave out (`pad_token_id`, `layer_norm_eps`, the dropout rates, …) fall back to the family's
 //! default; so does a value of the wrong type, as the loaders did before this parser existed.
 
-use super::arch::{canonical_name, Family};
+use super::arch::{Arch, Family};
+use super::decoder::config::DecoderConfig;
+use super::keys::{keys, lenient, Positive};
 use crate::engine::io::st::{Dtype, Header, TensorInfo};
-use serde::de::{DeserializeOwned, Deserializer, Error as _};
 use serde::Deserialize;
 use serde_json::Value;
 use std::collections::BTreeMap;
@@ -32,7 +33,9 @@ impl Dropout {
 /// What Secateur reads of a checkpoint's `config.json`, the same for every family.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ModelConfig {
-    pub family: Family,
+    pub arch: Arch,
+    /// A decoder family's whole configuration (`None` for the encoder families).
+    pub decoder: Option<DecoderConfig>,
     pub num_layers: u64,
     pub hidden_size: u64,
     pub num_heads: u64,
@@ -54,22 +57,6 @@ pub struct ModelConfig {
     pub pruned_heads: BTreeMap<u64, Vec<u64>>,
     /// Secateur's compact layout: each layer's (heads, FFN width).
     pub secateur_layers: Option<Vec<(u64, u64)>>,
-}
-
-/// A size: a positive integer.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Positive(pub(crate) u64);
-
-impl<'de> Deserialize<'de> for Positive {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let v = Value::deserialize(d)?;
-        v.as_u64().filter(|&n| n > 0).map(Positive).ok_or_else(|| D::Error::custom("must be a positive integer"))
-    }
-}
-
-/// An optional key whose value of the wrong type counts as absent.
-pub(crate) fn lenient<'de, D: Deserializer<'de>, T: DeserializeOwned>(d: D) -> Result<Option<T>, D::Error> {
-    Ok(T::deserialize(Value::deserialize(d)?).ok())
 }
 
 /// The keys of every family.
@@ -126,18 +113,6 @@ struct DistilBertKeys {
     seq_classif_dropout: Option<f64>,
 }
 
-/// Deserialize one family's keys from the config object; a fault names its key.
-pub(crate) fn keys<T: DeserializeOwned>(cfg: &Value) -> Result<T, String> {
-    serde_path_to_error::deserialize(cfg).map_err(|e| {
-        let path = e.path().to_string();
-        let msg = e.into_inner().to_string();
-        match msg.strip_prefix("missing field `").and_then(|m| m.split('`').next()) {
-            Some(field) => format!("missing {field}"),
-            None => format!("{path} {msg}"),
-        }
-    })
-}
-
 impl ModelConfig {
     /// Parse `config.json`. Errors say what is wrong without the file's name (callers add it).
     pub fn parse(config_json: &[u8]) -> Result<ModelConfig, String> {
@@ -146,9 +121,12 @@ impl ModelConfig {
             return Err("not a JSON object".into());
         }
         let model_type = v.get("model_type").and_then(Value::as_str).ok_or("missing model_type")?;
-        let family = Family::parse(model_type).ok_or_else(|| {
-            format!("model_type {model_type:?} is not supported (supported: bert, roberta, distilbert)")
-        })?;
+        let arch = Arch::parse(model_type)
+            .ok_or_else(|| format!("model_type {model_type:?} is not supported (supported: {})", Arch::SUPPORTED))?;
+        let family = match arch {
+            Arch::Encoder(f) => f,
+            Arch::Decoder(_) => return ModelConfig::decoder(DecoderConfig::parse(config_json)?, &v),
+        };
         let f32_or = |x: Option<f64>, d: f64| x.unwrap_or(d) as f32;
         let (layers, hidden, heads, ffn, type_vocab, eps, activation, dropout) = match family {
             Family::DistilBert => {
@@ -184,7 +162,8 @@ impl ModelConfig {
             return Err("give pruned_heads or secateur_layers, not both".into());
         }
         Ok(ModelConfig {
-            family,
+            arch,
+            decoder: None,
             num_layers: layers,
             hidden_size: hidden,
             num_heads: heads,
@@ -202,8 +181,57 @@ impl ModelConfig {
         })
     }
 
+    /// A decoder's sizes in the fields every family has. Decoders are not trained yet, so their
+    /// dropout keys are not read (no code path uses them).
+    fn decoder(d: DecoderConfig, v: &Value) -> Result<ModelConfig, String> {
+        let common: Common = keys(v)?;
+        let activation = match d.mlp {
+            super::decoder::config::Mlp::Plain(_) => {
+                v.get("activation_function").and_then(Value::as_str).unwrap_or("gelu_new").to_string()
+            }
+            super::decoder::config::Mlp::SwiGlu => "silu".into(),
+        };
+        Ok(ModelConfig {
+            arch: Arch::Decoder(d.kind),
+            num_layers: d.layers as u64,
+            hidden_size: d.hidden as u64,
+            num_heads: d.heads as u64,
+            intermediate_size: d.intermediate as u64,
+            vocab_size: d.vocab as u64,
+            max_positions: Some(d.max_positions as u64),
+            type_vocab: 0,
+            layer_norm_eps: d.eps,
+            pad_token_id: common.pad_token_id.unwrap_or(0) as u32,
+            activation,
+            initializer_range: common.initializer_range.unwrap_or(0.02),
+            dropout: Dropout::NONE,
+            pruned_heads: BTreeMap::new(),
+            secateur_layers: None,
+            decoder: Some(d),
+        })
+    }
+
+    /// The encoder family, for the code that runs only BERT's block (`None` for a decoder).
+    pub fn family(&self) -> Option<Family> {
+        self.arch.encoder()
+    }
+
+    /// The encoder family, or the error that a decoder checkpoint reached encoder-only code.
+    pub fn encoder_family(&self) -> Result<Family, String> {
+        self.family().ok_or_else(|| {
+            format!(
+                "{} is a decoder family: this runs only on the encoder families (bert, roberta, distilbert)",
+                self.arch.name()
+            )
+        })
+    }
+
+    /// The size of one attention head (a decoder may state it apart from hidden / heads).
     pub fn head_dim(&self) -> u64 {
-        self.hidden_size / self.num_heads
+        match &self.decoder {
+            Some(d) => d.head_dim as u64,
+            None => self.hidden_size / self.num_heads,
+        }
     }
 }
 
@@ -219,14 +247,20 @@ pub struct TensorTotals {
 /// Check a parsed config against the checkpoint's tensors: every layer's matrices have the
 /// shapes the config (with its `pruned_heads` or `secateur_layers`) implies.
 pub fn check(cfg: &ModelConfig, header: &Header) -> Result<TensorTotals, String> {
-    let family = cfg.family;
+    if let Some(d) = &cfg.decoder {
+        super::decoder::check(d, header)?;
+        return totals(header);
+    }
+    let Some(family) = cfg.family() else {
+        return Err(format!("a {} configuration without its decoder keys", cfg.arch.name()));
+    };
     let (layers, hidden, heads, ffn, vocab) =
         (cfg.num_layers, cfg.hidden_size, cfg.num_heads, cfg.intermediate_size, cfg.vocab_size);
     let head_dim = cfg.head_dim();
     let (pruned_heads, per_layer) = (&cfg.pruned_heads, &cfg.secateur_layers);
 
     let tensors: BTreeMap<&str, &TensorInfo> =
-        header.tensors.iter().map(|(n, t)| (canonical_name(family, n), t)).collect();
+        header.tensors.iter().map(|(n, t)| (cfg.arch.canonical_name(n), t)).collect();
     let shape_of = |name: &str| -> Result<&Vec<u64>, String> {
         tensors
             .get(name)
@@ -271,6 +305,11 @@ pub fn check(cfg: &ModelConfig, header: &Header) -> Result<TensorTotals, String>
         expect(&p(f_in), [ffn, hidden])?;
         expect(&p(f_out), [hidden, ffn])?;
     }
+    totals(header)
+}
+
+/// The parameter count and main dtype of a checkpoint.
+fn totals(header: &Header) -> Result<TensorTotals, String> {
     let mut per_dtype: BTreeMap<Dtype, u64> = BTreeMap::new();
     let mut parameters = 0u64;
     for t in header.tensors.values().filter(|t| t.dtype.is_float()) {
@@ -342,14 +381,14 @@ mod tests {
     #[test]
     fn every_family_reads_its_own_keys() {
         let bert = ModelConfig::parse(TinyModel::default().config_json().as_bytes()).unwrap();
-        assert_eq!(bert.family, Family::Bert);
+        assert_eq!(bert.family(), Some(Family::Bert));
         assert_eq!((bert.num_layers, bert.type_vocab), (TinyModel::default().layers, 2));
         let distil = br#"{"model_type": "distilbert", "n_layers": 2, "dim": 8, "n_heads": 2, "hidden_dim": 16,
             "vocab_size": 30, "max_position_embeddings": 16, "dropout": 0.3, "activation": "gelu"}"#;
         let d = ModelConfig::parse(distil).unwrap();
         assert_eq!(
-            (d.family, d.num_layers, d.hidden_size, d.num_heads, d.intermediate_size),
-            (Family::DistilBert, 2, 8, 2, 16)
+            (d.family(), d.num_layers, d.hidden_size, d.num_heads, d.intermediate_size),
+            (Some(Family::DistilBert), 2, 8, 2, 16)
         );
         assert_eq!((d.type_vocab, d.head_dim(), d.max_positions), (0, 4, Some(16)));
         assert_eq!(d.dropout, Dropout { hidden: 0.3, attention: 0.1, classifier: 0.2 });
@@ -365,8 +404,53 @@ mod tests {
         // Optional keys of the wrong type fall back to the default.
         let c = parse(r#", "num_hidden_layers": 2, "pad_token_id": null, "layer_norm_eps": "x""#).unwrap();
         assert_eq!((c.pad_token_id, c.layer_norm_eps, c.activation.as_str()), (0, 1e-12, "gelu"));
-        assert!(ModelConfig::parse(br#"{"model_type": "gpt2"}"#).unwrap_err().contains("not supported"));
+        assert!(ModelConfig::parse(br#"{"model_type": "albert"}"#).unwrap_err().contains("not supported"));
         assert!(ModelConfig::parse(b"[1]").unwrap_err().contains("not a JSON object"));
         assert!(parse(r#", "num_hidden_layers": 2, "num_attention_heads": 3"#).is_err());
+    }
+
+    #[test]
+    fn decoders_are_checked_against_their_tensors() {
+        use crate::engine::io::st;
+        use crate::engine::testing::TinyDecoder;
+        for (model_type, tied) in [("gpt2", true), ("llama", false), ("qwen2", true)] {
+            let m = TinyDecoder { model_type, tied, ..Default::default() };
+            let cfg = ModelConfig::parse(m.config_json().as_bytes()).unwrap();
+            assert_eq!((cfg.arch.name(), cfg.family()), (model_type, None));
+            assert_eq!((cfg.num_layers, cfg.hidden_size, cfg.intermediate_size), (2, 32, 48));
+            assert_eq!(cfg.head_dim(), 8);
+            let bytes = m.safetensors();
+            let totals = check(&cfg, &st::parse(&bytes).unwrap()).unwrap();
+            assert_eq!(
+                totals.parameters,
+                m.tensor_shapes().iter().map(|(_, s)| s.iter().product::<u64>()).sum::<u64>()
+            );
+            assert!(cfg.encoder_family().unwrap_err().contains("decoder family"));
+        }
+        // A tensor of the wrong shape, a missing one, a missing layer: each named.
+        let m = TinyDecoder::default();
+        let cfg = ModelConfig::parse(m.config_json().as_bytes()).unwrap();
+        type Shapes = Vec<(String, Vec<u64>)>;
+        let fault = |edit: &dyn Fn(&mut Shapes)| {
+            let mut shapes = m.tensor_shapes();
+            edit(&mut shapes);
+            let tensors: Vec<_> = shapes
+                .into_iter()
+                .map(|(n, s)| {
+                    let len = s.iter().product::<u64>() as usize * 4;
+                    (n, Dtype::F32, s, vec![0u8; len])
+                })
+                .collect();
+            check(&cfg, &st::parse(&st::serialize(&tensors, None)).unwrap()).unwrap_err()
+        };
+        let e = fault(&|t| t.iter_mut().find(|(n, _)| n.ends_with("0.mlp.up_proj.weight")).unwrap().1 = vec![40, 32]);
+        assert!(e.contains("layers.0.mlp.up_proj.weight has shape [40, 32], expected [48, 32]"), "{e}");
+        let e = fault(&|t| t.retain(|(n, _)| n != "lm_head.weight"));
+        assert!(e.contains("lm_head.weight"), "{e}");
+        let e = fault(&|t| t.retain(|(n, _)| !n.contains("layers.1.")));
+        assert!(e.contains("2 layers but the checkpoint has 1"), "{e}");
+        let e =
+            fault(&|t| t.iter_mut().find(|(n, _)| n.ends_with("0.self_attn.k_proj.weight")).unwrap().1 = vec![12, 32]);
+        assert!(e.contains("layers.0.self_attn.k_proj.weight has shape [12, 32], expected [16, 32]"), "{e}");
     }
 }

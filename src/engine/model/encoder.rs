@@ -11,15 +11,9 @@ use candle_core::{DType, Device, Module, Tensor, D};
 use candle_nn::Linear;
 use std::collections::HashMap;
 
-pub type Result<T> = std::result::Result<T, ModelError>;
+pub use super::error::ModelError;
 
-#[derive(Debug, thiserror::Error)]
-pub enum ModelError {
-    #[error("{0}")]
-    Invalid(String),
-    #[error(transparent)]
-    Candle(#[from] candle_core::Error),
-}
+pub type Result<T> = std::result::Result<T, ModelError>;
 
 /// One batch of token ids `[batch, seq]` as the encoder takes it: `(input_ids, attention_mask,
 /// token_type_ids)`, u32, padded to the batch's longest sequence.
@@ -88,7 +82,7 @@ impl EncoderConfig {
     /// The encoder's configuration: `cfg`'s sizes, each layer's head count and FFN width from
     /// the tensors.
     pub fn new(cfg: &ModelConfig, shapes: &HashMap<String, Vec<usize>>) -> Result<EncoderConfig> {
-        let family = cfg.family;
+        let family = cfg.encoder_family().map_err(ModelError::Invalid)?;
         let (hidden, heads, layers) = (cfg.hidden_size as usize, cfg.num_heads as usize, cfg.num_layers as usize);
         let act_name = cfg.activation.as_str();
         let activation = Activation::parse(act_name)
@@ -269,7 +263,7 @@ impl Encoder {
 
     /// Load `model.safetensors` bytes described by a parsed `config.json`.
     pub fn from_weights(cfg: &ModelConfig, safetensors: &[u8], device: &Device) -> Result<Encoder> {
-        let w = Weights::from_safetensors(safetensors, cfg.family, device)?;
+        let w = Weights::from_safetensors(safetensors, cfg.encoder_family().map_err(ModelError::Invalid)?, device)?;
         let config = EncoderConfig::new(cfg, &w.shapes())?;
         Encoder::load(config, &w)
     }

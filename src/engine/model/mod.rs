@@ -8,7 +8,9 @@ pub mod arch;
 pub mod config;
 pub mod decoder;
 pub mod encoder;
+pub mod error;
 pub mod heads;
+pub mod keys;
 
 pub use config::{Dropout, ModelConfig};
 pub use encoder::*;

@@ -13,7 +13,7 @@ use super::wanda::Rule;
 use super::{magnitude, select, structured, Scope};
 use crate::engine::io::export;
 use crate::engine::io::st::{self, Header};
-use crate::engine::model::arch::{self, Family};
+use crate::engine::model::arch::{self, Arch, Family};
 use crate::engine::model::{Batch, Encoder, EncoderConfig, ModelConfig, ModelError, Weights};
 use crate::engine::report::{self, RemovedUnits, Report, Totals};
 use bytes::Bytes;
@@ -177,17 +177,20 @@ struct Measured {
 fn measure(file: &[u8], header: &Header, targets: &[String], before: &Header, model: &ModelConfig) -> Measured {
     let (tensors, totals) = report::measure_against(file, header, targets, before);
     let mut layers = report::per_layer(&tensors);
-    report::fill_units(&mut layers, file, header, before, model.family, model.head_dim() as usize);
+    // Heads and neurons are counted on the encoder's block; a decoder's report has none yet.
+    if let Some(family) = model.family() {
+        report::fill_units(&mut layers, file, header, before, family, model.head_dim() as usize);
+    }
     Measured { tensors, layers, totals, compact: None }
 }
 
-/// The weight-level methods' tensors: the encoder's linear weights, or the `include`/`exclude`
+/// The weight-level methods' tensors: the blocks' linear weights, or the `include`/`exclude`
 /// choice.
-fn targets(plan: &Plan, header: &Header, family: Family) -> Result<Vec<String>, ModelError> {
+fn targets(plan: &Plan, header: &Header, arch: Arch) -> Result<Vec<String>, ModelError> {
     let compile = |v: &[String]| v.iter().map(|p| regex::Regex::new(p)).collect::<Result<Vec<_>, _>>();
     let include = compile(&plan.include).map_err(|e| ModelError::Invalid(e.to_string()))?;
     let exclude = compile(&plan.exclude).map_err(|e| ModelError::Invalid(e.to_string()))?;
-    let targets = magnitude::select_targets(family, header, &include, &exclude);
+    let targets = magnitude::select_targets(arch, header, &include, &exclude);
     if targets.is_empty() {
         return Err(ModelError::Invalid("no tensor is left to prune after applying include/exclude".into()));
     }
@@ -200,13 +203,14 @@ fn magnitude_plan<E: From<ModelError>>(
     src: Source,
     sink: &mut dyn Sink<E>,
 ) -> Result<Report, E> {
-    let targets = targets(plan, src.header, src.model.family)?;
+    let arch = src.model.arch;
+    let targets = targets(plan, src.header, arch)?;
     sink.progress("pruning", 0.1)?;
     let mut out = src.weights.to_vec();
     drop(src.weights);
     let step = |done: usize, total: usize| sink.progress("pruning", 0.1 + 0.7 * done as f64 / total as f64);
     let done = match rule {
-        Rule::NM(pat) => magnitude::prune_nm_in_place(&mut out, src.header, &targets, pat, step),
+        Rule::NM(pat) => magnitude::prune_nm_in_place(&mut out, src.header, arch, &targets, pat, step),
         Rule::Unstructured(s) => magnitude::prune_in_place(&mut out, src.header, &targets, plan.scope, s, step),
     };
     done.map_err(ModelError::Invalid)??;
@@ -272,9 +276,9 @@ fn calibrated_plan<E: From<ModelError>>(
     batches: &[Batch],
     sink: &mut dyn Sink<E>,
 ) -> Result<Report, E> {
-    let family = src.model.family;
+    let family = encoder_family(src.model)?;
     let mut enc = Encoder::from_weights(src.model, &src.weights, &Device::Cpu)?;
-    let targets = targets(plan, src.header, family)?;
+    let targets = targets(plan, src.header, src.model.arch)?;
     sink.progress("calibrating", 0.05)?;
     let mut out = src.weights.to_vec();
     drop(src.weights);
@@ -365,7 +369,7 @@ fn units_plan<E: From<ModelError>>(
     src: Source,
     sink: &mut dyn Sink<E>,
 ) -> Result<Report, E> {
-    let (family, header) = (src.model.family, src.header);
+    let (family, header) = (encoder_family(src.model)?, src.header);
     let (w, cfg) = load_for_surgery(&src, sink)?;
     let heads = unit == Unit::Heads;
     let units: Vec<usize> = cfg.layers.iter().map(|l| if heads { l.heads } else { l.ffn }).collect();
@@ -450,10 +454,15 @@ fn units_plan<E: From<ModelError>>(
 
 /// The checkpoint as weights and per-layer sizes, for the structured methods' scores and surgery.
 fn load_for_surgery<E: From<ModelError>>(src: &Source, sink: &mut dyn Sink<E>) -> Result<(Weights, EncoderConfig), E> {
-    let w = Weights::from_safetensors(&src.weights, src.model.family, &Device::Cpu)?;
+    let w = Weights::from_safetensors(&src.weights, encoder_family(src.model)?, &Device::Cpu)?;
     let cfg = EncoderConfig::new(src.model, &w.shapes())?;
     sink.progress("scoring", 0.2)?;
     Ok((w, cfg))
+}
+
+/// The encoder family of a checkpoint that an encoder-only method is asked to prune.
+fn encoder_family(model: &ModelConfig) -> Result<Family, ModelError> {
+    model.encoder_family().map_err(ModelError::Invalid)
 }
 
 /// The header of a file the engine just wrote (a failure is a bug, not the user's).
@@ -469,7 +478,7 @@ fn layers_plan<E: From<ModelError>>(
     src: Source,
     sink: &mut dyn Sink<E>,
 ) -> Result<Report, E> {
-    let (family, header) = (src.model.family, src.header);
+    let (family, header) = (encoder_family(src.model)?, src.header);
     let (w, cfg) = load_for_surgery(&src, sink)?;
     let scores = structured::layer_norm_scores(&w, &cfg)?;
     let layers = cfg.layers.len();
@@ -543,7 +552,10 @@ mod tests {
     }
 
     fn prune(m: &TinyModel, plan: &Plan) -> (Result<Report, ModelError>, Kept) {
-        let (config, weights) = (m.config_json(), m.safetensors());
+        prune_files(&m.config_json(), m.safetensors(), plan)
+    }
+
+    fn prune_files(config: &str, weights: Vec<u8>, plan: &Plan) -> (Result<Report, ModelError>, Kept) {
         let header = st::parse(&weights).unwrap();
         let model = ModelConfig::parse(config.as_bytes()).unwrap();
         let src =
@@ -602,5 +614,58 @@ mod tests {
         let kind = Kind::Calibrated(calibrated::Method::Wanda, Rule::Unstructured(0.5));
         let (r, _) = prune(&m, &plan(kind, Scope::Local, false));
         assert!(matches!(r, Err(ModelError::Invalid(ref e)) if e.contains("calibration")), "{r:?}");
+    }
+
+    #[test]
+    fn decoders_take_weight_level_magnitude_pruning_and_refuse_the_rest() {
+        use crate::engine::prune::magnitude::satisfies_nm;
+        use crate::engine::prune::NmPattern;
+        use crate::engine::testing::TinyDecoder;
+        for (model_type, tied) in [("gpt2", true), ("llama", false), ("qwen2", true)] {
+            let m = TinyDecoder { model_type, tied, dtype: st::Dtype::BF16, ..Default::default() };
+            let arch = Arch::parse(model_type).unwrap();
+            let (config, weights) = (m.config_json(), m.safetensors());
+            let header = st::parse(&weights).unwrap();
+            let linear: Vec<&String> = header.tensors.keys().filter(|n| arch.is_linear_weight(n)).collect();
+            assert_eq!(linear.len(), if model_type == "gpt2" { 8 } else { 14 }, "{model_type}");
+            let pattern = NmPattern { n: 2, m: 4 };
+            for rule in [Rule::Unstructured(0.5), Rule::NM(pattern)] {
+                let (report, kept) =
+                    prune_files(&config, weights.clone(), &plan(Kind::Magnitude(rule), Scope::Global, false));
+                let report = report.unwrap();
+                let out = &kept.models[0].1;
+                assert_eq!(report.layers.len(), 2, "{model_type}: per-layer figures");
+                let t = &report.totals;
+                assert_eq!(t.target_parameters - t.target_nonzeros, t.target_parameters / 2, "{model_type} {rule:?}");
+                for (name, info) in &header.tensors {
+                    let r = (header.data_start + info.begin) as usize..(header.data_start + info.end) as usize;
+                    let pruned = report.tensors.iter().find(|x| &x.name == name).unwrap().pruned;
+                    assert_eq!(pruned, linear.contains(&name), "{name}");
+                    if !pruned {
+                        assert_eq!(out[r.clone()], weights[r], "{name} must stay as it was");
+                    } else if let Rule::NM(p) = rule {
+                        assert!(
+                            satisfies_nm(&out[r], info.dtype, &info.shape, arch.stores_transposed(name), p),
+                            "{name}"
+                        );
+                    }
+                }
+                // The written file is what our decoder loads.
+                let d = crate::engine::model::decoder::Decoder::from_files(config.as_bytes(), out).unwrap();
+                assert_eq!(d.layers.len(), 2);
+            }
+            let refuse = |kind: Kind| {
+                let (r, kept) = prune_files(&config, weights.clone(), &plan(kind, Scope::Local, false));
+                assert!(kept.models.is_empty());
+                match r {
+                    Err(ModelError::Invalid(e)) => e,
+                    other => panic!("{other:?}"),
+                }
+            };
+            let e = refuse(Kind::Layers(Amount::Count(1)));
+            assert!(e.contains("decoder family"), "{e}");
+            let units = Kind::Units { unit: Unit::Heads, amount: Amount::Count(1), importance: Importance::Weights };
+            assert!(refuse(units).contains("decoder family"));
+        }
     }
 }

@@ -186,7 +186,7 @@ impl<'a> Run<'a> {
             .map_err(|e| JobError::Failed(format!("tokenizer.json: {e}")))?;
         let model_config =
             ModelConfig::parse(&config_json).map_err(|e| JobError::Failed(format!("config.json: {e}")))?;
-        let family = model_config.family;
+        let family = model_config.encoder_family().map_err(JobError::Failed)?;
         let w = Weights::from_safetensors(&weights, family, &Device::Cpu).map_err(model_err)?;
         let config = EncoderConfig::new(&model_config, &w.shapes()).map_err(model_err)?;
         let kind = head_kind(task).ok_or_else(|| JobError::Failed(format!("task {} has no head", task.name())))?;

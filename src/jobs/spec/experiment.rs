@@ -521,8 +521,18 @@ impl ExperimentRequest {
     }
 }
 impl ExperimentRequest {
-    /// The checks that need the stored model: an N:M group size must fit its matrices.
+    /// The checks that need the stored model: experiments run on the encoder families, and an
+    /// N:M group size must fit the model's matrices.
     pub fn check_against_model(&self, model: &super::prune::ModelShape) -> Result<(), FieldError> {
+        if crate::engine::model::arch::Arch::parse(&model.model_type).is_some_and(|a| a.is_decoder()) {
+            return Err(FieldError::new(
+                "model_id",
+                format!(
+                    "experiments do not run on decoder models ({}) yet: their tasks need a classification or QA head on an encoder (bert, roberta, distilbert)",
+                    model.model_type
+                ),
+            ));
+        }
         match &self.pruning {
             Some(p) => match (p.granularity, &p.pattern) {
                 (Granularity::NM, Some(pat)) => super::prune::check_nm_fits(pat, model),

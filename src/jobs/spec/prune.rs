@@ -2,6 +2,7 @@
 //! validated with a message that names it.
 
 pub use crate::catalog::ModelShape;
+use crate::engine::model::arch::Arch;
 use crate::engine::prune::Scope;
 use crate::validation::{deserialize_named, FieldError};
 use serde::{Deserialize, Serialize};
@@ -362,6 +363,7 @@ impl JobRequest {
 /// config states it (a compact checkpoint with fewer units in some layer is checked when the
 /// job runs).
 pub fn check_against_model(req: &JobRequest, model: &ModelShape) -> Result<(), FieldError> {
+    check_family_supports(&req.pruning, model)?;
     if let Some(count) = req.pruning.count {
         let local = req.pruning.scope() == Scope::Local;
         let (layers, heads, ffn) = (model.num_layers, model.num_heads, model.intermediate_size);
@@ -388,6 +390,26 @@ pub fn check_against_model(req: &JobRequest, model: &ModelShape) -> Result<(), F
         (req.pruning.granularity, &req.pruning.pattern, req.pruning.include.is_empty())
     {
         check_nm_fits(p, model)?;
+    }
+    Ok(())
+}
+
+/// What runs on a decoder family so far: magnitude pruning of weights (unstructured or N:M).
+/// Anything else is refused with the field at fault before a job is queued.
+pub(super) fn check_family_supports(p: &PruningSpec, model: &ModelShape) -> Result<(), FieldError> {
+    let Some(arch) = Arch::parse(&model.model_type).filter(|a| a.is_decoder()) else { return Ok(()) };
+    let family = arch.name();
+    if p.method != Method::Magnitude {
+        return Err(FieldError::new(
+            "pruning.method",
+            format!("{} is not available for decoder models ({family}) yet: use magnitude", p.method.name()),
+        ));
+    }
+    if !matches!(p.granularity, Granularity::Unstructured | Granularity::NM) {
+        return Err(FieldError::new(
+            "pruning.granularity",
+            format!("structured pruning is not available for decoder models ({family}) yet: use unstructured or n:m"),
+        ));
     }
     Ok(())
 }

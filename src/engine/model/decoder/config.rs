@@ -11,39 +11,10 @@
 //! `original_max_position_embeddings` over the one inside).
 
 use crate::engine::cpu::activation::Activation;
-use crate::engine::model::config::{keys, Positive};
+use crate::engine::model::arch::DecoderKind;
+use crate::engine::model::keys::{keys, Positive};
 use serde::Deserialize;
 use serde_json::{Map, Value};
-
-/// The decoder block layouts Secateur runs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DecoderKind {
-    /// GPT-2: learned positions, pre-LayerNorm blocks, fused and transposed (`Conv1D`)
-    /// `c_attn`, a GELU MLP, tied LM head.
-    Gpt2,
-    /// Llama: RMSNorm, rotary positions, grouped-query attention, SwiGLU MLP.
-    Llama,
-    /// Qwen2: Llama's block with biases on the query, key and value maps.
-    Qwen2,
-}
-
-impl DecoderKind {
-    pub fn parse(model_type: &str) -> Option<DecoderKind> {
-        match model_type {
-            "gpt2" => Some(DecoderKind::Gpt2),
-            "llama" => Some(DecoderKind::Llama),
-            "qwen2" => Some(DecoderKind::Qwen2),
-            _ => None,
-        }
-    }
-    pub fn name(self) -> &'static str {
-        match self {
-            DecoderKind::Gpt2 => "gpt2",
-            DecoderKind::Llama => "llama",
-            DecoderKind::Qwen2 => "qwen2",
-        }
-    }
-}
 
 /// The MLP of a block.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

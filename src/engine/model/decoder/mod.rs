@@ -16,12 +16,14 @@
 pub mod config;
 pub mod rope;
 
-pub use config::{DecoderConfig, DecoderKind, Mlp, RopeConfig, RopeScaling};
+pub use crate::engine::model::arch::DecoderKind;
+pub use config::{DecoderConfig, Mlp, RopeConfig, RopeScaling};
 
 use crate::engine::cpu::fused::{self, Attn, Seq};
 use crate::engine::cpu::linear;
 use crate::engine::io::st;
-use crate::engine::model::encoder::ModelError;
+use crate::engine::model::arch::Arch;
+use crate::engine::model::error::ModelError;
 use rope::Rope;
 use std::collections::BTreeMap;
 
@@ -29,23 +31,6 @@ pub type Result<T> = std::result::Result<T, ModelError>;
 
 fn invalid<T>(msg: impl Into<String>) -> Result<T> {
     Err(ModelError::Invalid(msg.into()))
-}
-
-impl DecoderKind {
-    /// The prefix of the base model's tensors in a task model's checkpoint.
-    fn prefix(self) -> &'static str {
-        match self {
-            DecoderKind::Gpt2 => "transformer.",
-            DecoderKind::Llama | DecoderKind::Qwen2 => "model.",
-        }
-    }
-    /// Prefix of layer `i`'s modules, e.g. `layers.3.`.
-    pub fn layer_prefix(self, i: usize) -> String {
-        match self {
-            DecoderKind::Gpt2 => format!("h.{i}."),
-            DecoderKind::Llama | DecoderKind::Qwen2 => format!("layers.{i}."),
-        }
-    }
 }
 
 /// A checkpoint's tensors by canonical name (the base model's prefix stripped; `lm_head.weight`
@@ -59,25 +44,37 @@ impl<'a> Tensors<'a> {
     pub fn parse(safetensors: &'a [u8], kind: DecoderKind) -> Result<Tensors<'a>> {
         let header = st::parse(safetensors).map_err(|e| ModelError::Invalid(format!("model.safetensors: {e}")))?;
         let data = &safetensors[header.data_start as usize..];
-        let tensors = header
-            .tensors
-            .into_iter()
-            .map(|(k, t)| (k.strip_prefix(kind.prefix()).map(str::to_string).unwrap_or(k), t))
-            .collect();
-        Ok(Tensors { data, tensors })
+        Ok(Tensors { data, tensors: Tensors::canonical(header.tensors, kind) })
+    }
+
+    /// A header's tensors without their data: shapes can be checked, values not read.
+    fn shapes_only(header: &st::Header, kind: DecoderKind) -> Tensors<'static> {
+        Tensors { data: &[], tensors: Tensors::canonical(header.tensors.clone(), kind) }
+    }
+
+    fn canonical(tensors: BTreeMap<String, st::TensorInfo>, kind: DecoderKind) -> BTreeMap<String, st::TensorInfo> {
+        tensors.into_iter().map(|(k, t)| (k.strip_prefix(kind.prefix()).map(str::to_string).unwrap_or(k), t)).collect()
     }
 
     pub fn shape(&self, name: &str) -> Option<Vec<usize>> {
         self.tensors.get(name).map(|t| t.shape.iter().map(|&d| d as usize).collect())
     }
 
+    /// The tensor's entry, its shape checked against `shape`.
+    fn expect(&self, name: &str, shape: &[usize]) -> Result<&st::TensorInfo> {
+        let Some(t) = self.tensors.get(name) else { return invalid(format!("the checkpoint has no tensor {name}")) };
+        if !t.shape.iter().map(|&d| d as usize).eq(shape.iter().copied()) {
+            return invalid(format!("tensor {name} has shape {:?}, expected {shape:?}", t.shape));
+        }
+        if !t.dtype.is_float() {
+            return invalid(format!("tensor {name} has dtype {}, not a float", t.dtype.name()));
+        }
+        Ok(t)
+    }
+
     /// A float tensor's values in f32, with its shape checked against `shape`.
     pub fn get(&self, name: &str, shape: &[usize]) -> Result<Vec<f32>> {
-        let Some(t) = self.tensors.get(name) else { return invalid(format!("the checkpoint has no tensor {name}")) };
-        let got: Vec<usize> = t.shape.iter().map(|&d| d as usize).collect();
-        if got != shape {
-            return invalid(format!("tensor {name} has shape {got:?}, expected {shape:?}"));
-        }
+        let t = self.expect(name, shape)?;
         st::floats(&self.data[t.begin as usize..t.end as usize], t.dtype)
             .ok_or_else(|| ModelError::Invalid(format!("tensor {name} has dtype {}, not a float", t.dtype.name())))
     }
@@ -88,12 +85,167 @@ impl<'a> Tensors<'a> {
 
     /// The rows of a 2-D tensor.
     fn rows(&self, name: &str) -> Result<usize> {
+        self.matrix(name).map(|s| s[0])
+    }
+
+    fn matrix(&self, name: &str) -> Result<Vec<usize>> {
         match self.shape(name) {
-            Some(s) if s.len() == 2 => Ok(s[0]),
+            Some(s) if s.len() == 2 => Ok(s),
             Some(s) => invalid(format!("tensor {name} has shape {s:?}, expected a matrix")),
             None => invalid(format!("the checkpoint has no tensor {name}")),
         }
     }
+}
+
+/// One block's sizes, as its tensors give them (a structurally pruned layer has fewer).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LayerDims {
+    pub heads: usize,
+    pub kv_heads: usize,
+    pub ffn: usize,
+}
+
+impl LayerDims {
+    /// Layer `i`'s head counts (from its query and key maps, or GPT-2's fused `c_attn`) and
+    /// MLP width (from its MLP input map).
+    fn read(t: &Tensors, cfg: &DecoderConfig, i: usize) -> Result<LayerDims> {
+        let p = cfg.kind.layer_prefix(i);
+        let (h, hd) = (cfg.hidden, cfg.head_dim);
+        let per_head = |name: &str, rows: usize| -> Result<usize> {
+            if !rows.is_multiple_of(hd) {
+                return invalid(format!("tensor {name} has {rows} rows, not a multiple of the head size {hd}"));
+            }
+            Ok(rows / hd)
+        };
+        match cfg.kind {
+            DecoderKind::Gpt2 => {
+                let c_attn = format!("{p}attn.c_attn.weight");
+                let s = t.matrix(&c_attn)?;
+                if s[0] != h || s[1] % 3 != 0 {
+                    return invalid(format!("tensor {c_attn} has shape {s:?}, expected [{h}, 3·heads·{hd}]"));
+                }
+                let heads = per_head(&c_attn, s[1] / 3)?;
+                let c_fc = format!("{p}mlp.c_fc.weight");
+                let s = t.matrix(&c_fc)?;
+                if s[0] != h {
+                    return invalid(format!("tensor {c_fc} has shape {s:?}, expected [{h}, width]"));
+                }
+                Ok(LayerDims { heads, kv_heads: heads, ffn: s[1] })
+            }
+            DecoderKind::Llama | DecoderKind::Qwen2 => {
+                let (q, k) = (format!("{p}self_attn.q_proj.weight"), format!("{p}self_attn.k_proj.weight"));
+                let heads = per_head(&q, t.rows(&q)?)?;
+                let kv_heads = per_head(&k, t.rows(&k)?)?;
+                if (kv_heads == 0) != (heads == 0) || (kv_heads > 0 && heads % kv_heads != 0) {
+                    return invalid(format!(
+                        "layer {i}: {heads} query heads cannot share {kv_heads} key/value heads evenly"
+                    ));
+                }
+                Ok(LayerDims { heads, kv_heads, ffn: t.rows(&format!("{p}mlp.gate_proj.weight"))? })
+            }
+        }
+    }
+
+    /// Every tensor of a block with these sizes (names relative to the layer) and its stored
+    /// shape: what [`check`] verifies and [`DecoderLayer::load`] reads.
+    fn tensors(self, cfg: &DecoderConfig) -> BTreeMap<&'static str, Vec<usize>> {
+        let (h, hd) = (cfg.hidden, cfg.head_dim);
+        let (q, kv, f) = (self.heads * hd, self.kv_heads * hd, self.ffn);
+        let mut m: BTreeMap<&'static str, Vec<usize>> = BTreeMap::new();
+        match cfg.kind {
+            DecoderKind::Gpt2 => {
+                for (n, s) in [
+                    ("ln_1.weight", vec![h]),
+                    ("ln_1.bias", vec![h]),
+                    ("attn.c_attn.weight", vec![h, 3 * q]),
+                    ("attn.c_attn.bias", vec![3 * q]),
+                    ("attn.c_proj.weight", vec![q, h]),
+                    ("attn.c_proj.bias", vec![h]),
+                    ("ln_2.weight", vec![h]),
+                    ("ln_2.bias", vec![h]),
+                    ("mlp.c_fc.weight", vec![h, f]),
+                    ("mlp.c_fc.bias", vec![f]),
+                    ("mlp.c_proj.weight", vec![f, h]),
+                    ("mlp.c_proj.bias", vec![h]),
+                ] {
+                    m.insert(n, s);
+                }
+            }
+            DecoderKind::Llama | DecoderKind::Qwen2 => {
+                for (n, s) in [
+                    ("input_layernorm.weight", vec![h]),
+                    ("self_attn.q_proj.weight", vec![q, h]),
+                    ("self_attn.k_proj.weight", vec![kv, h]),
+                    ("self_attn.v_proj.weight", vec![kv, h]),
+                    ("self_attn.o_proj.weight", vec![h, q]),
+                    ("post_attention_layernorm.weight", vec![h]),
+                    ("mlp.gate_proj.weight", vec![f, h]),
+                    ("mlp.up_proj.weight", vec![f, h]),
+                    ("mlp.down_proj.weight", vec![h, f]),
+                ] {
+                    m.insert(n, s);
+                }
+                if cfg.qkv_bias {
+                    m.insert("self_attn.q_proj.bias", vec![q]);
+                    m.insert("self_attn.k_proj.bias", vec![kv]);
+                    m.insert("self_attn.v_proj.bias", vec![kv]);
+                }
+                if cfg.out_bias {
+                    m.insert("self_attn.o_proj.bias", vec![h]);
+                }
+                if cfg.mlp_bias {
+                    m.insert("mlp.gate_proj.bias", vec![f]);
+                    m.insert("mlp.up_proj.bias", vec![f]);
+                    m.insert("mlp.down_proj.bias", vec![h]);
+                }
+            }
+        }
+        m
+    }
+}
+
+/// The tensors outside the blocks (embeddings, learned positions, final norm, an untied LM
+/// head) with their shapes.
+fn model_tensors(cfg: &DecoderConfig) -> Vec<(&'static str, Vec<usize>)> {
+    let (v, h) = (cfg.vocab, cfg.hidden);
+    let mut out = match cfg.kind {
+        DecoderKind::Gpt2 => vec![
+            ("wte.weight", vec![v, h]),
+            ("wpe.weight", vec![cfg.max_positions, h]),
+            ("ln_f.weight", vec![h]),
+            ("ln_f.bias", vec![h]),
+        ],
+        DecoderKind::Llama | DecoderKind::Qwen2 => vec![("embed_tokens.weight", vec![v, h]), ("norm.weight", vec![h])],
+    };
+    if !cfg.tie_embeddings {
+        out.push(("lm_head.weight", vec![v, h]));
+    }
+    out
+}
+
+/// Check a checkpoint's header against its configuration without reading the weights: exactly
+/// `layers` blocks, each with every tensor the config's sizes imply (as transformers requires
+/// to load it), and the model's own tensors. Other tensors (GPT-2's old causal-mask buffers,
+/// say) are allowed.
+pub fn check(cfg: &DecoderConfig, header: &st::Header) -> std::result::Result<(), String> {
+    let t = Tensors::shapes_only(header, cfg.kind);
+    let msg = |e: ModelError| e.to_string();
+    let arch = Arch::Decoder(cfg.kind);
+    let found = header.tensors.keys().filter_map(|n| arch.split_layer(n)).map(|(i, _)| i + 1).max().unwrap_or(0);
+    if found != cfg.layers {
+        return Err(format!("config.json says {} layers but the checkpoint has {found}", cfg.layers));
+    }
+    for (name, shape) in model_tensors(cfg) {
+        t.expect(name, &shape).map_err(msg)?;
+    }
+    let dims = LayerDims { heads: cfg.heads, kv_heads: cfg.kv_heads, ffn: cfg.intermediate };
+    for i in 0..cfg.layers {
+        let p = cfg.kind.layer_prefix(i);
+        for (m, shape) in dims.tensors(cfg) {
+            t.expect(&format!("{p}{m}"), &shape).map_err(msg)?;
+        }
+    }
+    Ok(())
 }
 
 /// `[rows, cols]` → `[cols, rows]` (GPT-2's `Conv1D` stores its weights as `[in, out]`).
@@ -164,12 +316,10 @@ impl DecoderLayer {
     pub fn load(t: &Tensors, cfg: &DecoderConfig, i: usize) -> Result<DecoderLayer> {
         let p = cfg.kind.layer_prefix(i);
         let (h, hd) = (cfg.hidden, cfg.head_dim);
-        let per_head = |name: &str, rows: usize| -> Result<usize> {
-            if !rows.is_multiple_of(hd) {
-                return invalid(format!("tensor {name} has {rows} rows, not a multiple of the head size {hd}"));
-            }
-            Ok(rows / hd)
-        };
+        let dims = LayerDims::read(t, cfg, i)?;
+        let spec = dims.tensors(cfg);
+        let get = |m: &str| t.get(&format!("{p}{m}"), &spec[m]);
+        let opt = |m: &str| spec.contains_key(m).then(|| get(m)).transpose();
         let scale = {
             let mut s = if cfg.scale_attn_weights { (hd as f64).powf(-0.5) } else { 1.0 };
             if cfg.scale_attn_by_inverse_layer_idx {
@@ -177,72 +327,42 @@ impl DecoderLayer {
             }
             s as f32
         };
+        let LayerDims { heads, kv_heads, ffn } = dims;
+        let attn = Attn { heads, kv_heads, head_dim: hd, scale, causal: true };
+        let q = heads * hd;
         let cat = |parts: Vec<Vec<f32>>| parts.concat();
-        let (attn, wqkv, bqkv, wo, bo, ffn, w_in, b_in, w_out, b_out);
+        let (wqkv, bqkv, wo, bo, w_in, b_in, w_out, b_out, n1, n2);
         match cfg.kind {
             DecoderKind::Gpt2 => {
-                let c_attn = format!("{p}attn.c_attn.weight");
-                let width = match t.shape(&c_attn) {
-                    Some(s) if s.len() == 2 && s[0] == h && s[1] % 3 == 0 => s[1],
-                    Some(s) => {
-                        return invalid(format!("tensor {c_attn} has shape {s:?}, expected [{h}, 3·heads·{hd}]"))
-                    }
-                    None => return invalid(format!("the checkpoint has no tensor {c_attn}")),
-                };
-                let heads = per_head(&c_attn, width / 3)?;
-                attn = Attn { heads, kv_heads: heads, head_dim: hd, scale, causal: true };
-                wqkv = transpose(&t.get(&c_attn, &[h, width])?, h, width);
-                bqkv = Some(t.get(&format!("{p}attn.c_attn.bias"), &[width])?);
-                wo = transpose(&t.get(&format!("{p}attn.c_proj.weight"), &[heads * hd, h])?, heads * hd, h);
-                bo = Some(t.get(&format!("{p}attn.c_proj.bias"), &[h])?);
-                let c_fc = format!("{p}mlp.c_fc.weight");
-                ffn = match t.shape(&c_fc) {
-                    Some(s) if s.len() == 2 && s[0] == h => s[1],
-                    Some(s) => return invalid(format!("tensor {c_fc} has shape {s:?}, expected [{h}, width]")),
-                    None => return invalid(format!("the checkpoint has no tensor {c_fc}")),
-                };
-                w_in = transpose(&t.get(&c_fc, &[h, ffn])?, h, ffn);
-                b_in = Some(t.get(&format!("{p}mlp.c_fc.bias"), &[ffn])?);
-                w_out = transpose(&t.get(&format!("{p}mlp.c_proj.weight"), &[ffn, h])?, ffn, h);
-                b_out = Some(t.get(&format!("{p}mlp.c_proj.bias"), &[h])?);
+                wqkv = transpose(&get("attn.c_attn.weight")?, h, 3 * q);
+                bqkv = opt("attn.c_attn.bias")?;
+                wo = transpose(&get("attn.c_proj.weight")?, q, h);
+                bo = opt("attn.c_proj.bias")?;
+                w_in = transpose(&get("mlp.c_fc.weight")?, h, ffn);
+                b_in = opt("mlp.c_fc.bias")?;
+                w_out = transpose(&get("mlp.c_proj.weight")?, ffn, h);
+                b_out = opt("mlp.c_proj.bias")?;
+                (n1, n2) = ("ln_1", "ln_2");
             }
             DecoderKind::Llama | DecoderKind::Qwen2 => {
-                let a = |m: &str| format!("{p}self_attn.{m}");
-                let heads = per_head(&a("q_proj.weight"), t.rows(&a("q_proj.weight"))?)?;
-                let kv_heads = per_head(&a("k_proj.weight"), t.rows(&a("k_proj.weight"))?)?;
-                if (kv_heads == 0) != (heads == 0) || (kv_heads > 0 && heads % kv_heads != 0) {
-                    return invalid(format!(
-                        "layer {i}: {heads} query heads cannot share {kv_heads} key/value heads evenly"
-                    ));
-                }
-                attn = Attn { heads, kv_heads, head_dim: hd, scale, causal: true };
-                let (q, kv) = (heads * hd, kv_heads * hd);
-                let proj = |m: &str, rows: usize| t.get(&a(&format!("{m}.weight")), &[rows, h]);
-                wqkv = cat(vec![proj("q_proj", q)?, proj("k_proj", kv)?, proj("v_proj", kv)?]);
-                bqkv = if cfg.qkv_bias {
-                    let b = |m: &str, n: usize| t.get(&a(&format!("{m}.bias")), &[n]);
-                    Some(cat(vec![b("q_proj", q)?, b("k_proj", kv)?, b("v_proj", kv)?]))
-                } else {
-                    None
+                let a = |m: &str| get(&format!("self_attn.{m}"));
+                wqkv = cat(vec![a("q_proj.weight")?, a("k_proj.weight")?, a("v_proj.weight")?]);
+                bqkv = match cfg.qkv_bias {
+                    true => Some(cat(vec![a("q_proj.bias")?, a("k_proj.bias")?, a("v_proj.bias")?])),
+                    false => None,
                 };
-                wo = t.get(&a("o_proj.weight"), &[h, q])?;
-                bo = t.optional(&a("o_proj.bias"), &[h], cfg.out_bias)?;
-                let m = |n: &str| format!("{p}mlp.{n}");
-                ffn = t.rows(&m("gate_proj.weight"))?;
-                w_in = cat(vec![t.get(&m("gate_proj.weight"), &[ffn, h])?, t.get(&m("up_proj.weight"), &[ffn, h])?]);
-                b_in = if cfg.mlp_bias {
-                    Some(cat(vec![t.get(&m("gate_proj.bias"), &[ffn])?, t.get(&m("up_proj.bias"), &[ffn])?]))
-                } else {
-                    None
+                wo = a("o_proj.weight")?;
+                bo = opt("self_attn.o_proj.bias")?;
+                w_in = cat(vec![get("mlp.gate_proj.weight")?, get("mlp.up_proj.weight")?]);
+                b_in = match cfg.mlp_bias {
+                    true => Some(cat(vec![get("mlp.gate_proj.bias")?, get("mlp.up_proj.bias")?])),
+                    false => None,
                 };
-                w_out = t.get(&m("down_proj.weight"), &[h, ffn])?;
-                b_out = t.optional(&m("down_proj.bias"), &[h], cfg.mlp_bias)?;
+                w_out = get("mlp.down_proj.weight")?;
+                b_out = opt("mlp.down_proj.bias")?;
+                (n1, n2) = ("input_layernorm", "post_attention_layernorm");
             }
         }
-        let (n1, n2) = match cfg.kind {
-            DecoderKind::Gpt2 => ("ln_1", "ln_2"),
-            DecoderKind::Llama | DecoderKind::Qwen2 => ("input_layernorm", "post_attention_layernorm"),
-        };
         Ok(DecoderLayer {
             attn,
             ffn,
@@ -329,19 +449,15 @@ impl Decoder {
     }
 
     pub fn load(config: DecoderConfig, t: &Tensors) -> Result<Decoder> {
-        let (v, h) = (config.vocab, config.hidden);
-        let (embed_name, norm_name) = match config.kind {
-            DecoderKind::Gpt2 => ("wte.weight", "ln_f"),
-            DecoderKind::Llama | DecoderKind::Qwen2 => ("embed_tokens.weight", "norm"),
-        };
-        let embed = t.get(embed_name, &[v, h])?;
-        let positions = match config.kind {
-            DecoderKind::Gpt2 => Some(t.get("wpe.weight", &[config.max_positions, h])?),
-            _ => None,
+        let spec: BTreeMap<&str, Vec<usize>> = model_tensors(&config).into_iter().collect();
+        let get = |n: &str| t.get(n, &spec[n]);
+        let (embed, positions, norm_name) = match config.kind {
+            DecoderKind::Gpt2 => (get("wte.weight")?, Some(get("wpe.weight")?), "ln_f"),
+            DecoderKind::Llama | DecoderKind::Qwen2 => (get("embed_tokens.weight")?, None, "norm"),
         };
         let layers = (0..config.layers).map(|i| DecoderLayer::load(t, &config, i)).collect::<Result<Vec<_>>>()?;
         let final_norm = Norm::load(t, norm_name, &config)?;
-        let lm_head = if config.tie_embeddings { None } else { Some(t.get("lm_head.weight", &[v, h])?) };
+        let lm_head = spec.contains_key("lm_head.weight").then(|| get("lm_head.weight")).transpose()?;
         let rope = config.rope.as_ref().map(|r| Rope::new(r, config.head_dim));
         Ok(Decoder { config, embed, positions, rope, layers, final_norm, lm_head })
     }

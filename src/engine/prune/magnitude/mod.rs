@@ -4,26 +4,20 @@
 
 use super::{NmPattern, Scope};
 use crate::engine::io::st::{count_nonzeros, Dtype, Header, TensorInfo};
-use crate::engine::model::arch::{is_encoder_linear_weight, Family};
+use crate::engine::model::arch::Arch;
 use regex::Regex;
 
-/// Which tensors are pruned: with no `include` pattern, the encoder's linear weights; with
+/// Which tensors are pruned: with no `include` pattern, the blocks' linear weights; with
 /// `include`, every floating-point tensor whose name matches one of them. `exclude` removes
 /// matches from either set. Patterns are searched anywhere in the name (anchor them with
 /// `^`/`$` when needed).
-pub fn select_targets(family: Family, header: &Header, include: &[Regex], exclude: &[Regex]) -> Vec<String> {
+pub fn select_targets(arch: Arch, header: &Header, include: &[Regex], exclude: &[Regex]) -> Vec<String> {
     header
         .tensors
         .iter()
         .filter(|(_, t)| t.dtype.is_float())
         .map(|(n, _)| n)
-        .filter(|n| {
-            if include.is_empty() {
-                is_encoder_linear_weight(family, n)
-            } else {
-                include.iter().any(|r| r.is_match(n))
-            }
-        })
+        .filter(|n| if include.is_empty() { arch.is_linear_weight(n) } else { include.iter().any(|r| r.is_match(n)) })
         .filter(|n| !exclude.iter().any(|r| r.is_match(n)))
         .cloned()
         .collect()
@@ -191,34 +185,71 @@ pub fn prune_by_sorting<E>(
     Ok(Ok(()))
 }
 
-/// Prune every target to an N:M pattern in place: in each group of M consecutive weights of a
-/// row, the M−N smallest by magnitude become zero (ties: the earlier one goes first).
+/// How a tensor's weights fall into N:M groups: M consecutive weights along its input
+/// dimension, which is the last of an `[out, in]` matrix and the first of a transposed
+/// `[in, out]` one (GPT-2's `Conv1D`), where a group is M weights of one column.
+#[derive(Debug, Clone, Copy)]
+pub struct NmGroups {
+    m: usize,
+    /// Elements along the stored last dimension.
+    cols: usize,
+    transposed: bool,
+    groups: usize,
+}
+
+impl NmGroups {
+    pub fn new(name: &str, shape: &[u64], transposed: bool, m: usize) -> Result<NmGroups, String> {
+        let numel = shape.iter().product::<u64>() as usize;
+        let cols = shape.last().copied().unwrap_or(0) as usize;
+        let input = if transposed { shape.first() } else { shape.last() }.copied().unwrap_or(0) as usize;
+        if shape.len() < 2 || (transposed && shape.len() != 2) || m == 0 || !input.is_multiple_of(m) {
+            return Err(format!(
+                "tensor {name} with shape {shape:?}: its input dimension is not a multiple of M = {m}"
+            ));
+        }
+        Ok(NmGroups { m, cols, transposed, groups: numel / m })
+    }
+
+    /// The element index of weight `j` of group `g`.
+    fn at(&self, g: usize, j: usize) -> usize {
+        if self.transposed {
+            ((g / self.cols) * self.m + j) * self.cols + g % self.cols
+        } else {
+            g * self.m + j
+        }
+    }
+}
+
+/// Prune every target to an N:M pattern in place: in each group of M consecutive weights along
+/// the input dimension ([`NmGroups`]; `arch` says which targets are stored transposed), the M−N
+/// smallest by magnitude become zero (ties: the earlier one goes first).
 pub fn prune_nm_in_place<E>(
     file: &mut [u8],
     header: &Header,
+    arch: Arch,
     targets: &[String],
     pattern: NmPattern,
     mut step: impl FnMut(usize, usize) -> Result<(), E>,
 ) -> Result<Result<(), E>, String> {
     let infos = resolve_targets(header, targets)?;
-    for (i, (name, t)) in targets.iter().zip(infos).enumerate() {
-        let cols = *t.shape.last().ok_or_else(|| format!("tensor {name} is a scalar"))? as usize;
-        if t.shape.len() < 2 || !cols.is_multiple_of(pattern.m) {
-            return Err(format!(
-                "tensor {name} with shape {:?}: its input dimension is not a multiple of M = {}",
-                t.shape, pattern.m
-            ));
-        }
+    let layouts = targets
+        .iter()
+        .zip(&infos)
+        .map(|(name, t)| NmGroups::new(name, &t.shape, arch.stores_transposed(name), pattern.m))
+        .collect::<Result<Vec<_>, _>>()?;
+    for (i, (t, groups)) in infos.into_iter().zip(layouts).enumerate() {
         let s = t.dtype.size() as usize;
         let data = tensor_bytes(file, header, t);
         let mags = magnitudes(data, t.dtype);
         let mut order: Vec<usize> = Vec::with_capacity(pattern.m);
-        for (g, group) in mags.chunks_exact(pattern.m).enumerate() {
+        let mut group = vec![0f32; pattern.m];
+        for g in 0..groups.groups {
+            group.iter_mut().enumerate().for_each(|(j, v)| *v = mags[groups.at(g, j)]);
             order.clear();
             order.extend(0..pattern.m);
             order.sort_by(|&a, &b| group[a].total_cmp(&group[b]).then(a.cmp(&b)));
             for &j in &order[..pattern.m - pattern.n] {
-                let e = g * pattern.m + j;
+                let e = groups.at(g, j);
                 data[e * s..(e + 1) * s].fill(0);
             }
         }
@@ -229,10 +260,17 @@ pub fn prune_nm_in_place<E>(
     Ok(Ok(()))
 }
 
-/// Whether every group of M consecutive weights of every row holds at most N non-zeros.
-pub fn satisfies_nm(data: &[u8], dtype: Dtype, pattern: NmPattern) -> bool {
+/// Whether every N:M group ([`NmGroups`]) of a tensor's data holds at most N non-zeros.
+pub fn satisfies_nm(data: &[u8], dtype: Dtype, shape: &[u64], transposed: bool, pattern: NmPattern) -> bool {
+    let Ok(groups) = NmGroups::new("", shape, transposed, pattern.m) else { return false };
     let s = dtype.size() as usize;
-    data.chunks_exact(s * pattern.m).all(|g| count_nonzeros(g, dtype) as usize <= pattern.n)
+    (0..groups.groups).all(|g| {
+        let nz = (0..pattern.m).filter(|&j| {
+            let e = groups.at(g, j);
+            count_nonzeros(&data[e * s..(e + 1) * s], dtype) == 1
+        });
+        nz.count() <= pattern.n
+    })
 }
 
 pub mod radix;
@@ -240,14 +278,16 @@ pub mod radix;
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::engine::model::arch::Family;
     use crate::engine::report::measure;
     use crate::engine::{io::st, testing::TinyModel};
+
+    const BERT: Arch = Arch::Encoder(Family::Bert);
 
     fn prune(m: &TinyModel, scope: Scope, s: f64) -> (Vec<u8>, Vec<u8>, Header, Vec<String>) {
         let orig = m.safetensors();
         let header = st::parse(&orig).unwrap();
-        let family = Family::parse(m.model_type).unwrap();
-        let targets = select_targets(family, &header, &[], &[]);
+        let targets = select_targets(Arch::parse(m.model_type).unwrap(), &header, &[], &[]);
         let mut out = orig.clone();
         prune_in_place(&mut out, &header, &targets, scope, s, |_, _| Ok::<(), ()>(())).unwrap().unwrap();
         (orig, out, header, targets)
@@ -308,7 +348,7 @@ mod tests {
                     let m = TinyModel { dtype, hidden: 64, ffn: 256, layers: 2, seed: 3, ..Default::default() };
                     let orig = m.safetensors();
                     let header = st::parse(&orig).unwrap();
-                    let targets = select_targets(Family::Bert, &header, &[], &[]);
+                    let targets = select_targets(BERT, &header, &[], &[]);
                     let mut a = orig.clone();
                     let mut b = orig.clone();
                     prune_in_place(&mut a, &header, &targets, scope, s, |_, _| Ok::<(), ()>(())).unwrap().unwrap();
@@ -415,13 +455,13 @@ mod tests {
                 let m = TinyModel { dtype, ..Default::default() };
                 let orig = m.safetensors();
                 let header = st::parse(&orig).unwrap();
-                let targets = select_targets(Family::Bert, &header, &[], &[]);
+                let targets = select_targets(BERT, &header, &[], &[]);
                 let mut out = orig.clone();
-                prune_nm_in_place(&mut out, &header, &targets, p, |_, _| Ok::<(), ()>(())).unwrap().unwrap();
+                prune_nm_in_place(&mut out, &header, BERT, &targets, p, |_, _| Ok::<(), ()>(())).unwrap().unwrap();
                 for n in &targets {
                     let t = &header.tensors[n];
                     let r = (header.data_start + t.begin) as usize..(header.data_start + t.end) as usize;
-                    assert!(satisfies_nm(&out[r.clone()], dtype, p), "{n} {pat}");
+                    assert!(satisfies_nm(&out[r.clone()], dtype, &t.shape, false, p), "{n} {pat}");
                     let before = magnitudes(&orig[r.clone()], dtype);
                     let after = magnitudes(&out[r], dtype);
                     for (gb, ga) in before.chunks(p.m).zip(after.chunks(p.m)) {
@@ -445,10 +485,48 @@ mod tests {
         let m = TinyModel::default();
         let orig = m.safetensors();
         let header = st::parse(&orig).unwrap();
-        let targets = select_targets(Family::Bert, &header, &[], &[]);
-        let err =
-            prune_nm_in_place(&mut orig.clone(), &header, &targets, NmPattern { n: 2, m: 24 }, |_, _| Ok::<(), ()>(()))
-                .unwrap_err();
+        let targets = select_targets(BERT, &header, &[], &[]);
+        let err = prune_nm_in_place(&mut orig.clone(), &header, BERT, &targets, NmPattern { n: 2, m: 24 }, |_, _| {
+            Ok::<(), ()>(())
+        })
+        .unwrap_err();
+        assert!(err.contains("multiple of M"), "{err}");
+    }
+
+    #[test]
+    fn nm_groups_of_a_transposed_weight_run_down_its_columns() {
+        // GPT-2's Conv1D stores [in, out]: groups are M rows of one column.
+        let (rows, cols) = (8usize, 3usize);
+        let values: Vec<f32> = (0..rows * cols).map(|i| ((i * 7919) % 101) as f32 + 1.0).collect();
+        let name = "h.0.attn.c_attn.weight".to_string();
+        let enc = crate::engine::testing::encode(&values, Dtype::F32);
+        let file = st::serialize(&[(name.clone(), Dtype::F32, vec![rows as u64, cols as u64], enc)], None);
+        let header = st::parse(&file).unwrap();
+        let gpt2 = Arch::parse("gpt2").unwrap();
+        let p = NmPattern { n: 2, m: 4 };
+        let mut out = file.clone();
+        prune_nm_in_place(&mut out, &header, gpt2, std::slice::from_ref(&name), p, |_, _| Ok::<(), ()>(()))
+            .unwrap()
+            .unwrap();
+        let data = &out[header.data_start as usize..];
+        let after = magnitudes(data, Dtype::F32);
+        for c in 0..cols {
+            for block in 0..rows / 4 {
+                let idx: Vec<usize> = (0..4).map(|j| (block * 4 + j) * cols + c).collect();
+                let kept: Vec<f32> = idx.iter().filter(|&&e| after[e] != 0.0).map(|&e| values[e]).collect();
+                let cut: Vec<f32> = idx.iter().filter(|&&e| after[e] == 0.0).map(|&e| values[e]).collect();
+                assert_eq!((kept.len(), cut.len()), (2, 2), "column {c}, block {block}");
+                assert!(cut.iter().all(|x| kept.iter().all(|k| x <= k)));
+            }
+        }
+        let shape = [rows as u64, cols as u64];
+        assert!(satisfies_nm(data, Dtype::F32, &shape, true, p));
+        // Rows of the stored matrix hold 3 weights: along them the pattern does not hold.
+        assert!(!satisfies_nm(data, Dtype::F32, &[(rows * cols / 4) as u64, 4], false, NmPattern { n: 1, m: 4 }));
+        // The input dimension is the first one: 6 rows do not split into groups of 4.
+        let file = st::serialize(&[(name.clone(), Dtype::F32, vec![6, 4], vec![0u8; 96])], None);
+        let header = st::parse(&file).unwrap();
+        let err = prune_nm_in_place(&mut file.clone(), &header, gpt2, &[name], p, |_, _| Ok::<(), ()>(())).unwrap_err();
         assert!(err.contains("multiple of M"), "{err}");
     }
 
@@ -457,9 +535,9 @@ mod tests {
         let m = TinyModel { with_prefix_and_head: true, ..Default::default() };
         let header = st::parse(&m.safetensors()).unwrap();
         let inc = vec![Regex::new(r"classifier\.weight$").unwrap(), Regex::new(r"pooler").unwrap()];
-        let t = select_targets(Family::Bert, &header, &inc, &[Regex::new("bias").unwrap()]);
+        let t = select_targets(BERT, &header, &inc, &[Regex::new("bias").unwrap()]);
         assert_eq!(t, vec!["bert.pooler.dense.weight".to_string(), "classifier.weight".to_string()]);
-        let t = select_targets(Family::Bert, &header, &[], &[Regex::new(r"layer\.1\.").unwrap()]);
+        let t = select_targets(BERT, &header, &[], &[Regex::new(r"layer\.1\.").unwrap()]);
         assert_eq!(t.len(), 6);
         assert!(t.iter().all(|n| n.contains("layer.0.")));
     }
@@ -469,7 +547,7 @@ mod tests {
         let m = TinyModel::default();
         let orig = m.safetensors();
         let header = st::parse(&orig).unwrap();
-        let targets = select_targets(Family::Bert, &header, &[], &[]);
+        let targets = select_targets(BERT, &header, &[], &[]);
         let mut out = orig.clone();
         let r = prune_in_place(&mut out, &header, &targets, Scope::Local, 0.5, |done, _| {
             if done == 3 {
