@@ -88,8 +88,10 @@ impl Executor for PruneExecutor {
             .and_then(|m| config::check(&m, &header).map(|_| m))
             .map_err(|e| JobError::Failed(format!("config.json: {e}")))?;
         let plan = plan(&req)?;
-        let batches =
-            if plan.needs_calibration() { Some(calibration_batches(ctx, &req, model.pad_token_id)?) } else { None };
+        let batches = match plan.needs_calibration() {
+            true => Some(calibration_batches(ctx, &req, model.pad_token_id, model.arch.is_decoder())?),
+            false => None,
+        };
         let src = Source { config_json: &config, model: &model, weights, header: &header };
         let report = run::run(&plan, src, batches.as_deref(), &mut Artifacts(ctx))?;
         finish(ctx, &report)?;
@@ -160,14 +162,20 @@ fn parameters(req: &JobRequest) -> serde_json::Value {
 /// `max_seq_len` as experiments tokenize theirs (`train::features::encode_texts`: Hugging Face's
 /// longest-first split of pairs), cut into batches of 8 padded to their longest with the model's
 /// pad token (`train::batch::encoder_batches`).
-fn calibration_batches(ctx: &JobContext, req: &JobRequest, pad_id: u32) -> Result<Vec<Batch>, JobError> {
+/// The calibration batches of a calibrated plan. A decoder calibrated on running text (`text`,
+/// or `jsonl` rows' `text`) gets `samples` windows of `max_seq_len` tokens at seeded offsets of
+/// the whole text, tokenized without special tokens; every other case takes the first
+/// `samples` examples, each a sequence truncated to `max_seq_len` tokens.
+fn calibration_batches(ctx: &JobContext, req: &JobRequest, pad_id: u32, decoder: bool) -> Result<Vec<Batch>, JobError> {
     let method = req.pruning.method.name();
     let cal = req
         .calibration
         .as_ref()
         .ok_or_else(|| JobError::Internal(anyhow::anyhow!("a validated {method} spec lacks calibration")))?;
     let (format, task, data) = ctx.read_dataset(&cal.dataset_id)?;
-    let texts = crate::data::texts(format, task, &data, cal.samples)
+    let windows = decoder && matches!(format, crate::data::Format::Text | crate::data::Format::Jsonl);
+    let limit = if windows { usize::MAX } else { cal.samples };
+    let texts = crate::data::texts(format, task, &data, limit)
         .map_err(|e| JobError::Failed(format!("calibration dataset: {e}")))?;
     if texts.is_empty() {
         return Err(JobError::Failed("the calibration dataset holds no text".into()));
@@ -179,6 +187,26 @@ fn calibration_batches(ctx: &JobContext, req: &JobRequest, pad_id: u32) -> Resul
     }
     let tok = tokenizers::Tokenizer::from_bytes(ctx.read_model_file("tokenizer.json")?)
         .map_err(|e| JobError::Failed(format!("tokenizer.json: {e}")))?;
+    if windows {
+        let text = texts
+            .iter()
+            .map(|(a, b)| match b {
+                Some(b) => format!("{a}\n{b}"),
+                None => a.clone(),
+            })
+            .collect::<Vec<_>>()
+            .join("\n\n");
+        let ids = tok
+            .encode(text, false)
+            .map_err(|e| JobError::Failed(format!("tokenizing calibration text: {e}")))?
+            .get_ids()
+            .to_vec();
+        let windows = crate::train::batch::token_windows(&ids, cal.samples, cal.max_seq_len, cal.seed)
+            .map_err(JobError::Failed)?;
+        let zeros = vec![0u32; cal.max_seq_len];
+        let seqs: Vec<(&[u32], &[u32])> = windows.into_iter().map(|w| (w, zeros.as_slice())).collect();
+        return crate::train::batch::encoder_batches(&seqs, 8, pad_id).map_err(|e| JobError::Internal(e.into()));
+    }
     let texts: Vec<(&str, Option<&str>)> = texts.iter().map(|(a, b)| (a.as_str(), b.as_deref())).collect();
     let encoded = crate::train::features::encode_texts(&tok, &texts, cal.max_seq_len)
         .map_err(|e| JobError::Failed(format!("tokenizing calibration text: {e}")))?;

@@ -81,6 +81,26 @@ pub fn pad(seqs: &[(&[u32], &[u32])], pad_id: u32) -> Padded {
 /// The sequences in consecutive batches of `size`, each padded with `pad_id` to its longest, as
 /// the encoder takes them: the calibration inputs of Wanda and SparseGPT, from a prune job's text
 /// and an experiment's examples alike.
+/// A decoder's calibration text as the SparseGPT and Wanda papers cut it: `samples` windows of
+/// `len` consecutive tokens of the tokenized text `ids`, each at an offset drawn uniformly from
+/// those that fit (seeded, so a job is repeatable). Windows may overlap.
+pub fn token_windows(ids: &[u32], samples: usize, len: usize, seed: u64) -> Result<Vec<&[u32]>, String> {
+    use rand::Rng;
+    if len == 0 || ids.len() < len {
+        return Err(format!(
+            "the calibration text holds {} tokens, fewer than one window of max_seq_len = {len}",
+            ids.len()
+        ));
+    }
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    Ok((0..samples)
+        .map(|_| {
+            let at = rng.gen_range(0..=ids.len() - len);
+            &ids[at..at + len]
+        })
+        .collect())
+}
+
 pub fn encoder_batches(seqs: &[(&[u32], &[u32])], size: usize, pad_id: u32) -> candle_core::Result<Vec<Batch>> {
     assert!(size > 0, "batch size 0");
     seqs.chunks(size)
@@ -143,5 +163,22 @@ mod tests {
         // The last batch holds the rest, padded to its own longest (2), not the first batch's.
         assert_eq!(v(&b[1].0), [[9, 10]]);
         assert_eq!(v(&b[1].1), [[1, 1]]);
+    }
+
+    #[test]
+    fn token_windows_are_seeded_and_fit_the_text() {
+        let ids: Vec<u32> = (0..100).collect();
+        let w = token_windows(&ids, 16, 10, 3).unwrap();
+        assert_eq!(w.len(), 16);
+        for x in &w {
+            assert_eq!(x.len(), 10);
+            assert!(x.windows(2).all(|p| p[1] == p[0] + 1), "consecutive tokens");
+        }
+        assert_eq!(w, token_windows(&ids, 16, 10, 3).unwrap(), "the same seed, the same windows");
+        assert_ne!(w, token_windows(&ids, 16, 10, 4).unwrap());
+        let starts: std::collections::BTreeSet<u32> = w.iter().map(|x| x[0]).collect();
+        assert!(starts.len() > 8, "offsets spread over the text: {starts:?}");
+        assert_eq!(token_windows(&ids, 2, 100, 0).unwrap(), vec![&ids[..], &ids[..]]);
+        assert!(token_windows(&ids, 2, 101, 0).unwrap_err().contains("100 tokens"));
     }
 }

@@ -1047,9 +1047,10 @@ async fn metrics_and_docs_are_served(db: Db) {
 
 /// Decoder checkpoints (GPT-2 with its transposed `Conv1D` weights, Llama with grouped-query
 /// attention, Qwen2) are accepted on upload, checked against their tensors, and pruned by
-/// magnitude, unstructured and N:M along each matrix's input dimension; the methods not yet
-/// written for decoders, and experiments, are refused before a job is queued.
-async fn decoder_models_are_accepted_and_pruned_by_magnitude(db: Db) {
+/// magnitude (unstructured and N:M along each matrix's input dimension), Wanda and SparseGPT
+/// (calibrated on seeded windows of a text dataset); structured granularities, not yet written
+/// for decoders, are refused before a job is queued.
+async fn decoder_models_are_accepted_and_pruned(db: Db) {
     use secateur::engine::model::arch::Arch;
     use secateur::engine::model::decoder::Decoder;
     use secateur::engine::prune::{magnitude::satisfies_nm, NmPattern};
@@ -1111,17 +1112,66 @@ async fn decoder_models_are_accepted_and_pruned_by_magnitude(db: Db) {
             assert_eq!(report["totals"]["target_sparsity"], 0.5);
             Decoder::from_files(&app.artifact(&job, "config.json").await, &out).unwrap();
         }
+        // Wanda and SparseGPT, calibrated on windows of running text.
+        let words: Vec<String> = (0..300).map(|i| format!("w{}", 5 + (i * 7 + i / 13) % 59)).collect();
+        let text = format!("{}\n\n{}\n", words[..150].join(" "), words[150..].join(" "));
+        let ds: Value = app.upload_dataset(text.into_bytes(), "text", None).await.json().await.unwrap();
+        let calibration = json!({"dataset_id": ds["id"], "samples": 6, "max_seq_len": 16, "seed": 5});
+        let sparsegpt = json!({"method": "sparsegpt", "granularity": "n:m", "pattern": "2:4", "block_size": 16});
+        for (pruning, nm) in
+            [(json!({"method": "wanda", "sparsity": 0.5}), None), (sparsegpt, Some(NmPattern { n: 2, m: 4 }))]
+        {
+            let job = app.submit_ok(&json!({"model_id": model, "pruning": pruning, "calibration": calibration})).await;
+            let done = app.wait_for(&job, &["succeeded", "failed"], WAIT).await;
+            assert_eq!(done["status"], "succeeded", "{model_type}: {done}");
+            let out = app.artifact(&job, "model.safetensors").await;
+            let h = st::parse(&out).unwrap();
+            let mut differs_from_magnitude = false;
+            for (name, t) in &h.tensors {
+                let r = (h.data_start + t.begin) as usize..(h.data_start + t.end) as usize;
+                if !arch.is_linear_weight(name) {
+                    assert_eq!(out[r.clone()], orig[r], "{name} changed");
+                    continue;
+                }
+                assert_eq!(count_nonzeros(&out[r.clone()], t.dtype) * 2, t.numel(), "{name}");
+                let w = secateur::engine::prune::magnitude::magnitudes(&out[r.clone()], t.dtype);
+                let before = secateur::engine::prune::magnitude::magnitudes(&orig[r.clone()], t.dtype);
+                if let Some(p) = nm {
+                    assert!(satisfies_nm(&out[r], t.dtype, &t.shape, arch.stores_transposed(name), p), "{name}");
+                    // SparseGPT updates the weights it keeps.
+                    differs_from_magnitude |= w.iter().zip(&before).any(|(a, b)| *a != 0.0 && a != b);
+                    continue;
+                }
+                // Wanda: every output row (a column of GPT-2's [in, out] weights) loses half.
+                let (rows, cols) = (t.shape[0] as usize, t.shape[1] as usize);
+                let outputs = if arch.stores_transposed(name) { cols } else { rows };
+                for o in 0..outputs {
+                    let line: Vec<f32> = match arch.stores_transposed(name) {
+                        true => (0..rows).map(|i| w[i * cols + o]).collect(),
+                        false => w[o * cols..(o + 1) * cols].to_vec(),
+                    };
+                    assert_eq!(line.iter().filter(|v| **v == 0.0).count(), line.len() / 2, "{name} output {o}");
+                }
+                let cut = before.iter().zip(&w).filter(|(_, k)| **k == 0.0).map(|(m, _)| *m).fold(0.0, f32::max);
+                let kept = before.iter().zip(&w).filter(|(_, k)| **k != 0.0).map(|(m, _)| *m).fold(f32::MAX, f32::min);
+                differs_from_magnitude |= cut > kept;
+            }
+            assert!(differs_from_magnitude, "{model_type} {pruning}: the calibration made no difference");
+            let report: Value = serde_json::from_slice(&app.artifact(&job, "report.json").await).unwrap();
+            assert_eq!(report["parameters"]["calibration_sequences"], 6, "{report}");
+            assert_eq!(report["parameters"]["calibration_tokens"], 6 * 16, "{report}");
+            Decoder::from_files(&app.artifact(&job, "config.json").await, &out).unwrap();
+        }
+        let job = json!({"model_id": model, "pruning": {"method": "wanda", "sparsity": 0.5},
+            "calibration": {"dataset_id": ds["id"], "max_seq_len": 512}});
+        let done = app.wait_for(&app.submit_ok(&job).await, &["succeeded", "failed"], WAIT).await;
+        assert_eq!(done["status"], "failed");
+        assert!(done["error"].as_str().unwrap().contains("fewer than one window of max_seq_len = 512"), "{done}");
         for (spec, field) in [
-            (json!({"method": "wanda", "sparsity": 0.5}), "pruning.method"),
             (json!({"method": "magnitude", "granularity": "heads", "count": 1}), "pruning.granularity"),
             (json!({"method": "magnitude", "granularity": "layers", "count": 1}), "pruning.granularity"),
         ] {
-            let mut job = json!({"model_id": model, "pruning": spec});
-            if spec["method"] == "wanda" {
-                let ds: Value =
-                    app.upload_dataset(b"one two\n\nthree four\n".to_vec(), "text", None).await.json().await.unwrap();
-                job["calibration"] = json!({"dataset_id": ds["id"]});
-            }
+            let job = json!({"model_id": model, "pruning": spec});
             let (s, body) = problem(app.submit(&job).await).await;
             assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
             assert_eq!(body["errors"][0]["field"], field, "{body}");
@@ -1131,7 +1181,7 @@ async fn decoder_models_are_accepted_and_pruned_by_magnitude(db: Db) {
 }
 
 backend_tests!(
-    decoder_models_are_accepted_and_pruned_by_magnitude,
+    decoder_models_are_accepted_and_pruned,
     auth_is_required_and_errors_are_problems,
     model_upload_get_list_download_delete,
     bad_model_uploads_are_rejected_and_leave_nothing,

@@ -4,15 +4,17 @@
 //! hidden state at every real token, to 1e-4. The cases cover grouped-query attention, an
 //! explicit head size that is not hidden/heads, tied and untied LM heads, Qwen2's and Llama's
 //! optional biases, and the rotary scalings default, linear, llama3 and YaRN. Magnitude exports
-//! (unstructured and 2:4) of three of them load in transformers with every weight matched and
-//! give the same outputs as our forward.
+//! (unstructured and 2:4), Wanda and SparseGPT exports of three of them load in transformers
+//! with every weight matched and give the same outputs as our forward.
 
 use crate::common;
 use bytes::Bytes;
 use secateur::engine::io::st;
 use secateur::engine::model::decoder::Decoder;
 use secateur::engine::model::{ModelConfig, ModelError};
+use secateur::engine::prune::calibrated;
 use secateur::engine::prune::run::{run, Kind, Layout, Plan, Sink, Source};
+use secateur::engine::prune::sparsegpt::Options;
 use secateur::engine::prune::wanda::Rule;
 use secateur::engine::prune::{NmPattern, Scope};
 use serde_json::{json, Value};
@@ -90,14 +92,21 @@ fn decoder_forward_equals_transformers() {
     let names: Vec<&str> = cases.iter().map(|c| c["name"].as_str().unwrap()).collect();
     compare(work.path(), &names, &ids, &mask, &theirs);
 
-    // Magnitude exports (unstructured and 2:4) of one checkpoint per family and dtype mix: they
-    // load in transformers with no missing, unexpected or mismatched weight (the script exits
-    // otherwise) and still give our outputs.
+    // Magnitude (unstructured and 2:4), Wanda and SparseGPT (2:4) exports of one checkpoint per
+    // family and dtype mix: they load in transformers with no missing, unexpected or mismatched
+    // weight (the script exits otherwise) and still give our outputs.
     let mut pruned = Vec::new();
+    let (half, nm) = (Rule::Unstructured(0.5), Rule::NM(NmPattern { n: 2, m: 4 }));
+    let sparsegpt = calibrated::Method::SparseGpt(Options { block: 16, damp: 0.01 });
     for name in ["gpt2-float32", "llama-gqa-llama3-bfloat16", "qwen2-yarn-float32"] {
-        for (tag, rule) in [("half", Rule::Unstructured(0.5)), ("2of4", Rule::NM(NmPattern { n: 2, m: 4 }))] {
+        for (tag, kind) in [
+            ("half", Kind::Magnitude(half)),
+            ("2of4", Kind::Magnitude(nm)),
+            ("wanda", Kind::Calibrated(calibrated::Method::Wanda, half)),
+            ("sparsegpt-2of4", Kind::Calibrated(sparsegpt, nm)),
+        ] {
             let to = format!("{name}-{tag}");
-            prune_into(&work.path().join(name), &work.path().join(&to), rule);
+            prune_into(&work.path().join(name), &work.path().join(&to), kind);
             pruned.push(to);
         }
     }
@@ -109,6 +118,86 @@ fn decoder_forward_equals_transformers() {
     );
     let names: Vec<&str> = pruned.iter().map(String::as_str).collect();
     compare(work.path(), &names, &ids, &mask, &theirs);
+}
+
+/// The Wanda masks our sequential pass chooses on a decoder equal those of the paper's code run
+/// in PyTorch (`tests/reference/decoder_wanda.py`: block by block through the pruned blocks) on
+/// the same windows: GPT-2 (transposed weights), Llama with grouped-query attention (bf16) and
+/// Qwen2.
+#[test]
+fn decoder_wanda_masks_equal_the_papers_code() {
+    use secateur::engine::model::arch::Arch;
+    use secateur::engine::testing::TinyDecoder;
+    let work = tempfile::tempdir().unwrap();
+    let windows: Vec<Vec<u32>> = (0..6u32).map(|w| (0..12).map(|i| (i * 31 + w * 13 + 2) % 64).collect()).collect();
+    let zeros = vec![0u32; 12];
+    let seqs: Vec<(&[u32], &[u32])> = windows.iter().map(|w| (w.as_slice(), zeros.as_slice())).collect();
+    let batches = secateur::train::batch::encoder_batches(&seqs, 8, 0).unwrap();
+    for (model_type, tied, dtype) in
+        [("gpt2", true, st::Dtype::F32), ("llama", false, st::Dtype::BF16), ("qwen2", true, st::Dtype::F32)]
+    {
+        let m = TinyDecoder { model_type, tied, dtype, layers: 3, ..Default::default() };
+        let dir = work.path().join(model_type);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("config.json"), m.config_json()).unwrap();
+        std::fs::write(dir.join("model.safetensors"), m.safetensors()).unwrap();
+        let theirs =
+            common::refenv::run_json("decoder_wanda.py", &[&dir], &json!({"windows": windows, "sparsity": 0.5}));
+        let to = work.path().join(format!("{model_type}-wanda"));
+        let config = std::fs::read(dir.join("config.json")).unwrap();
+        let weights = Bytes::from(std::fs::read(dir.join("model.safetensors")).unwrap());
+        let header = st::parse(&weights).unwrap();
+        let model = ModelConfig::parse(&config).unwrap();
+        let plan = Plan {
+            kind: Kind::Calibrated(calibrated::Method::Wanda, Rule::Unstructured(0.5)),
+            scope: Scope::Local,
+            include: vec![],
+            exclude: vec![],
+            pattern: None,
+            compact: false,
+            parameters: json!({}),
+        };
+        std::fs::create_dir_all(&to).unwrap();
+        let src = Source { config_json: &config, model: &model, weights, header: &header };
+        run(&plan, src, Some(&batches), &mut Dir(&to)).unwrap();
+        let out = std::fs::read(to.join("model.safetensors")).unwrap();
+        let h = st::parse(&out).unwrap();
+        let arch = Arch::parse(model_type).unwrap();
+        let (mut compared, mut differ) = (0usize, 0usize);
+        for (name, t) in &h.tensors {
+            if !arch.is_linear_weight(name) {
+                continue;
+            }
+            let r = (h.data_start + t.begin) as usize..(h.data_start + t.end) as usize;
+            let ours: Vec<bool> =
+                secateur::engine::prune::magnitude::magnitudes(&out[r], t.dtype).iter().map(|v| *v == 0.0).collect();
+            let reference: Vec<bool> = flat(&theirs[name]).iter().map(|v| *v == 1.0).collect();
+            assert_eq!(ours.len(), reference.len(), "{model_type} {name}");
+            compared += 1;
+            differ += ours.iter().zip(&reference).filter(|(a, b)| a != b).count();
+        }
+        assert_eq!(compared, if model_type == "gpt2" { 12 } else { 21 }, "{model_type}");
+        eprintln!("{model_type}: {differ} mask entries differ from the paper's code");
+        assert_eq!(differ, 0, "{model_type}");
+    }
+}
+
+/// A model directory as the engine's [`Sink`] writes it.
+struct Dir<'a>(&'a std::path::Path);
+
+impl Sink<ModelError> for Dir<'_> {
+    fn progress(&mut self, _: &str, _: f64) -> Result<(), ModelError> {
+        Ok(())
+    }
+    fn model(&mut self, layout: Layout, weights: Bytes, config: Bytes) -> Result<(), ModelError> {
+        assert_eq!(layout, Layout::Hf);
+        std::fs::write(self.0.join("model.safetensors"), weights).unwrap();
+        std::fs::write(self.0.join("config.json"), config).unwrap();
+        Ok(())
+    }
+    fn masks(&mut self, _: Bytes) -> Result<(), ModelError> {
+        Ok(())
+    }
 }
 
 /// Our forward on each named checkpoint against transformers' outputs, at every real token.
@@ -141,30 +230,15 @@ fn compare(work: &std::path::Path, names: &[&str], ids: &[u32], mask: &[u32], th
     }
 }
 
-/// Prune the checkpoint in `from` by magnitude into a new directory `to`, through the engine's
-/// one entry point, as a prune job does.
-fn prune_into(from: &std::path::Path, to: &std::path::Path, rule: Rule) {
-    struct Dir<'a>(&'a std::path::Path);
-    impl Sink<ModelError> for Dir<'_> {
-        fn progress(&mut self, _: &str, _: f64) -> Result<(), ModelError> {
-            Ok(())
-        }
-        fn model(&mut self, layout: Layout, weights: Bytes, config: Bytes) -> Result<(), ModelError> {
-            assert_eq!(layout, Layout::Hf);
-            std::fs::write(self.0.join("model.safetensors"), weights).unwrap();
-            std::fs::write(self.0.join("config.json"), config).unwrap();
-            Ok(())
-        }
-        fn masks(&mut self, _: Bytes) -> Result<(), ModelError> {
-            Ok(())
-        }
-    }
+/// Prune the checkpoint in `from` into a new directory `to`, through the engine's one entry
+/// point, as a prune job does (calibrated methods on four windows of token ids).
+fn prune_into(from: &std::path::Path, to: &std::path::Path, kind: Kind) {
     let config = std::fs::read(from.join("config.json")).unwrap();
     let weights = Bytes::from(std::fs::read(from.join("model.safetensors")).unwrap());
     let header = st::parse(&weights).unwrap();
     let model = ModelConfig::parse(&config).unwrap();
     let plan = Plan {
-        kind: Kind::Magnitude(rule),
+        kind,
         scope: Scope::Local,
         include: vec![],
         exclude: vec![],
@@ -174,7 +248,11 @@ fn prune_into(from: &std::path::Path, to: &std::path::Path, rule: Rule) {
     };
     std::fs::create_dir_all(to).unwrap();
     let src = Source { config_json: &config, model: &model, weights, header: &header };
-    let report = run(&plan, src, None, &mut Dir(to)).unwrap();
+    let windows: Vec<Vec<u32>> = (0..4u32).map(|w| (0..10).map(|i| (i * 29 + w * 17 + 1) % VOCAB).collect()).collect();
+    let zeros = vec![0u32; 10];
+    let seqs: Vec<(&[u32], &[u32])> = windows.iter().map(|w| (w.as_slice(), zeros.as_slice())).collect();
+    let batches = secateur::train::batch::encoder_batches(&seqs, 8, 0).unwrap();
+    let report = run(&plan, src, Some(&batches), &mut Dir(to)).unwrap();
     let t = &report.totals;
     assert_eq!(t.target_parameters - t.target_nonzeros, t.target_parameters / 2, "{}", to.display());
 }

@@ -24,6 +24,18 @@ pub(crate) fn threads() -> Parallelism {
     }
 }
 
+/// `[rows, cols]` → `[cols, rows]`, row-major (GPT-2's `Conv1D` stores its weights as
+/// `[in, out]`; the kernels take `[out, in]`).
+pub fn transpose(w: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+    let mut t = vec![0f32; w.len()];
+    for r in 0..rows {
+        for c in 0..cols {
+            t[c * rows + r] = w[r * cols + c];
+        }
+    }
+    t
+}
+
 /// `x [rows, inp] · wᵀ (+ b)` with `w [out, inp]`: a new `[rows, out]` buffer. Without `b`
 /// the product is written straight into fresh memory (the caller adds the bias in its next
 /// row-wise pass); with it, the buffer is pre-filled with the bias and accumulated into.

@@ -218,6 +218,50 @@ impl Family {
     }
 }
 
+/// Where a linear map's input is observed inside a layer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Site {
+    /// The layer input: read by the query, key and value maps.
+    Attention,
+    /// The attention context: read by the attention output map.
+    AttentionOutput,
+    /// After the attention LayerNorm (an encoder) or the second pre-norm (a decoder): read by
+    /// the FFN/MLP input map(s).
+    FfnIn,
+    /// After the activation: read by the FFN output map.
+    FfnOut,
+}
+
+impl Site {
+    pub const ALL: [Site; 4] = [Site::Attention, Site::AttentionOutput, Site::FfnIn, Site::FfnOut];
+
+    /// The modules (relative to the layer) reading this input in an encoder block.
+    pub fn modules(self, family: Family) -> Vec<&'static str> {
+        let n = family.layer_names();
+        match self {
+            Site::Attention => vec![n.query, n.key, n.value],
+            Site::AttentionOutput => vec![n.attn_out],
+            Site::FfnIn => vec![n.ffn_in],
+            Site::FfnOut => vec![n.ffn_out],
+        }
+    }
+
+    /// The modules reading this input in a decoder block (the MLP's input is read by GPT-2's
+    /// `c_fc`, or by Llama's gate and up maps).
+    pub fn decoder_modules(self, kind: DecoderKind) -> &'static [&'static str] {
+        match (kind, self) {
+            (DecoderKind::Gpt2, Site::Attention) => &["attn.c_attn"],
+            (DecoderKind::Gpt2, Site::AttentionOutput) => &["attn.c_proj"],
+            (DecoderKind::Gpt2, Site::FfnIn) => &["mlp.c_fc"],
+            (DecoderKind::Gpt2, Site::FfnOut) => &["mlp.c_proj"],
+            (_, Site::Attention) => &["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"],
+            (_, Site::AttentionOutput) => &["self_attn.o_proj"],
+            (_, Site::FfnIn) => &["mlp.gate_proj", "mlp.up_proj"],
+            (_, Site::FfnOut) => &["mlp.down_proj"],
+        }
+    }
+}
+
 /// Module names inside one encoder layer (post-LayerNorm BERT block).
 #[derive(Debug, Clone, Copy)]
 pub struct LayerNames {

@@ -3,6 +3,7 @@
 //! checkpoint loads. Post-LayerNorm blocks as in BERT, RoBERTa and DistilBERT; tensor names
 //! with or without the family prefix; f32/f16/bf16 checkpoints computed in f32.
 
+pub use super::arch::Site;
 use super::arch::{canonical_name, Family, LayerNames};
 use super::config::ModelConfig;
 use crate::engine::cpu::activation::Activation;
@@ -21,32 +22,6 @@ pub type Batch = (Tensor, Tensor, Tensor);
 
 fn invalid<T>(msg: impl Into<String>) -> Result<T> {
     Err(ModelError::Invalid(msg.into()))
-}
-
-/// Where a linear map's input is observed inside a layer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Site {
-    /// The layer input: read by the query, key and value maps.
-    Attention,
-    /// The attention context: read by the attention output map.
-    AttentionOutput,
-    /// After the attention LayerNorm: read by the FFN input map.
-    FfnIn,
-    /// After the activation: read by the FFN output map.
-    FfnOut,
-}
-
-impl Site {
-    /// The modules (relative to the layer) reading this input.
-    pub fn modules(self, family: Family) -> Vec<&'static str> {
-        let n = family.layer_names();
-        match self {
-            Site::Attention => vec![n.query, n.key, n.value],
-            Site::AttentionOutput => vec![n.attn_out],
-            Site::FfnIn => vec![n.ffn_in],
-            Site::FfnOut => vec![n.ffn_out],
-        }
-    }
 }
 
 /// Heads and FFN width of one layer.

@@ -5,8 +5,9 @@
 
 use super::sparsegpt::{self, Options};
 use super::wanda::{self, Rule};
+use crate::engine::cpu::transpose;
 use crate::engine::io::st::{self, Header};
-use crate::engine::model::arch::{self, Family};
+use crate::engine::model::arch::Arch;
 use crate::engine::model::{Batch, Encoder, ModelError, Site};
 use std::collections::HashMap;
 
@@ -28,22 +29,35 @@ pub trait Matrices {
 }
 
 /// A checkpoint's bytes as [`Matrices`]: `targets` are its tensor names as the file spells them
-/// (e.g. with DistilBERT's or a task model's prefix), found by their canonical names.
+/// (e.g. with DistilBERT's or a task model's prefix), found by their canonical names. A weight
+/// stored `[in, out]` (GPT-2's `Conv1D`) is seen as `[out, in]`, like every other.
 pub struct Checkpoint<'a> {
     bytes: &'a mut [u8],
     header: &'a Header,
     names: HashMap<String, String>,
+    arch: Arch,
 }
 
 impl<'a> Checkpoint<'a> {
-    pub fn new(bytes: &'a mut [u8], header: &'a Header, family: Family, targets: &[String]) -> Checkpoint<'a> {
-        let names = targets.iter().map(|n| (arch::canonical_name(family, n).to_string(), n.clone())).collect();
-        Checkpoint { bytes, header, names }
+    pub fn new(bytes: &'a mut [u8], header: &'a Header, arch: Arch, targets: &[String]) -> Checkpoint<'a> {
+        let names = targets.iter().map(|n| (arch.canonical_name(n).to_string(), n.clone())).collect();
+        Checkpoint { bytes, header, names, arch }
     }
 
     /// The canonical names of the targets, in the order given.
-    pub fn canonical(family: Family, targets: &[String]) -> Vec<String> {
-        targets.iter().map(|n| arch::canonical_name(family, n).to_string()).collect()
+    pub fn canonical(arch: Arch, targets: &[String]) -> Vec<String> {
+        targets.iter().map(|n| arch.canonical_name(n).to_string()).collect()
+    }
+
+    /// The checkpoint's bytes as they stand.
+    pub fn bytes(&self) -> &[u8] {
+        self.bytes
+    }
+
+    /// The stored `[in, out]` sizes of a weight this view transposes.
+    fn transposed(&self, name: &str, t: &st::TensorInfo) -> Option<(usize, usize)> {
+        (t.shape.len() == 2 && self.arch.stores_transposed(&self.label(name)))
+            .then(|| (t.shape[0] as usize, t.shape[1] as usize))
     }
 
     fn tensor(&self, name: &str) -> Result<(&st::TensorInfo, std::ops::Range<usize>), ModelError> {
@@ -59,24 +73,36 @@ impl<'a> Checkpoint<'a> {
 
 impl Matrices for Checkpoint<'_> {
     fn shape(&self, name: &str) -> Option<Vec<usize>> {
-        self.tensor(name).ok().map(|(t, _)| t.shape.iter().map(|&d| d as usize).collect())
+        let (t, _) = self.tensor(name).ok()?;
+        match self.transposed(name, t) {
+            Some((inp, out)) => Some(vec![out, inp]),
+            None => Some(t.shape.iter().map(|&d| d as usize).collect()),
+        }
     }
 
     fn read(&self, name: &str) -> Result<Vec<f32>, ModelError> {
         let (t, r) = self.tensor(name)?;
-        st::floats(&self.bytes[r], t.dtype).ok_or_else(|| {
+        let v = st::floats(&self.bytes[r], t.dtype).ok_or_else(|| {
             ModelError::Invalid(format!(
                 "tensor {}: pruning needs a float tensor, not {}",
                 self.label(name),
                 t.dtype.name()
             ))
+        })?;
+        Ok(match self.transposed(name, t) {
+            Some((inp, out)) => transpose(&v, inp, out),
+            None => v,
         })
     }
 
     fn write(&mut self, name: &str, values: &[f32]) -> Result<Vec<f32>, ModelError> {
         let (t, r) = self.tensor(name)?;
-        let dtype = t.dtype;
-        if !st::write_floats(values, dtype, &mut self.bytes[r.clone()]) {
+        let (dtype, flip) = (t.dtype, self.transposed(name, t));
+        let stored = match flip {
+            Some((inp, out)) if values.len() == inp * out => transpose(values, out, inp),
+            _ => values.to_vec(),
+        };
+        if !st::write_floats(&stored, dtype, &mut self.bytes[r.clone()]) {
             return Err(ModelError::Invalid(format!(
                 "tensor {}: cannot write {} values as {}",
                 self.label(name),
@@ -84,15 +110,24 @@ impl Matrices for Checkpoint<'_> {
                 dtype.name()
             )));
         }
-        Ok(st::floats(&self.bytes[r], dtype).expect("written as floats"))
+        let back = st::floats(&self.bytes[r], dtype).expect("written as floats");
+        Ok(match flip {
+            Some((inp, out)) => transpose(&back, inp, out),
+            None => back,
+        })
     }
 
     fn zero(&mut self, name: &str, prune: &[bool]) -> Result<(), ModelError> {
         let (t, r) = self.tensor(name)?;
-        let size = t.dtype.size() as usize;
+        let (size, flip) = (t.dtype.size() as usize, self.transposed(name, t));
         let data = &mut self.bytes[r];
         for (j, _) in prune.iter().enumerate().filter(|(_, p)| **p) {
-            data[j * size..(j + 1) * size].fill(0);
+            // Element (o, i) of the `[out, in]` view is (i, o) of a transposed tensor.
+            let at = match flip {
+                Some((inp, out)) => (j % inp) * out + j / inp,
+                None => j,
+            };
+            data[at * size..(at + 1) * size].fill(0);
         }
         Ok(())
     }
@@ -150,16 +185,16 @@ pub fn prune<E: From<ModelError>>(
     }
 }
 
-fn not_linear(method: Method, m: &dyn Matrices, name: &str) -> ModelError {
+pub(super) fn not_linear(method: Method, m: &dyn Matrices, name: &str) -> ModelError {
     ModelError::Invalid(format!(
-        "{} applies to the encoder's linear weights; {} is not one",
+        "{} applies to the blocks' linear weights; {} is not one",
         method.name(),
         m.label(name)
     ))
 }
 
 /// The columns of a 2-D target fed by `features` inputs, or the message saying why not.
-fn columns(m: &dyn Matrices, name: &str, features: usize) -> Result<usize, ModelError> {
+pub(super) fn columns(m: &dyn Matrices, name: &str, features: usize) -> Result<usize, ModelError> {
     let shape = m.shape(name).unwrap_or_default();
     let cols = shape.last().copied().unwrap_or(0);
     if shape.len() != 2 || cols != features {
@@ -182,22 +217,43 @@ fn run_wanda<E: From<ModelError>>(
     let norms = wanda::input_norms(enc, batches, &mut |done| progress(Step::Calibrated(done, batches.len())))?;
     for (i, name) in targets.iter().enumerate() {
         let n = norms.get(name).ok_or_else(|| not_linear(Method::Wanda, m, name))?;
-        let cols = columns(m, name, n.len())?;
-        if let Rule::NM(p) = rule {
-            if !cols.is_multiple_of(p.m) {
-                return Err(ModelError::Invalid(format!(
-                    "tensor {}: its input dimension {cols} is not a multiple of M = {}",
-                    m.label(name),
-                    p.m
-                ))
-                .into());
-            }
-        }
-        let values = m.read(name)?;
-        m.zero(name, &wanda::mask(&values, cols, n, rule))?;
+        wanda_one(m, name, n, rule)?;
         progress(Step::Pruned(i + 1, targets.len()))?;
     }
     Ok(())
+}
+
+/// Wanda on one target (`[out, in]` as `m` shows it): its mask from the input norms, the
+/// chosen weights zeroed.
+pub(super) fn wanda_one(m: &mut dyn Matrices, name: &str, norms: &[f64], rule: Rule) -> Result<(), ModelError> {
+    let cols = columns(m, name, norms.len())?;
+    if let Rule::NM(p) = rule {
+        if !cols.is_multiple_of(p.m) {
+            return Err(ModelError::Invalid(format!(
+                "tensor {}: its input dimension {cols} is not a multiple of M = {}",
+                m.label(name),
+                p.m
+            )));
+        }
+    }
+    let values = m.read(name)?;
+    m.zero(name, &wanda::mask(&values, cols, norms, rule))
+}
+
+/// SparseGPT on one target: pruned and reconstructed from the Hessian of its input, written
+/// back; returns the values as written (rounded to the tensor's dtype), `[out, in]`.
+pub(super) fn sparsegpt_one(
+    m: &mut dyn Matrices,
+    name: &str,
+    h: &sparsegpt::Hessian,
+    rule: Rule,
+    opts: Options,
+) -> Result<Vec<f32>, ModelError> {
+    let cols = columns(m, name, h.cols())?;
+    let mut values = m.read(name)?;
+    sparsegpt::prune(&mut values, cols, h, rule, opts)
+        .map_err(|e| ModelError::Invalid(format!("tensor {}: {e}", m.label(name))))?;
+    m.write(name, &values)
 }
 
 fn run_sparsegpt<E: From<ModelError>>(
@@ -231,12 +287,9 @@ fn run_sparsegpt<E: From<ModelError>>(
         &order,
         &mut |target, h| {
             let name = chosen.iter().find(|(t, _)| *t == target).map(|(_, n)| *n).expect("a chosen target");
-            let cols = columns(m, name, h.cols())?;
-            let mut values = m.read(name)?;
-            sparsegpt::prune(&mut values, cols, h, rule, opts)
-                .map_err(|e| ModelError::Invalid(format!("tensor {}: {e}", m.label(name))))?;
             // Later layers see the map as written (rounded to its dtype).
-            let written = m.write(name, &values)?;
+            let written = sparsegpt_one(m, name, h, rule, opts)?;
+            let cols = h.cols();
             let rows = written.len() / cols;
             Ok(candle_core::Tensor::from_vec(written, (rows, cols), &candle_core::Device::Cpu)
                 .map_err(ModelError::from)?)

@@ -9,6 +9,7 @@
 use serde::{Deserialize, Serialize};
 
 pub mod calibrated;
+pub mod decoder;
 pub mod magnitude;
 pub mod run;
 pub mod select;

@@ -10,7 +10,7 @@
 
 use super::calibrated::{self, Checkpoint, Step};
 use super::wanda::Rule;
-use super::{magnitude, select, structured, Scope};
+use super::{decoder, magnitude, select, structured, Scope};
 use crate::engine::io::export;
 use crate::engine::io::st::{self, Header};
 use crate::engine::model::arch::{self, Arch, Family};
@@ -276,29 +276,34 @@ fn calibrated_plan<E: From<ModelError>>(
     batches: &[Batch],
     sink: &mut dyn Sink<E>,
 ) -> Result<Report, E> {
-    let family = encoder_family(src.model)?;
-    let mut enc = Encoder::from_weights(src.model, &src.weights, &Device::Cpu)?;
-    let targets = targets(plan, src.header, src.model.arch)?;
+    let arch = src.model.arch;
+    let targets = targets(plan, src.header, arch)?;
     sink.progress("calibrating", 0.05)?;
-    let mut out = src.weights.to_vec();
-    drop(src.weights);
-    let mut view = Checkpoint::new(&mut out, src.header, family, &targets);
-    calibrated::prune::<E>(
-        method,
-        &mut view,
-        &mut enc,
-        batches,
-        &Checkpoint::canonical(family, &targets),
-        rule,
-        &mut |step| match (method, step) {
-            (_, Step::Calibrated(i, n)) => sink.progress("calibrating", 0.05 + 0.45 * i as f64 / n as f64),
-            (calibrated::Method::Wanda, Step::Pruned(i, n)) => {
-                sink.progress("pruning", 0.5 + 0.35 * i as f64 / n as f64)
-            }
-            (_, Step::Pruned(l, n)) => sink.progress("pruning", 0.05 + 0.8 * l as f64 / n as f64),
-        },
-    )?;
-    drop(enc);
+    let mut progress = |step| match (method, step, &src.model.decoder) {
+        (_, Step::Calibrated(i, n), _) => sink.progress("calibrating", 0.05 + 0.45 * i as f64 / n as f64),
+        (calibrated::Method::Wanda, Step::Pruned(i, n), None) => {
+            sink.progress("pruning", 0.5 + 0.35 * i as f64 / n as f64)
+        }
+        (_, Step::Pruned(l, n), _) => sink.progress("pruning", 0.05 + 0.8 * l as f64 / n as f64),
+    };
+    let mut out;
+    match &src.model.decoder {
+        // Decoders: block by block through the blocks already pruned, for both methods.
+        Some(cfg) => {
+            out = src.weights.to_vec();
+            drop(src.weights);
+            let sequences = real_sequences(batches)?;
+            decoder::prune::<E>(method, &mut out, src.header, cfg, &targets, &sequences, rule, &mut progress)?;
+        }
+        None => {
+            let mut enc = Encoder::from_weights(src.model, &src.weights, &Device::Cpu)?;
+            out = src.weights.to_vec();
+            drop(src.weights);
+            let mut view = Checkpoint::new(&mut out, src.header, arch, &targets);
+            let canonical = Checkpoint::canonical(arch, &targets);
+            calibrated::prune::<E>(method, &mut view, &mut enc, batches, &canonical, rule, &mut progress)?;
+        }
+    }
     let (sequences, tokens) = (batches.iter().map(|b| b.0.dims()[0]).sum::<usize>(), real_tokens(batches)?);
     let extra = match method {
         calibrated::Method::SparseGpt(o) => {
@@ -316,6 +321,17 @@ fn calibrated_plan<E: From<ModelError>>(
         extra,
     };
     finish_in_place(plan, asked, src.config_json, src.model, out, src.header, &targets, sink)
+}
+
+/// Each row's real (non-padding) tokens, in order: the decoders' calibration sequences.
+fn real_sequences(batches: &[Batch]) -> Result<Vec<Vec<u32>>, ModelError> {
+    let mut out = Vec::new();
+    for (ids, mask, _) in batches {
+        for (row, m) in ids.to_vec2::<u32>()?.into_iter().zip(mask.to_vec2::<u32>()?) {
+            out.push(row.into_iter().zip(m).filter(|(_, m)| *m != 0).map(|(id, _)| id).collect());
+        }
+    }
+    Ok(out)
 }
 
 /// Real (non-padding) tokens in the calibration batches.

@@ -52,12 +52,26 @@ impl Hessian {
         }
         let m = mask.to_dtype(DType::F32)?.reshape((b * t, 1))?;
         let rows = x.to_dtype(DType::F32)?.reshape((b * t, f))?.broadcast_mul(&m)?;
-        let g = rows.t()?.contiguous()?.matmul(&rows)?.to_dtype(DType::F64)?;
+        self.accumulate(&rows, m.sum_all()?.to_scalar::<f32>()? as u64)
+    }
+
+    /// Adds every row of `x` (`[rows, cols]`, row-major), each a token.
+    pub fn add_rows(&mut self, x: &[f32]) -> candle_core::Result<()> {
+        let rows = x.len() / self.cols.max(1);
+        if rows * self.cols != x.len() {
+            candle_core::bail!("{} values are not rows of {} features", x.len(), self.cols);
+        }
+        let t = Tensor::from_slice(x, (rows, self.cols), &candle_core::Device::Cpu)?;
+        self.accumulate(&t, rows as u64)
+    }
+
+    fn accumulate(&mut self, rows: &Tensor, tokens: u64) -> candle_core::Result<()> {
+        let g = rows.t()?.contiguous()?.matmul(rows)?.to_dtype(DType::F64)?;
         self.xtx = Some(match self.xtx.take() {
             Some(acc) => (acc + g)?,
             None => g,
         });
-        self.tokens += m.sum_all()?.to_scalar::<f32>()? as u64;
+        self.tokens += tokens;
         Ok(())
     }
 

@@ -83,9 +83,15 @@ pub struct CalibrationSpec {
     /// Examples used, from the start of the file (1..=4096).
     #[serde(default = "default_samples")]
     pub samples: usize,
-    /// Tokens per example, truncated (8..=512).
+    /// Tokens per example, truncated (8..=512). For a decoder model calibrated on `text` or
+    /// `jsonl` text: the length of each window.
     #[serde(default = "default_max_seq_len")]
     pub max_seq_len: usize,
+    /// Decoder models calibrated on `text` or `jsonl` text: the seed of the windows' offsets
+    /// (`samples` windows of `max_seq_len` tokens at random offsets of the tokenized text, as
+    /// the SparseGPT and Wanda papers take them).
+    #[serde(default)]
+    pub seed: u64,
 }
 
 /// What is removed.
@@ -394,17 +400,12 @@ pub fn check_against_model(req: &JobRequest, model: &ModelShape) -> Result<(), F
     Ok(())
 }
 
-/// What runs on a decoder family so far: magnitude pruning of weights (unstructured or N:M).
-/// Anything else is refused with the field at fault before a job is queued.
+/// What runs on a decoder family so far: the weight-level methods (magnitude, Wanda, SparseGPT;
+/// unstructured or N:M). Structured granularities are refused with the field at fault before a
+/// job is queued.
 pub(super) fn check_family_supports(p: &PruningSpec, model: &ModelShape) -> Result<(), FieldError> {
     let Some(arch) = Arch::parse(&model.model_type).filter(|a| a.is_decoder()) else { return Ok(()) };
     let family = arch.name();
-    if p.method != Method::Magnitude {
-        return Err(FieldError::new(
-            "pruning.method",
-            format!("{} is not available for decoder models ({family}) yet: use magnitude", p.method.name()),
-        ));
-    }
     if !matches!(p.granularity, Granularity::Unstructured | Granularity::NM) {
         return Err(FieldError::new(
             "pruning.granularity",

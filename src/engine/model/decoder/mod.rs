@@ -20,9 +20,9 @@ pub use crate::engine::model::arch::DecoderKind;
 pub use config::{DecoderConfig, Mlp, RopeConfig, RopeScaling};
 
 use crate::engine::cpu::fused::{self, Attn, Seq};
-use crate::engine::cpu::linear;
+use crate::engine::cpu::{linear, transpose};
 use crate::engine::io::st;
-use crate::engine::model::arch::Arch;
+use crate::engine::model::arch::{Arch, Site};
 use crate::engine::model::error::ModelError;
 use rope::Rope;
 use std::collections::BTreeMap;
@@ -248,17 +248,6 @@ pub fn check(cfg: &DecoderConfig, header: &st::Header) -> std::result::Result<()
     Ok(())
 }
 
-/// `[rows, cols]` → `[cols, rows]` (GPT-2's `Conv1D` stores its weights as `[in, out]`).
-fn transpose(w: &[f32], rows: usize, cols: usize) -> Vec<f32> {
-    let mut t = vec![0f32; w.len()];
-    for r in 0..rows {
-        for c in 0..cols {
-            t[c * rows + r] = w[r * cols + c];
-        }
-    }
-    t
-}
-
 /// LayerNorm (γ, β) or RMSNorm (γ).
 pub struct Norm {
     gamma: Vec<f32>,
@@ -384,10 +373,23 @@ impl DecoderLayer {
     /// The block on the residual stream `x [rows, hidden]`, in place. `rope` holds the rows'
     /// rotary tables (`cos`, `sin`, each `[rows, head_dim/2]`) for the rotary families.
     pub fn forward(&self, x: &mut [f32], seqs: &[Seq], rope: Option<&(Vec<f32>, Vec<f32>)>) {
+        self.forward_observed(x, seqs, rope, &mut |_, _| {});
+    }
+
+    /// [`forward`](Self::forward), handing `observe` the input of each linear map as it reads
+    /// it: `[rows, features]`, row-major (calibration: Wanda's norms, SparseGPT's Hessians).
+    pub fn forward_observed(
+        &self,
+        x: &mut [f32],
+        seqs: &[Seq],
+        rope: Option<&(Vec<f32>, Vec<f32>)>,
+        observe: &mut dyn FnMut(Site, &[f32]),
+    ) {
         let (h, rows) = (self.hidden, x.len() / self.hidden.max(1));
         let a = &self.attn;
         if a.heads > 0 {
             let n = self.norm1.apply(x);
+            observe(Site::Attention, &n);
             let mut qkv = linear(&n, rows, h, &self.wqkv, a.qkv_width(), self.bqkv.as_deref());
             drop(n);
             if let Some((cos, sin)) = rope {
@@ -395,6 +397,7 @@ impl DecoderLayer {
             }
             let ctx = fused::attention(&qkv, seqs, rows, a);
             drop(qkv);
+            observe(Site::AttentionOutput, &ctx);
             let out = linear(&ctx, rows, a.heads * a.head_dim, &self.wo, h, self.bo.as_deref());
             fused::add_into(x, &out);
         } else if let Some(bo) = &self.bo {
@@ -402,6 +405,7 @@ impl DecoderLayer {
             x.chunks_exact_mut(h).for_each(|r| r.iter_mut().zip(bo).for_each(|(v, b)| *v += b));
         }
         let n = self.norm2.apply(x);
+        observe(Site::FfnIn, &n);
         let act = match self.mlp {
             Mlp::Plain(activation) => {
                 let mut f = linear(&n, rows, h, &self.w_in, self.ffn, None);
@@ -415,8 +419,34 @@ impl DecoderLayer {
             }
         };
         drop(n);
+        observe(Site::FfnOut, &act);
         let out = linear(&act, rows, self.ffn, &self.w_out, h, self.b_out.as_deref());
         fused::add_into(x, &out);
+    }
+
+    /// Replaces one linear map's weight (`module` as the checkpoint names it, e.g.
+    /// `self_attn.k_proj` or `attn.c_attn`) with `w`, given `[out, in]` whatever the stored
+    /// layout: sequential pruning runs the next tokens through the pruned map.
+    pub fn set_weight(&mut self, module: &str, w: &[f32]) -> Result<()> {
+        let (h, a) = (self.hidden, &self.attn);
+        let (q, kv, f) = (a.heads * a.head_dim, a.kv_heads * a.head_dim, self.ffn);
+        let (buf, range) = match module {
+            "attn.c_attn" => (&mut self.wqkv, 0..3 * q * h),
+            "self_attn.q_proj" => (&mut self.wqkv, 0..q * h),
+            "self_attn.k_proj" => (&mut self.wqkv, q * h..(q + kv) * h),
+            "self_attn.v_proj" => (&mut self.wqkv, (q + kv) * h..(q + 2 * kv) * h),
+            "attn.c_proj" | "self_attn.o_proj" => (&mut self.wo, 0..h * q),
+            "mlp.c_fc" => (&mut self.w_in, 0..f * h),
+            "mlp.gate_proj" => (&mut self.w_in, 0..f * h),
+            "mlp.up_proj" => (&mut self.w_in, f * h..2 * f * h),
+            "mlp.c_proj" | "mlp.down_proj" => (&mut self.w_out, 0..h * f),
+            other => return invalid(format!("{other} is not a linear map of a decoder block")),
+        };
+        if range.len() != w.len() || range.end > buf.len() {
+            return invalid(format!("{module}: {} values given for a map of {}", w.len(), range.len()));
+        }
+        buf[range].copy_from_slice(w);
+        Ok(())
     }
 }
 
@@ -427,39 +457,35 @@ pub struct DecoderOutput {
     pub logits: Vec<f32>,
 }
 
-pub struct Decoder {
-    pub config: DecoderConfig,
+/// What turns token ids into the first block's input: the token embeddings, GPT-2's learned
+/// positions, and the rotary tables of the rotary families.
+pub struct Embeddings {
+    vocab: usize,
+    hidden: usize,
+    max_positions: usize,
     /// `[vocab, hidden]`.
-    embed: Vec<f32>,
+    table: Vec<f32>,
     /// GPT-2's learned positions `[max_positions, hidden]`.
     positions: Option<Vec<f32>>,
     rope: Option<Rope>,
-    pub layers: Vec<DecoderLayer>,
-    final_norm: Norm,
-    /// `[vocab, hidden]`; `None` when tied to the embeddings.
-    lm_head: Option<Vec<f32>>,
 }
 
-impl Decoder {
-    /// Load a checkpoint's `config.json` and `model.safetensors`.
-    pub fn from_files(config_json: &[u8], safetensors: &[u8]) -> Result<Decoder> {
-        let config = DecoderConfig::parse(config_json).map_err(|e| ModelError::Invalid(format!("config.json: {e}")))?;
-        let t = Tensors::parse(safetensors, config.kind)?;
-        Decoder::load(config, &t)
-    }
-
-    pub fn load(config: DecoderConfig, t: &Tensors) -> Result<Decoder> {
-        let spec: BTreeMap<&str, Vec<usize>> = model_tensors(&config).into_iter().collect();
+impl Embeddings {
+    pub fn load(t: &Tensors, config: &DecoderConfig) -> Result<Embeddings> {
+        let spec: BTreeMap<&str, Vec<usize>> = model_tensors(config).into_iter().collect();
         let get = |n: &str| t.get(n, &spec[n]);
-        let (embed, positions, norm_name) = match config.kind {
-            DecoderKind::Gpt2 => (get("wte.weight")?, Some(get("wpe.weight")?), "ln_f"),
-            DecoderKind::Llama | DecoderKind::Qwen2 => (get("embed_tokens.weight")?, None, "norm"),
+        let (table, positions) = match config.kind {
+            DecoderKind::Gpt2 => (get("wte.weight")?, Some(get("wpe.weight")?)),
+            DecoderKind::Llama | DecoderKind::Qwen2 => (get("embed_tokens.weight")?, None),
         };
-        let layers = (0..config.layers).map(|i| DecoderLayer::load(t, &config, i)).collect::<Result<Vec<_>>>()?;
-        let final_norm = Norm::load(t, norm_name, &config)?;
-        let lm_head = spec.contains_key("lm_head.weight").then(|| get("lm_head.weight")).transpose()?;
-        let rope = config.rope.as_ref().map(|r| Rope::new(r, config.head_dim));
-        Ok(Decoder { config, embed, positions, rope, layers, final_norm, lm_head })
+        Ok(Embeddings {
+            vocab: config.vocab,
+            hidden: config.hidden,
+            max_positions: config.max_positions,
+            table,
+            positions,
+            rope: config.rope.as_ref().map(|r| Rope::new(r, config.head_dim)),
+        })
     }
 
     /// Each row's position: 0, 1, … along its sequence.
@@ -477,21 +503,21 @@ impl Decoder {
     /// rotary tables (rotary families).
     #[allow(clippy::type_complexity)]
     pub fn embed(&self, ids: &[u32], seqs: &[Seq]) -> Result<(Vec<f32>, Option<(Vec<f32>, Vec<f32>)>)> {
-        let h = self.config.hidden;
-        let pos = Decoder::row_positions(seqs, ids.len());
+        let h = self.hidden;
+        let pos = Embeddings::row_positions(seqs, ids.len());
         let mut x = Vec::with_capacity(ids.len() * h);
         for (&id, &p) in ids.iter().zip(&pos) {
             let id = id as usize;
-            if id >= self.config.vocab {
-                return invalid(format!("token id {id} is outside the vocabulary of {}", self.config.vocab));
+            if id >= self.vocab {
+                return invalid(format!("token id {id} is outside the vocabulary of {}", self.vocab));
             }
-            let row = &self.embed[id * h..(id + 1) * h];
+            let row = &self.table[id * h..(id + 1) * h];
             match &self.positions {
                 Some(wpe) => {
-                    if p >= self.config.max_positions {
+                    if p >= self.max_positions {
                         return invalid(format!(
                             "position {p} is past the model's {} learned positions",
-                            self.config.max_positions
+                            self.max_positions
                         ));
                     }
                     x.extend(row.iter().zip(&wpe[p * h..(p + 1) * h]).map(|(a, b)| a + b));
@@ -502,12 +528,46 @@ impl Decoder {
         let tables = self.rope.as_ref().map(|r| r.tables(pos.into_iter()));
         Ok((x, tables))
     }
+}
+
+pub struct Decoder {
+    pub config: DecoderConfig,
+    pub embeddings: Embeddings,
+    pub layers: Vec<DecoderLayer>,
+    final_norm: Norm,
+    /// `[vocab, hidden]`; `None` when tied to the embeddings.
+    lm_head: Option<Vec<f32>>,
+}
+
+impl Decoder {
+    /// Load a checkpoint's `config.json` and `model.safetensors`.
+    pub fn from_files(config_json: &[u8], safetensors: &[u8]) -> Result<Decoder> {
+        let config = DecoderConfig::parse(config_json).map_err(|e| ModelError::Invalid(format!("config.json: {e}")))?;
+        let t = Tensors::parse(safetensors, config.kind)?;
+        Decoder::load(config, &t)
+    }
+
+    pub fn load(config: DecoderConfig, t: &Tensors) -> Result<Decoder> {
+        let embeddings = Embeddings::load(t, &config)?;
+        let layers = (0..config.layers).map(|i| DecoderLayer::load(t, &config, i)).collect::<Result<Vec<_>>>()?;
+        let norm_name = if config.kind == DecoderKind::Gpt2 { "ln_f" } else { "norm" };
+        let final_norm = Norm::load(t, norm_name, &config)?;
+        let untied = model_tensors(&config).into_iter().find(|(n, _)| *n == "lm_head.weight");
+        let lm_head = untied.map(|(n, s)| t.get(n, &s)).transpose()?;
+        Ok(Decoder { config, embeddings, layers, final_norm, lm_head })
+    }
+
+    /// The residual stream entering the first block and the rows' rotary tables.
+    #[allow(clippy::type_complexity)]
+    pub fn embed(&self, ids: &[u32], seqs: &[Seq]) -> Result<(Vec<f32>, Option<(Vec<f32>, Vec<f32>)>)> {
+        self.embeddings.embed(ids, seqs)
+    }
 
     /// The final norm and the LM head on the last block's output.
     pub fn head(&self, x: &[f32]) -> DecoderOutput {
         let h = self.config.hidden;
         let hidden = self.final_norm.apply(x);
-        let w = self.lm_head.as_deref().unwrap_or(&self.embed);
+        let w = self.lm_head.as_deref().unwrap_or(&self.embeddings.table);
         let logits = linear(&hidden, hidden.len() / h, h, w, self.config.vocab, None);
         DecoderOutput { hidden, logits }
     }
