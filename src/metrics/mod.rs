@@ -10,6 +10,12 @@
 
 use std::collections::HashMap;
 
+/// Perplexity of a language model: `exp(total NLL / predicted tokens)` (natural log; 0
+/// predicted tokens give NaN).
+pub fn perplexity(total_nll: f64, predicted: u64) -> f64 {
+    (total_nll / predicted as f64).exp()
+}
+
 /// Fraction of equal labels (0 for empty input).
 pub fn accuracy(pred: &[i64], gold: &[i64]) -> f64 {
     assert_eq!(pred.len(), gold.len(), "predictions and labels differ in length");

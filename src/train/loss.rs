@@ -32,9 +32,7 @@ pub fn cross_entropy(logits: &[f32], classes: usize, labels: &[Option<usize>], w
     let mut total = 0f64;
     for ((row, g), label) in logits.chunks_exact(classes).zip(grad.chunks_exact_mut(classes)).zip(labels) {
         let Some(y) = *label else { continue };
-        let max = row.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
-        let sum: f64 = row.iter().map(|&v| f64::from(v - max).exp()).sum();
-        let log_z = f64::from(max) + sum.ln();
+        let log_z = log_z(row);
         total += log_z - f64::from(row[y]);
         for (j, gj) in g.iter_mut().enumerate() {
             let p = (f64::from(row[j]) - log_z).exp();
@@ -42,6 +40,18 @@ pub fn cross_entropy(logits: &[f32], classes: usize, labels: &[Option<usize>], w
         }
     }
     total / counted as f64
+}
+
+/// log Σⱼ exp(rowⱼ), in f64 after shifting by the row's maximum.
+fn log_z(row: &[f32]) -> f64 {
+    let max = row.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
+    let sum: f64 = row.iter().map(|&v| f64::from(v - max).exp()).sum();
+    f64::from(max) + sum.ln()
+}
+
+/// One token's negative log-likelihood under a row of logits: −log softmax(row)[y].
+pub fn token_nll(row: &[f32], y: usize) -> f64 {
+    log_z(row) - f64::from(row[y])
 }
 
 /// Mean squared error of `[rows]` predictions; gradient scaled by `weight`, added to `grad`.

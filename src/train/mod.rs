@@ -6,6 +6,7 @@ pub mod batch;
 pub mod experiment;
 pub mod features;
 pub mod gradual;
+pub mod lm;
 pub mod loss;
 pub mod net;
 pub mod optim;

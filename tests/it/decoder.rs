@@ -182,6 +182,41 @@ fn decoder_wanda_masks_equal_the_papers_code() {
     }
 }
 
+/// Perplexity (`train::lm` windows and NLL, `metrics::perplexity`) equals transformers' (its
+/// own loss with `labels`, `tests/reference/decoder_perplexity.py`) to 1e-5 relative, per window
+/// and in total, on the three families, from checkpoints `engine::testing::TinyDecoder` writes
+/// (which transformers loads with every weight matched).
+#[test]
+fn perplexity_equals_transformers() {
+    use secateur::engine::testing::TinyDecoder;
+    use secateur::train::lm::{eval_windows, window_nlls};
+    let work = tempfile::tempdir().unwrap();
+    let text: Vec<u32> = (0..230u32).map(|i| (i * i * 7 + i * 3 + 1) % 64).collect();
+    let windows = eval_windows(&text, 32, Some(6));
+    assert_eq!(windows.len(), 6);
+    for (model_type, tied, dtype) in
+        [("gpt2", true, st::Dtype::F32), ("llama", false, st::Dtype::BF16), ("qwen2", true, st::Dtype::F32)]
+    {
+        let m = TinyDecoder { model_type, tied, dtype, layers: 3, seed: 5, ..Default::default() };
+        let dir = work.path().join(model_type);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("config.json"), m.config_json()).unwrap();
+        std::fs::write(dir.join("model.safetensors"), m.safetensors()).unwrap();
+        let theirs = common::refenv::run_json("decoder_perplexity.py", &[&dir], &json!({"windows": windows}));
+        let model = Decoder::from_files(m.config_json().as_bytes(), &m.safetensors()).unwrap();
+        let ours = window_nlls(&model, &windows, &mut |_| Ok(())).unwrap();
+        for (i, (a, b)) in ours.iter().zip(flat(&theirs["nll"])).enumerate() {
+            let rel = (a - b as f64).abs() / (b as f64).abs();
+            assert!(rel < 1e-5, "{model_type} window {i}: {a} vs {b}");
+        }
+        let predicted = windows.iter().map(|w| w.len() as u64 - 1).sum();
+        let ppl = secateur::metrics::perplexity(ours.iter().sum(), predicted);
+        let want = theirs["perplexity"].as_f64().unwrap();
+        eprintln!("{model_type}: perplexity {ppl} (transformers {want})");
+        assert!((ppl - want).abs() / want < 1e-5, "{model_type}: {ppl} vs {want}");
+    }
+}
+
 /// A model directory as the engine's [`Sink`] writes it.
 struct Dir<'a>(&'a std::path::Path);
 
