@@ -206,8 +206,8 @@ fn magnitude_plan<E: From<ModelError>>(
     let arch = src.model.arch;
     let targets = targets(plan, src.header, arch)?;
     sink.progress("pruning", 0.1)?;
-    let mut out = src.weights.to_vec();
-    drop(src.weights);
+    // The checkpoint's own buffer when nothing else holds it (no copy), else a copy.
+    let mut out = Vec::from(src.weights);
     let step = |done: usize, total: usize| sink.progress("pruning", 0.1 + 0.7 * done as f64 / total as f64);
     let done = match rule {
         Rule::NM(pat) => magnitude::prune_nm_in_place(&mut out, src.header, arch, &targets, pat, step),
@@ -290,15 +290,13 @@ fn calibrated_plan<E: From<ModelError>>(
     match &src.model.decoder {
         // Decoders: block by block through the blocks already pruned, for both methods.
         Some(cfg) => {
-            out = src.weights.to_vec();
-            drop(src.weights);
+            out = Vec::from(src.weights);
             let sequences = real_sequences(batches)?;
             decoder::prune::<E>(method, &mut out, src.header, cfg, &targets, &sequences, rule, &mut progress)?;
         }
         None => {
             let mut enc = Encoder::from_weights(src.model, &src.weights, &Device::Cpu)?;
-            out = src.weights.to_vec();
-            drop(src.weights);
+            out = Vec::from(src.weights);
             let mut view = Checkpoint::new(&mut out, src.header, arch, &targets);
             let canonical = Checkpoint::canonical(arch, &targets);
             calibrated::prune::<E>(method, &mut view, &mut enc, batches, &canonical, rule, &mut progress)?;
