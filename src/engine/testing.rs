@@ -130,23 +130,14 @@ impl TinyModel {
     }
 
     pub fn safetensors(&self) -> Vec<u8> {
-        let mut rng = StdRng::seed_from_u64(self.seed);
-        let tensors: Vec<(String, Dtype, Vec<u64>, Vec<u8>)> = self
-            .tensor_shapes()
-            .into_iter()
-            .map(|(name, shape)| {
-                let n: u64 = shape.iter().product();
-                let values: Vec<f32> = if name.contains("LayerNorm") || name.contains("layer_norm") {
-                    let center = if name.ends_with("weight") { 1.0 } else { 0.0 };
-                    (0..n).map(|_| center + rng.gen_range(-0.1f32..0.1)).collect()
-                } else {
-                    (0..n).map(|_| rng.gen_range(-0.2f32..0.2)).collect()
-                };
-                let data = encode(&values, self.dtype);
-                (name, self.dtype, shape, data)
-            })
-            .collect();
-        serialize(&tensors, None)
+        random_file(self.tensor_shapes(), self.dtype, self.seed, |name, rng| {
+            if name.contains("LayerNorm") || name.contains("layer_norm") {
+                let center = if name.ends_with("weight") { 1.0 } else { 0.0 };
+                center + rng.gen_range(-0.1f32..0.1)
+            } else {
+                rng.gen_range(-0.2f32..0.2)
+            }
+        })
     }
 
     /// A small WordPiece `tokenizer.json` over the model's vocabulary size, with BERT's
@@ -295,21 +286,34 @@ impl TinyDecoder {
     }
 
     pub fn safetensors(&self) -> Vec<u8> {
-        let mut rng = StdRng::seed_from_u64(self.seed);
-        let tensors: Vec<(String, Dtype, Vec<u64>, Vec<u8>)> = self
-            .tensor_shapes()
-            .into_iter()
-            .map(|(name, shape)| {
-                let n: u64 = shape.iter().product();
-                let norm = name.contains("norm") || name.contains("ln_");
-                let values: Vec<f32> = if norm && name.ends_with("weight") {
-                    (0..n).map(|_| 1.0 + rng.gen_range(-0.1f32..0.1)).collect()
-                } else {
-                    (0..n).map(|_| rng.gen_range(-0.2f32..0.2)).collect()
-                };
-                (name, self.dtype, shape, encode(&values, self.dtype))
-            })
-            .collect();
-        serialize(&tensors, None)
+        random_file(self.tensor_shapes(), self.dtype, self.seed, |name, rng| {
+            let norm = name.contains("norm") || name.contains("ln_");
+            if norm && name.ends_with("weight") {
+                1.0 + rng.gen_range(-0.1f32..0.1)
+            } else {
+                rng.gen_range(-0.2f32..0.2)
+            }
+        })
     }
+}
+
+/// A safetensors file of `shapes` in that order, every value drawn by `value` (given the
+/// tensor's name) from one stream seeded by `seed`, stored as `dtype`.
+fn random_file(
+    shapes: Vec<(String, Vec<u64>)>,
+    dtype: Dtype,
+    seed: u64,
+    value: impl Fn(&str, &mut StdRng) -> f32,
+) -> Vec<u8> {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let tensors: Vec<(String, Dtype, Vec<u64>, Vec<u8>)> = shapes
+        .into_iter()
+        .map(|(name, shape)| {
+            let n: u64 = shape.iter().product();
+            let values: Vec<f32> = (0..n).map(|_| value(&name, &mut rng)).collect();
+            let data = encode(&values, dtype);
+            (name, dtype, shape, data)
+        })
+        .collect();
+    serialize(&tensors, None)
 }

@@ -96,6 +96,7 @@ fn decoder_forward_equals_transformers() {
     // family and dtype mix: they load in transformers with no missing, unexpected or mismatched
     // weight (the script exits otherwise) and still give our outputs.
     let mut pruned = Vec::new();
+    let windows: Vec<Vec<u32>> = (0..4u32).map(|w| (0..10).map(|i| (i * 29 + w * 17 + 1) % VOCAB).collect()).collect();
     let (half, nm) = (Rule::Unstructured(0.5), Rule::NM(NmPattern { n: 2, m: 4 }));
     let sparsegpt = calibrated::Method::SparseGpt(Options { block: 16, damp: 0.01 });
     for name in ["gpt2-float32", "llama-gqa-llama3-bfloat16", "qwen2-yarn-float32"] {
@@ -106,7 +107,7 @@ fn decoder_forward_equals_transformers() {
             ("sparsegpt-2of4", Kind::Calibrated(sparsegpt, nm)),
         ] {
             let to = format!("{name}-{tag}");
-            prune_into(&work.path().join(name), &work.path().join(&to), kind);
+            prune_into(&work.path().join(name), &work.path().join(&to), kind, &windows);
             pruned.push(to);
         }
     }
@@ -130,9 +131,6 @@ fn decoder_wanda_masks_equal_the_papers_code() {
     use secateur::engine::testing::TinyDecoder;
     let work = tempfile::tempdir().unwrap();
     let windows: Vec<Vec<u32>> = (0..6u32).map(|w| (0..12).map(|i| (i * 31 + w * 13 + 2) % 64).collect()).collect();
-    let zeros = vec![0u32; 12];
-    let seqs: Vec<(&[u32], &[u32])> = windows.iter().map(|w| (w.as_slice(), zeros.as_slice())).collect();
-    let batches = secateur::train::batch::encoder_batches(&seqs, 8, 0).unwrap();
     for (model_type, tied, dtype) in
         [("gpt2", true, st::Dtype::F32), ("llama", false, st::Dtype::BF16), ("qwen2", true, st::Dtype::F32)]
     {
@@ -144,22 +142,8 @@ fn decoder_wanda_masks_equal_the_papers_code() {
         let theirs =
             common::refenv::run_json("decoder_wanda.py", &[&dir], &json!({"windows": windows, "sparsity": 0.5}));
         let to = work.path().join(format!("{model_type}-wanda"));
-        let config = std::fs::read(dir.join("config.json")).unwrap();
-        let weights = Bytes::from(std::fs::read(dir.join("model.safetensors")).unwrap());
-        let header = st::parse(&weights).unwrap();
-        let model = ModelConfig::parse(&config).unwrap();
-        let plan = Plan {
-            kind: Kind::Calibrated(calibrated::Method::Wanda, Rule::Unstructured(0.5)),
-            scope: Scope::Local,
-            include: vec![],
-            exclude: vec![],
-            pattern: None,
-            compact: false,
-            parameters: json!({}),
-        };
-        std::fs::create_dir_all(&to).unwrap();
-        let src = Source { config_json: &config, model: &model, weights, header: &header };
-        run(&plan, src, Some(&batches), &mut Dir(&to)).unwrap();
+        let wanda = Kind::Calibrated(calibrated::Method::Wanda, Rule::Unstructured(0.5));
+        prune_into(&dir, &to, wanda, &windows);
         let out = std::fs::read(to.join("model.safetensors")).unwrap();
         let h = st::parse(&out).unwrap();
         let arch = Arch::parse(model_type).unwrap();
@@ -266,8 +250,8 @@ fn compare(work: &std::path::Path, names: &[&str], ids: &[u32], mask: &[u32], th
 }
 
 /// Prune the checkpoint in `from` into a new directory `to`, through the engine's one entry
-/// point, as a prune job does (calibrated methods on four windows of token ids).
-fn prune_into(from: &std::path::Path, to: &std::path::Path, kind: Kind) {
+/// point, as a prune job does (calibrated methods on `windows` of token ids, of equal length).
+fn prune_into(from: &std::path::Path, to: &std::path::Path, kind: Kind, windows: &[Vec<u32>]) {
     let config = std::fs::read(from.join("config.json")).unwrap();
     let weights = Bytes::from(std::fs::read(from.join("model.safetensors")).unwrap());
     let header = st::parse(&weights).unwrap();
@@ -283,8 +267,7 @@ fn prune_into(from: &std::path::Path, to: &std::path::Path, kind: Kind) {
     };
     std::fs::create_dir_all(to).unwrap();
     let src = Source { config_json: &config, model: &model, weights, header: &header };
-    let windows: Vec<Vec<u32>> = (0..4u32).map(|w| (0..10).map(|i| (i * 29 + w * 17 + 1) % VOCAB).collect()).collect();
-    let zeros = vec![0u32; 10];
+    let zeros = vec![0u32; windows[0].len()];
     let seqs: Vec<(&[u32], &[u32])> = windows.iter().map(|w| (w.as_slice(), zeros.as_slice())).collect();
     let batches = secateur::train::batch::encoder_batches(&seqs, 8, 0).unwrap();
     let report = run(&plan, src, Some(&batches), &mut Dir(to)).unwrap();
