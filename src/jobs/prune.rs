@@ -158,14 +158,13 @@ fn parameters(req: &JobRequest) -> serde_json::Value {
     p
 }
 
-/// The job's calibration text, tokenized with the model's own tokenizer and truncated to
-/// `max_seq_len` as experiments tokenize theirs (`train::features::encode_texts`: Hugging Face's
-/// longest-first split of pairs), cut into batches of 8 padded to their longest with the model's
-/// pad token (`train::batch::encoder_batches`).
-/// The calibration batches of a calibrated plan. A decoder calibrated on running text (`text`,
-/// or `jsonl` rows' `text`) gets `samples` windows of `max_seq_len` tokens at seeded offsets of
-/// the whole text, tokenized without special tokens; every other case takes the first
-/// `samples` examples, each a sequence truncated to `max_seq_len` tokens.
+/// The job's calibration text, tokenized with the model's own tokenizer, cut into batches of 8
+/// padded to their longest with the model's pad token (`train::batch::encoder_batches`). A
+/// decoder calibrated on running text (`text`, or `jsonl` rows' `text`) gets `samples` windows
+/// of `max_seq_len` tokens at offsets drawn with `seed` from the whole text, tokenized without
+/// special tokens (`train::batch::token_windows`); every other case takes the first `samples`
+/// examples truncated to `max_seq_len` as experiments tokenize theirs
+/// (`train::features::encode_texts`: Hugging Face's longest-first split of pairs).
 fn calibration_batches(ctx: &JobContext, req: &JobRequest, pad_id: u32, decoder: bool) -> Result<Vec<Batch>, JobError> {
     let method = req.pruning.method.name();
     let cal = req

@@ -6,8 +6,8 @@
 //! through the pruned block into the next. Only one block's weights are held in f32 at a time;
 //! the tokens go through in chunks of whole sequences, so the activations stay bounded too.
 
-use super::calibrated::{not_linear, sparsegpt_one, wanda_one, Checkpoint, Method, Step};
-use super::sparsegpt::Hessian;
+use super::calibrated::{not_linear, sparsegpt_one, wanda_one, Checkpoint, Matrices, Method, Step};
+use super::sparsegpt::{Hessian, Options};
 use super::wanda::Rule;
 use crate::engine::cpu::fused::Seq;
 use crate::engine::io::st::Header;
@@ -33,10 +33,12 @@ struct Target<'a> {
     site: Site,
 }
 
-/// What a site's input adds up to over the calibration tokens.
+/// What a site's input adds up to over the calibration tokens, for the method that reads it.
 enum Stat {
+    /// Wanda.
     SquaredNorms(Vec<f64>),
-    Hessian(Hessian),
+    /// SparseGPT, with its options.
+    Hessian(Hessian, Options),
 }
 
 /// Prunes `targets` (tensor names as the file spells them: the blocks' linear weights) of the
@@ -71,8 +73,7 @@ pub fn prune<E: From<ModelError>>(
     }
     let Some(last) = chosen.iter().map(|t| t.layer).max() else { return Ok(()) };
     let mut chunks = {
-        let t = Tensors::parse(bytes, cfg.kind)?;
-        let emb = Embeddings::load(&t, cfg)?;
+        let emb = Embeddings::load(&Tensors::new(bytes, header, cfg.kind), cfg)?;
         let mut chunks = Vec::new();
         let mut group: Vec<&Vec<u32>> = Vec::new();
         let rows = |g: &[&Vec<u32>]| g.iter().map(|s| s.len()).sum::<usize>();
@@ -87,7 +88,7 @@ pub fn prune<E: From<ModelError>>(
         chunks
     };
     for l in 0..=last {
-        let mut layer = DecoderLayer::load(&Tensors::parse(bytes, cfg.kind)?, cfg, l)?;
+        let mut layer = DecoderLayer::load(&Tensors::new(bytes, header, cfg.kind), cfg, l)?;
         let here: Vec<&Target> = chosen.iter().filter(|t| t.layer == l).collect();
         if !here.is_empty() {
             let mut stats: Vec<(Site, Option<Stat>)> = Vec::new();
@@ -104,7 +105,7 @@ pub fn prune<E: From<ModelError>>(
                     let features = input.len() / c.seqs.iter().map(|s| s.queries).sum::<usize>().max(1);
                     let stat = stat.get_or_insert_with(|| match method {
                         Method::Wanda => Stat::SquaredNorms(vec![0.0; features]),
-                        Method::SparseGpt(_) => Stat::Hessian(Hessian::new(features)),
+                        Method::SparseGpt(opts) => Stat::Hessian(Hessian::new(features), opts),
                     });
                     match stat {
                         Stat::SquaredNorms(acc) => {
@@ -112,7 +113,7 @@ pub fn prune<E: From<ModelError>>(
                                 acc.iter_mut().zip(row).for_each(|(a, v)| *a += (*v as f64) * (*v as f64));
                             }
                         }
-                        Stat::Hessian(h) => {
+                        Stat::Hessian(h, _) => {
                             if let Err(e) = h.add_rows(input) {
                                 failed.get_or_insert(e);
                             }
@@ -130,14 +131,13 @@ pub fn prune<E: From<ModelError>>(
                 })?;
                 let mut view = Checkpoint::new(bytes, header, arch, std::slice::from_ref(t.name));
                 let name = arch.canonical_name(t.name).to_string();
-                let written = match (stat, method) {
-                    (Stat::SquaredNorms(sq), Method::Wanda) => {
+                let written = match stat {
+                    Stat::SquaredNorms(sq) => {
                         let norms: Vec<f64> = sq.iter().map(|v| v.sqrt()).collect();
                         wanda_one(&mut view, &name, &norms, rule)?;
-                        crate::engine::prune::calibrated::Matrices::read(&view, &name)?
+                        view.read(&name)?
                     }
-                    (Stat::Hessian(h), Method::SparseGpt(opts)) => sparsegpt_one(&mut view, &name, h, rule, opts)?,
-                    _ => unreachable!("the statistic follows the method"),
+                    Stat::Hessian(h, opts) => sparsegpt_one(&mut view, &name, h, rule, *opts)?,
                 };
                 // The block's next tokens go through the map as pruned (rounded to its dtype).
                 layer.set_weight(t.module, &written)?;
@@ -167,9 +167,8 @@ mod tests {
     use super::*;
     use crate::engine::io::st::{self, Dtype};
     use crate::engine::model::decoder::Decoder;
-    use crate::engine::prune::calibrated::Matrices;
     use crate::engine::prune::magnitude::{satisfies_nm, select_targets};
-    use crate::engine::prune::sparsegpt::{self, Options};
+    use crate::engine::prune::sparsegpt;
     use crate::engine::prune::{wanda, NmPattern};
     use crate::engine::testing::TinyDecoder;
 
@@ -277,11 +276,10 @@ mod tests {
                     if let Rule::NM(p) = rule {
                         let t = &header.tensors[name];
                         let r = (header.data_start + t.begin) as usize..(header.data_start + t.end) as usize;
-                        let ok =
-                            satisfies_nm(&view_bytes(&view)[r], t.dtype, &t.shape, arch.stores_transposed(name), p);
+                        let ok = satisfies_nm(&view.bytes()[r], t.dtype, &t.shape, arch.stores_transposed(name), p);
                         assert!(ok, "{model_type} {name}");
                     }
-                    let pruned = view_bytes(&view).to_vec();
+                    let pruned = view.bytes().to_vec();
                     let want = expected_block(method, rule, &original, &pruned, &cfg, layer, name, site);
                     assert_eq!(got, want, "{model_type} {method:?} {rule:?} {name}");
                 }
@@ -289,15 +287,11 @@ mod tests {
                 for (name, t) in &header.tensors {
                     if !targets.contains(name) {
                         let r = (header.data_start + t.begin) as usize..(header.data_start + t.end) as usize;
-                        assert_eq!(view_bytes(&view)[r.clone()], original[r], "{name}");
+                        assert_eq!(view.bytes()[r.clone()], original[r], "{name}");
                     }
                 }
             }
         }
-    }
-
-    fn view_bytes<'a>(v: &'a Checkpoint) -> &'a [u8] {
-        v.bytes()
     }
 
     #[test]

@@ -43,8 +43,13 @@ pub struct Tensors<'a> {
 impl<'a> Tensors<'a> {
     pub fn parse(safetensors: &'a [u8], kind: DecoderKind) -> Result<Tensors<'a>> {
         let header = st::parse(safetensors).map_err(|e| ModelError::Invalid(format!("model.safetensors: {e}")))?;
+        Ok(Tensors::new(safetensors, &header, kind))
+    }
+
+    /// The tensors of a file whose header is already parsed.
+    pub fn new(safetensors: &'a [u8], header: &st::Header, kind: DecoderKind) -> Tensors<'a> {
         let data = &safetensors[header.data_start as usize..];
-        Ok(Tensors { data, tensors: Tensors::canonical(header.tensors, kind) })
+        Tensors { data, tensors: Tensors::canonical(header.tensors.clone(), kind) }
     }
 
     /// A header's tensors without their data: shapes can be checked, values not read.
