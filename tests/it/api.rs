@@ -1073,7 +1073,7 @@ async fn decoder_models_are_accepted_and_pruned(db: Db) {
     let (s, body) = problem(app.upload_model(bad).await).await;
     assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY);
     assert_eq!(body["errors"][0]["field"], "config.json");
-    assert!(body["errors"][0]["message"].as_str().unwrap().contains("layers.0.mlp."), "{body}");
+    assert!(body["errors"][0]["message"].as_str().unwrap().contains("tensor model.layers.0.mlp."), "{body}");
     for (model_type, tied) in [("gpt2", true), ("llama", false), ("qwen2", true)] {
         let m = TinyDecoder { model_type, tied, dtype: Dtype::BF16, ..Default::default() };
         let arch = Arch::parse(model_type).unwrap();

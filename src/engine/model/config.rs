@@ -444,13 +444,16 @@ mod tests {
             check(&cfg, &st::parse(&st::serialize(&tensors, None)).unwrap()).unwrap_err()
         };
         let e = fault(&|t| t.iter_mut().find(|(n, _)| n.ends_with("0.mlp.up_proj.weight")).unwrap().1 = vec![40, 32]);
-        assert!(e.contains("layers.0.mlp.up_proj.weight has shape [40, 32], expected [48, 32]"), "{e}");
+        assert!(e.contains("tensor model.layers.0.mlp.up_proj.weight has shape [40, 32], expected [48, 32]"), "{e}");
         let e = fault(&|t| t.retain(|(n, _)| n != "lm_head.weight"));
         assert!(e.contains("lm_head.weight"), "{e}");
         let e = fault(&|t| t.retain(|(n, _)| !n.contains("layers.1.")));
         assert!(e.contains("2 layers but the checkpoint has 1"), "{e}");
         let e =
             fault(&|t| t.iter_mut().find(|(n, _)| n.ends_with("0.self_attn.k_proj.weight")).unwrap().1 = vec![12, 32]);
-        assert!(e.contains("layers.0.self_attn.k_proj.weight has shape [12, 32], expected [16, 32]"), "{e}");
+        assert!(
+            e.contains("tensor model.layers.0.self_attn.k_proj.weight has shape [12, 32], expected [16, 32]"),
+            "{e}"
+        );
     }
 }

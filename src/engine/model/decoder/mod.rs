@@ -34,10 +34,13 @@ fn invalid<T>(msg: impl Into<String>) -> Result<T> {
 }
 
 /// A checkpoint's tensors by canonical name (the base model's prefix stripped; `lm_head.weight`
-/// stays as it is), read on demand from the safetensors bytes.
+/// stays as it is), read on demand from the safetensors bytes. Messages name tensors as the
+/// file does.
 pub struct Tensors<'a> {
     data: &'a [u8],
     tensors: BTreeMap<String, st::TensorInfo>,
+    /// The base model's prefix, when the file's tensors carry it (a `…ForCausalLM` checkpoint).
+    prefix: &'static str,
 }
 
 impl<'a> Tensors<'a> {
@@ -49,16 +52,24 @@ impl<'a> Tensors<'a> {
     /// The tensors of a file whose header is already parsed.
     pub fn new(safetensors: &'a [u8], header: &st::Header, kind: DecoderKind) -> Tensors<'a> {
         let data = &safetensors[header.data_start as usize..];
-        Tensors { data, tensors: Tensors::canonical(header.tensors.clone(), kind) }
+        Tensors { data, ..Tensors::shapes_only(header, kind) }
     }
 
     /// A header's tensors without their data: shapes can be checked, values not read.
     fn shapes_only(header: &st::Header, kind: DecoderKind) -> Tensors<'static> {
-        Tensors { data: &[], tensors: Tensors::canonical(header.tensors.clone(), kind) }
+        let p = kind.prefix();
+        let prefix = if header.tensors.keys().any(|k| k.starts_with(p)) { p } else { "" };
+        let tensors =
+            header.tensors.iter().map(|(k, t)| (k.strip_prefix(p).unwrap_or(k).to_string(), t.clone())).collect();
+        Tensors { data: &[], tensors, prefix }
     }
 
-    fn canonical(tensors: BTreeMap<String, st::TensorInfo>, kind: DecoderKind) -> BTreeMap<String, st::TensorInfo> {
-        tensors.into_iter().map(|(k, t)| (k.strip_prefix(kind.prefix()).map(str::to_string).unwrap_or(k), t)).collect()
+    /// A canonical name as the file spells it.
+    fn label(&self, name: &str) -> String {
+        match name {
+            "lm_head.weight" => name.to_string(),
+            _ => format!("{}{name}", self.prefix),
+        }
     }
 
     pub fn shape(&self, name: &str) -> Option<Vec<usize>> {
@@ -67,12 +78,14 @@ impl<'a> Tensors<'a> {
 
     /// The tensor's entry, its shape checked against `shape`.
     fn expect(&self, name: &str, shape: &[usize]) -> Result<&st::TensorInfo> {
-        let Some(t) = self.tensors.get(name) else { return invalid(format!("the checkpoint has no tensor {name}")) };
+        let Some(t) = self.tensors.get(name) else {
+            return invalid(format!("the checkpoint has no tensor {}", self.label(name)));
+        };
         if !t.shape.iter().map(|&d| d as usize).eq(shape.iter().copied()) {
-            return invalid(format!("tensor {name} has shape {:?}, expected {shape:?}", t.shape));
+            return invalid(format!("tensor {} has shape {:?}, expected {shape:?}", self.label(name), t.shape));
         }
         if !t.dtype.is_float() {
-            return invalid(format!("tensor {name} has dtype {}, not a float", t.dtype.name()));
+            return invalid(format!("tensor {} has dtype {}, not a float", self.label(name), t.dtype.name()));
         }
         Ok(t)
     }
@@ -80,8 +93,9 @@ impl<'a> Tensors<'a> {
     /// A float tensor's values in f32, with its shape checked against `shape`.
     pub fn get(&self, name: &str, shape: &[usize]) -> Result<Vec<f32>> {
         let t = self.expect(name, shape)?;
-        st::floats(&self.data[t.begin as usize..t.end as usize], t.dtype)
-            .ok_or_else(|| ModelError::Invalid(format!("tensor {name} has dtype {}, not a float", t.dtype.name())))
+        st::floats(&self.data[t.begin as usize..t.end as usize], t.dtype).ok_or_else(|| {
+            ModelError::Invalid(format!("tensor {} has dtype {}, not a float", self.label(name), t.dtype.name()))
+        })
     }
 
     fn optional(&self, name: &str, shape: &[usize], present: bool) -> Result<Option<Vec<f32>>> {
@@ -96,8 +110,8 @@ impl<'a> Tensors<'a> {
     fn matrix(&self, name: &str) -> Result<Vec<usize>> {
         match self.shape(name) {
             Some(s) if s.len() == 2 => Ok(s),
-            Some(s) => invalid(format!("tensor {name} has shape {s:?}, expected a matrix")),
-            None => invalid(format!("the checkpoint has no tensor {name}")),
+            Some(s) => invalid(format!("tensor {} has shape {s:?}, expected a matrix", self.label(name))),
+            None => invalid(format!("the checkpoint has no tensor {}", self.label(name))),
         }
     }
 }
@@ -118,7 +132,10 @@ impl LayerDims {
         let (h, hd) = (cfg.hidden, cfg.head_dim);
         let per_head = |name: &str, rows: usize| -> Result<usize> {
             if !rows.is_multiple_of(hd) {
-                return invalid(format!("tensor {name} has {rows} rows, not a multiple of the head size {hd}"));
+                return invalid(format!(
+                    "tensor {} has {rows} rows, not a multiple of the head size {hd}",
+                    t.label(name)
+                ));
             }
             Ok(rows / hd)
         };
@@ -127,13 +144,16 @@ impl LayerDims {
                 let c_attn = format!("{p}attn.c_attn.weight");
                 let s = t.matrix(&c_attn)?;
                 if s[0] != h || s[1] % 3 != 0 {
-                    return invalid(format!("tensor {c_attn} has shape {s:?}, expected [{h}, 3·heads·{hd}]"));
+                    return invalid(format!(
+                        "tensor {} has shape {s:?}, expected [{h}, 3·heads·{hd}]",
+                        t.label(&c_attn)
+                    ));
                 }
                 let heads = per_head(&c_attn, s[1] / 3)?;
                 let c_fc = format!("{p}mlp.c_fc.weight");
                 let s = t.matrix(&c_fc)?;
                 if s[0] != h {
-                    return invalid(format!("tensor {c_fc} has shape {s:?}, expected [{h}, width]"));
+                    return invalid(format!("tensor {} has shape {s:?}, expected [{h}, width]", t.label(&c_fc)));
                 }
                 Ok(LayerDims { heads, kv_heads: heads, ffn: s[1] })
             }
