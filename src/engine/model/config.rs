@@ -125,7 +125,7 @@ impl ModelConfig {
             .ok_or_else(|| format!("model_type {model_type:?} is not supported (supported: {})", Arch::SUPPORTED))?;
         let family = match arch {
             Arch::Encoder(f) => f,
-            Arch::Decoder(_) => return ModelConfig::decoder(DecoderConfig::parse(config_json)?, &v),
+            Arch::Decoder(_) => return ModelConfig::decoder(DecoderConfig::from_value(&v)?, &v),
         };
         let f32_or = |x: Option<f64>, d: f64| x.unwrap_or(d) as f32;
         let (layers, hidden, heads, ffn, type_vocab, eps, activation, dropout) = match family {

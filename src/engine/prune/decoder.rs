@@ -197,7 +197,7 @@ mod tests {
         let lengths: Vec<usize> = seqs_ids.iter().map(Vec::len).collect();
         let ids: Vec<u32> = seqs_ids.concat();
         let seqs = Seq::packed(&lengths);
-        let (mut x, rope) = out.embed(&ids, &seqs).unwrap();
+        let (mut x, rope) = out.embeddings.embed(&ids, &seqs).unwrap();
         for layer in &out.layers[..l] {
             layer.forward(&mut x, &seqs, rope.as_ref());
         }

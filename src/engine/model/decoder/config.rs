@@ -136,6 +136,11 @@ impl DecoderConfig {
     /// file's name (callers add it).
     pub fn parse(config_json: &[u8]) -> Result<DecoderConfig, String> {
         let v: Value = serde_json::from_slice(config_json).map_err(|e| format!("not valid JSON: {e}"))?;
+        DecoderConfig::from_value(&v)
+    }
+
+    /// [`parse`](Self::parse) on the JSON already read.
+    pub fn from_value(v: &Value) -> Result<DecoderConfig, String> {
         let Some(obj) = v.as_object() else { return Err("not a JSON object".into()) };
         let model_type = obj.get("model_type").and_then(Value::as_str).ok_or("missing model_type")?;
         let kind = DecoderKind::parse(model_type)

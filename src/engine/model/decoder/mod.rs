@@ -10,7 +10,7 @@
 //! transformers uses when it is given no `position_ids`: 0, 1, … along each padded row (so a
 //! left-padded sequence's first real token is not at position 0, exactly as in transformers).
 //!
-//! The model is also usable layer by layer ([`Decoder::embed`], [`DecoderLayer::forward`],
+//! The model is also usable layer by layer ([`Embeddings::embed`], [`DecoderLayer::forward`],
 //! [`Decoder::head`]), which calibration and sequential pruning need.
 
 pub mod config;
@@ -461,8 +461,7 @@ impl DecoderLayer {
             "self_attn.k_proj" => (&mut self.wqkv, q * h..(q + kv) * h),
             "self_attn.v_proj" => (&mut self.wqkv, (q + kv) * h..(q + 2 * kv) * h),
             "attn.c_proj" | "self_attn.o_proj" => (&mut self.wo, 0..h * q),
-            "mlp.c_fc" => (&mut self.w_in, 0..f * h),
-            "mlp.gate_proj" => (&mut self.w_in, 0..f * h),
+            "mlp.c_fc" | "mlp.gate_proj" => (&mut self.w_in, 0..f * h),
             "mlp.up_proj" => (&mut self.w_in, f * h..2 * f * h),
             "mlp.c_proj" | "mlp.down_proj" => (&mut self.w_out, 0..h * f),
             other => return invalid(format!("{other} is not a linear map of a decoder block")),
@@ -582,12 +581,6 @@ impl Decoder {
         Ok(Decoder { config, embeddings, layers, final_norm, lm_head })
     }
 
-    /// The residual stream entering the first block and the rows' rotary tables.
-    #[allow(clippy::type_complexity)]
-    pub fn embed(&self, ids: &[u32], seqs: &[Seq]) -> Result<(Vec<f32>, Option<(Vec<f32>, Vec<f32>)>)> {
-        self.embeddings.embed(ids, seqs)
-    }
-
     /// The final norm and the LM head on the last block's output.
     pub fn head(&self, x: &[f32]) -> DecoderOutput {
         let h = self.config.hidden;
@@ -599,7 +592,7 @@ impl Decoder {
 
     /// The forward pass over `ids` laid out as `seqs` describe.
     pub fn forward(&self, ids: &[u32], seqs: &[Seq]) -> Result<DecoderOutput> {
-        let (mut x, tables) = self.embed(ids, seqs)?;
+        let (mut x, tables) = self.embeddings.embed(ids, seqs)?;
         for l in &self.layers {
             l.forward(&mut x, seqs, tables.as_ref());
         }
