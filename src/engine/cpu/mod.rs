@@ -8,14 +8,22 @@
 //! - [`backprop`]: what training adds — the linear maps' gradients, dropout masks recomputed from
 //!   a counter-based hash, LayerNorm keeping what its backward needs, attention with the
 //!   probabilities kept, and their backward passes;
-//! - [`activation`]: the activation functions a config may name.
+//! - [`activation`]: the activation functions a config may name;
+//! - [`int8`]: int8 linear maps (weights per output channel, activations per row or with a
+//!   calibrated scale), exact i32 sums on AVX-512 VNNI, AVX-VNNI, AVX2 or portable code;
+//! - [`sparse`]: sparse × dense linear maps over compressed rows, for unstructured sparsity;
+//! - [`matrix`]: a linear map's weights in the representation that runs it (dense, sparse or
+//!   int8; dense or sparse chosen by measuring both).
 
 use gemm::Parallelism;
 
 pub mod activation;
 pub mod backprop;
 pub mod fused;
+pub mod int8;
+pub mod matrix;
 pub mod simd;
+pub mod sparse;
 
 pub(crate) fn threads() -> Parallelism {
     match rayon::current_num_threads() {
