@@ -74,6 +74,34 @@ enum Command {
         #[arg(long)]
         out: std::path::PathBuf,
     },
+    /// Time a model's inference forward as Secateur's runtime runs it: a seeded batch of random
+    /// token ids (no padding); prints one JSON line with the median time, sequences per second
+    /// and the representation (dense, sparse, int8) each linear map ran with.
+    Bench {
+        /// A model directory Secateur can load (config.json, model.safetensors).
+        #[arg(long)]
+        model: std::path::PathBuf,
+        #[arg(long, default_value_t = 32)]
+        batch: usize,
+        #[arg(long, default_value_t = 128)]
+        seq_len: usize,
+        /// Timed forwards (after one warm-up); the median is reported.
+        #[arg(long, default_value_t = 5)]
+        runs: usize,
+        #[arg(long, default_value_t = 2)]
+        threads: usize,
+        /// Seed of the random token ids.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// How the linear maps run: `fastest` (dense or sparse, measured per matrix), `dense`,
+        /// or `int8-dynamic` (weights quantized per channel at load, activations per token).
+        #[arg(long, default_value = "fastest")]
+        runtime: String,
+        /// Also write the batch as JSON (`batch`, `seq`, `input_ids`, `attention_mask`,
+        /// `token_type_ids`), for running another runtime on the same input.
+        #[arg(long)]
+        save_input: Option<std::path::PathBuf>,
+    },
     /// Manage API keys.
     Apikey {
         #[command(subcommand)]
@@ -104,6 +132,16 @@ fn main() -> anyhow::Result<()> {
     if let Command::Experiment { model, spec, train, eval, out } = &cli.command {
         return experiment_locally(model, spec, train, eval.as_deref(), out);
     }
+    if let Command::Bench { model, batch, seq_len, runs, threads, seed, runtime, save_input } = &cli.command {
+        let workload = secateur::engine::bench::Workload {
+            batch: *batch,
+            seq_len: *seq_len,
+            runs: *runs,
+            seed: *seed,
+            choice: runtime_choice(runtime)?,
+        };
+        return bench(model, &workload, *threads, save_input.as_deref());
+    }
     secateur::app::init_logging(&cli.log);
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     rt.block_on(async move {
@@ -123,7 +161,7 @@ fn main() -> anyhow::Result<()> {
                 println!("{key}");
                 Ok(())
             }
-            Command::Openapi | Command::Prune { .. } | Command::Experiment { .. } => {
+            Command::Openapi | Command::Prune { .. } | Command::Experiment { .. } | Command::Bench { .. } => {
                 unreachable!("handled before the runtime starts")
             }
         }
@@ -208,4 +246,41 @@ fn prune_locally(
         }
     };
     with_progress(out, |on| secateur::jobs::run_local(&spec_bytes, model, calibration, out, on))
+}
+
+fn runtime_choice(runtime: &str) -> anyhow::Result<secateur::engine::cpu::matrix::Choice> {
+    use secateur::engine::cpu::matrix::Choice;
+    Ok(match runtime {
+        "fastest" => Choice::Fastest,
+        "dense" => Choice::Dense,
+        "int8-dynamic" => Choice::Int8Dynamic,
+        other => anyhow::bail!("--runtime {other:?}: expected fastest, dense or int8-dynamic"),
+    })
+}
+
+fn bench(
+    model: &std::path::Path,
+    workload: &secateur::engine::bench::Workload,
+    threads: usize,
+    save_input: Option<&std::path::Path>,
+) -> anyhow::Result<()> {
+    use anyhow::Context;
+    anyhow::ensure!(threads >= 1, "--threads must be at least 1");
+    let read = |f: &str| std::fs::read(model.join(f)).with_context(|| format!("reading {}", model.join(f).display()));
+    let (config, weights) = (read("config.json")?, read("model.safetensors")?);
+    if let Some(path) = save_input {
+        let cfg =
+            secateur::engine::model::ModelConfig::parse(&config).map_err(|e| anyhow::anyhow!("config.json: {e}"))?;
+        let ids = secateur::engine::bench::input_ids(&cfg, workload)?;
+        let n = ids.len();
+        let batch = serde_json::json!({
+            "batch": workload.batch, "seq": workload.seq_len, "input_ids": ids,
+            "attention_mask": vec![1; n], "token_type_ids": vec![0; n],
+        });
+        std::fs::write(path, serde_json::to_vec(&batch)?).with_context(|| format!("writing {}", path.display()))?;
+    }
+    let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build()?;
+    let timing = pool.install(|| secateur::engine::bench::run(&config, &weights, workload))?;
+    println!("{}", serde_json::to_string(&timing)?);
+    Ok(())
 }

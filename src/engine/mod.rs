@@ -6,8 +6,10 @@
 //! - [`prune`]: the pruning methods (magnitude with its radix selection, N:M, Wanda, SparseGPT,
 //!   structured surgery) and their shared vocabulary (`Scope`, `NmPattern`);
 //! - [`io`]: the safetensors container and the export layouts;
-//! - [`report`]: `report.json`, measured from the written bytes, that every method produces.
+//! - [`report`]: `report.json`, measured from the written bytes, that every method produces;
+//! - [`bench`]: a checkpoint's inference forward timed as the runtime runs it (`secateur bench`).
 
+pub mod bench;
 pub mod cpu;
 pub mod io;
 pub mod model;

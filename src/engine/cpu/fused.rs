@@ -3,7 +3,8 @@
 //! Stock candle spends most of an encoder forward outside the matrix multiplies: one fresh
 //! buffer per element-wise op, four layout copies per attention block, a scalar erf in GELU and
 //! softmax with separate scale/mask passes (`docs/design-notes.md` measured 0.5x PyTorch). Here:
-//! - every linear map is one `gemm` call writing into a buffer pre-filled with its bias;
+//! - every linear map is a [`Matrix`]: dense, one `gemm` call writing into a buffer pre-filled
+//!   with its bias; or the sparse or int8 kernel;
 //!   query/key/value are one map with the three weights stacked;
 //! - attention reads each head straight out of the stacked Q/K/V rows (strided gemm), applies
 //!   the 1/√d scale, the additive mask and the softmax in one pass per row, multiplies by V into
@@ -18,25 +19,26 @@
 //! Hugging Face).
 
 use super::activation::Activation;
-use super::{linear, simd};
+use super::matrix::Matrix;
+use super::simd;
 use gemm::Parallelism;
 use rayon::prelude::*;
 
-/// One layer's weights, row-major f32.
+/// One layer's weights: the linear maps as [`Matrix`] (dense, sparse or int8), the rest f32.
 pub struct FastLayer {
     pub heads: usize,
-    /// `[3·heads·head_dim, hidden]`: query, key, value stacked (empty without heads).
-    pub wqkv: Vec<f32>,
+    /// `[3·heads·head_dim, hidden]`: query, key, value stacked (no rows without heads).
+    pub wqkv: Matrix,
     pub bqkv: Vec<f32>,
     /// `[hidden, heads·head_dim]`.
-    pub wo: Vec<f32>,
+    pub wo: Matrix,
     pub bo: Vec<f32>,
     pub ln1: (Vec<f32>, Vec<f32>),
     /// `[ffn, hidden]`.
-    pub wi: Vec<f32>,
+    pub wi: Matrix,
     pub bi: Vec<f32>,
     /// `[hidden, ffn]`.
-    pub wf: Vec<f32>,
+    pub wf: Matrix,
     pub bf: Vec<f32>,
     pub ln2: (Vec<f32>, Vec<f32>),
 }
@@ -218,16 +220,15 @@ pub fn layer(x: &[f32], seqs: &[Seq], l: &FastLayer, d: &Dims) -> Vec<f32> {
     let mut a = if l.heads == 0 {
         vec![0.0; n * h]
     } else {
-        let qkv = linear(x, n, h, &l.wqkv, l.bqkv.len(), Some(&l.bqkv));
+        let qkv = l.wqkv.apply(x, n, Some(&l.bqkv));
         let ctx = attention(&qkv, seqs, n, &Attn::bidirectional(l.heads, d.head_dim));
         drop(qkv);
-        linear(&ctx, n, l.heads * d.head_dim, &l.wo, h, None)
+        l.wo.apply(&ctx, n, None)
     };
     add_layer_norm(&mut a, &l.bo, x, &l.ln1.0, &l.ln1.1, d.eps);
-    let ffn = l.bi.len();
-    let mut f = linear(&a, n, h, &l.wi, ffn, None);
+    let mut f = l.wi.apply(&a, n, None);
     activate(&mut f, &l.bi, d.activation);
-    let mut o = linear(&f, n, ffn, &l.wf, h, None);
+    let mut o = l.wf.apply(&f, n, None);
     drop(f);
     add_layer_norm(&mut o, &l.bf, &a, &l.ln2.0, &l.ln2.1, d.eps);
     o

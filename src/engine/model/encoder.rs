@@ -8,6 +8,8 @@ use super::arch::{canonical_name, Family, LayerNames};
 use super::config::ModelConfig;
 use crate::engine::cpu::activation::Activation;
 use crate::engine::cpu::fused;
+pub use crate::engine::cpu::matrix::Choice;
+use crate::engine::cpu::matrix::Matrix;
 use candle_core::{DType, Device, Module, Tensor, D};
 use candle_nn::Linear;
 use std::collections::HashMap;
@@ -182,6 +184,7 @@ pub struct Encoder {
     /// The weights laid out for the fused CPU forward (`crate::engine::cpu::fused`), built on first use; `None`
     /// when the encoder is not on the CPU in f32.
     fast: std::sync::OnceLock<Option<fused::FastModel>>,
+    runtime: Choice,
     word: Tensor,
     position: Tensor,
     token_type: Option<Tensor>,
@@ -227,6 +230,7 @@ impl Encoder {
             layers,
             config,
             fast: std::sync::OnceLock::new(),
+            runtime: Choice::default(),
         })
     }
 
@@ -391,7 +395,8 @@ impl Encoder {
         Ok(Tensor::from_vec(out, (b, t, h), x.device())?)
     }
 
-    /// Copies of the layers' weights for the fused path, when every one is an f32 CPU tensor.
+    /// Copies of the layers' weights for the fused path, when every one is an f32 CPU tensor,
+    /// each linear map represented as [`Encoder::set_runtime`] chose.
     fn fast_layers(&self) -> Option<fused::FastModel> {
         let v = |t: &Tensor| -> Option<Vec<f32>> {
             if !t.device().is_cpu() || t.dtype() != DType::F32 {
@@ -400,6 +405,8 @@ impl Encoder {
             t.flatten_all().ok()?.to_vec1::<f32>().ok()
         };
         let lin = |l: &Linear| -> Option<(Vec<f32>, Vec<f32>)> { Some((v(l.weight())?, v(l.bias()?)?)) };
+        let h = self.config.hidden;
+        let mat = |w: Vec<f32>, out: usize, inp: usize| Matrix::choose(w, out, inp, self.runtime);
         let mut out = Vec::with_capacity(self.layers.len());
         for l in &self.layers {
             let (mut wqkv, mut bqkv) = (Vec::new(), Vec::new());
@@ -410,24 +417,55 @@ impl Encoder {
                     bqkv.extend(b);
                 }
             }
+            let heads = if wqkv.is_empty() { 0 } else { l.shape.heads };
+            let attn = heads * self.config.head_dim;
             let (wo, bo) = lin(&l.o)?;
             let (wi, bi) = lin(&l.ffn_in)?;
             let (wf, bf) = lin(&l.ffn_out)?;
+            let ffn = bi.len();
             out.push(fused::FastLayer {
-                heads: if wqkv.is_empty() { 0 } else { l.shape.heads },
-                wqkv,
+                heads,
+                wqkv: mat(wqkv, bqkv.len(), h),
                 bqkv,
-                wo,
+                wo: mat(wo, h, attn),
                 bo,
                 ln1: (v(&l.attn_norm.weight)?, v(&l.attn_norm.bias)?),
-                wi,
+                wi: mat(wi, ffn, h),
                 bi,
-                wf,
+                wf: mat(wf, h, ffn),
                 bf,
                 ln2: (v(&l.out_norm.weight)?, v(&l.out_norm.bias)?),
             });
         }
         Some(fused::FastModel { emb_ln: (v(&self.emb_norm.weight)?, v(&self.emb_norm.bias)?), layers: out })
+    }
+
+    /// How the fused forward represents each linear map (by default dense or sparse, whichever
+    /// runs faster, measured when the forward first runs).
+    pub fn set_runtime(&mut self, choice: Choice) {
+        self.runtime = choice;
+        self.fast = std::sync::OnceLock::new();
+    }
+
+    /// Per layer, the representation each linear map of the fused forward runs with
+    /// (`qkv`, `attention_output`, `ffn_in`, `ffn_out`: `dense`, `sparse` or `int8`); `None`
+    /// where the fused forward does not apply (not f32 on the CPU).
+    pub fn representations(&self) -> Option<Vec<[(&'static str, &'static str); 4]>> {
+        let model = self.fast.get_or_init(|| self.fast_layers()).as_ref()?;
+        Some(
+            model
+                .layers
+                .iter()
+                .map(|l| {
+                    [
+                        ("qkv", l.wqkv.kind()),
+                        ("attention_output", l.wo.kind()),
+                        ("ffn_in", l.wi.kind()),
+                        ("ffn_out", l.wf.kind()),
+                    ]
+                })
+                .collect(),
+        )
     }
 
     /// As [`Encoder::forward`], showing `observe(layer, site, input)` the input of every linear
