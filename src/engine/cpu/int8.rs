@@ -81,7 +81,20 @@ impl Isa {
 /// Symmetric int8 of `v` with the scale `amax / 127` (`amax` the largest magnitude), as
 /// [`quantize_with_scale`]. A row of zeros gets the scale 1 and zeros.
 pub fn quantize_symmetric(v: &[f32], q: &mut [i8]) -> f32 {
-    let amax = v.iter().fold(0f32, |m, x| m.max(x.abs()));
+    #[inline(always)]
+    fn imp(v: &[f32]) -> f32 {
+        v.iter().fold(0f32, |m, x| m.max(x.abs()))
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2")]
+    unsafe fn avx2(v: &[f32]) -> f32 {
+        imp(v)
+    }
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: the CPU has AVX2.
+    let amax = if is_x86_feature_detected!("avx2") { unsafe { avx2(v) } } else { imp(v) };
+    #[cfg(not(target_arch = "x86_64"))]
+    let amax = imp(v);
     quantize_with_scale(v, if amax > 0.0 { amax / 127.0 } else { 1.0 }, q)
 }
 
@@ -89,9 +102,26 @@ pub fn quantize_symmetric(v: &[f32], q: &mut [i8]) -> f32 {
 /// rounds) clamped to −127..=127 (static quantization uses it with a calibrated scale).
 /// Returns `scale`.
 pub fn quantize_with_scale(v: &[f32], scale: f32, q: &mut [i8]) -> f32 {
-    for (o, x) in q.iter_mut().zip(v) {
-        *o = (x / scale).round_ties_even().clamp(-127.0, 127.0) as i8;
+    #[inline(always)]
+    fn imp(v: &[f32], scale: f32, q: &mut [i8]) {
+        for (o, x) in q.iter_mut().zip(v) {
+            *o = (x / scale).round_ties_even().clamp(-127.0, 127.0) as i8;
+        }
     }
+    // Without SSE4.1 the rounding is a library call per element: compile it for AVX2.
+    #[cfg(target_arch = "x86_64")]
+    {
+        #[target_feature(enable = "avx2")]
+        unsafe fn avx2(v: &[f32], scale: f32, q: &mut [i8]) {
+            imp(v, scale, q)
+        }
+        if is_x86_feature_detected!("avx2") {
+            // SAFETY: the CPU has AVX2.
+            unsafe { avx2(v, scale, q) };
+            return scale;
+        }
+    }
+    imp(v, scale, q);
     scale
 }
 
@@ -234,26 +264,50 @@ pub fn linear_on(
                 *v ^= i8::MIN;
             }
         }
+        let zeros = [0f32; NR];
+        let no_offsets = [0i32; NR];
         let mut acc = [[0i32; NR]; MR];
         for p in 0..np {
             let panel = &m.panels[p * kp * NR..(p + 1) * kp * NR];
             let n0 = p * NR;
             let nn = NR.min(out - n0);
+            let offsets = if isa.unsigned() { &m.offsets[n0..n0 + nn] } else { &no_offsets[..nn] };
+            let b = bias.map_or(&zeros[..nn], |b| &b[n0..n0 + nn]);
+            let sw = &m.scales[n0..n0 + nn];
             for t in 0..tiles {
                 let xs = &xq[t * MR * kp..(t + 1) * MR * kp];
                 tile(isa, xs, kp, panel, &mut acc);
                 for (i, a) in acc.iter().enumerate().take(nrows.saturating_sub(t * MR).min(MR)) {
                     let r = t * MR + i;
-                    let yr = &mut ys[r * out + n0..r * out + n0 + nn];
-                    for (j, v) in yr.iter_mut().enumerate() {
-                        let sum = if isa.unsigned() { a[j] - m.offsets[n0 + j] } else { a[j] };
-                        *v = dequantize(sum, sx[r], m.scales[n0 + j], bias.map_or(0.0, |b| b[n0 + j]));
-                    }
+                    dequantize_row(&a[..nn], offsets, sx[r], sw, b, &mut ys[r * out + n0..r * out + n0 + nn]);
                 }
             }
         }
     });
     y
+}
+
+/// [`dequantize`] over one row of a tile: `y[j] = (acc[j] − offsets[j]) · (sx · sw[j]) + b[j]`,
+/// vectorised (the same operations in the same order as the scalar function: same bits).
+fn dequantize_row(acc: &[i32], offsets: &[i32], sx: f32, sw: &[f32], b: &[f32], y: &mut [f32]) {
+    #[inline(always)]
+    fn imp(acc: &[i32], offsets: &[i32], sx: f32, sw: &[f32], b: &[f32], y: &mut [f32]) {
+        for ((((y, a), o), w), b) in y.iter_mut().zip(acc).zip(offsets).zip(sw).zip(b) {
+            *y = dequantize(a - o, sx, *w, *b);
+        }
+    }
+    #[cfg(target_arch = "x86_64")]
+    {
+        #[target_feature(enable = "avx2")]
+        unsafe fn avx2(acc: &[i32], offsets: &[i32], sx: f32, sw: &[f32], b: &[f32], y: &mut [f32]) {
+            imp(acc, offsets, sx, sw, b, y)
+        }
+        if is_x86_feature_detected!("avx2") {
+            // SAFETY: the CPU has AVX2.
+            return unsafe { avx2(acc, offsets, sx, sw, b, y) };
+        }
+    }
+    imp(acc, offsets, sx, sw, b, y)
 }
 
 /// `acc[i][j] = Σ_k xs[i][k] · w[j][k]` for the [`MR`] rows of `xs` (`[MR, kp]`) and the [`NR`]

@@ -11,6 +11,7 @@
 //! non-zeros in column order, so results differ from the dense product only in rounding.
 
 use rayon::prelude::*;
+use std::mem::MaybeUninit;
 
 /// A `[out, inp]` matrix in compressed sparse rows.
 #[derive(Clone)]
@@ -118,8 +119,10 @@ impl Isa {
     }
 }
 
-/// Output channels computed between two write-backs.
-const NB: usize = 16;
+/// Bytes of the transposed activations one pass over the channels reads: a block of input
+/// columns small enough to stay in the core's L1 cache while every channel's non-zeros in it
+/// are applied.
+const BLOCK_BYTES: usize = 16 * 1024;
 
 /// `x [rows, inp] · wᵀ (+ b)` on the fastest path of this CPU.
 pub fn linear(x: &[f32], rows: usize, m: &SparseMatrix, bias: Option<&[f32]>) -> Vec<f32> {
@@ -127,6 +130,12 @@ pub fn linear(x: &[f32], rows: usize, m: &SparseMatrix, bias: Option<&[f32]>) ->
 }
 
 /// [`linear`] on a chosen path (`isa` must be one of [`Isa::available`]).
+///
+/// Per block of `RB` rows (one task each): the rows transposed to `xt [inp, RB]`; then, block
+/// of input columns by block of input columns (each `RB · kb` floats, [`BLOCK_BYTES`]), every
+/// channel's non-zeros in that block added into its `RB` sums `yt[n]` (kept in registers while
+/// the channel's non-zeros in the block are applied, in memory between blocks); at the end `yt`
+/// is transposed back into the output rows with the bias.
 pub fn linear_on(isa: Isa, x: &[f32], rows: usize, m: &SparseMatrix, bias: Option<&[f32]>) -> Vec<f32> {
     assert!(Isa::available().contains(&isa), "{} is not available on this CPU", isa.name());
     assert_eq!(x.len(), rows * m.inp, "activations are not [rows, inp]");
@@ -134,74 +143,213 @@ pub fn linear_on(isa: Isa, x: &[f32], rows: usize, m: &SparseMatrix, bias: Optio
         assert_eq!(b.len(), m.out, "one bias per output channel");
     }
     let (out, inp) = (m.out, m.inp);
-    let mut y = vec![0f32; rows * out];
     if rows == 0 || out == 0 {
-        return y;
+        return vec![0f32; rows * out];
     }
+    // Every element is written once below (`write_rows`): no zeroing pass over the output.
+    let mut y: Vec<f32> = Vec::with_capacity(rows * out);
     let rb = isa.rows();
-    y.par_chunks_mut(rb * out).enumerate().for_each(|(c, ys)| {
+    let kb = (BLOCK_BYTES / (4 * rb)).max(1);
+    y.spare_capacity_mut()[..rows * out].par_chunks_mut(rb * out).enumerate().for_each(|(c, ys)| {
         let r0 = c * rb;
         let nr = ys.len() / out;
-        let mut xt = vec![0f32; inp * rb];
-        for i in 0..nr {
-            for (k, v) in x[(r0 + i) * inp..(r0 + i + 1) * inp].iter().enumerate() {
-                xt[k * rb + i] = *v;
+        SCRATCH.with_borrow_mut(|(xt, yt)| {
+            // Reused between calls on this thread, never cleared: the rows past `nr` of the
+            // last block hold stale values whose sums nobody reads, and a channel's sums start
+            // from zero at its first non-zero (below).
+            if xt.len() < inp * rb {
+                xt.resize(inp * rb, 0.0);
             }
-        }
-        let mut yt = vec![0f32; NB * rb];
-        for n0 in (0..out).step_by(NB) {
-            let nn = NB.min(out - n0);
-            channels(isa, &xt, m, n0, nn, &mut yt);
-            for i in 0..nr {
-                let yr = &mut ys[i * out + n0..i * out + n0 + nn];
-                for (j, v) in yr.iter_mut().enumerate() {
-                    *v = yt[j * rb + i] + bias.map_or(0.0, |b| b[n0 + j]);
-                }
+            if yt.len() < out * rb {
+                yt.resize(out * rb, 0.0);
             }
-        }
+            transpose_into(&x[r0 * inp..(r0 + nr) * inp], nr, inp, xt, rb);
+            // Each channel's next non-zero not yet applied.
+            let mut pos = m.row_ptr[..out].to_vec();
+            for k0 in (0..inp).step_by(kb) {
+                let limit = (k0 + kb).min(inp) as u32;
+                columns(isa, xt, m, &mut pos, limit, yt);
+            }
+            // Channels without any non-zero never started.
+            for n in (0..out).filter(|&n| m.row_ptr[n] == m.row_ptr[n + 1]) {
+                yt[n * rb..(n + 1) * rb].fill(0.0);
+            }
+            // yt [out, rb] back into the rows, with the bias.
+            write_rows(yt, rb, nr, out, bias, ys);
+        });
     });
+    // SAFETY: `write_rows` wrote every element of every chunk.
+    unsafe { y.set_len(rows * out) };
     y
 }
 
-fn channels(isa: Isa, xt: &[f32], m: &SparseMatrix, n0: usize, nn: usize, yt: &mut [f32]) {
+thread_local! {
+    /// Per thread: the transposed rows and the channels' sums of the block being computed.
+    static SCRATCH: std::cell::RefCell<(Vec<f32>, Vec<f32>)> = const { std::cell::RefCell::new((Vec::new(), Vec::new())) };
+}
+
+/// `src [rows, cols]` → `dst [cols, stride]` (columns `rows..stride` left as they are), in
+/// 8 × 8 tiles (AVX shuffles where the CPU has them).
+fn transpose_into(src: &[f32], rows: usize, cols: usize, dst: &mut [f32], stride: usize) {
+    assert!(src.len() >= rows * cols && dst.len() >= cols * stride && rows <= stride);
+    for k0 in (0..cols).step_by(8) {
+        let kk = 8.min(cols - k0);
+        for i0 in (0..rows).step_by(8) {
+            let ii = 8.min(rows - i0);
+            #[cfg(target_arch = "x86_64")]
+            if kk == 8 && ii == 8 && is_x86_feature_detected!("avx") {
+                // SAFETY: the CPU has AVX; the tile is inside both buffers (asserted above).
+                unsafe {
+                    tile8_avx(
+                        src.as_ptr().add(i0 * cols + k0),
+                        cols,
+                        dst.as_mut_ptr().add(k0 * stride + i0),
+                        stride,
+                        None,
+                    )
+                };
+                continue;
+            }
+            for i in i0..i0 + ii {
+                for (k, v) in src[i * cols + k0..i * cols + k0 + kk].iter().enumerate() {
+                    dst[(k0 + k) * stride + i] = *v;
+                }
+            }
+        }
+    }
+}
+
+/// `ys [nr, out]` ← `yt [out, rb]`ᵀ (+ bias), in 8 × 8 tiles: every element of `ys` written.
+fn write_rows(yt: &[f32], rb: usize, nr: usize, out: usize, bias: Option<&[f32]>, ys: &mut [MaybeUninit<f32>]) {
+    assert!(yt.len() >= out * rb && ys.len() >= nr * out && nr <= rb);
+    for n0 in (0..out).step_by(8) {
+        let nn = 8.min(out - n0);
+        for i0 in (0..nr).step_by(8) {
+            let ii = 8.min(nr - i0);
+            #[cfg(target_arch = "x86_64")]
+            if nn == 8 && ii == 8 && is_x86_feature_detected!("avx") {
+                let b = bias.map(|b| &b[n0..n0 + 8]);
+                // SAFETY: the CPU has AVX; the tile is inside both buffers (asserted above).
+                unsafe {
+                    let dst = (ys.as_mut_ptr() as *mut f32).add(i0 * out + n0);
+                    tile8_avx(yt.as_ptr().add(n0 * rb + i0), rb, dst, out, b)
+                };
+                continue;
+            }
+            for i in i0..i0 + ii {
+                for j in 0..nn {
+                    ys[i * out + n0 + j] = MaybeUninit::new(yt[(n0 + j) * rb + i] + bias.map_or(0.0, |b| b[n0 + j]));
+                }
+            }
+        }
+    }
+}
+
+/// One 8 × 8 tile transposed: `dst[c][r] = src[r][c] (+ add[r])`, rows `src_stride` and
+/// `dst_stride` floats apart.
+///
+/// # Safety
+/// The CPU must have AVX; both tiles must lie inside their buffers.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx")]
+unsafe fn tile8_avx(src: *const f32, src_stride: usize, dst: *mut f32, dst_stride: usize, add: Option<&[f32]>) {
+    use std::arch::x86_64::*;
+    let r: [__m256; 8] = std::array::from_fn(|i| _mm256_loadu_ps(src.add(i * src_stride)));
+    let t0 = _mm256_unpacklo_ps(r[0], r[1]);
+    let t1 = _mm256_unpackhi_ps(r[0], r[1]);
+    let t2 = _mm256_unpacklo_ps(r[2], r[3]);
+    let t3 = _mm256_unpackhi_ps(r[2], r[3]);
+    let t4 = _mm256_unpacklo_ps(r[4], r[5]);
+    let t5 = _mm256_unpackhi_ps(r[4], r[5]);
+    let t6 = _mm256_unpacklo_ps(r[6], r[7]);
+    let t7 = _mm256_unpackhi_ps(r[6], r[7]);
+    let u0 = _mm256_shuffle_ps::<0x44>(t0, t2);
+    let u1 = _mm256_shuffle_ps::<0xEE>(t0, t2);
+    let u2 = _mm256_shuffle_ps::<0x44>(t1, t3);
+    let u3 = _mm256_shuffle_ps::<0xEE>(t1, t3);
+    let u4 = _mm256_shuffle_ps::<0x44>(t4, t6);
+    let u5 = _mm256_shuffle_ps::<0xEE>(t4, t6);
+    let u6 = _mm256_shuffle_ps::<0x44>(t5, t7);
+    let u7 = _mm256_shuffle_ps::<0xEE>(t5, t7);
+    let mut c = [
+        _mm256_permute2f128_ps::<0x20>(u0, u4),
+        _mm256_permute2f128_ps::<0x20>(u1, u5),
+        _mm256_permute2f128_ps::<0x20>(u2, u6),
+        _mm256_permute2f128_ps::<0x20>(u3, u7),
+        _mm256_permute2f128_ps::<0x31>(u0, u4),
+        _mm256_permute2f128_ps::<0x31>(u1, u5),
+        _mm256_permute2f128_ps::<0x31>(u2, u6),
+        _mm256_permute2f128_ps::<0x31>(u3, u7),
+    ];
+    if let Some(b) = add {
+        let b = _mm256_loadu_ps(b.as_ptr());
+        for v in c.iter_mut() {
+            *v = _mm256_add_ps(*v, b);
+        }
+    }
+    for (i, v) in c.iter().enumerate() {
+        _mm256_storeu_ps(dst.add(i * dst_stride), *v);
+    }
+}
+
+fn columns(isa: Isa, xt: &[f32], m: &SparseMatrix, pos: &mut [u32], limit: u32, yt: &mut [f32]) {
     match isa {
         // SAFETY: `linear_on` checked that the CPU has the path's features.
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx512 => unsafe { channels_avx512(xt, m, n0, nn, yt) },
+        Isa::Avx512 => unsafe { columns_avx512(xt, m, pos, limit, yt) },
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 => unsafe { channels_avx2(xt, m, n0, nn, yt) },
-        _ => channels_with::<16, false>(xt, m, n0, nn, yt),
+        Isa::Avx2 => unsafe { columns_avx2(xt, m, pos, limit, yt) },
+        _ => columns_with::<16, false>(xt, m, pos, limit, yt),
     }
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx2,fma")]
-unsafe fn channels_avx512(xt: &[f32], m: &SparseMatrix, n0: usize, nn: usize, yt: &mut [f32]) {
-    channels_with::<128, true>(xt, m, n0, nn, yt)
+unsafe fn columns_avx512(xt: &[f32], m: &SparseMatrix, pos: &mut [u32], limit: u32, yt: &mut [f32]) {
+    columns_with::<128, true>(xt, m, pos, limit, yt)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn channels_avx2(xt: &[f32], m: &SparseMatrix, n0: usize, nn: usize, yt: &mut [f32]) {
-    channels_with::<64, true>(xt, m, n0, nn, yt)
+unsafe fn columns_avx2(xt: &[f32], m: &SparseMatrix, pos: &mut [u32], limit: u32, yt: &mut [f32]) {
+    columns_with::<64, true>(xt, m, pos, limit, yt)
 }
 
-/// `yt[j][..RB] = Σ w[n0 + j][k] · xt[k][..RB]` over channel `n0 + j`'s non-zeros.
+/// For every channel `n`: `yt[n][..RB] += Σ w[n][k] · xt[k][..RB]` over its non-zeros from
+/// `pos[n]` on with a column below `limit`; `pos[n]` moves past them. A channel's sums start
+/// from zero at its first non-zero (`pos[n]` still at its row's start): `yt` is not cleared
+/// between calls.
 #[inline(always)]
-fn channels_with<const RB: usize, const FMA: bool>(xt: &[f32], m: &SparseMatrix, n0: usize, nn: usize, yt: &mut [f32]) {
-    assert!(xt.len() >= m.inp * RB && yt.len() >= nn * RB);
-    for j in 0..nn {
-        let (a, b) = (m.row_ptr[n0 + j] as usize, m.row_ptr[n0 + j + 1] as usize);
+fn columns_with<const RB: usize, const FMA: bool>(
+    xt: &[f32],
+    m: &SparseMatrix,
+    pos: &mut [u32],
+    limit: u32,
+    yt: &mut [f32],
+) {
+    assert!(xt.len() >= m.inp * RB && yt.len() >= m.out * RB && pos.len() >= m.out);
+    for (n, (p, ys)) in pos.iter_mut().zip(yt.chunks_exact_mut(RB)).enumerate() {
+        let (start, end) = (m.row_ptr[n] as usize, m.row_ptr[n + 1] as usize);
+        let mut i = *p as usize;
+        if i == end || m.cols[i] >= limit {
+            continue;
+        }
         let mut acc = [0f32; RB];
-        for (&k, &v) in m.cols[a..b].iter().zip(&m.vals[a..b]) {
+        if i != start {
+            acc.copy_from_slice(ys);
+        }
+        while i < end && m.cols[i] < limit {
+            let (k, v) = (m.cols[i] as usize, m.vals[i]);
             // SAFETY: every column is below `inp` (from_dense), and `xt` holds `inp` rows of
             // RB values (asserted above).
-            let xr = unsafe { &*(xt.as_ptr().add(k as usize * RB) as *const [f32; RB]) };
-            for i in 0..RB {
-                acc[i] = if FMA { v.mul_add(xr[i], acc[i]) } else { acc[i] + v * xr[i] };
+            let xr = unsafe { &*(xt.as_ptr().add(k * RB) as *const [f32; RB]) };
+            for j in 0..RB {
+                acc[j] = if FMA { v.mul_add(xr[j], acc[j]) } else { acc[j] + v * xr[j] };
             }
+            i += 1;
         }
-        yt[j * RB..(j + 1) * RB].copy_from_slice(&acc);
+        ys.copy_from_slice(&acc);
+        *p = i as u32;
     }
 }
 
