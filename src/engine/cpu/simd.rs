@@ -85,16 +85,34 @@ dispatch! {
 }
 
 dispatch! {
-    /// softmax(row + bias) in place.
+    /// softmax(row + bias) in place. The maximum and the sum run in 8 lanes (the sum's lanes
+    /// added pairwise, then the tail), so that every pass vectorises: a single running sum is
+    /// one dependent add per element.
     pub fn softmax_row(row: &mut [f32], bias: &[f32]) {
-        let mut max = f32::NEG_INFINITY;
         for (v, b) in row.iter_mut().zip(bias) {
             *v += *b;
-            max = max.max(*v);
         }
-        let mut sum = 0.0;
+        let mut lanes = [f32::NEG_INFINITY; 8];
+        let mut chunks = row.chunks_exact(8);
+        for c in chunks.by_ref() {
+            for (m, v) in lanes.iter_mut().zip(c) {
+                *m = m.max(*v);
+            }
+        }
+        let max = chunks.remainder().iter().fold(lanes.iter().fold(f32::NEG_INFINITY, |a, b| a.max(*b)), |a, b| a.max(*b));
         for v in row.iter_mut() {
             *v = exp(*v - max);
+        }
+        let mut lanes = [0f32; 8];
+        let mut chunks = row.chunks_exact(8);
+        for c in chunks.by_ref() {
+            for (s, v) in lanes.iter_mut().zip(c) {
+                *s += *v;
+            }
+        }
+        let l = lanes;
+        let mut sum = ((l[0] + l[1]) + (l[2] + l[3])) + ((l[4] + l[5]) + (l[6] + l[7]));
+        for v in chunks.remainder() {
             sum += *v;
         }
         let inv = 1.0 / sum;
