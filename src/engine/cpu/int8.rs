@@ -18,6 +18,7 @@
 //! or 8 (256-bit) channels and one broadcast of 4 activation bytes multiplies them all.
 
 use rayon::prelude::*;
+use std::mem::MaybeUninit;
 
 /// Output channels per packed panel.
 pub const NR: usize = 32;
@@ -81,47 +82,67 @@ impl Isa {
 /// Symmetric int8 of `v` with the scale `amax / 127` (`amax` the largest magnitude), as
 /// [`quantize_with_scale`]. A row of zeros gets the scale 1 and zeros.
 pub fn quantize_symmetric(v: &[f32], q: &mut [i8]) -> f32 {
-    #[inline(always)]
-    fn imp(v: &[f32]) -> f32 {
-        v.iter().fold(0f32, |m, x| m.max(x.abs()))
-    }
-    #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx2")]
-    unsafe fn avx2(v: &[f32]) -> f32 {
-        imp(v)
-    }
-    #[cfg(target_arch = "x86_64")]
-    // SAFETY: the CPU has AVX2.
-    let amax = if is_x86_feature_detected!("avx2") { unsafe { avx2(v) } } else { imp(v) };
-    #[cfg(not(target_arch = "x86_64"))]
-    let amax = imp(v);
+    let amax = amax(v);
     quantize_with_scale(v, if amax > 0.0 { amax / 127.0 } else { 1.0 }, q)
+}
+
+/// The largest magnitude in `v` (0 for an empty slice).
+fn amax(v: &[f32]) -> f32 {
+    let scalar = |v: &[f32]| v.iter().fold(0f32, |m, x| m.max(x.abs()));
+    #[cfg(target_arch = "x86_64")]
+    if is_x86_feature_detected!("avx2") {
+        #[target_feature(enable = "avx2")]
+        unsafe fn avx2(v: &[f32], tail: impl Fn(&[f32]) -> f32) -> f32 {
+            use std::arch::x86_64::*;
+            let abs = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fff_ffff));
+            let mut m = _mm256_setzero_ps();
+            let mut chunks = v.chunks_exact(8);
+            for c in chunks.by_ref() {
+                m = _mm256_max_ps(m, _mm256_and_ps(_mm256_loadu_ps(c.as_ptr()), abs));
+            }
+            let mut lanes = [0f32; 8];
+            _mm256_storeu_ps(lanes.as_mut_ptr(), m);
+            lanes.iter().fold(tail(chunks.remainder()), |a, b| a.max(*b))
+        }
+        // SAFETY: the CPU has AVX2.
+        return unsafe { avx2(v, scalar) };
+    }
+    scalar(v)
 }
 
 /// Symmetric int8 of `v` with a given scale: `q = round(v / scale)` (ties to even, as PyTorch
 /// rounds) clamped to −127..=127 (static quantization uses it with a calibrated scale).
 /// Returns `scale`.
 pub fn quantize_with_scale(v: &[f32], scale: f32, q: &mut [i8]) -> f32 {
-    #[inline(always)]
-    fn imp(v: &[f32], scale: f32, q: &mut [i8]) {
+    fn scalar(v: &[f32], scale: f32, q: &mut [i8]) {
         for (o, x) in q.iter_mut().zip(v) {
             *o = (x / scale).round_ties_even().clamp(-127.0, 127.0) as i8;
         }
     }
-    // Without SSE4.1 the rounding is a library call per element: compile it for AVX2.
     #[cfg(target_arch = "x86_64")]
-    {
+    if is_x86_feature_detected!("avx2") {
+        /// The same operations 8 at a time: divide, round to nearest even, clamp, narrow.
         #[target_feature(enable = "avx2")]
         unsafe fn avx2(v: &[f32], scale: f32, q: &mut [i8]) {
-            imp(v, scale, q)
+            use std::arch::x86_64::*;
+            let n = v.len().min(q.len());
+            let (s, lo, hi) = (_mm256_set1_ps(scale), _mm256_set1_ps(-127.0), _mm256_set1_ps(127.0));
+            let mut i = 0;
+            while i + 8 <= n {
+                let x = _mm256_div_ps(_mm256_loadu_ps(v.as_ptr().add(i)), s);
+                let r = _mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(x);
+                let d = _mm256_cvtps_epi32(_mm256_min_ps(_mm256_max_ps(r, lo), hi));
+                let d16 = _mm_packs_epi32(_mm256_castsi256_si128(d), _mm256_extracti128_si256::<1>(d));
+                _mm_storel_epi64(q.as_mut_ptr().add(i) as *mut __m128i, _mm_packs_epi16(d16, d16));
+                i += 8;
+            }
+            scalar(&v[i..n], scale, &mut q[i..n]);
         }
-        if is_x86_feature_detected!("avx2") {
-            // SAFETY: the CPU has AVX2.
-            unsafe { avx2(v, scale, q) };
-            return scale;
-        }
+        // SAFETY: the CPU has AVX2.
+        unsafe { avx2(v, scale, q) };
+        return scale;
     }
-    imp(v, scale, q);
+    scalar(v, scale, q);
     scale
 }
 
@@ -236,13 +257,14 @@ pub fn linear_on(
         assert_eq!(b.len(), m.out, "one bias per output channel");
     }
     let out = m.out;
-    let mut y = vec![0f32; rows * out];
     if rows == 0 || out == 0 {
-        return y;
+        return vec![0f32; rows * out];
     }
     let kp = m.kp;
     let np = out.div_ceil(NR);
-    y.par_chunks_mut(CHUNK * out).enumerate().for_each(|(c, ys)| {
+    // Every element is written once below (`dequantize_row`): no zeroing pass over the output.
+    let mut y: Vec<f32> = Vec::with_capacity(rows * out);
+    y.spare_capacity_mut()[..rows * out].par_chunks_mut(CHUNK * out).enumerate().for_each(|(c, ys)| {
         let r0 = c * CHUNK;
         let nrows = ys.len() / out;
         let tiles = nrows.div_ceil(MR);
@@ -284,22 +306,24 @@ pub fn linear_on(
             }
         }
     });
+    // SAFETY: every row of every chunk was written, panel by panel, in full.
+    unsafe { y.set_len(rows * out) };
     y
 }
 
 /// [`dequantize`] over one row of a tile: `y[j] = (acc[j] − offsets[j]) · (sx · sw[j]) + b[j]`,
 /// vectorised (the same operations in the same order as the scalar function: same bits).
-fn dequantize_row(acc: &[i32], offsets: &[i32], sx: f32, sw: &[f32], b: &[f32], y: &mut [f32]) {
+fn dequantize_row(acc: &[i32], offsets: &[i32], sx: f32, sw: &[f32], b: &[f32], y: &mut [MaybeUninit<f32>]) {
     #[inline(always)]
-    fn imp(acc: &[i32], offsets: &[i32], sx: f32, sw: &[f32], b: &[f32], y: &mut [f32]) {
+    fn imp(acc: &[i32], offsets: &[i32], sx: f32, sw: &[f32], b: &[f32], y: &mut [MaybeUninit<f32>]) {
         for ((((y, a), o), w), b) in y.iter_mut().zip(acc).zip(offsets).zip(sw).zip(b) {
-            *y = dequantize(a - o, sx, *w, *b);
+            *y = MaybeUninit::new(dequantize(a - o, sx, *w, *b));
         }
     }
     #[cfg(target_arch = "x86_64")]
     {
         #[target_feature(enable = "avx2")]
-        unsafe fn avx2(acc: &[i32], offsets: &[i32], sx: f32, sw: &[f32], b: &[f32], y: &mut [f32]) {
+        unsafe fn avx2(acc: &[i32], offsets: &[i32], sx: f32, sw: &[f32], b: &[f32], y: &mut [MaybeUninit<f32>]) {
             imp(acc, offsets, sx, sw, b, y)
         }
         if is_x86_feature_detected!("avx2") {
@@ -535,6 +559,30 @@ mod tests {
                 let err = (f64::from(got[r * out + n]) - exact).abs();
                 assert!(err <= bound * 1.001 + 1e-6, "row {r} channel {n}: error {err} over the bound {bound}");
             }
+        }
+    }
+
+    #[test]
+    fn the_vectorised_quantizer_follows_the_definition() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(9);
+        let scale = 0.25f32;
+        for n in 0..40 {
+            // Random values, exact ties (k + 0.5 steps), values past the clamp, zeros.
+            let v: Vec<f32> = (0..n)
+                .map(|i| match i % 4 {
+                    0 => rng.gen_range(-40.0..40.0),
+                    1 => (rng.gen_range(-60i32..60) as f32 + 0.5) * scale,
+                    2 => rng.gen_range(-1e4..1e4),
+                    _ => 0.0,
+                })
+                .collect();
+            let mut q = vec![0i8; n];
+            quantize_with_scale(&v, scale, &mut q);
+            let want: Vec<i8> = v.iter().map(|x| (x / scale).round_ties_even().clamp(-127.0, 127.0) as i8).collect();
+            assert_eq!(q, want, "length {n}");
+            let amax = v.iter().fold(0f32, |m, x| m.max(x.abs()));
+            let s = quantize_symmetric(&v, &mut q);
+            assert_eq!(s, if amax > 0.0 { amax / 127.0 } else { 1.0 }, "length {n}");
         }
     }
 
