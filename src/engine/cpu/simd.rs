@@ -61,6 +61,24 @@ pub fn erf(x: f32) -> f32 {
     p / q
 }
 
+/// Σ f(v) in 8 lanes, the lanes added pairwise, then the tail: vectorises (one running sum is
+/// one dependent add per element). Every row reduction of this module sums this way.
+#[inline(always)]
+fn lane_sum(v: &[f32], f: impl Fn(f32) -> f32) -> f32 {
+    let mut l = [0f32; 8];
+    let mut chunks = v.chunks_exact(8);
+    for c in chunks.by_ref() {
+        for (s, x) in l.iter_mut().zip(c) {
+            *s += f(*x);
+        }
+    }
+    let mut sum = ((l[0] + l[1]) + (l[2] + l[3])) + ((l[4] + l[5]) + (l[6] + l[7]));
+    for x in chunks.remainder() {
+        sum += f(*x);
+    }
+    sum
+}
+
 dispatch! {
     /// Exact GELU of x + bias: y·(1 + erf(y/√2))/2.
     pub fn bias_gelu(x: &mut [f32], bias: &[f32]) {
@@ -85,9 +103,7 @@ dispatch! {
 }
 
 dispatch! {
-    /// softmax(row + bias) in place. The maximum and the sum run in 8 lanes (the sum's lanes
-    /// added pairwise, then the tail), so that every pass vectorises: a single running sum is
-    /// one dependent add per element.
+    /// softmax(row + bias) in place; the maximum and the sum in 8 lanes ([`lane_sum`]).
     pub fn softmax_row(row: &mut [f32], bias: &[f32]) {
         for (v, b) in row.iter_mut().zip(bias) {
             *v += *b;
@@ -103,19 +119,7 @@ dispatch! {
         for v in row.iter_mut() {
             *v = exp(*v - max);
         }
-        let mut lanes = [0f32; 8];
-        let mut chunks = row.chunks_exact(8);
-        for c in chunks.by_ref() {
-            for (s, v) in lanes.iter_mut().zip(c) {
-                *s += *v;
-            }
-        }
-        let l = lanes;
-        let mut sum = ((l[0] + l[1]) + (l[2] + l[3])) + ((l[4] + l[5]) + (l[6] + l[7]));
-        for v in chunks.remainder() {
-            sum += *v;
-        }
-        let inv = 1.0 / sum;
+        let inv = 1.0 / lane_sum(row, |v| v);
         for v in row.iter_mut() {
             *v *= inv;
         }
@@ -127,17 +131,11 @@ dispatch! {
     /// PyTorch).
     pub fn add_layer_norm_row(row: &mut [f32], bias: &[f32], residual: &[f32], gamma: &[f32], beta: &[f32], eps: f32) {
         let h = row.len() as f32;
-        let mut sum = 0.0;
         for ((v, b), r) in row.iter_mut().zip(bias).zip(residual) {
             *v += *b + *r;
-            sum += *v;
         }
-        let mean = sum / h;
-        let mut var = 0.0;
-        for v in row.iter() {
-            let c = *v - mean;
-            var += c * c;
-        }
+        let mean = lane_sum(row, |v| v) / h;
+        let var = lane_sum(row, |v| (v - mean) * (v - mean));
         let inv = 1.0 / (var / h + eps).sqrt();
         for ((v, g), b) in row.iter_mut().zip(gamma).zip(beta) {
             *v = (*v - mean) * inv * *g + *b;
@@ -149,17 +147,11 @@ dispatch! {
     /// input) for the backward pass; returns 1/σ.
     pub fn add_layer_norm_keep(row: &mut [f32], residual: &[f32], gamma: &[f32], beta: &[f32], eps: f32, xhat: &mut [f32]) -> f32 {
         let h = row.len() as f32;
-        let mut sum = 0.0;
         for (v, r) in row.iter_mut().zip(residual) {
             *v += *r;
-            sum += *v;
         }
-        let mean = sum / h;
-        let mut var = 0.0;
-        for v in row.iter() {
-            let c = *v - mean;
-            var += c * c;
-        }
+        let mean = lane_sum(row, |v| v) / h;
+        let var = lane_sum(row, |v| (v - mean) * (v - mean));
         let inv = 1.0 / (var / h + eps).sqrt();
         for (((v, x), g), b) in row.iter_mut().zip(xhat.iter_mut()).zip(gamma).zip(beta) {
             *x = (*v - mean) * inv;
@@ -234,11 +226,7 @@ dispatch! {
 dispatch! {
     /// RMSNorm of one row, as Llama computes it: row ← (row·1/√(mean(row²) + ε))·γ.
     pub fn rms_norm_row(row: &mut [f32], gamma: &[f32], eps: f32) {
-        let mut ss = 0.0;
-        for v in row.iter() {
-            ss += *v * *v;
-        }
-        let inv = 1.0 / (ss / row.len() as f32 + eps).sqrt();
+        let inv = 1.0 / (lane_sum(row, |v| v * v) / row.len() as f32 + eps).sqrt();
         for (v, g) in row.iter_mut().zip(gamma) {
             *v = (*v * inv) * *g;
         }
