@@ -106,9 +106,12 @@ mod loops {
         acc.iter().map(|a| _mm256_extract_epi32::<0>(*a) as u64).sum()
     }
 
-    /// (name, multiply-adds per iteration, loop) for each loop this CPU can run.
-    pub fn available() -> Vec<(&'static str, f64, fn(u64) -> u64)> {
-        let mut v: Vec<(&'static str, f64, fn(u64) -> u64)> = Vec::new();
+    /// A peak loop: its name, multiply-adds per iteration, and the loop.
+    pub type Loop = (&'static str, f64, fn(u64) -> u64);
+
+    /// Every loop this CPU can run.
+    pub fn available() -> Vec<Loop> {
+        let mut v: Vec<Loop> = Vec::new();
         if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
             v.push(("f32 fma avx2", 12.0 * 8.0, |n| unsafe { fma256(n) }));
             v.push(("int8 maddubs avx2", 6.0 * 32.0, |n| unsafe { maddubs256(n) }));

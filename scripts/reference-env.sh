@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Create (once) the reference Python environment used by the interoperability tests and the
 # benchmarks: PyTorch, Hugging Face transformers, safetensors and numpy from PyPI, and
-# scikit-learn and SciPy for the metric tests (added on top of an existing environment, so
+# scikit-learn and SciPy for the metric tests and compressed-tensors for loading int8 exports
+# in transformers (added on top of an existing environment, so
 # adding them does not download torch again). It lives
 # outside the checkout (the torch wheels are several GB) and is reused while it is complete.
 #
@@ -27,14 +28,14 @@ if [ ! -f "$STAMP" ]; then
         touch "$STAMP"
     fi
 fi
-EXTRAS=(scikit-learn scipy)
+EXTRAS=(scikit-learn scipy compressed-tensors==0.20.1)
 EXTRA_STAMP="$ENV_DIR/.extras-$(printf '%s ' "${EXTRAS[@]}" | sha256sum | cut -c1-16)"
 if [ ! -f "$EXTRA_STAMP" ]; then
     exec 9>"$ENV_DIR.lock"
     flock 9
     if [ ! -f "$EXTRA_STAMP" ]; then
         "$ENV_DIR/bin/python" -m pip install --quiet --disable-pip-version-check "${EXTRAS[@]}" >&2
-        "$ENV_DIR/bin/python" -c "import sklearn, scipy" >&2
+        "$ENV_DIR/bin/python" -c "import sklearn, scipy, compressed_tensors" >&2
         touch "$EXTRA_STAMP"
     fi
 fi

@@ -210,6 +210,9 @@ pub struct Report {
     /// Totals of the `compact` export, when one was written.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub compact: Option<Totals>,
+    /// The quantization step, when the spec asked for one (the `compressed/` export).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quantization: Option<crate::engine::io::compressed::Quantized>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

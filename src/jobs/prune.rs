@@ -1,15 +1,16 @@
 //! The `prune` job: reads the stored model (and the calibration text, for the methods that need
 //! it), turns the validated spec into an `engine::prune::run::Plan`, runs it, and stores what it
-//! writes — the model in the Hugging Face layout (and `compact/` on request), the masks, and
+//! writes — the model in the Hugging Face layout (and `compact/` on request, `compressed/`
+//! when the spec asks for quantization), the masks, and
 //! `report.json`, whose summary becomes the job's `export` stage.
 
-use super::spec::{Granularity, Importance, JobRequest, Method};
+use super::spec::{Granularity, Importance, JobRequest, Method, QuantMethod, QuantScheme};
 use super::{Executor, JobContext, JobError};
 use crate::engine::io::st;
 use crate::engine::model::config;
 use crate::engine::model::{Batch, ModelConfig};
 use crate::engine::prune::calibrated;
-use crate::engine::prune::run::{self, Amount, Kind, Layout, Plan, Sink, Source, Unit};
+use crate::engine::prune::run::{self, Amount, Kind, Layout, Plan, Quantization, Sink, Source, Unit};
 use crate::engine::prune::sparsegpt::Options;
 use crate::engine::prune::wanda::Rule;
 use crate::engine::prune::NmPattern;
@@ -54,6 +55,7 @@ fn finish(ctx: &JobContext, report: &Report) -> Result<(), JobError> {
         "removed": report.removed,
         "totals": report.totals,
         "compact": report.compact,
+        "quantization": report.quantization,
     });
     ctx.record_stage(Stage::Export, serde_json::json!({ "summary": summary }))
 }
@@ -69,6 +71,7 @@ impl Sink<JobError> for Artifacts<'_> {
         let prefix = match layout {
             Layout::Hf => "",
             Layout::Compact => "compact/",
+            Layout::Compressed => "compressed/",
         };
         write_model(self.0, prefix, weights, config)
     }
@@ -141,6 +144,9 @@ fn plan(req: &JobRequest) -> Result<Plan, JobError> {
         exclude: p.exclude.clone(),
         pattern: p.pattern.clone().filter(|_| p.granularity == Granularity::NM),
         compact: req.export.compact,
+        quantization: req.quantization.as_ref().map(|q| match (q.method, q.scheme) {
+            (QuantMethod::Int8, QuantScheme::Dynamic) => Quantization::Int8Dynamic,
+        }),
         parameters: parameters(req),
     })
 }

@@ -1180,7 +1180,95 @@ async fn decoder_models_are_accepted_and_pruned(db: Db) {
     }
 }
 
+async fn quantization_writes_an_int8_compressed_export(db: Db) {
+    use secateur::engine::cpu::int8::quantize_per_channel;
+    use secateur::engine::model::arch::{Arch, Family};
+    let app = TestApp::spawn(db).await;
+    let model = app.create_model(&TinyModel::default()).await;
+    for pruning in [
+        json!({"method": "magnitude", "sparsity": 0.5}),
+        json!({"method": "magnitude", "granularity": "heads", "scope": "local", "count": 1}),
+    ] {
+        let job =
+            app.submit_ok(&json!({"model_id": model, "pruning": pruning, "quantization": {"method": "int8"}})).await;
+        let done = app.wait_for(&job, &["succeeded", "failed"], WAIT).await;
+        assert_eq!(done["status"], "succeeded", "{done}");
+        // The pruned model as transformers loads it, and the same model quantized.
+        let hf = app.artifact(&job, "model.safetensors").await;
+        let q = app.artifact(&job, "compressed%2Fmodel.safetensors").await;
+        let (hh, qh) = (st::parse(&hf).unwrap(), st::parse(&q).unwrap());
+        let bytes = |h: &st::Header, f: &[u8], n: &str| {
+            let t = &h.tensors[n];
+            f[(h.data_start + t.begin) as usize..(h.data_start + t.end) as usize].to_vec()
+        };
+        let mut quantized = 0;
+        for (name, t) in &hh.tensors {
+            let qt = &qh.tensors[name];
+            assert_eq!(qt.shape, t.shape, "{name}");
+            if !Arch::Encoder(Family::Bert).is_linear_weight(name) {
+                assert_eq!((qt.dtype, bytes(&qh, &q, name)), (t.dtype, bytes(&hh, &hf, name)), "{name} unchanged");
+                continue;
+            }
+            let w = st::floats(&bytes(&hh, &hf, name), t.dtype).unwrap();
+            let (want, scales) = quantize_per_channel(&w, t.shape[0] as usize, t.shape[1] as usize);
+            assert_eq!(qt.dtype, Dtype::I8, "{name}");
+            assert_eq!(bytes(&qh, &q, name), want.iter().map(|v| *v as u8).collect::<Vec<_>>(), "{name}");
+            let scale = format!("{name}_scale");
+            assert_eq!(qh.tensors[&scale].shape, vec![t.shape[0], 1]);
+            assert_eq!(st::floats(&bytes(&qh, &q, &scale), qh.tensors[&scale].dtype).unwrap(), scales);
+            quantized += 1;
+        }
+        assert_eq!(quantized, 12);
+        let config: Value = serde_json::from_slice(&app.artifact(&job, "compressed%2Fconfig.json").await).unwrap();
+        assert_eq!(config["quantization_config"]["quant_method"], "compressed-tensors");
+        assert_eq!(config["quantization_config"]["format"], "int-quantized");
+        app.artifact(&job, "compressed%2Ftokenizer.json").await;
+        let report: Value = serde_json::from_slice(&app.artifact(&job, "report.json").await).unwrap();
+        let r = &report["quantization"];
+        assert_eq!((r["method"].as_str(), r["scheme"].as_str()), (Some("int8"), Some("dynamic")), "{report}");
+        assert_eq!(r["bytes_before"], hf.len() as u64);
+        assert_eq!(r["bytes_after"], q.len() as u64);
+        assert!(r["bytes_after"].as_u64() < r["bytes_before"].as_u64());
+        let result = app.get(&format!("/v1/jobs/{job}/result")).send().await.unwrap();
+        let result: Value = result.json().await.unwrap();
+        assert_eq!(result["summary"]["quantization"]["bytes_after"], q.len() as u64, "{result}");
+    }
+    // Without the field, no compressed export.
+    let job = app.submit_ok(&json!({"model_id": model, "pruning": {"method": "magnitude", "sparsity": 0.5}})).await;
+    app.wait_for(&job, &["succeeded"], WAIT).await;
+    let r = app.get(&format!("/v1/jobs/{job}/artifacts/compressed%2Fmodel.safetensors")).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
+    // Bad specs name the field.
+    for (q, field) in [
+        (json!({"method": "int4"}), "quantization.method"),
+        (json!({"method": "int8", "scheme": "static"}), "quantization.scheme"),
+        (json!({"method": "int8", "bits": 8}), "quantization"),
+        (json!({}), "quantization"),
+    ] {
+        let job = json!({"model_id": model, "pruning": {"method": "magnitude", "sparsity": 0.5}, "quantization": q});
+        let (s, body) = problem(app.submit(&job).await).await;
+        assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+        assert!(body["errors"][0]["field"].as_str().unwrap().starts_with(field), "{q}: {body}");
+    }
+    // GPT-2's Conv1D weights are not Linear modules.
+    let gpt2 = secateur::engine::testing::TinyDecoder { model_type: "gpt2", tied: true, ..Default::default() };
+    let files = vec![
+        ("config.json", gpt2.config_json().into_bytes()),
+        ("model.safetensors", gpt2.safetensors()),
+        ("tokenizer.json", TinyModel::default().tokenizer_json().into_bytes()),
+    ];
+    let r = app.upload_model(files).await;
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let id = r.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_string();
+    let job = json!({"model_id": id, "pruning": {"method": "magnitude", "sparsity": 0.5}, "quantization": {"method": "int8"}});
+    let (s, body) = problem(app.submit(&job).await).await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert_eq!(body["errors"][0]["field"], "quantization", "{body}");
+    assert!(body["errors"][0]["message"].as_str().unwrap().contains("Conv1D"), "{body}");
+}
+
 backend_tests!(
+    quantization_writes_an_int8_compressed_export,
     decoder_models_are_accepted_and_pruned,
     auth_is_required_and_errors_are_problems,
     model_upload_get_list_download_delete,

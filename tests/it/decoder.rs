@@ -263,6 +263,7 @@ fn prune_into(from: &std::path::Path, to: &std::path::Path, kind: Kind, windows:
         exclude: vec![],
         pattern: None,
         compact: false,
+        quantization: None,
         parameters: json!({}),
     };
     std::fs::create_dir_all(to).unwrap();

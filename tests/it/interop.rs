@@ -123,3 +123,51 @@ fn wanda_mask_equals_the_paper_rule_in_pytorch() {
         assert_eq!(differ, 0, "{name}: {differ} of {} mask entries differ", rows * cols);
     }
 }
+
+/// A prune job's int8 export (`"quantization": {"method": "int8"}`, compressed-tensors
+/// `int-quantized`) loads in transformers 5 with the compressed-tensors package, every weight
+/// matched, and stays within the quantization error of the unquantized export: cosine ≥ 0.99
+/// between the two last hidden states at every real token of an SST-2 batch, on MiniLM.
+#[test]
+fn int8_compressed_exports_load_in_transformers_within_the_quantization_error() {
+    let model = common::minilm::dir();
+    let work = tempfile::tempdir().unwrap();
+    let out = work.path().join("q");
+    let spec = r#"{"pruning": {"method": "magnitude", "scope": "global", "sparsity": 0.5}, "quantization": {"method": "int8"}}"#;
+    secateur::jobs::run_local(spec.as_bytes(), &model, None, &out, |_| {}).unwrap();
+    let compressed = out.join("compressed");
+    let (hf_bytes, q_bytes) = (
+        std::fs::metadata(out.join("model.safetensors")).unwrap().len(),
+        std::fs::metadata(compressed.join("model.safetensors")).unwrap().len(),
+    );
+    eprintln!("model.safetensors: {hf_bytes} bytes, compressed/: {q_bytes} bytes");
+    // Each linear weight goes from 4 bytes to 1, plus a 4-byte scale per output channel; the
+    // rest (embeddings: most of MiniLM's bytes) is unchanged; headers differ by little.
+    let h = secateur::engine::io::st::parse(&std::fs::read(compressed.join("model.safetensors")).unwrap()).unwrap();
+    let count =
+        |f: &dyn Fn(&String) -> bool| h.tensors.iter().filter(|(n, _)| f(n)).map(|(_, t)| t.numel()).sum::<u64>();
+    let int8 = count(&|n| h.tensors[n].dtype == secateur::engine::io::st::Dtype::I8);
+    let scales = count(&|n| n.ends_with("_scale"));
+    assert_eq!(int8, 10_616_832, "every linear weight of the 6 layers");
+    let expected = hf_bytes - 3 * int8 + 4 * scales;
+    assert!(q_bytes.abs_diff(expected) < 64 * 1024, "{q_bytes} bytes, expected about {expected}");
+    let (ids, mask, tt) = sst2_batch(&model, 8);
+    // hf_outputs.py refuses a model with missing, unexpected or mismatched weights.
+    let theirs = common::refenv::hf_last_hidden(&[&out, &compressed], &ids, &mask, &tt);
+    let (a, b) = (theirs[0].to_vec3::<f32>().unwrap(), theirs[1].to_vec3::<f32>().unwrap());
+    let m = mask.to_vec2::<u32>().unwrap();
+    let mut worst = f64::INFINITY;
+    for (s, row) in m.iter().enumerate() {
+        for (t, real) in row.iter().enumerate() {
+            if *real == 0 {
+                continue;
+            }
+            let (x, y) = (&a[s][t], &b[s][t]);
+            let dot: f64 = x.iter().zip(y).map(|(p, q)| f64::from(*p) * f64::from(*q)).sum();
+            let norm = |v: &[f32]| v.iter().map(|p| f64::from(*p).powi(2)).sum::<f64>().sqrt();
+            worst = worst.min(dot / (norm(x) * norm(y)));
+        }
+    }
+    eprintln!("int8 export vs the unquantized export in transformers: lowest per-token cosine {worst:.5}");
+    assert!(worst >= 0.99, "{worst}");
+}

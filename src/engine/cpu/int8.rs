@@ -146,6 +146,19 @@ pub fn quantize_with_scale(v: &[f32], scale: f32, q: &mut [i8]) -> f32 {
     scale
 }
 
+/// `w [out, inp]` (row-major) quantized symmetrically per output channel: the int8 weights
+/// (row-major) and one scale per channel ([`quantize_symmetric`] on each row).
+pub fn quantize_per_channel(w: &[f32], out: usize, inp: usize) -> (Vec<i8>, Vec<f32>) {
+    assert_eq!(w.len(), out * inp, "weights are not [out, inp]");
+    let mut q = vec![0i8; out * inp];
+    let scales = if inp == 0 {
+        vec![1.0; out]
+    } else {
+        w.chunks_exact(inp).zip(q.chunks_exact_mut(inp)).map(|(r, qr)| quantize_symmetric(r, qr)).collect()
+    };
+    (q, scales)
+}
+
 /// The float of an exact i32 sum of int8 products: `acc · (x_scale · w_scale) + bias`. Every
 /// path and the reference call this, so they agree bit for bit.
 #[inline(always)]
@@ -170,13 +183,7 @@ pub struct QuantMatrix {
 impl QuantMatrix {
     /// Quantizes `w [out, inp]` (row-major f32) symmetrically per output channel.
     pub fn quantize(w: &[f32], out: usize, inp: usize) -> QuantMatrix {
-        assert_eq!(w.len(), out * inp, "weights are not [out, inp]");
-        let mut q = vec![0i8; out * inp];
-        let scales = if inp == 0 {
-            vec![1.0; out]
-        } else {
-            w.chunks_exact(inp).zip(q.chunks_exact_mut(inp)).map(|(r, qr)| quantize_symmetric(r, qr)).collect()
-        };
+        let (q, scales) = quantize_per_channel(w, out, inp);
         QuantMatrix::from_quantized(&q, scales, out, inp)
     }
 

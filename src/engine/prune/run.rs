@@ -11,8 +11,8 @@
 use super::calibrated::{self, Checkpoint, Step};
 use super::wanda::Rule;
 use super::{decoder, magnitude, select, structured, Scope};
-use crate::engine::io::export;
 use crate::engine::io::st::{self, Header};
+use crate::engine::io::{compressed, export};
 use crate::engine::model::arch::{self, Arch, Family};
 use crate::engine::model::{Batch, Encoder, EncoderConfig, ModelConfig, ModelError, Weights};
 use crate::engine::report::{self, RemovedUnits, Report, Totals};
@@ -32,8 +32,18 @@ pub struct Plan {
     pub pattern: Option<String>,
     /// Also write the `compact` layout.
     pub compact: bool,
+    /// Quantize the pruned model (the `compressed` layout).
+    pub quantization: Option<Quantization>,
     /// The spec as run, the report's `parameters`; the method adds what it measured.
     pub parameters: serde_json::Value,
+}
+
+/// A quantization step after pruning.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Quantization {
+    /// int8 weights per output channel, activations per token at run time, written in the
+    /// compressed-tensors `int-quantized` format.
+    Int8Dynamic,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -103,6 +113,8 @@ pub enum Layout {
     Hf,
     /// Every removed unit sliced out (`compact/`).
     Compact,
+    /// The `hf` layout quantized, in the compressed-tensors format (`compressed/`).
+    Compressed,
 }
 
 /// What [`run`] produces, as it produces it, and how far it is.
@@ -117,6 +129,54 @@ pub trait Sink<E> {
 /// Prunes `src` by `plan`, writing through `sink`; `calibration` must be given when
 /// [`Plan::needs_calibration`]. Errors the user can fix are `ModelError::Invalid`.
 pub fn run<E: From<ModelError>>(
+    plan: &Plan,
+    src: Source,
+    calibration: Option<&[Batch]>,
+    sink: &mut dyn Sink<E>,
+) -> Result<Report, E> {
+    match plan.quantization {
+        None => prune(plan, src, calibration, sink),
+        Some(Quantization::Int8Dynamic) => {
+            let mut q = Quantizing { inner: sink, arch: src.model.arch, done: None };
+            let mut report = prune(plan, src, calibration, &mut q)?;
+            report.quantization = q.done;
+            Ok(report)
+        }
+    }
+}
+
+/// A sink that also quantizes the `hf` model it is handed and passes both on.
+struct Quantizing<'s, E> {
+    inner: &'s mut dyn Sink<E>,
+    arch: Arch,
+    done: Option<compressed::Quantized>,
+}
+
+impl<E: From<ModelError>> Sink<E> for Quantizing<'_, E> {
+    fn progress(&mut self, stage: &str, fraction: f64) -> Result<(), E> {
+        self.inner.progress(stage, fraction)
+    }
+    fn model(&mut self, layout: Layout, weights: Bytes, config: Bytes) -> Result<(), E> {
+        if layout != Layout::Hf {
+            return self.inner.model(layout, weights, config);
+        }
+        self.inner.progress("quantizing", 0.95)?;
+        let header = st::parse(&weights).map_err(ModelError::Invalid)?;
+        // The blocks' linear weights of the model as written (structured methods change them).
+        let targets = magnitude::select_targets(self.arch, &header, &[], &[]);
+        let (w, c, done) = compressed::int8_dynamic(&weights, &header, &config, self.arch, &targets)?;
+        self.inner.model(Layout::Hf, weights, config)?;
+        self.inner.model(Layout::Compressed, Bytes::from(w), Bytes::from(c))?;
+        self.done = Some(done);
+        Ok(())
+    }
+    fn masks(&mut self, masks: Bytes) -> Result<(), E> {
+        self.inner.masks(masks)
+    }
+}
+
+/// [`run`] without the quantization step.
+fn prune<E: From<ModelError>>(
     plan: &Plan,
     src: Source,
     calibration: Option<&[Batch]>,
@@ -163,6 +223,7 @@ fn report(plan: &Plan, asked: Asked, removed: Option<RemovedUnits>, measured: Me
         tensors: measured.tensors,
         totals: measured.totals,
         compact: measured.compact,
+        quantization: None,
     }
 }
 
@@ -561,6 +622,7 @@ mod tests {
             exclude: vec![],
             pattern: None,
             compact,
+            quantization: None,
             parameters: serde_json::json!({"asked": true}),
         }
     }

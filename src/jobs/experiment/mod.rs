@@ -590,6 +590,7 @@ impl<'a> Run<'a> {
             tensors,
             totals: totals.clone(),
             compact: None,
+            quantization: None,
         };
         let masks_bytes = report::masks_file(&st_bytes, &header, &names);
         if req.export.compact {

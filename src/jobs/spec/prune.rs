@@ -2,7 +2,7 @@
 //! validated with a message that names it.
 
 pub use crate::catalog::ModelShape;
-use crate::engine::model::arch::Arch;
+use crate::engine::model::arch::{Arch, DecoderKind};
 use crate::engine::prune::Scope;
 use crate::validation::{deserialize_named, FieldError};
 use serde::{Deserialize, Serialize};
@@ -124,6 +124,36 @@ pub struct ExportSpec {
     pub compact: bool,
 }
 
+/// The quantization method.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum QuantMethod {
+    /// 8-bit integers, symmetric, one scale per output channel of each weight.
+    Int8,
+}
+
+/// How activations are quantized when the model runs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum QuantScheme {
+    /// Per token, from its own range, at run time.
+    #[default]
+    Dynamic,
+}
+
+/// Quantization of the pruned model: the blocks' linear weights (the attention and FFN/MLP
+/// projections; embeddings, norms, biases and heads stay in floating point) to int8, written as
+/// `compressed/` in the compressed-tensors `int-quantized` format, which transformers loads with
+/// the `compressed-tensors` package. `report.json`'s `quantization` gives the bytes before and
+/// after.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct QuantizationSpec {
+    pub method: QuantMethod,
+    #[serde(default)]
+    pub scheme: QuantScheme,
+}
+
 /// How to prune.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -183,6 +213,8 @@ pub struct JobRequest {
     pub calibration: Option<CalibrationSpec>,
     #[serde(default)]
     pub export: ExportSpec,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quantization: Option<QuantizationSpec>,
 }
 
 impl PruningSpec {
@@ -370,6 +402,12 @@ impl JobRequest {
 /// job runs).
 pub fn check_against_model(req: &JobRequest, model: &ModelShape) -> Result<(), FieldError> {
     check_family_supports(&req.pruning, model)?;
+    if req.quantization.is_some() && Arch::parse(&model.model_type) == Some(Arch::Decoder(DecoderKind::Gpt2)) {
+        return Err(FieldError::new(
+            "quantization",
+            "GPT-2's Conv1D weights are not nn.Linear modules, which the compressed-tensors format quantizes",
+        ));
+    }
     if let Some(count) = req.pruning.count {
         let local = req.pruning.scope() == Scope::Local;
         let (layers, heads, ffn) = (model.num_layers, model.num_heads, model.intermediate_size);

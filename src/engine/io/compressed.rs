@@ -1,0 +1,210 @@
+//! Exports in the `compressed-tensors` format, which llm-compressor writes and transformers 5
+//! loads with the `compressed-tensors` package: here its `int-quantized` format (W8A8 int8).
+//!
+//! Every target weight `M.weight` (`[out, in]`, an `nn.Linear`'s) becomes int8 `M.weight` with
+//! `M.weight_scale` (`[out, 1]`, in the weight's own float dtype): symmetric per output channel
+//! (`engine::cpu::int8::quantize_per_channel`); every other tensor is copied byte for byte.
+//! `config.json` gains `quantization_config` with one config group whose `targets` name exactly
+//! the quantized modules (one anchored regular expression each, with or without the base-model
+//! prefix, so the task classes load it as well as `AutoModel`): int8 weights per channel,
+//! activations int8 per token at run time (`dynamic`).
+
+use super::st::{self, Dtype, Header};
+use crate::engine::cpu::int8;
+use crate::engine::model::arch::Arch;
+use crate::engine::model::ModelError;
+use serde::{Deserialize, Serialize};
+
+/// What the quantization step did (`report.json`'s `quantization`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Quantized {
+    /// `int8`.
+    pub method: String,
+    /// `dynamic`: activations quantized per token at run time.
+    pub scheme: String,
+    /// The compressed-tensors format of the export.
+    pub format: String,
+    /// How the weights are quantized.
+    pub weights: String,
+    /// The quantized weight tensors.
+    pub tensors: Vec<String>,
+    /// `model.safetensors` of the model before quantization and of `compressed/`.
+    pub bytes_before: u64,
+    pub bytes_after: u64,
+}
+
+/// The int8 (`int-quantized`, dynamic per-token activations) export of a checkpoint: its
+/// `model.safetensors` and `config.json`, and what was done. `targets` are weight tensors
+/// named `….weight`, stored `[out, in]`.
+pub fn int8_dynamic(
+    weights: &[u8],
+    header: &Header,
+    config_json: &[u8],
+    arch: Arch,
+    targets: &[String],
+) -> Result<(Vec<u8>, Vec<u8>, Quantized), ModelError> {
+    let invalid = |m: String| ModelError::Invalid(m);
+    let mut config: serde_json::Value =
+        serde_json::from_slice(config_json).map_err(|e| invalid(format!("config.json: {e}")))?;
+    let Some(obj) = config.as_object_mut() else { return Err(invalid("config.json is not an object".into())) };
+    if targets.is_empty() {
+        return Err(invalid("no linear weight to quantize".into()));
+    }
+    let mut order: Vec<(&String, &st::TensorInfo)> = header.tensors.iter().collect();
+    order.sort_by_key(|(_, t)| t.begin);
+    let base = header.data_start as usize;
+    let mut out = Vec::with_capacity(order.len() + targets.len());
+    let mut modules = Vec::with_capacity(targets.len());
+    for (name, t) in order {
+        let data = &weights[base + t.begin as usize..base + t.end as usize];
+        if !targets.contains(name) {
+            out.push((name.clone(), t.dtype, t.shape.clone(), data.to_vec()));
+            continue;
+        }
+        let module = name
+            .strip_suffix(".weight")
+            .ok_or_else(|| invalid(format!("{name}: only a module's `weight` can be quantized")))?;
+        if arch.stores_transposed(name) {
+            return Err(invalid(format!(
+                "{name}: GPT-2's Conv1D weights are not nn.Linear modules, which compressed-tensors quantizes"
+            )));
+        }
+        let [o, i] = t.shape[..] else { return Err(invalid(format!("{name}: shape {:?} is not [out, in]", t.shape))) };
+        let w =
+            st::floats(data, t.dtype).ok_or_else(|| invalid(format!("{name}: dtype {:?} is not a float", t.dtype)))?;
+        let (q, scales) = int8::quantize_per_channel(&w, o as usize, i as usize);
+        let mut scale_bytes = vec![0u8; scales.len() * t.dtype.size() as usize];
+        st::write_floats(&scales, t.dtype, &mut scale_bytes);
+        out.push((name.clone(), Dtype::I8, t.shape.clone(), q.iter().map(|v| *v as u8).collect()));
+        out.push((format!("{module}.weight_scale"), t.dtype, vec![o, 1], scale_bytes));
+        let canonical = arch.canonical_name(module);
+        modules.push(format!("re:(^|.*\\.){}$", regex::escape(canonical)));
+    }
+    let file = st::serialize(&out, if header.metadata.is_empty() { None } else { Some(&header.metadata) });
+    obj.insert("quantization_config".into(), quantization_config(&modules));
+    let config_out = serde_json::to_vec_pretty(&config).map_err(|e| invalid(e.to_string()))?;
+    let report = Quantized {
+        method: "int8".into(),
+        scheme: "dynamic".into(),
+        format: "int-quantized".into(),
+        weights: "symmetric per output channel".into(),
+        tensors: targets.to_vec(),
+        bytes_before: weights.len() as u64,
+        bytes_after: file.len() as u64,
+    };
+    Ok((file, config_out, report))
+}
+
+/// compressed-tensors' `quantization_config` for W8A8: int8 weights per channel, int8
+/// activations per token computed at run time, on the modules `targets` names.
+fn quantization_config(targets: &[String]) -> serde_json::Value {
+    let args = |strategy: &str, dynamic: bool| {
+        serde_json::json!({
+            "num_bits": 8, "type": "int", "symmetric": true, "strategy": strategy,
+            "dynamic": dynamic, "group_size": null,
+        })
+    };
+    serde_json::json!({
+        "quant_method": "compressed-tensors",
+        "format": "int-quantized",
+        "quantization_status": "compressed",
+        "config_groups": {
+            "group_0": {
+                "targets": targets,
+                "weights": args("channel", false),
+                "input_activations": args("token", true),
+                "output_activations": null,
+                "format": "int-quantized",
+            }
+        },
+        "ignore": [],
+        "kv_cache_scheme": null,
+        "sparsity_config": {},
+        "transform_config": {},
+        "global_compression_ratio": null,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::model::ModelConfig;
+    use crate::engine::testing::TinyModel;
+
+    #[test]
+    fn writes_int8_weights_with_scales_and_leaves_the_rest_alone() {
+        let m = TinyModel { with_prefix_and_head: true, ..TinyModel::default() };
+        let (config, weights) = (m.config_json(), m.safetensors());
+        let header = st::parse(&weights).unwrap();
+        let arch = ModelConfig::parse(config.as_bytes()).unwrap().arch;
+        let targets: Vec<String> = header.tensors.keys().filter(|n| arch.is_linear_weight(n)).cloned().collect();
+        assert_eq!(targets.len(), 12, "6 linear maps per layer, 2 layers");
+        let (file, cfg, report) = int8_dynamic(&weights, &header, config.as_bytes(), arch, &targets).unwrap();
+        let out = st::parse(&file).unwrap();
+        let tensor = |h: &Header, f: &[u8], n: &str| {
+            let t = &h.tensors[n];
+            (
+                t.dtype,
+                t.shape.clone(),
+                f[h.data_start as usize + t.begin as usize..h.data_start as usize + t.end as usize].to_vec(),
+            )
+        };
+        for name in header.tensors.keys() {
+            let (dtype, shape, data) = tensor(&header, &weights, name);
+            let (odtype, oshape, odata) = tensor(&out, &file, name);
+            assert_eq!(oshape, shape, "{name}");
+            if !targets.contains(name) {
+                assert_eq!((odtype, odata), (dtype, data), "{name} is copied unchanged");
+                continue;
+            }
+            assert_eq!(odtype, Dtype::I8, "{name}");
+            let w = st::floats(&data, dtype).unwrap();
+            let (q, scales) = int8::quantize_per_channel(&w, shape[0] as usize, shape[1] as usize);
+            assert_eq!(odata, q.iter().map(|v| *v as u8).collect::<Vec<_>>(), "{name}");
+            let scale_name = format!("{}_scale", name);
+            let (sd, ss, sdata) = tensor(&out, &file, &scale_name);
+            assert_eq!((sd, ss), (dtype, vec![shape[0], 1]));
+            assert_eq!(st::floats(&sdata, sd).unwrap(), scales);
+            // Dequantized, every weight is within half a step of the original.
+            for (r, row) in w.chunks(shape[1] as usize).enumerate() {
+                for (k, v) in row.iter().enumerate() {
+                    let back = f32::from(q[r * shape[1] as usize + k]) * scales[r];
+                    assert!((back - v).abs() <= scales[r] * 0.5 + 1e-7);
+                }
+            }
+        }
+        assert_eq!(out.tensors.len(), header.tensors.len() + targets.len());
+        let cfg: serde_json::Value = serde_json::from_slice(&cfg).unwrap();
+        let q = &cfg["quantization_config"];
+        assert_eq!(q["quant_method"], "compressed-tensors");
+        assert_eq!(q["format"], "int-quantized");
+        let group = &q["config_groups"]["group_0"];
+        assert_eq!(group["weights"]["strategy"], "channel");
+        assert_eq!(group["input_activations"]["strategy"], "token");
+        assert_eq!(group["input_activations"]["dynamic"], true);
+        let patterns: Vec<regex::Regex> = group["targets"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| regex::Regex::new(t.as_str().unwrap().strip_prefix("re:").unwrap()).unwrap())
+            .collect();
+        // Each pattern names its module with or without the `bert.` prefix, and nothing else.
+        assert!(patterns.iter().any(|p| p.is_match("bert.encoder.layer.1.output.dense")));
+        assert!(patterns.iter().any(|p| p.is_match("encoder.layer.1.output.dense")));
+        assert!(!patterns.iter().any(|p| p.is_match("classifier") || p.is_match("bert.pooler.dense")));
+        assert_eq!(cfg["hidden_size"], 32, "the rest of config.json is kept");
+        assert_eq!((report.bytes_before, report.bytes_after), (weights.len() as u64, file.len() as u64));
+        assert!(report.bytes_after < report.bytes_before);
+    }
+
+    #[test]
+    fn refuses_gpt2_conv1d() {
+        let m = crate::engine::testing::TinyDecoder { model_type: "gpt2", ..Default::default() };
+        let (config, weights) = (m.config_json(), m.safetensors());
+        let header = st::parse(&weights).unwrap();
+        let arch = ModelConfig::parse(config.as_bytes()).unwrap().arch;
+        let targets: Vec<String> = header.tensors.keys().filter(|n| arch.is_linear_weight(n)).cloned().collect();
+        let err = int8_dynamic(&weights, &header, config.as_bytes(), arch, &targets).unwrap_err();
+        assert!(err.to_string().contains("Conv1D"), "{err}");
+    }
+}
