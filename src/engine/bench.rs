@@ -4,6 +4,7 @@
 
 use super::cpu::fused::Seq;
 use super::cpu::matrix::Choice;
+use super::io::{compressed, st};
 use super::model::decoder::Decoder;
 use super::model::{Encoder, ModelConfig, ModelError};
 use candle_core::{Device, Tensor};
@@ -82,6 +83,16 @@ pub fn run(config_json: &[u8], safetensors: &[u8], w: &Workload) -> Result<Timin
     }
     let cfg = ModelConfig::parse(config_json).map_err(|e| ModelError::Invalid(format!("config.json: {e}")))?;
     let ids = input_ids(&cfg, w)?;
+    // A compressed-tensors int8 checkpoint runs int8 (unless asked otherwise), from its own
+    // int8 values: the loader reads floats, the runtime quantizes them back to the same ones.
+    let header = st::parse(safetensors).map_err(ModelError::Invalid)?;
+    let dequantized = compressed::dequantize(safetensors, &header, config_json)?;
+    let mut w = *w;
+    if dequantized.is_some() && w.choice == Choice::Fastest {
+        w.choice = Choice::Int8Dynamic;
+    }
+    let w = &w;
+    let safetensors = dequantized.as_deref().unwrap_or(safetensors);
     let mut forward: Box<dyn FnMut() -> Result<(), ModelError>>;
     let layers: Box<dyn Fn() -> Vec<BTreeMap<&'static str, &'static str>>>;
     if cfg.decoder.is_some() {
@@ -166,6 +177,19 @@ mod tests {
         let q = run(&config, &weights, &Workload { choice: Choice::Int8Dynamic, ..w }).unwrap();
         assert_eq!(q.representations["int8"], 4 * q.layers.len());
         assert!(run(&config, &weights, &Workload { runs: 0, ..w }).is_err());
+    }
+
+    #[test]
+    fn runs_a_compressed_int8_export_in_int8() {
+        let m = testing::TinyModel::default();
+        let (config, weights) = (m.config_json(), m.safetensors());
+        let header = st::parse(&weights).unwrap();
+        let arch = ModelConfig::parse(config.as_bytes()).unwrap().arch;
+        let targets: Vec<String> = header.tensors.keys().filter(|n| arch.is_linear_weight(n)).cloned().collect();
+        let (file, cfg, _) = compressed::int8_dynamic(&weights, &header, config.as_bytes(), arch, &targets).unwrap();
+        let w = Workload { batch: 2, seq_len: 8, runs: 1, seed: 1, choice: Choice::Fastest };
+        let t = run(&cfg, &file, &w).unwrap();
+        assert_eq!((t.runtime, t.representations["int8"]), ("int8_dynamic", 8));
     }
 
     #[test]

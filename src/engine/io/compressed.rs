@@ -95,6 +95,58 @@ pub fn int8_dynamic(
     Ok((file, config_out, report))
 }
 
+/// A compressed-tensors `int-quantized` checkpoint turned back into floats, for the loaders
+/// that read float weights: each int8 `M.weight` times its `M.weight_scale` (per output
+/// channel) in the scale's dtype, the scales dropped, every other tensor copied. `None` when
+/// `config.json` has no compressed-tensors `quantization_config`; other compressed-tensors
+/// formats are refused. The runtime then quantizes these weights again with the same scales,
+/// which gives back the same int8 values.
+pub fn dequantize(weights: &[u8], header: &Header, config_json: &[u8]) -> Result<Option<Vec<u8>>, ModelError> {
+    let invalid = |m: String| ModelError::Invalid(m);
+    let config: serde_json::Value =
+        serde_json::from_slice(config_json).map_err(|e| invalid(format!("config.json: {e}")))?;
+    let q = &config["quantization_config"];
+    if q["quant_method"] != "compressed-tensors" {
+        return Ok(None);
+    }
+    if q["format"] != "int-quantized" {
+        return Err(invalid(format!(
+            "config.json: quantization_config.format {} is not supported (int-quantized is)",
+            q["format"]
+        )));
+    }
+    let mut order: Vec<(&String, &st::TensorInfo)> = header.tensors.iter().collect();
+    order.sort_by_key(|(_, t)| t.begin);
+    let base = header.data_start as usize;
+    let data = |t: &st::TensorInfo| &weights[base + t.begin as usize..base + t.end as usize];
+    let mut out = Vec::with_capacity(order.len());
+    for (name, t) in order {
+        if name.ends_with(".weight_scale") {
+            continue;
+        }
+        if t.dtype != Dtype::I8 {
+            out.push((name.clone(), t.dtype, t.shape.clone(), data(t).to_vec()));
+            continue;
+        }
+        let scale_name = format!("{name}_scale");
+        let s = header
+            .tensors
+            .get(&scale_name)
+            .ok_or_else(|| invalid(format!("{name} is int8 but {scale_name} is missing")))?;
+        let [o, i] = t.shape[..] else { return Err(invalid(format!("{name}: shape {:?} is not [out, in]", t.shape))) };
+        if s.shape != [o, 1] {
+            return Err(invalid(format!("{scale_name}: shape {:?}, expected [{o}, 1]", s.shape)));
+        }
+        let scales = st::floats(data(s), s.dtype).ok_or_else(|| invalid(format!("{scale_name} is not a float")))?;
+        let w: Vec<f32> =
+            data(t).iter().enumerate().map(|(k, b)| f32::from(*b as i8) * scales[k / i as usize]).collect();
+        let mut bytes = vec![0u8; w.len() * s.dtype.size() as usize];
+        st::write_floats(&w, s.dtype, &mut bytes);
+        out.push((name.clone(), s.dtype, t.shape.clone(), bytes));
+    }
+    Ok(Some(st::serialize(&out, if header.metadata.is_empty() { None } else { Some(&header.metadata) })))
+}
+
 /// compressed-tensors' `quantization_config` for W8A8: int8 weights per channel, int8
 /// activations per token computed at run time, on the modules `targets` names.
 fn quantization_config(targets: &[String]) -> serde_json::Value {
@@ -195,6 +247,40 @@ mod tests {
         assert_eq!(cfg["hidden_size"], 32, "the rest of config.json is kept");
         assert_eq!((report.bytes_before, report.bytes_after), (weights.len() as u64, file.len() as u64));
         assert!(report.bytes_after < report.bytes_before);
+    }
+
+    #[test]
+    fn dequantizes_what_it_wrote() {
+        let m = TinyModel::default();
+        let (config, weights) = (m.config_json(), m.safetensors());
+        let header = st::parse(&weights).unwrap();
+        let arch = ModelConfig::parse(config.as_bytes()).unwrap().arch;
+        let targets: Vec<String> = header.tensors.keys().filter(|n| arch.is_linear_weight(n)).cloned().collect();
+        let (file, cfg, _) = int8_dynamic(&weights, &header, config.as_bytes(), arch, &targets).unwrap();
+        let qh = st::parse(&file).unwrap();
+        let back = dequantize(&file, &qh, &cfg).unwrap().unwrap();
+        let bh = st::parse(&back).unwrap();
+        assert_eq!(bh.tensors.keys().collect::<Vec<_>>(), header.tensors.keys().collect::<Vec<_>>());
+        let floats = |h: &Header, f: &[u8], n: &str| {
+            let t = &h.tensors[n];
+            st::floats(&f[(h.data_start + t.begin) as usize..(h.data_start + t.end) as usize], t.dtype).unwrap()
+        };
+        for name in header.tensors.keys() {
+            let (orig, got) = (floats(&header, &weights, name), floats(&bh, &back, name));
+            if !targets.contains(name) {
+                assert_eq!(got, orig, "{name}");
+                continue;
+            }
+            let t = &header.tensors[name];
+            let (q, scales) = int8::quantize_per_channel(&orig, t.shape[0] as usize, t.shape[1] as usize);
+            let want: Vec<f32> =
+                q.iter().enumerate().map(|(k, v)| f32::from(*v) * scales[k / t.shape[1] as usize]).collect();
+            assert_eq!(got, want, "{name}");
+            // Quantized again, the same int8 values.
+            assert_eq!(int8::quantize_per_channel(&got, t.shape[0] as usize, t.shape[1] as usize).0, q, "{name}");
+        }
+        // Not compressed: nothing to do.
+        assert!(dequantize(&weights, &header, config.as_bytes()).unwrap().is_none());
     }
 
     #[test]
