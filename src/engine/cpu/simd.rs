@@ -1,7 +1,9 @@
 //! Element-wise kernels (exp, erf, GELU and its tanh form with their gradients, softmax with an
 //! additive bias, LayerNorm with and without residual, its backward; the decoders' RMSNorm,
-//! SwiGLU gate and rotary positions): each has a portable body,
-//! compiled a second time with AVX2 and FMA enabled and chosen at run time when the CPU has them.
+//! SwiGLU gate and rotary positions): each has a portable body, compiled again with AVX2 and FMA
+//! and with AVX-512, the widest the CPU has chosen at run time. The bodies use no fused
+//! multiply-add unless they write `mul_add`, and the compiler never contracts on its own, so
+//! every width gives the same bits.
 //! Inference (`fused`) and training (`backprop`) call the same ones.
 
 macro_rules! dispatch {
@@ -12,9 +14,17 @@ macro_rules! dispatch {
             fn imp($($arg: $ty),*) $(-> $ret)? $body
             #[cfg(target_arch = "x86_64")]
             {
+                #[target_feature(enable = "avx512f,avx2,fma")]
+                unsafe fn avx512($($arg: $ty),*) $(-> $ret)? {
+                    imp($($arg),*)
+                }
                 #[target_feature(enable = "avx2,fma")]
                 unsafe fn avx2($($arg: $ty),*) $(-> $ret)? {
                     imp($($arg),*)
+                }
+                if is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("fma") {
+                    // SAFETY: the CPU has the features `avx512` was compiled for.
+                    return unsafe { avx512($($arg),*) };
                 }
                 if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
                     // SAFETY: the CPU has the features `avx2` was compiled for.
