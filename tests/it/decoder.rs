@@ -13,7 +13,7 @@ use secateur::engine::io::st;
 use secateur::engine::model::decoder::Decoder;
 use secateur::engine::model::{ModelConfig, ModelError};
 use secateur::engine::prune::calibrated;
-use secateur::engine::prune::run::{run, Kind, Layout, Plan, Sink, Source};
+use secateur::engine::prune::run::{run, Kind, Layout, Plan, Quantization, Sink, Source};
 use secateur::engine::prune::sparsegpt::Options;
 use secateur::engine::prune::wanda::Rule;
 use secateur::engine::prune::{NmPattern, Scope};
@@ -107,7 +107,7 @@ fn decoder_forward_equals_transformers() {
             ("sparsegpt-2of4", Kind::Calibrated(sparsegpt, nm)),
         ] {
             let to = format!("{name}-{tag}");
-            prune_into(&work.path().join(name), &work.path().join(&to), kind, &windows);
+            prune_into(&work.path().join(name), &work.path().join(&to), kind, &windows, None);
             pruned.push(to);
         }
     }
@@ -119,6 +119,60 @@ fn decoder_forward_equals_transformers() {
     );
     let names: Vec<&str> = pruned.iter().map(String::as_str).collect();
     compare(work.path(), &names, &ids, &mask, &theirs);
+}
+
+/// The int8 exports (`quantization`, compressed-tensors `int-quantized`) of Llama (grouped-query
+/// attention, bf16) and Qwen2 (q/k/v biases) checkpoints that transformers wrote load as
+/// `AutoModelForCausalLM` with every weight matched (the script exits otherwise) and give the
+/// logits of the unquantized export within the quantization error: cosine ≥ 0.99 at every real
+/// token.
+#[test]
+fn int8_decoder_exports_load_in_transformers() {
+    let work = tempfile::tempdir().unwrap();
+    let (ids, mask) = batch();
+    let names = ["llama-gqa-llama3-bfloat16", "qwen2-yarn-float32"];
+    let cases: Vec<Value> = cases().into_iter().filter(|c| names.contains(&c["name"].as_str().unwrap())).collect();
+    assert_eq!(cases.len(), names.len());
+    common::refenv::run_json(
+        "decoder_outputs.py",
+        &[work.path()],
+        &json!({"input_ids": ids, "attention_mask": mask, "cases": cases}),
+    );
+    let windows: Vec<Vec<u32>> = (0..4u32).map(|w| (0..10).map(|i| (i * 29 + w * 17 + 1) % VOCAB).collect()).collect();
+    let mut load = Vec::new();
+    for name in names {
+        let to = work.path().join(format!("{name}-int8"));
+        let kind = Kind::Magnitude(Rule::Unstructured(0.5));
+        prune_into(&work.path().join(name), &to, kind, &windows, Some(Quantization::Int8Dynamic));
+        load.push(json!({"name": format!("{name}-int8"), "load": true}));
+        load.push(json!({"name": format!("{name}-int8/compressed"), "load": true}));
+    }
+    let theirs = common::refenv::run_json(
+        "decoder_outputs.py",
+        &[work.path()],
+        &json!({"input_ids": ids, "attention_mask": mask, "cases": load}),
+    );
+    let mask = mask.concat();
+    for name in names {
+        let (a, b) = (
+            flat(&theirs[format!("{name}-int8")]["logits"]),
+            flat(&theirs[format!("{name}-int8/compressed")]["logits"]),
+        );
+        assert_eq!(a.len(), b.len());
+        let width = a.len() / mask.len();
+        let mut worst = f64::INFINITY;
+        for (row, m) in mask.iter().enumerate() {
+            if *m == 0 {
+                continue;
+            }
+            let (x, y) = (&a[row * width..(row + 1) * width], &b[row * width..(row + 1) * width]);
+            let dot: f64 = x.iter().zip(y).map(|(p, q)| f64::from(*p) * f64::from(*q)).sum();
+            let norm = |v: &[f32]| v.iter().map(|p| f64::from(*p).powi(2)).sum::<f64>().sqrt();
+            worst = worst.min(dot / (norm(x) * norm(y)));
+        }
+        eprintln!("{name}: int8 export vs unquantized, lowest per-token cosine of the logits {worst:.5}");
+        assert!(worst >= 0.99, "{name}: {worst}");
+    }
 }
 
 /// The Wanda masks our sequential pass chooses on a decoder equal those of the paper's code run
@@ -143,7 +197,7 @@ fn decoder_wanda_masks_equal_the_papers_code() {
             common::refenv::run_json("decoder_wanda.py", &[&dir], &json!({"windows": windows, "sparsity": 0.5}));
         let to = work.path().join(format!("{model_type}-wanda"));
         let wanda = Kind::Calibrated(calibrated::Method::Wanda, Rule::Unstructured(0.5));
-        prune_into(&dir, &to, wanda, &windows);
+        prune_into(&dir, &to, wanda, &windows, None);
         let out = std::fs::read(to.join("model.safetensors")).unwrap();
         let h = st::parse(&out).unwrap();
         let arch = Arch::parse(model_type).unwrap();
@@ -209,9 +263,14 @@ impl Sink<ModelError> for Dir<'_> {
         Ok(())
     }
     fn model(&mut self, layout: Layout, weights: Bytes, config: Bytes) -> Result<(), ModelError> {
-        assert_eq!(layout, Layout::Hf);
-        std::fs::write(self.0.join("model.safetensors"), weights).unwrap();
-        std::fs::write(self.0.join("config.json"), config).unwrap();
+        let dir = match layout {
+            Layout::Hf => self.0.to_path_buf(),
+            Layout::Compressed => self.0.join("compressed"),
+            Layout::Compact => panic!("no compact layout here"),
+        };
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("model.safetensors"), weights).unwrap();
+        std::fs::write(dir.join("config.json"), config).unwrap();
         Ok(())
     }
     fn masks(&mut self, _: Bytes) -> Result<(), ModelError> {
@@ -249,9 +308,16 @@ fn compare(work: &std::path::Path, names: &[&str], ids: &[u32], mask: &[u32], th
     }
 }
 
-/// Prune the checkpoint in `from` into a new directory `to`, through the engine's one entry
-/// point, as a prune job does (calibrated methods on `windows` of token ids, of equal length).
-fn prune_into(from: &std::path::Path, to: &std::path::Path, kind: Kind, windows: &[Vec<u32>]) {
+/// Prune the checkpoint in `from` into a new directory `to` (and quantize it into
+/// `to/compressed` when asked), through the engine's one entry point, as a prune job does
+/// (calibrated methods on `windows` of token ids, of equal length).
+fn prune_into(
+    from: &std::path::Path,
+    to: &std::path::Path,
+    kind: Kind,
+    windows: &[Vec<u32>],
+    quantization: Option<Quantization>,
+) {
     let config = std::fs::read(from.join("config.json")).unwrap();
     let weights = Bytes::from(std::fs::read(from.join("model.safetensors")).unwrap());
     let header = st::parse(&weights).unwrap();
@@ -263,7 +329,7 @@ fn prune_into(from: &std::path::Path, to: &std::path::Path, kind: Kind, windows:
         exclude: vec![],
         pattern: None,
         compact: false,
-        quantization: None,
+        quantization,
         parameters: json!({}),
     };
     std::fs::create_dir_all(to).unwrap();
