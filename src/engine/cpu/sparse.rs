@@ -146,7 +146,7 @@ pub fn linear_on(isa: Isa, x: &[f32], rows: usize, m: &SparseMatrix, bias: Optio
     if rows == 0 || out == 0 {
         return vec![0f32; rows * out];
     }
-    // Every element is written once below (`write_rows`): no zeroing pass over the output.
+    // Every element is written once below (the final `transpose`): no zeroing pass over the output.
     let mut y: Vec<f32> = Vec::with_capacity(rows * out);
     let rb = isa.rows();
     let kb = (BLOCK_BYTES / (4 * rb)).max(1);
@@ -163,7 +163,9 @@ pub fn linear_on(isa: Isa, x: &[f32], rows: usize, m: &SparseMatrix, bias: Optio
             if yt.len() < out * rb {
                 yt.resize(out * rb, 0.0);
             }
-            transpose_into(&x[r0 * inp..(r0 + nr) * inp], nr, inp, xt, rb);
+            // SAFETY: viewing initialised floats as possibly uninitialised ones is sound.
+            let xt_out = unsafe { &mut *(xt.as_mut_slice() as *mut [f32] as *mut [MaybeUninit<f32>]) };
+            transpose(&x[r0 * inp..(r0 + nr) * inp], inp, nr, inp, None, xt_out, rb);
             // Each channel's next non-zero not yet applied.
             let mut pos = m.row_ptr[..out].to_vec();
             for k0 in (0..inp).step_by(kb) {
@@ -174,11 +176,11 @@ pub fn linear_on(isa: Isa, x: &[f32], rows: usize, m: &SparseMatrix, bias: Optio
             for n in (0..out).filter(|&n| m.row_ptr[n] == m.row_ptr[n + 1]) {
                 yt[n * rb..(n + 1) * rb].fill(0.0);
             }
-            // yt [out, rb] back into the rows, with the bias.
-            write_rows(yt, rb, nr, out, bias, ys);
+            // yt [out, rb] back into the rows, with the bias: every element of `ys` written.
+            transpose(yt, rb, out, nr, bias, ys, out);
         });
     });
-    // SAFETY: `write_rows` wrote every element of every chunk.
+    // SAFETY: the final `transpose` wrote every element of every chunk.
     unsafe { y.set_len(rows * out) };
     y
 }
@@ -188,57 +190,42 @@ thread_local! {
     static SCRATCH: std::cell::RefCell<(Vec<f32>, Vec<f32>)> = const { std::cell::RefCell::new((Vec::new(), Vec::new())) };
 }
 
-/// `src [rows, cols]` → `dst [cols, stride]` (columns `rows..stride` left as they are), in
-/// 8 × 8 tiles (AVX shuffles where the CPU has them).
-fn transpose_into(src: &[f32], rows: usize, cols: usize, dst: &mut [f32], stride: usize) {
-    assert!(src.len() >= rows * cols && dst.len() >= cols * stride && rows <= stride);
-    for k0 in (0..cols).step_by(8) {
-        let kk = 8.min(cols - k0);
-        for i0 in (0..rows).step_by(8) {
-            let ii = 8.min(rows - i0);
-            #[cfg(target_arch = "x86_64")]
-            if kk == 8 && ii == 8 && is_x86_feature_detected!("avx") {
-                // SAFETY: the CPU has AVX; the tile is inside both buffers (asserted above).
-                unsafe {
-                    tile8_avx(
-                        src.as_ptr().add(i0 * cols + k0),
-                        cols,
-                        dst.as_mut_ptr().add(k0 * stride + i0),
-                        stride,
-                        None,
-                    )
-                };
-                continue;
-            }
-            for i in i0..i0 + ii {
-                for (k, v) in src[i * cols + k0..i * cols + k0 + kk].iter().enumerate() {
-                    dst[(k0 + k) * stride + i] = *v;
-                }
-            }
-        }
+/// `dst[c][r] = src[r][c] (+ add[r])` for every `r < rows`, `c < cols`, with `src`'s rows
+/// `src_stride` floats apart and `dst`'s `dst_stride` apart, in 8 × 8 tiles (AVX shuffles where
+/// the CPU has them). Both transposes of the kernel: the rows in, and the sums back out with
+/// the bias.
+fn transpose(
+    src: &[f32],
+    src_stride: usize,
+    rows: usize,
+    cols: usize,
+    add: Option<&[f32]>,
+    dst: &mut [MaybeUninit<f32>],
+    dst_stride: usize,
+) {
+    if rows == 0 || cols == 0 {
+        return;
     }
-}
-
-/// `ys [nr, out]` ← `yt [out, rb]`ᵀ (+ bias), in 8 × 8 tiles: every element of `ys` written.
-fn write_rows(yt: &[f32], rb: usize, nr: usize, out: usize, bias: Option<&[f32]>, ys: &mut [MaybeUninit<f32>]) {
-    assert!(yt.len() >= out * rb && ys.len() >= nr * out && nr <= rb);
-    for n0 in (0..out).step_by(8) {
-        let nn = 8.min(out - n0);
-        for i0 in (0..nr).step_by(8) {
-            let ii = 8.min(nr - i0);
+    assert!(cols <= src_stride && rows <= dst_stride);
+    assert!(src.len() >= (rows - 1) * src_stride + cols && dst.len() >= (cols - 1) * dst_stride + rows);
+    assert!(add.is_none_or(|a| a.len() >= rows));
+    for r0 in (0..rows).step_by(8) {
+        let rr = 8.min(rows - r0);
+        for c0 in (0..cols).step_by(8) {
+            let cc = 8.min(cols - c0);
             #[cfg(target_arch = "x86_64")]
-            if nn == 8 && ii == 8 && is_x86_feature_detected!("avx") {
-                let b = bias.map(|b| &b[n0..n0 + 8]);
+            if rr == 8 && cc == 8 && is_x86_feature_detected!("avx") {
                 // SAFETY: the CPU has AVX; the tile is inside both buffers (asserted above).
                 unsafe {
-                    let dst = (ys.as_mut_ptr() as *mut f32).add(i0 * out + n0);
-                    tile8_avx(yt.as_ptr().add(n0 * rb + i0), rb, dst, out, b)
+                    let to = (dst.as_mut_ptr() as *mut f32).add(c0 * dst_stride + r0);
+                    tile8_avx(src.as_ptr().add(r0 * src_stride + c0), src_stride, to, dst_stride, add.map(|a| &a[r0..]))
                 };
                 continue;
             }
-            for i in i0..i0 + ii {
-                for j in 0..nn {
-                    ys[i * out + n0 + j] = MaybeUninit::new(yt[(n0 + j) * rb + i] + bias.map_or(0.0, |b| b[n0 + j]));
+            for r in r0..r0 + rr {
+                let plus = add.map_or(0.0, |a| a[r]);
+                for c in c0..c0 + cc {
+                    dst[c * dst_stride + r] = MaybeUninit::new(src[r * src_stride + c] + plus);
                 }
             }
         }
