@@ -76,6 +76,35 @@ pub fn input_ids(cfg: &ModelConfig, w: &Workload) -> Result<Vec<u32>, ModelError
     Ok(random_ids(w.batch * w.seq_len, vocab, cfg.pad_token_id, w.seed))
 }
 
+/// A loaded model with its input batch.
+enum Runner {
+    Encoder(Encoder, Tensor, Tensor),
+    Decoder(Decoder, Vec<u32>, Vec<Seq>),
+}
+
+impl Runner {
+    fn forward(&self) -> Result<(), ModelError> {
+        match self {
+            Runner::Encoder(enc, ids, mask) => enc.forward(ids, None, mask).map(|_| ()),
+            Runner::Decoder(dec, ids, seqs) => dec.forward(ids, seqs).map(|_| ()),
+        }
+    }
+
+    /// Per layer, each linear map's representation (the decoders' maps are dense).
+    fn layers(&self) -> Vec<BTreeMap<&'static str, &'static str>> {
+        match self {
+            Runner::Encoder(enc, ..) => enc
+                .representations()
+                .map(|ls| ls.into_iter().map(|l| l.into_iter().collect()).collect())
+                .unwrap_or_default(),
+            Runner::Decoder(dec, ..) => {
+                let names = ["qkv", "attention_output", "mlp_in", "mlp_out"];
+                dec.layers.iter().map(|_| names.iter().map(|n| (*n, "dense")).collect()).collect()
+            }
+        }
+    }
+}
+
 /// Times the forward of the checkpoint `config.json` + `model.safetensors` on `w`.
 pub fn run(config_json: &[u8], safetensors: &[u8], w: &Workload) -> Result<Timing, ModelError> {
     if w.batch == 0 || w.seq_len == 0 || w.runs == 0 {
@@ -87,54 +116,38 @@ pub fn run(config_json: &[u8], safetensors: &[u8], w: &Workload) -> Result<Timin
     // int8 values: the loader reads floats, the runtime quantizes them back to the same ones.
     let header = st::parse(safetensors).map_err(ModelError::Invalid)?;
     let dequantized = compressed::dequantize(safetensors, &header, config_json)?;
-    let mut w = *w;
-    if dequantized.is_some() && w.choice == Choice::Fastest {
-        w.choice = Choice::Int8Dynamic;
-    }
-    let w = &w;
+    let choice = match w.choice {
+        Choice::Fastest if dequantized.is_some() => Choice::Int8Dynamic,
+        asked => asked,
+    };
     let safetensors = dequantized.as_deref().unwrap_or(safetensors);
-    let mut forward: Box<dyn FnMut() -> Result<(), ModelError>>;
-    let layers: Box<dyn Fn() -> Vec<BTreeMap<&'static str, &'static str>>>;
-    if cfg.decoder.is_some() {
-        if w.choice != Choice::Dense && w.choice != Choice::Fastest {
+    let model = if cfg.decoder.is_some() {
+        if choice != Choice::Dense && choice != Choice::Fastest {
             return Err(ModelError::Invalid(
                 "the decoder runtime runs dense f32 only (int8 is not written yet)".into(),
             ));
         }
-        let dec = std::rc::Rc::new(Decoder::from_files(config_json, safetensors)?);
         let seqs = Seq::packed(&vec![w.seq_len; w.batch]);
-        let d = dec.clone();
-        forward = Box::new(move || d.forward(&ids, &seqs).map(|_| ()));
-        layers = Box::new(move || {
-            let names = ["qkv", "attention_output", "mlp_in", "mlp_out"];
-            dec.layers.iter().map(|_| names.iter().map(|n| (*n, "dense")).collect()).collect()
-        });
+        Runner::Decoder(Decoder::from_files(config_json, safetensors)?, ids, seqs)
     } else {
         let mut enc = Encoder::from_weights(&cfg, safetensors, &Device::Cpu)?;
-        enc.set_runtime(w.choice);
-        let enc = std::rc::Rc::new(enc);
+        enc.set_runtime(choice);
         let t = |v: Vec<u32>| Tensor::from_vec(v, (w.batch, w.seq_len), &Device::Cpu);
         let (ids, mask) = (t(ids)?, t(vec![1u32; w.batch * w.seq_len])?);
-        let e = enc.clone();
-        forward = Box::new(move || e.forward(&ids, None, &mask).map(|_| ()));
-        layers = Box::new(move || {
-            enc.representations()
-                .map(|ls| ls.into_iter().map(|l| l.into_iter().collect()).collect())
-                .unwrap_or_default()
-        });
-    }
+        Runner::Encoder(enc, ids, mask)
+    };
     let clock = std::time::Instant::now();
-    forward()?;
+    model.forward()?;
     let warmup_ms = clock.elapsed().as_secs_f64() * 1e3;
     let mut ms = Vec::with_capacity(w.runs);
     for _ in 0..w.runs {
         let clock = std::time::Instant::now();
-        forward()?;
+        model.forward()?;
         ms.push(clock.elapsed().as_secs_f64() * 1e3);
     }
     ms.sort_by(f64::total_cmp);
     let median = if ms.len() % 2 == 1 { ms[ms.len() / 2] } else { (ms[ms.len() / 2 - 1] + ms[ms.len() / 2]) / 2.0 };
-    let layers = layers();
+    let layers = model.layers();
     let mut representations = BTreeMap::new();
     for l in &layers {
         for kind in l.values() {
@@ -147,7 +160,7 @@ pub fn run(config_json: &[u8], safetensors: &[u8], w: &Workload) -> Result<Timin
         seq_len: w.seq_len,
         runs: w.runs,
         threads: rayon::current_num_threads(),
-        runtime: runtime_name(w.choice),
+        runtime: runtime_name(choice),
         ms: median,
         ms_min: ms[0],
         ms_max: ms[ms.len() - 1],

@@ -30,7 +30,7 @@ pub enum Choice {
     Int8Dynamic,
 }
 
-pub enum Repr {
+enum Repr {
     Dense(Vec<f32>),
     Sparse(SparseMatrix),
     Int8(QuantMatrix, Activations),
@@ -66,13 +66,12 @@ impl Matrix {
 
     /// The f32 weights `[out, inp]` as dense or compressed rows, whichever runs faster here.
     pub fn fastest(w: Vec<f32>, out: usize, inp: usize) -> Matrix {
-        let dense = Matrix::dense(w, out, inp);
-        let Repr::Dense(w) = &dense.repr else { unreachable!("built dense") };
         let nnz = w.iter().filter(|v| **v != 0.0).count();
         if out * inp == 0 || nnz as f64 > PROBE_DENSITY * (out * inp) as f64 {
-            return dense;
+            return Matrix::dense(w, out, inp);
         }
-        let candidate = Matrix { out, inp, repr: Repr::Sparse(SparseMatrix::from_dense(w, out, inp)) };
+        let candidate = Matrix { out, inp, repr: Repr::Sparse(SparseMatrix::from_dense(&w, out, inp)) };
+        let dense = Matrix::dense(w, out, inp);
         let probe: Vec<f32> = (0..PROBE_ROWS * inp).map(|i| ((i * 7919 % 1000) as f32 - 500.0) * 1e-3).collect();
         let time = |m: &Matrix| -> f64 {
             (0..3)
@@ -100,10 +99,6 @@ impl Matrix {
 
     pub fn inp(&self) -> usize {
         self.inp
-    }
-
-    pub fn repr(&self) -> &Repr {
-        &self.repr
     }
 
     /// What runs this map: `dense`, `sparse` or `int8`.
