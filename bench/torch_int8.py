@@ -2,31 +2,21 @@
 `secateur bench --save-input` wrote: the fp32 model and the same model after
 torch.ao.quantization.quantize_dynamic (every nn.Linear to int8, PyTorch's default qconfig:
 per-tensor weights, activations quantized per batch at run time); median of RUNS forwards after
-a warm-up each.
+a warm-up each (bench/torch_forward.py's loop).
 Usage: torch_int8.py INPUT.json RUNS MODEL_DIR"""
 import json
-import statistics
 import sys
-import time
 
 import torch
+from torch_forward import load_batch, median_forward_ms
 from transformers import AutoModel
 
 torch.set_num_threads(2)
-batch = json.load(open(sys.argv[1]))
+shape, inputs = load_batch(sys.argv[1])
 runs = int(sys.argv[2])
-shape = (batch["batch"], batch["seq"])
-inputs = {k: torch.tensor(batch[k]).reshape(shape) for k in ("input_ids", "attention_mask", "token_type_ids")}
 fp32 = AutoModel.from_pretrained(sys.argv[3]).eval()
 int8 = torch.ao.quantization.quantize_dynamic(fp32, {torch.nn.Linear}, dtype=torch.qint8)
 for label, model in (("torch-fp32", fp32), ("torch-int8-dynamic", int8)):
-    with torch.inference_mode():
-        model(**inputs)
-        times = []
-        for _ in range(runs):
-            t = time.perf_counter()
-            model(**inputs)
-            times.append((time.perf_counter() - t) * 1e3)
-    ms = statistics.median(times)
+    ms = median_forward_ms(model, inputs, runs)
     print(json.dumps({"label": label, "ms": ms, "seq_per_s": shape[0] * 1e3 / ms, "runs": runs,
                       "threads": torch.get_num_threads(), "engine": torch.backends.quantized.engine}))
