@@ -215,6 +215,47 @@ pub struct Report {
     pub quantization: Option<crate::engine::io::compressed::Quantized>,
 }
 
+/// What a report says was asked: its first fields (the rest is measured).
+pub struct Request {
+    pub method: String,
+    pub parameters: serde_json::Value,
+    pub granularity: String,
+    pub scope: Scope,
+    pub requested_sparsity: f64,
+    pub pattern: Option<String>,
+    pub include: Vec<String>,
+    pub exclude: Vec<String>,
+}
+
+impl Report {
+    /// The report of `asked` with what was measured on the written file: its tensors, their
+    /// totals, and per layer (from the tensors, or as the caller filled them in).
+    pub fn new(
+        asked: Request,
+        removed: Option<RemovedUnits>,
+        tensors: Vec<TensorReport>,
+        layers: Vec<LayerReport>,
+        totals: Totals,
+    ) -> Report {
+        Report {
+            method: asked.method,
+            parameters: asked.parameters,
+            granularity: asked.granularity,
+            scope: asked.scope,
+            requested_sparsity: asked.requested_sparsity,
+            pattern: asked.pattern,
+            include: asked.include,
+            exclude: asked.exclude,
+            removed,
+            layers,
+            tensors,
+            totals,
+            compact: None,
+            quantization: None,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct RemovedUnits {
     /// Per layer (indices of the original model).

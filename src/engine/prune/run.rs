@@ -209,7 +209,7 @@ fn report(plan: &Plan, asked: Asked, removed: Option<RemovedUnits>, measured: Me
         map.extend(extra);
     }
     let list = |v: &Vec<String>| if asked.weight_level { v.clone() } else { Vec::new() };
-    Report {
+    let request = report::Request {
         method: asked.method.into(),
         parameters,
         granularity: asked.granularity.into(),
@@ -218,13 +218,10 @@ fn report(plan: &Plan, asked: Asked, removed: Option<RemovedUnits>, measured: Me
         pattern: plan.pattern.clone().filter(|_| asked.weight_level),
         include: list(&plan.include),
         exclude: list(&plan.exclude),
-        removed,
-        layers: measured.layers,
-        tensors: measured.tensors,
-        totals: measured.totals,
-        compact: measured.compact,
-        quantization: None,
-    }
+    };
+    let mut report = Report::new(request, removed, measured.tensors, measured.layers, measured.totals);
+    report.compact = measured.compact;
+    report
 }
 
 struct Measured {

@@ -570,28 +570,25 @@ impl<'a> Run<'a> {
         let header = st::parse(&st_bytes).map_err(|e| JobError::Internal(anyhow::anyhow!(e)))?;
         let names: Vec<String> = targets.iter().map(|&i| format!("{}.{}", family.name(), net.params[i].name)).collect();
         let (tensors, totals) = report::measure(&st_bytes, &header, &names);
-        let mut report = Report {
-            method: req.pruning.as_ref().map_or("none".into(), |p| {
-                serde_json::to_value(p.method).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default()
-            }),
+        let name = |v: serde_json::Value| v.as_str().map(String::from).unwrap_or_default();
+        let p = req.pruning.as_ref();
+        let request = report::Request {
+            method: p.map_or("none".into(), |p| serde_json::to_value(p.method).map(name).unwrap_or_default()),
             parameters: json!(req.pruning),
-            granularity: req.pruning.as_ref().map_or("unstructured".into(), |p| {
-                serde_json::to_value(p.granularity).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default()
+            granularity: p
+                .map_or("unstructured".into(), |p| serde_json::to_value(p.granularity).map(name).unwrap_or_default()),
+            scope: p.and_then(|p| p.scope).unwrap_or(if p.is_some_and(|p| p.method.calibrated()) {
+                Scope::Local
+            } else {
+                Scope::Global
             }),
-            scope: req.pruning.as_ref().and_then(|p| p.scope).unwrap_or(
-                if req.pruning.as_ref().is_some_and(|p| p.method.calibrated()) { Scope::Local } else { Scope::Global },
-            ),
-            requested_sparsity: req.pruning.as_ref().and_then(|p| p.sparsity).unwrap_or(0.0),
-            pattern: req.pruning.as_ref().and_then(|p| p.pattern.clone()),
+            requested_sparsity: p.and_then(|p| p.sparsity).unwrap_or(0.0),
+            pattern: p.and_then(|p| p.pattern.clone()),
             include: Vec::new(),
             exclude: Vec::new(),
-            removed: None,
-            layers: report::per_layer(&tensors),
-            tensors,
-            totals: totals.clone(),
-            compact: None,
-            quantization: None,
         };
+        let layers = report::per_layer(&tensors);
+        let mut report = Report::new(request, None, tensors, layers, totals.clone());
         let masks_bytes = report::masks_file(&st_bytes, &header, &names);
         if req.export.compact {
             // The same task model with the removed units sliced out (nothing to slice after
