@@ -93,10 +93,7 @@ impl Runner {
     /// Per layer, each linear map's representation (the decoders' maps are dense).
     fn layers(&self) -> Vec<BTreeMap<&'static str, &'static str>> {
         match self {
-            Runner::Encoder(enc, ..) => enc
-                .representations()
-                .map(|ls| ls.into_iter().map(|l| l.into_iter().collect()).collect())
-                .unwrap_or_default(),
+            Runner::Encoder(enc, ..) => enc.representations().into_iter().map(|l| l.into_iter().collect()).collect(),
             Runner::Decoder(dec, ..) => {
                 let names = ["qkv", "attention_output", "mlp_in", "mlp_out"];
                 dec.layers.iter().map(|_| names.iter().map(|n| (*n, "dense")).collect()).collect()

@@ -68,7 +68,8 @@ fn minilm_and_its_hf_exports_match_transformers() {
 }
 
 /// Our Wanda mask equals the paper's rule computed directly in PyTorch on the real MiniLM, with
-/// activations taken from real sentences: every encoder linear map, bit for bit.
+/// activations taken from real sentences: every encoder linear map, except entries whose score
+/// ties the row's threshold to within f32 rounding of the activations (at most 8 per map).
 #[test]
 fn wanda_mask_equals_the_paper_rule_in_pytorch() {
     use secateur::engine::prune::wanda::{input_norms, mask, Rule};
@@ -114,13 +115,30 @@ fn wanda_mask_equals_the_paper_rule_in_pytorch() {
     for (name, their_mask) in &theirs {
         let w = &weights[name];
         let (rows, cols) = w.dims2().unwrap();
-        let ours =
-            mask(&w.flatten_all().unwrap().to_vec1::<f32>().unwrap(), cols, &norms[name], Rule::Unstructured(0.5));
+        let values = w.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let ours = mask(&values, cols, &norms[name], Rule::Unstructured(0.5));
         let theirs: Vec<bool> =
             their_mask.flatten_all().unwrap().to_vec1::<u8>().unwrap().into_iter().map(|b| b == 1).collect();
         assert_eq!(ours.len(), rows * cols);
-        let differ = ours.iter().zip(&theirs).filter(|(a, b)| a != b).count();
-        assert_eq!(differ, 0, "{name}: {differ} of {} mask entries differ", rows * cols);
+        // Both sides compute the activations in f32 with their own kernels (our polynomial exp
+        // and rational erf, PyTorch's): the norms agree to ~1e-6 relative, so an entry may
+        // flip only where its score ties the row's threshold at that precision.
+        let mut differ = 0;
+        for r in 0..rows {
+            let score: Vec<f64> = (0..cols).map(|j| f64::from(values[r * cols + j].abs()) * norms[name][j]).collect();
+            let mut sorted = score.clone();
+            sorted.sort_by(f64::total_cmp);
+            let threshold = sorted[cols / 2 - 1];
+            for j in (0..cols).filter(|&j| ours[r * cols + j] != theirs[r * cols + j]) {
+                differ += 1;
+                let gap = (score[j] - threshold).abs() / threshold;
+                assert!(gap < 1e-5, "{name} row {r} col {j}: score {} is {gap:e} from the threshold", score[j]);
+            }
+        }
+        assert!(differ <= 8, "{name}: {differ} of {} mask entries differ", rows * cols);
+        if differ > 0 {
+            eprintln!("{name}: {differ} of {} entries differ, each a tie at f32 precision", rows * cols);
+        }
     }
 }
 

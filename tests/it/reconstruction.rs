@@ -40,10 +40,10 @@ fn batches(model_dir: &std::path::Path, skip: usize, n: usize) -> Vec<(Tensor, T
 fn inputs(enc: &Encoder, batches: &[(Tensor, Tensor, Tensor)]) -> HashMap<String, Tensor> {
     let family = enc.config.family;
     let mut parts: HashMap<String, Vec<Tensor>> = HashMap::new();
-    for (ids, mask, tt) in batches {
-        enc.forward_observed(ids, Some(tt), mask, &mut |layer, site, x| {
-            let (b, t, f) = x.dims3()?;
-            let rows = x.reshape((b * t, f))?;
+    for batch in batches {
+        let tokens = batch.0.dim(1).unwrap();
+        enc.forward_observed(batch, &mut |layer, site, x| {
+            let rows = Tensor::from_slice(x, (tokens, x.len() / tokens), &Device::Cpu)?;
             for m in site.modules(family) {
                 parts.entry(format!("{}{m}.weight", family.layer_prefix(layer))).or_default().push(rows.clone());
             }
@@ -69,9 +69,8 @@ fn hessians(enc: &Encoder, batches: &[(Tensor, Tensor, Tensor)]) -> HashMap<Stri
     inputs(enc, batches)
         .into_iter()
         .map(|(name, x)| {
-            let (tokens, cols) = x.dims2().unwrap();
-            let mut h = Hessian::new(cols);
-            h.add(&x.unsqueeze(0).unwrap(), &Tensor::ones((1, tokens), DType::U32, &Device::Cpu).unwrap()).unwrap();
+            let mut h = Hessian::new(x.dim(1).unwrap());
+            h.add_rows(&x.flatten_all().unwrap().to_vec1::<f32>().unwrap()).unwrap();
             (name, h)
         })
         .collect()

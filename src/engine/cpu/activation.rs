@@ -1,7 +1,5 @@
 //! The FFN activation functions the supported families use, by their `config.json` names.
 
-use candle_core::Tensor;
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Activation {
     /// Exact GELU (erf), Hugging Face's `gelu`.
@@ -18,13 +16,6 @@ impl Activation {
             "gelu_new" | "gelu_pytorch_tanh" | "gelu_fast" => Some(Activation::GeluTanh),
             "relu" => Some(Activation::Relu),
             _ => None,
-        }
-    }
-    pub(crate) fn apply(self, x: &Tensor) -> candle_core::Result<Tensor> {
-        match self {
-            Activation::Gelu => x.gelu_erf(),
-            Activation::GeluTanh => x.gelu(),
-            Activation::Relu => x.relu(),
         }
     }
 }

@@ -1,11 +1,12 @@
-//! The inference forward pass on the CPU in f32, without candle's op-by-op tensors.
+//! The forward kernels on the CPU in f32, without candle's op-by-op tensors. The model code
+//! (`engine::model`'s encoder and decoder) composes them into layers.
 //!
 //! Stock candle spends most of an encoder forward outside the matrix multiplies: one fresh
 //! buffer per element-wise op, four layout copies per attention block, a scalar erf in GELU and
 //! softmax with separate scale/mask passes (`docs/design-notes.md` measured 0.5x PyTorch). Here:
-//! - every linear map is a [`Matrix`]: dense, one `gemm` call writing into a buffer pre-filled
-//!   with its bias; or the sparse or int8 kernel;
-//!   query/key/value are one map with the three weights stacked;
+//! - every linear map is one product (dense `gemm` into a buffer pre-filled with its bias, or
+//!   the sparse or int8 kernel of a [`super::matrix::Matrix`]); query/key/value are one map
+//!   with the three weights stacked;
 //! - attention reads each head straight out of the stacked Q/K/V rows (strided gemm), applies
 //!   the 1/√d scale, the additive mask and the softmax in one pass per row, multiplies by V into
 //!   the head's columns of the output, one (sequence, head) pair per task; keys past a
@@ -14,49 +15,15 @@
 //! - residual + LayerNorm and GELU are fused row-wise passes, vectorised with AVX2/FMA when the
 //!   CPU has them (chosen at run time), with a rational erf approximation and a polynomial exp.
 //!
-//! Used by [`crate::engine::model::Encoder::forward`]; `forward_observed` (calibration) and training keep
-//! the candle path. Tests hold the two within 1e-4 (tests/it/encoder.rs also checks both against
-//! Hugging Face).
+//! The encoder's and the decoders' inference and calibration forwards run on these; training
+//! (`crate::engine::cpu::backprop`) adds what its backward needs kept. tests/it/encoder.rs,
+//! tests/it/heads.rs and tests/it/decoder.rs check the forwards against candle-transformers
+//! and Hugging Face.
 
 use super::activation::Activation;
-use super::matrix::Matrix;
 use super::simd;
 use gemm::Parallelism;
 use rayon::prelude::*;
-
-/// One layer's weights: the linear maps as [`Matrix`] (dense, sparse or int8), the rest f32.
-pub struct FastLayer {
-    pub heads: usize,
-    /// `[3·heads·head_dim, hidden]`: query, key, value stacked (no rows without heads).
-    pub wqkv: Matrix,
-    pub bqkv: Vec<f32>,
-    /// `[hidden, heads·head_dim]`.
-    pub wo: Matrix,
-    pub bo: Vec<f32>,
-    pub ln1: (Vec<f32>, Vec<f32>),
-    /// `[ffn, hidden]`.
-    pub wi: Matrix,
-    pub bi: Vec<f32>,
-    /// `[hidden, ffn]`.
-    pub wf: Matrix,
-    pub bf: Vec<f32>,
-    pub ln2: (Vec<f32>, Vec<f32>),
-}
-
-pub struct FastModel {
-    /// The embeddings' LayerNorm (γ, β).
-    pub emb_ln: (Vec<f32>, Vec<f32>),
-    pub layers: Vec<FastLayer>,
-}
-
-pub struct Dims {
-    /// Rows (token positions) of the activations.
-    pub rows: usize,
-    pub hidden: usize,
-    pub head_dim: usize,
-    pub eps: f32,
-    pub activation: Activation,
-}
 
 /// A raw pointer that tasks writing disjoint parts of one buffer may share.
 #[derive(Clone, Copy)]
@@ -213,31 +180,10 @@ pub fn attention(qkv: &[f32], seqs: &[Seq], rows: usize, a: &Attn) -> Vec<f32> {
     ctx
 }
 
-/// One encoder layer on `x [rows, hidden]`.
-pub fn layer(x: &[f32], seqs: &[Seq], l: &FastLayer, d: &Dims) -> Vec<f32> {
-    let n = d.rows;
-    let h = d.hidden;
-    let mut a = if l.heads == 0 {
-        vec![0.0; n * h]
-    } else {
-        let qkv = l.wqkv.apply(x, n, Some(&l.bqkv));
-        let ctx = attention(&qkv, seqs, n, &Attn::bidirectional(l.heads, d.head_dim));
-        drop(qkv);
-        l.wo.apply(&ctx, n, None)
-    };
-    add_layer_norm(&mut a, &l.bo, x, &l.ln1.0, &l.ln1.1, d.eps);
-    let mut f = l.wi.apply(&a, n, None);
-    activate(&mut f, &l.bi, d.activation);
-    let mut o = l.wf.apply(&f, n, None);
-    drop(f);
-    add_layer_norm(&mut o, &l.bf, &a, &l.ln2.0, &l.ln2.1, d.eps);
-    o
-}
-
 const ROWS_PER_TASK: usize = 16;
 
 /// `y ← LayerNorm(y + bias + residual)` row by row.
-fn add_layer_norm(y: &mut [f32], bias: &[f32], residual: &[f32], gamma: &[f32], beta: &[f32], eps: f32) {
+pub fn add_layer_norm(y: &mut [f32], bias: &[f32], residual: &[f32], gamma: &[f32], beta: &[f32], eps: f32) {
     let h = gamma.len();
     y.par_chunks_mut(h * ROWS_PER_TASK).zip(residual.par_chunks(h * ROWS_PER_TASK)).for_each(|(ys, rs)| {
         for (row, res) in ys.chunks_exact_mut(h).zip(rs.chunks_exact(h)) {

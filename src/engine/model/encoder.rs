@@ -1,17 +1,19 @@
-//! Our BERT-family encoder in candle. Unlike `candle_transformers::models::bert`, every layer
-//! has its own head count and FFN width (read from the tensor shapes), so a structurally pruned
-//! checkpoint loads. Post-LayerNorm blocks as in BERT, RoBERTa and DistilBERT; tensor names
-//! with or without the family prefix; f32/f16/bf16 checkpoints computed in f32.
+//! Our BERT-family encoder. Unlike `candle_transformers::models::bert`, every layer has its own
+//! head count and FFN width (read from the tensor shapes), so a structurally pruned checkpoint
+//! loads. Post-LayerNorm blocks as in BERT, RoBERTa and DistilBERT; tensor names with or
+//! without the family prefix; f32/f16/bf16 checkpoints computed in f32 on the CPU with the
+//! kernels of [`crate::engine::cpu`] (the composition is here, the kernels there, as for the
+//! decoders).
 
 pub use super::arch::Site;
 use super::arch::{canonical_name, Family, LayerNames};
 use super::config::ModelConfig;
 use crate::engine::cpu::activation::Activation;
-use crate::engine::cpu::fused;
+use crate::engine::cpu::fused::{self, Attn, Seq};
+use crate::engine::cpu::linear;
 pub use crate::engine::cpu::matrix::Choice;
 use crate::engine::cpu::matrix::Matrix;
-use candle_core::{DType, Device, Module, Tensor, D};
-use candle_nn::Linear;
+use candle_core::{DType, Device, Tensor};
 use std::collections::HashMap;
 
 pub use super::error::ModelError;
@@ -141,95 +143,148 @@ impl Weights {
             .ok_or_else(|| ModelError::Invalid(format!("the checkpoint has no tensor {name}")))
     }
 
-    fn linear(&self, prefix: &str) -> Result<Linear> {
-        Ok(Linear::new(self.get(&format!("{prefix}.weight"))?, Some(self.get(&format!("{prefix}.bias"))?)))
+    /// The tensor `name` as f32 values, checked to have `shape`.
+    fn values(&self, name: &str, shape: &[usize]) -> Result<Vec<f32>> {
+        let t = self.get(name)?;
+        if t.dims() != shape {
+            return invalid(format!("tensor {name}: shape {:?}, expected {shape:?}", t.dims()));
+        }
+        Ok(t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?)
     }
 
-    fn norm(&self, prefix: &str, eps: f64) -> Result<Norm> {
-        Ok(Norm {
-            weight: self.get(&format!("{prefix}.weight"))?,
-            bias: self.get(&format!("{prefix}.bias"))?,
-            eps: eps as f32,
-        })
-    }
-}
-
-struct Norm {
-    weight: Tensor,
-    bias: Tensor,
-    eps: f32,
-}
-
-impl Norm {
-    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        // The differentiable path: candle's fused layer_norm has no backward (docs/design-notes.md).
-        candle_nn::ops::layer_norm_slow(x, &self.weight, &self.bias, self.eps)
+    /// `{prefix}.weight` (`[out, inp]`) and `{prefix}.bias` (`[out]`).
+    fn linear(&self, prefix: &str, out: usize, inp: usize) -> Result<(Vec<f32>, Vec<f32>)> {
+        Ok((self.values(&format!("{prefix}.weight"), &[out, inp])?, self.values(&format!("{prefix}.bias"), &[out])?))
     }
 }
 
+/// The linear maps of a layer, in the order [`Maps`] holds them.
+#[derive(Debug, Clone, Copy)]
+enum Map {
+    /// Query, key and value stacked: `[3·heads·head_dim, hidden]`.
+    Qkv,
+    /// `[hidden, heads·head_dim]`.
+    AttnOut,
+    /// `[ffn, hidden]`.
+    FfnIn,
+    /// `[hidden, ffn]`.
+    FfnOut,
+}
+
+const MAPS: [Map; 4] = [Map::Qkv, Map::AttnOut, Map::FfnIn, Map::FfnOut];
+
+/// One layer's f32 weights, row-major (the dense values the maps are built from and that
+/// calibration runs on).
 struct Layer {
-    shape: LayerShape,
-    q: Option<Linear>,
-    k: Option<Linear>,
-    v: Option<Linear>,
-    o: Linear,
-    attn_norm: Norm,
-    ffn_in: Linear,
-    ffn_out: Linear,
-    out_norm: Norm,
+    heads: usize,
+    /// Query, key, value weights stacked (`[3·heads·head_dim, hidden]`) and their biases.
+    wqkv: Vec<f32>,
+    bqkv: Vec<f32>,
+    wo: Vec<f32>,
+    bo: Vec<f32>,
+    ln1: (Vec<f32>, Vec<f32>),
+    wi: Vec<f32>,
+    bi: Vec<f32>,
+    wf: Vec<f32>,
+    bf: Vec<f32>,
+    ln2: (Vec<f32>, Vec<f32>),
 }
 
+impl Layer {
+    /// The dense weights of `map` and its `(out, inp)`.
+    fn dense(&self, map: Map, hidden: usize) -> (&[f32], usize, usize) {
+        let (attn, ffn) = (self.bqkv.len() / 3, self.bi.len());
+        match map {
+            Map::Qkv => (&self.wqkv, 3 * attn, hidden),
+            Map::AttnOut => (&self.wo, hidden, attn),
+            Map::FfnIn => (&self.wi, ffn, hidden),
+            Map::FfnOut => (&self.wf, hidden, ffn),
+        }
+    }
+}
+
+/// Every layer's linear maps in the representation the runtime chose (dense, sparse or int8),
+/// indexed by [`Map`].
+type Maps = Vec<[Matrix; 4]>;
+
+/// The token ids of one padded batch, flattened `[batch·seq]`, with the positions each token
+/// reads in the position table.
+struct Tokens {
+    batch: usize,
+    seq: usize,
+    ids: Vec<u32>,
+    types: Option<Vec<u32>>,
+    mask: Vec<u32>,
+    positions: Vec<u32>,
+}
+
+/// What calibration sees of a forward: `(layer, site, input)` for the input of every linear map.
+pub type Observer<'a> = dyn FnMut(usize, Site, &[f32]) -> Result<()> + 'a;
+
+/// A BERT-family encoder on the CPU in f32: embeddings, then post-LayerNorm blocks, each
+/// layer with its own head count and FFN width. One forward ([`Encoder::forward_observed`]'s
+/// layer loop) serves inference, the packed inference of the experiments and calibration.
 pub struct Encoder {
     pub config: EncoderConfig,
-    /// The weights laid out for the fused CPU forward (`crate::engine::cpu::fused`), built on first use; `None`
-    /// when the encoder is not on the CPU in f32.
-    fast: std::sync::OnceLock<Option<fused::FastModel>>,
     runtime: Choice,
-    word: Tensor,
-    position: Tensor,
-    token_type: Option<Tensor>,
-    emb_norm: Norm,
+    /// The maps as `runtime` represents them, built when inference first runs.
+    maps: std::sync::OnceLock<Maps>,
+    word: Vec<f32>,
+    position: Vec<f32>,
+    token_type: Option<Vec<f32>>,
+    emb_ln: (Vec<f32>, Vec<f32>),
     layers: Vec<Layer>,
 }
 
 impl Encoder {
     pub fn load(config: EncoderConfig, w: &Weights) -> Result<Encoder> {
-        let family = config.family;
-        let names: LayerNames = family.layer_names();
+        let (family, h) = (config.family, config.hidden);
+        let n: LayerNames = family.layer_names();
+        let norm = |prefix: &str| -> Result<(Vec<f32>, Vec<f32>)> {
+            Ok((w.values(&format!("{prefix}.weight"), &[h])?, w.values(&format!("{prefix}.bias"), &[h])?))
+        };
         let mut layers = Vec::with_capacity(config.layers.len());
         for (i, shape) in config.layers.iter().enumerate() {
             let p = family.layer_prefix(i);
-            let opt = |m: &str| -> Result<Option<Linear>> {
-                if shape.heads == 0 {
-                    Ok(None)
-                } else {
-                    w.linear(&format!("{p}{m}")).map(Some)
+            let attn = shape.heads * config.head_dim;
+            let (mut wqkv, mut bqkv) = (Vec::with_capacity(3 * attn * h), Vec::with_capacity(3 * attn));
+            if shape.heads > 0 {
+                for m in [n.query, n.key, n.value] {
+                    let (wm, bm) = w.linear(&format!("{p}{m}"), attn, h)?;
+                    wqkv.extend(wm);
+                    bqkv.extend(bm);
                 }
-            };
+            }
+            let (wo, bo) = w.linear(&format!("{p}{}", n.attn_out), h, attn)?;
+            let (wi, bi) = w.linear(&format!("{p}{}", n.ffn_in), shape.ffn, h)?;
+            let (wf, bf) = w.linear(&format!("{p}{}", n.ffn_out), h, shape.ffn)?;
             layers.push(Layer {
-                shape: *shape,
-                q: opt(names.query)?,
-                k: opt(names.key)?,
-                v: opt(names.value)?,
-                o: w.linear(&format!("{p}{}", names.attn_out))?,
-                attn_norm: w.norm(&format!("{p}{}", names.attn_norm), config.eps)?,
-                ffn_in: w.linear(&format!("{p}{}", names.ffn_in))?,
-                ffn_out: w.linear(&format!("{p}{}", names.ffn_out))?,
-                out_norm: w.norm(&format!("{p}{}", names.out_norm), config.eps)?,
+                heads: shape.heads,
+                wqkv,
+                bqkv,
+                wo,
+                bo,
+                ln1: norm(&format!("{p}{}", n.attn_norm))?,
+                wi,
+                bi,
+                wf,
+                bf,
+                ln2: norm(&format!("{p}{}", n.out_norm))?,
             });
         }
+        let table = |name: &str, rows: usize| w.values(name, &[rows, h]);
         Ok(Encoder {
-            word: w.get("embeddings.word_embeddings.weight")?,
-            position: w.get("embeddings.position_embeddings.weight")?,
+            word: table("embeddings.word_embeddings.weight", config.vocab)?,
+            position: table("embeddings.position_embeddings.weight", config.max_positions)?,
             token_type: if config.type_vocab > 0 {
-                Some(w.get("embeddings.token_type_embeddings.weight")?)
+                Some(table("embeddings.token_type_embeddings.weight", config.type_vocab)?)
             } else {
                 None
             },
-            emb_norm: w.norm("embeddings.LayerNorm", config.eps)?,
+            emb_ln: norm("embeddings.LayerNorm")?,
             layers,
             config,
-            fast: std::sync::OnceLock::new(),
+            maps: std::sync::OnceLock::new(),
             runtime: Choice::default(),
         })
     }
@@ -247,286 +302,242 @@ impl Encoder {
         Encoder::load(config, &w)
     }
 
-    fn position_ids(&self, input_ids: &Tensor) -> Result<Tensor> {
-        let (b, t) = input_ids.dims2()?;
-        if t > self.config.max_positions {
-            return invalid(format!(
-                "sequence length {t} exceeds max_position_embeddings {}",
-                self.config.max_positions
-            ));
+    /// The batch's token ids, token types and mask as flat vectors, with each token's position:
+    /// `0..seq` per row, or for RoBERTa counted from pad + 1 over the non-pad tokens (padding
+    /// gets `pad`). Ids, token types and positions past their tables are errors.
+    fn tokens(&self, input_ids: &Tensor, token_type_ids: Option<&Tensor>, attention_mask: &Tensor) -> Result<Tokens> {
+        let (batch, seq) = input_ids.dims2()?;
+        let c = &self.config;
+        if seq > c.max_positions {
+            return invalid(format!("sequence length {seq} exceeds max_position_embeddings {}", c.max_positions));
         }
-        match self.config.family {
+        if attention_mask.dims2()? != (batch, seq) {
+            return invalid(format!("attention mask {:?} for input ids {:?}", attention_mask.dims(), input_ids.dims()));
+        }
+        let ids = input_ids.flatten_all()?.to_vec1::<u32>()?;
+        let mask: Vec<u32> = attention_mask
+            .to_dtype(DType::F32)?
+            .flatten_all()?
+            .to_vec1::<f32>()?
+            .into_iter()
+            .map(|m| u32::from(m != 0.0))
+            .collect();
+        let types = match (&self.token_type, token_type_ids) {
+            (Some(_), Some(tt)) => Some(tt.flatten_all()?.to_vec1::<u32>()?),
+            (Some(_), None) => Some(vec![0; ids.len()]),
+            (None, _) => None,
+        };
+        let positions: Vec<u32> = match c.family {
             Family::Roberta => {
-                // RoBERTa counts positions from pad+1 over real tokens; padding gets `pad`.
-                let pad = self.config.pad_token_id;
-                let ids = input_ids.to_vec2::<u32>()?;
-                let mut out = Vec::with_capacity(b * t);
-                for row in ids {
-                    let mut n = 0u32;
-                    for id in row {
-                        if id != pad {
-                            n += 1;
-                            out.push(pad + n);
-                        } else {
-                            out.push(pad);
-                        }
-                    }
-                }
-                Ok(Tensor::from_vec(out, (b, t), input_ids.device())?)
+                let pad = c.pad_token_id;
+                ids.chunks(seq.max(1))
+                    .flat_map(|row| {
+                        let mut n = 0u32;
+                        row.iter()
+                            .map(|&id| {
+                                if id == pad {
+                                    pad
+                                } else {
+                                    n += 1;
+                                    pad + n
+                                }
+                            })
+                            .collect::<Vec<_>>()
+                    })
+                    .collect()
             }
-            _ => Ok(Tensor::arange(0u32, t as u32, input_ids.device())?
-                .unsqueeze(0)?
-                .broadcast_as((b, t))?
-                .contiguous()?),
+            _ => (0..ids.len()).map(|i| (i % seq.max(1)) as u32).collect(),
+        };
+        let check = |values: &[u32], what: &str, size: usize| match values.iter().find(|v| **v as usize >= size) {
+            Some(v) => invalid(format!("{what} {v} out of range (table of {size})")),
+            None => Ok(()),
+        };
+        check(&ids, "token id", c.vocab)?;
+        check(&positions, "position", c.max_positions)?;
+        if let Some(t) = &types {
+            if t.len() != ids.len() {
+                return invalid(format!("{} token type ids for {} input ids", t.len(), ids.len()));
+            }
+            check(t, "token type id", c.type_vocab)?;
         }
+        Ok(Tokens { batch, seq, ids, types, mask, positions })
+    }
+
+    /// The embedding block's output (word + position (+ token type), then LayerNorm) for the
+    /// tokens at `rows` of the batch: `[rows.len(), hidden]`.
+    fn embed(&self, tok: &Tokens, rows: &[usize]) -> Vec<f32> {
+        let h = self.config.hidden;
+        let mut x = vec![0f32; rows.len() * h];
+        for (out, &r) in x.chunks_exact_mut(h).zip(rows) {
+            let word = &self.word[tok.ids[r] as usize * h..][..h];
+            let pos = &self.position[tok.positions[r] as usize * h..][..h];
+            out.iter_mut().zip(word.iter().zip(pos)).for_each(|(o, (a, b))| *o = a + b);
+            if let (Some(table), Some(types)) = (&self.token_type, &tok.types) {
+                let t = &table[types[r] as usize * h..][..h];
+                out.iter_mut().zip(t).for_each(|(o, v)| *o += v);
+            }
+        }
+        fused::layer_norm(&mut x, &self.emb_ln.0, &self.emb_ln.1, self.config.eps as f32);
+        x
     }
 
     /// Last hidden state `[batch, seq, hidden]`. `input_ids` u32 `[batch, seq]`;
-    /// `attention_mask` `[batch, seq]` with 1 for real tokens and 0 for padding.
-    ///
-    /// On the CPU in f32 this runs the fused path of [`crate::engine::cpu::fused`]; elsewhere candle's ops.
+    /// `attention_mask` `[batch, seq]` with 1 for real tokens and 0 for padding. Every position
+    /// is computed, padding too, as Hugging Face does.
     pub fn forward(
         &self,
         input_ids: &Tensor,
         token_type_ids: Option<&Tensor>,
         attention_mask: &Tensor,
     ) -> Result<Tensor> {
-        match self.fast.get_or_init(|| self.fast_layers()) {
-            Some(model) => self.forward_fast(model, input_ids, token_type_ids, attention_mask),
-            None => self.forward_unfused(input_ids, token_type_ids, attention_mask),
-        }
-    }
-
-    /// [`Encoder::forward`] with candle's stock ops only (the reference for the fused path).
-    pub fn forward_unfused(
-        &self,
-        input_ids: &Tensor,
-        token_type_ids: Option<&Tensor>,
-        attention_mask: &Tensor,
-    ) -> Result<Tensor> {
-        self.forward_observed(input_ids, token_type_ids, attention_mask, &mut |_, _, _| Ok(()))
-    }
-
-    fn forward_fast(
-        &self,
-        model: &fused::FastModel,
-        input_ids: &Tensor,
-        token_type_ids: Option<&Tensor>,
-        attention_mask: &Tensor,
-    ) -> Result<Tensor> {
-        let x = self.embedding_sum(input_ids, token_type_ids)?;
-        let (b, t, h) = x.dims3()?;
-        let mask = Self::mask_vec(attention_mask)?;
-        let xs = self.run_fast(model, x.flatten_all()?.to_vec1::<f32>()?, &fused::Seq::padded(&mask, t), h);
-        Ok(Tensor::from_vec(xs, (b, t, h), x.device())?)
-    }
-
-    /// The embeddings' LayerNorm and every layer of the fused path on `xs` (`[rows, hidden]`,
-    /// the embedding sums of the rows `seqs` describe).
-    fn run_fast(&self, model: &fused::FastModel, mut xs: Vec<f32>, seqs: &[fused::Seq], h: usize) -> Vec<f32> {
-        let eps = self.config.eps as f32;
-        fused::layer_norm(&mut xs, &model.emb_ln.0, &model.emb_ln.1, eps);
-        let d = fused::Dims {
-            rows: xs.len() / h.max(1),
-            hidden: h,
-            head_dim: self.config.head_dim,
-            eps,
-            activation: self.config.activation,
-        };
-        for l in &model.layers {
-            xs = fused::layer(&xs, seqs, l, &d);
-        }
-        xs
-    }
-
-    /// 1 for a real token, 0 for padding, whatever the mask's dtype.
-    fn mask_vec(attention_mask: &Tensor) -> Result<Vec<u32>> {
-        Ok(attention_mask
-            .to_dtype(DType::F32)?
-            .flatten_all()?
-            .to_vec1::<f32>()?
-            .into_iter()
-            .map(|m| u32::from(m != 0.0))
-            .collect())
+        let tok = self.tokens(input_ids, token_type_ids, attention_mask)?;
+        let all: Vec<usize> = (0..tok.ids.len()).collect();
+        let seqs = Seq::padded(&tok.mask, tok.seq);
+        let x = self.run(Some(self.maps()), self.embed(&tok, &all), &seqs, &mut |_, _, _| Ok(()))?;
+        Ok(Tensor::from_vec(x, (tok.batch, tok.seq, self.config.hidden), input_ids.device())?)
     }
 
     /// As [`Encoder::forward`] at the real tokens, computing nothing for padding: the real
     /// tokens of every sequence are packed back to back through the layers (attention stays
     /// within each sequence), and padding positions of the result are 0 (the reference computes
-    /// values there that nothing should read). Where the fused path does not apply, this is
-    /// `forward` with padding positions zeroed.
+    /// values there that nothing should read).
     pub fn forward_packed(
         &self,
         input_ids: &Tensor,
         token_type_ids: Option<&Tensor>,
         attention_mask: &Tensor,
     ) -> Result<Tensor> {
-        let Some(model) = self.fast.get_or_init(|| self.fast_layers()) else {
-            let y = self.forward(input_ids, token_type_ids, attention_mask)?;
-            let m = Tensor::from_vec(Self::mask_vec(attention_mask)?, attention_mask.dims2()?, y.device())?
-                .to_dtype(y.dtype())?
-                .unsqueeze(D::Minus1)?;
-            return Ok(y.broadcast_mul(&m)?);
-        };
-        let x = self.embedding_sum(input_ids, token_type_ids)?;
-        let (b, t, h) = x.dims3()?;
-        let all = x.flatten_all()?.to_vec1::<f32>()?;
-        let mask = Self::mask_vec(attention_mask)?;
-        let mut xs = Vec::with_capacity(all.len());
-        let mut lengths = Vec::with_capacity(b);
-        for (row, m) in mask.chunks(t).enumerate() {
-            let mut n = 0;
-            for (j, _) in m.iter().enumerate().filter(|(_, v)| **v != 0) {
-                let p = (row * t + j) * h;
-                xs.extend_from_slice(&all[p..p + h]);
-                n += 1;
-            }
-            lengths.push(n);
-        }
-        drop(all);
-        let xs = self.run_fast(model, xs, &fused::Seq::packed(&lengths), h);
-        let mut out = vec![0f32; b * t * h];
-        let mut src = xs.chunks_exact(h);
-        for (i, m) in mask.iter().enumerate() {
-            if *m != 0 {
-                out[i * h..(i + 1) * h].copy_from_slice(src.next().expect("one packed row per real token"));
-            }
-        }
-        Ok(Tensor::from_vec(out, (b, t, h), x.device())?)
-    }
-
-    /// Copies of the layers' weights for the fused path, when every one is an f32 CPU tensor,
-    /// each linear map represented as [`Encoder::set_runtime`] chose.
-    fn fast_layers(&self) -> Option<fused::FastModel> {
-        let v = |t: &Tensor| -> Option<Vec<f32>> {
-            if !t.device().is_cpu() || t.dtype() != DType::F32 {
-                return None;
-            }
-            t.flatten_all().ok()?.to_vec1::<f32>().ok()
-        };
-        let lin = |l: &Linear| -> Option<(Vec<f32>, Vec<f32>)> { Some((v(l.weight())?, v(l.bias()?)?)) };
+        let tok = self.tokens(input_ids, token_type_ids, attention_mask)?;
+        let (x, seqs) = self.packed(&tok);
         let h = self.config.hidden;
-        let mat = |w: Vec<f32>, out: usize, inp: usize| Matrix::choose(w, out, inp, self.runtime);
-        let mut out = Vec::with_capacity(self.layers.len());
-        for l in &self.layers {
-            let (mut wqkv, mut bqkv) = (Vec::new(), Vec::new());
-            if let (Some(q), Some(k), Some(vv)) = (&l.q, &l.k, &l.v) {
-                for m in [q, k, vv] {
-                    let (w, b) = lin(m)?;
-                    wqkv.extend(w);
-                    bqkv.extend(b);
-                }
-            }
-            let heads = if wqkv.is_empty() { 0 } else { l.shape.heads };
-            let attn = heads * self.config.head_dim;
-            let (wo, bo) = lin(&l.o)?;
-            let (wi, bi) = lin(&l.ffn_in)?;
-            let (wf, bf) = lin(&l.ffn_out)?;
-            let ffn = bi.len();
-            out.push(fused::FastLayer {
-                heads,
-                wqkv: mat(wqkv, bqkv.len(), h),
-                bqkv,
-                wo: mat(wo, h, attn),
-                bo,
-                ln1: (v(&l.attn_norm.weight)?, v(&l.attn_norm.bias)?),
-                wi: mat(wi, ffn, h),
-                bi,
-                wf: mat(wf, h, ffn),
-                bf,
-                ln2: (v(&l.out_norm.weight)?, v(&l.out_norm.bias)?),
-            });
+        let xs = self.run(Some(self.maps()), x, &seqs, &mut |_, _, _| Ok(()))?;
+        let mut out = vec![0f32; tok.ids.len() * h];
+        for (row, i) in xs.chunks_exact(h).zip(tok.mask.iter().enumerate().filter(|(_, m)| **m != 0).map(|(i, _)| i)) {
+            out[i * h..(i + 1) * h].copy_from_slice(row);
         }
-        Some(fused::FastModel { emb_ln: (v(&self.emb_norm.weight)?, v(&self.emb_norm.bias)?), layers: out })
+        Ok(Tensor::from_vec(out, (tok.batch, tok.seq, h), input_ids.device())?)
     }
 
-    /// How the fused forward represents each linear map (by default dense or sparse, whichever
-    /// runs faster, measured when the forward first runs).
-    pub fn set_runtime(&mut self, choice: Choice) {
-        self.runtime = choice;
-        self.fast = std::sync::OnceLock::new();
+    /// The embedding output of the real tokens, packed sequence after sequence, and the
+    /// sequences as the attention reads them.
+    fn packed(&self, tok: &Tokens) -> (Vec<f32>, Vec<Seq>) {
+        let real: Vec<usize> = (0..tok.ids.len()).filter(|&i| tok.mask[i] != 0).collect();
+        let lengths: Vec<usize> =
+            tok.mask.chunks(tok.seq.max(1)).map(|m| m.iter().filter(|v| **v != 0).count()).collect();
+        (self.embed(tok, &real), Seq::packed(&lengths))
     }
 
-    /// Per layer, the representation each linear map of the fused forward runs with
-    /// (`qkv`, `attention_output`, `ffn_in`, `ffn_out`: `dense`, `sparse` or `int8`); `None`
-    /// where the fused forward does not apply (not f32 on the CPU).
-    pub fn representations(&self) -> Option<Vec<[(&'static str, &'static str); 4]>> {
-        let model = self.fast.get_or_init(|| self.fast_layers()).as_ref()?;
-        Some(
-            model
-                .layers
-                .iter()
-                .map(|l| {
-                    [
-                        ("qkv", l.wqkv.kind()),
-                        ("attention_output", l.wo.kind()),
-                        ("ffn_in", l.wi.kind()),
-                        ("ffn_out", l.wf.kind()),
-                    ]
-                })
-                .collect(),
-        )
+    /// The embeddings' output for calibration: the real tokens of `(input_ids, attention_mask,
+    /// token_type_ids)` packed as [`Encoder::layer_forward_observed`] takes them.
+    pub fn calibration_input(&self, batch: &Batch) -> Result<(Vec<f32>, Vec<Seq>)> {
+        let (ids, mask, tt) = batch;
+        Ok(self.packed(&self.tokens(ids, Some(tt), mask)?))
     }
 
-    /// As [`Encoder::forward`], showing `observe(layer, site, input)` the input of every linear
-    /// map (`[batch, seq, features]`): calibration-based pruning reads its statistics here.
-    pub fn forward_observed(
-        &self,
-        input_ids: &Tensor,
-        token_type_ids: Option<&Tensor>,
-        attention_mask: &Tensor,
-        observe: &mut dyn FnMut(usize, Site, &Tensor) -> Result<()>,
-    ) -> Result<Tensor> {
-        let mut x = self.embed(input_ids, token_type_ids)?;
-        let bias = Self::attention_bias(attention_mask)?;
-        for i in 0..self.layers.len() {
-            x = self.layer_forward_observed(i, &x, &bias, &mut |site, input| observe(i, site, input))?;
-        }
-        Ok(x)
+    /// The forward of the real tokens (packed), showing `observe(layer, site, input)` the
+    /// input of every linear map (`[real tokens, features]`, row-major) as it reads it:
+    /// calibration-based pruning reads its statistics here. The maps run dense, on the f32
+    /// weights, whatever the runtime representation.
+    pub fn forward_observed(&self, batch: &Batch, observe: &mut Observer<'_>) -> Result<()> {
+        let (x, seqs) = self.calibration_input(batch)?;
+        self.run(None, x, &seqs, observe).map(|_| ())
     }
 
-    /// The embedding block's output `[batch, seq, hidden]` (the first layer's input).
-    pub fn embed(&self, input_ids: &Tensor, token_type_ids: Option<&Tensor>) -> Result<Tensor> {
-        Ok(self.emb_norm.forward(&self.embedding_sum(input_ids, token_type_ids)?)?)
-    }
-
-    /// Word + position (+ token type) embeddings, before their LayerNorm.
-    fn embedding_sum(&self, input_ids: &Tensor, token_type_ids: Option<&Tensor>) -> Result<Tensor> {
-        let (b, t) = input_ids.dims2()?;
-        let h = self.config.hidden;
-        let lookup = |table: &Tensor, ids: &Tensor| -> candle_core::Result<Tensor> {
-            table.embedding(&ids.flatten_all()?)?.reshape((b, t, h))
-        };
-        let mut x = (lookup(&self.word, input_ids)? + lookup(&self.position, &self.position_ids(input_ids)?)?)?;
-        if let Some(tt) = &self.token_type {
-            let ids = match token_type_ids {
-                Some(ids) => ids.clone(),
-                None => Tensor::zeros((b, t), DType::U32, input_ids.device())?,
-            };
-            x = (x + lookup(tt, &ids)?)?;
-        }
-        Ok(x)
-    }
-
-    /// The additive attention bias `[batch, 1, 1, seq]` of a `[batch, seq]` 0/1 mask, as Hugging
-    /// Face builds it: (1 - mask) * finfo(f32).min.
-    pub fn attention_bias(attention_mask: &Tensor) -> Result<Tensor> {
-        let (b, t) = attention_mask.dims2()?;
-        let mask = attention_mask.to_dtype(DType::F32)?;
-        Ok(((mask.ones_like()? - &mask)? * f64::from(f32::MIN))?.reshape((b, 1, 1, t))?)
-    }
-
-    /// Runs layer `i` alone on its input `x`, showing `observe` the input of each linear map.
-    /// Layer-wise methods (SparseGPT) step through the model with this.
+    /// Runs layer `i` alone (dense) on its input `x` (`[rows, hidden]` of `seqs`), showing
+    /// `observe` the input of each linear map. Layer-wise methods (SparseGPT) step through the
+    /// model with this and [`Encoder::set_weight`].
     pub fn layer_forward_observed(
         &self,
         i: usize,
-        x: &Tensor,
-        bias: &Tensor,
-        observe: &mut dyn FnMut(Site, &Tensor) -> Result<()>,
-    ) -> Result<Tensor> {
-        let layer = self.layers.get(i).ok_or_else(|| ModelError::Invalid(format!("layer {i} out of range")))?;
-        self.layer_forward(layer, x, bias, observe)
+        x: &[f32],
+        seqs: &[Seq],
+        observe: &mut dyn FnMut(Site, &[f32]) -> Result<()>,
+    ) -> Result<Vec<f32>> {
+        if i >= self.layers.len() {
+            return invalid(format!("layer {i} out of range"));
+        }
+        self.layer(None, i, x, seqs, observe)
+    }
+
+    /// Every layer on `x`, with the runtime's `maps` or (`None`) the dense weights.
+    fn run(&self, maps: Option<&Maps>, mut x: Vec<f32>, seqs: &[Seq], observe: &mut Observer<'_>) -> Result<Vec<f32>> {
+        for i in 0..self.layers.len() {
+            x = self.layer(maps, i, &x, seqs, &mut |site, input| observe(i, site, input))?;
+        }
+        Ok(x)
+    }
+
+    /// Layer `i` on `x [rows, hidden]`: stacked Q/K/V, attention, output map + bias + residual +
+    /// LayerNorm, FFN in + bias + activation, FFN out + bias + residual + LayerNorm.
+    fn layer(
+        &self,
+        maps: Option<&Maps>,
+        i: usize,
+        x: &[f32],
+        seqs: &[Seq],
+        observe: &mut dyn FnMut(Site, &[f32]) -> Result<()>,
+    ) -> Result<Vec<f32>> {
+        let c = &self.config;
+        let (l, h, eps) = (&self.layers[i], c.hidden, c.eps as f32);
+        let n = x.len() / h.max(1);
+        let apply = |map: Map, input: &[f32], bias: Option<&[f32]>| match maps {
+            Some(m) => m[i][map as usize].apply(input, n, bias),
+            None => {
+                let (w, out, inp) = l.dense(map, h);
+                linear(input, n, inp, w, out, bias)
+            }
+        };
+        let mut a = if l.heads == 0 {
+            // Every head removed: the block adds only the output map's bias.
+            vec![0.0; n * h]
+        } else {
+            observe(Site::Attention, x)?;
+            let qkv = apply(Map::Qkv, x, Some(&l.bqkv));
+            let ctx = fused::attention(&qkv, seqs, n, &Attn::bidirectional(l.heads, c.head_dim));
+            drop(qkv);
+            observe(Site::AttentionOutput, &ctx)?;
+            apply(Map::AttnOut, &ctx, None)
+        };
+        fused::add_layer_norm(&mut a, &l.bo, x, &l.ln1.0, &l.ln1.1, eps);
+        observe(Site::FfnIn, &a)?;
+        let mut f = apply(Map::FfnIn, &a, None);
+        fused::activate(&mut f, &l.bi, c.activation);
+        observe(Site::FfnOut, &f)?;
+        let mut o = apply(Map::FfnOut, &f, None);
+        drop(f);
+        fused::add_layer_norm(&mut o, &l.bf, &a, &l.ln2.0, &l.ln2.1, eps);
+        Ok(o)
+    }
+
+    /// The maps as [`Encoder::set_runtime`] chose, built on first use.
+    fn maps(&self) -> &Maps {
+        self.maps.get_or_init(|| {
+            let h = self.config.hidden;
+            self.layers
+                .iter()
+                .map(|l| {
+                    MAPS.map(|m| {
+                        let (w, out, inp) = l.dense(m, h);
+                        Matrix::choose(w.to_vec(), out, inp, self.runtime)
+                    })
+                })
+                .collect()
+        })
+    }
+
+    /// How the inference forward represents each linear map (by default dense or sparse,
+    /// whichever runs faster, measured when the forward first runs). Calibration always runs
+    /// the dense f32 weights.
+    pub fn set_runtime(&mut self, choice: Choice) {
+        self.runtime = choice;
+        self.maps = std::sync::OnceLock::new();
+    }
+
+    /// Per layer, the representation each linear map of the inference forward runs with
+    /// (`qkv`, `attention_output`, `ffn_in`, `ffn_out`: `dense`, `sparse` or `int8`).
+    pub fn representations(&self) -> Vec<[(&'static str, &'static str); 4]> {
+        let names = ["qkv", "attention_output", "ffn_in", "ffn_out"];
+        self.maps().iter().map(|l| [0, 1, 2, 3].map(|k| (names[k], l[k].kind()))).collect()
     }
 
     /// Number of encoder layers.
@@ -534,71 +545,37 @@ impl Encoder {
         self.layers.len()
     }
 
-    /// Replaces the weight of linear map `module` (a name relative to the layer, e.g.
-    /// `attention.self.query`) of layer `i`, keeping its bias. The shape must not change.
-    pub fn set_weight(&mut self, i: usize, module: &str, weight: Tensor) -> Result<()> {
+    /// Replaces the weight (`[out, in]`) of linear map `module` (a name relative to the layer,
+    /// e.g. `attention.self.query`) of layer `i`, keeping its bias. The shape must not change.
+    pub fn set_weight(&mut self, i: usize, module: &str, weight: &[f32]) -> Result<()> {
         let n = self.config.family.layer_names();
+        let (h, hd) = (self.config.hidden, self.config.head_dim);
         let layer = self.layers.get_mut(i).ok_or_else(|| ModelError::Invalid(format!("layer {i} out of range")))?;
-        let slot = match module {
-            m if m == n.query => layer.q.as_mut(),
-            m if m == n.key => layer.k.as_mut(),
-            m if m == n.value => layer.v.as_mut(),
-            m if m == n.attn_out => Some(&mut layer.o),
-            m if m == n.ffn_in => Some(&mut layer.ffn_in),
-            m if m == n.ffn_out => Some(&mut layer.ffn_out),
-            _ => None,
+        let attn = layer.heads * hd;
+        let (buf, range) = match module {
+            m if m == n.query => (&mut layer.wqkv, 0..attn * h),
+            m if m == n.key => (&mut layer.wqkv, attn * h..2 * attn * h),
+            m if m == n.value => (&mut layer.wqkv, 2 * attn * h..3 * attn * h),
+            m if m == n.attn_out => (&mut layer.wo, 0..h * attn),
+            m if m == n.ffn_in => (&mut layer.wi, 0..layer.bi.len() * h),
+            m if m == n.ffn_out => (&mut layer.wf, 0..h * layer.bi.len()),
+            _ => return invalid(format!("layer {i} has no linear map {module}")),
         };
-        let slot = slot.ok_or_else(|| ModelError::Invalid(format!("layer {i} has no linear map {module}")))?;
-        if slot.weight().dims() != weight.dims() {
+        if range.is_empty() || range.len() != weight.len() || range.end > buf.len() {
             return invalid(format!(
-                "layer {i} {module}: shape {:?} cannot replace {:?}",
-                weight.dims(),
-                slot.weight().dims()
+                "layer {i} {module}: {} values cannot replace a map of {}",
+                weight.len(),
+                range.len()
             ));
         }
-        *slot = Linear::new(weight, slot.bias().cloned());
-        self.fast = std::sync::OnceLock::new();
+        buf[range].copy_from_slice(weight);
+        self.maps = std::sync::OnceLock::new();
         Ok(())
-    }
-
-    fn layer_forward(
-        &self,
-        l: &Layer,
-        x: &Tensor,
-        bias: &Tensor,
-        observe: &mut dyn FnMut(Site, &Tensor) -> Result<()>,
-    ) -> Result<Tensor> {
-        let (b, t, h) = x.dims3()?;
-        observe(Site::Attention, x)?;
-        let attn = match (&l.q, &l.k, &l.v) {
-            (Some(q), Some(k), Some(v)) => {
-                let (nh, hd) = (l.shape.heads, self.config.head_dim);
-                let split = |y: Tensor| -> candle_core::Result<Tensor> {
-                    y.reshape((b, t, nh, hd))?.transpose(1, 2)?.contiguous()
-                };
-                let q = split(q.forward(x)?)?;
-                let k = split(k.forward(x)?)?;
-                let v = split(v.forward(x)?)?;
-                let scores = (q.matmul(&k.t()?)? / (hd as f64).sqrt())?.broadcast_add(bias)?;
-                let probs = candle_nn::ops::softmax(&scores, D::Minus1)?;
-                let ctx = probs.matmul(&v)?.transpose(1, 2)?.reshape((b, t, nh * hd))?;
-                observe(Site::AttentionOutput, &ctx)?;
-                l.o.forward(&ctx)?
-            }
-            // Every head removed: the block adds only the output projection's bias.
-            _ => l.o.bias().expect("built with a bias").reshape((1, 1, h))?.broadcast_as((b, t, h))?.contiguous()?,
-        };
-        let x = l.attn_norm.forward(&(attn + x)?)?;
-        observe(Site::FfnIn, &x)?;
-        let f = self.config.activation.apply(&l.ffn_in.forward(&x)?)?;
-        observe(Site::FfnOut, &f)?;
-        let f = l.ffn_out.forward(&f)?;
-        Ok(l.out_norm.forward(&(f + x)?)?)
     }
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::engine::io::st::Dtype;
     use crate::engine::testing::TinyModel;
@@ -616,14 +593,99 @@ mod tests {
         (Tensor::from_vec(v, (b, t), &Device::Cpu).unwrap(), Tensor::from_vec(m, (b, t), &Device::Cpu).unwrap())
     }
 
-    #[test]
-    fn fused_forward_matches_candle_ops() {
-        let max_diff = |a: &Tensor, b: &Tensor| {
-            (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap()
+    /// The encoder computed with candle's stock ops, as Hugging Face writes it (token type 0
+    /// everywhere): the reference the forward is held to.
+    pub(crate) fn reference(cfg: &EncoderConfig, w: &Weights, ids: &Tensor, mask: &Tensor) -> Tensor {
+        use candle_core::{Module, D};
+        let (b, t) = ids.dims2().unwrap();
+        let h = cfg.hidden;
+        let n = cfg.family.layer_names();
+        let get = |name: String| w.get(&name).unwrap();
+        let lin = |p: String| candle_nn::Linear::new(get(format!("{p}.weight")), Some(get(format!("{p}.bias"))));
+        let ln = |p: String, x: &Tensor| {
+            candle_nn::ops::layer_norm_slow(x, &get(format!("{p}.weight")), &get(format!("{p}.bias")), cfg.eps as f32)
+                .unwrap()
         };
+        let pad = cfg.pad_token_id;
+        let positions: Vec<u32> = match cfg.family {
+            Family::Roberta => ids
+                .to_vec2::<u32>()
+                .unwrap()
+                .iter()
+                .flat_map(|row| {
+                    row.iter()
+                        .scan(0, |k, &id| {
+                            Some(if id == pad {
+                                pad
+                            } else {
+                                *k += 1;
+                                pad + *k
+                            })
+                        })
+                        .collect::<Vec<_>>()
+                })
+                .collect(),
+            _ => (0..b * t).map(|i| (i % t) as u32).collect(),
+        };
+        let emb = |name: &str, idx: &Tensor| {
+            get(format!("embeddings.{name}.weight"))
+                .embedding(&idx.flatten_all().unwrap())
+                .unwrap()
+                .reshape((b, t, h))
+                .unwrap()
+        };
+        let mut x = (emb("word_embeddings", ids)
+            + emb("position_embeddings", &Tensor::from_vec(positions, (b, t), &Device::Cpu).unwrap()))
+        .unwrap();
+        if cfg.type_vocab > 0 {
+            x = (x + emb("token_type_embeddings", &ids.zeros_like().unwrap())).unwrap();
+        }
+        let mut x = ln("embeddings.LayerNorm".into(), &x);
+        let m = mask.to_dtype(DType::F32).unwrap();
+        let bias =
+            ((m.ones_like().unwrap() - &m).unwrap() * f64::from(f32::MIN)).unwrap().reshape((b, 1, 1, t)).unwrap();
+        for (i, shape) in cfg.layers.iter().enumerate() {
+            let p = cfg.family.layer_prefix(i);
+            let o = lin(format!("{p}{}", n.attn_out));
+            let attn = if shape.heads == 0 {
+                o.bias().unwrap().reshape((1, 1, h)).unwrap().broadcast_as((b, t, h)).unwrap().contiguous().unwrap()
+            } else {
+                let (nh, hd) = (shape.heads, cfg.head_dim);
+                let split = |m: &str| {
+                    let y = lin(format!("{p}{m}")).forward(&x).unwrap();
+                    y.reshape((b, t, nh, hd)).unwrap().transpose(1, 2).unwrap().contiguous().unwrap()
+                };
+                let (q, k, v) = (split(n.query), split(n.key), split(n.value));
+                let scores = (q.matmul(&k.t().unwrap()).unwrap() / (hd as f64).sqrt()).unwrap();
+                let probs = candle_nn::ops::softmax(&scores.broadcast_add(&bias).unwrap(), D::Minus1).unwrap();
+                let ctx = probs.matmul(&v).unwrap().transpose(1, 2).unwrap().reshape((b, t, nh * hd)).unwrap();
+                o.forward(&ctx).unwrap()
+            };
+            x = ln(format!("{p}{}", n.attn_norm), &(attn + &x).unwrap());
+            let f = lin(format!("{p}{}", n.ffn_in)).forward(&x).unwrap();
+            let f = match cfg.activation {
+                Activation::Gelu => f.gelu_erf(),
+                Activation::GeluTanh => f.gelu(),
+                Activation::Relu => f.relu(),
+            }
+            .unwrap();
+            let f = lin(format!("{p}{}", n.ffn_out)).forward(&f).unwrap();
+            x = ln(format!("{p}{}", n.out_norm), &(f + &x).unwrap());
+        }
+        x
+    }
+
+    pub(crate) fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
+        (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap()
+    }
+
+    #[test]
+    fn forward_matches_candle_ops() {
         for family in ["bert", "roberta", "distilbert"] {
             let m = TinyModel { model_type: family, layers: 3, ..Default::default() };
-            let enc = Encoder::from_files(m.config_json().as_bytes(), &m.safetensors(), &Device::Cpu).unwrap();
+            let w = Weights::from_safetensors(&m.safetensors(), Family::parse(family).unwrap(), &Device::Cpu).unwrap();
+            let cfg = EncoderConfig::from_checkpoint(m.config_json().as_bytes(), &w.shapes()).unwrap();
+            let enc = Encoder::load(cfg.clone(), &w).unwrap();
             // Padding at the end of one row, and a row of padding only.
             let (i, mut mask) = ids(3, 9, 64, 4);
             mask = Tensor::cat(
@@ -631,12 +693,13 @@ mod tests {
                 0,
             )
             .unwrap();
-            let (fast, slow) = (enc.forward(&i, None, &mask).unwrap(), enc.forward_unfused(&i, None, &mask).unwrap());
+            let slow = reference(&cfg, &w, &i, &mask);
+            let fast = enc.forward(&i, None, &mask).unwrap();
             assert!(max_diff(&fast, &slow) < 1e-5, "{family}: {}", max_diff(&fast, &slow));
             // Packed: the same at real tokens, 0 at padding.
             let packed = enc.forward_packed(&i, None, &mask).unwrap();
-            let keep = mask.to_dtype(DType::F32).unwrap().unsqueeze(2).unwrap();
-            let masked = slow.broadcast_mul(&keep).unwrap();
+            let keep = |m: &Tensor| m.to_dtype(DType::F32).unwrap().unsqueeze(2).unwrap();
+            let masked = slow.broadcast_mul(&keep(&mask)).unwrap();
             assert!(max_diff(&packed, &masked) < 1e-5, "{family} packed: {}", max_diff(&packed, &masked));
             // A mask with a hole (left and middle padding) packs the same way.
             let holes = Tensor::from_vec(
@@ -645,17 +708,67 @@ mod tests {
                 &Device::Cpu,
             )
             .unwrap();
-            let (p, s) =
-                (enc.forward_packed(&i, None, &holes).unwrap(), enc.forward_unfused(&i, None, &holes).unwrap());
-            let s = s.broadcast_mul(&holes.to_dtype(DType::F32).unwrap().unsqueeze(2).unwrap()).unwrap();
+            let s = reference(&cfg, &w, &i, &holes).broadcast_mul(&keep(&holes)).unwrap();
+            let p = enc.forward_packed(&i, None, &holes).unwrap();
             assert!(max_diff(&p, &s) < 1e-5, "{family} holes: {}", max_diff(&p, &s));
-            let f = enc
-                .forward(&i, None, &holes)
-                .unwrap()
-                .broadcast_mul(&holes.to_dtype(DType::F32).unwrap().unsqueeze(2).unwrap())
-                .unwrap();
+            let f = enc.forward(&i, None, &holes).unwrap().broadcast_mul(&keep(&holes)).unwrap();
             assert!(max_diff(&f, &s) < 1e-5, "{family} holes, padded: {}", max_diff(&f, &s));
         }
+    }
+
+    #[test]
+    fn calibration_sees_every_map_input_of_the_real_tokens() {
+        let m = TinyModel { layers: 2, ..Default::default() };
+        let mut enc = Encoder::from_files(m.config_json().as_bytes(), &m.safetensors(), &Device::Cpu).unwrap();
+        let (i, mask) = ids(2, 7, 64, 3);
+        let batch = (i.clone(), mask.clone(), i.zeros_like().unwrap());
+        let mut seen = Vec::new();
+        enc.forward_observed(&batch, &mut |layer, site, x| {
+            seen.push((layer, site, x.len()));
+            Ok(())
+        })
+        .unwrap();
+        // 11 real tokens; hidden 32, 4 heads of 8, FFN 64.
+        let per_layer = |l| {
+            [
+                (l, Site::Attention, 11 * 32),
+                (l, Site::AttentionOutput, 11 * 32),
+                (l, Site::FfnIn, 11 * 32),
+                (l, Site::FfnOut, 11 * 64),
+            ]
+        };
+        assert_eq!(seen, [per_layer(0), per_layer(1)].concat());
+        // Layer by layer gives the packed forward; a new weight changes what follows.
+        let (x0, seqs) = enc.calibration_input(&batch).unwrap();
+        let step = |enc: &Encoder, x: &[f32]| {
+            (0..2).fold(x.to_vec(), |x, l| enc.layer_forward_observed(l, &x, &seqs, &mut |_, _| Ok(())).unwrap())
+        };
+        let packed = enc.forward_packed(&i, None, &mask).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let real: Vec<f32> = packed
+            .chunks(32)
+            .zip(mask.flatten_all().unwrap().to_vec1::<u32>().unwrap())
+            .filter(|(_, m)| *m != 0)
+            .flat_map(|(r, _)| r.to_vec())
+            .collect();
+        let by_layer = step(&enc, &x0);
+        assert!(by_layer.iter().zip(&real).all(|(a, b)| (a - b).abs() < 1e-5));
+        enc.set_weight(1, "output.dense", &vec![0.0; 32 * 64]).unwrap();
+        assert!(step(&enc, &x0).iter().zip(&by_layer).any(|(a, b)| a != b));
+        assert!(enc.set_weight(1, "output.dense", &[0.0; 3]).is_err());
+        assert!(enc.set_weight(5, "output.dense", &vec![0.0; 32 * 64]).is_err());
+        assert!(enc.layer_forward_observed(2, &x0, &seqs, &mut |_, _| Ok(())).is_err());
+    }
+
+    #[test]
+    fn token_ids_past_their_tables_are_errors() {
+        let m = TinyModel::default();
+        let enc = Encoder::from_files(m.config_json().as_bytes(), &m.safetensors(), &Device::Cpu).unwrap();
+        let (_, mask) = ids(1, 4, 64, 0);
+        let i = Tensor::from_vec(vec![5u32, 6, 64, 7], (1, 4), &Device::Cpu).unwrap();
+        let err = enc.forward(&i, None, &mask).unwrap_err().to_string();
+        assert!(err.contains("token id 64 out of range"), "{err}");
+        let long = Tensor::zeros((1, enc.config.max_positions + 1), DType::U32, &Device::Cpu).unwrap();
+        assert!(enc.forward(&long, None, &long.ones_like().unwrap()).is_err());
     }
 
     #[test]

@@ -288,11 +288,7 @@ fn run_sparsegpt<E: From<ModelError>>(
         &mut |target, h| {
             let name = chosen.iter().find(|(t, _)| *t == target).map(|(_, n)| *n).expect("a chosen target");
             // Later layers see the map as written (rounded to its dtype).
-            let written = sparsegpt_one(m, name, h, rule, opts)?;
-            let cols = h.cols();
-            let rows = written.len() / cols;
-            Ok(candle_core::Tensor::from_vec(written, (rows, cols), &candle_core::Device::Cpu)
-                .map_err(ModelError::from)?)
+            Ok(sparsegpt_one(m, name, h, rule, opts)?)
         },
         &mut |l| progress(Step::Pruned(l + 1, last + 1)),
     )

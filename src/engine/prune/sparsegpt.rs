@@ -14,7 +14,7 @@
 
 use super::wanda::Rule;
 use super::NmPattern;
-use crate::engine::model::{Encoder, ModelError, Site};
+use crate::engine::model::{Batch, Encoder, ModelError, Site};
 use candle_core::{DType, Tensor};
 use faer::linalg::matmul::matmul;
 use faer::linalg::triangular_inverse::invert_lower_triangular;
@@ -41,18 +41,6 @@ impl Hessian {
     /// Calibration tokens seen so far.
     pub fn tokens(&self) -> u64 {
         self.tokens
-    }
-
-    /// Adds the tokens of `x` (`[batch, seq, cols]`) where `mask` (`[batch, seq]`) is 1; padding
-    /// tokens do not count.
-    pub fn add(&mut self, x: &Tensor, mask: &Tensor) -> candle_core::Result<()> {
-        let (b, t, f) = x.dims3()?;
-        if f != self.cols {
-            candle_core::bail!("input has {f} features, the Hessian {}", self.cols);
-        }
-        let m = mask.to_dtype(DType::F32)?.reshape((b * t, 1))?;
-        let rows = x.to_dtype(DType::F32)?.reshape((b * t, f))?.broadcast_mul(&m)?;
-        self.accumulate(&rows, m.sum_all()?.to_scalar::<f32>()? as u64)
     }
 
     /// Adds every row of `x` (`[rows, cols]`, row-major), each a token.
@@ -246,21 +234,24 @@ pub struct Target {
     pub site: Site,
 }
 
+/// Prunes one target from its input's Hessian, returning its new `[out, in]` weights.
+pub type PruneOne<'a, E> = dyn FnMut(Target, &Hessian) -> Result<Vec<f32>, E> + 'a;
+
 /// SparseGPT's sequential pass over an encoder: layer by layer, the Hessian of each site's
-/// input is accumulated over `batches` (input ids, attention mask, token type ids) as they come
+/// input is accumulated over the real tokens of `batches` (input ids, attention mask, token type ids) as they come
 /// out of the layers already pruned; `prune` turns each of the layer's targets and its Hessian
 /// into the new weight (`[out, in]`), which is set in `enc`; then the batches go on through the
 /// pruned layer. `layer_done(l)` follows each layer up to the last one with a target.
 pub fn prune_sequentially<E: From<ModelError>>(
     enc: &mut Encoder,
-    batches: &[(Tensor, Tensor, Tensor)],
+    batches: &[Batch],
     targets: &[Target],
-    prune: &mut dyn FnMut(Target, &Hessian) -> Result<Tensor, E>,
+    prune: &mut PruneOne<'_, E>,
     layer_done: &mut dyn FnMut(usize) -> Result<(), E>,
 ) -> Result<(), E> {
     let Some(last) = targets.iter().map(|t| t.layer).max() else { return Ok(()) };
-    let mut xs = batches.iter().map(|(ids, _, tt)| enc.embed(ids, Some(tt))).collect::<Result<Vec<_>, _>>()?;
-    let biases = batches.iter().map(|(_, m, _)| Encoder::attention_bias(m)).collect::<Result<Vec<_>, _>>()?;
+    let mut inputs = batches.iter().map(|b| enc.calibration_input(b)).collect::<Result<Vec<_>, _>>()?;
+    let hidden = enc.config.hidden;
     for l in 0..=last {
         let chosen: Vec<Target> = targets.iter().filter(|t| t.layer == l).copied().collect();
         if !chosen.is_empty() {
@@ -270,10 +261,11 @@ pub fn prune_sequentially<E: From<ModelError>>(
                     hessians.push((t.site, None));
                 }
             }
-            for ((x, bias), (_, mask, _)) in xs.iter().zip(&biases).zip(batches) {
-                enc.layer_forward_observed(l, x, bias, &mut |site, input| {
+            for (x, seqs) in &inputs {
+                let rows = x.len() / hidden.max(1);
+                enc.layer_forward_observed(l, x, seqs, &mut |site, input| {
                     if let Some((_, h)) = hessians.iter_mut().find(|(s, _)| *s == site) {
-                        h.get_or_insert_with(|| Hessian::new(input.dim(2).unwrap_or(0))).add(input, mask)?;
+                        h.get_or_insert_with(|| Hessian::new(input.len() / rows.max(1))).add_rows(input)?;
                     }
                     Ok(())
                 })?;
@@ -284,12 +276,12 @@ pub fn prune_sequentially<E: From<ModelError>>(
                     ModelError::Invalid(format!("no calibration input reached layer {l}'s {}", t.module))
                 })?;
                 let w = prune(t, h)?;
-                enc.set_weight(l, t.module, w)?;
+                enc.set_weight(l, t.module, &w)?;
             }
         }
         if l < last {
-            for (x, bias) in xs.iter_mut().zip(&biases) {
-                *x = enc.layer_forward_observed(l, x, bias, &mut |_, _| Ok(()))?;
+            for (x, seqs) in inputs.iter_mut() {
+                *x = enc.layer_forward_observed(l, x, seqs, &mut |_, _| Ok(()))?;
             }
         }
         layer_done(l)?;
@@ -347,12 +339,13 @@ mod tests {
     }
 
     #[test]
-    fn hessian_counts_real_tokens_only() {
-        let x = Tensor::from_vec(vec![1.0f32, 2.0, 3.0, 4.0, 5.0, 6.0], (1, 3, 2), &Device::Cpu).unwrap();
+    fn hessian_sums_the_rows_products() {
         let mut h = Hessian::new(2);
-        h.add(&x, &Tensor::from_vec(vec![1u32, 1, 0], (1, 3), &Device::Cpu).unwrap()).unwrap();
-        assert_eq!(h.tokens(), 2);
+        h.add_rows(&[1.0, 2.0, 3.0, 4.0]).unwrap();
+        h.add_rows(&[0.0, 0.0]).unwrap();
+        assert_eq!(h.tokens(), 3);
         assert_eq!(h.values().unwrap(), vec![10.0, 14.0, 14.0, 20.0]);
+        assert!(h.add_rows(&[1.0, 2.0, 3.0]).is_err());
     }
 
     #[test]
@@ -360,7 +353,7 @@ mod tests {
         let (rows, cols) = (48, 256);
         let x = inputs(1024, cols);
         let mut h = Hessian::new(cols);
-        h.add(&x, &Tensor::ones((1, 1024), DType::U32, &Device::Cpu).unwrap()).unwrap();
+        h.add_rows(&x.flatten_all().unwrap().to_vec1::<f32>().unwrap()).unwrap();
         let w = noise(3, rows * cols);
         let mut sg = w.clone();
         prune(&mut sg, cols, &h, Rule::Unstructured(0.5), Options::default()).unwrap();
@@ -383,7 +376,7 @@ mod tests {
         let (rows, cols) = (16, 96);
         let x = inputs(256, cols);
         let mut h = Hessian::new(cols);
-        h.add(&x, &Tensor::ones((1, 256), DType::U32, &Device::Cpu).unwrap()).unwrap();
+        h.add_rows(&x.flatten_all().unwrap().to_vec1::<f32>().unwrap()).unwrap();
         for (n, m) in [(2, 4), (1, 4), (4, 8), (3, 6)] {
             let mut w = noise(4, rows * cols);
             // Block 64 is not a multiple of 6: groups must still line up with multiples of M.
@@ -407,7 +400,7 @@ mod tests {
         }
         let x = Tensor::new(x, &Device::Cpu).unwrap().unsqueeze(0).unwrap();
         let mut h = Hessian::new(cols);
-        h.add(&x, &Tensor::ones((1, 64), DType::U32, &Device::Cpu).unwrap()).unwrap();
+        h.add_rows(&x.flatten_all().unwrap().to_vec1::<f32>().unwrap()).unwrap();
         let w = noise(5, rows * cols);
         let mut out = w.clone();
         prune(&mut out, cols, &h, Rule::Unstructured(0.0), Options::default()).unwrap();

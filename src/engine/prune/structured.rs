@@ -4,8 +4,8 @@
 //! give exactly the output of removing it).
 
 use crate::engine::model::arch::Family;
-use crate::engine::model::{Encoder, EncoderConfig, LayerShape, Result, Site, Weights};
-use candle_core::{DType, Tensor, D};
+use crate::engine::model::{Batch, Encoder, EncoderConfig, LayerShape, Result, Site, Weights};
+use candle_core::{Device, Tensor};
 
 /// One score per unit (head or FFN neuron), per layer.
 pub type PerLayer = Vec<Vec<f32>>;
@@ -102,11 +102,7 @@ pub fn neuron_norm_scores(w: &Weights, cfg: &EncoderConfig) -> Result<Vec<Vec<f3
 /// batches `(input_ids, attention_mask, token_type_ids)` run through `enc` (built from `w`):
 /// a head scores ‖X_h W_Oₕᵀ‖ (its context projected by its slice of the attention output map:
 /// exactly what it adds to the layer), a neuron ‖a_j‖·‖W_out[:, j]‖ (the norm of what it adds).
-pub fn activation_scores(
-    enc: &Encoder,
-    w: &Weights,
-    batches: &[(Tensor, Tensor, Tensor)],
-) -> Result<(PerLayer, PerLayer)> {
+pub fn activation_scores(enc: &Encoder, w: &Weights, batches: &[Batch]) -> Result<(PerLayer, PerLayer)> {
     let cfg = &enc.config;
     let hd = cfg.head_dim;
     let mut heads: Vec<Vec<f64>> = cfg.layers.iter().map(|l| vec![0.0; l.heads]).collect();
@@ -117,21 +113,23 @@ pub fn activation_scores(
             Ok((w.get(&format!("{o}.weight"))?, w.get(&format!("{fo}.weight"))?))
         })
         .collect::<Result<_>>()?;
-    for (ids, mask, tt) in batches {
-        let m = mask.to_dtype(DType::F32)?.unsqueeze(D::Minus1)?;
-        enc.forward_observed(ids, Some(tt), mask, &mut |layer, site, x| {
-            let x = x.broadcast_mul(&m)?;
+    for batch in batches {
+        enc.forward_observed(batch, &mut |layer, site, x| {
             match site {
                 Site::AttentionOutput => {
+                    let width = heads[layer].len() * hd;
+                    let ctx = Tensor::from_slice(x, (x.len() / width.max(1), width), &Device::Cpu)?;
                     for (h, acc) in heads[layer].iter_mut().enumerate() {
                         let w_h = out_maps[layer].0.narrow(1, h * hd, hd)?; // [hidden, hd]
-                        let y = x.narrow(2, h * hd, hd)?.broadcast_matmul(&w_h.t()?)?;
+                        let y = ctx.narrow(1, h * hd, hd)?.matmul(&w_h.t()?)?;
                         *acc += f64::from(y.sqr()?.sum_all()?.to_scalar::<f32>()?);
                     }
                 }
                 Site::FfnOut => {
-                    let sq = x.sqr()?.sum((0, 1))?.to_dtype(DType::F64)?.to_vec1::<f64>()?;
-                    neurons[layer].iter_mut().zip(sq).for_each(|(a, b)| *a += b);
+                    let acc = &mut neurons[layer];
+                    for row in x.chunks_exact(acc.len().max(1)) {
+                        acc.iter_mut().zip(row).for_each(|(a, v)| *a += f64::from(*v) * f64::from(*v));
+                    }
                 }
                 _ => {}
             }
@@ -249,16 +247,13 @@ mod tests {
     use super::*;
     use crate::engine::model::Encoder;
     use crate::engine::testing::TinyModel;
-    use candle_core::Device;
+    use candle_core::{DType, Device};
 
-    /// The fused forward runs per-layer shapes as the candle ops do, including a layer
-    /// without heads and one without all but a few FFN neurons.
+    /// The forward runs per-layer shapes as the candle ops do, including a layer without heads
+    /// and one without all but a few FFN neurons.
     #[test]
-    fn removed_units_run_fused_as_unfused() {
-        use candle_core::Tensor;
-        let max_diff = |a: &Tensor, b: &Tensor| {
-            (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap()
-        };
+    fn removed_units_run_as_the_reference() {
+        use crate::engine::model::encoder::tests::{max_diff, reference};
         let ids =
             Tensor::from_vec((0..27u32).map(|j| 5 + (j * 7) % 59).collect::<Vec<_>>(), (3, 9), &Device::Cpu).unwrap();
         let mask = Tensor::from_vec(
@@ -274,9 +269,8 @@ mod tests {
                 neurons: vec![vec![1, 2, 3], vec![], (0..40).collect()],
             };
             let cfg = apply(&mut w, &config, &plan, Surgery::Remove).unwrap();
-            let small = Encoder::load(cfg, &w).unwrap();
-            let (fast, slow) =
-                (small.forward(&ids, None, &mask).unwrap(), small.forward_unfused(&ids, None, &mask).unwrap());
+            let small = Encoder::load(cfg.clone(), &w).unwrap();
+            let (fast, slow) = (small.forward(&ids, None, &mask).unwrap(), reference(&cfg, &w, &ids, &mask));
             assert!(max_diff(&fast, &slow) < 1e-5, "{family} compact: {}", max_diff(&fast, &slow));
         }
     }

@@ -4,7 +4,7 @@
 
 use super::NmPattern;
 use crate::engine::model::{Batch, Encoder, ModelError};
-use candle_core::{DType, D};
+use candle_core::DType;
 use std::collections::HashMap;
 
 /// ‖X_j‖₂ over the non-padding tokens of every batch, for the input of every encoder linear map,
@@ -17,10 +17,14 @@ pub fn input_norms<E: From<ModelError>>(
 ) -> std::result::Result<HashMap<String, Vec<f64>>, E> {
     let family = enc.config.family;
     let mut sums: HashMap<String, Vec<f64>> = HashMap::new();
-    for (i, (ids, mask, tt)) in batches.iter().enumerate() {
-        let m = mask.to_dtype(DType::F32).and_then(|m| m.unsqueeze(D::Minus1)).map_err(ModelError::from)?;
-        enc.forward_observed(ids, Some(tt), mask, &mut |layer, site, x| {
-            let sq = x.broadcast_mul(&m)?.sqr()?.sum((0, 1))?.to_dtype(DType::F64)?.to_vec1::<f64>()?;
+    for (i, batch) in batches.iter().enumerate() {
+        let tokens = real_tokens(batch).map_err(ModelError::from)?;
+        enc.forward_observed(batch, &mut |layer, site, x| {
+            let features = x.len() / tokens.max(1);
+            let mut sq = vec![0f64; features];
+            for row in x.chunks_exact(features.max(1)) {
+                sq.iter_mut().zip(row).for_each(|(a, v)| *a += f64::from(*v) * f64::from(*v));
+            }
             for module in site.modules(family) {
                 let name = format!("{}{module}.weight", family.layer_prefix(layer));
                 let acc = sums.entry(name).or_insert_with(|| vec![0.0; sq.len()]);
@@ -31,6 +35,11 @@ pub fn input_norms<E: From<ModelError>>(
         seen(i + 1)?;
     }
     Ok(sums.into_iter().map(|(k, v)| (k, v.into_iter().map(f64::sqrt).collect())).collect())
+}
+
+/// The real (non-padding) tokens of a batch: the rows [`Encoder::forward_observed`] shows.
+pub fn real_tokens((_, mask, _): &Batch) -> candle_core::Result<usize> {
+    Ok(mask.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()?.iter().filter(|m| **m != 0.0).count())
 }
 
 /// The Wanda mask (true = prune) of a row-major `[out, in]` weight.
