@@ -4,7 +4,7 @@
 //! per (sequence, head) with the probabilities kept for the backward pass.
 
 use super::{mm, simd, threads, View};
-use crate::engine::cpu::fused::Seq;
+use crate::engine::cpu::fused::{self, Attn, Keep, Seq};
 use gemm::Parallelism;
 use rayon::prelude::*;
 
@@ -187,7 +187,8 @@ impl Shared {
 }
 
 /// Training attention: `qkv [n, 3w]` → context `[n, w]`, filling each (sequence, head) block
-/// of `probs` with softmax(QKᵀ/√d + mask) before dropout.
+/// of `probs` with softmax(QKᵀ/√d + mask) before dropout: the inference kernel
+/// ([`fused::attention_keeping`]) keeping what the backward reads.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn attention_forward(
     qkv: &[f32],
@@ -199,66 +200,10 @@ pub(crate) fn attention_forward(
     hd: usize,
     mask: Option<Mask>,
 ) -> Vec<f32> {
-    let width = heads * hd;
-    let rs = 3 * width;
-    let mut ctx = vec![0f32; n * width];
-    let out = Shared(ctx.as_mut_ptr());
-    let pr = Shared(probs.as_mut_ptr());
-    let scale = 1.0 / (hd as f32).sqrt();
-    (0..seqs.len() * heads).into_par_iter().for_each(|task| {
-        let (si, hh) = (task / heads, task % heads);
-        let sq = &seqs[si];
-        let (t, keys) = (sq.queries, sq.bias.len());
-        if t == 0 || keys == 0 {
-            return;
-        }
-        let off = offsets[si][hh];
-        let base = sq.row * rs + hh * hd;
-        // SAFETY: each task owns its probability block and its head's context columns of its
-        // sequence's rows; Q, K, V are strided windows of `qkv`.
-        unsafe {
-            let s = std::slice::from_raw_parts_mut(pr.at(off), t * keys);
-            mm(
-                t,
-                keys,
-                hd,
-                s.as_mut_ptr(),
-                keys,
-                false,
-                View { ptr: qkv.as_ptr().add(base), rs: rs as isize, cs: 1 },
-                View { ptr: qkv.as_ptr().add(base + width), rs: rs as isize, cs: 1 }.t(),
-                Parallelism::None,
-            );
-            for row in s.chunks_exact_mut(keys) {
-                row.iter_mut().for_each(|v| *v *= scale);
-                simd::softmax_row(row, &sq.bias);
-            }
-            let dropped;
-            let pv: &[f32] = match mask {
-                Some(d) => {
-                    let mut v = s.to_vec();
-                    for (j, x) in v.iter_mut().enumerate() {
-                        *x *= d.factor(off + j);
-                    }
-                    dropped = v;
-                    &dropped
-                }
-                None => s,
-            };
-            mm(
-                t,
-                hd,
-                keys,
-                out.at(sq.row * width + hh * hd),
-                width,
-                false,
-                View::rows(pv, keys),
-                View { ptr: qkv.as_ptr().add(base + 2 * width), rs: rs as isize, cs: 1 },
-                Parallelism::None,
-            );
-        }
-    });
-    ctx
+    let drop = mask
+        .map(|d| move |off: usize, v: &mut [f32]| v.iter_mut().enumerate().for_each(|(j, x)| *x *= d.factor(off + j)));
+    let dropout = drop.as_ref().map(|f| f as &(dyn Fn(usize, &mut [f32]) + Sync));
+    fused::attention_keeping(qkv, seqs, n, &Attn::bidirectional(heads, hd), Some(Keep { probs, offsets, dropout }))
 }
 
 /// Backward of [`attention_forward`]: dQ, dK, dV into a new `[n, 3w]` buffer.

@@ -95,9 +95,26 @@ impl Attn {
     }
 }
 
+/// What training keeps of an attention pass ([`attention_keeping`]).
+pub struct Keep<'a> {
+    /// Every (sequence, head) block of softmax probabilities, `[queries, keys]` at
+    /// `offsets[sequence][head]`; blocks must not overlap.
+    pub probs: &'a mut [f32],
+    pub offsets: &'a [Vec<usize>],
+    /// Applied to a copy of the block at the given offset before it weighs the values (training's
+    /// dropout); the kept block stays as the softmax wrote it.
+    pub dropout: Option<&'a (dyn Fn(usize, &mut [f32]) + Sync)>,
+}
+
 /// Attention of every head: `qkv [rows, (heads + 2·kv_heads)·hd]` (queries, then keys, then
 /// values) → context `[rows, heads·hd]`; rows that are no sequence's query stay 0.
 pub fn attention(qkv: &[f32], seqs: &[Seq], rows: usize, a: &Attn) -> Vec<f32> {
+    attention_keeping(qkv, seqs, rows, a, None)
+}
+
+/// [`attention`], with `keep` writing each block of probabilities where training's backward
+/// reads them, and applying its dropout.
+pub fn attention_keeping(qkv: &[f32], seqs: &[Seq], rows: usize, a: &Attn, keep: Option<Keep>) -> Vec<f32> {
     let (hd, heads) = (a.head_dim, a.heads);
     let width = heads * hd;
     let rs = a.qkv_width();
@@ -105,15 +122,35 @@ pub fn attention(qkv: &[f32], seqs: &[Seq], rows: usize, a: &Attn) -> Vec<f32> {
     let group = heads / a.kv_heads.max(1);
     let mut ctx = vec![0f32; rows * width];
     let out = SharedMut(ctx.as_mut_ptr());
+    let (kept, offsets, dropout) = match keep {
+        Some(k) => (Some((SharedMut(k.probs.as_mut_ptr()), k.probs.len())), k.offsets, k.dropout),
+        None => (None, &[][..], None),
+    };
     (0..seqs.len() * heads).into_par_iter().for_each(|task| {
-        let (sq, h) = (&seqs[task / heads], task % heads);
+        let (si, h) = (task / heads, task % heads);
+        let sq = &seqs[si];
         let (t, keys) = (sq.queries, sq.bias.len());
         if t == 0 || keys == 0 {
             return;
         }
         let row0 = sq.row * rs;
         let (q, k, v) = (row0 + h * hd, row0 + width + (h / group) * hd, row0 + width + (a.kv_heads + h / group) * hd);
-        let mut s = vec![0f32; t * keys];
+        let mut scratch = Vec::new();
+        // Captures the whole `SharedMut` (Send + Sync), not its raw-pointer field.
+        #[allow(clippy::redundant_locals)]
+        let kept = kept;
+        let s: &mut [f32] = match kept {
+            Some((probs, len)) => {
+                let off = offsets[si][h];
+                assert!(off + t * keys <= len, "the kept probabilities are too short");
+                // SAFETY: in bounds (checked), and each (sequence, head) block is this task's alone.
+                unsafe { std::slice::from_raw_parts_mut(probs.0.add(off), t * keys) }
+            }
+            None => {
+                scratch.resize(t * keys, 0f32);
+                &mut scratch
+            }
+        };
         // SAFETY: Q of this head and K, V of its group are `[t, hd]` / `[keys, hd]` windows of
         // `qkv` with row stride `rs`; `s` is `[t, keys]`; the context window `[t, hd]` at column
         // h·hd of rows sq.row.. is written by this task only (sequences do not overlap).
@@ -149,6 +186,16 @@ pub fn attention(qkv: &[f32], seqs: &[Seq], rows: usize, a: &Attn) -> Vec<f32> {
                 simd::softmax_row(row, &sq.bias);
             }
         }
+        let dropped;
+        let pv: &[f32] = match dropout {
+            Some(f) => {
+                let mut copy = s.to_vec();
+                f(offsets[si][h], &mut copy);
+                dropped = copy;
+                &dropped
+            }
+            None => s,
+        };
         // Captures the whole `SharedMut` (Send + Sync), not its raw-pointer field, which a
         // closure would otherwise capture alone since edition 2021.
         #[allow(clippy::redundant_locals)]
@@ -162,7 +209,7 @@ pub fn attention(qkv: &[f32], seqs: &[Seq], rows: usize, a: &Attn) -> Vec<f32> {
                 1,
                 width as isize,
                 false,
-                s.as_ptr(),
+                pv.as_ptr(),
                 1,
                 keys as isize,
                 qkv.as_ptr().add(v),
