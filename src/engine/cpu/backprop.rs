@@ -202,7 +202,7 @@ pub(crate) fn attention_forward(
 ) -> Vec<f32> {
     let drop = mask
         .map(|d| move |off: usize, v: &mut [f32]| v.iter_mut().enumerate().for_each(|(j, x)| *x *= d.factor(off + j)));
-    let dropout = drop.as_ref().map(|f| f as &(dyn Fn(usize, &mut [f32]) + Sync));
+    let dropout = drop.as_ref().map(|f| f as &fused::Dropout);
     fused::attention_keeping(qkv, seqs, n, &Attn::bidirectional(heads, hd), Some(Keep { probs, offsets, dropout }))
 }
 

@@ -95,6 +95,9 @@ impl Attn {
     }
 }
 
+/// Dropout on a block of probabilities (its offset in the kept buffer, a copy of the block).
+pub type Dropout = dyn Fn(usize, &mut [f32]) + Sync;
+
 /// What training keeps of an attention pass ([`attention_keeping`]).
 pub struct Keep<'a> {
     /// Every (sequence, head) block of softmax probabilities, `[queries, keys]` at
@@ -103,7 +106,7 @@ pub struct Keep<'a> {
     pub offsets: &'a [Vec<usize>],
     /// Applied to a copy of the block at the given offset before it weighs the values (training's
     /// dropout); the kept block stays as the softmax wrote it.
-    pub dropout: Option<&'a (dyn Fn(usize, &mut [f32]) + Sync)>,
+    pub dropout: Option<&'a Dropout>,
 }
 
 /// Attention of every head: `qkv [rows, (heads + 2·kv_heads)·hd]` (queries, then keys, then
