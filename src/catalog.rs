@@ -4,7 +4,8 @@
 //! tokenizer files for shape). The HTTP layer streams the parts and stores them; this decides
 //! whether they form a model.
 
-use crate::engine::io::st;
+use crate::engine::io::compressed;
+use crate::engine::io::st::{self, Dtype};
 use crate::engine::model::config::{self, ModelConfig};
 use crate::validation::FieldError;
 use serde::Deserialize;
@@ -125,6 +126,9 @@ impl ModelUpload {
         let (cfg, totals) = ModelConfig::parse(small("config.json").unwrap())
             .and_then(|cfg| config::check(&cfg, &header).map(|t| (cfg, t)))
             .map_err(|e| one(FieldError::new("config.json", e)))?;
+        // A compressed-tensors int8 checkpoint: its scales and format, before anything reads it.
+        let int8 = compressed::check(&header, small("config.json").unwrap())
+            .map_err(|(file, e)| one(FieldError::new(file, e)))?;
         for n in ["tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"] {
             if let Some(bytes) = small(n) {
                 check_json_file(n, bytes).map_err(one)?;
@@ -145,8 +149,8 @@ impl ModelUpload {
                 hidden_size: cfg.hidden_size,
                 intermediate_size: cfg.intermediate_size,
             },
-            parameters: totals.parameters,
-            dtype: totals.dtype.name().to_string(),
+            parameters: if int8 { compressed::parameters(&header) } else { totals.parameters },
+            dtype: if int8 { Dtype::I8.name().into() } else { totals.dtype.name().to_string() },
         })
     }
 }

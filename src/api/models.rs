@@ -29,9 +29,11 @@ pub struct Model {
     pub num_heads: i64,
     /// FFN width.
     pub intermediate_size: i64,
-    /// Elements of all floating-point tensors.
+    /// Elements of all floating-point tensors (of a compressed-tensors int8 checkpoint: its int8
+    /// weights and float tensors, the scales not counted).
     pub parameters: i64,
-    /// Floating-point dtype holding most parameters (`F32`, `F16`, `BF16`, …).
+    /// Floating-point dtype holding most parameters (`F32`, `F16`, `BF16`, …), or `I8` for a
+    /// compressed-tensors int8 checkpoint.
     pub dtype: String,
     /// Total bytes of all files.
     pub bytes: i64,

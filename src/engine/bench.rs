@@ -112,7 +112,7 @@ pub fn run(config_json: &[u8], safetensors: &[u8], w: &Workload) -> Result<Timin
     // A compressed-tensors int8 checkpoint runs int8 (unless asked otherwise), from its own
     // int8 values: the loader reads floats, the runtime quantizes them back to the same ones.
     let header = st::parse(safetensors).map_err(ModelError::Invalid)?;
-    let dequantized = compressed::dequantize(safetensors, &header, config_json)?;
+    let dequantized = compressed::decompress(safetensors, &header, config_json)?.map(|(weights, _)| weights);
     let choice = match w.choice {
         Choice::Fastest if dequantized.is_some() => Choice::Int8Dynamic,
         asked => asked,

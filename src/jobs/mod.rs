@@ -94,6 +94,21 @@ impl JobContext {
             .ok_or_else(|| JobError::Failed(format!("the model's file {name} is missing from the artifact store")))
     }
 
+    /// The model's `config.json` and `model.safetensors` as the engine loads them: a
+    /// compressed-tensors int8 upload is turned back into floats, its `quantization_config`
+    /// dropped (`engine::io::compressed::decompress`).
+    pub fn read_checkpoint(&self) -> Result<(Bytes, Bytes), JobError> {
+        let config = self.read_model_file("config.json")?;
+        let weights = self.read_model_file("model.safetensors")?;
+        let header =
+            crate::engine::io::st::parse(&weights).map_err(|e| JobError::Failed(format!("model.safetensors: {e}")))?;
+        match crate::engine::io::compressed::decompress(&weights, &header, &config) {
+            Ok(Some((w, c))) => Ok((Bytes::from(c), Bytes::from(w))),
+            Ok(None) => Ok((config, weights)),
+            Err(e) => Err(JobError::Failed(e.to_string())),
+        }
+    }
+
     /// A dataset the job reads: its format, task and bytes.
     pub fn read_dataset(&self, id: &str) -> Result<(crate::data::Format, Option<crate::data::Task>, Bytes), JobError> {
         let (format, task) = *self

@@ -84,8 +84,7 @@ impl Executor for PruneExecutor {
     fn run(&self, ctx: &JobContext) -> Result<(), JobError> {
         let req: JobRequest = serde_json::from_str(&ctx.job.spec).map_err(|e| JobError::Internal(e.into()))?;
         ctx.progress("loading", 0.0)?;
-        let config = ctx.read_model_file("config.json")?;
-        let weights = ctx.read_model_file("model.safetensors")?;
+        let (config, weights) = ctx.read_checkpoint()?;
         let header = st::parse(&weights).map_err(|e| JobError::Failed(format!("model.safetensors: {e}")))?;
         let model = ModelConfig::parse(&config)
             .and_then(|m| config::check(&m, &header).map(|_| m))

@@ -1267,8 +1267,85 @@ async fn quantization_writes_an_int8_compressed_export(db: Db) {
     assert!(body["errors"][0]["message"].as_str().unwrap().contains("Conv1D"), "{body}");
 }
 
+/// A compressed-tensors int8 export uploaded again: checked on upload (its scales and format),
+/// summarised as int8, and pruned as the float model its int8 weights and scales describe.
+async fn compressed_uploads_are_checked_and_pruned(db: Db) {
+    let app = TestApp::spawn(db).await;
+    let tiny = TinyModel::default();
+    let model = app.create_model(&tiny).await;
+    let first = json!({"method": "magnitude", "sparsity": 0.3, "scope": "local"});
+    let job = app.submit_ok(&json!({"model_id": model, "pruning": first, "quantization": {"method": "int8"}})).await;
+    assert_eq!(app.wait_for(&job, &["succeeded", "failed"], WAIT).await["status"], "succeeded");
+    let q = app.artifact(&job, "compressed%2Fmodel.safetensors").await.to_vec();
+    let q_config = app.artifact(&job, "compressed%2Fconfig.json").await.to_vec();
+    let files = |weights: Vec<u8>, config: Vec<u8>| {
+        vec![
+            ("config.json", config),
+            ("model.safetensors", weights),
+            ("tokenizer.json", tiny.tokenizer_json().into_bytes()),
+        ]
+    };
+    let r = app.upload_model(files(q.clone(), q_config.clone())).await;
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let uploaded: Value = r.json().await.unwrap();
+    let original: Value = app.get(&format!("/v1/models/{model}")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(uploaded["dtype"], "I8", "{uploaded}");
+    assert_eq!(uploaded["parameters"], original["parameters"], "{uploaded}");
+    // Pruned again: the job reads the int8 weights times their scales, and writes floats.
+    let id = uploaded["id"].as_str().unwrap();
+    let job = app
+        .submit_ok(&json!({"model_id": id, "pruning": {"method": "magnitude", "sparsity": 0.5, "scope": "local"}}))
+        .await;
+    let done = app.wait_for(&job, &["succeeded", "failed"], WAIT).await;
+    assert_eq!(done["status"], "succeeded", "{done}");
+    let out = app.artifact(&job, "model.safetensors").await;
+    let config: Value = serde_json::from_slice(&app.artifact(&job, "config.json").await).unwrap();
+    assert!(config.get("quantization_config").is_none(), "{config}");
+    let (oh, qh) = (st::parse(&out).unwrap(), st::parse(&q).unwrap());
+    let bytes = |h: &st::Header, f: &[u8], n: &str| {
+        let t = &h.tensors[n];
+        f[(h.data_start + t.begin) as usize..(h.data_start + t.end) as usize].to_vec()
+    };
+    let name = "encoder.layer.0.attention.self.query.weight";
+    assert!(!oh.tensors.keys().any(|n| n.ends_with("_scale")));
+    let (w, t) = (st::floats(&bytes(&oh, &out, name), oh.tensors[name].dtype).unwrap(), &qh.tensors[name]);
+    let (ints, scales) =
+        (bytes(&qh, &q, name), st::floats(&bytes(&qh, &q, &format!("{name}_scale")), Dtype::F32).unwrap());
+    let cols = t.shape[1] as usize;
+    let mut kept = 0;
+    for (k, v) in w.iter().enumerate() {
+        if *v != 0.0 {
+            assert_eq!(*v, f32::from(ints[k] as i8) * scales[k / cols], "{name}[{k}]");
+            kept += 1;
+        }
+    }
+    assert_eq!(kept, w.len() / 2, "local 50% of {name}");
+    // A scale missing, or a compressed-tensors format Secateur does not read: 422 naming the file.
+    let without_scale = {
+        let keep: Vec<(String, Dtype, Vec<u64>, Vec<u8>)> = qh
+            .tensors
+            .iter()
+            .filter(|(n, _)| *n != &format!("{name}_scale"))
+            .map(|(n, t)| (n.clone(), t.dtype, t.shape.clone(), bytes(&qh, &q, n)))
+            .collect();
+        st::serialize(&keep, None)
+    };
+    let mut packed: Value = serde_json::from_slice(&q_config).unwrap();
+    packed["quantization_config"]["format"] = "pack-quantized".into();
+    for (weights, config, field, says) in [
+        (without_scale, q_config.clone(), "model.safetensors", "is missing"),
+        (q.clone(), serde_json::to_vec(&packed).unwrap(), "config.json", "pack-quantized"),
+    ] {
+        let (s, body) = problem(app.upload_model(files(weights, config)).await).await;
+        assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+        assert_eq!(body["errors"][0]["field"], field, "{body}");
+        assert!(body["errors"][0]["message"].as_str().unwrap().contains(says), "{body}");
+    }
+}
+
 backend_tests!(
     quantization_writes_an_int8_compressed_export,
+    compressed_uploads_are_checked_and_pruned,
     decoder_models_are_accepted_and_pruned,
     auth_is_required_and_errors_are_problems,
     model_upload_get_list_download_delete,

@@ -95,25 +95,82 @@ pub fn int8_dynamic(
     Ok((file, config_out, report))
 }
 
-/// A compressed-tensors `int-quantized` checkpoint turned back into floats, for the loaders
-/// that read float weights: each int8 `M.weight` times its `M.weight_scale` (per output
-/// channel) in the scale's dtype, the scales dropped, every other tensor copied. `None` when
-/// `config.json` has no compressed-tensors `quantization_config`; other compressed-tensors
-/// formats are refused. The runtime then quantizes these weights again with the same scales,
-/// which gives back the same int8 values.
-pub fn dequantize(weights: &[u8], header: &Header, config_json: &[u8]) -> Result<Option<Vec<u8>>, ModelError> {
-    let invalid = |m: String| ModelError::Invalid(m);
+/// Which file a fault of a compressed checkpoint is in, and the fault.
+pub type Fault = (&'static str, String);
+
+/// The compressed-tensors side of a checkpoint, checked from `config.json` and the header alone
+/// (an upload is checked before its weights are read): `Ok(false)` when `config.json` has no
+/// compressed-tensors `quantization_config`; `Ok(true)` for an `int-quantized` checkpoint whose
+/// every int8 tensor `[out, in]` has its float `…_scale` `[out, 1]` and every scale its int8
+/// tensor; otherwise the fault. Other compressed-tensors formats are refused.
+pub fn check(header: &Header, config_json: &[u8]) -> Result<bool, Fault> {
     let config: serde_json::Value =
-        serde_json::from_slice(config_json).map_err(|e| invalid(format!("config.json: {e}")))?;
+        serde_json::from_slice(config_json).map_err(|e| ("config.json", format!("not JSON: {e}")))?;
     let q = &config["quantization_config"];
     if q["quant_method"] != "compressed-tensors" {
-        return Ok(None);
+        return Ok(false);
     }
     if q["format"] != "int-quantized" {
-        return Err(invalid(format!(
-            "config.json: quantization_config.format {} is not supported (int-quantized is)",
-            q["format"]
-        )));
+        return Err((
+            "config.json",
+            format!("quantization_config.format {} is not supported (int-quantized is)", q["format"]),
+        ));
+    }
+    let fault = |m: String| Err(("model.safetensors", m));
+    let mut quantized = 0;
+    for (name, t) in &header.tensors {
+        if let Some(weight) = name.strip_suffix("_scale") {
+            if header.tensors.get(weight).is_none_or(|w| w.dtype != Dtype::I8) {
+                return fault(format!("{name} scales {weight}, which is not an int8 tensor of the file"));
+            }
+            continue;
+        }
+        if t.dtype != Dtype::I8 {
+            continue;
+        }
+        let scale_name = format!("{name}_scale");
+        let Some(s) = header.tensors.get(&scale_name) else {
+            return fault(format!("{name} is int8 but {scale_name} is missing"));
+        };
+        let [o, _] = t.shape[..] else { return fault(format!("{name}: shape {:?} is not [out, in]", t.shape)) };
+        if s.shape != [o, 1] || !s.dtype.is_float() {
+            return fault(format!(
+                "{scale_name}: {:?} of shape {:?}, expected floats of shape [{o}, 1]",
+                s.dtype, s.shape
+            ));
+        }
+        quantized += 1;
+    }
+    if quantized == 0 {
+        return fault("config.json names a compressed-tensors int8 checkpoint but no tensor is int8".into());
+    }
+    Ok(true)
+}
+
+/// A decompressed checkpoint: `model.safetensors` and `config.json` bytes.
+pub type Decompressed = (Vec<u8>, Vec<u8>);
+
+/// The parameters of a compressed checkpoint: its int8 weights and float tensors, the scales
+/// not counted.
+pub fn parameters(header: &Header) -> u64 {
+    header
+        .tensors
+        .iter()
+        .filter(|(n, t)| t.dtype == Dtype::I8 || (t.dtype.is_float() && !n.ends_with("_scale")))
+        .map(|(_, t)| t.numel())
+        .sum()
+}
+
+/// A checkpoint as the float loaders read it: a compressed-tensors `int-quantized` one turned
+/// back into floats — each int8 `M.weight` times its `M.weight_scale` (per output channel) in
+/// the scale's dtype, the scales dropped, every other tensor copied — with `quantization_config`
+/// taken out of `config.json`; `None` when the checkpoint is not compressed. Quantizing these
+/// weights again with the same per-channel rule gives back the same int8 values (the runtime's
+/// int8 representation, a new `quantization` step).
+pub fn decompress(weights: &[u8], header: &Header, config_json: &[u8]) -> Result<Option<Decompressed>, ModelError> {
+    let invalid = |(file, m): Fault| ModelError::Invalid(format!("{file}: {m}"));
+    if !check(header, config_json).map_err(invalid)? {
+        return Ok(None);
     }
     let mut order: Vec<(&String, &st::TensorInfo)> = header.tensors.iter().collect();
     order.sort_by_key(|(_, t)| t.begin);
@@ -121,30 +178,29 @@ pub fn dequantize(weights: &[u8], header: &Header, config_json: &[u8]) -> Result
     let data = |t: &st::TensorInfo| &weights[base + t.begin as usize..base + t.end as usize];
     let mut out = Vec::with_capacity(order.len());
     for (name, t) in order {
-        if name.ends_with(".weight_scale") {
+        if name.ends_with("_scale") {
             continue;
         }
         if t.dtype != Dtype::I8 {
             out.push((name.clone(), t.dtype, t.shape.clone(), data(t).to_vec()));
             continue;
         }
-        let scale_name = format!("{name}_scale");
-        let s = header
-            .tensors
-            .get(&scale_name)
-            .ok_or_else(|| invalid(format!("{name} is int8 but {scale_name} is missing")))?;
-        let [o, i] = t.shape[..] else { return Err(invalid(format!("{name}: shape {:?} is not [out, in]", t.shape))) };
-        if s.shape != [o, 1] {
-            return Err(invalid(format!("{scale_name}: shape {:?}, expected [{o}, 1]", s.shape)));
-        }
-        let scales = st::floats(data(s), s.dtype).ok_or_else(|| invalid(format!("{scale_name} is not a float")))?;
-        let w: Vec<f32> =
-            data(t).iter().enumerate().map(|(k, b)| f32::from(*b as i8) * scales[k / i as usize]).collect();
+        // `check` vouched for the scale's presence, shape and dtype.
+        let s = &header.tensors[&format!("{name}_scale")];
+        let cols = t.shape[1] as usize;
+        let scales = st::floats(data(s), s.dtype).expect("a float scale");
+        let w: Vec<f32> = data(t).iter().enumerate().map(|(k, b)| f32::from(*b as i8) * scales[k / cols]).collect();
         let mut bytes = vec![0u8; w.len() * s.dtype.size() as usize];
         st::write_floats(&w, s.dtype, &mut bytes);
         out.push((name.clone(), s.dtype, t.shape.clone(), bytes));
     }
-    Ok(Some(st::serialize(&out, if header.metadata.is_empty() { None } else { Some(&header.metadata) })))
+    let mut config: serde_json::Value =
+        serde_json::from_slice(config_json).map_err(|e| ModelError::Invalid(format!("config.json: {e}")))?;
+    if let Some(obj) = config.as_object_mut() {
+        obj.remove("quantization_config");
+    }
+    let config = serde_json::to_vec_pretty(&config).map_err(|e| ModelError::Invalid(e.to_string()))?;
+    Ok(Some((st::serialize(&out, if header.metadata.is_empty() { None } else { Some(&header.metadata) }), config)))
 }
 
 /// compressed-tensors' `quantization_config` for W8A8: int8 weights per channel, int8
@@ -250,7 +306,7 @@ mod tests {
     }
 
     #[test]
-    fn dequantizes_what_it_wrote() {
+    fn decompresses_what_it_wrote() {
         let m = TinyModel::default();
         let (config, weights) = (m.config_json(), m.safetensors());
         let header = st::parse(&weights).unwrap();
@@ -258,7 +314,11 @@ mod tests {
         let targets: Vec<String> = header.tensors.keys().filter(|n| arch.is_linear_weight(n)).cloned().collect();
         let (file, cfg, _) = int8_dynamic(&weights, &header, config.as_bytes(), arch, &targets).unwrap();
         let qh = st::parse(&file).unwrap();
-        let back = dequantize(&file, &qh, &cfg).unwrap().unwrap();
+        assert_eq!(check(&qh, &cfg), Ok(true));
+        let (back, back_cfg) = decompress(&file, &qh, &cfg).unwrap().unwrap();
+        let back_cfg: serde_json::Value = serde_json::from_slice(&back_cfg).unwrap();
+        assert!(back_cfg.get("quantization_config").is_none());
+        assert_eq!(back_cfg["hidden_size"], 32);
         let bh = st::parse(&back).unwrap();
         assert_eq!(bh.tensors.keys().collect::<Vec<_>>(), header.tensors.keys().collect::<Vec<_>>());
         let floats = |h: &Header, f: &[u8], n: &str| {
@@ -280,7 +340,25 @@ mod tests {
             assert_eq!(int8::quantize_per_channel(&got, t.shape[0] as usize, t.shape[1] as usize).0, q, "{name}");
         }
         // Not compressed: nothing to do.
-        assert!(dequantize(&weights, &header, config.as_bytes()).unwrap().is_none());
+        assert_eq!(check(&header, config.as_bytes()), Ok(false));
+        assert!(decompress(&weights, &header, config.as_bytes()).unwrap().is_none());
+        // A scale missing, a stray scale, another format: each names its file.
+        let without = |drop: &str| {
+            let mut h = qh.clone();
+            h.tensors.remove(drop);
+            h
+        };
+        let scale = format!("{}_scale", targets[0]);
+        let (file_at, msg) = check(&without(&scale), &cfg).unwrap_err();
+        assert_eq!(file_at, "model.safetensors");
+        assert!(msg.contains(&scale) && msg.contains("missing"), "{msg}");
+        let (file_at, msg) = check(&without(&targets[0]), &cfg).unwrap_err();
+        assert!(file_at == "model.safetensors" && msg.contains("not an int8 tensor"), "{msg}");
+        let mut other: serde_json::Value = serde_json::from_slice(&cfg).unwrap();
+        other["quantization_config"]["format"] = "pack-quantized".into();
+        let (file_at, msg) = check(&qh, &serde_json::to_vec(&other).unwrap()).unwrap_err();
+        assert!(file_at == "config.json" && msg.contains("pack-quantized"), "{msg}");
+        assert!(decompress(&file, &without(&scale), &cfg).is_err());
     }
 
     #[test]

@@ -175,8 +175,7 @@ impl<'a> Run<'a> {
         let task = req.task.name;
         ctx.progress(Stage::Loading.name(), 0.0)?;
         let started = Instant::now();
-        let config_json = ctx.read_model_file("config.json")?;
-        let weights = ctx.read_model_file("model.safetensors")?;
+        let (config_json, weights) = ctx.read_checkpoint()?;
         let tok_bytes = ctx.read_model_file("tokenizer.json").map_err(|_| {
             JobError::Failed(
                 "experiments tokenize with the model's own tokenizer: upload tokenizer.json with the model".into(),
