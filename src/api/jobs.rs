@@ -222,7 +222,14 @@ async fn check_experiment(
         let dtask = d.task.as_deref().and_then(crate::data::Task::parse);
         let squad = task == crate::data::Task::Squad;
         let format = crate::data::Format::parse(&d.format);
-        if format == Some(crate::data::Format::Text) {
+        if task == crate::data::Task::CausalLm {
+            if !matches!(format, Some(crate::data::Format::Text | crate::data::Format::Jsonl)) {
+                return Err(ApiError::invalid(
+                    field,
+                    format!("task causal_lm reads running text (format text or jsonl); the dataset is {}", d.format),
+                ));
+            }
+        } else if format == Some(crate::data::Format::Text) {
             return Err(ApiError::invalid(field, "the dataset is plain text: it holds no labelled examples"));
         }
         if (format == Some(crate::data::Format::SquadJson)) != squad

@@ -61,6 +61,9 @@ pub enum Task {
     Rte,
     Wnli,
     Squad,
+    /// Language modelling on running text (experiments on decoders: perplexity). Not a dataset
+    /// task: its datasets are `text` or `jsonl` text uploaded without a task.
+    CausalLm,
 }
 
 pub const TASK_NAMES: &str = "cola, sst2, mrpc, qqp, stsb, mnli, mnli_mismatched, qnli, rte, wnli, squad";
@@ -153,7 +156,7 @@ impl Task {
             Task::Qnli => pair(&[Col::Name("question"), Col::Name("sentence")], "label", NLI2),
             Task::Rte => pair(&[Col::Name("sentence1"), Col::Name("sentence2")], "label", NLI2),
             Task::Wnli => pair(&[Col::Name("sentence1"), Col::Name("sentence2")], "label", BIN),
-            Task::Squad => return None,
+            Task::Squad | Task::CausalLm => return None,
         })
     }
 }
@@ -194,6 +197,12 @@ pub fn validate(format: Format, task: Option<Task>, bytes: &[u8]) -> Result<Summ
     }
     if format == Format::SquadJson && task.is_some_and(|t| t != Task::Squad) {
         return err(None, "format squad_json holds the squad task only");
+    }
+    if task == Some(Task::CausalLm) {
+        return err(
+            None,
+            "causal_lm is an experiment task that reads running text: upload the text with format text (or jsonl) and no task",
+        );
     }
     if format == Format::Text && task.is_some() {
         return err(None, "format text holds no task: plain text has no labels (upload it without `task`)");

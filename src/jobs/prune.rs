@@ -4,7 +4,7 @@
 //! when the spec asks for quantization), the masks, and
 //! `report.json`, whose summary becomes the job's `export` stage.
 
-use super::spec::{Granularity, Importance, JobRequest, Method, QuantMethod, QuantScheme};
+use super::spec::{CalibrationSpec, Granularity, Importance, JobRequest, Method, QuantMethod, QuantScheme};
 use super::{Executor, JobContext, JobError};
 use crate::engine::io::st;
 use crate::engine::model::config;
@@ -91,7 +91,13 @@ impl Executor for PruneExecutor {
             .map_err(|e| JobError::Failed(format!("config.json: {e}")))?;
         let plan = plan(&req)?;
         let batches = match plan.needs_calibration() {
-            true => Some(calibration_batches(ctx, &req, model.pad_token_id, model.arch.is_decoder())?),
+            true => {
+                let method = req.pruning.method.name();
+                let cal = req.calibration.as_ref().ok_or_else(|| {
+                    JobError::Internal(anyhow::anyhow!("a validated {method} spec lacks calibration"))
+                })?;
+                Some(calibration_batches(ctx, method, cal, model.pad_token_id, model.arch.is_decoder())?)
+            }
             false => None,
         };
         let src = Source { config_json: &config, model: &model, weights, header: &header };
@@ -170,12 +176,13 @@ fn parameters(req: &JobRequest) -> serde_json::Value {
 /// special tokens (`train::batch::token_windows`); every other case takes the first `samples`
 /// examples truncated to `max_seq_len` as experiments tokenize theirs
 /// (`train::features::encode_texts`: Hugging Face's longest-first split of pairs).
-fn calibration_batches(ctx: &JobContext, req: &JobRequest, pad_id: u32, decoder: bool) -> Result<Vec<Batch>, JobError> {
-    let method = req.pruning.method.name();
-    let cal = req
-        .calibration
-        .as_ref()
-        .ok_or_else(|| JobError::Internal(anyhow::anyhow!("a validated {method} spec lacks calibration")))?;
+pub(super) fn calibration_batches(
+    ctx: &JobContext,
+    method: &str,
+    cal: &CalibrationSpec,
+    pad_id: u32,
+    decoder: bool,
+) -> Result<Vec<Batch>, JobError> {
     let (format, task, data) = ctx.read_dataset(&cal.dataset_id)?;
     let windows = decoder && matches!(format, crate::data::Format::Text | crate::data::Format::Jsonl);
     let limit = if windows { usize::MAX } else { cal.samples };

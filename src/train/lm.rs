@@ -21,11 +21,11 @@ pub fn eval_windows(ids: &[u32], len: usize, max: Option<usize>) -> Vec<&[u32]> 
 
 /// The NLL of each window: the sum over its positions 1.. of −log p(token | the window's
 /// tokens before it) (a window of n tokens predicts n − 1). `done(k)` follows each pass.
-pub fn window_nlls(
+pub fn window_nlls<E: From<ModelError>>(
     model: &Decoder,
     windows: &[&[u32]],
-    done: &mut dyn FnMut(usize) -> Result<(), ModelError>,
-) -> Result<Vec<f64>, ModelError> {
+    done: &mut dyn FnMut(usize) -> Result<(), E>,
+) -> Result<Vec<f64>, E> {
     let vocab = model.config.vocab;
     let mut out = Vec::with_capacity(windows.len());
     let mut start = 0;
@@ -74,9 +74,9 @@ mod tests {
         let model = Decoder::from_files(m.config_json().as_bytes(), &m.safetensors()).unwrap();
         let ids: Vec<u32> = (0..40).map(|i| (i * 17 + 3) % 64).collect();
         let windows = eval_windows(&ids, 10, None);
-        let together = window_nlls(&model, &windows, &mut |_| Ok(())).unwrap();
+        let together = window_nlls::<ModelError>(&model, &windows, &mut |_| Ok(())).unwrap();
         for (w, nll) in windows.iter().zip(&together) {
-            let alone = window_nlls(&model, &[w], &mut |_| Ok(())).unwrap()[0];
+            let alone = window_nlls::<ModelError>(&model, &[w], &mut |_| Ok(())).unwrap()[0];
             assert!((alone - nll).abs() < 1e-9 * nll.abs().max(1.0), "{alone} vs {nll}");
             // A random model is close to uniform over its 64 tokens: about ln 64 per prediction.
             let per_token = nll / 9.0;

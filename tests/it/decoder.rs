@@ -242,7 +242,7 @@ fn perplexity_equals_transformers() {
         std::fs::write(dir.join("model.safetensors"), m.safetensors()).unwrap();
         let theirs = common::refenv::run_json("decoder_perplexity.py", &[&dir], &json!({"windows": windows}));
         let model = Decoder::from_files(m.config_json().as_bytes(), &m.safetensors()).unwrap();
-        let ours = window_nlls(&model, &windows, &mut |_| Ok(())).unwrap();
+        let ours = window_nlls::<ModelError>(&model, &windows, &mut |_| Ok(())).unwrap();
         for (i, (a, b)) in ours.iter().zip(flat(&theirs["nll"])).enumerate() {
             let rel = (a - b as f64).abs() / (b as f64).abs();
             assert!(rel < 1e-5, "{model_type} window {i}: {a} vs {b}");

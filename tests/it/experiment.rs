@@ -485,8 +485,132 @@ async fn calibrated_and_structured_experiments(db: Db) {
     assert!(done["error"].as_str().unwrap_or_default().contains("pruning.sparsity"), "{done}");
 }
 
+/// A `causal_lm` experiment on a decoder: perplexity on the evaluation text before and after
+/// one-shot SparseGPT, equal to our decoder's own score of the same windows (before: the model
+/// as uploaded; after: the exported pruned model), recomputable from `predictions.jsonl`; and
+/// what the spec refuses for this task.
+async fn causal_lm_experiments_report_perplexity(db: Db) {
+    use secateur::engine::model::decoder::Decoder;
+    use secateur::engine::model::ModelError;
+    use secateur::engine::testing::TinyDecoder;
+    use secateur::train::lm::{eval_windows, window_nlls};
+    let app = TestApp::spawn(db).await;
+    let tokenizer = TinyModel::default().tokenizer_json();
+    let m = TinyDecoder { model_type: "llama", ..Default::default() };
+    let files = vec![
+        ("config.json", m.config_json().into_bytes()),
+        ("model.safetensors", m.safetensors()),
+        ("tokenizer.json", tokenizer.clone().into_bytes()),
+    ];
+    let r = app.upload_model(files).await;
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let model = r.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_string();
+    let text = |seed: usize| {
+        (0..200).map(|i| format!("w{}", 5 + (i * 7 + seed + i / 13) % 59)).collect::<Vec<_>>().join(" ") + "\n"
+    };
+    let upload = |bytes: String| {
+        let app = &app;
+        async move {
+            let r = app.upload_dataset(bytes.into_bytes(), "text", None).await;
+            assert_eq!(r.status(), StatusCode::CREATED);
+            r.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_string()
+        }
+    };
+    let (train, eval_text) = (upload(text(0)).await, text(3));
+    let eval = upload(eval_text.clone()).await;
+    let spec = |extra: Value| {
+        let mut s = json!({"kind": "experiment", "model_id": model,
+            "task": {"name": "causal_lm", "dataset_id": train, "eval_dataset_id": eval},
+            "evaluation": {"max_seq_len": 16, "max_eval_samples": 5}});
+        for (k, v) in extra.as_object().unwrap() {
+            s[k] = v.clone();
+        }
+        s
+    };
+    let job = app
+        .submit_ok(&spec(json!({"pruning": {"method": "sparsegpt", "sparsity": 0.5, "calibration_samples": 6}})))
+        .await;
+    let done = app.wait_for(&job, &["succeeded", "failed"], WAIT).await;
+    assert_eq!(done["status"], "succeeded", "{done}");
+    let result: Value = app.get(&format!("/v1/jobs/{job}/result")).send().await.unwrap().json().await.unwrap();
+    let names: Vec<&str> = result["stages"].as_array().unwrap().iter().map(|s| s["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["loading", "baseline_eval", "prune", "final_eval", "export"], "{result}");
+    assert_eq!(result["stages"][0]["result"]["eval_windows"], 5, "{result}");
+    let (before, after) = (&result["metrics"]["before"], &result["metrics"]["after"]);
+    assert_eq!(result["metrics"]["pruned"], *after, "{result}");
+    // Our decoder's own score of the same windows: the model as uploaded, and as exported.
+    let tok = tokenizers::Tokenizer::from_bytes(tokenizer.as_bytes()).unwrap();
+    let ids = tok.encode(eval_text.as_str(), false).unwrap().get_ids().to_vec();
+    let windows = eval_windows(&ids, 16, Some(5));
+    let perplexity = |d: &Decoder| {
+        let nll: f64 = window_nlls::<ModelError>(d, &windows, &mut |_| Ok(())).unwrap().iter().sum();
+        (nll / (5.0 * 15.0)).exp()
+    };
+    let dense = Decoder::from_files(m.config_json().as_bytes(), &m.safetensors()).unwrap();
+    let pruned =
+        Decoder::from_files(&app.artifact(&job, "config.json").await, &app.artifact(&job, "model.safetensors").await)
+            .unwrap();
+    let close = |a: f64, b: &Value| (a - b.as_f64().unwrap()).abs() <= 1e-9 * a;
+    assert!(close(perplexity(&dense), &before["perplexity"]), "{} vs {before}", perplexity(&dense));
+    assert!(close(perplexity(&pruned), &after["perplexity"]), "{} vs {after}", perplexity(&pruned));
+    assert_ne!(before["perplexity"], after["perplexity"]);
+    // predictions.jsonl: each window's NLL, from which the reported perplexity follows.
+    let lines = String::from_utf8(app.artifact(&job, "predictions.jsonl").await.to_vec()).unwrap();
+    let nlls: Vec<Value> = lines.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(nlls.len(), 5);
+    let total: f64 = nlls.iter().map(|l| l["nll"].as_f64().unwrap()).sum();
+    let predicted: u64 = nlls.iter().map(|l| l["predicted"].as_u64().unwrap()).sum();
+    assert_eq!(predicted, 5 * 15);
+    assert!(close((total / predicted as f64).exp(), &after["perplexity"]), "{lines}");
+    let report: Value = serde_json::from_slice(&app.artifact(&job, "report.json").await).unwrap();
+    assert_eq!(
+        (report["method"].as_str(), report["totals"]["target_sparsity"].as_f64()),
+        (Some("sparsegpt"), Some(0.5))
+    );
+    assert_eq!(report["parameters"]["calibration_sequences"], 6, "{report}");
+    app.artifact(&job, "masks.safetensors").await;
+    app.artifact(&job, "tokenizer.json").await;
+    // Without pruning: the baseline alone, and the model as uploaded.
+    let job = app.submit_ok(&spec(json!({}))).await;
+    assert_eq!(app.wait_for(&job, &["succeeded", "failed"], WAIT).await["status"], "succeeded");
+    let r: Value = app.get(&format!("/v1/jobs/{job}/result")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(r["metrics"]["after"], *before, "{r}");
+    // Refused, each naming its field.
+    let sst2 = dataset(&app, toy_sst2(8, 0), "sst2").await;
+    let encoder = app.create_model(&TinyModel::default()).await;
+    let cases = [
+        (spec(json!({"finetune": {"epochs": 1}})), "finetune"),
+        (spec(json!({"pruning": {"method": "taylor", "sparsity": 0.5}})), "pruning.method"),
+        (
+            spec(json!({"pruning": {"method": "magnitude", "granularity": "heads", "sparsity": 0.5}})),
+            "pruning.granularity",
+        ),
+        (spec(json!({"evaluation": {"max_seq_len": 1}})), "evaluation.max_seq_len"),
+        (spec(json!({"task": {"name": "causal_lm", "dataset_id": train, "eval_fraction": 0.2}})), "task.eval_fraction"),
+        (spec(json!({"task": {"name": "causal_lm", "dataset_id": sst2, "eval_dataset_id": eval}})), "task.dataset_id"),
+        (spec(json!({"model_id": encoder})), "model_id"),
+        (
+            spec(json!({"task": {"name": "sst2", "dataset_id": sst2, "eval_dataset_id": sst2}, "evaluation": {}})),
+            "model_id",
+        ),
+        (
+            spec(json!({"task": {"name": "sst2", "dataset_id": sst2, "eval_dataset_id": sst2}})),
+            "evaluation.max_seq_len",
+        ),
+    ];
+    for (body, field) in cases {
+        let (s, p) = problem(app.submit(&body).await).await;
+        assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{body}: {p}");
+        assert_eq!(p["errors"][0]["field"], field, "{body}: {p}");
+    }
+    // causal_lm is not a dataset task.
+    let r = app.upload_dataset(text(1).into_bytes(), "text", Some("causal_lm")).await;
+    assert_eq!(r.status(), StatusCode::UNPROCESSABLE_ENTITY);
+}
+
 backend_tests!(
     experiments_validate_run_and_report,
+    causal_lm_experiments_report_perplexity,
     a_reclaimed_experiment_resumes_from_its_checkpoint,
     squad_experiments_score_exact_match_and_f1,
     calibrated_and_structured_experiments

@@ -1,10 +1,11 @@
-//! The `experiment` job: evaluate a model on a GLUE task or SQuAD, fine-tune it (optionally), prune it
+//! The `experiment` job: evaluate a model on a GLUE task or SQuAD (a decoder on `causal_lm`: `lm.rs`), fine-tune it (optionally), prune it
 //! (one-shot, or gradually during recovery), recover with the masks locked (optionally
 //! distilled from the dense model), evaluate again, and export the pruned task model with its
 //! report and predictions. Each stage's outcome is recorded as it ends (`JobContext::record_stage`:
 //! the database, served by `GET /v1/jobs/{id}/result`), and `result.json` sums them up.
 
 mod data;
+mod lm;
 mod progress;
 
 use super::prune::{model_err, write_model};
@@ -101,6 +102,9 @@ fn prune_heads(net: &mut Net, scores: &[Vec<f32>], sparsity: f64, scope: Scope) 
 impl Executor for ExperimentExecutor {
     fn run(&self, ctx: &JobContext) -> Result<(), JobError> {
         let req: ExperimentRequest = serde_json::from_str(&ctx.job.spec).map_err(|e| JobError::Internal(e.into()))?;
+        if req.task.name == Task::CausalLm {
+            return lm::run(ctx, &req);
+        }
         let mut run = Run::load(ctx, &req)?;
         run.resume_from_checkpoint()?;
         if run.resume_at.is_none() {

@@ -49,7 +49,9 @@ fn d_every() -> u64 {
 pub struct TaskSpec {
     /// One of cola, sst2, mrpc, qqp, stsb, mnli, mnli_mismatched, qnli, rte, wnli, squad
     /// (metrics: `exact_match` and `f1`, in percent; windows with a stride of a third of
-    /// `max_seq_len`, at most 128).
+    /// `max_seq_len`, at most 128), or causal_lm (decoder models: `perplexity` and `loss` on
+    /// `eval_dataset_id`'s text, `text` or `jsonl` datasets; `dataset_id` is the calibration
+    /// text of wanda and sparsegpt).
     pub name: Task,
     /// The training data: a dataset of this tenant, labelled, of this task.
     pub dataset_id: String,
@@ -269,16 +271,24 @@ pub struct EvaluationSpec {
     /// Measure forward latency (median of 5 runs of one evaluation batch) before and after.
     #[serde(default = "d_true")]
     pub latency: bool,
-    /// Evaluate on the first N evaluation examples only.
+    /// Evaluate on the first N evaluation examples only (causal_lm: the first N windows).
     #[serde(default)]
     pub max_eval_samples: Option<usize>,
+    /// causal_lm only: tokens per evaluation window (2..=8192, default 512; each window
+    /// predicts all its tokens but the first). The evaluation text, tokenized whole without
+    /// special tokens, is cut into consecutive windows; a last partial one is dropped.
+    #[serde(default)]
+    pub max_seq_len: Option<usize>,
 }
 
 impl Default for EvaluationSpec {
     fn default() -> Self {
-        EvaluationSpec { latency: true, max_eval_samples: None }
+        EvaluationSpec { latency: true, max_eval_samples: None, max_seq_len: None }
     }
 }
+
+/// causal_lm's evaluation window when the spec gives none.
+pub const LM_WINDOW: usize = 512;
 
 /// The body of `POST /v1/jobs` with `"kind": "experiment"`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
@@ -380,6 +390,14 @@ impl ExperimentRequest {
                     errs.push(FieldError::new("recovery.distill.alpha", "recovery.distill.alpha must be in [0, 1]"));
                 }
             }
+        }
+        if t.name == Task::CausalLm {
+            self.check_causal_lm(&mut errs);
+        } else if self.evaluation.max_seq_len.is_some() {
+            errs.push(FieldError::new(
+                "evaluation.max_seq_len",
+                "evaluation.max_seq_len applies to task causal_lm (the training settings set the others' lengths)",
+            ));
         }
         if let Some(e) = self.evaluation.max_eval_samples {
             if e == 0 {
@@ -521,17 +539,55 @@ impl ExperimentRequest {
     }
 }
 impl ExperimentRequest {
-    /// The checks that need the stored model: experiments run on the encoder families, and an
-    /// N:M group size must fit the model's matrices.
-    pub fn check_against_model(&self, model: &super::prune::ModelShape) -> Result<(), FieldError> {
-        if crate::engine::model::arch::Arch::parse(&model.model_type).is_some_and(|a| a.is_decoder()) {
-            return Err(FieldError::new(
-                "model_id",
-                format!(
-                    "experiments do not run on decoder models ({}) yet: their tasks need a classification or QA head on an encoder (bert, roberta, distilbert)",
-                    model.model_type
-                ),
+    /// What causal_lm experiments run today: one-shot magnitude, Wanda or SparseGPT
+    /// (unstructured or n:m) between two perplexity evaluations on `eval_dataset_id`.
+    fn check_causal_lm(&self, errs: &mut Vec<FieldError>) {
+        let not_yet = "causal_lm experiments do not train yet (language-model training of decoders is not written)";
+        if self.finetune.is_some() {
+            errs.push(FieldError::new("finetune", not_yet));
+        }
+        if self.recovery.is_some() {
+            errs.push(FieldError::new("recovery", not_yet));
+        }
+        if self.task.eval_fraction.is_some() {
+            errs.push(FieldError::new(
+                "task.eval_fraction",
+                "causal_lm evaluates on the text of task.eval_dataset_id: give it instead",
             ));
+        }
+        if let Some(n) = self.evaluation.max_seq_len {
+            if !(2..=8192).contains(&n) {
+                errs.push(FieldError::new("evaluation.max_seq_len", "evaluation.max_seq_len must be in 2..=8192"));
+            }
+        }
+        if let Some(p) = &self.pruning {
+            if !matches!(p.method, ExperimentMethod::Magnitude | ExperimentMethod::Wanda | ExperimentMethod::Sparsegpt)
+            {
+                errs.push(FieldError::new(
+                    "pruning.method",
+                    "causal_lm experiments prune with magnitude, wanda or sparsegpt (the others score with training)",
+                ));
+            }
+            if !matches!(p.granularity, Granularity::Unstructured | Granularity::NM) {
+                errs.push(FieldError::new(
+                    "pruning.granularity",
+                    "causal_lm experiments prune unstructured or n:m (heads, neurons and layers of decoders are not written yet)",
+                ));
+            }
+        }
+    }
+
+    /// The checks that need the stored model: causal_lm runs on decoders, the other tasks on
+    /// the encoder families, and an N:M group size must fit the model's matrices.
+    pub fn check_against_model(&self, model: &super::prune::ModelShape) -> Result<(), FieldError> {
+        let decoder = crate::engine::model::arch::Arch::parse(&model.model_type).is_some_and(|a| a.is_decoder());
+        if decoder != (self.task.name == Task::CausalLm) {
+            let why = if decoder {
+                format!("task {} needs a classification or QA head on an encoder (bert, roberta, distilbert); a decoder ({}) runs task causal_lm", self.task.name.name(), model.model_type)
+            } else {
+                format!("task causal_lm runs on decoder models (gpt2, llama, qwen2), not {}", model.model_type)
+            };
+            return Err(FieldError::new("model_id", why));
         }
         match &self.pruning {
             Some(p) => match (p.granularity, &p.pattern) {
