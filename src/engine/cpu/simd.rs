@@ -89,25 +89,59 @@ fn lane_sum(v: &[f32], f: impl Fn(f32) -> f32) -> f32 {
     sum
 }
 
+/// Exact GELU: y·(1 + erf(y/√2))/2.
+#[inline(always)]
+fn gelu(y: f32) -> f32 {
+    0.5 * y * (1.0 + erf(y * std::f32::consts::FRAC_1_SQRT_2))
+}
+
+/// GELU, tanh approximation: y·(1 + tanh(√(2/π)(y + 0.044715y³)))/2, with
+/// tanh(u) = 1 − 2/(e^{2u} + 1).
+#[inline(always)]
+fn gelu_tanh(y: f32) -> f32 {
+    let u = 0.797_884_6 * (y + 0.044715 * y * y * y);
+    let t = 1.0 - 2.0 / (exp(2.0 * u) + 1.0);
+    0.5 * y * (1.0 + t)
+}
+
+/// LayerNorm of a row in place, row ← (row − mean)/σ·γ + β, the sums in 8 lanes; with `xhat`,
+/// keeps (row − mean)/σ there (training's backward reads it). Returns 1/σ.
+#[inline(always)]
+fn layer_norm_in_place(row: &mut [f32], gamma: &[f32], beta: &[f32], eps: f32, xhat: Option<&mut [f32]>) -> f32 {
+    let h = row.len() as f32;
+    let mean = lane_sum(row, |v| v) / h;
+    let var = lane_sum(row, |v| (v - mean) * (v - mean));
+    let inv = 1.0 / (var / h + eps).sqrt();
+    match xhat {
+        Some(xhat) => {
+            for (((v, x), g), b) in row.iter_mut().zip(xhat.iter_mut()).zip(gamma).zip(beta) {
+                *x = (*v - mean) * inv;
+                *v = *x * *g + *b;
+            }
+        }
+        None => {
+            for ((v, g), b) in row.iter_mut().zip(gamma).zip(beta) {
+                *v = (*v - mean) * inv * *g + *b;
+            }
+        }
+    }
+    inv
+}
+
 dispatch! {
-    /// Exact GELU of x + bias: y·(1 + erf(y/√2))/2.
+    /// Exact GELU of x + bias ([`gelu`]).
     pub fn bias_gelu(x: &mut [f32], bias: &[f32]) {
         for (v, b) in x.iter_mut().zip(bias) {
-            let y = *v + *b;
-            *v = 0.5 * y * (1.0 + erf(y * std::f32::consts::FRAC_1_SQRT_2));
+            *v = gelu(*v + *b);
         }
     }
 }
 
 dispatch! {
-    /// GELU of x + bias, tanh approximation: y·(1 + tanh(√(2/π)(y + 0.044715y³)))/2, with
-    /// tanh(u) = 1 − 2/(e^{2u} + 1).
+    /// GELU of x + bias, tanh approximation ([`gelu_tanh`]).
     pub fn bias_gelu_tanh(x: &mut [f32], bias: &[f32]) {
         for (v, b) in x.iter_mut().zip(bias) {
-            let y = *v + *b;
-            let u = 0.797_884_6 * (y + 0.044715 * y * y * y);
-            let t = 1.0 - 2.0 / (exp(2.0 * u) + 1.0);
-            *v = 0.5 * y * (1.0 + t);
+            *v = gelu_tanh(*v + *b);
         }
     }
 }
@@ -140,34 +174,20 @@ dispatch! {
     /// row ← LayerNorm(row + bias + residual)·γ + β (two-pass mean and variance, as
     /// PyTorch).
     pub fn add_layer_norm_row(row: &mut [f32], bias: &[f32], residual: &[f32], gamma: &[f32], beta: &[f32], eps: f32) {
-        let h = row.len() as f32;
         for ((v, b), r) in row.iter_mut().zip(bias).zip(residual) {
             *v += *b + *r;
         }
-        let mean = lane_sum(row, |v| v) / h;
-        let var = lane_sum(row, |v| (v - mean) * (v - mean));
-        let inv = 1.0 / (var / h + eps).sqrt();
-        for ((v, g), b) in row.iter_mut().zip(gamma).zip(beta) {
-            *v = (*v - mean) * inv * *g + *b;
-        }
+        layer_norm_in_place(row, gamma, beta, eps, None);
     }
 }
 dispatch! {
     /// Training LayerNorm: row ← LayerNorm(row + residual)·γ + β, keeping x̂ (the normalised
     /// input) for the backward pass; returns 1/σ.
     pub fn add_layer_norm_keep(row: &mut [f32], residual: &[f32], gamma: &[f32], beta: &[f32], eps: f32, xhat: &mut [f32]) -> f32 {
-        let h = row.len() as f32;
         for (v, r) in row.iter_mut().zip(residual) {
             *v += *r;
         }
-        let mean = lane_sum(row, |v| v) / h;
-        let var = lane_sum(row, |v| (v - mean) * (v - mean));
-        let inv = 1.0 / (var / h + eps).sqrt();
-        for (((v, x), g), b) in row.iter_mut().zip(xhat.iter_mut()).zip(gamma).zip(beta) {
-            *x = (*v - mean) * inv;
-            *v = *x * *g + *b;
-        }
-        inv
+        layer_norm_in_place(row, gamma, beta, eps, Some(xhat))
     }
 }
 
@@ -217,7 +237,7 @@ dispatch! {
     /// y ← GELU(x) (exact), out of place.
     pub fn gelu_into(y: &mut [f32], x: &[f32]) {
         for (v, x) in y.iter_mut().zip(x) {
-            *v = 0.5 * *x * (1.0 + erf(*x * std::f32::consts::FRAC_1_SQRT_2));
+            *v = gelu(*x);
         }
     }
 }
@@ -226,9 +246,7 @@ dispatch! {
     /// y ← GELU(x), tanh approximation, out of place.
     pub fn gelu_tanh_into(y: &mut [f32], x: &[f32]) {
         for (v, x) in y.iter_mut().zip(x) {
-            let u = 0.797_884_6 * (*x + 0.044715 * *x * *x * *x);
-            let t = 1.0 - 2.0 / (exp(2.0 * u) + 1.0);
-            *v = 0.5 * *x * (1.0 + t);
+            *v = gelu_tanh(*x);
         }
     }
 }
