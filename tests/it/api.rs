@@ -572,7 +572,11 @@ async fn layer_jobs_drop_and_renumber_whole_layers(db: Db) {
     let mut kept = 0;
     for (name, t0) in &h0.tensors {
         let canonical = secateur::engine::model::arch::canonical_name(fam, name);
-        match secateur::engine::prune::structured::renumbered(fam, &removed, canonical) {
+        match secateur::engine::prune::structured::renumbered(
+            secateur::engine::model::arch::Arch::Encoder(fam),
+            &removed,
+            canonical,
+        ) {
             None => {}
             Some(new) => {
                 let t = &h.tensors[&format!("bert.{new}").replace("bert.classifier", "classifier")];
@@ -1167,9 +1171,25 @@ async fn decoder_models_are_accepted_and_pruned(db: Db) {
         let done = app.wait_for(&app.submit_ok(&job).await, &["succeeded", "failed"], WAIT).await;
         assert_eq!(done["status"], "failed");
         assert!(done["error"].as_str().unwrap().contains("fewer than one window of max_seq_len = 512"), "{done}");
+        // A whole block removed: the file loads as a one-block model.
+        let job = app
+            .submit_ok(
+                &json!({"model_id": model, "pruning": {"method": "magnitude", "granularity": "layers", "count": 1}}),
+            )
+            .await;
+        let done = app.wait_for(&job, &["succeeded", "failed"], WAIT).await;
+        assert_eq!(done["status"], "succeeded", "{model_type}: {done}");
+        let small = Decoder::from_files(
+            &app.artifact(&job, "config.json").await,
+            &app.artifact(&job, "model.safetensors").await,
+        )
+        .unwrap();
+        assert_eq!(small.layers.len(), 1, "{model_type}");
+        let report: Value = serde_json::from_slice(&app.artifact(&job, "report.json").await).unwrap();
+        assert_eq!(report["removed"]["layers"].as_array().unwrap().len(), 1, "{report}");
         for (spec, field) in [
             (json!({"method": "magnitude", "granularity": "heads", "count": 1}), "pruning.granularity"),
-            (json!({"method": "magnitude", "granularity": "layers", "count": 1}), "pruning.granularity"),
+            (json!({"method": "magnitude", "granularity": "neurons", "count": 1}), "pruning.granularity"),
         ] {
             let job = json!({"model_id": model, "pruning": spec});
             let (s, body) = problem(app.submit(&job).await).await;

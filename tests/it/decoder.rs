@@ -13,7 +13,7 @@ use secateur::engine::io::st;
 use secateur::engine::model::decoder::Decoder;
 use secateur::engine::model::{ModelConfig, ModelError};
 use secateur::engine::prune::calibrated;
-use secateur::engine::prune::run::{run, Kind, Layout, Plan, Quantization, Sink, Source};
+use secateur::engine::prune::run::{run, Amount, Kind, Layout, Plan, Quantization, Sink, Source};
 use secateur::engine::prune::sparsegpt::Options;
 use secateur::engine::prune::wanda::Rule;
 use secateur::engine::prune::{NmPattern, Scope};
@@ -92,8 +92,8 @@ fn decoder_forward_equals_transformers() {
     let names: Vec<&str> = cases.iter().map(|c| c["name"].as_str().unwrap()).collect();
     compare(work.path(), &names, &ids, &mask, &theirs);
 
-    // Magnitude (unstructured and 2:4), Wanda and SparseGPT (2:4) exports of one checkpoint per
-    // family and dtype mix: they load in transformers with no missing, unexpected or mismatched
+    // Magnitude (unstructured and 2:4), Wanda, SparseGPT (2:4) and one-block-less (`layers`)
+    // exports of one checkpoint per family and dtype mix: they load in transformers with no missing, unexpected or mismatched
     // weight (the script exits otherwise) and still give our outputs.
     let mut pruned = Vec::new();
     let windows: Vec<Vec<u32>> = (0..4u32).map(|w| (0..10).map(|i| (i * 29 + w * 17 + 1) % VOCAB).collect()).collect();
@@ -105,6 +105,7 @@ fn decoder_forward_equals_transformers() {
             ("2of4", Kind::Magnitude(nm)),
             ("wanda", Kind::Calibrated(calibrated::Method::Wanda, half)),
             ("sparsegpt-2of4", Kind::Calibrated(sparsegpt, nm)),
+            ("one-block-less", Kind::Layers(Amount::Count(1))),
         ] {
             let to = format!("{name}-{tag}");
             prune_into(&work.path().join(name), &work.path().join(&to), kind, &windows, None);

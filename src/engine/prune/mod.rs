@@ -8,6 +8,7 @@
 
 use serde::{Deserialize, Serialize};
 
+pub mod blocks;
 pub mod calibrated;
 pub mod decoder;
 pub mod magnitude;

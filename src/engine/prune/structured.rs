@@ -3,7 +3,7 @@
 //! zero query/key/value rows and biases of a head, or a zero FFN input row and bias of a neuron,
 //! give exactly the output of removing it).
 
-use crate::engine::model::arch::Family;
+use crate::engine::model::arch::{Arch, Family};
 use crate::engine::model::{Batch, Encoder, EncoderConfig, LayerShape, Result, Site, Weights};
 use candle_core::{Device, Tensor};
 
@@ -158,26 +158,24 @@ pub fn layer_norm_scores(w: &Weights, cfg: &EncoderConfig) -> Result<Vec<f32>> {
     Ok(out)
 }
 
-/// Where a canonical tensor name goes when `removed` layers are dropped and the rest renumbered:
-/// `None` for a tensor of a dropped layer.
-pub fn renumbered(family: Family, removed: &[usize], name: &str) -> Option<String> {
-    let root = family.layer_prefix(0);
-    let root = &root[..root.len() - 2]; // "encoder.layer."
-    let Some(rest) = name.strip_prefix(root) else { return Some(name.to_string()) };
-    let Some((idx, tail)) = rest.split_once('.') else { return Some(name.to_string()) };
-    let Ok(i) = idx.parse::<usize>() else { return Some(name.to_string()) };
+/// Where a tensor name goes when layers `removed` are dropped and the rest renumbered: `None`
+/// for a tensor of a dropped layer, a later layer's index shifted down, every other name as it
+/// was (the base-model prefix, e.g. `model.` or `bert.`, kept as spelled).
+pub fn renumbered(arch: Arch, removed: &[usize], name: &str) -> Option<String> {
+    let Some((i, tail)) = arch.split_layer(name) else { return Some(name.to_string()) };
     if removed.contains(&i) {
         return None;
     }
     let shift = removed.iter().filter(|&&r| r < i).count();
-    Some(format!("{root}{}.{tail}", i - shift))
+    let prefix = &name[..name.len() - arch.canonical_name(name).len()];
+    Some(format!("{prefix}{}{}.{tail}", arch.layer_root(), i - shift))
 }
 
 /// Drop whole layers; the remaining ones are renumbered from 0.
 pub fn remove_layers(w: &Weights, cfg: &EncoderConfig, removed: &[usize]) -> (Weights, EncoderConfig) {
     let map = w
         .names()
-        .filter_map(|n| renumbered(cfg.family, removed, n).map(|to| (to, w.get(n).expect("listed"))))
+        .filter_map(|n| renumbered(Arch::Encoder(cfg.family), removed, n).map(|to| (to, w.get(n).expect("listed"))))
         .collect();
     let mut out = cfg.clone();
     out.layers = cfg.layers.iter().enumerate().filter(|(i, _)| !removed.contains(i)).map(|(_, l)| *l).collect();
@@ -388,13 +386,14 @@ mod tests {
         for family in ["bert", "distilbert"] {
             let (_, w, cfg) = setup(family);
             let fam = Family::parse(family).unwrap();
+            let arch = Arch::Encoder(fam);
             assert_eq!(
-                renumbered(fam, &[1], &format!("{}attention.q_lin.weight", fam.layer_prefix(2))),
+                renumbered(arch, &[1], &format!("{}attention.q_lin.weight", fam.layer_prefix(2))),
                 Some(format!("{}attention.q_lin.weight", fam.layer_prefix(1)))
             );
-            assert_eq!(renumbered(fam, &[1], &format!("{}x", fam.layer_prefix(1))), None);
+            assert_eq!(renumbered(arch, &[1], &format!("{}x", fam.layer_prefix(1))), None);
             assert_eq!(
-                renumbered(fam, &[1], "embeddings.word_embeddings.weight"),
+                renumbered(arch, &[1], "embeddings.word_embeddings.weight"),
                 Some("embeddings.word_embeddings.weight".into())
             );
             let (w2, cfg2) = remove_layers(&w, &cfg, &[1]);

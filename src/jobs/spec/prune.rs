@@ -444,10 +444,12 @@ pub fn check_against_model(req: &JobRequest, model: &ModelShape) -> Result<(), F
 pub(super) fn check_family_supports(p: &PruningSpec, model: &ModelShape) -> Result<(), FieldError> {
     let Some(arch) = Arch::parse(&model.model_type).filter(|a| a.is_decoder()) else { return Ok(()) };
     let family = arch.name();
-    if !matches!(p.granularity, Granularity::Unstructured | Granularity::NM) {
+    if !matches!(p.granularity, Granularity::Unstructured | Granularity::NM | Granularity::Layers) {
         return Err(FieldError::new(
             "pruning.granularity",
-            format!("structured pruning is not available for decoder models ({family}) yet: use unstructured or n:m"),
+            format!(
+                "heads and neurons of decoder models ({family}) are not written yet: use unstructured, n:m or layers"
+            ),
         ));
     }
     Ok(())
