@@ -134,7 +134,14 @@ fn plan(req: &JobRequest) -> Result<Plan, JobError> {
                 _ => run::Importance::Weights,
             },
         },
-        (Method::Magnitude, Granularity::Layers) => Kind::Layers(amount()?),
+        (Method::Magnitude, Granularity::Layers) => Kind::Layers(
+            amount()?,
+            if p.importance == Some(Importance::BlockInfluence) {
+                run::Importance::BlockInfluence
+            } else {
+                run::Importance::Weights
+            },
+        ),
         (Method::Wanda, _) => Kind::Calibrated(calibrated::Method::Wanda, rule()?),
         (Method::Sparsegpt, _) => {
             let d = Options::default();

@@ -1187,6 +1187,23 @@ async fn decoder_models_are_accepted_and_pruned(db: Db) {
         assert_eq!(small.layers.len(), 1, "{model_type}");
         let report: Value = serde_json::from_slice(&app.artifact(&job, "report.json").await).unwrap();
         assert_eq!(report["removed"]["layers"].as_array().unwrap().len(), 1, "{report}");
+        // Scored by block influence on the calibration text instead.
+        let bi = json!({"method": "magnitude", "granularity": "layers", "count": 1, "importance": "block_influence"});
+        let job = app.submit_ok(&json!({"model_id": model, "pruning": bi, "calibration": calibration})).await;
+        let done = app.wait_for(&job, &["succeeded", "failed"], WAIT).await;
+        assert_eq!(done["status"], "succeeded", "{model_type}: {done}");
+        let small = Decoder::from_files(
+            &app.artifact(&job, "config.json").await,
+            &app.artifact(&job, "model.safetensors").await,
+        )
+        .unwrap();
+        assert_eq!(small.layers.len(), 1, "{model_type}");
+        let (s, body) = problem(app.submit(&json!({"model_id": model, "pruning": bi})).await).await;
+        assert_eq!(
+            (s, body["errors"][0]["field"].as_str()),
+            (StatusCode::UNPROCESSABLE_ENTITY, Some("calibration")),
+            "{body}"
+        );
         for (spec, field) in [
             (json!({"method": "magnitude", "granularity": "heads", "count": 1}), "pruning.granularity"),
             (json!({"method": "magnitude", "granularity": "neurons", "count": 1}), "pruning.granularity"),
@@ -1198,6 +1215,15 @@ async fn decoder_models_are_accepted_and_pruned(db: Db) {
             assert!(body["errors"][0]["message"].as_str().unwrap().contains(model_type), "{body}");
         }
     }
+    // Block influence scores decoder blocks only.
+    let encoder = app.create_model(&TinyModel::default()).await;
+    let words: Vec<String> = (0..60).map(|i| format!("w{}", 5 + i % 59)).collect();
+    let ds: Value = app.upload_dataset(words.join(" ").into_bytes(), "text", None).await.json().await.unwrap();
+    let job = json!({"model_id": encoder, "pruning": {"method": "magnitude", "granularity": "layers", "count": 1, "importance": "block_influence"},
+        "calibration": {"dataset_id": ds["id"], "samples": 2, "max_seq_len": 8}});
+    let (s, body) = problem(app.submit(&job).await).await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert_eq!(body["errors"][0]["field"], "pruning.importance", "{body}");
 }
 
 async fn quantization_writes_an_int8_compressed_export(db: Db) {

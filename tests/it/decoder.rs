@@ -13,7 +13,7 @@ use secateur::engine::io::st;
 use secateur::engine::model::decoder::Decoder;
 use secateur::engine::model::{ModelConfig, ModelError};
 use secateur::engine::prune::calibrated;
-use secateur::engine::prune::run::{run, Amount, Kind, Layout, Plan, Quantization, Sink, Source};
+use secateur::engine::prune::run::{run, Amount, Importance, Kind, Layout, Plan, Quantization, Sink, Source};
 use secateur::engine::prune::sparsegpt::Options;
 use secateur::engine::prune::wanda::Rule;
 use secateur::engine::prune::{NmPattern, Scope};
@@ -105,7 +105,7 @@ fn decoder_forward_equals_transformers() {
             ("2of4", Kind::Magnitude(nm)),
             ("wanda", Kind::Calibrated(calibrated::Method::Wanda, half)),
             ("sparsegpt-2of4", Kind::Calibrated(sparsegpt, nm)),
-            ("one-block-less", Kind::Layers(Amount::Count(1))),
+            ("one-block-less", Kind::Layers(Amount::Count(1), Importance::BlockInfluence)),
         ] {
             let to = format!("{name}-{tag}");
             prune_into(&work.path().join(name), &work.path().join(&to), kind, &windows, None);

@@ -72,21 +72,7 @@ pub fn prune<E: From<ModelError>>(
         chosen.push(found.ok_or_else(|| not_linear(method, &view, name))?);
     }
     let Some(last) = chosen.iter().map(|t| t.layer).max() else { return Ok(()) };
-    let mut chunks = {
-        let emb = Embeddings::load(&Tensors::new(bytes, header, cfg.kind), cfg)?;
-        let mut chunks = Vec::new();
-        let mut group: Vec<&Vec<u32>> = Vec::new();
-        let rows = |g: &[&Vec<u32>]| g.iter().map(|s| s.len()).sum::<usize>();
-        for s in sequences.iter().filter(|s| !s.is_empty()) {
-            if !group.is_empty() && rows(&group) + s.len() > CHUNK_ROWS {
-                chunks.push(chunk(&emb, &group)?);
-                group.clear();
-            }
-            group.push(s);
-        }
-        chunks.push(chunk(&emb, &group)?);
-        chunks
-    };
+    let mut chunks = chunks(&Embeddings::load(&Tensors::new(bytes, header, cfg.kind), cfg)?, sequences)?;
     for l in 0..=last {
         let mut layer = DecoderLayer::load(&Tensors::new(bytes, header, cfg.kind), cfg, l)?;
         let here: Vec<&Target> = chosen.iter().filter(|t| t.layer == l).collect();
@@ -151,6 +137,59 @@ pub fn prune<E: From<ModelError>>(
         progress(Step::Pruned(l + 1, last + 1))?;
     }
     Ok(())
+}
+
+/// ShortGPT's Block Influence of each block: 1 − the mean, over the calibration tokens, of the
+/// cosine between the block's input and its output (the residual stream before and after it).
+/// A block that changes little scores low. One block is loaded in f32 at a time; the tokens
+/// go through the model in chunks, as for [`prune`].
+pub fn block_influence(
+    bytes: &[u8],
+    header: &Header,
+    cfg: &DecoderConfig,
+    sequences: &[Vec<u32>],
+) -> Result<Vec<f32>, ModelError> {
+    if sequences.iter().all(|s| s.is_empty()) {
+        return Err(ModelError::Invalid("block influence needs at least one calibration token".into()));
+    }
+    let t = Tensors::new(bytes, header, cfg.kind);
+    let mut chunks = chunks(&Embeddings::load(&t, cfg)?, sequences)?;
+    let h = cfg.hidden;
+    let mut scores = Vec::with_capacity(cfg.layers);
+    for l in 0..cfg.layers {
+        let layer = DecoderLayer::load(&t, cfg, l)?;
+        let (mut cosines, mut tokens) = (0f64, 0usize);
+        for c in &mut chunks {
+            let before = c.x.clone();
+            layer.forward(&mut c.x, &c.seqs, c.rope.as_ref());
+            for (a, b) in before.chunks_exact(h).zip(c.x.chunks_exact(h)) {
+                let dot: f64 = a.iter().zip(b).map(|(x, y)| f64::from(*x) * f64::from(*y)).sum();
+                let na: f64 = a.iter().map(|x| f64::from(*x) * f64::from(*x)).sum();
+                let nb: f64 = b.iter().map(|x| f64::from(*x) * f64::from(*x)).sum();
+                cosines += if na > 0.0 && nb > 0.0 { dot / (na.sqrt() * nb.sqrt()) } else { 1.0 };
+                tokens += 1;
+            }
+        }
+        scores.push((1.0 - cosines / tokens.max(1) as f64) as f32);
+    }
+    Ok(scores)
+}
+
+/// The non-empty `sequences`, embedded, in chunks of whole sequences of at most
+/// [`CHUNK_ROWS`] tokens (a longer sequence is a chunk of its own).
+fn chunks(emb: &Embeddings, sequences: &[Vec<u32>]) -> Result<Vec<Chunk>, ModelError> {
+    let mut out = Vec::new();
+    let mut group: Vec<&Vec<u32>> = Vec::new();
+    let rows = |g: &[&Vec<u32>]| g.iter().map(|s| s.len()).sum::<usize>();
+    for s in sequences.iter().filter(|s| !s.is_empty()) {
+        if !group.is_empty() && rows(&group) + s.len() > CHUNK_ROWS {
+            out.push(chunk(emb, &group)?);
+            group.clear();
+        }
+        group.push(s);
+    }
+    out.push(chunk(emb, &group)?);
+    Ok(out)
 }
 
 /// Sequences packed back to back (no padding), embedded.
@@ -326,5 +365,38 @@ mod tests {
             &mut |_| Ok(()),
         );
         assert!(matches!(r, Err(ModelError::Invalid(ref e)) if e.contains("at least one calibration token")), "{r:?}");
+    }
+
+    /// A block whose output maps are zero leaves the residual stream as it was: its influence
+    /// is 0, the lowest; the others change it and score above 0.
+    #[test]
+    fn a_block_that_changes_nothing_has_no_influence() {
+        for model_type in ["gpt2", "llama", "qwen2"] {
+            let m = TinyDecoder { model_type, layers: 3, ..Default::default() };
+            let cfg = DecoderConfig::from_value(&serde_json::from_str(&m.config_json()).unwrap()).unwrap();
+            let mut bytes = m.safetensors();
+            let header = st::parse(&bytes).unwrap();
+            let arch = Arch::Decoder(cfg.kind);
+            for (name, t) in &header.tensors {
+                let idle = arch.split_layer(name).is_some_and(|(l, rest)| {
+                    l == 1
+                        && ["attn.c_proj", "mlp.c_proj", "self_attn.o_proj", "mlp.down_proj"]
+                            .iter()
+                            .any(|m| rest.starts_with(m))
+                });
+                if idle {
+                    let r = (header.data_start + t.begin) as usize..(header.data_start + t.end) as usize;
+                    bytes[r].fill(0);
+                }
+            }
+            let scores = block_influence(&bytes, &header, &cfg, &sequences()).unwrap();
+            assert_eq!(scores.len(), 3);
+            assert!(scores[1].abs() < 1e-6, "{model_type}: {scores:?}");
+            assert!(scores[0] > 1e-4 && scores[2] > 1e-4, "{model_type}: {scores:?}");
+        }
+        let m = TinyDecoder::default();
+        let cfg = DecoderConfig::from_value(&serde_json::from_str(&m.config_json()).unwrap()).unwrap();
+        let bytes = m.safetensors();
+        assert!(block_influence(&bytes, &st::parse(&bytes).unwrap(), &cfg, &[vec![]]).is_err());
     }
 }

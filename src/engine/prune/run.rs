@@ -54,8 +54,9 @@ pub enum Kind {
     Calibrated(calibrated::Method, Rule),
     /// Attention heads or FFN neurons removed, scored by `importance`.
     Units { unit: Unit, amount: Amount, importance: Importance },
-    /// Whole encoder layers removed (scored by the norm of their weights).
-    Layers(Amount),
+    /// Whole layers (blocks) removed, scored by the norm of their weights or (decoders) by
+    /// their block influence on the calibration tokens.
+    Layers(Amount, Importance),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -88,12 +89,20 @@ pub enum Importance {
     Weights,
     /// The norm of the unit's output over the calibration batches.
     Activations,
+    /// A decoder block's influence (ShortGPT): 1 − the mean cosine between its input and output
+    /// over the calibration tokens.
+    BlockInfluence,
 }
 
 impl Plan {
     /// Whether [`run`] needs calibration batches for this plan.
     pub fn needs_calibration(&self) -> bool {
-        matches!(self.kind, Kind::Calibrated(..) | Kind::Units { importance: Importance::Activations, .. })
+        matches!(
+            self.kind,
+            Kind::Calibrated(..)
+                | Kind::Units { importance: Importance::Activations, .. }
+                | Kind::Layers(_, Importance::BlockInfluence)
+        )
     }
 }
 
@@ -190,7 +199,13 @@ fn prune<E: From<ModelError>>(
             let batches = if importance == Importance::Activations { Some(batches()?) } else { None };
             units_plan(plan, unit, amount, batches, src, sink)
         }
-        Kind::Layers(amount) => layers_plan(plan, amount, src, sink),
+        Kind::Layers(amount, importance) => {
+            let sequences = match importance {
+                Importance::BlockInfluence => Some(real_sequences(batches()?)?),
+                _ => None,
+            };
+            layers_plan(plan, amount, sequences, src, sink)
+        }
     }
 }
 
@@ -547,6 +562,7 @@ fn parsed(bytes: &[u8]) -> Result<Header, ModelError> {
 fn layers_plan<E: From<ModelError>>(
     plan: &Plan,
     amount: Amount,
+    sequences: Option<Vec<Vec<u32>>>,
     src: Source,
     sink: &mut dyn Sink<E>,
 ) -> Result<Report, E> {
@@ -561,13 +577,24 @@ fn layers_plan<E: From<ModelError>>(
     };
     let (bytes, config, compact_config, layers, removed) = match src.model.arch {
         Arch::Decoder(kind) => {
-            let layers = src.model.decoder.as_ref().map_or(0, |d| d.layers);
+            let cfg =
+                src.model.decoder.as_ref().ok_or_else(|| ModelError::Invalid("a decoder without its config".into()))?;
             sink.progress("scoring", 0.0)?;
-            let (layers, removed) = lowest(blocks::block_norms(&src.weights, header, src.model.arch, layers)?)?;
+            let scores = match &sequences {
+                Some(seqs) => decoder::block_influence(&src.weights, header, cfg, seqs)?,
+                None => blocks::block_norms(&src.weights, header, src.model.arch, cfg.layers)?,
+            };
+            let (layers, removed) = lowest(scores)?;
             sink.progress("pruning", 0.4)?;
             let (bytes, config) =
                 blocks::without_blocks(&src.weights, header, kind, src.config_json, layers, &removed)?;
             (bytes, config.clone(), config, layers, removed)
+        }
+        Arch::Encoder(_) if sequences.is_some() => {
+            return Err(ModelError::Invalid(
+                "block influence scores decoder blocks; an encoder's layers are scored by weight norm".into(),
+            )
+            .into())
         }
         Arch::Encoder(family) => {
             let (w, cfg) = load_for_surgery(&src, sink)?;
@@ -692,7 +719,7 @@ mod tests {
     #[test]
     fn impossible_plans_are_refused_before_anything_is_written() {
         let m = TinyModel::default();
-        let (r, kept) = prune(&m, &plan(Kind::Layers(Amount::Count(2)), Scope::Global, false));
+        let (r, kept) = prune(&m, &plan(Kind::Layers(Amount::Count(2), Importance::Weights), Scope::Global, false));
         assert!(matches!(r, Err(ModelError::Invalid(ref e)) if e.contains("would leave none")), "{r:?}");
         assert!(kept.models.is_empty());
         let kind = Kind::Units { unit: Unit::Neurons, amount: Amount::Sparsity(1.0), importance: Importance::Weights };
@@ -755,8 +782,11 @@ mod tests {
                 }
             };
             // Whole blocks go (the file tested in engine::prune::blocks); heads do not yet.
-            let (r, kept) =
-                prune_files(&config, weights.clone(), &plan(Kind::Layers(Amount::Count(1)), Scope::Global, false));
+            let (r, kept) = prune_files(
+                &config,
+                weights.clone(),
+                &plan(Kind::Layers(Amount::Count(1), Importance::Weights), Scope::Global, false),
+            );
             assert_eq!(r.unwrap().removed.unwrap().layers.len(), 1);
             let (_, file, cfg) = &kept.models[0];
             assert_eq!(crate::engine::model::decoder::Decoder::from_files(cfg, file).unwrap().layers.len(), 1);

@@ -65,6 +65,10 @@ pub enum Importance {
     /// The norm of the unit's output over calibration text: a head's context projected by its
     /// slice of the attention output map; a neuron's activation times its output column.
     Activations,
+    /// Granularity layers on decoder models: ShortGPT's Block Influence, 1 − the mean cosine
+    /// between a block's input and output hidden states over the calibration tokens (the
+    /// blocks that change them least go first). Needs `calibration`.
+    BlockInfluence,
 }
 
 fn default_samples() -> usize {
@@ -333,11 +337,14 @@ impl JobRequest {
                 }
             }
         }
-        let by_activations = p.importance == Some(Importance::Activations);
-        if p.importance.is_some() && !matches!(p.granularity, Granularity::Heads | Granularity::Neurons) {
+        let by_activations = matches!(p.importance, Some(Importance::Activations | Importance::BlockInfluence));
+        let units = matches!(p.granularity, Granularity::Heads | Granularity::Neurons);
+        if p.importance == Some(Importance::BlockInfluence) && p.granularity != Granularity::Layers {
+            errs.push(FieldError::new("pruning.importance", "block_influence scores granularity layers"));
+        } else if p.importance.is_some_and(|i| i != Importance::BlockInfluence) && !units {
             errs.push(FieldError::new(
                 "pruning.importance",
-                "pruning.importance applies to granularity heads or neurons",
+                "pruning.importance weights or activations applies to granularity heads or neurons (layers: block_influence)",
             ));
         } else if by_activations && self.calibration.is_none() {
             errs.push(FieldError::new(
@@ -361,7 +368,7 @@ impl JobRequest {
             if !p.method.calibrated() && !by_activations {
                 errs.push(FieldError::new(
                     "calibration",
-                    "calibration text is used by wanda, sparsegpt and importance from activations only",
+                    "calibration text is used by wanda, sparsegpt, importance from activations and block_influence only",
                 ));
             }
         }
@@ -442,7 +449,15 @@ pub fn check_against_model(req: &JobRequest, model: &ModelShape) -> Result<(), F
 /// unstructured or N:M). Structured granularities are refused with the field at fault before a
 /// job is queued.
 pub(super) fn check_family_supports(p: &PruningSpec, model: &ModelShape) -> Result<(), FieldError> {
-    let Some(arch) = Arch::parse(&model.model_type).filter(|a| a.is_decoder()) else { return Ok(()) };
+    let Some(arch) = Arch::parse(&model.model_type).filter(|a| a.is_decoder()) else {
+        if p.importance == Some(Importance::BlockInfluence) {
+            return Err(FieldError::new(
+                "pruning.importance",
+                format!("block_influence scores decoder blocks; the layers of {} are scored by weight norm (leave importance out)", model.model_type),
+            ));
+        }
+        return Ok(());
+    };
     let family = arch.name();
     if !matches!(p.granularity, Granularity::Unstructured | Granularity::NM | Granularity::Layers) {
         return Err(FieldError::new(
@@ -619,7 +634,7 @@ mod tests {
                     r#"{{"model_id":"{id}","pruning":{{"method":"magnitude","sparsity":0.5}},"calibration":{{"dataset_id":"{id}"}}}}"#
                 ),
                 "calibration",
-                "used by wanda, sparsegpt and importance",
+                "used by wanda, sparsegpt, importance from activations and block_influence",
             ),
             (
                 format!(
