@@ -108,26 +108,25 @@ pub fn prune_in_place<E>(
         return prune_by_sorting(file, header, targets, scope, sparsity, step);
     }
     let base = header.data_start as usize;
-    match scope {
-        Scope::Global => {
-            let n: u64 = infos.iter().map(|t| t.numel()).sum();
-            let k = (sparsity * n as f64).round() as u64;
-            radix::prune_smallest(file, base, &infos, k);
-            if let Err(e) = step(infos.len(), infos.len()) {
-                return Ok(Err(e));
-            }
-        }
-        Scope::Local => {
-            for (i, t) in infos.iter().enumerate() {
-                let k = (sparsity * t.numel() as f64).round() as u64;
-                radix::prune_smallest(file, base, std::slice::from_ref(t), k);
-                if let Err(e) = step(i + 1, infos.len()) {
-                    return Ok(Err(e));
-                }
-            }
+    let mut done = 0;
+    for group in groups(&infos, scope) {
+        let n: u64 = group.iter().map(|t| t.numel()).sum();
+        radix::prune_smallest(file, base, group, (sparsity * n as f64).round() as u64);
+        done += group.len();
+        if let Err(e) = step(done, infos.len()) {
+            return Ok(Err(e));
         }
     }
     Ok(Ok(()))
+}
+
+/// The groups `scope` makes of the targets, each pruned to the sparsity on its own: all of
+/// them together (global), or each alone (local).
+fn groups<T>(infos: &[T], scope: Scope) -> Vec<&[T]> {
+    match scope {
+        Scope::Global => vec![infos],
+        Scope::Local => infos.chunks(1).collect(),
+    }
 }
 
 /// The reference implementation: magnitudes as f32, `select_nth_unstable`, then a mask pass.
@@ -142,43 +141,27 @@ pub fn prune_by_sorting<E>(
 ) -> Result<Result<(), E>, String> {
     assert!((0.0..1.0).contains(&sparsity));
     let infos = resolve_targets(header, targets)?;
-    let total_steps = infos.len();
-    match scope {
-        Scope::Local => {
-            for (i, t) in infos.iter().enumerate() {
-                let data = tensor_bytes(file, header, t);
-                let mags = magnitudes(data, t.dtype);
-                let k = (sparsity * mags.len() as f64).round() as u64;
-                if k > 0 {
-                    let mut scratch = mags.clone();
-                    let th = kth_smallest(&mut scratch, (k - 1) as usize);
-                    let below = count_below(&mags, th);
-                    apply(data, t.dtype, &mags, th, k - below);
-                }
-                if let Err(e) = step(i + 1, total_steps) {
-                    return Ok(Err(e));
-                }
+    let mut done = 0;
+    for group in groups(&infos, scope) {
+        let all: Vec<Vec<f32>> = group.iter().map(|t| magnitudes(tensor_bytes(file, header, t), t.dtype)).collect();
+        let n: usize = all.iter().map(Vec::len).sum();
+        let k = (sparsity * n as f64).round() as u64;
+        // The k-th smallest magnitude, and how many equal to it go (the earlier ones).
+        let mut threshold = (k > 0).then(|| {
+            let mut flat: Vec<f32> = Vec::with_capacity(n);
+            for m in &all {
+                flat.extend_from_slice(m);
             }
-        }
-        Scope::Global => {
-            let all: Vec<Vec<f32>> = infos.iter().map(|t| magnitudes(tensor_bytes(file, header, t), t.dtype)).collect();
-            let n: usize = all.iter().map(Vec::len).sum();
-            let k = (sparsity * n as f64).round() as u64;
-            if k > 0 {
-                let mut flat: Vec<f32> = Vec::with_capacity(n);
-                for m in &all {
-                    flat.extend_from_slice(m);
-                }
-                let th = kth_smallest(&mut flat, (k - 1) as usize);
-                drop(flat);
-                let below: u64 = all.iter().map(|m| count_below(m, th)).sum();
-                let mut ties = k - below;
-                for (i, (t, mags)) in infos.iter().zip(&all).enumerate() {
-                    ties -= apply(tensor_bytes(file, header, t), t.dtype, mags, th, ties);
-                    if let Err(e) = step(i + 1, total_steps) {
-                        return Ok(Err(e));
-                    }
-                }
+            let th = kth_smallest(&mut flat, (k - 1) as usize);
+            (th, k - all.iter().map(|m| count_below(m, th)).sum::<u64>())
+        });
+        for (t, mags) in group.iter().zip(&all) {
+            if let Some((th, ties)) = threshold.as_mut() {
+                *ties -= apply(tensor_bytes(file, header, t), t.dtype, mags, *th, *ties);
+            }
+            done += 1;
+            if let Err(e) = step(done, infos.len()) {
+                return Ok(Err(e));
             }
         }
     }
