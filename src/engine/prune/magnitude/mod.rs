@@ -54,21 +54,26 @@ fn kth_smallest(v: &mut [f32], k: usize) -> f32 {
     *v.select_nth_unstable_by(k, |a, b| a.total_cmp(b)).1
 }
 
+/// Whether an element is pruned, from how its magnitude compares with the threshold: below it
+/// always; equal to it while `ties` are left, using one.
+fn goes(ord: std::cmp::Ordering, ties: &mut u64) -> bool {
+    match ord {
+        std::cmp::Ordering::Less => true,
+        std::cmp::Ordering::Equal if *ties > 0 => {
+            *ties -= 1;
+            true
+        }
+        _ => false,
+    }
+}
+
 /// Zero the elements of `data` whose magnitude is below `threshold`, then up to `ties` of those
 /// equal to it (in element order). Returns how many ties were used.
 fn apply(data: &mut [u8], dtype: Dtype, mags: &[f32], threshold: f32, mut ties: u64) -> u64 {
     let s = dtype.size() as usize;
     let start = ties;
     for (i, m) in mags.iter().enumerate() {
-        let prune = match m.total_cmp(&threshold) {
-            std::cmp::Ordering::Less => true,
-            std::cmp::Ordering::Equal if ties > 0 => {
-                ties -= 1;
-                true
-            }
-            _ => false,
-        };
-        if prune {
+        if goes(m.total_cmp(&threshold), &mut ties) {
             data[i * s..(i + 1) * s].fill(0);
         }
     }

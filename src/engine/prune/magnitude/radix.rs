@@ -477,15 +477,7 @@ fn zero_candidates<K: Ord + Copy>(pieces: &mut [Piece], candidates: &[Vec<(u32, 
     for (p, c) in pieces.iter_mut().zip(candidates) {
         let s = p.dtype.size() as usize;
         for &(i, key) in c {
-            let prune = match key.cmp(&threshold) {
-                std::cmp::Ordering::Less => true,
-                std::cmp::Ordering::Equal if ties > 0 => {
-                    ties -= 1;
-                    true
-                }
-                _ => false,
-            };
-            if prune {
+            if super::goes(key.cmp(&threshold), &mut ties) {
                 let i = i as usize;
                 p.data[i * s..(i + 1) * s].fill(0);
             }
