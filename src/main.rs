@@ -202,14 +202,20 @@ fn experiment_locally(
     let spec_bytes = std::fs::read(spec).with_context(|| format!("reading {}", spec.display()))?;
     let v: serde_json::Value = serde_json::from_slice(&spec_bytes).context("the spec is not valid JSON")?;
     let task_name = v.pointer("/task/name").and_then(|t| t.as_str()).context("the spec needs task.name")?;
-    let task = Task::parse(task_name)
-        .with_context(|| format!("task.name {task_name:?}: expected one of {}", secateur::data::TASK_NAMES))?;
+    let task = Task::parse(task_name).with_context(|| {
+        format!("task.name {task_name:?}: expected one of {} or causal_lm", secateur::data::TASK_NAMES)
+    })?;
     fn local(path: &std::path::Path, task: Task) -> anyhow::Result<secateur::jobs::LocalDataset<'_>> {
-        let format = match path.extension().and_then(|e| e.to_str()).and_then(Format::from_extension) {
-            Some(f) if f != Format::Text => f,
+        let format = path.extension().and_then(|e| e.to_str()).and_then(Format::from_extension);
+        Ok(match (task, format) {
+            // Language modelling reads running text, which has no task.
+            (Task::CausalLm, Some(f @ (Format::Text | Format::Jsonl))) => {
+                secateur::jobs::LocalDataset { path, format: f, task: None }
+            }
+            (Task::CausalLm, _) => anyhow::bail!("{}: task causal_lm reads a .txt or .jsonl file", path.display()),
+            (_, Some(f)) if f != Format::Text => secateur::jobs::LocalDataset { path, format: f, task: Some(task) },
             _ => anyhow::bail!("{}: expected a .tsv, .jsonl or .json file", path.display()),
-        };
-        Ok(secateur::jobs::LocalDataset { path, format, task: Some(task) })
+        })
     }
     let (train, eval) = (local(train, task)?, eval.map(|e| local(e, task)).transpose()?);
     with_progress(out, |on| secateur::jobs::run_local_experiment(&spec_bytes, model, train, eval, out, on))?;

@@ -603,6 +603,38 @@ async fn causal_lm_experiments_report_perplexity(db: Db) {
         assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{body}: {p}");
         assert_eq!(p["errors"][0]["field"], field, "{body}: {p}");
     }
+    // The local command runs the same spec on files and writes the same files.
+    let job = app.submit_ok(&spec(json!({"pruning": {"method": "magnitude", "sparsity": 0.5}}))).await;
+    assert_eq!(app.wait_for(&job, &["succeeded", "failed"], WAIT).await["status"], "succeeded");
+    let dir = tempfile::tempdir().unwrap();
+    let model_dir = dir.path().join("model");
+    std::fs::create_dir_all(&model_dir).unwrap();
+    std::fs::write(model_dir.join("config.json"), m.config_json()).unwrap();
+    std::fs::write(model_dir.join("model.safetensors"), m.safetensors()).unwrap();
+    std::fs::write(model_dir.join("tokenizer.json"), &tokenizer).unwrap();
+    std::fs::write(dir.path().join("train.txt"), text(0)).unwrap();
+    std::fs::write(dir.path().join("eval.txt"), &eval_text).unwrap();
+    let local = json!({"task": {"name": "causal_lm"}, "pruning": {"method": "magnitude", "sparsity": 0.5},
+        "evaluation": {"max_seq_len": 16, "max_eval_samples": 5}});
+    std::fs::write(dir.path().join("spec.json"), local.to_string()).unwrap();
+    let out = dir.path().join("out");
+    let r = std::process::Command::new(env!("CARGO_BIN_EXE_secateur"))
+        .args(["experiment", "--model"])
+        .arg(&model_dir)
+        .arg("--spec")
+        .arg(dir.path().join("spec.json"))
+        .arg("--train")
+        .arg(dir.path().join("train.txt"))
+        .arg("--eval")
+        .arg(dir.path().join("eval.txt"))
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    for name in ["model.safetensors", "predictions.jsonl", "report.json"] {
+        assert_eq!(std::fs::read(out.join(name)).unwrap(), app.artifact(&job, name).await, "{name}");
+    }
     // causal_lm is not a dataset task.
     let r = app.upload_dataset(text(1).into_bytes(), "text", Some("causal_lm")).await;
     assert_eq!(r.status(), StatusCode::UNPROCESSABLE_ENTITY);
