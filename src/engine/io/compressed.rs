@@ -50,13 +50,11 @@ pub fn int8_dynamic(
     if targets.is_empty() {
         return Err(invalid("no linear weight to quantize".into()));
     }
-    let mut order: Vec<(&String, &st::TensorInfo)> = header.tensors.iter().collect();
-    order.sort_by_key(|(_, t)| t.begin);
-    let base = header.data_start as usize;
+    let order = header.in_file_order();
     let mut out = Vec::with_capacity(order.len() + targets.len());
     let mut modules = Vec::with_capacity(targets.len());
     for (name, t) in order {
-        let data = &weights[base + t.begin as usize..base + t.end as usize];
+        let data = header.data(weights, t);
         if !targets.contains(name) {
             out.push((name.clone(), t.dtype, t.shape.clone(), data.to_vec()));
             continue;
@@ -80,7 +78,7 @@ pub fn int8_dynamic(
         let canonical = arch.canonical_name(module);
         modules.push(format!("re:(^|.*\\.){}$", regex::escape(canonical)));
     }
-    let file = st::serialize(&out, if header.metadata.is_empty() { None } else { Some(&header.metadata) });
+    let file = st::serialize(&out, header.metadata_to_keep());
     obj.insert("quantization_config".into(), quantization_config(&modules));
     let config_out = serde_json::to_vec_pretty(&config).map_err(|e| invalid(e.to_string()))?;
     let report = Quantized {
@@ -172,10 +170,8 @@ pub fn decompress(weights: &[u8], header: &Header, config_json: &[u8]) -> Result
     if !check(header, config_json).map_err(invalid)? {
         return Ok(None);
     }
-    let mut order: Vec<(&String, &st::TensorInfo)> = header.tensors.iter().collect();
-    order.sort_by_key(|(_, t)| t.begin);
-    let base = header.data_start as usize;
-    let data = |t: &st::TensorInfo| &weights[base + t.begin as usize..base + t.end as usize];
+    let data = |t: &st::TensorInfo| header.data(weights, t);
+    let order = header.in_file_order();
     let mut out = Vec::with_capacity(order.len());
     for (name, t) in order {
         if name.ends_with("_scale") {
@@ -200,7 +196,7 @@ pub fn decompress(weights: &[u8], header: &Header, config_json: &[u8]) -> Result
         obj.remove("quantization_config");
     }
     let config = serde_json::to_vec_pretty(&config).map_err(|e| ModelError::Invalid(e.to_string()))?;
-    Ok(Some((st::serialize(&out, if header.metadata.is_empty() { None } else { Some(&header.metadata) }), config)))
+    Ok(Some((st::serialize(&out, header.metadata_to_keep()), config)))
 }
 
 /// compressed-tensors' `quantization_config` for W8A8: int8 weights per channel, int8

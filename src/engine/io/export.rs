@@ -54,8 +54,7 @@ pub fn write_renamed(
     w: &Weights,
     rename: &dyn Fn(&str) -> Option<String>,
 ) -> Result<Vec<u8>> {
-    let mut order: Vec<(&String, &st::TensorInfo)> = original.tensors.iter().collect();
-    order.sort_by_key(|(_, t)| t.begin);
+    let order = original.in_file_order();
     let mut out = Vec::with_capacity(order.len());
     for (name, info) in order {
         let canonical = canonical_name(family, name);
@@ -65,8 +64,7 @@ pub fn write_renamed(
         let shape = t.dims().iter().map(|&d| d as u64).collect();
         out.push((format!("{prefix}{new}"), info.dtype, shape, tensor_bytes(&t, info.dtype)?));
     }
-    let meta = if original.metadata.is_empty() { None } else { Some(&original.metadata) };
-    Ok(st::serialize(&out, meta))
+    Ok(st::serialize(&out, original.metadata_to_keep()))
 }
 
 /// `config.json` for an export: `intermediate_size` set when every layer has the same FFN width;

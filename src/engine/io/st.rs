@@ -154,6 +154,25 @@ pub struct Header {
     pub metadata: BTreeMap<String, String>,
 }
 
+impl Header {
+    /// The tensors in the order of their bytes in the file (the order a rewrite keeps).
+    pub fn in_file_order(&self) -> Vec<(&String, &TensorInfo)> {
+        let mut order: Vec<(&String, &TensorInfo)> = self.tensors.iter().collect();
+        order.sort_by_key(|(_, t)| t.begin);
+        order
+    }
+
+    /// The bytes of tensor `t` in `file`, the whole safetensors file this header was read from.
+    pub fn data<'a>(&self, file: &'a [u8], t: &TensorInfo) -> &'a [u8] {
+        &file[(self.data_start + t.begin) as usize..(self.data_start + t.end) as usize]
+    }
+
+    /// The `__metadata__` to write into a rewrite of the file ([`serialize`]): `None` when empty.
+    pub fn metadata_to_keep(&self) -> Option<&BTreeMap<String, String>> {
+        (!self.metadata.is_empty()).then_some(&self.metadata)
+    }
+}
+
 /// Parse and check a header against the total file length.
 pub fn parse_header(header_json: &[u8], header_len: u64, file_len: u64) -> Result<Header, String> {
     let data_start = 8 + header_len;

@@ -17,15 +17,13 @@ fn invalid<T>(m: String) -> Result<T, ModelError> {
 /// The L2 norm of each of the `layers` blocks' linear weights.
 pub fn block_norms(bytes: &[u8], header: &Header, arch: Arch, layers: usize) -> Result<Vec<f32>, ModelError> {
     let mut sums = vec![0f64; layers];
-    let base = header.data_start as usize;
     for (name, t) in &header.tensors {
         let Some((layer, _)) = arch.split_layer(name).filter(|_| arch.is_linear_weight(name)) else { continue };
         if layer >= layers {
             return invalid(format!("{name} is in block {layer}, but the model has {layers}"));
         }
-        let data = &bytes[base + t.begin as usize..base + t.end as usize];
-        let values =
-            st::floats(data, t.dtype).ok_or_else(|| ModelError::Invalid(format!("{name} is not a float tensor")))?;
+        let values = st::floats(header.data(bytes, t), t.dtype)
+            .ok_or_else(|| ModelError::Invalid(format!("{name} is not a float tensor")))?;
         sums[layer] += values.iter().map(|v| f64::from(*v) * f64::from(*v)).sum::<f64>();
     }
     Ok(sums.into_iter().map(|s| s.sqrt() as f32).collect())
@@ -45,17 +43,14 @@ pub fn without_blocks(
     if removed.iter().any(|&r| r >= layers) || removed.len() >= layers {
         return invalid(format!("cannot remove blocks {removed:?} of {layers}"));
     }
-    let mut order: Vec<(&String, &st::TensorInfo)> = header.tensors.iter().collect();
-    order.sort_by_key(|(_, t)| t.begin);
-    let base = header.data_start as usize;
-    let kept: Vec<(String, st::Dtype, Vec<u64>, Vec<u8>)> = order
+    let kept: Vec<(String, st::Dtype, Vec<u64>, Vec<u8>)> = header
+        .in_file_order()
         .into_iter()
         .filter_map(|(name, t)| {
-            let data = bytes[base + t.begin as usize..base + t.end as usize].to_vec();
-            renumbered(arch, removed, name).map(|to| (to, t.dtype, t.shape.clone(), data))
+            renumbered(arch, removed, name).map(|to| (to, t.dtype, t.shape.clone(), header.data(bytes, t).to_vec()))
         })
         .collect();
-    let file = st::serialize(&kept, if header.metadata.is_empty() { None } else { Some(&header.metadata) });
+    let file = st::serialize(&kept, header.metadata_to_keep());
     let mut config: serde_json::Value =
         serde_json::from_slice(config_json).map_err(|e| ModelError::Invalid(format!("config.json: {e}")))?;
     let Some(obj) = config.as_object_mut() else { return invalid("config.json is not an object".into()) };
