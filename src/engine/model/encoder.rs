@@ -100,6 +100,38 @@ impl EncoderConfig {
     }
 }
 
+impl EncoderConfig {
+    /// The position of each token of a padded batch (`ids` flattened `[batch, seq]`) in the
+    /// position table: `0..seq` per row, or for RoBERTa counted from pad + 1 over the non-pad
+    /// tokens (padding gets `pad`). A sequence longer than the table is an error.
+    pub fn position_ids(&self, ids: &[u32], seq: usize) -> Result<Vec<u32>> {
+        if seq > self.max_positions {
+            return invalid(format!("sequence length {seq} exceeds max_position_embeddings {}", self.max_positions));
+        }
+        Ok(match self.family {
+            Family::Roberta => {
+                let pad = self.pad_token_id;
+                ids.chunks(seq.max(1))
+                    .flat_map(|row| {
+                        let mut n = 0u32;
+                        row.iter()
+                            .map(|&id| {
+                                if id == pad {
+                                    pad
+                                } else {
+                                    n += 1;
+                                    pad + n
+                                }
+                            })
+                            .collect::<Vec<_>>()
+                    })
+                    .collect()
+            }
+            _ => (0..ids.len()).map(|i| (i % seq.max(1)) as u32).collect(),
+        })
+    }
+}
+
 /// Tensors by canonical name (family prefix stripped), converted to f32. Cloning is cheap
 /// (tensors share their storage).
 #[derive(Clone)]
@@ -302,15 +334,12 @@ impl Encoder {
         Encoder::load(config, &w)
     }
 
-    /// The batch's token ids, token types and mask as flat vectors, with each token's position:
-    /// `0..seq` per row, or for RoBERTa counted from pad + 1 over the non-pad tokens (padding
-    /// gets `pad`). Ids, token types and positions past their tables are errors.
+    /// The batch's token ids, token types and mask as flat vectors, with each token's position
+    /// ([`EncoderConfig::position_ids`]). Ids, token types and positions past their tables are
+    /// errors.
     fn tokens(&self, input_ids: &Tensor, token_type_ids: Option<&Tensor>, attention_mask: &Tensor) -> Result<Tokens> {
         let (batch, seq) = input_ids.dims2()?;
         let c = &self.config;
-        if seq > c.max_positions {
-            return invalid(format!("sequence length {seq} exceeds max_position_embeddings {}", c.max_positions));
-        }
         if attention_mask.dims2()? != (batch, seq) {
             return invalid(format!("attention mask {:?} for input ids {:?}", attention_mask.dims(), input_ids.dims()));
         }
@@ -327,27 +356,7 @@ impl Encoder {
             (Some(_), None) => Some(vec![0; ids.len()]),
             (None, _) => None,
         };
-        let positions: Vec<u32> = match c.family {
-            Family::Roberta => {
-                let pad = c.pad_token_id;
-                ids.chunks(seq.max(1))
-                    .flat_map(|row| {
-                        let mut n = 0u32;
-                        row.iter()
-                            .map(|&id| {
-                                if id == pad {
-                                    pad
-                                } else {
-                                    n += 1;
-                                    pad + n
-                                }
-                            })
-                            .collect::<Vec<_>>()
-                    })
-                    .collect()
-            }
-            _ => (0..ids.len()).map(|i| (i % seq.max(1)) as u32).collect(),
-        };
+        let positions = c.position_ids(&ids, seq)?;
         let check = |values: &[u32], what: &str, size: usize| match values.iter().find(|v| **v as usize >= size) {
             Some(v) => invalid(format!("{what} {v} out of range (table of {size})")),
             None => Ok(()),

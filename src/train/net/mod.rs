@@ -260,37 +260,6 @@ impl Net {
         self.ix.layers.iter().map(|l| if l.qkv.is_some() { l.heads } else { 0 }).collect()
     }
 
-    fn positions(&self, b: &Batch) -> Result<Vec<u32>, ModelError> {
-        if b.len > self.config.max_positions {
-            return Err(ModelError::Invalid(format!(
-                "sequence length {} exceeds max_position_embeddings {}",
-                b.len, self.config.max_positions
-            )));
-        }
-        Ok(match self.config.family {
-            Family::Roberta => {
-                let pad = self.config.pad_token_id;
-                b.ids
-                    .chunks(b.len.max(1))
-                    .flat_map(|row| {
-                        let mut n = 0;
-                        row.iter()
-                            .map(|&id| {
-                                if id != pad {
-                                    n += 1;
-                                    pad + n
-                                } else {
-                                    pad
-                                }
-                            })
-                            .collect::<Vec<_>>()
-                    })
-                    .collect()
-            }
-            _ => (0..b.rows).flat_map(|_| 0..b.len as u32).collect(),
-        })
-    }
-
     /// Forward pass over a padded batch. `seed`: train mode with dropout masks drawn from it
     /// (the caller gives each micro-batch its own), or `None` for eval mode.
     ///
@@ -317,7 +286,7 @@ impl Net {
         let keep: Vec<usize> =
             if packed { (0..padded_rows).filter(|&i| b.mask[i] != 0).collect() } else { (0..padded_rows).collect() };
         let n = keep.len();
-        let all_positions = self.positions(b)?;
+        let all_positions = c.position_ids(&b.ids, b.len)?;
         let position: Vec<u32> = keep.iter().map(|&i| all_positions[i]).collect();
         let ids: Vec<u32> = keep.iter().map(|&i| b.ids[i]).collect();
         let type_ids: Vec<u32> = keep.iter().map(|&i| b.type_ids[i]).collect();
