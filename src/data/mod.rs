@@ -398,6 +398,19 @@ fn validate_jsonl(text: &str, task: Option<Task>) -> Result<Summary, DataError> 
 /// One example's text: a sentence, or a pair.
 pub type Text = (String, Option<String>);
 
+/// Texts as one running text, as a language model reads it: each text (its pair on the next
+/// line), texts separated by a blank line.
+pub fn running_text(texts: &[Text]) -> String {
+    texts
+        .iter()
+        .map(|(a, b)| match b {
+            Some(b) => format!("{a}\n{b}"),
+            None => a.clone(),
+        })
+        .collect::<Vec<_>>()
+        .join("\n\n")
+}
+
 /// Up to `limit` texts of a dataset, in file order (for calibration). A `glue_tsv` file needs
 /// its task, which says which columns hold text.
 pub fn texts(format: Format, task: Option<Task>, bytes: &[u8], limit: usize) -> Result<Vec<Text>, DataError> {

@@ -206,16 +206,8 @@ pub(super) fn calibration_batches(
     let tok = tokenizers::Tokenizer::from_bytes(ctx.read_model_file("tokenizer.json")?)
         .map_err(|e| JobError::Failed(format!("tokenizer.json: {e}")))?;
     if windows {
-        let text = texts
-            .iter()
-            .map(|(a, b)| match b {
-                Some(b) => format!("{a}\n{b}"),
-                None => a.clone(),
-            })
-            .collect::<Vec<_>>()
-            .join("\n\n");
         let ids = tok
-            .encode(text, false)
+            .encode(crate::data::running_text(&texts), false)
             .map_err(|e| JobError::Failed(format!("tokenizing calibration text: {e}")))?
             .get_ids()
             .to_vec();

@@ -77,12 +77,9 @@ fn token_ids(ctx: &JobContext, id: &str, tok: &tokenizers::Tokenizer, field: &st
             let text = std::str::from_utf8(&bytes).map_err(|_| JobError::Failed(format!("{field}: not UTF-8")))?;
             text.strip_prefix('\u{feff}').unwrap_or(text).to_string()
         }
-        Format::Jsonl => data::texts(format, task, &bytes, usize::MAX)
-            .map_err(|e| JobError::Failed(format!("{field}: {e}")))?
-            .into_iter()
-            .map(|(a, b)| b.map_or(a.clone(), |b| format!("{a}\n{b}")))
-            .collect::<Vec<_>>()
-            .join("\n\n"),
+        Format::Jsonl => data::running_text(
+            &data::texts(format, task, &bytes, usize::MAX).map_err(|e| JobError::Failed(format!("{field}: {e}")))?,
+        ),
         _ => return Err(JobError::Failed(format!("{field}: task causal_lm reads text or jsonl datasets"))),
     };
     Ok(tok.encode(text, false).map_err(|e| JobError::Failed(format!("{field}: tokenizing: {e}")))?.get_ids().to_vec())
