@@ -618,19 +618,12 @@ async fn causal_lm_experiments_report_perplexity(db: Db) {
         "evaluation": {"max_seq_len": 16, "max_eval_samples": 5}});
     std::fs::write(dir.path().join("spec.json"), local.to_string()).unwrap();
     let out = dir.path().join("out");
-    let r = std::process::Command::new(env!("CARGO_BIN_EXE_secateur"))
-        .args(["experiment", "--model"])
-        .arg(&model_dir)
-        .arg("--spec")
-        .arg(dir.path().join("spec.json"))
-        .arg("--train")
-        .arg(dir.path().join("train.txt"))
-        .arg("--eval")
-        .arg(dir.path().join("eval.txt"))
-        .arg("--out")
-        .arg(&out)
-        .output()
-        .unwrap();
+    let r = local_experiment(
+        &model_dir,
+        &dir.path().join("spec.json"),
+        [dir.path().join("train.txt"), dir.path().join("eval.txt")],
+        &out,
+    );
     assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
     for name in ["model.safetensors", "predictions.jsonl", "report.json"] {
         assert_eq!(std::fs::read(out.join(name)).unwrap(), app.artifact(&job, name).await, "{name}");
@@ -648,11 +641,32 @@ backend_tests!(
     calibrated_and_structured_experiments
 );
 
+/// `secateur experiment --model DIR --spec SPEC --train TRAIN --eval EVAL --out OUT`.
+fn local_experiment(
+    model: &std::path::Path,
+    spec: &std::path::Path,
+    [train, eval]: [std::path::PathBuf; 2],
+    out: &std::path::Path,
+) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_secateur"))
+        .args(["experiment", "--model"])
+        .arg(model)
+        .arg("--spec")
+        .arg(spec)
+        .arg("--train")
+        .arg(train)
+        .arg("--eval")
+        .arg(eval)
+        .arg("--out")
+        .arg(out)
+        .output()
+        .unwrap()
+}
+
 /// `secateur experiment` runs the worker's code on local files: the same spec gives the same
 /// files as the job; faults are reported with the field.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_local_command_writes_what_the_job_writes() {
-    use std::process::Command;
     let app = TestApp::spawn(Db::Sqlite).await;
     let m = TinyModel::default();
     let model = app.create_model(&m).await;
@@ -682,19 +696,8 @@ async fn the_local_command_writes_what_the_job_writes() {
     std::fs::write(dir.path().join("spec.json"), local.to_string()).unwrap();
     let out = dir.path().join("out");
     let run = |spec: &str| {
-        Command::new(env!("CARGO_BIN_EXE_secateur"))
-            .args(["experiment", "--model"])
-            .arg(&model_dir)
-            .arg("--spec")
-            .arg(dir.path().join(spec))
-            .arg("--train")
-            .arg(dir.path().join("train.tsv"))
-            .arg("--eval")
-            .arg(dir.path().join("dev.tsv"))
-            .arg("--out")
-            .arg(&out)
-            .output()
-            .unwrap()
+        let data = [dir.path().join("train.tsv"), dir.path().join("dev.tsv")];
+        local_experiment(&model_dir, &dir.path().join(spec), data, &out)
     };
     let r = run("spec.json");
     assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
